@@ -1,0 +1,128 @@
+//! Application state built once at start-up, and the server's run loop with graceful
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::DbPool;
+use crate::graphql::{AppSchema, build_schema};
+
+/// Everything a request may need, shared by reference. Built once; never global.
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// The storage pool.
+    pub db: DbPool,
+    /// When the process started serving (for `uptimeSeconds`).
+    pub started_at: Instant,
+    /// Cancelled when shutdown begins; long-lived tasks (websockets) watch it.
+    pub shutdown: CancellationToken,
+    /// Tracks upgraded websocket connections so shutdown can wait for their close frames.
+    pub connections: TaskTracker,
+}
+
+/// Cheap handle to the shared state plus the executable schema (the router's state).
+#[derive(Clone)]
+pub struct AppState {
+    /// Shared state.
+    pub app: Arc<App>,
+    /// The GraphQL schema, holding `Arc<App>` as context data.
+    pub schema: AppSchema,
+}
+
+impl AppState {
+    /// Connects to storage (migrations must already be applied) and builds the schema.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let db = DbPool::connect(&config.database_url).await?;
+        let app = Arc::new(App {
+            config,
+            db,
+            started_at: Instant::now(),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        });
+        let schema = build_schema(Some(app.clone()));
+        Ok(Self { app, schema })
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Serves until `state.app.shutdown` is cancelled, then stops accepting, lets in-flight
+/// requests finish, closes websockets with 1001, and returns within the grace period.
+pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
+    let app = state.app.clone();
+    let grace = app.config.http.shutdown_grace;
+    let router = crate::http::router(state);
+    let token = app.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned());
+    let mut handle = tokio::spawn(server.into_future());
+
+    tokio::select! {
+        res = &mut handle => {
+            res.context("server task panicked")?.context("HTTP server failed")?;
+            return Ok(());
+        }
+        () = token.cancelled() => {}
+    }
+    tracing::info!(grace_secs = grace.as_secs(), "shutdown started; draining requests");
+    let deadline = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(deadline, handle).await {
+        Ok(res) => res.context("server task panicked")?.context("HTTP server failed")?,
+        Err(_) => tracing::warn!("grace period elapsed with requests still in flight"),
+    }
+    app.connections.close();
+    if tokio::time::timeout_at(deadline, app.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period elapsed with websockets still open");
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        token.cancel();
+    });
+}

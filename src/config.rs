@@ -1,0 +1,538 @@
+//! Configuration: defaults < optional TOML file (`--config PATH`) < environment < CLI flags.
+//!
+//! Every value is parsed and validated exactly once, here, at start-up. A bad value stops
+//! the process with one line naming the key, what is wrong with the value and the expected
+//! form. Secrets (database and Redis URLs may hold passwords) are `SecretString`s and never
+//! appear in `Debug` output or logs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The default database: an embedded SQLite file next to the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/agentplane.db";
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+
+/// A configuration value that failed validation. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key as the operator wrote it (`DATABASE_URL`, or `listen in ./agentplane.toml`).
+    pub key: String,
+    /// What is wrong with the value.
+    pub problem: String,
+    /// The form that would be accepted.
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: {}: {} (expected {})",
+            self.key, self.problem, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which storage engine the process runs on, chosen from `DATABASE_URL` at run time.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    /// Embedded SQLite at a file path.
+    Sqlite(PathBuf),
+    /// PostgreSQL; the URL may carry a password, so it is a secret.
+    Postgres(SecretString),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH` or `postgres://…` / `postgresql://…`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("the SQLite path is empty".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("the PostgreSQL URL has no host".into());
+            }
+            if url.path().trim_start_matches('/').is_empty() {
+                return Err("the PostgreSQL URL names no database".into());
+            }
+            return Ok(Self::Postgres(SecretString::from(raw.to_owned())));
+        }
+        let scheme = raw.split("://").next().unwrap_or(raw);
+        Err(format!("unsupported scheme {scheme:?}"))
+    }
+
+    /// The URL with any password replaced, safe for logs and `serverInfo`.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite://{}", p.display()),
+            Self::Postgres(s) => redact_url(s.expose_secret()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// HTTP limits and CORS.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Time after which a request is answered 408.
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty means CORS is off (same-origin only).
+    /// `*` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// GraphQL execution limits.
+#[derive(Debug, Clone)]
+pub struct GraphqlConfig {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Highest query complexity accepted.
+    pub max_complexity: usize,
+}
+
+/// The validated configuration of one process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Storage backend and location.
+    pub database_url: DatabaseUrl,
+    /// Optional Redis for cross-replica fan-out (used by later features).
+    pub redis_url: Option<SecretString>,
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directives (`RUST_LOG`).
+    pub log_filter: String,
+    /// HTTP limits.
+    pub http: HttpConfig,
+    /// GraphQL limits.
+    pub graphql: GraphqlConfig,
+}
+
+/// The shape of the optional TOML file. Unknown keys are an error, so typos surface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    listen: Option<String>,
+    log_format: Option<String>,
+    log_filter: Option<String>,
+    #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
+    graphql: FileGraphql,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    body_limit_bytes: Option<toml::Value>,
+    request_timeout_secs: Option<toml::Value>,
+    cors_origins: Option<Vec<String>>,
+    shutdown_grace_secs: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGraphql {
+    max_depth: Option<toml::Value>,
+    max_complexity: Option<toml::Value>,
+}
+
+/// One raw value and where it came from, so errors name the key the operator wrote.
+struct Raw {
+    key: String,
+    value: String,
+}
+
+/// Collects raw values layer by layer, then validates them.
+struct Layers<'a> {
+    file: Option<&'a Path>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Layers<'_> {
+    /// Env var wins over the file value, which wins over nothing.
+    fn pick(&self, env_key: &str, file_key: &str, file_value: Option<String>) -> Option<Raw> {
+        if let Some(v) = (self.env)(env_key) {
+            return Some(Raw {
+                key: env_key.to_owned(),
+                value: v,
+            });
+        }
+        file_value.map(|value| Raw {
+            key: format!(
+                "{file_key} in {}",
+                self.file.map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+            value,
+        })
+    }
+}
+
+fn toml_scalar(v: Option<toml::Value>) -> Option<String> {
+    v.map(|v| match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+fn err(key: &str, problem: impl Into<String>, expected: &str) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+        expected: expected.to_owned(),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    raw: Option<Raw>,
+    default: T,
+    min: T,
+    max: T,
+    expected: &str,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy,
+{
+    let Some(raw) = raw else { return Ok(default) };
+    let v: T = raw.value.trim().parse().map_err(|_| {
+        err(
+            &raw.key,
+            format!("{:?} is not a whole number", raw.value),
+            expected,
+        )
+    })?;
+    if v < min || v > max {
+        return Err(err(&raw.key, format!("{} is out of range", raw.value), expected));
+    }
+    Ok(v)
+}
+
+/// Command-line overrides that sit above the environment.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    /// `--config PATH`
+    pub config_file: Option<PathBuf>,
+    /// `--listen ADDR`
+    pub listen: Option<String>,
+}
+
+impl Config {
+    /// Loads from the process environment and the optional file.
+    pub fn load(cli: &CliOverrides) -> Result<Self, ConfigError> {
+        Self::load_with(cli, &|k| std::env::var(k).ok())
+    }
+
+    /// Loads with an explicit environment lookup (tests use this).
+    pub fn load_with(
+        cli: &CliOverrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = match &cli.config_file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(
+                        "--config",
+                        format!("cannot read {} ({e})", path.display()),
+                        "a readable TOML file",
+                    )
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    err(
+                        "--config",
+                        format!(
+                            "{} is not valid: {}",
+                            path.display(),
+                            e.message().replace('\n', " ")
+                        ),
+                        "TOML with the documented keys",
+                    )
+                })?
+            }
+        };
+        let layers = Layers {
+            file: cli.config_file.as_deref(),
+            env,
+        };
+
+        let database_url = {
+            let raw = layers
+                .pick("DATABASE_URL", "database_url", file.database_url)
+                .unwrap_or(Raw {
+                    key: "DATABASE_URL".into(),
+                    value: DEFAULT_DATABASE_URL.into(),
+                });
+            DatabaseUrl::parse(&raw.value).map_err(|p| {
+                err(
+                    &raw.key,
+                    p,
+                    "sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                )
+            })?
+        };
+
+        let redis_url = match layers.pick("REDIS_URL", "redis_url", file.redis_url) {
+            None => None,
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => {
+                let u = url::Url::parse(raw.value.trim()).map_err(|e| {
+                    err(
+                        &raw.key,
+                        format!("not a valid URL ({e})"),
+                        "redis://HOST[:PORT][/DB]",
+                    )
+                })?;
+                if !matches!(u.scheme(), "redis" | "rediss") {
+                    return Err(err(
+                        &raw.key,
+                        format!("unsupported scheme {:?}", u.scheme()),
+                        "redis://HOST[:PORT][/DB]",
+                    ));
+                }
+                Some(SecretString::from(raw.value.trim().to_owned()))
+            }
+        };
+
+        let listen = {
+            let raw = match &cli.listen {
+                Some(v) => Raw {
+                    key: "--listen".into(),
+                    value: v.clone(),
+                },
+                None => layers
+                    .pick("AGENTPLANE_LISTEN", "listen", file.listen)
+                    .unwrap_or(Raw {
+                        key: "AGENTPLANE_LISTEN".into(),
+                        value: DEFAULT_LISTEN.into(),
+                    }),
+            };
+            raw.value.trim().parse::<SocketAddr>().map_err(|_| {
+                err(
+                    &raw.key,
+                    format!("{:?} is not an IP address and port", raw.value),
+                    "IP:PORT such as 127.0.0.1:8000 or [::1]:8000",
+                )
+            })?
+        };
+
+        let log_format = match layers.pick("AGENTPLANE_LOG_FORMAT", "log_format", file.log_format)
+        {
+            None => LogFormat::Text,
+            Some(raw) => match raw.value.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(err(
+                        &raw.key,
+                        format!("unknown log format {:?}", raw.value),
+                        "text or json",
+                    ));
+                }
+            },
+        };
+
+        let log_filter = match layers.pick("RUST_LOG", "log_filter", file.log_filter) {
+            None => "info".to_owned(),
+            Some(raw) => {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(raw.value.trim())
+                    .map_err(|e| {
+                        err(
+                            &raw.key,
+                            format!("{:?} is not a valid filter ({e})", raw.value),
+                            "tracing directives such as info or agentplane=debug,tower_http=info",
+                        )
+                    })?;
+                raw.value.trim().to_owned()
+            }
+        };
+
+        let http = HttpConfig {
+            body_limit_bytes: parse_num(
+                layers.pick(
+                    "AGENTPLANE_BODY_LIMIT_BYTES",
+                    "http.body_limit_bytes",
+                    toml_scalar(file.http.body_limit_bytes),
+                ),
+                1024 * 1024,
+                1024,
+                256 * 1024 * 1024,
+                "a byte count between 1024 and 268435456",
+            )?,
+            request_timeout: Duration::from_secs(parse_num(
+                layers.pick(
+                    "AGENTPLANE_REQUEST_TIMEOUT_SECS",
+                    "http.request_timeout_secs",
+                    toml_scalar(file.http.request_timeout_secs),
+                ),
+                30u64,
+                1,
+                3600,
+                "seconds between 1 and 3600",
+            )?),
+            cors_origins: match layers.pick(
+                "AGENTPLANE_CORS_ORIGINS",
+                "http.cors_origins",
+                file.http.cors_origins.map(|v| v.join(",")),
+            ) {
+                None => Vec::new(),
+                Some(raw) => {
+                    let mut out = Vec::new();
+                    for o in raw.value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                        if o != "*" {
+                            let u = url::Url::parse(o).ok().filter(|u| {
+                                matches!(u.scheme(), "http" | "https")
+                                    && u.host_str().is_some()
+                                    && u.path() == "/"
+                            });
+                            if u.is_none() {
+                                return Err(err(
+                                    &raw.key,
+                                    format!("{o:?} is not an origin"),
+                                    "comma-separated origins such as https://app.example.com, or *",
+                                ));
+                            }
+                        }
+                        out.push(o.trim_end_matches('/').to_owned());
+                    }
+                    out
+                }
+            },
+            shutdown_grace: Duration::from_secs(parse_num(
+                layers.pick(
+                    "AGENTPLANE_SHUTDOWN_GRACE_SECS",
+                    "http.shutdown_grace_secs",
+                    toml_scalar(file.http.shutdown_grace_secs),
+                ),
+                8u64,
+                1,
+                9,
+                "seconds between 1 and 9 (shutdown must finish within 10 s)",
+            )?),
+        };
+
+        let graphql = GraphqlConfig {
+            max_depth: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_DEPTH",
+                    "graphql.max_depth",
+                    toml_scalar(file.graphql.max_depth),
+                ),
+                12usize,
+                2,
+                64,
+                "a depth between 2 and 64",
+            )?,
+            max_complexity: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_COMPLEXITY",
+                    "graphql.max_complexity",
+                    toml_scalar(file.graphql.max_complexity),
+                ),
+                2000usize,
+                10,
+                1_000_000,
+                "a complexity between 10 and 1000000",
+            )?,
+        };
+
+        Ok(Self {
+            database_url,
+            redis_url,
+            listen,
+            log_format,
+            log_filter,
+            http,
+            graphql,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load_with(&CliOverrides::default(), &move |k| {
+            vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_are_sqlite_on_loopback() {
+        let c = load(&[]).expect("defaults are valid");
+        assert!(matches!(c.database_url, DatabaseUrl::Sqlite(_)));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = load(&[("DATABASE_URL", "mysql://x/y")]).unwrap_err();
+        assert_eq!(e.key, "DATABASE_URL");
+        let e = load(&[("AGENTPLANE_LOG_FORMAT", "yaml")]).unwrap_err();
+        assert_eq!(e.key, "AGENTPLANE_LOG_FORMAT");
+        let e = load(&[("AGENTPLANE_LISTEN", "localhost")]).unwrap_err();
+        assert!(e.to_string().starts_with("invalid configuration: AGENTPLANE_LISTEN:"));
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug() {
+        let c = load(&[("DATABASE_URL", "postgres://u:hunter2@db:5432/app")]).expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        let c = load(&[("REDIS_URL", "redis://:hunter2@r:6379")]).expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,94 @@
+//! Embedded, forward-only migrations: `migrations/postgres/` and `migrations/sqlite/` are
+//! compiled into the binary and applied by `serve` and `migrate`.
+
+use anyhow::Context as _;
+use diesel::migration::MigrationSource;
+use diesel::sql_types::Text;
+use diesel::{Connection as _, SqliteConnection};
+use diesel_async::{AsyncConnection as _, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use secrecy::ExposeSecret;
+
+use super::DbPool;
+use crate::config::DatabaseUrl;
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Versions compiled into this binary, oldest first.
+pub fn embedded_versions(backend: super::Backend) -> anyhow::Result<Vec<String>> {
+    let mut v: Vec<String> = match backend {
+        super::Backend::Postgres => MigrationSource::<diesel::pg::Pg>::migrations(&PG_MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect(),
+        super::Backend::Sqlite => {
+            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&SQLITE_MIGRATIONS)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect()
+        }
+    };
+    v.sort();
+    Ok(v)
+}
+
+/// Applies every pending migration; returns the versions applied.
+pub async fn run_pending(url: &DatabaseUrl) -> anyhow::Result<Vec<String>> {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating database folder {}", dir.display()))?;
+            }
+            let path = path.to_str().context("SQLite path is not UTF-8")?.to_owned();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+                let mut conn = SqliteConnection::establish(&path)
+                    .with_context(|| format!("opening SQLite database {path}"))?;
+                let done = conn
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("applying SQLite migrations: {e}"))?;
+                Ok(done.iter().map(ToString::to_string).collect())
+            })
+            .await
+            .context("migration task panicked")?
+        }
+        DatabaseUrl::Postgres(secret) => {
+            let conn = AsyncPgConnection::establish(secret.expose_secret())
+                .await
+                .with_context(|| format!("connecting to {}", url.redacted()))?;
+            let mut harness = AsyncMigrationHarness::new(conn);
+            let done = harness
+                .run_pending_migrations(PG_MIGRATIONS)
+                .map_err(|e| anyhow::anyhow!("applying PostgreSQL migrations: {e}"))?;
+            Ok(done.iter().map(ToString::to_string).collect())
+        }
+    }
+}
+
+/// Embedded migrations not yet applied to the database behind `pool`.
+pub async fn pending(pool: &DbPool) -> anyhow::Result<Vec<String>> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        version: String,
+    }
+    let embedded = embedded_versions(pool.backend())?;
+    let applied: Vec<String> = crate::db_run!(pool, |conn| {
+        match diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Row>(conn)
+            .await
+        {
+            Ok(rows) => rows.into_iter().map(|r| r.version).collect(),
+            // No bookkeeping table yet: nothing has been applied.
+            Err(diesel::result::Error::DatabaseError(..)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        }
+    });
+    Ok(embedded
+        .into_iter()
+        .filter(|v| !applied.contains(v))
+        .collect())
+}

@@ -1,0 +1,230 @@
+//! The error type shared by every domain, and how it reaches clients.
+//!
+//! Three tiers: `anyhow` for start-up, CLI and background loops; `diesel::QueryResult`
+//! inside store code; [`AppError`] at the API boundary. `AppError` deliberately does **not**
+//! implement `Display`: async-graphql converts any `Display` type into an error *without*
+//! `extensions.code`, so leaving `Display` out forces every resolver error through our own
+//! `From<AppError> for async_graphql::Error`, which always sets the code. Internal errors
+//! are logged once, with their cause chain, at that conversion; the client sees only
+//! "internal error" and the request id.
+
+use std::fmt;
+
+use async_graphql::ErrorExtensions;
+
+/// The stable, client-visible error codes (`extensions.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No or invalid credentials.
+    Unauthenticated,
+    /// Authenticated but not allowed.
+    Forbidden,
+    /// The object does not exist, or belongs to someone else.
+    NotFound,
+    /// The input is malformed or violates a rule.
+    BadUserInput,
+    /// A plan quota would be exceeded.
+    QuotaExceeded,
+    /// Too many attempts; try later.
+    RateLimited,
+    /// The change conflicts with current state (duplicate, stale).
+    Conflict,
+    /// A fault on our side; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire form used in `extensions.code`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::BadUserInput => "BAD_USER_INPUT",
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Conflict => "CONFLICT",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status used by plain HTTP endpoints (exports, health).
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::BadUserInput => 400,
+            Self::QuotaExceeded | Self::RateLimited => 429,
+            Self::Conflict => 409,
+            Self::Internal => 500,
+        }
+    }
+}
+
+/// An error at the API boundary: a code, a client-safe message, optional structured
+/// details, and (for internal errors) the hidden cause.
+pub struct AppError {
+    code: ErrorCode,
+    message: String,
+    /// Extra client-safe extensions, e.g. `field` for input errors or `reason`.
+    details: Vec<(&'static str, async_graphql::Value)>,
+    /// Hidden cause: logged, never returned.
+    source: Option<anyhow::Error>,
+}
+
+/// Result alias for service and resolver code.
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    /// An error with a code and a client-safe message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// `NOT_FOUND` naming the kind of object, never whether it exists elsewhere.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    /// `BAD_USER_INPUT` about one input field.
+    pub fn bad_input(field: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadUserInput, message).with_detail("field", field)
+    }
+
+    /// `UNAUTHENTICATED`.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// `FORBIDDEN`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
+    /// `CONFLICT`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// `INTERNAL`, keeping the cause for the log.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: ErrorCode::Internal,
+            message: "internal error".into(),
+            details: Vec::new(),
+            source: Some(cause.into()),
+        }
+    }
+
+    /// Adds a client-safe extension value.
+    pub fn with_detail(mut self, key: &'static str, value: impl Into<async_graphql::Value>) -> Self {
+        self.details.push((key, value.into()));
+        self
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The client-safe message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Logs an internal cause once; called where the error leaves the process.
+    fn log_if_internal(&self) {
+        if let Some(src) = &self.source {
+            tracing::error!(error = format!("{src:#}"), "internal error");
+        }
+    }
+
+    /// Converts to a JSON body for plain HTTP endpoints.
+    pub fn to_json(&self, request_id: Option<&str>) -> serde_json::Value {
+        self.log_if_internal();
+        serde_json::json!({
+            "error": { "code": self.code.as_str(), "message": self.message, "requestId": request_id }
+        })
+    }
+}
+
+impl fmt::Debug for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("AppError");
+        d.field("code", &self.code.as_str())
+            .field("message", &self.message);
+        if let Some(src) = &self.source {
+            d.field("source", &format_args!("{src:#}"));
+        }
+        d.finish()
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(e: AppError) -> Self {
+        e.log_if_internal();
+        let AppError {
+            code,
+            message,
+            details,
+            ..
+        } = e;
+        async_graphql::Error::new(message).extend_with(|_, ext| {
+            ext.set("code", code.as_str());
+            for (k, v) in details {
+                ext.set(k, v);
+            }
+        })
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                Self::conflict("an object with the same unique value already exists")
+            }
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                Self::conflict("a concurrent change conflicted with this one; retry")
+            }
+            _ => Self::internal(e),
+        }
+    }
+}
+
+impl From<crate::db::PoolError> for AppError {
+    fn from(e: crate::db::PoolError) -> Self {
+        Self::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_survives_into_graphql_error() {
+        let e: async_graphql::Error = AppError::bad_input("email", "bad email").into();
+        let ext = e.extensions.expect("extensions");
+        assert_eq!(
+            ext.get("code"),
+            Some(&async_graphql::Value::from("BAD_USER_INPUT"))
+        );
+        assert_eq!(ext.get("field"), Some(&async_graphql::Value::from("email")));
+    }
+
+    #[test]
+    fn internal_detail_is_not_returned() {
+        let e: async_graphql::Error =
+            AppError::internal(anyhow::anyhow!("password=hunter2 connection refused")).into();
+        assert_eq!(e.message, "internal error");
+        assert!(!format!("{:?}", e.extensions).contains("hunter2"));
+    }
+}

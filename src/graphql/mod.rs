@@ -1,0 +1,75 @@
+//! The GraphQL schema root: each domain contributes its own Query/Mutation/Subscription
+//! objects, merged here. Also the request-scoped context every resolver reads.
+
+pub mod extensions;
+pub mod relay;
+pub mod system;
+
+use std::sync::Arc;
+
+use async_graphql::{Context, EmptyMutation, MergedObject, MergedSubscription, Schema, SDLExportOptions};
+
+use crate::app::App;
+use crate::error::{AppError, AppResult};
+
+/// The executable schema type.
+pub type AppSchema = Schema<Query, EmptyMutation, Subscription>;
+
+/// All query fields.
+#[derive(MergedObject, Default)]
+pub struct Query(system::SystemQuery, relay_root::RelayQuery);
+
+/// All subscription fields.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(system::SystemSubscription);
+
+mod relay_root;
+
+/// Default limits used when building the schema without a running app (`agentplane schema`).
+const DEFAULT_DEPTH: usize = 12;
+const DEFAULT_COMPLEXITY: usize = 2000;
+
+/// Builds the schema. With `app`, limits come from its config and resolvers can reach
+/// state; without it (SDL export), only the type system is needed.
+pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
+    let (depth, complexity) = app.as_ref().map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
+        (a.config.graphql.max_depth, a.config.graphql.max_complexity)
+    });
+    let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
+        .limit_depth(depth)
+        .limit_complexity(complexity)
+        .extension(extensions::OperationLog);
+    if let Some(app) = app {
+        builder = builder.data(app);
+    }
+    builder.finish()
+}
+
+/// The SDL, sorted so diffs of `schema.graphql` are readable.
+pub fn sdl() -> String {
+    build_schema(None).sdl_with_options(
+        SDLExportOptions::new()
+            .sorted_fields()
+            .sorted_arguments()
+            .sorted_enum_items(),
+    )
+}
+
+/// The shared application state from a resolver context.
+pub fn app<'a>(ctx: &Context<'a>) -> AppResult<&'a Arc<App>> {
+    ctx.data::<Arc<App>>()
+        .map_err(|_| AppError::internal(anyhow::anyhow!("schema built without application state")))
+}
+
+/// The request id of the current HTTP request or websocket connection.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Where a request came from; recorded by security features (lockout, audit).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub ip: std::net::IpAddr,
+    /// `User-Agent`, truncated to 256 characters.
+    pub user_agent: Option<String>,
+}

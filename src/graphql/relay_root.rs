@@ -1,0 +1,61 @@
+//! `node(id:)` and `nodes(ids:)`: fetch any object by global ID, tenant-checked.
+
+use async_graphql::{Context, ID, Interface, Object};
+
+use super::relay::{NodeKind, decode_global_id};
+use crate::error::{AppError, AppResult};
+use crate::tenancy::Tenant;
+
+/// An object with a globally unique, opaque ID.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID", desc = "Opaque global ID."))]
+pub enum Node {
+    /// An organization.
+    Tenant(Tenant),
+}
+
+/// Relay root fields.
+#[derive(Default)]
+pub struct RelayQuery;
+
+/// Most IDs accepted by one `nodes` call.
+const MAX_NODES: usize = 100;
+
+async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
+    let (kind, uuid) = decode_global_id(id)?;
+    let app = super::app(ctx)?;
+    match kind {
+        NodeKind::Tenant => crate::tenancy::visible_tenant(ctx, app, uuid)
+            .await
+            .map(Node::Tenant),
+    }
+}
+
+#[Object]
+impl RelayQuery {
+    /// Fetches any object by its global ID. Objects the caller may not see are `NOT_FOUND`,
+    /// exactly like missing ones.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Node> {
+        Ok(load(ctx, &id).await?)
+    }
+
+    /// Fetches several objects by global ID, in order; a missing or hidden one is `null`.
+    async fn nodes(
+        &self,
+        ctx: &Context<'_>,
+        ids: Vec<ID>,
+    ) -> async_graphql::Result<Vec<Option<Node>>> {
+        if ids.len() > MAX_NODES {
+            return Err(AppError::bad_input("ids", format!("at most {MAX_NODES} ids per call")).into());
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match load(ctx, id).await {
+                Ok(n) => out.push(Some(n)),
+                Err(e) if e.code() == crate::error::ErrorCode::NotFound => out.push(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+}

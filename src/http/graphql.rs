@@ -1,0 +1,282 @@
+//! GraphQL over HTTP (`POST`/`GET /graphql`) and over WebSocket (`/graphql/ws`, both the
+//! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols).
+
+use std::net::SocketAddr;
+
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest, Value};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tracing::Instrument as _;
+
+use crate::app::AppState;
+use crate::error::ErrorCode;
+use crate::graphql::{ClientInfo, RequestId};
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo {
+        ip: addr.ip(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// Request-scoped data every operation gets.
+fn request_data(request_id: &RequestId, client: ClientInfo) -> Data {
+    let mut data = Data::default();
+    data.insert(request_id.clone());
+    data.insert(client);
+    data
+}
+
+fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(GRAPHQL_RESPONSE_JSON))
+}
+
+/// Adds `requestId` to every error, and a code to errors async-graphql raised itself
+/// (parse, validation, limits, argument coercion: all caused by the request).
+fn finish_errors(resp: &mut async_graphql::Response, request_id: &str) {
+    for err in &mut resp.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", ErrorCode::BadUserInput.as_str());
+        }
+        ext.set("requestId", request_id);
+    }
+}
+
+/// Serializes a batch response with the negotiated media type. Under
+/// `application/graphql-response+json`, a request that failed before execution (no
+/// `data`) is answered 400, as the GraphQL-over-HTTP spec asks.
+fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Response {
+    let mut batch = batch;
+    let mut request_error = false;
+    match &mut batch {
+        BatchResponse::Single(r) => {
+            finish_errors(r, request_id);
+            request_error = r.data == Value::Null && r.is_err();
+        }
+        BatchResponse::Batch(rs) => {
+            for r in rs.iter_mut() {
+                finish_errors(r, request_id);
+            }
+        }
+    }
+    let status = if media_graphql && request_error {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = match serde_json::to_vec(&batch) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "serializing GraphQL response");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let ct = if media_graphql {
+        GRAPHQL_RESPONSE_JSON
+    } else {
+        "application/json"
+    };
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
+}
+
+/// A GraphQL-shaped error response for requests rejected before execution.
+fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code.as_str(), "requestId": request_id } }]
+    });
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn execute(
+    state: &AppState,
+    batch: BatchRequest,
+    request_id: &RequestId,
+    client: ClientInfo,
+    headers: &HeaderMap,
+) -> Response {
+    let media_graphql = wants_graphql_response_json(headers);
+    let attach = |r: GqlRequest| r.data(request_id.clone()).data(client.clone());
+    let batch = match batch {
+        BatchRequest::Single(r) => BatchRequest::Single(attach(r)),
+        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(attach).collect()),
+    };
+    let resp = state.schema.execute_batch(batch).await;
+    respond(resp, media_graphql, &request_id.0)
+}
+
+/// `POST /graphql` with an `application/json` body (single or batched).
+pub async fn post_handler(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with(GRAPHQL_RESPONSE_JSON));
+    if !is_json {
+        return request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadUserInput,
+            "send the request as application/json",
+            &request_id.0,
+        );
+    }
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &format!("the body is not a GraphQL request: {e}"),
+                &request_id.0,
+            );
+        }
+    };
+    execute(&state, batch, &request_id, client_info(addr, &headers), &headers).await
+}
+
+/// The operation type a request would run, if its document parses.
+fn operation_type(req: &GqlRequest) -> Option<OperationType> {
+    let doc = async_graphql::parser::parse_query(&req.query).ok()?;
+    match doc.operations {
+        DocumentOperations::Single(op) => Some(op.node.ty),
+        DocumentOperations::Multiple(ops) => match &req.operation_name {
+            Some(name) => ops.get(name.as_str()).map(|op| op.node.ty),
+            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+            None => None,
+        },
+    }
+}
+
+/// `GET /graphql`: GraphiQL for browsers (`Accept: text/html`), otherwise a query from
+/// the URL. Mutations are refused over GET (405), as GET must be safe.
+pub async fn get_handler(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let query = uri.query().unwrap_or("");
+    if wants_html && query.is_empty() {
+        return super::graphiql::page();
+    }
+    let req = match async_graphql::http::parse_query_string(query) {
+        Ok(r) => r,
+        Err(e) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                &format!("invalid GraphQL GET request: {e}"),
+                &request_id.0,
+            );
+        }
+    };
+    if matches!(
+        operation_type(&req),
+        Some(OperationType::Mutation | OperationType::Subscription)
+    ) {
+        let mut resp = request_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadUserInput,
+            "only queries may be sent with GET; use POST for mutations",
+            &request_id.0,
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    execute(
+        &state,
+        BatchRequest::Single(req),
+        &request_id,
+        client_info(addr, &headers),
+        &headers,
+    )
+    .await
+}
+
+/// `GET /graphql/ws`: upgrades to a GraphQL websocket.
+pub async fn ws_handler(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let client = client_info(addr, &headers);
+    let tracker = state.app.connections.clone();
+    let token = tracker.token();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("graphql.ws", request_id = %request_id.0);
+            async move {
+                let _token = token;
+                serve_socket(state, socket, protocol, request_id, client).await;
+            }
+            .instrument(span)
+        })
+}
+
+/// Close code sent when the server shuts down ("going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+async fn serve_socket(
+    state: AppState,
+    socket: WebSocket,
+    protocol: GraphQLProtocol,
+    request_id: RequestId,
+    client: ClientInfo,
+) {
+    let (mut sink, stream) = socket.split();
+    let shutdown = state.app.shutdown.clone();
+    // Ending the input on shutdown ends the GraphQL session; we then say why.
+    let input = stream.take_until(shutdown.clone().cancelled_owned());
+    let data = request_data(&request_id, client);
+    GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
+        .with_data(data)
+        .serve()
+        .await;
+    if shutdown.is_cancelled() {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CLOSE_GOING_AWAY,
+                reason: "server shutting down".into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+    tracing::debug!("websocket closed");
+}

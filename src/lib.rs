@@ -1,0 +1,14 @@
+//! agentplane: the control plane of an AI-agent workflow platform, served as one typed
+//! GraphQL schema over HTTP and WebSocket, on embedded SQLite or PostgreSQL.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod telemetry;
+pub mod tenancy;

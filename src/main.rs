@@ -1,0 +1,157 @@
+//! The `agentplane` command line.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use agentplane::app::{self, AppState};
+use agentplane::config::{CliOverrides, Config};
+use agentplane::db::{DbPool, migrate};
+
+/// Control plane of an AI-agent workflow platform, served as one GraphQL schema.
+#[derive(Debug, Parser)]
+#[command(name = "agentplane", version, about, propagate_version = true)]
+struct Cli {
+    /// Optional TOML configuration file (environment variables override it).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve GraphQL over HTTP and WebSocket.
+    Serve {
+        /// Listen address (overrides AGENTPLANE_LISTEN).
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<String>,
+    },
+    /// Apply pending migrations (or only check for them).
+    Migrate {
+        /// Exit with status 1 if any migration is pending; apply nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print the GraphQL schema (SDL), sorted.
+    Schema,
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Schema = cli.command {
+        print!("{}", agentplane::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
+    let overrides = CliOverrides {
+        config_file: cli.config.clone(),
+        listen: match &cli.command {
+            Command::Serve { listen } => listen.clone(),
+            _ => None,
+        },
+    };
+    let config = match Config::load(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agentplane: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    agentplane::telemetry::init(config.log_format, &config.log_filter);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentplane: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli.command, config));
+    // Do not wait on stray blocking tasks: shutdown must finish within 10 s.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("agentplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Schema => {
+            print!("{}", agentplane::graphql::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { .. } => serve(config).await,
+        Command::Migrate { check: true } => {
+            let pool = DbPool::connect(&config.database_url).await?;
+            let pending = migrate::pending(&pool).await?;
+            if pending.is_empty() {
+                println!("no pending migrations");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("pending migrations: {}", pending.join(", "));
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Migrate { check: false } => {
+            let applied = migrate::run_pending(&config.database_url).await?;
+            if applied.is_empty() {
+                println!("no pending migrations");
+            } else {
+                println!("applied: {}", applied.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::CheckConfig,
+        } => {
+            println!("{config:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let applied = migrate::run_pending(&config.database_url)
+        .await
+        .context("running migrations")?;
+    if !applied.is_empty() {
+        tracing::info!(versions = applied.join(","), "migrations applied");
+    }
+    let listen = config.listen;
+    let backend = config.database_url.redacted();
+    let state = AppState::new(config).await?;
+    let listener = app::bind(listen).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, database = %backend, "agentplane listening");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "agentplane {} listening on http://{addr} (GraphiQL: http://{addr}/graphql)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = out.flush();
+    }
+    app::cancel_on_signal(state.app.shutdown.clone());
+    app::serve(state, listener).await?;
+    Ok(ExitCode::SUCCESS)
+}
