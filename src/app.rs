@@ -81,10 +81,15 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
         }
         () = token.cancelled() => {}
     }
-    tracing::info!(grace_secs = grace.as_secs(), "shutdown started; draining requests");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutdown started; draining requests"
+    );
     let deadline = tokio::time::Instant::now() + grace;
     match tokio::time::timeout_at(deadline, handle).await {
-        Ok(res) => res.context("server task panicked")?.context("HTTP server failed")?,
+        Ok(res) => res
+            .context("server task panicked")?
+            .context("HTTP server failed")?,
         Err(_) => tracing::warn!("grace period elapsed with requests still in flight"),
     }
     app.connections.close();

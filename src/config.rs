@@ -207,7 +207,9 @@ impl Layers<'_> {
         file_value.map(|value| Raw {
             key: format!(
                 "{file_key} in {}",
-                self.file.map(|p| p.display().to_string()).unwrap_or_default()
+                self.file
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             ),
             value,
         })
@@ -229,7 +231,7 @@ fn err(key: &str, problem: impl Into<String>, expected: &str) -> ConfigError {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(
+fn parse_num<T>(
     raw: Option<Raw>,
     default: T,
     min: T,
@@ -237,7 +239,7 @@ fn parse_num<T: std::str::FromStr>(
     expected: &str,
 ) -> Result<T, ConfigError>
 where
-    T: PartialOrd + Copy,
+    T: std::str::FromStr + PartialOrd + Copy,
 {
     let Some(raw) = raw else { return Ok(default) };
     let v: T = raw.value.trim().parse().map_err(|_| {
@@ -248,7 +250,11 @@ where
         )
     })?;
     if v < min || v > max {
-        return Err(err(&raw.key, format!("{} is out of range", raw.value), expected));
+        return Err(err(
+            &raw.key,
+            format!("{} is out of range", raw.value),
+            expected,
+        ));
     }
     Ok(v)
 }
@@ -361,8 +367,7 @@ impl Config {
             })?
         };
 
-        let log_format = match layers.pick("AGENTPLANE_LOG_FORMAT", "log_format", file.log_format)
-        {
+        let log_format = match layers.pick("AGENTPLANE_LOG_FORMAT", "log_format", file.log_format) {
             None => LogFormat::Text,
             Some(raw) => match raw.value.trim().to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
@@ -424,7 +429,12 @@ impl Config {
                 None => Vec::new(),
                 Some(raw) => {
                     let mut out = Vec::new();
-                    for o in raw.value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                    for o in raw
+                        .value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                    {
                         if o != "*" {
                             let u = url::Url::parse(o).ok().filter(|u| {
                                 matches!(u.scheme(), "http" | "https")
@@ -504,7 +514,9 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::load_with(&CliOverrides::default(), &move |k| {
-            vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
         })
     }
 
@@ -523,7 +535,10 @@ mod tests {
         let e = load(&[("AGENTPLANE_LOG_FORMAT", "yaml")]).unwrap_err();
         assert_eq!(e.key, "AGENTPLANE_LOG_FORMAT");
         let e = load(&[("AGENTPLANE_LISTEN", "localhost")]).unwrap_err();
-        assert!(e.to_string().starts_with("invalid configuration: AGENTPLANE_LISTEN:"));
+        assert!(
+            e.to_string()
+                .starts_with("invalid configuration: AGENTPLANE_LISTEN:")
+        );
         assert!(!e.to_string().contains('\n'));
     }
 

@@ -123,7 +123,11 @@ impl AppError {
     }
 
     /// Adds a client-safe extension value.
-    pub fn with_detail(mut self, key: &'static str, value: impl Into<async_graphql::Value>) -> Self {
+    pub fn with_detail(
+        mut self,
+        key: &'static str,
+        value: impl Into<async_graphql::Value>,
+    ) -> Self {
         self.details.push((key, value.into()));
         self
     }

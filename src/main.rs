@@ -73,7 +73,10 @@ fn main() -> ExitCode {
         }
     };
     agentplane::telemetry::init(config.log_format, &config.log_filter);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentplane: cannot start the async runtime: {e}");

@@ -43,7 +43,10 @@ pub async fn run_pending(url: &DatabaseUrl) -> anyhow::Result<Vec<String>> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating database folder {}", dir.display()))?;
             }
-            let path = path.to_str().context("SQLite path is not UTF-8")?.to_owned();
+            let path = path
+                .to_str()
+                .context("SQLite path is not UTF-8")?
+                .to_owned();
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
                 let mut conn = SqliteConnection::establish(&path)
                     .with_context(|| format!("opening SQLite database {path}"))?;

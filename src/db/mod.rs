@@ -132,9 +132,9 @@ impl DbPool {
                     .await
                     .context("building the PostgreSQL pool")?;
                 let pool = Self::Postgres(pool);
-                pool.ping().await.with_context(|| {
-                    format!("connecting to PostgreSQL at {}", url.redacted())
-                })?;
+                pool.ping()
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at {}", url.redacted()))?;
                 Ok(pool)
             }
         }

@@ -7,7 +7,9 @@ pub mod system;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptyMutation, MergedObject, MergedSubscription, Schema, SDLExportOptions};
+use async_graphql::{
+    Context, EmptyMutation, MergedObject, MergedSubscription, SDLExportOptions, Schema,
+};
 
 use crate::app::App;
 use crate::error::{AppError, AppResult};
@@ -32,9 +34,11 @@ const DEFAULT_COMPLEXITY: usize = 2000;
 /// Builds the schema. With `app`, limits come from its config and resolvers can reach
 /// state; without it (SDL export), only the type system is needed.
 pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
-    let (depth, complexity) = app.as_ref().map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
-        (a.config.graphql.max_depth, a.config.graphql.max_complexity)
-    });
+    let (depth, complexity) = app
+        .as_ref()
+        .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
+            (a.config.graphql.max_depth, a.config.graphql.max_complexity)
+        });
     let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
         .limit_depth(depth)
         .limit_complexity(complexity)

@@ -38,7 +38,9 @@ pub fn to_global_id(kind: NodeKind, id: Uuid) -> ID {
 /// Decodes any global ID into its kind and uuid.
 pub fn decode_global_id(id: &ID) -> AppResult<(NodeKind, Uuid)> {
     let invalid = || AppError::bad_input("id", "not a valid ID");
-    let bytes = URL_SAFE_NO_PAD.decode(id.as_bytes()).map_err(|_| invalid())?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (kind, raw) = text.split_once(':').ok_or_else(invalid)?;
     let kind = NodeKind::ALL
@@ -125,8 +127,14 @@ impl Page {
             }
         }
         Ok(Self {
-            after: after.as_deref().map(|c| decode_cursor("after", c)).transpose()?,
-            before: before.as_deref().map(|c| decode_cursor("before", c)).transpose()?,
+            after: after
+                .as_deref()
+                .map(|c| decode_cursor("after", c))
+                .transpose()?,
+            before: before
+                .as_deref()
+                .map(|c| decode_cursor("before", c))
+                .transpose()?,
             limit: i64::from(last.or(first).unwrap_or(DEFAULT_PAGE)),
             from_end: last.is_some(),
         })

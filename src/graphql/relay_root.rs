@@ -46,7 +46,9 @@ impl RelayQuery {
         ids: Vec<ID>,
     ) -> async_graphql::Result<Vec<Option<Node>>> {
         if ids.len() > MAX_NODES {
-            return Err(AppError::bad_input("ids", format!("at most {MAX_NODES} ids per call")).into());
+            return Err(
+                AppError::bad_input("ids", format!("at most {MAX_NODES} ids per call")).into(),
+            );
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {

@@ -89,9 +89,11 @@ impl SystemSubscription {
         }
         let started = super::app(ctx)?.started_at;
         let period = Duration::from_secs(u64::try_from(interval_seconds).unwrap_or(10));
-        Ok(IntervalStream::new(tokio::time::interval(period)).map(move |_| Heartbeat {
-            at: Utc::now(),
-            uptime_seconds: i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX),
-        }))
+        Ok(
+            IntervalStream::new(tokio::time::interval(period)).map(move |_| Heartbeat {
+                at: Utc::now(),
+                uptime_seconds: i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX),
+            }),
+        )
     }
 }

@@ -138,7 +138,9 @@ pub async fn post_handler(
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with(GRAPHQL_RESPONSE_JSON));
+        .is_some_and(|ct| {
+            ct.starts_with("application/json") || ct.starts_with(GRAPHQL_RESPONSE_JSON)
+        });
     if !is_json {
         return request_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -158,7 +160,14 @@ pub async fn post_handler(
             );
         }
     };
-    execute(&state, batch, &request_id, client_info(addr, &headers), &headers).await
+    execute(
+        &state,
+        batch,
+        &request_id,
+        client_info(addr, &headers),
+        &headers,
+    )
+    .await
 }
 
 /// The operation type a request would run, if its document parses.

@@ -1,1 +1,7 @@
+//! The one integration-test binary: real servers on loopback, real databases.
 
+mod cli;
+mod foundation;
+mod helpers;
+mod schema_file;
+mod websocket;

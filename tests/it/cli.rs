@@ -1,0 +1,124 @@
+//! The real binary: configuration errors, migrations, graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{
+    ServerProcess, TestDb, bin, ws_close_code, ws_connect, ws_next_json, ws_send,
+};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("binary runs")
+}
+
+#[test]
+fn a_bad_config_value_stops_with_one_line_naming_the_key() {
+    for (key, value) in [
+        ("AGENTPLANE_LOG_FORMAT", "yaml"),
+        ("DATABASE_URL", "mysql://db/x"),
+        ("AGENTPLANE_LISTEN", "not-an-address"),
+        ("REDIS_URL", "http://x"),
+    ] {
+        let out = run(&["serve"], &[(key, value)]);
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(stderr.contains("expected"), "{stderr}");
+    }
+    let out = run(&["--config", "/nonexistent/agentplane.toml", "serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["schema", "--help"],
+        vec!["admin", "--help"],
+    ] {
+        let out = run(&args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_check_reports_pending_migrations() {
+    let db = TestDb::create().await;
+    let env = [("DATABASE_URL", db.url.as_str()), ("RUST_LOG", "warn")];
+    let out = run(&["migrate", "--check"], &env);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = run(&["migrate"], &env);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["migrate", "--check"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_closes_sockets_and_exits() {
+    let mut server = ServerProcess::start(&[]).await;
+
+    // A subscriber that must be told the server is going away.
+    let mut ws = ws_connect(
+        &format!("ws://{}/graphql/ws", server.addr),
+        "graphql-transport-ws",
+    )
+    .await;
+    ws_send(&mut ws, serde_json::json!({ "type": "connection_init" })).await;
+    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+
+    // A request in flight: headers and half the body sent before the signal.
+    let body = r#"{"query":"{ serverInfo { version } }"}"#;
+    let mut tcp = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(&body.as_bytes()[..10])
+        .await
+        .expect("write part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    server.terminate();
+    assert_eq!(ws_close_code(&mut ws, 9).await, Some(1001));
+
+    tcp.write_all(&body.as_bytes()[10..])
+        .await
+        .expect("write rest");
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.expect("read response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("serverInfo"), "{resp}");
+
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exits within 10 s")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+
+    // And new connections are refused afterwards.
+    assert!(
+        reqwest::get(format!("{}/healthz", server.base))
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,330 @@
+//! Test harness: a real server on 127.0.0.1:0 over a fresh database per test.
+//!
+//! SQLite by default (a temp file); PostgreSQL when `TEST_DATABASE_URL` is set (a fresh
+//! schema per test, selected through the connection's `search_path`, dropped afterwards).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use agentplane::app::{self, AppState};
+use agentplane::config::{CliOverrides, Config};
+use agentplane::db::migrate;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A database that exists for one test only.
+pub struct TestDb {
+    /// What to put in `DATABASE_URL`.
+    pub url: String,
+    kind: DbKind,
+}
+
+enum DbKind {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, schema: String },
+}
+
+impl TestDb {
+    /// Whether the suite runs against PostgreSQL.
+    pub fn is_postgres() -> bool {
+        std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())
+    }
+
+    /// Creates an empty database (no migrations applied).
+    pub async fn create() -> Self {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = AsyncPgConnection::establish(&admin_url)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test schema");
+                let sep = if admin_url.contains('?') { '&' } else { '?' };
+                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
+                Self {
+                    url,
+                    kind: DbKind::Postgres { admin_url, schema },
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Self {
+                    url,
+                    kind: DbKind::Sqlite(dir),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let DbKind::Postgres { admin_url, schema } = &self.kind {
+            let (admin_url, schema) = (admin_url.clone(), schema.clone());
+            // Drop runs outside any runtime guarantee: use a private one on a thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    if let Ok(mut conn) = AsyncPgConnection::establish(&admin_url).await {
+                        let _ =
+                            diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                                .execute(&mut conn)
+                                .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Builds a config for `db` plus extra environment values; the real environment is ignored.
+pub fn config_for(db: &TestDb, extra: &[(&str, &str)]) -> Config {
+    let mut env: HashMap<String, String> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.insert("DATABASE_URL".into(), db.url.clone());
+    env.entry("AGENTPLANE_LISTEN".into())
+        .or_insert_with(|| "127.0.0.1:0".into());
+    Config::load_with(&CliOverrides::default(), &move |k| env.get(k).cloned())
+        .expect("valid test config")
+}
+
+/// A running server.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Shared state, for tests that reach behind the API.
+    pub state: AppState,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The database; dropped (and removed) after the server.
+    _db: TestDb,
+}
+
+impl TestApp {
+    /// Fresh database, default settings.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Fresh database with extra configuration values.
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let db = TestDb::create().await;
+        let config = config_for(&db, extra);
+        migrate::run_pending(&config.database_url)
+            .await
+            .expect("migrations apply");
+        let state = AppState::new(config).await.expect("state builds");
+        let listener = app::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(app::serve(state.clone(), listener));
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+            state,
+            server: Some(server),
+            _db: db,
+        }
+    }
+
+    /// POSTs a GraphQL request and returns (status, headers, body).
+    pub async fn post_raw(
+        &self,
+        body: &Value,
+        token: Option<&str>,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.post(format!("{}/graphql", self.base)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.json::<Value>().await.expect("json body");
+        (status, headers, body)
+    }
+
+    /// Runs a query or mutation and returns the response body.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.post_raw(&json!({ "query": query, "variables": variables }), None)
+            .await
+            .2
+    }
+
+    /// `ws://127.0.0.1:PORT/graphql/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/graphql/ws", self.addr)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.state.app.shutdown.cancel();
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn first_error_code(body: &Value) -> Option<String> {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A websocket client speaking one GraphQL subprotocol.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a websocket with the given subprotocol.
+pub async fn ws_connect(url: &str, protocol: &str) -> Ws {
+    let mut req = url.into_client_request().expect("ws request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        protocol.parse().expect("header value"),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connects");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(protocol)
+    );
+    ws
+}
+
+/// Sends a JSON message.
+pub async fn ws_send(ws: &mut Ws, msg: Value) {
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .expect("ws send");
+}
+
+/// The next JSON text message, skipping pings; panics after 10 s.
+pub async fn ws_next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("no ws error");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("json message");
+                // Skip protocol keep-alives.
+                if v["type"] == "ka" || v["type"] == "ping" || v["type"] == "pong" {
+                    continue;
+                }
+                return v;
+            }
+            Message::Close(frame) => panic!("unexpected close: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// The close frame's code, waiting up to `secs`.
+pub async fn ws_close_code(ws: &mut Ws, secs: u64) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match msg {
+            Ok(Message::Close(Some(frame))) => return Some(frame.code.into()),
+            Ok(Message::Close(None)) => return Some(1005),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A server process started from the real binary.
+pub struct ServerProcess {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// `http://IP:PORT` read from its first stdout line.
+    pub base: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    _db: TestDb,
+}
+
+/// Path of the built `agentplane` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentplane")
+}
+
+impl ServerProcess {
+    /// Starts `agentplane serve` on a fresh database and waits for its listen line.
+    pub async fn start(extra_env: &[(&str, &str)]) -> Self {
+        let db = TestDb::create().await;
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("listen line within 30 s")
+            .expect("read stdout")
+            .expect("a line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("url in listen line")
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            _db: db,
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
