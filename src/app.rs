@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::jwt::KeyRing;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::db::DbPool;
 use crate::graphql::{AppSchema, build_schema};
@@ -26,6 +28,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks upgraded websocket connections so shutdown can wait for their close frames.
     pub connections: TaskTracker,
+    /// The source of time (a manual clock in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Access-token signing and verification keys.
+    pub keys: KeyRing,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -40,13 +46,23 @@ pub struct AppState {
 impl AppState {
     /// Connects to storage (migrations must already be applied) and builds the schema.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        Self::with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`AppState::new`] with an explicit clock.
+    pub async fn with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let db = DbPool::connect(&config.database_url).await?;
+        let keys = KeyRing::load(&db, &config.auth)
+            .await
+            .context("loading signing keys")?;
         let app = Arc::new(App {
             config,
             db,
             started_at: Instant::now(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            clock,
+            keys,
         });
         let schema = build_schema(Some(app.clone()));
         Ok(Self { app, schema })

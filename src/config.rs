@@ -133,6 +133,38 @@ pub struct GraphqlConfig {
     pub max_complexity: usize,
 }
 
+/// Which algorithm signs access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// Ed25519 keys generated at first start and kept in the database (default).
+    EdDsa,
+    /// HMAC-SHA256 with a shared secret from configuration.
+    Hs256,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `iss` claim written and required.
+    pub issuer: String,
+    /// `aud` claim written and required.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// A session unused this long expires.
+    pub refresh_idle: Duration,
+    /// A session expires this long after sign-in, however used.
+    pub refresh_absolute: Duration,
+    /// Signing algorithm.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 secret (at least 32 bytes), when `algorithm` is HS256.
+    pub hs256_secret: Option<SecretString>,
+    /// E-mail of the platform admin created on an empty database.
+    pub bootstrap_admin_email: String,
+    /// Its password; generated and printed once when unset.
+    pub bootstrap_admin_password: Option<SecretString>,
+}
+
 /// The validated configuration of one process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,6 +182,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// GraphQL limits.
     pub graphql: GraphqlConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
 }
 
 /// The shape of the optional TOML file. Unknown keys are an error, so typos surface.
@@ -165,6 +199,21 @@ struct FileConfig {
     http: FileHttp,
     #[serde(default)]
     graphql: FileGraphql,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    issuer: Option<String>,
+    audience: Option<String>,
+    access_ttl_secs: Option<toml::Value>,
+    refresh_idle_secs: Option<toml::Value>,
+    refresh_absolute_secs: Option<toml::Value>,
+    jwt_algorithm: Option<String>,
+    hs256_secret: Option<String>,
+    bootstrap_admin_email: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -492,6 +541,119 @@ impl Config {
             )?,
         };
 
+        let algorithm = match layers.pick(
+            "AGENTPLANE_JWT_ALGORITHM",
+            "auth.jwt_algorithm",
+            file.auth.jwt_algorithm,
+        ) {
+            None => JwtAlgorithm::EdDsa,
+            Some(raw) => match raw.value.trim() {
+                "EdDSA" | "eddsa" | "EDDSA" => JwtAlgorithm::EdDsa,
+                "HS256" | "hs256" => JwtAlgorithm::Hs256,
+                other => {
+                    return Err(err(
+                        &raw.key,
+                        format!("unknown algorithm {other:?}"),
+                        "EdDSA or HS256",
+                    ));
+                }
+            },
+        };
+        let hs256_secret = match layers.pick(
+            "AGENTPLANE_JWT_HS256_SECRET",
+            "auth.hs256_secret",
+            file.auth.hs256_secret,
+        ) {
+            Some(raw) if raw.value.len() < 32 => {
+                return Err(err(
+                    &raw.key,
+                    "the secret is shorter than 32 bytes",
+                    "a random secret of at least 32 bytes",
+                ));
+            }
+            Some(raw) => Some(SecretString::from(raw.value)),
+            None => None,
+        };
+        if algorithm == JwtAlgorithm::Hs256 && hs256_secret.is_none() {
+            return Err(err(
+                "AGENTPLANE_JWT_HS256_SECRET",
+                "HS256 is selected but no secret is set",
+                "a random secret of at least 32 bytes",
+            ));
+        }
+        let secs = |env: &str, key: &str, v: Option<toml::Value>, default: u64, max: u64| {
+            parse_num(
+                layers.pick(env, key, toml_scalar(v)),
+                default,
+                1,
+                max,
+                &format!("seconds between 1 and {max}"),
+            )
+            .map(Duration::from_secs)
+        };
+        let auth = AuthConfig {
+            issuer: layers
+                .pick("AGENTPLANE_JWT_ISSUER", "auth.issuer", file.auth.issuer)
+                .map_or_else(|| "agentplane".to_owned(), |r| r.value),
+            audience: layers
+                .pick(
+                    "AGENTPLANE_JWT_AUDIENCE",
+                    "auth.audience",
+                    file.auth.audience,
+                )
+                .map_or_else(|| "agentplane".to_owned(), |r| r.value),
+            access_ttl: secs(
+                "AGENTPLANE_ACCESS_TOKEN_TTL_SECS",
+                "auth.access_ttl_secs",
+                file.auth.access_ttl_secs,
+                900,
+                86_400,
+            )?,
+            refresh_idle: secs(
+                "AGENTPLANE_REFRESH_IDLE_SECS",
+                "auth.refresh_idle_secs",
+                file.auth.refresh_idle_secs,
+                7 * 86_400,
+                365 * 86_400,
+            )?,
+            refresh_absolute: secs(
+                "AGENTPLANE_REFRESH_ABSOLUTE_SECS",
+                "auth.refresh_absolute_secs",
+                file.auth.refresh_absolute_secs,
+                30 * 86_400,
+                365 * 86_400,
+            )?,
+            algorithm,
+            hs256_secret,
+            bootstrap_admin_email: {
+                let raw = layers
+                    .pick(
+                        "AGENTPLANE_BOOTSTRAP_ADMIN_EMAIL",
+                        "auth.bootstrap_admin_email",
+                        file.auth.bootstrap_admin_email,
+                    )
+                    .unwrap_or(Raw {
+                        key: "AGENTPLANE_BOOTSTRAP_ADMIN_EMAIL".into(),
+                        value: "admin@agentplane.local".into(),
+                    });
+                crate::auth::passwords::normalize_email(&raw.value)
+                    .map_err(|p| err(&raw.key, p, "an e-mail address such as ops@example.com"))?
+            },
+            bootstrap_admin_password: match (env)("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD") {
+                None => None,
+                Some(p) => {
+                    crate::auth::passwords::check_policy(&p).map_err(|problem| {
+                        err(
+                            "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
+                            problem,
+                            "a password of 12 to 256 characters",
+                        )
+                    })?;
+                    Some(SecretString::from(p))
+                }
+            },
+        };
+
         Ok(Self {
             database_url,
             redis_url,
@@ -500,6 +662,7 @@ impl Config {
             log_filter,
             http,
             graphql,
+            auth,
         })
     }
 }

@@ -3,12 +3,16 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod bootstrap;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod rbac;
 pub mod telemetry;
 pub mod tenancy;

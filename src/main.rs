@@ -50,6 +50,17 @@ enum Command {
 enum AdminCommand {
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// Make a new access-token signing key; older keys keep verifying until tokens expire.
+    RotateSigningKey,
+    /// Set a new password for a user (prompted on stdin, or generated and printed).
+    ResetPassword {
+        /// The user's e-mail address.
+        #[arg(long)]
+        email: String,
+        /// Read the new password from standard input instead of generating one.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,6 +140,34 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{config:#?}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admin {
+            command: AdminCommand::RotateSigningKey,
+        } => {
+            migrate::run_pending(&config.database_url).await?;
+            let pool = DbPool::connect(&config.database_url).await?;
+            let kid = agentplane::auth::jwt::rotate(&pool).await?;
+            println!("new signing key {kid}; earlier keys still verify until their tokens expire");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::ResetPassword { email, stdin },
+        } => {
+            let state = AppState::new(config).await?;
+            let password = if stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                agentplane::auth::passwords::random_secret(18)
+            };
+            agentplane::admin::reset_password(&state.app, &email, &password).await?;
+            if stdin {
+                println!("password for {email} changed; their sessions were revoked");
+            } else {
+                println!("new password for {email} (shown once): {password}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -142,6 +181,18 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
     let backend = config.database_url.redacted();
     let state = AppState::new(config).await?;
+    if let Some(b) = agentplane::bootstrap::ensure_platform_admin(&state.app).await? {
+        match b.generated_password {
+            Some(p) => println!(
+                "created platform admin {} with generated password (shown once): {p}",
+                b.admin_email
+            ),
+            None => println!(
+                "created platform admin {} with the password from AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
+                b.admin_email
+            ),
+        }
+    }
     let listener = app::bind(listen).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, database = %backend, "agentplane listening");

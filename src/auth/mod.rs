@@ -1,18 +1,63 @@
 //! Authentication: who is calling. The [`Principal`] is attached to each GraphQL request
 //! (or websocket connection) and is the only source of the caller's tenant.
 
-use async_graphql::Context;
+pub mod graphql;
+pub mod jwt;
+pub mod model;
+pub mod passwords;
+pub mod service;
+pub mod store;
 
-use crate::error::{AppError, AppResult};
-use crate::tenancy::TenantId;
+use async_graphql::Context;
+use chrono::{DateTime, Utc};
+
+use crate::app::App;
+use crate::db::ids::utc;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::rbac::{BuiltinRole, PermissionSet, parse_permission_list};
+use crate::tenancy::model::{TenantStatus, UserStatus};
+use crate::tenancy::{RoleId, TenantId, TenantRow, UserId};
+
+pub use model::{ApiKeyId, SessionId};
+
+/// Prefix of every API key secret, so leaked keys are recognisable by scanners.
+pub const API_KEY_PREFIX: &str = "agp_";
+
+/// Who acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// A signed-in user.
+    User(UserId),
+    /// An API key.
+    ApiKey(ApiKeyId),
+}
+
+/// The access token behind a user principal.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// The session (refresh-token family).
+    pub session_id: SessionId,
+    /// The token's id, for revocation.
+    pub jti: String,
+    /// The token's expiry.
+    pub expires_at: DateTime<Utc>,
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// User or API key.
+    pub actor: Actor,
     /// The tenant the caller acts in. Never taken from client input.
     pub tenant_id: TenantId,
+    /// Built-in role name or custom role id.
+    pub role: String,
+    /// What the caller may do.
+    pub permissions: PermissionSet,
     /// Platform operators manage tenants and the cluster across tenants.
     pub platform_admin: bool,
+    /// Present for users signed in with an access token.
+    pub token: Option<TokenInfo>,
 }
 
 impl Principal {
@@ -20,10 +65,145 @@ impl Principal {
     pub fn may_see_tenant(&self, id: TenantId) -> bool {
         self.platform_admin || self.tenant_id == id
     }
+
+    /// The user id, for user principals.
+    pub fn user_id(&self) -> Option<UserId> {
+        match self.actor {
+            Actor::User(u) => Some(u),
+            Actor::ApiKey(_) => None,
+        }
+    }
+
+    /// A stable actor string for records (`user:<id>` / `apikey:<id>`).
+    pub fn actor_ref(&self) -> String {
+        match self.actor {
+            Actor::User(u) => format!("user:{u}"),
+            Actor::ApiKey(k) => format!("apikey:{k}"),
+        }
+    }
 }
 
 /// The caller of the current request, or `UNAUTHENTICATED`.
 pub fn principal<'a>(ctx: &Context<'a>) -> AppResult<&'a Principal> {
     ctx.data_opt::<Principal>()
         .ok_or_else(|| AppError::unauthenticated("sign in to use this field"))
+}
+
+/// Resolves a role reference (built-in name or custom role id) to permissions. A
+/// platform-admin role outside the system tenant, or an unknown role, grants nothing.
+pub async fn role_permissions(
+    app: &App,
+    tenant: &TenantRow,
+    role: &str,
+) -> AppResult<(PermissionSet, bool)> {
+    if let Some(b) = BuiltinRole::parse(role) {
+        if b == BuiltinRole::PlatformAdmin {
+            return Ok(if tenant.is_system {
+                (b.permissions(), true)
+            } else {
+                (PermissionSet::new(), false)
+            });
+        }
+        return Ok((b.permissions(), false));
+    }
+    let Ok(uuid) = uuid::Uuid::parse_str(role) else {
+        return Ok((PermissionSet::new(), false));
+    };
+    Ok(
+        match crate::tenancy::store::find_role(&app.db, tenant.id, RoleId(uuid)).await? {
+            Some(r) => (parse_permission_list(&r.permissions), false),
+            None => (PermissionSet::new(), false),
+        },
+    )
+}
+
+/// Refuses principals of a suspended tenant with `FORBIDDEN` and reason `TENANT_SUSPENDED`.
+pub fn check_tenant_active(tenant: &TenantRow) -> AppResult<()> {
+    if TenantStatus::parse(&tenant.status) == TenantStatus::Active {
+        Ok(())
+    } else {
+        Err(AppError::forbidden("this organization is suspended")
+            .with_detail("reason", "TENANT_SUSPENDED"))
+    }
+}
+
+fn invalid_credentials() -> AppError {
+    AppError::unauthenticated("invalid or expired credentials")
+}
+
+/// Turns a bearer credential (access token or API key) into a principal.
+pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
+    if bearer.starts_with(API_KEY_PREFIX) {
+        return service::authenticate_api_key(app, bearer).await;
+    }
+    let cfg = &app.config.auth;
+    let now = app.clock.now();
+    if app.keys.should_reload_for(bearer) {
+        if let Err(e) = app.keys.reload(&app.db, cfg).await {
+            tracing::warn!(error = format!("{e:#}"), "reloading signing keys failed");
+        }
+    }
+    let claims = app.keys.verify(bearer, cfg, now).map_err(|r| {
+        tracing::debug!(reason = r.0, "access token refused");
+        invalid_credentials()
+    })?;
+    let tenant_id = uuid::Uuid::parse_str(&claims.tid)
+        .map(TenantId)
+        .map_err(|_| invalid_credentials())?;
+    let user_id = uuid::Uuid::parse_str(&claims.sub)
+        .map(UserId)
+        .map_err(|_| invalid_credentials())?;
+    let session_id = uuid::Uuid::parse_str(&claims.sid)
+        .map(SessionId)
+        .map_err(|_| invalid_credentials())?;
+    if store::is_access_token_revoked(&app.db, &claims.jti).await? {
+        return Err(invalid_credentials());
+    }
+    let session = store::find_session(&app.db, tenant_id, session_id)
+        .await?
+        .ok_or_else(invalid_credentials)?;
+    if session.revoked_at.is_some() || session.user_id != user_id {
+        return Err(invalid_credentials());
+    }
+    let user = crate::tenancy::store::find_user(&app.db, tenant_id, user_id)
+        .await?
+        .ok_or_else(invalid_credentials)?;
+    if UserStatus::parse(&user.status) != UserStatus::Active {
+        return Err(invalid_credentials());
+    }
+    let tenant = crate::tenancy::store::find(&app.db, tenant_id)
+        .await?
+        .ok_or_else(invalid_credentials)?;
+    check_tenant_active(&tenant)?;
+    let (permissions, platform_admin) = role_permissions(app, &tenant, &user.role).await?;
+    Ok(Principal {
+        actor: Actor::User(user.id),
+        tenant_id,
+        role: user.role,
+        permissions,
+        platform_admin,
+        token: Some(TokenInfo {
+            session_id,
+            jti: claims.jti,
+            expires_at: DateTime::from_timestamp(claims.exp, 0)
+                .unwrap_or_else(|| utc(session.expires_at)),
+        }),
+    })
+}
+
+/// Parses an `Authorization` header value into the bearer credential.
+pub fn bearer_from_header(value: &str) -> AppResult<&str> {
+    let v = value.trim();
+    let (scheme, rest) = v.split_once(' ').ok_or_else(|| {
+        AppError::new(
+            ErrorCode::Unauthenticated,
+            "use Authorization: Bearer <token>",
+        )
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
+        return Err(AppError::unauthenticated(
+            "use Authorization: Bearer <token>",
+        ));
+    }
+    Ok(rest.trim())
 }

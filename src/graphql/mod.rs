@@ -7,19 +7,29 @@ pub mod system;
 
 use std::sync::Arc;
 
-use async_graphql::{
-    Context, EmptyMutation, MergedObject, MergedSubscription, SDLExportOptions, Schema,
-};
+use async_graphql::{Context, MergedObject, MergedSubscription, SDLExportOptions, Schema};
 
 use crate::app::App;
 use crate::error::{AppError, AppResult};
 
 /// The executable schema type.
-pub type AppSchema = Schema<Query, EmptyMutation, Subscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// All query fields.
 #[derive(MergedObject, Default)]
-pub struct Query(system::SystemQuery, relay_root::RelayQuery);
+pub struct Query(
+    system::SystemQuery,
+    relay_root::RelayQuery,
+    crate::auth::graphql::AuthQuery,
+    crate::tenancy::graphql::TenancyQuery,
+);
+
+/// All mutation fields.
+#[derive(MergedObject, Default)]
+pub struct Mutation(
+    crate::auth::graphql::AuthMutation,
+    crate::tenancy::graphql::TenancyMutation,
+);
 
 /// All subscription fields.
 #[derive(MergedSubscription, Default)]
@@ -39,10 +49,14 @@ pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
         .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
             (a.config.graphql.max_depth, a.config.graphql.max_complexity)
         });
-    let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
-        .limit_depth(depth)
-        .limit_complexity(complexity)
-        .extension(extensions::OperationLog);
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(depth)
+    .limit_complexity(complexity)
+    .extension(extensions::OperationLog);
     if let Some(app) = app {
         builder = builder.data(app);
     }

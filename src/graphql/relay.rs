@@ -17,15 +17,33 @@ use crate::error::{AppError, AppResult};
 pub enum NodeKind {
     /// An organization.
     Tenant,
+    /// A user.
+    User,
+    /// A custom role.
+    Role,
+    /// An API key.
+    ApiKey,
+    /// A sign-in session.
+    Session,
 }
 
 impl NodeKind {
-    const ALL: &'static [NodeKind] = &[NodeKind::Tenant];
+    const ALL: &'static [NodeKind] = &[
+        NodeKind::Tenant,
+        NodeKind::User,
+        NodeKind::Role,
+        NodeKind::ApiKey,
+        NodeKind::Session,
+    ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Tenant => "Tenant",
+            Self::User => "User",
+            Self::Role => "Role",
+            Self::ApiKey => "ApiKey",
+            Self::Session => "Session",
         }
     }
 }

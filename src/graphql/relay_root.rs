@@ -4,7 +4,8 @@ use async_graphql::{Context, ID, Interface, Object};
 
 use super::relay::{NodeKind, decode_global_id};
 use crate::error::{AppError, AppResult};
-use crate::tenancy::Tenant;
+use crate::tenancy::graphql::User;
+use crate::tenancy::{Tenant, UserId};
 
 /// An object with a globally unique, opaque ID.
 #[derive(Interface)]
@@ -12,6 +13,8 @@ use crate::tenancy::Tenant;
 pub enum Node {
     /// An organization.
     Tenant(Tenant),
+    /// A user.
+    User(User),
 }
 
 /// Relay root fields.
@@ -28,6 +31,22 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
         NodeKind::Tenant => crate::tenancy::visible_tenant(ctx, app, uuid)
             .await
             .map(Node::Tenant),
+        NodeKind::User => {
+            let p = crate::auth::principal(ctx)?;
+            let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, UserId(uuid))
+                .await?
+                .ok_or_else(|| AppError::not_found("user"))?;
+            if p.user_id() != Some(user.id)
+                && !p.permissions.contains(&crate::rbac::Permission::UsersRead)
+            {
+                return Err(AppError::forbidden(
+                    "this requires the users.read permission",
+                ));
+            }
+            Ok(Node::User(User(user)))
+        }
+        // Reachable through their own fields, not through `node`.
+        NodeKind::Role | NodeKind::ApiKey | NodeKind::Session => Err(AppError::not_found("object")),
     }
 }
 
@@ -35,11 +54,13 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
 impl RelayQuery {
     /// Fetches any object by its global ID. Objects the caller may not see are `NOT_FOUND`,
     /// exactly like missing ones.
+    #[graphql(guard = "crate::rbac::SignedIn")]
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Node> {
         Ok(load(ctx, &id).await?)
     }
 
     /// Fetches several objects by global ID, in order; a missing or hidden one is `null`.
+    #[graphql(guard = "crate::rbac::SignedIn")]
     async fn nodes(
         &self,
         ctx: &Context<'_>,

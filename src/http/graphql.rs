@@ -11,11 +11,14 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, Mutex};
+
 use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::app::AppState;
-use crate::error::ErrorCode;
+use crate::error::{AppError, ErrorCode};
 use crate::graphql::{ClientInfo, RequestId};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -110,6 +113,22 @@ fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id:
     resp
 }
 
+/// A GraphQL-shaped error response for an [`AppError`] raised before execution.
+fn app_error_response(status: StatusCode, e: &AppError, request_id: &str) -> Response {
+    let gql: async_graphql::Error = AppError::new(e.code(), e.message()).into();
+    let mut ext = serde_json::to_value(&gql.extensions).unwrap_or_default();
+    if let Some(o) = ext.as_object_mut() {
+        o.insert("requestId".into(), request_id.into());
+    }
+    let body = serde_json::json!({ "errors": [{ "message": e.message(), "extensions": ext }] });
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 async fn execute(
     state: &AppState,
     batch: BatchRequest,
@@ -118,7 +137,39 @@ async fn execute(
     headers: &HeaderMap,
 ) -> Response {
     let media_graphql = wants_graphql_response_json(headers);
-    let attach = |r: GqlRequest| r.data(request_id.clone()).data(client.clone());
+    let principal = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let bearer = v
+                .to_str()
+                .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
+                .and_then(crate::auth::bearer_from_header);
+            let res = match bearer {
+                Ok(b) => crate::auth::authenticate(&state.app, b).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let status = StatusCode::from_u16(e.code().http_status())
+                        .unwrap_or(StatusCode::UNAUTHORIZED);
+                    let mut resp = app_error_response(status, &e, &request_id.0);
+                    if status == StatusCode::UNAUTHORIZED {
+                        resp.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    return resp;
+                }
+            }
+        }
+    };
+    let attach = |r: GqlRequest| {
+        let r = r.data(request_id.clone()).data(client.clone());
+        match &principal {
+            Some(p) => r.data(p.clone()),
+            None => r,
+        }
+    };
     let batch = match batch {
         BatchRequest::Single(r) => BatchRequest::Single(attach(r)),
         BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(attach).collect()),
@@ -261,6 +312,40 @@ pub async fn ws_handler(
 
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for missing, invalid, expired or revoked credentials.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+const UNAUTHENTICATED_REASON: &str = "unauthenticated";
+
+/// Ends the socket (via `ended`) when the accepted credential expires on the app clock
+/// (checked every second) or stops authenticating: revoked, user disabled, tenant
+/// suspended (re-checked every 5 s).
+async fn watch_credentials(
+    app: Arc<crate::app::App>,
+    auth: Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>>,
+    ended: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let current = auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some((bearer, exp)) = current else {
+            continue;
+        };
+        if app.clock.now() > exp {
+            ended.cancel();
+            return;
+        }
+        if n % 5 == 0 && crate::auth::authenticate(&app, &bearer).await.is_err() {
+            ended.cancel();
+            return;
+        }
+    }
+}
 
 async fn serve_socket(
     state: AppState,
@@ -270,19 +355,87 @@ async fn serve_socket(
     client: ClientInfo,
 ) {
     let (mut sink, stream) = socket.split();
-    let shutdown = state.app.shutdown.clone();
-    // Ending the input on shutdown ends the GraphQL session; we then say why.
-    let input = stream.take_until(shutdown.clone().cancelled_owned());
+    let app = state.app.clone();
+    let shutdown = app.shutdown.clone();
+    // The credential accepted at connection_init; re-checked while the socket lives.
+    let auth: Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>> = Arc::default();
+    let ended = CancellationToken::new();
+    let watcher = tokio::spawn(watch_credentials(app.clone(), auth.clone(), ended.clone()));
+    let stop = {
+        let (shutdown, ended) = (shutdown.clone(), ended.clone());
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = ended.cancelled() => {}
+            }
+        }
+    };
+    let input = stream.take_until(Box::pin(stop));
     let data = request_data(&request_id, client);
-    GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
-        .with_data(data)
-        .serve()
-        .await;
-    if shutdown.is_cancelled() {
+    let init_app = app.clone();
+    let init_auth = auth.clone();
+    {
+        // graphql-transport-ws closes a refused init with 1002; we say 4401 (Unauthorized).
+        let sink = (&mut sink).with(|m: Message| {
+            futures_util::future::ready(Ok::<_, axum::Error>(match m {
+                Message::Close(Some(f))
+                    if f.code == 1002 && f.reason.starts_with(UNAUTHENTICATED_REASON) =>
+                {
+                    Message::Close(Some(CloseFrame {
+                        code: CLOSE_UNAUTHORIZED,
+                        reason: f.reason,
+                    }))
+                }
+                other => other,
+            }))
+        });
+        GraphQLWebSocket::new_with_pair(sink, input, state.schema.clone(), protocol)
+            .with_data(data)
+            .on_connection_init(move |payload| async move {
+                let header = payload
+                    .get("Authorization")
+                    .or_else(|| payload.get("authorization"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+                let refuse = |why: &str| {
+                    async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"))
+                };
+                let header = header.ok_or_else(|| {
+                    refuse("send {\"Authorization\": \"Bearer <token>\"} in connection_init")
+                })?;
+                let bearer = crate::auth::bearer_from_header(&header)
+                    .map_err(|e| refuse(e.message()))?
+                    .to_owned();
+                let p = crate::auth::authenticate(&init_app, &bearer)
+                    .await
+                    .map_err(|e| refuse(e.message()))?;
+                let exp = p.token.as_ref().map_or_else(
+                    || init_app.clock.now() + chrono::Duration::days(3650),
+                    |t| t.expires_at,
+                );
+                *init_auth
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((bearer, exp));
+                let mut d = Data::default();
+                d.insert(p);
+                Ok(d)
+            })
+            .serve()
+            .await;
+    }
+    watcher.abort();
+    let close = if shutdown.is_cancelled() {
+        Some((CLOSE_GOING_AWAY, "server shutting down"))
+    } else if ended.is_cancelled() {
+        Some((CLOSE_UNAUTHORIZED, "credentials expired or revoked"))
+    } else {
+        None
+    };
+    if let Some((code, reason)) = close {
         let _ = sink
             .send(Message::Close(Some(CloseFrame {
-                code: CLOSE_GOING_AWAY,
-                reason: "server shutting down".into(),
+                code,
+                reason: reason.into(),
             })))
             .await;
     }

@@ -46,3 +46,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
     }
 }
+
+/// `GET /.well-known/jwks.json`: the public keys that verify access tokens (current and
+/// rotated-out). Empty under HS256, whose key is a shared secret.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut resp = (StatusCode::OK, Json(state.app.keys.jwks())).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}

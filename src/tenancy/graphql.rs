@@ -98,3 +98,650 @@ impl Tenant {
         utc(self.0.updated_at)
     }
 }
+
+// ---- users, roles, and the tenancy API ----
+
+use async_graphql::{Context, InputObject};
+
+use super::model::{RoleId, RoleRow, UserId, UserRow, UserStatus};
+use crate::auth::{Principal, principal};
+use crate::db::ids::db_time;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::graphql::app;
+use crate::graphql::relay::{Conn, Page, decode_expecting};
+use crate::rbac::{BuiltinRole, Permission, PermissionSet, Require, parse_permission_list};
+
+/// A person who signs in.
+#[derive(Debug, Clone)]
+pub struct User(pub UserRow);
+
+#[Object]
+impl User {
+    /// Opaque global ID.
+    pub async fn id(&self) -> ID {
+        to_global_id(NodeKind::User, self.0.id.0)
+    }
+    /// E-mail address (unique across the platform).
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+    /// Display name.
+    async fn display_name(&self) -> &str {
+        &self.0.display_name
+    }
+    /// The user's role.
+    async fn role(&self, ctx: &Context<'_>) -> async_graphql::Result<Role> {
+        Ok(Role::resolve(ctx, &self.0.role).await?)
+    }
+    /// Whether the user may sign in.
+    async fn status(&self) -> UserStatus {
+        UserStatus::parse(&self.0.status)
+    }
+    /// Last successful sign-in.
+    async fn last_login_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_login_at.map(utc)
+    }
+    /// Creation time.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    /// Last change.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+/// A role: built-in (ID is its name, e.g. `DEVELOPER`) or custom to the tenant.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Role {
+    /// Built-in role name, or the custom role's global ID.
+    pub id: ID,
+    /// Display name.
+    pub name: String,
+    /// Whether this is a built-in role.
+    pub built_in: bool,
+    /// Permissions granted, as `resource.action` names.
+    pub permissions: Vec<String>,
+}
+
+fn perm_names(set: &PermissionSet) -> Vec<String> {
+    set.iter().map(|p| p.as_str().to_owned()).collect()
+}
+
+impl Role {
+    fn builtin(b: BuiltinRole) -> Self {
+        Self {
+            id: ID(b.as_str().to_owned()),
+            name: b.as_str().to_owned(),
+            built_in: true,
+            permissions: perm_names(&b.permissions()),
+        }
+    }
+
+    fn custom(r: &RoleRow) -> Self {
+        Self {
+            id: to_global_id(NodeKind::Role, r.id.0),
+            name: r.name.clone(),
+            built_in: false,
+            permissions: perm_names(&parse_permission_list(&r.permissions)),
+        }
+    }
+
+    /// Resolves a stored role reference within the caller's tenant.
+    pub async fn resolve(ctx: &Context<'_>, stored: &str) -> AppResult<Self> {
+        if let Some(b) = BuiltinRole::parse(stored) {
+            return Ok(Self::builtin(b));
+        }
+        let p = principal(ctx)?;
+        let found = match uuid::Uuid::parse_str(stored) {
+            Ok(u) => super::store::find_role(&app(ctx)?.db, p.tenant_id, RoleId(u)).await?,
+            Err(_) => None,
+        };
+        Ok(found.map_or_else(
+            || Self {
+                id: ID(stored.to_owned()),
+                name: "(deleted role)".into(),
+                built_in: false,
+                permissions: Vec::new(),
+            },
+            |r| Self::custom(&r),
+        ))
+    }
+}
+
+/// Resolves a role given by a client (built-in name or custom role ID) to its stored
+/// form, refusing escalation: nobody grants a permission they do not hold.
+pub async fn resolve_role_input(
+    app: &crate::app::App,
+    p: &Principal,
+    id: &ID,
+    field: &str,
+) -> AppResult<String> {
+    let (stored, perms) = if let Some(b) = BuiltinRole::parse(id.as_str()) {
+        if b == BuiltinRole::PlatformAdmin && !p.platform_admin {
+            return Err(AppError::forbidden(
+                "only platform admins grant PLATFORM_ADMIN",
+            ));
+        }
+        (b.as_str().to_owned(), b.permissions())
+    } else {
+        let uuid = decode_expecting(id, NodeKind::Role, "role").map_err(|_| {
+            AppError::bad_input(field, "not a role: use a built-in role name or a role ID")
+        })?;
+        let r = super::store::find_role(&app.db, p.tenant_id, RoleId(uuid))
+            .await?
+            .ok_or_else(|| AppError::not_found("role"))?;
+        (r.id.to_string(), parse_permission_list(&r.permissions))
+    };
+    if !perms.is_subset(&p.permissions) {
+        return Err(
+            AppError::forbidden("you cannot grant permissions you do not hold")
+                .with_detail("field", field),
+        );
+    }
+    Ok(stored)
+}
+
+/// Current usage against each quota.
+#[derive(SimpleObject)]
+pub struct TenantUsage {
+    /// Users now.
+    pub users: i64,
+}
+
+/// A new user's owner details for `createTenant`.
+#[derive(InputObject)]
+pub struct OwnerInput {
+    /// E-mail address.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// Input of `createTenant`.
+#[derive(InputObject)]
+pub struct CreateTenantInput {
+    /// URL-safe handle: 3–40 of a-z, 0-9 and `-`.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Plan; its default quotas apply.
+    pub plan: Plan,
+    /// The first OWNER.
+    pub owner: OwnerInput,
+}
+
+/// Result of `createTenant`.
+#[derive(SimpleObject)]
+pub struct CreateTenantPayload {
+    /// The new tenant.
+    pub tenant: Tenant,
+    /// Its first owner.
+    pub owner: User,
+    /// One-time token for `setPassword` (valid 7 days).
+    pub set_password_token: String,
+}
+
+/// Input of `suspendTenant`.
+#[derive(InputObject)]
+pub struct SuspendTenantInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+    /// Why (shown to the tenant's users).
+    pub reason: String,
+}
+
+/// Input of `reactivateTenant`.
+#[derive(InputObject)]
+pub struct ReactivateTenantInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+}
+
+/// Result of tenant changes.
+#[derive(SimpleObject)]
+pub struct TenantPayload {
+    /// The tenant after the change.
+    pub tenant: Tenant,
+}
+
+/// Input of `createUser`.
+#[derive(InputObject)]
+pub struct CreateUserInput {
+    /// E-mail address (unique across the platform).
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// A built-in role name or a custom role's ID.
+    pub role_id: ID,
+}
+
+/// Result of `createUser`.
+#[derive(SimpleObject)]
+pub struct CreateUserPayload {
+    /// The new user.
+    pub user: User,
+    /// One-time token for `setPassword` (valid 7 days).
+    pub set_password_token: String,
+}
+
+/// Input of `updateUserRole`.
+#[derive(InputObject)]
+pub struct UpdateUserRoleInput {
+    /// The user's ID.
+    pub user_id: ID,
+    /// A built-in role name or a custom role's ID.
+    pub role_id: ID,
+}
+
+/// Input of `disableUser`.
+#[derive(InputObject)]
+pub struct DisableUserInput {
+    /// The user's ID.
+    pub user_id: ID,
+}
+
+/// Result of user changes.
+#[derive(SimpleObject)]
+pub struct UserPayload {
+    /// The user after the change.
+    pub user: User,
+}
+
+/// Input of `createRole`.
+#[derive(InputObject)]
+pub struct CreateRoleInput {
+    /// Unique in the tenant.
+    pub name: String,
+    /// Free text.
+    #[graphql(default)]
+    pub description: String,
+    /// `resource.action` names.
+    pub permissions: Vec<String>,
+}
+
+/// Result of `createRole`.
+#[derive(SimpleObject)]
+pub struct RolePayload {
+    /// The role.
+    pub role: Role,
+}
+
+/// Default quotas per plan: (users, workflows, executions/month, concurrent, GPU MiB).
+pub fn plan_quotas(plan: Plan) -> (i64, i64, i64, i64, i64) {
+    match plan {
+        Plan::Free => (5, 10, 1_000, 2, 0),
+        Plan::Pro => (50, 200, 100_000, 20, 16_384),
+        Plan::Enterprise | Plan::Custom => (1_000, 5_000, 10_000_000, 200, 262_144),
+    }
+}
+
+fn valid_slug(s: &str) -> bool {
+    (3..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Builds a new tenant row with plan defaults.
+pub fn new_tenant_row(
+    slug: &str,
+    name: &str,
+    plan: Plan,
+    is_system: bool,
+    now: chrono::NaiveDateTime,
+) -> TenantRow {
+    let (u, w, e, c, g) = plan_quotas(plan);
+    TenantRow {
+        id: super::TenantId::new(),
+        slug: slug.to_owned(),
+        name: name.to_owned(),
+        plan: plan.as_str().to_owned(),
+        status: TenantStatus::Active.as_str().to_owned(),
+        status_reason: None,
+        is_system,
+        data_retention_days: 365,
+        require_mfa: false,
+        allowed_ip_ranges: "[]".into(),
+        max_users: u,
+        max_workflows: w,
+        max_executions_per_month: e,
+        max_concurrent_executions: c,
+        max_gpu_memory_mb: g,
+        feature_flags: "[]".into(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Builds a new user row (no password yet).
+pub fn new_user_row(
+    tenant: super::TenantId,
+    email: &str,
+    display_name: &str,
+    role: &str,
+    now: chrono::NaiveDateTime,
+) -> AppResult<UserRow> {
+    let email = crate::auth::passwords::normalize_email(email)
+        .map_err(|m| AppError::bad_input("email", m))?;
+    let display_name = display_name.trim();
+    if display_name.is_empty() || display_name.len() > 200 {
+        return Err(AppError::bad_input(
+            "displayName",
+            "the display name must be 1 to 200 characters",
+        ));
+    }
+    Ok(UserRow {
+        id: UserId::new(),
+        tenant_id: tenant,
+        email,
+        display_name: display_name.to_owned(),
+        role: role.to_owned(),
+        status: UserStatus::Active.as_str().to_owned(),
+        password_hash: None,
+        last_login_at: None,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+async fn tenant_for_admin(ctx: &Context<'_>, id: &ID) -> AppResult<TenantRow> {
+    let uuid = decode_expecting(id, NodeKind::Tenant, "tenant")?;
+    let a = app(ctx)?;
+    super::store::find(&a.db, super::TenantId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))
+}
+
+async fn user_in_tenant(ctx: &Context<'_>, id: &ID) -> AppResult<UserRow> {
+    let p = principal(ctx)?;
+    let uuid = decode_expecting(id, NodeKind::User, "user")?;
+    super::store::find_user(&app(ctx)?.db, p.tenant_id, UserId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))
+}
+
+/// Tenancy queries.
+#[derive(Default)]
+pub struct TenancyQuery;
+
+#[Object]
+impl TenancyQuery {
+    /// The caller's own tenant.
+    #[graphql(guard = "Require(Permission::TenantRead)")]
+    async fn tenant(&self, ctx: &Context<'_>) -> async_graphql::Result<Tenant> {
+        let p = principal(ctx)?;
+        Ok(super::store::find(&app(ctx)?.db, p.tenant_id)
+            .await?
+            .map(Tenant)
+            .ok_or_else(|| AppError::not_found("tenant"))?)
+    }
+
+    /// Every tenant (platform admins).
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn tenants(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Tenant>> {
+        let page = Page::from_args(after, before, first, last)?;
+        let (rows, total) = super::store::list(&app(ctx)?.db, &page).await?;
+        Ok(page.finish(rows.into_iter().map(Tenant).collect(), total, |t| t.0.id.0))
+    }
+
+    /// The tenant's users.
+    #[graphql(guard = "Require(Permission::UsersRead)")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<User>> {
+        let p = principal(ctx)?;
+        let page = Page::from_args(after, before, first, last)?;
+        let (rows, total) = super::store::list_users(&app(ctx)?.db, p.tenant_id, &page).await?;
+        Ok(page.finish(rows.into_iter().map(User).collect(), total, |u| u.0.id.0))
+    }
+
+    /// Built-in and custom roles available in the tenant.
+    #[graphql(guard = "Require(Permission::UsersRead)")]
+    async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Role>> {
+        let p = principal(ctx)?;
+        let mut out: Vec<Role> = BuiltinRole::TENANT_ROLES
+            .iter()
+            .map(|b| Role::builtin(*b))
+            .collect();
+        out.extend(
+            super::store::list_roles(&app(ctx)?.db, p.tenant_id)
+                .await?
+                .iter()
+                .map(Role::custom),
+        );
+        Ok(out)
+    }
+}
+
+/// Tenancy mutations.
+#[derive(Default)]
+pub struct TenancyMutation;
+
+#[Object]
+impl TenancyMutation {
+    /// Creates a tenant with its first OWNER (platform admins).
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn create_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTenantInput,
+    ) -> async_graphql::Result<CreateTenantPayload> {
+        let a = app(ctx)?;
+        let slug = input.slug.trim().to_owned();
+        if !valid_slug(&slug) {
+            return Err(AppError::bad_input(
+                "slug",
+                "3–40 characters of a-z, 0-9 and -, not starting or ending with -",
+            )
+            .into());
+        }
+        let name = input.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(AppError::bad_input("name", "the name must be 1 to 200 characters").into());
+        }
+        let now = db_time(a.clock.now());
+        let tenant = new_tenant_row(&slug, name, input.plan, false, now);
+        let owner = new_user_row(
+            tenant.id,
+            &input.owner.email,
+            &input.owner.display_name,
+            BuiltinRole::Owner.as_str(),
+            now,
+        )?;
+        super::store::insert(&a.db, &tenant).await?;
+        super::store::insert_user(&a.db, &owner).await?;
+        let token = crate::auth::service::create_password_token(a, owner.id).await?;
+        Ok(CreateTenantPayload {
+            tenant: Tenant(tenant),
+            owner: User(owner),
+            set_password_token: token,
+        })
+    }
+
+    /// Suspends a tenant: every principal of it is refused with `TENANT_SUSPENDED`.
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn suspend_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: SuspendTenantInput,
+    ) -> async_graphql::Result<TenantPayload> {
+        let a = app(ctx)?;
+        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        if t.is_system {
+            return Err(
+                AppError::bad_input("tenantId", "the system tenant cannot be suspended").into(),
+            );
+        }
+        t.status = TenantStatus::Suspended.as_str().into();
+        t.status_reason = Some(input.reason.trim().chars().take(500).collect());
+        t.updated_at = db_time(a.clock.now());
+        super::store::update(&a.db, &t).await?;
+        Ok(TenantPayload { tenant: Tenant(t) })
+    }
+
+    /// Reactivates a suspended tenant.
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn reactivate_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: ReactivateTenantInput,
+    ) -> async_graphql::Result<TenantPayload> {
+        let a = app(ctx)?;
+        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        t.status = TenantStatus::Active.as_str().into();
+        t.status_reason = None;
+        t.updated_at = db_time(a.clock.now());
+        super::store::update(&a.db, &t).await?;
+        Ok(TenantPayload { tenant: Tenant(t) })
+    }
+
+    /// Creates a user in the caller's tenant; returns a one-time set-password token.
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn create_user(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateUserInput,
+    ) -> async_graphql::Result<CreateUserPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
+        let tenant = super::store::find(&a.db, p.tenant_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("tenant"))?;
+        if super::store::count_users(&a.db, p.tenant_id).await? >= tenant.max_users {
+            return Err(AppError::new(
+                ErrorCode::QuotaExceeded,
+                format!("the plan allows {} users", tenant.max_users),
+            )
+            .with_detail("quota", "maxUsers")
+            .into());
+        }
+        let user = new_user_row(
+            p.tenant_id,
+            &input.email,
+            &input.display_name,
+            &role,
+            db_time(a.clock.now()),
+        )?;
+        super::store::insert_user(&a.db, &user).await?;
+        let token = crate::auth::service::create_password_token(a, user.id).await?;
+        Ok(CreateUserPayload {
+            user: User(user),
+            set_password_token: token,
+        })
+    }
+
+    /// Changes a user's role (within what the caller may grant).
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn update_user_role(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateUserRoleInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let mut user = user_in_tenant(ctx, &input.user_id).await?;
+        let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
+        let now = db_time(a.clock.now());
+        super::store::set_user_role(&a.db, p.tenant_id, user.id, &role, now).await?;
+        user.role = role;
+        user.updated_at = now;
+        Ok(UserPayload { user: User(user) })
+    }
+
+    /// Disables a user: sign-in and every session stop working.
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn disable_user(
+        &self,
+        ctx: &Context<'_>,
+        input: DisableUserInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let mut user = user_in_tenant(ctx, &input.user_id).await?;
+        if p.user_id() == Some(user.id) {
+            return Err(AppError::bad_input("userId", "you cannot disable yourself").into());
+        }
+        let now = db_time(a.clock.now());
+        super::store::set_user_status(
+            &a.db,
+            p.tenant_id,
+            user.id,
+            UserStatus::Disabled.as_str(),
+            now,
+        )
+        .await?;
+        crate::auth::store::revoke_user_sessions(
+            &a.db,
+            p.tenant_id,
+            user.id,
+            None,
+            "user_disabled",
+            now,
+        )
+        .await?;
+        user.status = UserStatus::Disabled.as_str().into();
+        user.updated_at = now;
+        Ok(UserPayload { user: User(user) })
+    }
+
+    /// Creates a custom role in the caller's tenant.
+    #[graphql(guard = "Require(Permission::RolesManage)")]
+    async fn create_role(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateRoleInput,
+    ) -> async_graphql::Result<RolePayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let name = input.name.trim();
+        if name.is_empty() || name.len() > 100 || BuiltinRole::parse(&name.to_uppercase()).is_some()
+        {
+            return Err(
+                AppError::bad_input("name", "1–100 characters, not a built-in role name").into(),
+            );
+        }
+        let mut perms = PermissionSet::new();
+        for s in &input.permissions {
+            let perm = Permission::parse(s).ok_or_else(|| {
+                AppError::bad_input("permissions", format!("unknown permission {s:?}"))
+            })?;
+            if matches!(
+                perm,
+                Permission::PlatformTenants | Permission::ClusterManage
+            ) || !p.permissions.contains(&perm)
+            {
+                return Err(AppError::forbidden(format!("you cannot grant {s}")).into());
+            }
+            perms.insert(perm);
+        }
+        let now = db_time(a.clock.now());
+        let row = RoleRow {
+            id: RoleId::new(),
+            tenant_id: p.tenant_id,
+            name: name.to_owned(),
+            description: input.description.trim().to_owned(),
+            permissions: serde_json::to_string(&perm_names(&perms)).map_err(AppError::internal)?,
+            created_at: now,
+            updated_at: now,
+        };
+        super::store::insert_role(&a.db, &row).await?;
+        Ok(RolePayload {
+            role: Role::custom(&row),
+        })
+    }
+}

@@ -3,10 +3,10 @@
 pub mod model;
 pub mod store;
 
-mod graphql;
+pub mod graphql;
 
 pub use graphql::Tenant;
-pub use model::{TenantId, TenantRow};
+pub use model::{RoleId, RoleRow, TenantId, TenantRow, UserId, UserRow};
 
 use async_graphql::Context;
 use uuid::Uuid;

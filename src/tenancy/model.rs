@@ -114,3 +114,88 @@ pub struct TenantRow {
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
+
+crate::id_type!(
+    /// Identifies a user.
+    UserId
+);
+crate::id_type!(
+    /// Identifies a custom role.
+    RoleId
+);
+
+/// Whether a user may sign in.
+#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum UserStatus {
+    /// May sign in.
+    Active,
+    /// May not sign in; existing sessions stop working.
+    Disabled,
+}
+
+impl UserStatus {
+    /// Stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Disabled => "DISABLED",
+        }
+    }
+
+    /// Parses the stored form (fails closed).
+    pub fn parse(s: &str) -> Self {
+        if s == "ACTIVE" {
+            Self::Active
+        } else {
+            Self::Disabled
+        }
+    }
+}
+
+/// One row of `users`.
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = crate::db::schema::users)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct UserRow {
+    /// Primary key.
+    pub id: UserId,
+    /// The user's tenant.
+    pub tenant_id: TenantId,
+    /// Unique across the platform, lower-case.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// Built-in role name or custom role id.
+    pub role: String,
+    /// Stored [`UserStatus`].
+    pub status: String,
+    /// argon2id PHC string; `None` until a password is set.
+    pub password_hash: Option<String>,
+    /// Last successful sign-in.
+    pub last_login_at: Option<NaiveDateTime>,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}
+
+/// One row of `roles` (a tenant's custom role).
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = crate::db::schema::roles)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct RoleRow {
+    /// Primary key.
+    pub id: RoleId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Unique within the tenant.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// JSON array of permission names.
+    pub permissions: String,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}

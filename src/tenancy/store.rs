@@ -1,12 +1,15 @@
-//! Tenant queries, written once for both backends.
+//! Tenant, user and custom-role queries, written once for both backends. Every function
+//! that touches tenant-owned data takes the `TenantId` it is scoped to.
 
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::model::{TenantId, TenantRow};
+use super::model::{RoleId, RoleRow, TenantId, TenantRow, UserId, UserRow};
 use crate::db::DbPool;
-use crate::db::schema::tenants;
+use crate::db::schema::{roles, tenants, users};
 use crate::error::AppResult;
+use crate::graphql::relay::Page;
 
 /// Loads one tenant by id.
 pub async fn find(db: &DbPool, id: TenantId) -> AppResult<Option<TenantRow>> {
@@ -14,6 +17,282 @@ pub async fn find(db: &DbPool, id: TenantId) -> AppResult<Option<TenantRow>> {
         tenants::table
             .filter(tenants::id.eq(id))
             .select(TenantRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// The reserved system tenant, if bootstrapped.
+pub async fn find_system(db: &DbPool) -> AppResult<Option<TenantRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        tenants::table
+            .filter(tenants::is_system.eq(true))
+            .select(TenantRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Inserts a tenant (a duplicate slug is `CONFLICT`).
+pub async fn insert(db: &DbPool, row: &TenantRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(tenants::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Replaces a tenant's mutable columns.
+pub async fn update(db: &DbPool, row: &TenantRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(tenants::table.filter(tenants::id.eq(row.id)))
+            .set((
+                tenants::name.eq(&row.name),
+                tenants::plan.eq(&row.plan),
+                tenants::status.eq(&row.status),
+                tenants::status_reason.eq(&row.status_reason),
+                tenants::data_retention_days.eq(row.data_retention_days),
+                tenants::require_mfa.eq(row.require_mfa),
+                tenants::allowed_ip_ranges.eq(&row.allowed_ip_ranges),
+                tenants::max_users.eq(row.max_users),
+                tenants::max_workflows.eq(row.max_workflows),
+                tenants::max_executions_per_month.eq(row.max_executions_per_month),
+                tenants::max_concurrent_executions.eq(row.max_concurrent_executions),
+                tenants::max_gpu_memory_mb.eq(row.max_gpu_memory_mb),
+                tenants::feature_flags.eq(&row.feature_flags),
+                tenants::updated_at.eq(row.updated_at),
+            ))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A page of tenants (platform view) and the total count.
+pub async fn list(db: &DbPool, page: &Page) -> AppResult<(Vec<TenantRow>, i64)> {
+    Ok(crate::db_run!(db, |conn| {
+        let mut q = tenants::table.select(TenantRow::as_select()).into_boxed();
+        if let Some(a) = page.after {
+            q = q.filter(tenants::id.gt(a.hyphenated().to_string()));
+        }
+        if let Some(b) = page.before {
+            q = q.filter(tenants::id.lt(b.hyphenated().to_string()));
+        }
+        q = if page.from_end {
+            q.order(tenants::id.desc())
+        } else {
+            q.order(tenants::id.asc())
+        };
+        let rows = q.limit(page.limit + 1).load(conn).await?;
+        let total: i64 = tenants::table.count().get_result(conn).await?;
+        (rows, total)
+    }))
+}
+
+/// Looks a user up by e-mail across the platform (sign-in only: e-mail is globally
+/// unique and the tenant is not known yet).
+pub async fn find_user_by_email(db: &DbPool, email: &str) -> AppResult<Option<UserRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        users::table
+            .filter(users::email.eq(email))
+            .select(UserRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Loads a user of `tenant`.
+pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<Option<UserRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        users::table
+            .filter(users::tenant_id.eq(tenant))
+            .filter(users::id.eq(id))
+            .select(UserRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Inserts a user (a duplicate e-mail is `CONFLICT`).
+pub async fn insert_user(db: &DbPool, row: &UserRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(users::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Counts a tenant's users.
+pub async fn count_users(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
+    Ok(crate::db_run!(db, |conn| {
+        users::table
+            .filter(users::tenant_id.eq(tenant))
+            .count()
+            .get_result(conn)
+            .await?
+    }))
+}
+
+/// A page of a tenant's users and the total count.
+pub async fn list_users(
+    db: &DbPool,
+    tenant: TenantId,
+    page: &Page,
+) -> AppResult<(Vec<UserRow>, i64)> {
+    Ok(crate::db_run!(db, |conn| {
+        let mut q = users::table
+            .filter(users::tenant_id.eq(tenant))
+            .select(UserRow::as_select())
+            .into_boxed();
+        if let Some(a) = page.after {
+            q = q.filter(users::id.gt(a.hyphenated().to_string()));
+        }
+        if let Some(b) = page.before {
+            q = q.filter(users::id.lt(b.hyphenated().to_string()));
+        }
+        q = if page.from_end {
+            q.order(users::id.desc())
+        } else {
+            q.order(users::id.asc())
+        };
+        let rows = q.limit(page.limit + 1).load(conn).await?;
+        let total: i64 = users::table
+            .filter(users::tenant_id.eq(tenant))
+            .count()
+            .get_result(conn)
+            .await?;
+        (rows, total)
+    }))
+}
+
+/// Sets a user's role; returns whether the user exists in `tenant`.
+pub async fn set_user_role(
+    db: &DbPool,
+    tenant: TenantId,
+    id: UserId,
+    role: &str,
+    now: NaiveDateTime,
+) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(tenant))
+                .filter(users::id.eq(id)),
+        )
+        .set((users::role.eq(role), users::updated_at.eq(now)))
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+/// Sets a user's status; returns whether the user exists in `tenant`.
+pub async fn set_user_status(
+    db: &DbPool,
+    tenant: TenantId,
+    id: UserId,
+    status: &str,
+    now: NaiveDateTime,
+) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(tenant))
+                .filter(users::id.eq(id)),
+        )
+        .set((users::status.eq(status), users::updated_at.eq(now)))
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+/// Sets a user's password hash.
+pub async fn set_password(
+    db: &DbPool,
+    tenant: TenantId,
+    id: UserId,
+    hash: &str,
+    now: NaiveDateTime,
+) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(tenant))
+                .filter(users::id.eq(id)),
+        )
+        .set((
+            users::password_hash.eq(Some(hash)),
+            users::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+/// Records a successful sign-in.
+pub async fn touch_last_login(db: &DbPool, id: UserId, now: NaiveDateTime) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(users::table.filter(users::id.eq(id)))
+            .set(users::last_login_at.eq(Some(now)))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Loads a custom role of `tenant`.
+pub async fn find_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<Option<RoleRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        roles::table
+            .filter(roles::tenant_id.eq(tenant))
+            .filter(roles::id.eq(id))
+            .select(RoleRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Inserts a custom role (a duplicate name in the tenant is `CONFLICT`).
+pub async fn insert_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(roles::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A tenant's custom roles, by name.
+pub async fn list_roles(db: &DbPool, tenant: TenantId) -> AppResult<Vec<RoleRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        roles::table
+            .filter(roles::tenant_id.eq(tenant))
+            .order(roles::name.asc())
+            .select(RoleRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Loads a user by id alone. Only for flows where the id comes from a server-held secret
+/// (a set-password token), never from client input.
+pub async fn find_user_any(db: &DbPool, id: UserId) -> AppResult<Option<UserRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        users::table
+            .filter(users::id.eq(id))
+            .select(UserRow::as_select())
             .first(conn)
             .await
             .optional()?

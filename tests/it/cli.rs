@@ -4,9 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{
-    ServerProcess, TestDb, bin, ws_close_code, ws_connect, ws_next_json, ws_send,
-};
+use crate::helpers::{ServerProcess, TestDb, bin, ws_authed, ws_close_code};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(bin());
@@ -72,13 +70,28 @@ async fn sigterm_finishes_in_flight_requests_closes_sockets_and_exits() {
     let mut server = ServerProcess::start(&[]).await;
 
     // A subscriber that must be told the server is going away.
-    let mut ws = ws_connect(
+    let login = reqwest::Client::new()
+        .post(format!("{}/graphql", server.base))
+        .json(&serde_json::json!({
+            "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+            "variables": { "i": { "email": crate::helpers::ADMIN_EMAIL, "password": crate::helpers::ADMIN_PASSWORD } }
+        }))
+        .send()
+        .await
+        .expect("login")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json");
+    let token = login["data"]["login"]["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let mut ws = ws_authed(
         &format!("ws://{}/graphql/ws", server.addr),
         "graphql-transport-ws",
+        &token,
     )
     .await;
-    ws_send(&mut ws, serde_json::json!({ "type": "connection_init" })).await;
-    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
 
     // A request in flight: headers and half the body sent before the signal.
     let body = r#"{"query":"{ serverInfo { version } }"}"#;

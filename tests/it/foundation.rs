@@ -73,8 +73,13 @@ async fn errors_carry_a_code_and_the_request_id() {
     let rid = headers["x-request-id"].to_str().expect("ascii");
     assert_eq!(body["errors"][0]["extensions"]["requestId"], rid);
 
-    // A malformed global ID is bad input; a well-formed one needs a signed-in caller.
+    // `node` needs a signed-in caller; then a malformed global ID is bad input.
     let body = app.gql("{ node(id: \"garbage\") { id } }", json!({})).await;
+    assert_eq!(first_error_code(&body).as_deref(), Some("UNAUTHENTICATED"));
+    let token = app.admin_token().await;
+    let body = app
+        .gql_as(&token, "{ node(id: \"garbage\") { id } }", json!({}))
+        .await;
     assert_eq!(first_error_code(&body).as_deref(), Some("BAD_USER_INPUT"));
     let tenant_id = agentplane::graphql::relay::to_global_id(
         agentplane::graphql::relay::NodeKind::Tenant,

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use agentplane::app::{self, AppState};
+use agentplane::clock::ManualClock;
 use agentplane::config::{CliOverrides, Config};
 use agentplane::db::migrate;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -17,6 +20,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The bootstrap platform admin of every test server.
+pub const ADMIN_EMAIL: &str = "admin@agentplane.local";
+/// Its password (tests only; production has no default).
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// The password `tenant_with_owner` gives owners.
+pub const OWNER_PASSWORD: &str = "owner-password-for-tests";
 
 /// A database that exists for one test only.
 pub struct TestDb {
@@ -114,6 +124,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// Shared state, for tests that reach behind the API.
     pub state: AppState,
+    /// The server's clock; tests move it instead of sleeping.
+    pub clock: Arc<ManualClock>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The database; dropped (and removed) after the server.
     _db: TestDb,
@@ -128,11 +140,19 @@ impl TestApp {
     /// Fresh database with extra configuration values.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
         let db = TestDb::create().await;
-        let config = config_for(&db, extra);
+        let mut extra: Vec<(&str, &str)> = extra.to_vec();
+        extra.push(("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD));
+        let config = config_for(&db, &extra);
         migrate::run_pending(&config.database_url)
             .await
             .expect("migrations apply");
-        let state = AppState::new(config).await.expect("state builds");
+        let clock = Arc::new(ManualClock::new());
+        let state = AppState::with_clock(config, clock.clone())
+            .await
+            .expect("state builds");
+        agentplane::bootstrap::ensure_platform_admin(&state.app)
+            .await
+            .expect("bootstrap");
         let listener = app::bind("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("bind");
@@ -143,6 +163,7 @@ impl TestApp {
             addr,
             http: reqwest::Client::new(),
             state,
+            clock,
             server: Some(server),
             _db: db,
         }
@@ -172,6 +193,62 @@ impl TestApp {
             .2
     }
 
+    /// Runs a query or mutation with a bearer credential.
+    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        self.post_raw(
+            &json!({ "query": query, "variables": variables }),
+            Some(token),
+        )
+        .await
+        .2
+    }
+
+    /// Signs in; returns (access token, refresh token).
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let body = self
+            .gql(
+                "mutation($i: LoginInput!) { login(input: $i) { accessToken refreshToken } }",
+                json!({ "i": { "email": email, "password": password } }),
+            )
+            .await;
+        let t = &body["data"]["login"];
+        assert!(t.is_object(), "login failed: {body}");
+        (
+            t["accessToken"].as_str().expect("access").to_owned(),
+            t["refreshToken"].as_str().expect("refresh").to_owned(),
+        )
+    }
+
+    /// The platform admin's access token.
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.0
+    }
+
+    /// Creates a tenant whose owner has `OWNER_PASSWORD`; returns (tenant id, owner token).
+    pub async fn tenant_with_owner(&self, slug: &str) -> (String, String) {
+        let admin = self.admin_token().await;
+        let email = format!("owner@{slug}.example");
+        let body = self
+            .gql_as(
+                &admin,
+                "mutation($i: CreateTenantInput!) { createTenant(input: $i) { tenant { id } setPasswordToken } }",
+                json!({ "i": { "slug": slug, "name": slug, "plan": "PRO",
+                               "owner": { "email": email, "displayName": "Owner" } } }),
+            )
+            .await;
+        let p = &body["data"]["createTenant"];
+        assert!(p.is_object(), "createTenant failed: {body}");
+        let set = self
+            .gql(
+                "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
+                json!({ "i": { "token": p["setPasswordToken"], "password": OWNER_PASSWORD } }),
+            )
+            .await;
+        assert_eq!(set["data"]["setPassword"]["ok"], true, "{set}");
+        let token = self.login(&email, OWNER_PASSWORD).await.0;
+        (p["tenant"]["id"].as_str().expect("id").to_owned(), token)
+    }
+
     /// `ws://127.0.0.1:PORT/graphql/ws`
     pub fn ws_url(&self) -> String {
         format!("ws://{}/graphql/ws", self.addr)
@@ -197,6 +274,18 @@ pub fn first_error_code(body: &Value) -> Option<String> {
 /// A websocket client speaking one GraphQL subprotocol.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a websocket and completes `connection_init` with a bearer token.
+pub async fn ws_authed(url: &str, protocol: &str, token: &str) -> Ws {
+    let mut ws = ws_connect(url, protocol).await;
+    ws_send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }),
+    )
+    .await;
+    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+    ws
+}
 
 /// Opens a websocket with the given subprotocol.
 pub async fn ws_connect(url: &str, protocol: &str) -> Ws {
@@ -288,6 +377,7 @@ impl ServerProcess {
             .env("DATABASE_URL", &db.url)
             .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
+            .env("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -297,11 +387,14 @@ impl ServerProcess {
         let mut child = cmd.spawn().expect("server starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("listen line within 30 s")
-            .expect("read stdout")
-            .expect("a line");
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("listen line within 30 s")
+                .expect("read stdout")
+                .expect("a line");
+        }
         let addr = line
             .split("http://")
             .nth(1)

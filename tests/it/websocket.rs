@@ -2,14 +2,13 @@
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, ws_close_code, ws_connect, ws_next_json, ws_send};
+use crate::helpers::{TestApp, ws_authed, ws_close_code, ws_next_json, ws_send};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graphql_transport_ws_streams_a_subscription() {
     let app = TestApp::spawn().await;
-    let mut ws = ws_connect(&app.ws_url(), "graphql-transport-ws").await;
-    ws_send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
-    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
     ws_send(
         &mut ws,
         json!({ "id": "1", "type": "subscribe",
@@ -28,9 +27,8 @@ async fn graphql_transport_ws_streams_a_subscription() {
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_graphql_ws_streams_a_subscription() {
     let app = TestApp::spawn().await;
-    let mut ws = ws_connect(&app.ws_url(), "graphql-ws").await;
-    ws_send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
-    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-ws", &token).await;
     ws_send(
         &mut ws,
         json!({ "id": "7", "type": "start",
@@ -47,9 +45,8 @@ async fn legacy_graphql_ws_streams_a_subscription() {
 #[tokio::test(flavor = "multi_thread")]
 async fn subscription_errors_carry_codes() {
     let app = TestApp::spawn().await;
-    let mut ws = ws_connect(&app.ws_url(), "graphql-transport-ws").await;
-    ws_send(&mut ws, json!({ "type": "connection_init" })).await;
-    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
     ws_send(
         &mut ws,
         json!({ "id": "1", "type": "subscribe",
@@ -76,9 +73,43 @@ async fn unknown_subprotocols_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_closes_sockets_with_going_away() {
     let app = TestApp::spawn().await;
-    let mut ws = ws_connect(&app.ws_url(), "graphql-transport-ws").await;
-    ws_send(&mut ws, json!({ "type": "connection_init" })).await;
-    assert_eq!(ws_next_json(&mut ws).await["type"], "connection_ack");
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
     app.state.app.shutdown.cancel();
     assert_eq!(ws_close_code(&mut ws, 5).await, Some(1001));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_without_valid_credentials_are_closed_with_4401() {
+    let app = TestApp::spawn().await;
+    for payload in [json!({}), json!({ "Authorization": "Bearer not-a-token" })] {
+        let mut ws = crate::helpers::ws_connect(&app.ws_url(), "graphql-transport-ws").await;
+        ws_send(
+            &mut ws,
+            json!({ "type": "connection_init", "payload": payload }),
+        )
+        .await;
+        assert_eq!(ws_close_code(&mut ws, 5).await, Some(4401));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiring_token_closes_its_socket() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
+    app.clock.advance(chrono::Duration::minutes(20));
+    assert_eq!(ws_close_code(&mut ws, 5).await, Some(4401));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_closes_its_socket() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
+    let out = app
+        .gql_as(&token, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
+    assert_eq!(ws_close_code(&mut ws, 10).await, Some(4401));
 }

@@ -1,0 +1,115 @@
+//! Password policy and hashing (argon2id with OWASP parameters), e-mail normalisation,
+//! and the opaque random secrets used for refresh tokens, API keys and set-password links.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Longest password accepted (bounds hashing cost).
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// Checks the password policy; the error says what is wrong.
+pub fn check_policy(password: &str) -> Result<(), String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "the password must be at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if n > MAX_PASSWORD_CHARS {
+        return Err(format!(
+            "the password must be at most {MAX_PASSWORD_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Lower-cases and checks an e-mail address's shape.
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let e = raw.trim().to_lowercase();
+    let ok = e.len() <= 254
+        && e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !e.contains(char::is_whitespace)
+                && e.matches('@').count() == 1
+        });
+    if ok {
+        Ok(e)
+    } else {
+        Err(format!("{raw:?} is not an e-mail address"))
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    // OWASP: argon2id, m = 19 MiB, t = 2, p = 1.
+    let params = Params::new(19_456, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a password into a PHC string.
+pub fn hash(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+}
+
+/// Verifies a password against a PHC string. Returns false for malformed hashes.
+pub fn verify(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A hash of a random password: verified against when the e-mail is unknown, so unknown
+/// and wrong answers take the same time.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash(&random_secret(24)).unwrap_or_default())
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_secret(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// SHA-256 of a high-entropy secret, hex. (Secrets here are 256-bit random values, so a
+/// fast hash is enough; passwords use argon2id.)
+pub fn sha256_hex(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_and_hashing() {
+        assert!(check_policy("short").is_err());
+        assert!(check_policy("long enough password").is_ok());
+        let h = hash("correct horse battery").expect("hash");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(verify(&h, "correct horse battery"));
+        assert!(!verify(&h, "wrong horse battery"));
+    }
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(normalize_email(" A@B.io ").as_deref(), Ok("a@b.io"));
+        assert!(normalize_email("nope").is_err());
+        assert!(normalize_email("a@@b").is_err());
+    }
+}

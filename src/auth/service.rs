@@ -1,0 +1,435 @@
+//! Authentication rules: sign-in with lockout, refresh-token rotation with reuse detection
+//! (RFC 9700: presenting a used token revokes the whole family), sign-out, password
+//! changes, sessions and API keys.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::model::{
+    ApiKeyId, ApiKeyRow, LoginAttemptRow, RefreshTokenRow, RevokedTokenRow, SessionId, SessionRow,
+};
+use super::passwords;
+use super::{Actor, Principal, check_tenant_active, role_permissions, store};
+use crate::app::App;
+use crate::db::ids::{db_time, utc};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::graphql::ClientInfo;
+use crate::tenancy::model::UserStatus;
+use crate::tenancy::{UserId, UserRow};
+
+/// Failures on one account before it locks.
+const ACCOUNT_THRESHOLD: i64 = 5;
+/// Failures from one address before it locks.
+const IP_THRESHOLD: i64 = 20;
+/// Longest lock.
+const MAX_LOCK_SECS: i64 = 15 * 60;
+
+/// Tokens handed to a client after sign-in or refresh.
+#[derive(Debug, Clone)]
+pub struct IssuedTokens {
+    /// Short-lived JWT.
+    pub access_token: String,
+    /// Opaque, single-use refresh token.
+    pub refresh_token: String,
+    /// When the access token expires.
+    pub access_token_expires_at: DateTime<Utc>,
+    /// The signed-in user.
+    pub user: UserRow,
+}
+
+fn bad_login() -> AppError {
+    AppError::unauthenticated("invalid email or password")
+}
+
+fn lock_secs(failures: i64, threshold: i64) -> Option<i64> {
+    (failures >= threshold).then(|| {
+        let exp = u32::try_from((failures - threshold).min(20)).unwrap_or(20);
+        (1i64 << exp).min(MAX_LOCK_SECS)
+    })
+}
+
+/// Signs in with e-mail and password.
+pub async fn login(
+    app: &App,
+    email: &str,
+    password: &str,
+    client: Option<&ClientInfo>,
+) -> AppResult<IssuedTokens> {
+    let now = app.clock.now();
+    let email_norm =
+        passwords::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+    let acct_key = format!("acct:{email_norm}");
+    let ip_key = client.map(|c| format!("ip:{}", c.ip));
+    let keys: Vec<String> = std::iter::once(acct_key.clone())
+        .chain(ip_key.clone())
+        .collect();
+    let counters = store::login_attempts_for(&app.db, &keys).await?;
+    if let Some(until) = counters
+        .iter()
+        .filter_map(|c| c.locked_until)
+        .map(utc)
+        .filter(|u| *u > now)
+        .max()
+    {
+        let retry = (until - now).num_seconds().max(1);
+        return Err(AppError::new(
+            ErrorCode::RateLimited,
+            format!("too many failed sign-ins; try again in {retry} s"),
+        )
+        .with_detail("retryAfterSeconds", retry));
+    }
+
+    let user = crate::tenancy::store::find_user_by_email(&app.db, &email_norm).await?;
+    let hash = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| passwords::dummy_hash().to_owned());
+    let pw = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &pw))
+        .await
+        .map_err(AppError::internal)?;
+    let user = match user {
+        Some(u)
+            if ok
+                && u.password_hash.is_some()
+                && UserStatus::parse(&u.status) == UserStatus::Active =>
+        {
+            u
+        }
+        _ => {
+            for (key, threshold) in std::iter::once((acct_key.clone(), ACCOUNT_THRESHOLD))
+                .chain(ip_key.map(|k| (k, IP_THRESHOLD)))
+            {
+                let failures = counters
+                    .iter()
+                    .find(|c| c.key == key)
+                    .map_or(0, |c| c.failures)
+                    + 1;
+                store::put_login_attempt(
+                    &app.db,
+                    &LoginAttemptRow {
+                        key,
+                        failures,
+                        locked_until: lock_secs(failures, threshold)
+                            .map(|s| db_time(now + Duration::seconds(s))),
+                        updated_at: db_time(now),
+                    },
+                )
+                .await?;
+            }
+            tracing::info!(event = "auth.login_failed", "sign-in failed");
+            return Err(bad_login());
+        }
+    };
+    let tenant = crate::tenancy::store::find(&app.db, user.tenant_id)
+        .await?
+        .ok_or_else(bad_login)?;
+    check_tenant_active(&tenant)?;
+    store::clear_login_attempts(&app.db, &acct_key).await?;
+    crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
+
+    let session = SessionRow {
+        id: SessionId::new(),
+        tenant_id: user.tenant_id,
+        user_id: user.id,
+        created_at: db_time(now),
+        expires_at: db_time(
+            now + Duration::from_std(app.config.auth.refresh_absolute).unwrap_or_default(),
+        ),
+        last_used_at: db_time(now),
+        revoked_at: None,
+        revoked_reason: None,
+        ip: client.map(|c| c.ip.to_string()),
+        user_agent: client.and_then(|c| c.user_agent.clone()),
+    };
+    let refresh = passwords::random_secret(32);
+    store::insert_session(
+        &app.db,
+        &session,
+        &RefreshTokenRow {
+            token_hash: passwords::sha256_hex(&refresh),
+            session_id: session.id,
+            created_at: db_time(now),
+            used_at: None,
+        },
+    )
+    .await?;
+    issue(app, user, session.id, refresh, now)
+}
+
+fn issue(
+    app: &App,
+    user: UserRow,
+    session: SessionId,
+    refresh: String,
+    now: DateTime<Utc>,
+) -> AppResult<IssuedTokens> {
+    let cfg = &app.config.auth;
+    let exp = now + Duration::from_std(cfg.access_ttl).unwrap_or_else(|_| Duration::minutes(15));
+    let claims = super::jwt::Claims {
+        sub: user.id.to_string(),
+        tid: user.tenant_id.to_string(),
+        role: user.role.clone(),
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        exp: exp.timestamp(),
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
+        jti: uuid::Uuid::now_v7().to_string(),
+        sid: session.to_string(),
+    };
+    let access_token = app.keys.sign(&claims).map_err(AppError::internal)?;
+    Ok(IssuedTokens {
+        access_token,
+        refresh_token: refresh,
+        access_token_expires_at: exp,
+        user,
+    })
+}
+
+/// Exchanges a refresh token for new tokens. A token presented twice revokes its family.
+pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
+    let now = app.clock.now();
+    let invalid = || AppError::unauthenticated("invalid or expired refresh token");
+    let hash = passwords::sha256_hex(token);
+    let (row, session) = store::find_refresh(&app.db, &hash)
+        .await?
+        .ok_or_else(invalid)?;
+    if session.revoked_at.is_some() {
+        return Err(invalid());
+    }
+    if row.used_at.is_some() || !store::mark_refresh_used(&app.db, &hash, db_time(now)).await? {
+        store::revoke_session(
+            &app.db,
+            session.tenant_id,
+            session.id,
+            "refresh_token_reuse",
+            db_time(now),
+        )
+        .await?;
+        tracing::warn!(
+            event = "auth.refresh_reuse_detected",
+            session.id = %session.id,
+            tenant.id = %session.tenant_id,
+            "refresh token presented twice; session revoked"
+        );
+        return Err(AppError::unauthenticated(
+            "refresh token reuse detected; the session was revoked",
+        )
+        .with_detail("reason", "REFRESH_TOKEN_REUSE"));
+    }
+    let idle =
+        Duration::from_std(app.config.auth.refresh_idle).unwrap_or_else(|_| Duration::days(7));
+    if now > utc(session.expires_at) || now > utc(session.last_used_at) + idle {
+        return Err(invalid());
+    }
+    let user = crate::tenancy::store::find_user(&app.db, session.tenant_id, session.user_id)
+        .await?
+        .filter(|u| UserStatus::parse(&u.status) == UserStatus::Active)
+        .ok_or_else(invalid)?;
+    let tenant = crate::tenancy::store::find(&app.db, user.tenant_id)
+        .await?
+        .ok_or_else(invalid)?;
+    check_tenant_active(&tenant)?;
+    let next = passwords::random_secret(32);
+    store::rotate_refresh(
+        &app.db,
+        &RefreshTokenRow {
+            token_hash: passwords::sha256_hex(&next),
+            session_id: session.id,
+            created_at: db_time(now),
+            used_at: None,
+        },
+        db_time(now),
+    )
+    .await?;
+    issue(app, user, session.id, next, now)
+}
+
+/// Signs out: revokes the session and the current access token.
+pub async fn logout(app: &App, p: &Principal) -> AppResult<()> {
+    let Some(t) = &p.token else {
+        return Err(AppError::bad_input(
+            "token",
+            "API keys have no session; revoke the key instead",
+        ));
+    };
+    let now = db_time(app.clock.now());
+    store::revoke_session(&app.db, p.tenant_id, t.session_id, "logout", now).await?;
+    store::revoke_access_token(
+        &app.db,
+        &RevokedTokenRow {
+            jti: t.jti.clone(),
+            expires_at: db_time(t.expires_at),
+        },
+    )
+    .await
+}
+
+/// Changes the caller's password and revokes every other session.
+pub async fn change_password(app: &App, p: &Principal, current: &str, new: &str) -> AppResult<()> {
+    let (Some(user_id), Some(t)) = (p.user_id(), &p.token) else {
+        return Err(AppError::bad_input(
+            "currentPassword",
+            "only a signed-in user can change a password",
+        ));
+    };
+    passwords::check_policy(new).map_err(|m| AppError::bad_input("newPassword", m))?;
+    let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    let hash = user.password_hash.clone().unwrap_or_default();
+    let cur = current.to_owned();
+    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &cur))
+        .await
+        .map_err(AppError::internal)?;
+    if !ok {
+        return Err(AppError::bad_input(
+            "currentPassword",
+            "the current password is wrong",
+        ));
+    }
+    let new_hash = hash_blocking(new).await?;
+    let now = db_time(app.clock.now());
+    crate::tenancy::store::set_password(&app.db, p.tenant_id, user_id, &new_hash, now).await?;
+    store::revoke_user_sessions(
+        &app.db,
+        p.tenant_id,
+        user_id,
+        Some(t.session_id),
+        "password_changed",
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Hashes on a blocking thread (argon2id takes tens of milliseconds).
+pub async fn hash_blocking(password: &str) -> AppResult<String> {
+    let pw = password.to_owned();
+    tokio::task::spawn_blocking(move || passwords::hash(&pw))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)
+}
+
+/// Sets a password with a one-time token from `createUser`/`inviteUser`.
+pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> AppResult<()> {
+    passwords::check_policy(password).map_err(|m| AppError::bad_input("password", m))?;
+    let hash = hash_blocking(password).await?;
+    let now = db_time(app.clock.now());
+    let user_id = store::take_password_token(&app.db, &passwords::sha256_hex(token), now)
+        .await?
+        .ok_or_else(|| AppError::unauthenticated("invalid or expired set-password token"))?;
+    // The token row names the user; its tenant comes from the user row.
+    let user = crate::tenancy::store::find_user_any(&app.db, user_id)
+        .await?
+        .ok_or_else(|| AppError::unauthenticated("invalid or expired set-password token"))?;
+    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now).await?;
+    Ok(())
+}
+
+/// Creates a one-time set-password token valid for 7 days; returns the secret.
+pub async fn create_password_token(app: &App, user: UserId) -> AppResult<String> {
+    let secret = passwords::random_secret(32);
+    store::insert_password_token(
+        &app.db,
+        &super::model::PasswordTokenRow {
+            token_hash: passwords::sha256_hex(&secret),
+            user_id: user,
+            expires_at: db_time(app.clock.now() + Duration::days(7)),
+            used_at: None,
+        },
+    )
+    .await?;
+    Ok(secret)
+}
+
+/// Creates an API key acting with `role` in the caller's tenant; returns the row and the
+/// secret (shown once).
+pub async fn create_api_key(
+    app: &App,
+    p: &Principal,
+    name: &str,
+    role: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> AppResult<(ApiKeyRow, String)> {
+    let now = app.clock.now();
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(AppError::bad_input(
+            "name",
+            "the name must be 1 to 100 characters",
+        ));
+    }
+    if expires_at.is_some_and(|e| e <= now) {
+        return Err(AppError::bad_input(
+            "expiresAt",
+            "the expiry must be in the future",
+        ));
+    }
+    let secret = format!("{}{}", super::API_KEY_PREFIX, passwords::random_secret(32));
+    let row = ApiKeyRow {
+        id: ApiKeyId::new(),
+        tenant_id: p.tenant_id,
+        name: name.to_owned(),
+        prefix: secret.chars().take(12).collect(),
+        secret_hash: passwords::sha256_hex(&secret),
+        role: role.to_owned(),
+        created_by: p.actor_ref(),
+        created_at: db_time(now),
+        expires_at: expires_at.map(db_time),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store::insert_api_key(&app.db, &row).await?;
+    Ok((row, secret))
+}
+
+/// Authenticates an `agp_…` key.
+pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principal> {
+    let invalid = || AppError::unauthenticated("invalid or expired credentials");
+    let now = app.clock.now();
+    let key = store::find_api_key_by_hash(&app.db, &passwords::sha256_hex(secret))
+        .await?
+        .ok_or_else(invalid)?;
+    if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| utc(e) <= now) {
+        return Err(invalid());
+    }
+    let tenant = crate::tenancy::store::find(&app.db, key.tenant_id)
+        .await?
+        .ok_or_else(invalid)?;
+    check_tenant_active(&tenant)?;
+    let (permissions, platform_admin) = role_permissions(app, &tenant, &key.role).await?;
+    if key
+        .last_used_at
+        .is_none_or(|t| now - utc(t) > Duration::seconds(60))
+    {
+        store::touch_api_key(&app.db, key.id, db_time(now)).await?;
+    }
+    Ok(Principal {
+        actor: Actor::ApiKey(key.id),
+        tenant_id: key.tenant_id,
+        role: key.role,
+        permissions,
+        platform_admin,
+        token: None,
+    })
+}
+
+/// Revokes a session of the caller's (own) user.
+pub async fn revoke_own_session(app: &App, p: &Principal, id: SessionId) -> AppResult<()> {
+    let user = p.user_id().ok_or_else(|| AppError::not_found("session"))?;
+    let session = store::find_session(&app.db, p.tenant_id, id)
+        .await?
+        .filter(|s| s.user_id == user)
+        .ok_or_else(|| AppError::not_found("session"))?;
+    store::revoke_session(
+        &app.db,
+        p.tenant_id,
+        session.id,
+        "revoked",
+        db_time(app.clock.now()),
+    )
+    .await?;
+    Ok(())
+}

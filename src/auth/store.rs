@@ -1,0 +1,352 @@
+//! Session, refresh-token, API-key, revocation and lockout queries, written once for both
+//! backends.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::model::{
+    ApiKeyId, ApiKeyRow, LoginAttemptRow, PasswordTokenRow, RefreshTokenRow, RevokedTokenRow,
+    SessionId, SessionRow,
+};
+use crate::db::DbPool;
+use crate::db::schema::{
+    api_keys, login_attempts, password_tokens, refresh_tokens, revoked_access_tokens, sessions,
+};
+use crate::error::AppResult;
+use crate::tenancy::{TenantId, UserId};
+
+/// Creates a session with its first refresh token.
+pub async fn insert_session(db: &DbPool, s: &SessionRow, t: &RefreshTokenRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(sessions::table)
+            .values(s)
+            .execute(conn)
+            .await?;
+        diesel::insert_into(refresh_tokens::table)
+            .values(t)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Loads a session of `tenant`.
+pub async fn find_session(
+    db: &DbPool,
+    tenant: TenantId,
+    id: SessionId,
+) -> AppResult<Option<SessionRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        sessions::table
+            .filter(sessions::tenant_id.eq(tenant))
+            .filter(sessions::id.eq(id))
+            .select(SessionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// A refresh token and its session, by token hash.
+pub async fn find_refresh(
+    db: &DbPool,
+    hash: &str,
+) -> AppResult<Option<(RefreshTokenRow, SessionRow)>> {
+    Ok(crate::db_run!(db, |conn| {
+        refresh_tokens::table
+            .inner_join(sessions::table)
+            .filter(refresh_tokens::token_hash.eq(hash))
+            .select((RefreshTokenRow::as_select(), SessionRow::as_select()))
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Marks a refresh token used; false if it already was (a concurrent exchange).
+pub async fn mark_refresh_used(db: &DbPool, hash: &str, now: NaiveDateTime) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            refresh_tokens::table
+                .filter(refresh_tokens::token_hash.eq(hash))
+                .filter(refresh_tokens::used_at.is_null()),
+        )
+        .set(refresh_tokens::used_at.eq(Some(now)))
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+/// Adds the next refresh token of a session and bumps its idle clock.
+pub async fn rotate_refresh(db: &DbPool, t: &RefreshTokenRow, now: NaiveDateTime) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(refresh_tokens::table)
+            .values(t)
+            .execute(conn)
+            .await?;
+        diesel::update(sessions::table.filter(sessions::id.eq(t.session_id)))
+            .set(sessions::last_used_at.eq(now))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Revokes a session of `tenant` (idempotent); returns whether it exists.
+pub async fn revoke_session(
+    db: &DbPool,
+    tenant: TenantId,
+    id: SessionId,
+    reason: &str,
+    now: NaiveDateTime,
+) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        let exists = diesel::update(
+            sessions::table
+                .filter(sessions::tenant_id.eq(tenant))
+                .filter(sessions::id.eq(id))
+                .filter(sessions::revoked_at.is_null()),
+        )
+        .set((
+            sessions::revoked_at.eq(Some(now)),
+            sessions::revoked_reason.eq(Some(reason)),
+        ))
+        .execute(conn)
+        .await?;
+        exists == 1
+            || sessions::table
+                .filter(sessions::tenant_id.eq(tenant))
+                .filter(sessions::id.eq(id))
+                .count()
+                .get_result::<i64>(conn)
+                .await?
+                == 1
+    }))
+}
+
+/// Revokes every live session of a user except `keep`.
+pub async fn revoke_user_sessions(
+    db: &DbPool,
+    tenant: TenantId,
+    user: UserId,
+    keep: Option<SessionId>,
+    reason: &str,
+    now: NaiveDateTime,
+) -> AppResult<usize> {
+    let keep = keep
+        .map(|k| k.0.hyphenated().to_string())
+        .unwrap_or_default();
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            sessions::table
+                .filter(sessions::tenant_id.eq(tenant))
+                .filter(sessions::user_id.eq(user))
+                .filter(sessions::revoked_at.is_null())
+                .filter(sessions::id.ne(keep.as_str())),
+        )
+        .set((
+            sessions::revoked_at.eq(Some(now)),
+            sessions::revoked_reason.eq(Some(reason)),
+        ))
+        .execute(conn)
+        .await?
+    }))
+}
+
+/// A user's sessions, newest first.
+pub async fn list_sessions(
+    db: &DbPool,
+    tenant: TenantId,
+    user: UserId,
+) -> AppResult<Vec<SessionRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        sessions::table
+            .filter(sessions::tenant_id.eq(tenant))
+            .filter(sessions::user_id.eq(user))
+            .order(sessions::id.desc())
+            .limit(100)
+            .select(SessionRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Refuses an access token until it would expire anyway.
+pub async fn revoke_access_token(db: &DbPool, row: &RevokedTokenRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(revoked_access_tokens::table)
+            .values(row)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Whether an access token's `jti` was revoked.
+pub async fn is_access_token_revoked(db: &DbPool, jti: &str) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        revoked_access_tokens::table
+            .filter(revoked_access_tokens::jti.eq(jti))
+            .count()
+            .get_result::<i64>(conn)
+            .await?
+            > 0
+    }))
+}
+
+/// Lockout counters for the given keys.
+pub async fn login_attempts_for(db: &DbPool, keys: &[String]) -> AppResult<Vec<LoginAttemptRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        login_attempts::table
+            .filter(login_attempts::key.eq_any(keys))
+            .select(LoginAttemptRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Writes a lockout counter.
+pub async fn put_login_attempt(db: &DbPool, row: &LoginAttemptRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(login_attempts::table)
+            .values(row)
+            .on_conflict(login_attempts::key)
+            .do_update()
+            .set((
+                login_attempts::failures.eq(row.failures),
+                login_attempts::locked_until.eq(row.locked_until),
+                login_attempts::updated_at.eq(row.updated_at),
+            ))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Clears a lockout counter.
+pub async fn clear_login_attempts(db: &DbPool, key: &str) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::delete(login_attempts::table.filter(login_attempts::key.eq(key)))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Inserts an API key.
+pub async fn insert_api_key(db: &DbPool, row: &ApiKeyRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(api_keys::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// An API key by secret hash (authentication; the tenant comes from the row).
+pub async fn find_api_key_by_hash(db: &DbPool, hash: &str) -> AppResult<Option<ApiKeyRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        api_keys::table
+            .filter(api_keys::secret_hash.eq(hash))
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Records a key's use.
+pub async fn touch_api_key(db: &DbPool, id: ApiKeyId, now: NaiveDateTime) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(api_keys::table.filter(api_keys::id.eq(id)))
+            .set(api_keys::last_used_at.eq(Some(now)))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A tenant's API keys, newest first.
+pub async fn list_api_keys(db: &DbPool, tenant: TenantId) -> AppResult<Vec<ApiKeyRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant))
+            .order(api_keys::id.desc())
+            .limit(500)
+            .select(ApiKeyRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Revokes a key of `tenant`; returns whether it exists there.
+pub async fn revoke_api_key(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ApiKeyId,
+    now: NaiveDateTime,
+) -> AppResult<Option<ApiKeyRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::tenant_id.eq(tenant))
+                .filter(api_keys::id.eq(id))
+                .filter(api_keys::revoked_at.is_null()),
+        )
+        .set(api_keys::revoked_at.eq(Some(now)))
+        .execute(conn)
+        .await?;
+        api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant))
+            .filter(api_keys::id.eq(id))
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Stores a one-time set-password token.
+pub async fn insert_password_token(db: &DbPool, row: &PasswordTokenRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(password_tokens::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Consumes a set-password token: marks it used if unused and unexpired.
+pub async fn take_password_token(
+    db: &DbPool,
+    hash: &str,
+    now: NaiveDateTime,
+) -> AppResult<Option<UserId>> {
+    Ok(crate::db_run!(db, |conn| {
+        let row: Option<PasswordTokenRow> = password_tokens::table
+            .filter(password_tokens::token_hash.eq(hash))
+            .select(PasswordTokenRow::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        match row {
+            Some(r) if r.used_at.is_none() && r.expires_at > now => {
+                let n = diesel::update(
+                    password_tokens::table
+                        .filter(password_tokens::token_hash.eq(hash))
+                        .filter(password_tokens::used_at.is_null()),
+                )
+                .set(password_tokens::used_at.eq(Some(now)))
+                .execute(conn)
+                .await?;
+                (n == 1).then_some(r.user_id)
+            }
+            _ => None,
+        }
+    }))
+}

@@ -1,0 +1,283 @@
+//! Roles and permissions: the one place the permission matrix lives, and the guards that
+//! every GraphQL field declares.
+
+use std::collections::BTreeSet;
+
+use async_graphql::{Context, Guard};
+
+use crate::auth::principal;
+use crate::error::AppError;
+
+macro_rules! permissions {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// A `resource.action` permission.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Permission {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Permission {
+            /// Every permission, in matrix order.
+            pub const ALL: &'static [Permission] = &[$(Permission::$variant,)*];
+
+            /// The `resource.action` name.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Permission::$variant => $name,)* }
+            }
+
+            /// Parses a `resource.action` name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($name => Some(Permission::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+permissions! {
+    TenantRead => "tenant.read", "Read the tenant, its settings, quotas and usage.";
+    TenantUpdate => "tenant.update", "Change tenant settings.";
+    UsersRead => "users.read", "List and read users.";
+    UsersManage => "users.manage", "Create, invite, disable users and change their roles.";
+    TeamsRead => "teams.read", "List and read teams.";
+    TeamsManage => "teams.manage", "Create, change and delete teams and memberships.";
+    RolesManage => "roles.manage", "Create, change and delete custom roles.";
+    ApikeysManage => "apikeys.manage", "Create, list and revoke API keys.";
+    SecretsManage => "secrets.manage", "Set and delete tenant secrets.";
+    WorkflowsRead => "workflows.read", "Read workflows and versions.";
+    WorkflowsCreate => "workflows.create", "Create workflows.";
+    WorkflowsUpdate => "workflows.update", "Edit workflow drafts.";
+    WorkflowsDelete => "workflows.delete", "Delete workflows.";
+    WorkflowsPublish => "workflows.publish", "Publish immutable workflow versions.";
+    WorkflowsExecute => "workflows.execute", "Start and retry executions.";
+    ExecutionsRead => "executions.read", "Read executions and subscribe to their events.";
+    ExecutionsCancel => "executions.cancel", "Cancel executions.";
+    SchedulesManage => "schedules.manage", "Create, pause, resume and delete schedules.";
+    AuditRead => "audit.read", "Query the audit trail.";
+    AuditExport => "audit.export", "Export the audit trail and compliance reports.";
+    ClusterRead => "cluster.read", "Read the cluster summary and own allocations.";
+    ClusterManage => "cluster.manage", "Drain nodes and reserve GPU memory (platform).";
+    PlatformTenants => "platform.tenants", "Create, suspend and re-plan tenants (platform).";
+}
+
+/// A set of permissions.
+pub type PermissionSet = BTreeSet<Permission>;
+
+/// Built-in roles. Tenant roles apply inside one tenant; `PlatformAdmin` exists only in the
+/// reserved system tenant.
+#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinRole {
+    /// Everything in the tenant.
+    Owner,
+    /// Everything except changing tenant settings.
+    Admin,
+    /// Builds and runs workflows.
+    Developer,
+    /// Runs and watches workflows.
+    Operator,
+    /// Reads everything, including the audit trail.
+    Analyst,
+    /// Reads workflows and executions.
+    Viewer,
+    /// Platform operator: manages tenants and the cluster.
+    PlatformAdmin,
+}
+
+impl BuiltinRole {
+    /// Tenant roles (not `PlatformAdmin`).
+    pub const TENANT_ROLES: &'static [BuiltinRole] = &[
+        Self::Owner,
+        Self::Admin,
+        Self::Developer,
+        Self::Operator,
+        Self::Analyst,
+        Self::Viewer,
+    ];
+
+    /// Stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "OWNER",
+            Self::Admin => "ADMIN",
+            Self::Developer => "DEVELOPER",
+            Self::Operator => "OPERATOR",
+            Self::Analyst => "ANALYST",
+            Self::Viewer => "VIEWER",
+            Self::PlatformAdmin => "PLATFORM_ADMIN",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Owner,
+            Self::Admin,
+            Self::Developer,
+            Self::Operator,
+            Self::Analyst,
+            Self::Viewer,
+            Self::PlatformAdmin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// The permission matrix: what each built-in role may do.
+    pub fn permissions(self) -> PermissionSet {
+        use Permission as P;
+        let tenant_all = Permission::ALL
+            .iter()
+            .copied()
+            .filter(|p| !matches!(p, P::ClusterManage | P::PlatformTenants));
+        match self {
+            Self::Owner => tenant_all.collect(),
+            Self::Admin => tenant_all.filter(|p| *p != P::TenantUpdate).collect(),
+            Self::Developer => [
+                P::TenantRead,
+                P::UsersRead,
+                P::TeamsRead,
+                P::SecretsManage,
+                P::WorkflowsRead,
+                P::WorkflowsCreate,
+                P::WorkflowsUpdate,
+                P::WorkflowsDelete,
+                P::WorkflowsPublish,
+                P::WorkflowsExecute,
+                P::ExecutionsRead,
+                P::ExecutionsCancel,
+                P::SchedulesManage,
+                P::ClusterRead,
+            ]
+            .into(),
+            Self::Operator => [
+                P::TenantRead,
+                P::UsersRead,
+                P::TeamsRead,
+                P::WorkflowsRead,
+                P::WorkflowsExecute,
+                P::ExecutionsRead,
+                P::ExecutionsCancel,
+                P::SchedulesManage,
+                P::ClusterRead,
+            ]
+            .into(),
+            Self::Analyst => [
+                P::TenantRead,
+                P::UsersRead,
+                P::TeamsRead,
+                P::WorkflowsRead,
+                P::ExecutionsRead,
+                P::AuditRead,
+                P::AuditExport,
+                P::ClusterRead,
+            ]
+            .into(),
+            Self::Viewer => [
+                P::TenantRead,
+                P::TeamsRead,
+                P::WorkflowsRead,
+                P::ExecutionsRead,
+            ]
+            .into(),
+            Self::PlatformAdmin => [
+                P::TenantRead,
+                P::TenantUpdate,
+                P::UsersRead,
+                P::UsersManage,
+                P::ApikeysManage,
+                P::AuditRead,
+                P::AuditExport,
+                P::ClusterRead,
+                P::ClusterManage,
+                P::PlatformTenants,
+            ]
+            .into(),
+        }
+    }
+}
+
+/// Parses a stored permission list (JSON array of names); unknown names are dropped.
+pub fn parse_permission_list(json: &str) -> PermissionSet {
+    serde_json::from_str::<Vec<String>>(json)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| Permission::parse(s))
+        .collect()
+}
+
+/// Root fields that need no principal. Everything else must carry a guard; the
+/// guard-completeness test proves it by calling every other field without permissions.
+pub const PUBLIC_FIELDS: &[&str] = &["serverInfo", "heartbeat", "login", "refreshSession"];
+
+/// Root fields any signed-in principal may call (they act on the caller's own identity, or
+/// check visibility per object, like `node`).
+pub const SELF_FIELDS: &[&str] = &[
+    "me",
+    "node",
+    "nodes",
+    "logout",
+    "changePassword",
+    "sessions",
+    "revokeSession",
+];
+
+/// Guard: the caller must hold `permission`.
+pub struct Require(pub Permission);
+
+impl Guard for Require {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        let p = principal(ctx)?;
+        if p.permissions.contains(&self.0) {
+            Ok(())
+        } else {
+            Err(
+                AppError::forbidden(format!("this requires the {} permission", self.0.as_str()))
+                    .with_detail("permission", self.0.as_str())
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Guard: any authenticated principal.
+pub struct SignedIn;
+
+impl Guard for SignedIn {
+    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        principal(ctx)?;
+        Ok(())
+    }
+}
+
+/// The permission matrix as a Markdown table (printed in README).
+pub fn matrix_markdown() -> String {
+    let roles = [
+        BuiltinRole::Owner,
+        BuiltinRole::Admin,
+        BuiltinRole::Developer,
+        BuiltinRole::Operator,
+        BuiltinRole::Analyst,
+        BuiltinRole::Viewer,
+        BuiltinRole::PlatformAdmin,
+    ];
+    let mut out = String::from("| permission |");
+    for r in roles {
+        out.push_str(&format!(" {} |", r.as_str()));
+    }
+    out.push_str("\n|---|");
+    for _ in roles {
+        out.push_str(":-:|");
+    }
+    out.push('\n');
+    for p in Permission::ALL {
+        out.push_str(&format!("| `{}` |", p.as_str()));
+        for r in roles {
+            out.push_str(if r.permissions().contains(p) {
+                " ✓ |"
+            } else {
+                "   |"
+            });
+        }
+        out.push('\n');
+    }
+    out
+}
