@@ -114,13 +114,14 @@ fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id:
 }
 
 /// A GraphQL-shaped error response for an [`AppError`] raised before execution.
-fn app_error_response(status: StatusCode, e: &AppError, request_id: &str) -> Response {
-    let gql: async_graphql::Error = AppError::new(e.code(), e.message()).into();
+fn app_error_response(status: StatusCode, e: AppError, request_id: &str) -> Response {
+    let message = e.message().to_owned();
+    let gql: async_graphql::Error = e.into();
     let mut ext = serde_json::to_value(&gql.extensions).unwrap_or_default();
     if let Some(o) = ext.as_object_mut() {
         o.insert("requestId".into(), request_id.into());
     }
-    let body = serde_json::json!({ "errors": [{ "message": e.message(), "extensions": ext }] });
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": ext }] });
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -153,7 +154,7 @@ async fn execute(
                 Err(e) => {
                     let status = StatusCode::from_u16(e.code().http_status())
                         .unwrap_or(StatusCode::UNAUTHORIZED);
-                    let mut resp = app_error_response(status, &e, &request_id.0);
+                    let mut resp = app_error_response(status, e, &request_id.0);
                     if status == StatusCode::UNAUTHORIZED {
                         resp.headers_mut()
                             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -310,6 +311,9 @@ pub async fn ws_handler(
         })
 }
 
+/// The bearer credential a socket was accepted with, and when it expires.
+type SocketCredential = Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>>;
+
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for missing, invalid, expired or revoked credentials.
@@ -321,7 +325,7 @@ const UNAUTHENTICATED_REASON: &str = "unauthenticated";
 /// suspended (re-checked every 5 s).
 async fn watch_credentials(
     app: Arc<crate::app::App>,
-    auth: Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>>,
+    auth: SocketCredential,
     ended: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -358,7 +362,7 @@ async fn serve_socket(
     let app = state.app.clone();
     let shutdown = app.shutdown.clone();
     // The credential accepted at connection_init; re-checked while the socket lives.
-    let auth: Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>> = Arc::default();
+    let auth: SocketCredential = Arc::default();
     let ended = CancellationToken::new();
     let watcher = tokio::spawn(watch_credentials(app.clone(), auth.clone(), ended.clone()));
     let stop = {

@@ -206,7 +206,13 @@ pub fn parse_permission_list(json: &str) -> PermissionSet {
 
 /// Root fields that need no principal. Everything else must carry a guard; the
 /// guard-completeness test proves it by calling every other field without permissions.
-pub const PUBLIC_FIELDS: &[&str] = &["serverInfo", "heartbeat", "login", "refreshSession"];
+pub const PUBLIC_FIELDS: &[&str] = &[
+    "serverInfo",
+    "heartbeat",
+    "login",
+    "refreshSession",
+    "setPassword",
+];
 
 /// Root fields any signed-in principal may call (they act on the caller's own identity, or
 /// check visibility per object, like `node`).

@@ -3,5 +3,6 @@
 mod cli;
 mod foundation;
 mod helpers;
+mod identity;
 mod schema_file;
 mod websocket;
