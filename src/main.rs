@@ -50,6 +50,8 @@ enum Command {
 enum AdminCommand {
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// Print the role × permission matrix (Markdown).
+    Permissions,
     /// Make a new access-token signing key; older keys keep verifying until tokens expire.
     RotateSigningKey,
     /// Set a new password for a user (prompted on stdin, or generated and printed).
@@ -67,6 +69,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Schema = cli.command {
         print!("{}", agentplane::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Admin {
+        command: AdminCommand::Permissions,
+    } = cli.command
+    {
+        print!("{}", agentplane::rbac::matrix_markdown());
         return ExitCode::SUCCESS;
     }
     let overrides = CliOverrides {
@@ -132,6 +141,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 println!("applied: {}", applied.join(", "));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::Permissions,
+        } => {
+            print!("{}", agentplane::rbac::matrix_markdown());
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin {

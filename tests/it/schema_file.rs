@@ -14,3 +14,13 @@ fn checked_in_schema_matches_the_code() {
         "schema.graphql is stale: run `cargo run -- schema > schema.graphql` (or UPDATE_SCHEMA=1 with the tests)"
     );
 }
+
+#[test]
+fn readme_prints_the_permission_matrix_from_the_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    assert!(
+        readme.contains(&agentplane::rbac::matrix_markdown()),
+        "README's permission matrix is stale: paste `agentplane admin permissions`"
+    );
+}
