@@ -50,7 +50,7 @@ pub enum DbPool {
 
 /// Runs the same diesel-async body on whichever backend the pool holds.
 ///
-/// ```ignore
+/// ```text
 /// db_run!(pool, |conn| { tenants::table.count().get_result::<i64>(conn).await })
 /// ```
 /// `?` inside the macro converts a pool error with `From`, so the enclosing function's
