@@ -39,14 +39,7 @@ pub fn embedded_versions(backend: super::Backend) -> anyhow::Result<Vec<String>>
 pub async fn run_pending(url: &DatabaseUrl) -> anyhow::Result<Vec<String>> {
     match url {
         DatabaseUrl::Sqlite(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating database folder {}", dir.display()))?;
-            }
-            let path = path
-                .to_str()
-                .context("SQLite path is not UTF-8")?
-                .to_owned();
+            let path = super::prepare_sqlite_path(path)?;
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
                 let mut conn = SqliteConnection::establish(&path)
                     .with_context(|| format!("opening SQLite database {path}"))?;

@@ -73,20 +73,25 @@ macro_rules! db_run {
     }};
 }
 
+/// Creates the SQLite file's folder if missing and returns the path as a string.
+pub(crate) fn prepare_sqlite_path(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating database folder {}", dir.display()))?;
+    }
+    Ok(path
+        .to_str()
+        .context("the SQLite path is not valid UTF-8")?
+        .to_owned())
+}
+
 impl DbPool {
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
         match url {
             DatabaseUrl::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating database folder {}", dir.display()))?;
-                }
-                let path = path
-                    .to_str()
-                    .context("the SQLite path is not valid UTF-8")?
-                    .to_owned();
+                let path = prepare_sqlite_path(path)?;
                 // WAL is a property of the file: set it once, on a plain connection.
                 {
                     let mut conn = SqliteConn::establish(&path)
