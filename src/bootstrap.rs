@@ -65,3 +65,123 @@ pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrap
         generated_password: generated.then_some(password),
     }))
 }
+
+/// One seeded demo account.
+#[derive(Debug)]
+pub struct DemoAccount {
+    /// Sign-in e-mail.
+    pub email: String,
+    /// Built-in role.
+    pub role: &'static str,
+    /// Generated password (print once).
+    pub password: String,
+}
+
+/// `serve --demo`: a `demo` tenant with one user per built-in tenant role (generated
+/// passwords) and a team holding them all. `None` if the tenant already exists.
+pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
+    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
+    if crate::tenancy::store::find_by_slug(&app.db, "demo")
+        .await
+        .map_err(err)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let now = db_time(app.clock.now());
+    let tenant = new_tenant_row("demo", "Demo organization", Plan::Pro, false, now);
+    crate::tenancy::store::insert(&app.db, &tenant)
+        .await
+        .map_err(err)?;
+    let mut accounts = Vec::new();
+    let mut members = Vec::new();
+    for role in BuiltinRole::TENANT_ROLES {
+        let email = format!("{}@demo.agentplane.local", role.as_str().to_lowercase());
+        let mut user =
+            new_user_row(tenant.id, &email, role.as_str(), role.as_str(), now).map_err(err)?;
+        let password = crate::auth::passwords::random_secret(18);
+        user.password_hash = Some(
+            crate::auth::service::hash_blocking(&password)
+                .await
+                .map_err(err)?,
+        );
+        crate::tenancy::store::insert_user(&app.db, &user)
+            .await
+            .map_err(err)?;
+        members.push((user.id, *role == BuiltinRole::Owner));
+        accounts.push(DemoAccount {
+            email,
+            role: role.as_str(),
+            password,
+        });
+    }
+    crate::tenancy::teams::seed_team(&app.db, tenant.id, "demo-team", &members, now)
+        .await
+        .map_err(err)?;
+    Ok(Some(accounts))
+}
+
+/// `admin create-tenant`: a tenant with an OWNER whose password is generated.
+pub async fn create_tenant(
+    app: &App,
+    slug: &str,
+    name: &str,
+    plan: Plan,
+    owner_email: &str,
+    owner_name: &str,
+) -> anyhow::Result<String> {
+    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
+    let now = db_time(app.clock.now());
+    let tenant = new_tenant_row(slug, name, plan, false, now);
+    let mut owner = new_user_row(
+        tenant.id,
+        owner_email,
+        owner_name,
+        BuiltinRole::Owner.as_str(),
+        now,
+    )
+    .map_err(err)?;
+    let password = crate::auth::passwords::random_secret(18);
+    owner.password_hash = Some(
+        crate::auth::service::hash_blocking(&password)
+            .await
+            .map_err(err)?,
+    );
+    crate::tenancy::store::insert(&app.db, &tenant)
+        .await
+        .map_err(err)?;
+    crate::tenancy::store::insert_user(&app.db, &owner)
+        .await
+        .map_err(err)?;
+    Ok(password)
+}
+
+/// `admin create-user`: a user in the tenant named by slug, with a generated password.
+pub async fn create_user(
+    app: &App,
+    tenant_slug: &str,
+    email: &str,
+    name: &str,
+    role: BuiltinRole,
+) -> anyhow::Result<String> {
+    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
+    let tenant = crate::tenancy::store::find_by_slug(&app.db, tenant_slug)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {tenant_slug}"))?;
+    if role == BuiltinRole::PlatformAdmin && !tenant.is_system {
+        anyhow::bail!("PLATFORM_ADMIN exists only in the system tenant");
+    }
+    let now = db_time(app.clock.now());
+    let mut user = new_user_row(tenant.id, email, name, role.as_str(), now).map_err(err)?;
+    let password = crate::auth::passwords::random_secret(18);
+    user.password_hash = Some(
+        crate::auth::service::hash_blocking(&password)
+            .await
+            .map_err(err)?,
+    );
+    crate::tenancy::store::insert_user(&app.db, &user)
+        .await
+        .map_err(err)?;
+    Ok(password)
+}

@@ -30,6 +30,9 @@ enum Command {
         /// Listen address (overrides AGENTPLANE_LISTEN).
         #[arg(long, value_name = "IP:PORT")]
         listen: Option<String>,
+        /// Also seed a demo tenant with one user per role (passwords printed once) and a team.
+        #[arg(long)]
+        demo: bool,
     },
     /// Apply pending migrations (or only check for them).
     Migrate {
@@ -54,6 +57,39 @@ enum AdminCommand {
     Permissions,
     /// Make a new access-token signing key; older keys keep verifying until tokens expire.
     RotateSigningKey,
+    /// Create a tenant and its OWNER (the owner's password is generated and printed once).
+    CreateTenant {
+        /// URL-safe handle.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// FREE, PRO, ENTERPRISE or CUSTOM.
+        #[arg(long, default_value = "FREE")]
+        plan: String,
+        /// The owner's e-mail.
+        #[arg(long)]
+        owner_email: String,
+        /// The owner's display name.
+        #[arg(long, default_value = "Owner")]
+        owner_name: String,
+    },
+    /// Create a user in a tenant (the password is generated and printed once).
+    CreateUser {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// E-mail address.
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Built-in role: OWNER, ADMIN, DEVELOPER, OPERATOR, ANALYST, VIEWER (PLATFORM_ADMIN in the system tenant).
+        #[arg(long)]
+        role: String,
+    },
     /// Set a new password for a user (prompted on stdin, or generated and printed).
     ResetPassword {
         /// The user's e-mail address.
@@ -81,7 +117,7 @@ fn main() -> ExitCode {
     let overrides = CliOverrides {
         config_file: cli.config.clone(),
         listen: match &cli.command {
-            Command::Serve { listen } => listen.clone(),
+            Command::Serve { listen, .. } => listen.clone(),
             _ => None,
         },
     };
@@ -122,7 +158,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             print!("{}", agentplane::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { .. } => serve(config).await,
+        Command::Serve { demo, .. } => serve(config, demo).await,
         Command::Migrate { check: true } => {
             let pool = DbPool::connect(&config.database_url).await?;
             let pending = migrate::pending(&pool).await?;
@@ -156,6 +192,57 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin {
+            command:
+                AdminCommand::CreateTenant {
+                    slug,
+                    name,
+                    plan,
+                    owner_email,
+                    owner_name,
+                },
+        } => {
+            let plan = match plan.to_ascii_uppercase().as_str() {
+                "FREE" => agentplane::tenancy::model::Plan::Free,
+                "PRO" => agentplane::tenancy::model::Plan::Pro,
+                "ENTERPRISE" => agentplane::tenancy::model::Plan::Enterprise,
+                "CUSTOM" => agentplane::tenancy::model::Plan::Custom,
+                other => anyhow::bail!(
+                    "unknown plan {other:?} (expected FREE, PRO, ENTERPRISE or CUSTOM)"
+                ),
+            };
+            migrate::run_pending(&config.database_url).await?;
+            let state = AppState::new(config).await?;
+            let pw = agentplane::bootstrap::create_tenant(
+                &state.app,
+                &slug,
+                &name,
+                plan,
+                &owner_email,
+                &owner_name,
+            )
+            .await?;
+            println!("created tenant {slug}; owner {owner_email} password (shown once): {pw}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command:
+                AdminCommand::CreateUser {
+                    tenant,
+                    email,
+                    name,
+                    role,
+                },
+        } => {
+            let role = agentplane::rbac::BuiltinRole::parse(&role.to_ascii_uppercase())
+                .ok_or_else(|| anyhow::anyhow!("unknown role {role:?}"))?;
+            migrate::run_pending(&config.database_url).await?;
+            let state = AppState::new(config).await?;
+            let pw = agentplane::bootstrap::create_user(&state.app, &tenant, &email, &name, role)
+                .await?;
+            println!("created user {email} in {tenant}; password (shown once): {pw}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
             command: AdminCommand::RotateSigningKey,
         } => {
             migrate::run_pending(&config.database_url).await?;
@@ -167,6 +254,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Admin {
             command: AdminCommand::ResetPassword { email, stdin },
         } => {
+            migrate::run_pending(&config.database_url).await?;
             let state = AppState::new(config).await?;
             let password = if stdin {
                 let mut line = String::new();
@@ -186,7 +274,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
     let applied = migrate::run_pending(&config.database_url)
         .await
         .context("running migrations")?;
@@ -206,6 +294,14 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
                 "created platform admin {} with the password from AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
                 b.admin_email
             ),
+        }
+    }
+    if demo {
+        if let Some(accounts) = agentplane::bootstrap::seed_demo(&state.app).await? {
+            println!("seeded demo tenant `demo` (passwords shown once):");
+            for a in accounts {
+                println!("  {:<10} {:<36} {}", a.role, a.email, a.password);
+            }
         }
     }
     let listener = app::bind(listen).await?;

@@ -22,6 +22,7 @@ pub struct Query(
     relay_root::RelayQuery,
     crate::auth::graphql::AuthQuery,
     crate::tenancy::graphql::TenancyQuery,
+    crate::tenancy::teams::TeamQuery,
 );
 
 /// All mutation fields.
@@ -29,6 +30,7 @@ pub struct Query(
 pub struct Mutation(
     crate::auth::graphql::AuthMutation,
     crate::tenancy::graphql::TenancyMutation,
+    crate::tenancy::teams::TeamMutation,
 );
 
 /// All subscription fields.

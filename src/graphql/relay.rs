@@ -25,6 +25,8 @@ pub enum NodeKind {
     ApiKey,
     /// A sign-in session.
     Session,
+    /// A team.
+    Team,
 }
 
 impl NodeKind {
@@ -34,6 +36,7 @@ impl NodeKind {
         NodeKind::Role,
         NodeKind::ApiKey,
         NodeKind::Session,
+        NodeKind::Team,
     ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
@@ -44,6 +47,7 @@ impl NodeKind {
             Self::Role => "Role",
             Self::ApiKey => "ApiKey",
             Self::Session => "Session",
+            Self::Team => "Team",
         }
     }
 }

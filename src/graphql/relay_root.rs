@@ -15,6 +15,8 @@ pub enum Node {
     Tenant(Tenant),
     /// A user.
     User(User),
+    /// A team.
+    Team(crate::tenancy::teams::Team),
 }
 
 /// Relay root fields.
@@ -45,6 +47,9 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
             }
             Ok(Node::User(User(user)))
         }
+        NodeKind::Team => crate::tenancy::teams::visible_team(ctx, uuid)
+            .await
+            .map(Node::Team),
         // Reachable through their own fields, not through `node`.
         NodeKind::Role | NodeKind::ApiKey | NodeKind::Session => Err(AppError::not_found("object")),
     }

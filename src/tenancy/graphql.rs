@@ -85,6 +85,14 @@ impl Tenant {
             max_gpu_memory_mb: self.0.max_gpu_memory_mb,
         }
     }
+    /// Current usage against the quotas that are metered so far.
+    async fn usage(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<TenantUsage> {
+        let a = crate::graphql::app(ctx)?;
+        Ok(TenantUsage {
+            users: super::store::count_users(&a.db, self.0.id).await?,
+            max_users: self.0.max_users,
+        })
+    }
     /// Enabled feature flags.
     async fn feature_flags(&self) -> Vec<String> {
         json_list(&self.0.feature_flags)
@@ -242,11 +250,14 @@ pub async fn resolve_role_input(
     Ok(stored)
 }
 
-/// Current usage against each quota.
+/// Current usage against the quotas that are metered so far (workflow, execution and GPU
+/// usage arrive with those features).
 #[derive(SimpleObject)]
 pub struct TenantUsage {
     /// Users now.
     pub users: i64,
+    /// The `maxUsers` quota.
+    pub max_users: i64,
 }
 
 /// A new user's owner details for `createTenant`.
@@ -365,6 +376,128 @@ pub struct CreateRoleInput {
 pub struct RolePayload {
     /// The role.
     pub role: Role,
+}
+
+/// Quota overrides for `updateTenantPlan`; unset fields take the plan's default.
+#[derive(InputObject, Default)]
+pub struct QuotasInput {
+    /// Most users.
+    pub max_users: Option<i64>,
+    /// Most workflows.
+    pub max_workflows: Option<i64>,
+    /// Most executions started per calendar month.
+    pub max_executions_per_month: Option<i64>,
+    /// Most executions running at once.
+    pub max_concurrent_executions: Option<i64>,
+    /// Most GPU memory reserved at once, MiB.
+    pub max_gpu_memory_mb: Option<i64>,
+}
+
+/// Input of `updateTenantPlan`.
+#[derive(InputObject)]
+pub struct UpdateTenantPlanInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+    /// The new plan.
+    pub plan: Plan,
+    /// Quota overrides (plan defaults otherwise).
+    pub quotas: Option<QuotasInput>,
+    /// Feature flags to enable (replaces the set); unchanged when omitted.
+    pub feature_flags: Option<Vec<String>>,
+}
+
+/// Input of `updateTenantSettings`.
+#[derive(InputObject)]
+pub struct UpdateTenantSettingsInput {
+    /// Days audit records and finished executions are kept (1–3650).
+    pub data_retention_days: Option<i64>,
+    /// Whether members must use multi-factor authentication.
+    pub require_mfa: Option<bool>,
+    /// CIDR ranges allowed to sign in; empty means any.
+    pub allowed_ip_ranges: Option<Vec<String>>,
+}
+
+/// Input of `updateRole`.
+#[derive(InputObject)]
+pub struct UpdateRoleInput {
+    /// The custom role's ID.
+    pub role_id: ID,
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New permission set (replaces the old one).
+    pub permissions: Option<Vec<String>>,
+}
+
+/// Input of `deleteRole`.
+#[derive(InputObject)]
+pub struct DeleteRoleInput {
+    /// The custom role's ID.
+    pub role_id: ID,
+}
+
+/// Result of `deleteRole`.
+#[derive(SimpleObject)]
+pub struct DeleteRolePayload {
+    /// The deleted role's ID.
+    pub deleted_role_id: ID,
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (ip, bits) = s.split_once('/').unwrap_or((s, ""));
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 32),
+        Ok(std::net::IpAddr::V6(_)) => {
+            bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 128)
+        }
+        Err(_) => false,
+    }
+}
+
+fn valid_flag(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// Checks a permission list a caller wants to put in a custom role.
+fn grantable(p: &Principal, names: &[String]) -> AppResult<PermissionSet> {
+    let mut perms = PermissionSet::new();
+    for s in names {
+        let perm = Permission::parse(s).ok_or_else(|| {
+            AppError::bad_input("permissions", format!("unknown permission {s:?}"))
+        })?;
+        if matches!(
+            perm,
+            Permission::PlatformTenants | Permission::ClusterManage
+        ) || !p.permissions.contains(&perm)
+        {
+            return Err(AppError::forbidden(format!("you cannot grant {s}")));
+        }
+        perms.insert(perm);
+    }
+    Ok(perms)
+}
+
+fn role_name(name: &str) -> AppResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || BuiltinRole::parse(&name.to_uppercase()).is_some() {
+        return Err(AppError::bad_input(
+            "name",
+            "1–100 characters, not a built-in role name",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+async fn custom_role(ctx: &Context<'_>, id: &ID) -> AppResult<RoleRow> {
+    let p = principal(ctx)?;
+    let uuid = decode_expecting(id, NodeKind::Role, "role")?;
+    super::store::find_role(&app(ctx)?.db, p.tenant_id, RoleId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("role"))
 }
 
 /// Default quotas per plan: (users, workflows, executions/month, concurrent, GPU MiB).
@@ -708,32 +841,13 @@ impl TenancyMutation {
     ) -> async_graphql::Result<RolePayload> {
         let a = app(ctx)?;
         let p = principal(ctx)?;
-        let name = input.name.trim();
-        if name.is_empty() || name.len() > 100 || BuiltinRole::parse(&name.to_uppercase()).is_some()
-        {
-            return Err(
-                AppError::bad_input("name", "1–100 characters, not a built-in role name").into(),
-            );
-        }
-        let mut perms = PermissionSet::new();
-        for s in &input.permissions {
-            let perm = Permission::parse(s).ok_or_else(|| {
-                AppError::bad_input("permissions", format!("unknown permission {s:?}"))
-            })?;
-            if matches!(
-                perm,
-                Permission::PlatformTenants | Permission::ClusterManage
-            ) || !p.permissions.contains(&perm)
-            {
-                return Err(AppError::forbidden(format!("you cannot grant {s}")).into());
-            }
-            perms.insert(perm);
-        }
+        let name = role_name(&input.name)?;
+        let perms = grantable(p, &input.permissions)?;
         let now = db_time(a.clock.now());
         let row = RoleRow {
             id: RoleId::new(),
             tenant_id: p.tenant_id,
-            name: name.to_owned(),
+            name,
             description: input.description.trim().to_owned(),
             permissions: serde_json::to_string(&perm_names(&perms)).map_err(AppError::internal)?,
             created_at: now,
@@ -743,5 +857,138 @@ impl TenancyMutation {
         Ok(RolePayload {
             role: Role::custom(&row),
         })
+    }
+
+    /// Changes a custom role. Holders get the new permissions on their next request.
+    #[graphql(guard = "Require(Permission::RolesManage)")]
+    async fn update_role(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateRoleInput,
+    ) -> async_graphql::Result<RolePayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let mut row = custom_role(ctx, &input.role_id).await?;
+        if let Some(n) = &input.name {
+            row.name = role_name(n)?;
+        }
+        if let Some(d) = &input.description {
+            row.description = d.trim().to_owned();
+        }
+        if let Some(ps) = &input.permissions {
+            row.permissions = serde_json::to_string(&perm_names(&grantable(p, ps)?))
+                .map_err(AppError::internal)?;
+        }
+        row.updated_at = db_time(a.clock.now());
+        super::store::update_role(&a.db, &row).await?;
+        Ok(RolePayload {
+            role: Role::custom(&row),
+        })
+    }
+
+    /// Deletes a custom role that no user or live API key holds (`CONFLICT` otherwise).
+    #[graphql(guard = "Require(Permission::RolesManage)")]
+    async fn delete_role(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteRoleInput,
+    ) -> async_graphql::Result<DeleteRolePayload> {
+        let a = app(ctx)?;
+        let row = custom_role(ctx, &input.role_id).await?;
+        let holders = super::store::role_holders(&a.db, row.tenant_id, &row.id.to_string()).await?;
+        if holders > 0 {
+            return Err(AppError::conflict(format!(
+                "{holders} users or API keys still hold this role"
+            ))
+            .into());
+        }
+        super::store::delete_role(&a.db, row.tenant_id, row.id).await?;
+        Ok(DeleteRolePayload {
+            deleted_role_id: input.role_id,
+        })
+    }
+
+    /// Changes a tenant's plan, quotas and feature flags (platform admins).
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn update_tenant_plan(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTenantPlanInput,
+    ) -> async_graphql::Result<TenantPayload> {
+        let a = app(ctx)?;
+        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        let (u, w, e, c, g) = plan_quotas(input.plan);
+        let q = input.quotas.unwrap_or_default();
+        for (field, v) in [
+            ("maxUsers", q.max_users),
+            ("maxWorkflows", q.max_workflows),
+            ("maxExecutionsPerMonth", q.max_executions_per_month),
+            ("maxConcurrentExecutions", q.max_concurrent_executions),
+            ("maxGpuMemoryMb", q.max_gpu_memory_mb),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(AppError::bad_input(field, "quotas cannot be negative").into());
+            }
+        }
+        t.plan = input.plan.as_str().to_owned();
+        t.max_users = q.max_users.unwrap_or(u);
+        t.max_workflows = q.max_workflows.unwrap_or(w);
+        t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);
+        t.max_concurrent_executions = q.max_concurrent_executions.unwrap_or(c);
+        t.max_gpu_memory_mb = q.max_gpu_memory_mb.unwrap_or(g);
+        if let Some(mut flags) = input.feature_flags {
+            if let Some(bad) = flags.iter().find(|f| !valid_flag(f)) {
+                return Err(AppError::bad_input(
+                    "featureFlags",
+                    format!("{bad:?} is not a flag name (a-z, 0-9, - _ .)"),
+                )
+                .into());
+            }
+            flags.sort();
+            flags.dedup();
+            t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
+        }
+        t.updated_at = db_time(a.clock.now());
+        super::store::update(&a.db, &t).await?;
+        Ok(TenantPayload { tenant: Tenant(t) })
+    }
+
+    /// Changes the caller's tenant settings.
+    #[graphql(guard = "Require(Permission::TenantUpdate)")]
+    async fn update_tenant_settings(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTenantSettingsInput,
+    ) -> async_graphql::Result<TenantPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let mut t = super::store::find(&a.db, p.tenant_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("tenant"))?;
+        if let Some(d) = input.data_retention_days {
+            if !(1..=3650).contains(&d) {
+                return Err(
+                    AppError::bad_input("dataRetentionDays", "between 1 and 3650 days").into(),
+                );
+            }
+            t.data_retention_days = d;
+        }
+        if let Some(m) = input.require_mfa {
+            t.require_mfa = m;
+        }
+        if let Some(ranges) = input.allowed_ip_ranges {
+            if let Some(bad) = ranges.iter().find(|r| !valid_cidr(r.trim())) {
+                return Err(AppError::bad_input(
+                    "allowedIpRanges",
+                    format!("{bad:?} is not an IP range such as 10.0.0.0/8"),
+                )
+                .into());
+            }
+            let ranges: Vec<String> = ranges.iter().map(|r| r.trim().to_owned()).collect();
+            t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
+        }
+        t.updated_at = db_time(a.clock.now());
+        super::store::update(&a.db, &t).await?;
+        Ok(TenantPayload { tenant: Tenant(t) })
     }
 }

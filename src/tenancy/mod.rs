@@ -2,6 +2,7 @@
 
 pub mod model;
 pub mod store;
+pub mod teams;
 
 pub mod graphql;
 

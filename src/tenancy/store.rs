@@ -298,3 +298,70 @@ pub async fn find_user_any(db: &DbPool, id: UserId) -> AppResult<Option<UserRow>
             .optional()?
     }))
 }
+
+/// Replaces a custom role's name, description and permissions.
+pub async fn update_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(
+            roles::table
+                .filter(roles::tenant_id.eq(row.tenant_id))
+                .filter(roles::id.eq(row.id)),
+        )
+        .set((
+            roles::name.eq(&row.name),
+            roles::description.eq(&row.description),
+            roles::permissions.eq(&row.permissions),
+            roles::updated_at.eq(row.updated_at),
+        ))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// How many users and live API keys hold a role.
+pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResult<i64> {
+    use crate::db::schema::api_keys;
+    Ok(crate::db_run!(db, |conn| {
+        let u: i64 = users::table
+            .filter(users::tenant_id.eq(tenant))
+            .filter(users::role.eq(role))
+            .count()
+            .get_result(conn)
+            .await?;
+        let k: i64 = api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant))
+            .filter(api_keys::role.eq(role))
+            .filter(api_keys::revoked_at.is_null())
+            .count()
+            .get_result(conn)
+            .await?;
+        u + k
+    }))
+}
+
+/// Deletes a custom role.
+pub async fn delete_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::delete(
+            roles::table
+                .filter(roles::tenant_id.eq(tenant))
+                .filter(roles::id.eq(id)),
+        )
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Loads a tenant by slug (operator CLI).
+pub async fn find_by_slug(db: &DbPool, slug: &str) -> AppResult<Option<TenantRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        tenants::table
+            .filter(tenants::slug.eq(slug))
+            .select(TenantRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}

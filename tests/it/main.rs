@@ -5,4 +5,5 @@ mod foundation;
 mod helpers;
 mod identity;
 mod schema_file;
+mod tenancy;
 mod websocket;

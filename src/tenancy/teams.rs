@@ -1,0 +1,518 @@
+//! Teams: named groups of a tenant's users with a team role (LEAD, MEMBER).
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::graphql::User;
+use super::model::{TenantId, UserId, UserRow};
+use crate::auth::principal;
+use crate::db::DbPool;
+use crate::db::ids::{db_time, utc};
+use crate::db::schema::{team_members, teams, users};
+use crate::error::{AppError, AppResult};
+use crate::graphql::app;
+use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
+use crate::rbac::{Permission, Require};
+
+crate::id_type!(
+    /// Identifies a team.
+    TeamId
+);
+
+/// One row of `teams`.
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = teams)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct TeamRow {
+    /// Primary key.
+    pub id: TeamId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Unique within the tenant.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}
+
+/// One row of `team_members`.
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = team_members)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct TeamMemberRow {
+    /// The team.
+    pub team_id: TeamId,
+    /// The member.
+    pub user_id: UserId,
+    /// The team's tenant (denormalised so every tenant table carries it).
+    pub tenant_id: TenantId,
+    /// Stored [`TeamRole`].
+    pub role: String,
+    /// When added.
+    pub created_at: NaiveDateTime,
+}
+
+/// A member's role in a team.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TeamRole {
+    /// Leads the team.
+    Lead,
+    /// A member.
+    Member,
+}
+
+impl TeamRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Lead => "LEAD",
+            Self::Member => "MEMBER",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        if s == "LEAD" {
+            Self::Lead
+        } else {
+            Self::Member
+        }
+    }
+}
+
+// ---- store ----
+
+async fn find(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<Option<TeamRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        teams::table
+            .filter(teams::tenant_id.eq(tenant))
+            .filter(teams::id.eq(id))
+            .select(TeamRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        teams::table
+            .filter(teams::tenant_id.eq(tenant))
+            .order(teams::name.asc())
+            .limit(1000)
+            .select(TeamRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+async fn insert(db: &DbPool, row: &TeamRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(teams::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn update(db: &DbPool, row: &TeamRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(
+            teams::table
+                .filter(teams::tenant_id.eq(row.tenant_id))
+                .filter(teams::id.eq(row.id)),
+        )
+        .set((
+            teams::name.eq(&row.name),
+            teams::description.eq(&row.description),
+            teams::updated_at.eq(row.updated_at),
+        ))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+async fn delete(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::delete(
+            team_members::table
+                .filter(team_members::tenant_id.eq(tenant))
+                .filter(team_members::team_id.eq(id)),
+        )
+        .execute(conn)
+        .await?;
+        diesel::delete(
+            teams::table
+                .filter(teams::tenant_id.eq(tenant))
+                .filter(teams::id.eq(id)),
+        )
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+async fn put_member(db: &DbPool, row: &TeamMemberRow) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::insert_into(team_members::table)
+            .values(row)
+            .on_conflict((team_members::team_id, team_members::user_id))
+            .do_update()
+            .set(team_members::role.eq(&row.role))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn remove_member(
+    db: &DbPool,
+    tenant: TenantId,
+    team: TeamId,
+    user: UserId,
+) -> AppResult<bool> {
+    Ok(crate::db_run!(db, |conn| {
+        diesel::delete(
+            team_members::table
+                .filter(team_members::tenant_id.eq(tenant))
+                .filter(team_members::team_id.eq(team))
+                .filter(team_members::user_id.eq(user)),
+        )
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+async fn members(
+    db: &DbPool,
+    tenant: TenantId,
+    team: TeamId,
+) -> AppResult<Vec<(TeamMemberRow, UserRow)>> {
+    Ok(crate::db_run!(db, |conn| {
+        team_members::table
+            .inner_join(users::table.on(users::id.eq(team_members::user_id)))
+            .filter(team_members::tenant_id.eq(tenant))
+            .filter(team_members::team_id.eq(team))
+            .order(users::email.asc())
+            .select((TeamMemberRow::as_select(), UserRow::as_select()))
+            .load(conn)
+            .await?
+    }))
+}
+
+// ---- GraphQL ----
+
+/// A named group of users.
+pub struct Team(pub TeamRow);
+
+/// A user's membership in a team.
+#[derive(SimpleObject)]
+pub struct TeamMember {
+    /// The member.
+    pub user: User,
+    /// Their team role.
+    pub role: TeamRole,
+    /// When added.
+    pub added_at: DateTime<Utc>,
+}
+
+#[Object]
+impl Team {
+    /// Opaque global ID.
+    pub async fn id(&self) -> ID {
+        to_global_id(NodeKind::Team, self.0.id.0)
+    }
+    /// Unique within the tenant.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Free text.
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    /// Members, by e-mail.
+    async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
+        Ok(members(&app(ctx)?.db, self.0.tenant_id, self.0.id)
+            .await?
+            .into_iter()
+            .map(|(m, u)| TeamMember {
+                user: User(u),
+                role: TeamRole::parse(&m.role),
+                added_at: utc(m.created_at),
+            })
+            .collect())
+    }
+    /// Creation time.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    /// Last change.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        utc(self.0.updated_at)
+    }
+}
+
+/// Input of `createTeam`.
+#[derive(InputObject)]
+pub struct CreateTeamInput {
+    /// Unique within the tenant.
+    pub name: String,
+    /// Free text.
+    #[graphql(default)]
+    pub description: String,
+}
+
+/// Input of `updateTeam`.
+#[derive(InputObject)]
+pub struct UpdateTeamInput {
+    /// The team's ID.
+    pub team_id: ID,
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+/// Input of `deleteTeam`.
+#[derive(InputObject)]
+pub struct DeleteTeamInput {
+    /// The team's ID.
+    pub team_id: ID,
+}
+
+/// Input of `addTeamMember` (also changes an existing member's role).
+#[derive(InputObject)]
+pub struct AddTeamMemberInput {
+    /// The team's ID.
+    pub team_id: ID,
+    /// The user's ID.
+    pub user_id: ID,
+    /// Team role.
+    #[graphql(default_with = "TeamRole::Member")]
+    pub role: TeamRole,
+}
+
+/// Input of `removeTeamMember`.
+#[derive(InputObject)]
+pub struct RemoveTeamMemberInput {
+    /// The team's ID.
+    pub team_id: ID,
+    /// The user's ID.
+    pub user_id: ID,
+}
+
+/// Result of team changes.
+#[derive(SimpleObject)]
+pub struct TeamPayload {
+    /// The team after the change.
+    pub team: Team,
+}
+
+/// Result of `deleteTeam`.
+#[derive(SimpleObject)]
+pub struct DeleteTeamPayload {
+    /// The deleted team's ID.
+    pub deleted_team_id: ID,
+}
+
+fn check_name(name: &str) -> AppResult<String> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > 100 {
+        return Err(AppError::bad_input(
+            "name",
+            "the name must be 1 to 100 characters",
+        ));
+    }
+    Ok(n.to_owned())
+}
+
+async fn team_in_tenant(ctx: &Context<'_>, id: &ID) -> AppResult<TeamRow> {
+    let p = principal(ctx)?;
+    let uuid = decode_expecting(id, NodeKind::Team, "team")?;
+    find(&app(ctx)?.db, p.tenant_id, TeamId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("team"))
+}
+
+/// Loads a team of the caller's tenant for `node(id:)`.
+pub async fn visible_team(ctx: &Context<'_>, uuid: uuid::Uuid) -> AppResult<Team> {
+    let p = principal(ctx)?;
+    let t = find(&app(ctx)?.db, p.tenant_id, TeamId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("team"))?;
+    if !p.permissions.contains(&Permission::TeamsRead) {
+        return Err(AppError::forbidden(
+            "this requires the teams.read permission",
+        ));
+    }
+    Ok(Team(t))
+}
+
+/// Team queries.
+#[derive(Default)]
+pub struct TeamQuery;
+
+#[Object]
+impl TeamQuery {
+    /// The tenant's teams, by name.
+    #[graphql(guard = "Require(Permission::TeamsRead)")]
+    async fn teams(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Team>> {
+        let p = principal(ctx)?;
+        Ok(list(&app(ctx)?.db, p.tenant_id)
+            .await?
+            .into_iter()
+            .map(Team)
+            .collect())
+    }
+}
+
+/// Team mutations.
+#[derive(Default)]
+pub struct TeamMutation;
+
+#[Object]
+impl TeamMutation {
+    /// Creates a team.
+    #[graphql(guard = "Require(Permission::TeamsManage)")]
+    async fn create_team(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTeamInput,
+    ) -> async_graphql::Result<TeamPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let now = db_time(a.clock.now());
+        let row = TeamRow {
+            id: TeamId::new(),
+            tenant_id: p.tenant_id,
+            name: check_name(&input.name)?,
+            description: input.description.trim().to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        insert(&a.db, &row).await?;
+        Ok(TeamPayload { team: Team(row) })
+    }
+
+    /// Renames a team or changes its description.
+    #[graphql(guard = "Require(Permission::TeamsManage)")]
+    async fn update_team(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTeamInput,
+    ) -> async_graphql::Result<TeamPayload> {
+        let a = app(ctx)?;
+        let mut row = team_in_tenant(ctx, &input.team_id).await?;
+        if let Some(n) = input.name {
+            row.name = check_name(&n)?;
+        }
+        if let Some(d) = input.description {
+            row.description = d.trim().to_owned();
+        }
+        row.updated_at = db_time(a.clock.now());
+        update(&a.db, &row).await?;
+        Ok(TeamPayload { team: Team(row) })
+    }
+
+    /// Deletes a team and its memberships.
+    #[graphql(guard = "Require(Permission::TeamsManage)")]
+    async fn delete_team(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteTeamInput,
+    ) -> async_graphql::Result<DeleteTeamPayload> {
+        let row = team_in_tenant(ctx, &input.team_id).await?;
+        delete(&app(ctx)?.db, row.tenant_id, row.id).await?;
+        Ok(DeleteTeamPayload {
+            deleted_team_id: input.team_id,
+        })
+    }
+
+    /// Adds a user to a team, or changes their team role.
+    #[graphql(guard = "Require(Permission::TeamsManage)")]
+    async fn add_team_member(
+        &self,
+        ctx: &Context<'_>,
+        input: AddTeamMemberInput,
+    ) -> async_graphql::Result<TeamPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let team = team_in_tenant(ctx, &input.team_id).await?;
+        let uid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
+        let user = super::store::find_user(&a.db, p.tenant_id, UserId(uid))
+            .await?
+            .ok_or_else(|| AppError::not_found("user"))?;
+        put_member(
+            &a.db,
+            &TeamMemberRow {
+                team_id: team.id,
+                user_id: user.id,
+                tenant_id: p.tenant_id,
+                role: input.role.as_str().to_owned(),
+                created_at: db_time(a.clock.now()),
+            },
+        )
+        .await?;
+        Ok(TeamPayload { team: Team(team) })
+    }
+
+    /// Removes a user from a team.
+    #[graphql(guard = "Require(Permission::TeamsManage)")]
+    async fn remove_team_member(
+        &self,
+        ctx: &Context<'_>,
+        input: RemoveTeamMemberInput,
+    ) -> async_graphql::Result<TeamPayload> {
+        let p = principal(ctx)?;
+        let team = team_in_tenant(ctx, &input.team_id).await?;
+        let uid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
+        if !remove_member(&app(ctx)?.db, p.tenant_id, team.id, UserId(uid)).await? {
+            return Err(AppError::not_found("team member").into());
+        }
+        Ok(TeamPayload { team: Team(team) })
+    }
+}
+
+/// Adds a member (used by demo seeding).
+pub async fn seed_team(
+    db: &DbPool,
+    tenant: TenantId,
+    name: &str,
+    members: &[(UserId, bool)],
+    now: NaiveDateTime,
+) -> AppResult<()> {
+    let row = TeamRow {
+        id: TeamId::new(),
+        tenant_id: tenant,
+        name: name.to_owned(),
+        description: String::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    insert(db, &row).await?;
+    for (user, lead) in members {
+        put_member(
+            db,
+            &TeamMemberRow {
+                team_id: row.id,
+                user_id: *user,
+                tenant_id: tenant,
+                role: if *lead {
+                    TeamRole::Lead
+                } else {
+                    TeamRole::Member
+                }
+                .as_str()
+                .to_owned(),
+                created_at: now,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Tenancy API: plans and quotas, settings, users, custom roles, teams, sessions, demo data.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{OWNER_PASSWORD, TestApp, first_error_code};
+
+const CREATE_USER: &str =
+    "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } setPasswordToken } }";
+
+/// Creates a user with `role_id`, sets their password and signs them in.
+async fn user_with_role(
+    app: &TestApp,
+    owner: &str,
+    email: &str,
+    role_id: Value,
+) -> (String, String) {
+    let out = app
+        .gql_as(
+            owner,
+            CREATE_USER,
+            json!({ "i": { "email": email, "displayName": "U", "roleId": role_id } }),
+        )
+        .await;
+    let p = &out["data"]["createUser"];
+    assert!(p.is_object(), "{out}");
+    let set = app
+        .gql(
+            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
+            json!({ "i": { "token": p["setPasswordToken"], "password": "user-password-123" } }),
+        )
+        .await;
+    assert_eq!(set["data"]["setPassword"]["ok"], true, "{set}");
+    // A set-password token works once.
+    let again = app
+        .gql(
+            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
+            json!({ "i": { "token": p["setPasswordToken"], "password": "other-password-123" } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&again).as_deref(), Some("UNAUTHENTICATED"));
+    let token = app.login(email, "user-password-123").await.0;
+    (p["user"]["id"].as_str().expect("id").to_owned(), token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_quotas_flags_and_settings() {
+    let app = TestApp::spawn().await;
+    let (tenant_id, owner) = app.tenant_with_owner("acme").await;
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { plan quotas { maxUsers maxWorkflows } featureFlags } } }",
+            json!({ "i": { "tenantId": tenant_id, "plan": "ENTERPRISE", "quotas": { "maxUsers": 2 }, "featureFlags": ["gpu", "beta.ui", "gpu"] } }),
+        )
+        .await;
+    let t = &out["data"]["updateTenantPlan"]["tenant"];
+    assert_eq!(t["plan"], "ENTERPRISE", "{out}");
+    assert_eq!(t["quotas"]["maxUsers"], 2);
+    assert_eq!(t["quotas"]["maxWorkflows"], 5000);
+    assert_eq!(t["featureFlags"], json!(["beta.ui", "gpu"]));
+
+    // The owner counts as one user: one more fits, the next is over quota.
+    user_with_role(&app, &owner, "dev@acme.example", json!("DEVELOPER")).await;
+    let over = app
+        .gql_as(
+            &owner,
+            CREATE_USER,
+            json!({ "i": { "email": "x@acme.example", "displayName": "X", "roleId": "VIEWER" } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&over).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{over}"
+    );
+    let usage = app
+        .gql_as(&owner, "{ tenant { usage { users maxUsers } } }", json!({}))
+        .await;
+    assert_eq!(
+        usage["data"]["tenant"]["usage"],
+        json!({ "users": 2, "maxUsers": 2 })
+    );
+
+    let settings = "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { settings { dataRetentionDays requireMfa allowedIpRanges } } } }";
+    let bad = app
+        .gql_as(
+            &owner,
+            settings,
+            json!({ "i": { "allowedIpRanges": ["10.0.0.0/33"] } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
+    assert_eq!(bad["errors"][0]["extensions"]["field"], "allowedIpRanges");
+    let ok = app
+        .gql_as(
+            &owner,
+            settings,
+            json!({ "i": { "dataRetentionDays": 90, "requireMfa": true, "allowedIpRanges": ["10.0.0.0/8", "::1"] } }),
+        )
+        .await;
+    assert_eq!(
+        ok["data"]["updateTenantSettings"]["tenant"]["settings"],
+        json!({ "dataRetentionDays": 90, "requireMfa": true, "allowedIpRanges": ["10.0.0.0/8", "::1"] })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_roles_grant_exactly_their_permissions() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let role = app
+        .gql_as(
+            &owner,
+            "mutation { createRole(input: {name: \"auditor\", permissions: [\"users.read\", \"audit.read\"]}) { role { id name permissions } } }",
+            json!({}),
+        )
+        .await;
+    let role_id = role["data"]["createRole"]["role"]["id"].clone();
+    assert_eq!(
+        role["data"]["createRole"]["role"]["permissions"],
+        json!(["users.read", "audit.read"])
+    );
+    let (_, auditor) = user_with_role(&app, &owner, "aud@acme.example", role_id.clone()).await;
+    let me = app
+        .gql_as(
+            &auditor,
+            "{ me { role { name builtIn } } users { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        me["data"]["me"]["role"],
+        json!({ "name": "auditor", "builtIn": false }),
+        "{me}"
+    );
+    assert_eq!(me["data"]["users"]["totalCount"], 2);
+    let denied = app.gql_as(&auditor, "{ tenant { slug } }", json!({})).await;
+    assert_eq!(first_error_code(&denied).as_deref(), Some("FORBIDDEN"));
+
+    // Changing the role takes effect on the holder's next request.
+    let upd = app
+        .gql_as(
+            &owner,
+            "mutation($i: UpdateRoleInput!) { updateRole(input: $i) { role { permissions } } }",
+            json!({ "i": { "roleId": role_id, "permissions": ["tenant.read"] } }),
+        )
+        .await;
+    assert_eq!(
+        upd["data"]["updateRole"]["role"]["permissions"],
+        json!(["tenant.read"])
+    );
+    let now = app.gql_as(&auditor, "{ tenant { slug } }", json!({})).await;
+    assert_eq!(now["data"]["tenant"]["slug"], "acme");
+
+    // A held role cannot be deleted; nor can a role grant what its creator lacks.
+    let del = app
+        .gql_as(
+            &owner,
+            "mutation($i: DeleteRoleInput!) { deleteRole(input: $i) { deletedRoleId } }",
+            json!({ "i": { "roleId": role_id } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&del).as_deref(), Some("CONFLICT"));
+    let escalate = app
+        .gql_as(&owner, "mutation { createRole(input: {name: \"ops\", permissions: [\"cluster.manage\"]}) { role { id } } }", json!({}))
+        .await;
+    assert_eq!(first_error_code(&escalate).as_deref(), Some("FORBIDDEN"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_and_memberships_stay_inside_the_tenant() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let (_, other) = app.tenant_with_owner("other").await;
+    let (dev_id, _) = user_with_role(&app, &owner, "dev@acme.example", json!("DEVELOPER")).await;
+    let other_user =
+        app.gql_as(&other, "{ me { id } }", json!({})).await["data"]["me"]["id"].clone();
+
+    let team = app
+        .gql_as(&owner, "mutation { createTeam(input: {name: \"ml\", description: \"models\"}) { team { id name } } }", json!({}))
+        .await;
+    let team_id = team["data"]["createTeam"]["team"]["id"].clone();
+    let dup = app
+        .gql_as(
+            &owner,
+            "mutation { createTeam(input: {name: \"ml\"}) { team { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_error_code(&dup).as_deref(), Some("CONFLICT"));
+
+    let add = "mutation($i: AddTeamMemberInput!) { addTeamMember(input: $i) { team { members { user { email } role } } } }";
+    let out = app
+        .gql_as(
+            &owner,
+            add,
+            json!({ "i": { "teamId": team_id, "userId": dev_id, "role": "LEAD" } }),
+        )
+        .await;
+    assert_eq!(
+        out["data"]["addTeamMember"]["team"]["members"],
+        json!([{ "user": { "email": "dev@acme.example" }, "role": "LEAD" }])
+    );
+    // Another tenant's user cannot be added; another tenant cannot see or touch the team.
+    let cross = app
+        .gql_as(
+            &owner,
+            add,
+            json!({ "i": { "teamId": team_id, "userId": other_user } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&cross).as_deref(), Some("NOT_FOUND"));
+    for q in [
+        "mutation($id: ID!) { updateTeam(input: {teamId: $id, name: \"x\"}) { team { id } } }",
+        "mutation($id: ID!) { deleteTeam(input: {teamId: $id}) { deletedTeamId } }",
+        "query($id: ID!) { node(id: $id) { id } }",
+    ] {
+        let out = app.gql_as(&other, q, json!({ "id": team_id })).await;
+        assert_eq!(
+            first_error_code(&out).as_deref(),
+            Some("NOT_FOUND"),
+            "{q}: {out}"
+        );
+    }
+    let teams = app.gql_as(&other, "{ teams { id } }", json!({})).await;
+    assert_eq!(teams["data"]["teams"], json!([]));
+
+    let rm = app
+        .gql_as(
+            &owner,
+            "mutation($t: ID!, $u: ID!) { removeTeamMember(input: {teamId: $t, userId: $u}) { team { members { role } } } }",
+            json!({ "t": team_id, "u": dev_id }),
+        )
+        .await;
+    assert_eq!(rm["data"]["removeTeamMember"]["team"]["members"], json!([]));
+    let del = app
+        .gql_as(
+            &owner,
+            "mutation($id: ID!) { deleteTeam(input: {teamId: $id}) { deletedTeamId } }",
+            json!({ "id": team_id }),
+        )
+        .await;
+    assert_eq!(del["data"]["deleteTeam"]["deletedTeamId"], team_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn change_password_signs_out_other_sessions() {
+    let app = TestApp::spawn().await;
+    let (_, first) = app.tenant_with_owner("acme").await;
+    let (second, _) = app.login("owner@acme.example", OWNER_PASSWORD).await;
+    let sessions = app
+        .gql_as(&second, "{ sessions { id current revokedAt } }", json!({}))
+        .await;
+    assert_eq!(
+        sessions["data"]["sessions"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let weak = app
+        .gql_as(
+            &second,
+            "mutation { changePassword(input: {currentPassword: \"owner-password-for-tests\", newPassword: \"short\"}) { ok } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_error_code(&weak).as_deref(), Some("BAD_USER_INPUT"));
+    let ok = app
+        .gql_as(
+            &second,
+            "mutation { changePassword(input: {currentPassword: \"owner-password-for-tests\", newPassword: \"a-brand-new-password\"}) { ok } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(ok["data"]["changePassword"]["ok"], true, "{ok}");
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&first))
+        .await;
+    assert_eq!(status, 401, "the other session is signed out");
+    let me = app.gql_as(&second, "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "owner@acme.example");
+    app.login("owner@acme.example", "a-brand-new-password")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_seed_has_one_user_per_role_and_a_team() {
+    let app = TestApp::spawn().await;
+    let accounts = agentplane::bootstrap::seed_demo(&app.state.app)
+        .await
+        .expect("seed")
+        .expect("first time");
+    assert_eq!(accounts.len(), 6);
+    for a in &accounts {
+        let token = app.login(&a.email, &a.password).await.0;
+        let me = app
+            .gql_as(&token, "{ me { role { name } } }", json!({}))
+            .await;
+        assert_eq!(me["data"]["me"]["role"]["name"], a.role);
+        if a.role == "OWNER" {
+            let teams = app
+                .gql_as(&token, "{ teams { name members { role } } }", json!({}))
+                .await;
+            assert_eq!(teams["data"]["teams"][0]["name"], "demo-team");
+            assert_eq!(
+                teams["data"]["teams"][0]["members"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(6)
+            );
+        }
+    }
+    assert!(
+        agentplane::bootstrap::seed_demo(&app.state.app)
+            .await
+            .expect("seed")
+            .is_none(),
+        "seeding twice is a no-op"
+    );
+}
