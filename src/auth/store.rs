@@ -37,7 +37,7 @@ pub async fn find_session(
     tenant: TenantId,
     id: SessionId,
 ) -> AppResult<Option<SessionRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         sessions::table
             .filter(sessions::tenant_id.eq(tenant))
             .filter(sessions::id.eq(id))
@@ -102,7 +102,7 @@ pub async fn revoke_session(
     reason: &str,
     now: NaiveDateTime,
 ) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         let exists = diesel::update(
             sessions::table
                 .filter(sessions::tenant_id.eq(tenant))
@@ -138,7 +138,7 @@ pub async fn revoke_user_sessions(
     let keep = keep
         .map(|k| k.0.hyphenated().to_string())
         .unwrap_or_default();
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::update(
             sessions::table
                 .filter(sessions::tenant_id.eq(tenant))
@@ -161,7 +161,7 @@ pub async fn list_sessions(
     tenant: TenantId,
     user: UserId,
 ) -> AppResult<Vec<SessionRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         sessions::table
             .filter(sessions::tenant_id.eq(tenant))
             .filter(sessions::user_id.eq(user))
@@ -238,7 +238,7 @@ pub async fn clear_login_attempts(db: &DbPool, key: &str) -> AppResult<()> {
 
 /// Inserts an API key.
 pub async fn insert_api_key(db: &DbPool, row: &ApiKeyRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::insert_into(api_keys::table)
             .values(row)
             .execute(conn)
@@ -272,7 +272,7 @@ pub async fn touch_api_key(db: &DbPool, id: ApiKeyId, now: NaiveDateTime) -> App
 
 /// A tenant's API keys, newest first.
 pub async fn list_api_keys(db: &DbPool, tenant: TenantId) -> AppResult<Vec<ApiKeyRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         api_keys::table
             .filter(api_keys::tenant_id.eq(tenant))
             .order(api_keys::id.desc())
@@ -290,7 +290,7 @@ pub async fn revoke_api_key(
     id: ApiKeyId,
     now: NaiveDateTime,
 ) -> AppResult<Option<ApiKeyRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::update(
             api_keys::table
                 .filter(api_keys::tenant_id.eq(tenant))

@@ -85,6 +85,43 @@ pub(crate) fn prepare_sqlite_path(path: &std::path::Path) -> anyhow::Result<Stri
         .to_owned())
 }
 
+/// Like [`db_run!`](crate::db_run), for queries scoped to one tenant: on PostgreSQL the
+/// body runs in a transaction that first sets `agentplane.tenant_id`, so row-level
+/// security hides every other tenant's rows as a second wall behind the query's own
+/// `tenant_id` filter. On SQLite it is `db_run!`.
+#[macro_export]
+macro_rules! db_run_tenant {
+    ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
+        match $pool {
+            $crate::db::DbPool::Postgres(pool) => {
+                use diesel_async::AsyncConnection as _;
+                let mut pooled = pool.get().await?;
+                let tenant_setting: String = $tenant.to_string();
+                let tx: &mut diesel_async::AsyncPgConnection = &mut *pooled;
+                tx.transaction(async |$conn| -> Result<_, $crate::error::AppError> {
+                    $crate::db::set_tenant($conn, &tenant_setting).await?;
+                    Ok($body)
+                })
+                .await?
+            }
+            $crate::db::DbPool::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn: &mut $crate::db::SqliteConn = &mut *pooled;
+                $body
+            }
+        }
+    }};
+}
+
+/// Sets the transaction's tenant for row-level security (PostgreSQL).
+pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::QueryResult<()> {
+    diesel::sql_query("SELECT set_config('agentplane.tenant_id', $1, true)")
+        .bind::<diesel::sql_types::Text, _>(tenant)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 impl DbPool {
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.

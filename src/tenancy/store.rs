@@ -13,7 +13,7 @@ use crate::graphql::relay::Page;
 
 /// Loads one tenant by id.
 pub async fn find(db: &DbPool, id: TenantId) -> AppResult<Option<TenantRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, id, |conn| {
         tenants::table
             .filter(tenants::id.eq(id))
             .select(TenantRow::as_select())
@@ -108,7 +108,7 @@ pub async fn find_user_by_email(db: &DbPool, email: &str) -> AppResult<Option<Us
 
 /// Loads a user of `tenant`.
 pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<Option<UserRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         users::table
             .filter(users::tenant_id.eq(tenant))
             .filter(users::id.eq(id))
@@ -121,7 +121,7 @@ pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<O
 
 /// Inserts a user (a duplicate e-mail is `CONFLICT`).
 pub async fn insert_user(db: &DbPool, row: &UserRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::insert_into(users::table)
             .values(row)
             .execute(conn)
@@ -132,7 +132,7 @@ pub async fn insert_user(db: &DbPool, row: &UserRow) -> AppResult<()> {
 
 /// Counts a tenant's users.
 pub async fn count_users(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         users::table
             .filter(users::tenant_id.eq(tenant))
             .count()
@@ -147,7 +147,7 @@ pub async fn list_users(
     tenant: TenantId,
     page: &Page,
 ) -> AppResult<(Vec<UserRow>, i64)> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         let mut q = users::table
             .filter(users::tenant_id.eq(tenant))
             .select(UserRow::as_select())
@@ -181,7 +181,7 @@ pub async fn set_user_role(
     role: &str,
     now: NaiveDateTime,
 ) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
@@ -202,7 +202,7 @@ pub async fn set_user_status(
     status: &str,
     now: NaiveDateTime,
 ) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
@@ -223,7 +223,7 @@ pub async fn set_password(
     hash: &str,
     now: NaiveDateTime,
 ) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
@@ -252,7 +252,7 @@ pub async fn touch_last_login(db: &DbPool, id: UserId, now: NaiveDateTime) -> Ap
 
 /// Loads a custom role of `tenant`.
 pub async fn find_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<Option<RoleRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         roles::table
             .filter(roles::tenant_id.eq(tenant))
             .filter(roles::id.eq(id))
@@ -265,7 +265,7 @@ pub async fn find_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<O
 
 /// Inserts a custom role (a duplicate name in the tenant is `CONFLICT`).
 pub async fn insert_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::insert_into(roles::table)
             .values(row)
             .execute(conn)
@@ -276,7 +276,7 @@ pub async fn insert_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
 
 /// A tenant's custom roles, by name.
 pub async fn list_roles(db: &DbPool, tenant: TenantId) -> AppResult<Vec<RoleRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         roles::table
             .filter(roles::tenant_id.eq(tenant))
             .order(roles::name.asc())
@@ -301,7 +301,7 @@ pub async fn find_user_any(db: &DbPool, id: UserId) -> AppResult<Option<UserRow>
 
 /// Replaces a custom role's name, description and permissions.
 pub async fn update_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::update(
             roles::table
                 .filter(roles::tenant_id.eq(row.tenant_id))
@@ -322,7 +322,7 @@ pub async fn update_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
 /// How many users and live API keys hold a role.
 pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResult<i64> {
     use crate::db::schema::api_keys;
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         let u: i64 = users::table
             .filter(users::tenant_id.eq(tenant))
             .filter(users::role.eq(role))
@@ -342,7 +342,7 @@ pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResul
 
 /// Deletes a custom role.
 pub async fn delete_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, tenant, |conn| {
         diesel::delete(
             roles::table
                 .filter(roles::tenant_id.eq(tenant))

@@ -85,7 +85,7 @@ impl TeamRole {
 // ---- store ----
 
 async fn find(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<Option<TeamRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         teams::table
             .filter(teams::tenant_id.eq(tenant))
             .filter(teams::id.eq(id))
@@ -97,7 +97,7 @@ async fn find(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<Option<Tea
 }
 
 async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         teams::table
             .filter(teams::tenant_id.eq(tenant))
             .order(teams::name.asc())
@@ -109,7 +109,7 @@ async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow>> {
 }
 
 async fn insert(db: &DbPool, row: &TeamRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::insert_into(teams::table)
             .values(row)
             .execute(conn)
@@ -119,7 +119,7 @@ async fn insert(db: &DbPool, row: &TeamRow) -> AppResult<()> {
 }
 
 async fn update(db: &DbPool, row: &TeamRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::update(
             teams::table
                 .filter(teams::tenant_id.eq(row.tenant_id))
@@ -137,7 +137,7 @@ async fn update(db: &DbPool, row: &TeamRow) -> AppResult<()> {
 }
 
 async fn delete(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, tenant, |conn| {
         diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
@@ -157,7 +157,7 @@ async fn delete(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<()> {
 }
 
 async fn put_member(db: &DbPool, row: &TeamMemberRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
         diesel::insert_into(team_members::table)
             .values(row)
             .on_conflict((team_members::team_id, team_members::user_id))
@@ -175,7 +175,7 @@ async fn remove_member(
     team: TeamId,
     user: UserId,
 ) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
@@ -193,7 +193,7 @@ async fn members(
     tenant: TenantId,
     team: TeamId,
 ) -> AppResult<Vec<(TeamMemberRow, UserRow)>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
         team_members::table
             .inner_join(users::table.on(users::id.eq(team_members::user_id)))
             .filter(team_members::tenant_id.eq(tenant))

@@ -37,7 +37,11 @@ pub struct TestDb {
 
 enum DbKind {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, schema: String },
+    Postgres {
+        admin_url: String,
+        schema: String,
+        app_role: Option<String>,
+    },
 }
 
 impl TestDb {
@@ -62,7 +66,11 @@ impl TestDb {
                 let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
                 Self {
                     url,
-                    kind: DbKind::Postgres { admin_url, schema },
+                    kind: DbKind::Postgres {
+                        admin_url,
+                        schema,
+                        app_role: None,
+                    },
                 }
             }
             _ => {
@@ -79,8 +87,14 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let DbKind::Postgres { admin_url, schema } = &self.kind {
-            let (admin_url, schema) = (admin_url.clone(), schema.clone());
+        if let DbKind::Postgres {
+            admin_url,
+            schema,
+            app_role,
+        } = &self.kind
+        {
+            let (admin_url, schema, app_role) =
+                (admin_url.clone(), schema.clone(), app_role.clone());
             // Drop runs outside any runtime guarantee: use a private one on a thread.
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -93,11 +107,52 @@ impl Drop for TestDb {
                             diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                                 .execute(&mut conn)
                                 .await;
+                        if let Some(role) = app_role {
+                            let _ = diesel::sql_query(format!("DROP ROLE IF EXISTS {role}"))
+                                .execute(&mut conn)
+                                .await;
+                        }
                     }
                 });
             })
             .join();
         }
+    }
+}
+
+impl TestDb {
+    /// PostgreSQL only: a login role that does not own the (already migrated) tables,
+    /// with data privileges on them, so row-level security applies to it. Returns the
+    /// connection URL for that role.
+    pub async fn app_role_url(&mut self) -> Option<String> {
+        let DbKind::Postgres {
+            admin_url,
+            schema,
+            app_role,
+        } = &mut self.kind
+        else {
+            return None;
+        };
+        let role = format!("{schema}_app");
+        let mut conn = AsyncPgConnection::establish(admin_url)
+            .await
+            .expect("connect as admin");
+        for sql in [
+            format!("CREATE ROLE {role} LOGIN"),
+            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+            format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"
+            ),
+        ] {
+            diesel::sql_query(sql)
+                .execute(&mut conn)
+                .await
+                .expect("role setup");
+        }
+        *app_role = Some(role.clone());
+        let mut url = url::Url::parse(&self.url).expect("url");
+        url.set_username(&role).expect("username");
+        Some(url.to_string())
     }
 }
 
@@ -139,13 +194,30 @@ impl TestApp {
 
     /// Fresh database with extra configuration values.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let db = TestDb::create().await;
+        Self::spawn_inner(extra, false).await
+    }
+
+    /// On PostgreSQL, serves as a role that does not own the tables, so row-level
+    /// security is in force (migrations still run as the owner). Same as `spawn` on SQLite.
+    pub async fn spawn_as_app_role() -> Self {
+        Self::spawn_inner(&[], true).await
+    }
+
+    async fn spawn_inner(extra: &[(&str, &str)], app_role: bool) -> Self {
+        let mut db = TestDb::create().await;
         let mut extra: Vec<(&str, &str)> = extra.to_vec();
         extra.push(("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD));
         let config = config_for(&db, &extra);
         migrate::run_pending(&config.database_url)
             .await
             .expect("migrations apply");
+        let mut config = config;
+        if app_role {
+            if let Some(url) = db.app_role_url().await {
+                config.database_url =
+                    agentplane::config::DatabaseUrl::parse(&url).expect("app role url");
+            }
+        }
         let clock = Arc::new(ManualClock::new());
         let state = AppState::with_clock(config, clock.clone())
             .await

@@ -4,6 +4,7 @@ mod cli;
 mod foundation;
 mod helpers;
 mod identity;
+mod isolation;
 mod schema_file;
 mod tenancy;
 mod websocket;
