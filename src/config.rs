@@ -159,6 +159,9 @@ pub struct AuthConfig {
     pub algorithm: JwtAlgorithm,
     /// HS256 secret (at least 32 bytes), when `algorithm` is HS256.
     pub hs256_secret: Option<SecretString>,
+    /// EdDSA signing key from a PKCS#8 PEM file instead of the database; keys kept in the
+    /// database still verify.
+    pub signing_key_pem: Option<SecretString>,
     /// E-mail of the platform admin created on an empty database.
     pub bootstrap_admin_email: String,
     /// Its password; generated and printed once when unset.
@@ -213,6 +216,7 @@ struct FileAuth {
     refresh_absolute_secs: Option<toml::Value>,
     jwt_algorithm: Option<String>,
     hs256_secret: Option<String>,
+    signing_key_file: Option<String>,
     bootstrap_admin_email: Option<String>,
 }
 
@@ -581,6 +585,38 @@ impl Config {
                 "a random secret of at least 32 bytes",
             ));
         }
+        let signing_key_pem = match layers.pick(
+            "AGENTPLANE_JWT_SIGNING_KEY_FILE",
+            "auth.signing_key_file",
+            file.auth.signing_key_file,
+        ) {
+            None => None,
+            Some(raw) => {
+                let expected = "a readable Ed25519 private key in PKCS#8 PEM (openssl genpkey -algorithm ed25519)";
+                let pem = std::fs::read_to_string(raw.value.trim()).map_err(|e| {
+                    err(
+                        &raw.key,
+                        format!("cannot read {} ({e})", raw.value),
+                        expected,
+                    )
+                })?;
+                jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|_| {
+                    err(
+                        &raw.key,
+                        format!("{} is not an Ed25519 private key", raw.value),
+                        expected,
+                    )
+                })?;
+                if algorithm != JwtAlgorithm::EdDsa {
+                    return Err(err(
+                        &raw.key,
+                        "a signing key file needs EdDSA",
+                        "AGENTPLANE_JWT_ALGORITHM=EdDSA",
+                    ));
+                }
+                Some(SecretString::from(pem))
+            }
+        };
         let secs = |env: &str, key: &str, v: Option<toml::Value>, default: u64, max: u64| {
             parse_num(
                 layers.pick(env, key, toml_scalar(v)),
@@ -625,6 +661,7 @@ impl Config {
             )?,
             algorithm,
             hs256_secret,
+            signing_key_pem,
             bootstrap_admin_email: {
                 let raw = layers
                     .pick(

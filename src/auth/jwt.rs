@@ -119,6 +119,9 @@ impl KeyRing {
             });
         }
         let mut rows = load_rows(db).await?;
+        if let Some(pem) = &cfg.signing_key_pem {
+            return Self::with_file_key(pem.expose_secret(), &rows);
+        }
         if !rows.iter().any(|r| r.active) {
             insert_new_key(db).await?;
             rows = load_rows(db).await?;
@@ -145,6 +148,37 @@ impl KeyRing {
         Ok(Keys {
             kid: active.kid.clone(),
             encoding,
+            decoding,
+            jwks,
+            loaded_at: Instant::now(),
+        })
+    }
+
+    /// The configured PEM key signs; database keys keep verifying (so moving from generated
+    /// keys to a managed key logs nobody out).
+    fn with_file_key(pem: &str, rows: &[KeyRow]) -> anyhow::Result<Keys> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        let key = SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| anyhow::anyhow!("reading the signing key file: {e}"))?;
+        let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+        let kid = format!("file-{}", &super::passwords::sha256_hex(&x)[..16]);
+        let mut decoding = HashMap::new();
+        let mut jwks = Vec::new();
+        for (kid, x) in std::iter::once((kid.clone(), x))
+            .chain(rows.iter().map(|r| (r.kid.clone(), r.public_x.clone())))
+        {
+            decoding.insert(
+                kid.clone(),
+                DecodingKey::from_ed_components(&x).context("reading a public key")?,
+            );
+            jwks.push(serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x,
+            }));
+        }
+        Ok(Keys {
+            kid,
+            encoding: EncodingKey::from_ed_pem(pem.as_bytes())
+                .context("reading the signing key file")?,
             decoding,
             jwks,
             loaded_at: Instant::now(),

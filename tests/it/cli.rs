@@ -22,6 +22,9 @@ fn a_bad_config_value_stops_with_one_line_naming_the_key() {
         ("DATABASE_URL", "mysql://db/x"),
         ("AGENTPLANE_LISTEN", "not-an-address"),
         ("REDIS_URL", "http://x"),
+        ("AGENTPLANE_JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+        ("AGENTPLANE_JWT_ALGORITHM", "RS256"),
+        ("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", "short"),
     ] {
         let out = run(&["serve"], &[(key, value)]);
         assert_eq!(out.status.code(), Some(2), "{key}");

@@ -141,6 +141,123 @@ async fn unknown_email_and_wrong_password_look_the_same_and_failures_lock_out() 
     app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_failing_on_many_accounts_is_locked_out() {
+    let app = TestApp::spawn().await;
+    let q = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
+    for n in 0..20 {
+        let out = app
+            .gql(q, json!({ "i": { "email": format!("guess{n}@x.io"), "password": "wrong-password-123" } }))
+            .await;
+        assert_eq!(first_error_code(&out).as_deref(), Some("UNAUTHENTICATED"));
+    }
+    let out = app
+        .gql(
+            q,
+            json!({ "i": { "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("RATE_LIMITED"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_pem_key_signs_and_database_keys_still_verify() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("signing.pem");
+    std::fs::write(
+        &path,
+        key.to_pkcs8_pem(Default::default())
+            .expect("pem")
+            .as_bytes(),
+    )
+    .expect("write");
+    let app = TestApp::spawn_with(&[(
+        "AGENTPLANE_JWT_SIGNING_KEY_FILE",
+        path.to_str().expect("utf8"),
+    )])
+    .await;
+    let (token, _) = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let header = jsonwebtoken::decode_header(&token).expect("header");
+    assert!(
+        header
+            .kid
+            .as_deref()
+            .is_some_and(|k| k.starts_with("file-"))
+    );
+    // Verifiable with the file key's public half alone.
+    let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["agentplane"]);
+    jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_ed_components(&x).expect("key"),
+        &v,
+    )
+    .expect("signed by the file key");
+    let jwks = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .text()
+        .await
+        .expect("text");
+    assert!(jwks.contains(&x));
+    let me = app.gql_as(&token, "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], ADMIN_EMAIL);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hs256_mode_signs_with_the_shared_secret_and_rejects_eddsa() {
+    let secret = "0123456789abcdef0123456789abcdef-test";
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_JWT_ALGORITHM", "HS256"),
+        ("AGENTPLANE_JWT_HS256_SECRET", secret),
+    ])
+    .await;
+    let (token, _) = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&token).expect("header").alg,
+        jsonwebtoken::Algorithm::HS256
+    );
+    let me = app.gql_as(&token, "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], ADMIN_EMAIL);
+    // An EdDSA token (even a well-formed one) is refused: the algorithm is pinned.
+    let other = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        other
+            .to_pkcs8_pem(Default::default())
+            .expect("pem")
+            .to_string()
+    };
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("payload"))
+            .expect("b64"),
+    )
+    .expect("json");
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    h.kid = jsonwebtoken::decode_header(&token).expect("header").kid;
+    let forged = jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { email } }" }), Some(&forged))
+        .await;
+    assert_eq!(status, 401);
+}
+
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
@@ -458,46 +575,6 @@ async fn tenant_b_objects_are_not_found_for_tenant_a() {
     assert_eq!(me["data"]["me"]["role"]["name"], "OWNER");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn roles_get_what_the_matrix_says() {
-    let app = TestApp::spawn().await;
-    let (_, owner) = app.tenant_with_owner("acme").await;
-    let create_user = "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } } }";
-    for (role, may_manage_users, may_read_users) in [
-        ("ADMIN", true, true),
-        ("DEVELOPER", false, true),
-        ("OPERATOR", false, true),
-        ("ANALYST", false, true),
-        ("VIEWER", false, false),
-    ] {
-        let key = app
-            .gql_as(
-                &owner,
-                CREATE_KEY,
-                json!({ "i": { "name": role, "roleId": role } }),
-            )
-            .await["data"]["createApiKey"]["secret"]
-            .as_str()
-            .expect("secret")
-            .to_owned();
-        let out = app
-            .gql_as(
-                &key,
-                create_user,
-                json!({ "i": { "email": format!("{role}@acme.example"), "displayName": role, "roleId": "VIEWER" } }),
-            )
-            .await;
-        assert_eq!(out["errors"].is_null(), may_manage_users, "{role}: {out}");
-        if !may_manage_users {
-            assert_eq!(first_error_code(&out).as_deref(), Some("FORBIDDEN"));
-        }
-        let out = app
-            .gql_as(&key, "{ users { totalCount } }", json!({}))
-            .await;
-        assert_eq!(out["errors"].is_null(), may_read_users, "{role}: {out}");
-    }
-}
-
 /// Renders an introspected type reference as GraphQL type syntax.
 fn type_syntax(t: &Value) -> String {
     match t["kind"].as_str() {
@@ -552,32 +629,9 @@ fn named(t: &Value) -> &Value {
 
 const TYPE_REF: &str = "kind name ofType { kind name ofType { kind name ofType { kind name } } }";
 
-/// Walks every root field and proves it is guarded: without credentials it is
-/// UNAUTHENTICATED, and with a principal holding no permission it is FORBIDDEN — unless it
-/// is listed public (or, for self-service fields, only needs a signed-in caller).
-#[tokio::test(flavor = "multi_thread")]
-async fn every_root_field_declares_a_guard() {
-    let app = TestApp::spawn().await;
-    let (_, owner) = app.tenant_with_owner("acme").await;
-    let role = app
-        .gql_as(
-            &owner,
-            "mutation { createRole(input: {name: \"nothing\", permissions: []}) { role { id } } }",
-            json!({}),
-        )
-        .await;
-    let role_id = role["data"]["createRole"]["role"]["id"].clone();
-    let nothing = app
-        .gql_as(
-            &owner,
-            CREATE_KEY,
-            json!({ "i": { "name": "nothing", "roleId": role_id } }),
-        )
-        .await["data"]["createApiKey"]["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
-
+/// Every root query and mutation field as a callable operation with dummy arguments:
+/// (field name, document, variables).
+async fn root_field_calls(app: &TestApp) -> Vec<(String, String, Value)> {
     let intro = app
         .gql(
             &format!(
@@ -590,17 +644,24 @@ async fn every_root_field_declares_a_guard() {
         )
         .await;
     let schema = &intro["data"]["__schema"];
+    for f in schema["subscriptionType"]["fields"]
+        .as_array()
+        .expect("fields")
+    {
+        let name = f["name"].as_str().expect("name");
+        assert!(
+            agentplane::rbac::PUBLIC_FIELDS.contains(&name),
+            "subscription {name} must be covered by the guard tests once it exists"
+        );
+    }
     let types = schema["types"].as_array().expect("types").clone();
-    let mut checked = 0;
+    let mut calls = Vec::new();
     for (op, root) in [
         ("query", &schema["queryType"]),
         ("mutation", &schema["mutationType"]),
     ] {
         for f in root["fields"].as_array().expect("fields") {
             let name = f["name"].as_str().expect("name");
-            if agentplane::rbac::PUBLIC_FIELDS.contains(&name) {
-                continue;
-            }
             let args = f["args"].as_array().expect("args");
             let decl: Vec<String> = args
                 .iter()
@@ -647,33 +708,125 @@ async fn every_root_field_declares_a_guard() {
                     format!("({})", pass.join(", "))
                 },
             );
-            let vars = Value::Object(vars);
-            let anon = app.gql(&q, vars.clone()).await;
-            assert_eq!(
-                first_error_code(&anon).as_deref(),
-                Some("UNAUTHENTICATED"),
-                "{name} without credentials: {anon}"
-            );
-            if !agentplane::rbac::SELF_FIELDS.contains(&name) {
-                let out = app.gql_as(&nothing, &q, vars).await;
-                assert_eq!(
-                    first_error_code(&out).as_deref(),
-                    Some("FORBIDDEN"),
-                    "{name} without permission: {out}"
-                );
-            }
-            checked += 1;
+            calls.push((name.to_owned(), q, Value::Object(vars)));
         }
     }
-    for f in schema["subscriptionType"]["fields"]
-        .as_array()
-        .expect("fields")
-    {
-        let name = f["name"].as_str().expect("name");
-        assert!(
-            agentplane::rbac::PUBLIC_FIELDS.contains(&name),
-            "subscription {name} must be covered by this test once it exists"
+    calls
+}
+
+/// An API key of `owner`'s tenant whose custom role holds no permission.
+async fn powerless_key(app: &TestApp, owner: &str) -> String {
+    let role = app
+        .gql_as(
+            owner,
+            "mutation { createRole(input: {name: \"nothing\", permissions: []}) { role { id } } }",
+            json!({}),
+        )
+        .await;
+    let role_id = role["data"]["createRole"]["role"]["id"].clone();
+    app.gql_as(
+        owner,
+        CREATE_KEY,
+        json!({ "i": { "name": "nothing", "roleId": role_id } }),
+    )
+    .await["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned()
+}
+
+/// Walks every root field and proves it is guarded: without credentials it is
+/// UNAUTHENTICATED, and with a principal holding no permission it is FORBIDDEN naming the
+/// permission — unless it is listed public (or, for self-service fields, only needs a
+/// signed-in caller).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_root_field_declares_a_guard() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let nothing = powerless_key(&app, &owner).await;
+    let mut checked = 0;
+    for (name, q, vars) in root_field_calls(&app).await {
+        if agentplane::rbac::PUBLIC_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        let anon = app.gql(&q, vars.clone()).await;
+        assert_eq!(
+            first_error_code(&anon).as_deref(),
+            Some("UNAUTHENTICATED"),
+            "{name} without credentials: {anon}"
         );
+        if !agentplane::rbac::SELF_FIELDS.contains(&name.as_str()) {
+            let out = app.gql_as(&nothing, &q, vars).await;
+            assert_eq!(
+                first_error_code(&out).as_deref(),
+                Some("FORBIDDEN"),
+                "{name} without permission: {out}"
+            );
+            assert!(
+                out["errors"][0]["extensions"]["permission"].is_string(),
+                "{name}: {out}"
+            );
+        }
+        checked += 1;
     }
-    assert!(checked > 15, "walked {checked} fields");
+    assert!(checked > 25, "walked {checked} fields");
+}
+
+/// Each built-in role calls every guarded root field through the API and is refused
+/// exactly when the permission matrix says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_gets_what_the_matrix_says_on_every_field() {
+    use agentplane::rbac::{BuiltinRole, Permission};
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let nothing = powerless_key(&app, &owner).await;
+    let calls = root_field_calls(&app).await;
+    // Learn each field's required permission from the refusal of a powerless caller.
+    let mut required = Vec::new();
+    for (name, q, vars) in &calls {
+        if agentplane::rbac::PUBLIC_FIELDS.contains(&name.as_str())
+            || agentplane::rbac::SELF_FIELDS.contains(&name.as_str())
+        {
+            continue;
+        }
+        let out = app.gql_as(&nothing, q, vars.clone()).await;
+        let perm = out["errors"][0]["extensions"]["permission"]
+            .as_str()
+            .expect("permission named");
+        required.push((
+            name.clone(),
+            q.clone(),
+            vars.clone(),
+            Permission::parse(perm).expect("known"),
+        ));
+    }
+    let mut principals: Vec<(BuiltinRole, String)> = Vec::new();
+    for role in BuiltinRole::TENANT_ROLES {
+        let key = app
+            .gql_as(
+                &owner,
+                CREATE_KEY,
+                json!({ "i": { "name": role.as_str(), "roleId": role.as_str() } }),
+            )
+            .await["data"]["createApiKey"]["secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned();
+        principals.push((*role, key));
+    }
+    principals.push((BuiltinRole::PlatformAdmin, app.admin_token().await));
+    for (role, token) in &principals {
+        for (name, q, vars, perm) in &required {
+            let out = app.gql_as(token, q, vars.clone()).await;
+            let refused = first_error_code(&out).as_deref() == Some("FORBIDDEN")
+                && out["errors"][0]["extensions"]["permission"] == perm.as_str();
+            assert_eq!(
+                refused,
+                !role.permissions().contains(perm),
+                "{} calling {name} (needs {}): {out}",
+                role.as_str(),
+                perm.as_str()
+            );
+        }
+    }
 }
