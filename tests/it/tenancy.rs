@@ -318,3 +318,98 @@ async fn demo_seed_has_one_user_per_role_and_a_team() {
         "seeding twice is a no-op"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_users_revoking_sessions_and_reactivating_tenants() {
+    let app = TestApp::spawn().await;
+    let (tenant_id, owner) = app.tenant_with_owner("acme").await;
+    let (dev_id, dev) = user_with_role(&app, &owner, "dev@acme.example", json!("DEVELOPER")).await;
+
+    // The developer ends one of their own sessions by ID.
+    let (dev2, _) = app.login("dev@acme.example", "user-password-123").await;
+    let sessions = app
+        .gql_as(&dev, "{ sessions { id current } }", json!({}))
+        .await;
+    let other = sessions["data"]["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["current"] == false)
+        .expect("the second session")["id"]
+        .clone();
+    let out = app
+        .gql_as(
+            &dev,
+            "mutation($id: ID!) { revokeSession(input: {sessionId: $id}) { ok } }",
+            json!({ "id": other }),
+        )
+        .await;
+    assert_eq!(out["data"]["revokeSession"]["ok"], true, "{out}");
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&dev2))
+        .await;
+    assert_eq!(status, 401);
+    // Nobody revokes another user's session: it is simply not found.
+    let owner_sessions = app.gql_as(&owner, "{ sessions { id } }", json!({})).await;
+    let owner_session = owner_sessions["data"]["sessions"][0]["id"].clone();
+    let out = app
+        .gql_as(
+            &dev,
+            "mutation($id: ID!) { revokeSession(input: {sessionId: $id}) { ok } }",
+            json!({ "id": owner_session }),
+        )
+        .await;
+    assert_eq!(first_error_code(&out).as_deref(), Some("NOT_FOUND"));
+
+    // Disabling a user ends their access at once and stops sign-in.
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($id: ID!) { disableUser(input: {userId: $id}) { user { status } } }",
+            json!({ "id": dev_id }),
+        )
+        .await;
+    assert_eq!(
+        out["data"]["disableUser"]["user"]["status"], "DISABLED",
+        "{out}"
+    );
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&dev))
+        .await;
+    assert_eq!(status, 401);
+    let login = app
+        .gql(
+            "mutation { login(input: {email: \"dev@acme.example\", password: \"user-password-123\"}) { accessToken } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_error_code(&login).as_deref(), Some("UNAUTHENTICATED"));
+
+    // Suspension and reactivation.
+    let admin = app.admin_token().await;
+    let suspend = "mutation($id: ID!) { suspendTenant(input: {tenantId: $id, reason: \"audit\"}) { tenant { status } } }";
+    app.gql_as(&admin, suspend, json!({ "id": tenant_id }))
+        .await;
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&owner))
+        .await;
+    assert_eq!(status, 403);
+    let out = app
+        .gql_as(&admin, "mutation($id: ID!) { reactivateTenant(input: {tenantId: $id}) { tenant { status statusReason } } }", json!({ "id": tenant_id }))
+        .await;
+    assert_eq!(
+        out["data"]["reactivateTenant"]["tenant"],
+        json!({ "status": "ACTIVE", "statusReason": null })
+    );
+    let me = app.gql_as(&owner, "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "owner@acme.example");
+    let list = app
+        .gql_as(
+            &admin,
+            "{ tenants(first: 1) { totalCount pageInfo { hasNextPage } edges { node { slug } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(list["data"]["tenants"]["totalCount"], 2, "{list}");
+    assert_eq!(list["data"]["tenants"]["pageInfo"]["hasNextPage"], true);
+}
