@@ -16,3 +16,4 @@ pub mod http;
 pub mod rbac;
 pub mod telemetry;
 pub mod tenancy;
+pub mod workflows;

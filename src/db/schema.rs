@@ -149,6 +149,37 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    workflows (id) {
+        id -> Text,
+        tenant_id -> Text,
+        name -> Text,
+        description -> Text,
+        tags -> Text,
+        environment -> Text,
+        visibility -> Text,
+        owner_id -> Nullable<Text>,
+        created_by -> Text,
+        team_id -> Nullable<Text>,
+        definition -> Text,
+        latest_version -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    workflow_versions (id) {
+        id -> Text,
+        tenant_id -> Text,
+        workflow_id -> Text,
+        version -> BigInt,
+        definition -> Text,
+        published_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -165,4 +196,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     login_attempts,
     password_tokens,
+    workflows,
+    workflow_versions,
 );

@@ -23,6 +23,7 @@ pub struct Query(
     crate::auth::graphql::AuthQuery,
     crate::tenancy::graphql::TenancyQuery,
     crate::tenancy::teams::TeamQuery,
+    crate::workflows::graphql::WorkflowQuery,
 );
 
 /// All mutation fields.
@@ -31,6 +32,7 @@ pub struct Mutation(
     crate::auth::graphql::AuthMutation,
     crate::tenancy::graphql::TenancyMutation,
     crate::tenancy::teams::TeamMutation,
+    crate::workflows::graphql::WorkflowMutation,
 );
 
 /// All subscription fields.

@@ -27,6 +27,8 @@ pub enum NodeKind {
     Session,
     /// A team.
     Team,
+    /// A workflow.
+    Workflow,
 }
 
 impl NodeKind {
@@ -37,6 +39,7 @@ impl NodeKind {
         NodeKind::ApiKey,
         NodeKind::Session,
         NodeKind::Team,
+        NodeKind::Workflow,
     ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
@@ -48,6 +51,7 @@ impl NodeKind {
             Self::ApiKey => "ApiKey",
             Self::Session => "Session",
             Self::Team => "Team",
+            Self::Workflow => "Workflow",
         }
     }
 }
@@ -214,5 +218,79 @@ mod tests {
         let p = Page::from_args(None, None, None, Some(5)).expect("valid");
         assert!(p.from_end);
         assert_eq!(p.limit, 5);
+    }
+}
+
+/// A validated page over an ordered list, with opaque offset cursors. Used where the
+/// order is not the id order (e.g. by name); a concurrent insert can shift a page by one.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetPage {
+    /// First row (0-based).
+    pub offset: i64,
+    /// Rows to fetch.
+    pub limit: i64,
+    /// Rows before this page exist.
+    pub has_previous: bool,
+    /// Rows after this page exist.
+    pub has_next: bool,
+}
+
+fn decode_offset(arg: &'static str, c: &str) -> AppResult<i64> {
+    let invalid = || AppError::bad_input(arg, format!("`{arg}` is not a valid cursor"));
+    let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.strip_prefix("o:")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(invalid)
+}
+
+impl OffsetPage {
+    /// Validates Relay arguments against a list of `total` rows.
+    pub fn from_args(
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+        total: i64,
+    ) -> AppResult<Self> {
+        // Reuse the argument rules of keyset pages.
+        Page::from_args(None, None, first, last)?;
+        let mut start = match after {
+            Some(c) => decode_offset("after", &c)? + 1,
+            None => 0,
+        };
+        let mut end = match before {
+            Some(c) => decode_offset("before", &c)?.min(total),
+            None => total,
+        };
+        start = start.min(end);
+        if let Some(l) = last {
+            start = start.max(end - i64::from(l));
+        } else {
+            end = end.min(start + i64::from(first.unwrap_or(DEFAULT_PAGE)));
+        }
+        Ok(Self {
+            offset: start,
+            limit: end - start,
+            has_previous: start > 0,
+            has_next: end < total,
+        })
+    }
+
+    /// Builds the connection from the fetched rows.
+    pub fn finish<T: OutputType>(&self, rows: Vec<T>, total_count: i64) -> Conn<T> {
+        let mut conn = Connection::with_additional_fields(
+            self.has_previous,
+            self.has_next,
+            ConnectionFields { total_count },
+        );
+        let offset = self.offset;
+        conn.edges
+            .extend(rows.into_iter().enumerate().map(|(i, r)| {
+                let pos = offset + i64::try_from(i).unwrap_or(0);
+                Edge::new(URL_SAFE_NO_PAD.encode(format!("o:{pos}")), r)
+            }));
+        conn
     }
 }

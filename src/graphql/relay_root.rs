@@ -17,6 +17,8 @@ pub enum Node {
     User(User),
     /// A team.
     Team(crate::tenancy::teams::Team),
+    /// A workflow.
+    Workflow(crate::workflows::graphql::Workflow),
 }
 
 /// Relay root fields.
@@ -50,6 +52,9 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
         NodeKind::Team => crate::tenancy::teams::visible_team(ctx, uuid)
             .await
             .map(Node::Team),
+        NodeKind::Workflow => crate::workflows::graphql::visible_workflow(ctx, uuid)
+            .await
+            .map(Node::Workflow),
         // Reachable through their own fields, not through `node`.
         NodeKind::Role | NodeKind::ApiKey | NodeKind::Session => Err(AppError::not_found("object")),
     }

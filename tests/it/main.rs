@@ -8,3 +8,4 @@ mod isolation;
 mod schema_file;
 mod tenancy;
 mod websocket;
+mod workflows;

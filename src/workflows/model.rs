@@ -1,0 +1,110 @@
+//! Workflow rows and enums.
+
+use chrono::NaiveDateTime;
+
+use crate::db::schema::{workflow_versions, workflows};
+use crate::tenancy::{TenantId, UserId};
+
+crate::id_type!(
+    /// Identifies a workflow.
+    WorkflowId
+);
+crate::id_type!(
+    /// Identifies a published workflow version.
+    WorkflowVersionId
+);
+
+/// Where a workflow is meant to run.
+#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum Environment {
+    /// Work in progress.
+    Development,
+    /// Pre-production.
+    Staging,
+    /// Production.
+    Production,
+}
+
+/// Who may see a workflow inside its tenant.
+#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum Visibility {
+    /// Its owner (and user managers).
+    Private,
+    /// Members of its team, its owner (and user managers).
+    Team,
+    /// Everyone in the tenant with `workflows.read`.
+    Tenant,
+}
+
+macro_rules! stored_enum {
+    ($t:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// Stored form.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s,)* }
+            }
+            /// Parses the stored form.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
+}
+stored_enum!(Environment { Development => "DEVELOPMENT", Staging => "STAGING", Production => "PRODUCTION" });
+stored_enum!(Visibility { Private => "PRIVATE", Team => "TEAM", Tenant => "TENANT" });
+
+/// One row of `workflows` (the editable draft).
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = workflows)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct WorkflowRow {
+    /// Primary key.
+    pub id: WorkflowId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// JSON array of tags.
+    pub tags: String,
+    /// Stored [`Environment`].
+    pub environment: String,
+    /// Stored [`Visibility`].
+    pub visibility: String,
+    /// The owning user (none when an API key created it).
+    pub owner_id: Option<UserId>,
+    /// `user:<id>` or `apikey:<id>`.
+    pub created_by: String,
+    /// The team, for TEAM visibility.
+    pub team_id: Option<String>,
+    /// The draft definition (validated JSON).
+    pub definition: String,
+    /// Newest published version number; 0 before the first publish.
+    pub latest_version: i64,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}
+
+/// One row of `workflow_versions` (immutable).
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = workflow_versions)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct WorkflowVersionRow {
+    /// Primary key.
+    pub id: WorkflowVersionId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// 1, 2, 3, …
+    pub version: i64,
+    /// The definition as published.
+    pub definition: String,
+    /// `user:<id>` or `apikey:<id>`.
+    pub published_by: String,
+    /// Publication time.
+    pub created_at: NaiveDateTime,
+}
