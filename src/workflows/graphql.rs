@@ -383,6 +383,10 @@ pub struct WorkflowQuery;
 impl WorkflowQuery {
     /// Workflows the caller may see, filtered and ordered (default: newest first).
     #[graphql(guard = "Require(Permission::WorkflowsRead)")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument is a GraphQL argument of the field"
+    )]
     async fn workflows(
         &self,
         ctx: &Context<'_>,
