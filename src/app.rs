@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -32,6 +33,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Access-token signing and verification keys.
     pub keys: KeyRing,
+    /// SQL statements run so far by this process's pool.
+    pub statements: Arc<AtomicU64>,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -51,7 +54,8 @@ impl AppState {
 
     /// Like [`AppState::new`] with an explicit clock.
     pub async fn with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let db = DbPool::connect(&config.database_url).await?;
+        let statements = Arc::new(AtomicU64::new(0));
+        let db = DbPool::connect_counted(&config.database_url, statements.clone()).await?;
         let keys = KeyRing::load(&db, &config.auth)
             .await
             .context("loading signing keys")?;
@@ -63,6 +67,7 @@ impl AppState {
             connections: TaskTracker::new(),
             clock,
             keys,
+            statements,
         });
         let schema = build_schema(Some(app.clone()));
         Ok(Self { app, schema })

@@ -10,13 +10,17 @@ pub mod ids;
 pub mod migrate;
 pub mod schema;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::SqliteConnection;
 use diesel::sql_types::Integer;
 use diesel_async::pooled_connection::bb8::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::FutureExt as _;
@@ -73,6 +77,18 @@ macro_rules! db_run {
     }};
 }
 
+/// An instrumentation that counts statements started on a connection.
+fn statement_counter(counter: Arc<AtomicU64>) -> impl diesel::connection::Instrumentation {
+    move |event: diesel::connection::InstrumentationEvent<'_>| {
+        if matches!(
+            event,
+            diesel::connection::InstrumentationEvent::StartQuery { .. }
+        ) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Creates the SQLite file's folder if missing and returns the path as a string.
 pub(crate) fn prepare_sqlite_path(path: &std::path::Path) -> anyhow::Result<String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -126,6 +142,15 @@ impl DbPool {
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
+        Self::connect_counted(url, Arc::default()).await
+    }
+
+    /// Like [`DbPool::connect`], counting every SQL statement any pooled connection runs
+    /// into `statements` (the statement-count tests and `/metrics`-style reporting read it).
+    pub async fn connect_counted(
+        url: &DatabaseUrl,
+        statements: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
         match url {
             DatabaseUrl::Sqlite(path) => {
                 let path = prepare_sqlite_path(path)?;
@@ -139,10 +164,16 @@ impl DbPool {
                         .context("enabling WAL")?;
                 }
                 let mut cfg = ManagerConfig::<SqliteConn>::default();
-                cfg.custom_setup = Box::new(|url| {
+                // No `SELECT 1` on every checkout: a broken connection fails its first
+                // query and bb8 drops it. Halves the round trips of short requests.
+                cfg.recycling_method = RecyclingMethod::Fast;
+                let counter = statements.clone();
+                cfg.custom_setup = Box::new(move |url| {
                     let url = url.to_owned();
+                    let counter = counter.clone();
                     async move {
                         let mut conn = SqliteConn::establish(&url).await?;
+                        conn.set_instrumentation(statement_counter(counter));
                         conn.batch_execute(
                             "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
                              PRAGMA synchronous = NORMAL;",
@@ -165,8 +196,22 @@ impl DbPool {
                 Ok(pool)
             }
             DatabaseUrl::Postgres(secret) => {
-                let mgr =
-                    AsyncDieselConnectionManager::<AsyncPgConnection>::new(secret.expose_secret());
+                let mut cfg = ManagerConfig::<AsyncPgConnection>::default();
+                cfg.recycling_method = RecyclingMethod::Fast;
+                cfg.custom_setup = Box::new(move |url| {
+                    let url = url.to_owned();
+                    let counter = statements.clone();
+                    async move {
+                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        conn.set_instrumentation(statement_counter(counter));
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let mgr = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                    secret.expose_secret(),
+                    cfg,
+                );
                 let pool = Pool::builder()
                     .max_size(16)
                     .connection_timeout(Duration::from_secs(10))

@@ -2,6 +2,7 @@
 //! objects, merged here. Also the request-scoped context every resolver reads.
 
 pub mod extensions;
+pub mod loaders;
 pub mod relay;
 pub mod system;
 

@@ -167,7 +167,12 @@ async fn execute(
     let attach = |r: GqlRequest| {
         let r = r.data(request_id.clone()).data(client.clone());
         match &principal {
-            Some(p) => r.data(p.clone()),
+            Some(p) => r
+                .data(crate::graphql::loaders::Loaders::for_principal(
+                    &state.app.db,
+                    p,
+                ))
+                .data(p.clone()),
             None => r,
         }
     };
@@ -421,6 +426,10 @@ async fn serve_socket(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((bearer, exp));
                 let mut d = Data::default();
+                d.insert(crate::graphql::loaders::Loaders::for_principal(
+                    &init_app.db,
+                    &p,
+                ));
                 d.insert(p);
                 Ok(d)
             })

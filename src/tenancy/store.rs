@@ -365,3 +365,22 @@ pub async fn find_by_slug(db: &DbPool, slug: &str) -> AppResult<Option<TenantRow
             .optional()?
     }))
 }
+
+/// Users of `tenant` by id, in one statement (dataloader).
+pub async fn users_by_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[UserId],
+) -> AppResult<Vec<UserRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        users::table
+            .filter(users::tenant_id.eq(tenant))
+            .filter(users::id.eq_any(ids))
+            .select(UserRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}

@@ -96,6 +96,25 @@ async fn find(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<Option<Tea
     }))
 }
 
+/// Teams of `tenant` by id, in one statement (dataloader).
+pub async fn teams_by_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[TeamId],
+) -> AppResult<Vec<TeamRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        teams::table
+            .filter(teams::tenant_id.eq(tenant))
+            .filter(teams::id.eq_any(ids))
+            .select(TeamRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
 async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow>> {
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
         teams::table

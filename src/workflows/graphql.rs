@@ -13,6 +13,7 @@ use crate::auth::{Principal, principal};
 use crate::db::ids::{db_time, utc};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::graphql::app;
+use crate::graphql::loaders::{Loaders, load_error};
 use crate::graphql::relay::{Conn, NodeKind, OffsetPage, decode_expecting, to_global_id};
 use crate::rbac::{Permission, Require};
 use crate::tenancy::graphql::User;
@@ -215,11 +216,12 @@ impl Workflow {
         let Some(uid) = self.0.owner_id else {
             return Ok(None);
         };
-        Ok(
-            crate::tenancy::store::find_user(&app(ctx)?.db, self.0.tenant_id, uid)
-                .await?
-                .map(User),
-        )
+        Ok(Loaders::of(ctx)?
+            .users
+            .load_one(uid)
+            .await
+            .map_err(load_error)?
+            .map(User))
     }
     /// The team, for TEAM visibility.
     async fn team(
@@ -232,7 +234,15 @@ impl Workflow {
         let Ok(uuid) = uuid::Uuid::parse_str(t) else {
             return Ok(None);
         };
-        Ok(crate::tenancy::teams::visible_team(ctx, uuid).await.ok())
+        if !principal(ctx)?.permissions.contains(&Permission::TeamsRead) {
+            return Ok(None);
+        }
+        Ok(Loaders::of(ctx)?
+            .teams
+            .load_one(crate::tenancy::teams::TeamId(uuid))
+            .await
+            .map_err(load_error)?
+            .map(crate::tenancy::teams::Team))
     }
     /// The draft definition (validated).
     async fn definition(&self) -> Json<Value> {
@@ -244,8 +254,12 @@ impl Workflow {
     }
     /// Published versions, newest first.
     async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkflowVersion>> {
-        Ok(store::versions(&app(ctx)?.db, self.0.tenant_id, self.0.id)
-            .await?
+        Ok(Loaders::of(ctx)?
+            .versions
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
             .into_iter()
             .map(WorkflowVersion)
             .collect())
@@ -375,6 +389,35 @@ pub struct DeleteWorkflowPayload {
     pub deleted_workflow_id: ID,
 }
 
+/// Loads, in one statement each, what the selected nested fields of a page will ask for.
+async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
+    let node = ctx.look_ahead().field("edges").field("node");
+    let loaders = Loaders::of(ctx)?;
+    if node.field("owner").exists() {
+        loaders
+            .users
+            .load_many(rows.iter().filter_map(|r| r.owner_id))
+            .await
+            .map_err(load_error)?;
+    }
+    if node.field("team").exists() {
+        let teams = rows
+            .iter()
+            .filter_map(|r| r.team_id.as_deref())
+            .filter_map(|t| uuid::Uuid::parse_str(t).ok())
+            .map(crate::tenancy::teams::TeamId);
+        loaders.teams.load_many(teams).await.map_err(load_error)?;
+    }
+    if node.field("versions").exists() {
+        loaders
+            .versions
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+    }
+    Ok(())
+}
+
 /// Workflow queries.
 #[derive(Default)]
 pub struct WorkflowQuery;
@@ -430,6 +473,7 @@ impl WorkflowQuery {
         )
         .await?;
         let page = page.ok_or_else(|| AppError::internal(anyhow::anyhow!("page not computed")))?;
+        prefetch(ctx, &rows).await?;
         Ok(page.finish(rows.into_iter().map(Workflow).collect(), total))
     }
 

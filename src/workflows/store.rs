@@ -262,17 +262,23 @@ pub async fn publish(db: &DbPool, wf: &WorkflowRow, version: &WorkflowVersionRow
     Ok(())
 }
 
-/// A workflow's versions, newest first.
-pub async fn versions(
+/// Versions of several workflows of `tenant`, newest first, in one statement (dataloader).
+pub async fn versions_by_workflows(
     db: &DbPool,
     tenant: TenantId,
-    id: WorkflowId,
+    ids: &[WorkflowId],
 ) -> AppResult<Vec<WorkflowVersionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
         workflow_versions::table
             .filter(workflow_versions::tenant_id.eq(tenant))
-            .filter(workflow_versions::workflow_id.eq(id))
-            .order(workflow_versions::version.desc())
+            .filter(workflow_versions::workflow_id.eq_any(ids))
+            .order((
+                workflow_versions::workflow_id.asc(),
+                workflow_versions::version.desc(),
+            ))
             .select(WorkflowVersionRow::as_select())
             .load(conn)
             .await?

@@ -435,3 +435,62 @@ async fn the_workflow_quota_and_tenant_isolation_hold() {
         .await;
     assert_eq!(mine["data"]["workflow"]["name"], "one");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_reads_cost_the_same_statements_whatever_the_page_size() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let team = app
+        .gql_as(
+            &owner,
+            "mutation { createTeam(input: {name: \"ml\"}) { team { id } } }",
+            json!({}),
+        )
+        .await["data"]["createTeam"]["team"]["id"]
+        .clone();
+    for i in 0..50 {
+        let id = wf_id(
+            &create(
+                &app,
+                &owner,
+                json!({ "name": format!("wf{i:02}"), "visibility": "TEAM", "teamId": team, "definition": diamond() }),
+            )
+            .await,
+        );
+        app.gql_as(&owner, PUBLISH, json!({ "i": { "workflowId": id } }))
+            .await;
+    }
+    let q = "query($n: Int) { workflows(first: $n) { edges { node {
+        name owner { email } team { name } versions { version } } } } }";
+    let statements = |n: i64| {
+        let app = &app;
+        let owner = owner.clone();
+        async move {
+            let before = app
+                .state
+                .app
+                .statements
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let out = app.gql_as(&owner, q, json!({ "n": n })).await;
+            assert!(out["errors"].is_null(), "{out}");
+            let edges = out["data"]["workflows"]["edges"]
+                .as_array()
+                .expect("edges")
+                .len();
+            assert_eq!(edges as i64, n);
+            assert_eq!(
+                out["data"]["workflows"]["edges"][0]["node"]["versions"][0]["version"],
+                1
+            );
+            app.state
+                .app
+                .statements
+                .load(std::sync::atomic::Ordering::SeqCst)
+                - before
+        }
+    };
+    let small = statements(5).await;
+    let large = statements(50).await;
+    assert_eq!(small, large, "statements must not grow with the page size");
+    assert!(large <= 40, "{large} statements for one request");
+}
