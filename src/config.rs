@@ -187,6 +187,49 @@ pub struct Config {
     pub graphql: GraphqlConfig,
     /// Authentication.
     pub auth: AuthConfig,
+    /// Keys that encrypt tenant secrets at rest; the first encrypts, all decrypt. Empty:
+    /// secrets are disabled.
+    pub master_keys: Vec<MasterKey>,
+}
+
+/// A 256-bit key that encrypts tenant secrets, with the id stored beside each ciphertext.
+#[derive(Clone)]
+pub struct MasterKey {
+    /// Short identifier (`k1`, `2026-q4`…).
+    pub id: String,
+    /// The key.
+    pub key: std::sync::Arc<secrecy::SecretBox<[u8; 32]>>,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({}, ***)", self.id)
+    }
+}
+
+impl Config {
+    /// The master key that encrypts new secrets, if secrets are enabled.
+    pub fn current_master_key(&self) -> Option<&MasterKey> {
+        self.master_keys.first()
+    }
+}
+
+fn parse_master_key(id: &str, b64: &str) -> Option<MasterKey> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64.trim()))
+        .ok()?;
+    let key: [u8; 32] = bytes.try_into().ok()?;
+    let id = id.trim();
+    let id_ok = (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    id_ok.then(|| MasterKey {
+        id: id.to_owned(),
+        key: std::sync::Arc::new(secrecy::SecretBox::new(Box::new(key))),
+    })
 }
 
 /// The shape of the optional TOML file. Unknown keys are an error, so typos surface.
@@ -691,6 +734,41 @@ impl Config {
             },
         };
 
+        // Secrets: env only (a key in a config file sits next to the data too easily).
+        let mut master_keys = Vec::new();
+        if let Some(raw) = (env)("AGENTPLANE_MASTER_KEY").filter(|v| !v.trim().is_empty()) {
+            let id = (env)("AGENTPLANE_MASTER_KEY_ID").unwrap_or_else(|| "k1".into());
+            master_keys.push(parse_master_key(&id, &raw).ok_or_else(|| {
+                err(
+                    "AGENTPLANE_MASTER_KEY",
+                    "not 32 bytes of base64 (or AGENTPLANE_MASTER_KEY_ID is not 1-32 of A-Z a-z 0-9 - _ .)",
+                    "32 random bytes in base64, e.g. from `openssl rand -base64 32`",
+                )
+            })?);
+        }
+        if let Some(old) = (env)("AGENTPLANE_OLD_MASTER_KEYS").filter(|v| !v.trim().is_empty()) {
+            if master_keys.is_empty() {
+                return Err(err(
+                    "AGENTPLANE_OLD_MASTER_KEYS",
+                    "old keys are set without AGENTPLANE_MASTER_KEY",
+                    "a current AGENTPLANE_MASTER_KEY as well",
+                ));
+            }
+            for part in old.split(',') {
+                let key = part
+                    .split_once(':')
+                    .and_then(|(id, k)| parse_master_key(id, k))
+                    .ok_or_else(|| {
+                        err(
+                            "AGENTPLANE_OLD_MASTER_KEYS",
+                            "an entry is not ID:BASE64-32-BYTES",
+                            "comma-separated ID:BASE64 pairs",
+                        )
+                    })?;
+                master_keys.push(key);
+            }
+        }
+
         Ok(Self {
             database_url,
             redis_url,
@@ -700,6 +778,7 @@ impl Config {
             http,
             graphql,
             auth,
+            master_keys,
         })
     }
 }

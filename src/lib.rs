@@ -14,6 +14,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod rbac;
+pub mod secrets;
 pub mod telemetry;
 pub mod tenancy;
 pub mod workflows;

@@ -55,6 +55,9 @@ enum AdminCommand {
     CheckConfig,
     /// Print the role × permission matrix (Markdown).
     Permissions,
+    /// Re-encrypt every tenant secret under the current AGENTPLANE_MASTER_KEY (keep the
+    /// previous key in AGENTPLANE_OLD_MASTER_KEYS while this runs).
+    ReencryptSecrets,
     /// Make a new access-token signing key; older keys keep verifying until tokens expire.
     RotateSigningKey,
     /// Create a tenant and its OWNER (the owner's password is generated and printed once).
@@ -240,6 +243,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let pw = agentplane::bootstrap::create_user(&state.app, &tenant, &email, &name, role)
                 .await?;
             println!("created user {email} in {tenant}; password (shown once): {pw}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::ReencryptSecrets,
+        } => {
+            migrate::run_pending(&config.database_url).await?;
+            let state = AppState::new(config).await?;
+            let n = agentplane::secrets::rotate(&state.app)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            println!("re-encrypted {n} secrets under the current master key");
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin {

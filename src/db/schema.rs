@@ -180,6 +180,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    secrets (id) {
+        id -> Text,
+        tenant_id -> Text,
+        name -> Text,
+        key_id -> Text,
+        nonce -> Text,
+        ciphertext -> Text,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -198,4 +212,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     password_tokens,
     workflows,
     workflow_versions,
+    secrets,
 );

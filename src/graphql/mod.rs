@@ -25,6 +25,7 @@ pub struct Query(
     crate::tenancy::graphql::TenancyQuery,
     crate::tenancy::teams::TeamQuery,
     crate::workflows::graphql::WorkflowQuery,
+    crate::secrets::SecretQuery,
 );
 
 /// All mutation fields.
@@ -34,6 +35,7 @@ pub struct Mutation(
     crate::tenancy::graphql::TenancyMutation,
     crate::tenancy::teams::TeamMutation,
     crate::workflows::graphql::WorkflowMutation,
+    crate::secrets::SecretMutation,
 );
 
 /// All subscription fields.

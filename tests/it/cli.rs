@@ -25,6 +25,7 @@ fn a_bad_config_value_stops_with_one_line_naming_the_key() {
         ("AGENTPLANE_JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
         ("AGENTPLANE_JWT_ALGORITHM", "RS256"),
         ("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", "short"),
+        ("AGENTPLANE_MASTER_KEY", "dG9vLXNob3J0"),
     ] {
         let out = run(&["serve"], &[(key, value)]);
         assert_eq!(out.status.code(), Some(2), "{key}");

@@ -183,7 +183,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The database; dropped (and removed) after the server.
-    _db: TestDb,
+    pub db: TestDb,
 }
 
 impl TestApp {
@@ -237,7 +237,7 @@ impl TestApp {
             state,
             clock,
             server: Some(server),
-            _db: db,
+            db,
         }
     }
 

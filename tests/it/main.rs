@@ -6,6 +6,7 @@ mod helpers;
 mod identity;
 mod isolation;
 mod schema_file;
+mod secrets;
 mod tenancy;
 mod websocket;
 mod workflows;

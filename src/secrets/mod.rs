@@ -1,0 +1,382 @@
+//! Tenant secrets (API keys for LLM providers and the like): encrypted at rest with
+//! XChaCha20-Poly1305 under a configured master key, the key id stored beside each
+//! ciphertext for rotation, and the tenant id and name bound in as associated data so a
+//! ciphertext copied to another row or tenant does not decrypt. Values are never returned
+//! by the API; only the execution engine reads them, through [`reveal`].
+
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rand::RngCore as _;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::app::App;
+use crate::auth::principal;
+use crate::config::MasterKey;
+use crate::db::DbPool;
+use crate::db::ids::{db_time, utc};
+use crate::db::schema::secrets;
+use crate::error::{AppError, AppResult};
+use crate::graphql::app;
+use crate::rbac::{Permission, Require};
+use crate::tenancy::TenantId;
+
+crate::id_type!(
+    /// Identifies a secret.
+    SecretId
+);
+
+/// One row of `secrets`.
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = secrets)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct SecretRow {
+    /// Primary key.
+    pub id: SecretId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Unique within the tenant.
+    pub name: String,
+    /// The master key that encrypted it.
+    pub key_id: String,
+    /// Base64 nonce (24 bytes).
+    pub nonce: String,
+    /// Base64 ciphertext with tag.
+    pub ciphertext: String,
+    /// `user:<id>` or `apikey:<id>`.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}
+
+fn aad(tenant: TenantId, name: &str) -> Vec<u8> {
+    format!("agentplane-secret:{tenant}:{name}").into_bytes()
+}
+
+fn disabled() -> AppError {
+    AppError::forbidden("secrets are disabled: the operator has not set AGENTPLANE_MASTER_KEY")
+        .with_detail("reason", "SECRETS_DISABLED")
+}
+
+/// Encrypts under `key`; returns (nonce, ciphertext) in base64.
+fn seal(key: &MasterKey, tenant: TenantId, name: &str, value: &str) -> AppResult<(String, String)> {
+    let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: value.as_bytes(),
+                aad: &aad(tenant, name),
+            },
+        )
+        .map_err(|_| AppError::internal(anyhow::anyhow!("encrypting a secret failed")))?;
+    Ok((STANDARD.encode(nonce), STANDARD.encode(ct)))
+}
+
+fn open(keys: &[MasterKey], row: &SecretRow) -> AppResult<SecretString> {
+    let key = keys.iter().find(|k| k.id == row.key_id).ok_or_else(|| {
+        AppError::internal(anyhow::anyhow!(
+            "secret {} uses unknown master key {}",
+            row.name,
+            row.key_id
+        ))
+    })?;
+    let nonce = STANDARD.decode(&row.nonce).map_err(AppError::internal)?;
+    let ct = STANDARD
+        .decode(&row.ciphertext)
+        .map_err(AppError::internal)?;
+    if nonce.len() != 24 {
+        return Err(AppError::internal(anyhow::anyhow!(
+            "secret {} has a bad nonce",
+            row.name
+        )));
+    }
+    let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
+    let pt = cipher
+        .decrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &ct,
+                aad: &aad(row.tenant_id, &row.name),
+            },
+        )
+        .map_err(|_| {
+            AppError::internal(anyhow::anyhow!("secret {} failed authentication", row.name))
+        })?;
+    String::from_utf8(pt)
+        .map(SecretString::from)
+        .map_err(AppError::internal)
+}
+
+fn check_name(name: &str) -> AppResult<String> {
+    let n = name.trim();
+    let ok = (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(n.to_owned())
+    } else {
+        Err(AppError::bad_input(
+            "name",
+            "1–64 characters of A-Z a-z 0-9 _ - .",
+        ))
+    }
+}
+
+// ---- store ----
+
+async fn find(db: &DbPool, tenant: TenantId, name: &str) -> AppResult<Option<SecretRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        secrets::table
+            .filter(secrets::tenant_id.eq(tenant))
+            .filter(secrets::name.eq(name))
+            .select(SecretRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+async fn upsert(db: &DbPool, row: &SecretRow) -> AppResult<()> {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+        diesel::insert_into(secrets::table)
+            .values(row)
+            .on_conflict((secrets::tenant_id, secrets::name))
+            .do_update()
+            .set((
+                secrets::key_id.eq(&row.key_id),
+                secrets::nonce.eq(&row.nonce),
+                secrets::ciphertext.eq(&row.ciphertext),
+                secrets::updated_at.eq(row.updated_at),
+            ))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn remove(db: &DbPool, tenant: TenantId, name: &str) -> AppResult<bool> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        diesel::delete(
+            secrets::table
+                .filter(secrets::tenant_id.eq(tenant))
+                .filter(secrets::name.eq(name)),
+        )
+        .execute(conn)
+        .await?
+            == 1
+    }))
+}
+
+async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<SecretRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        secrets::table
+            .filter(secrets::tenant_id.eq(tenant))
+            .order(secrets::name.asc())
+            .select(SecretRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Every secret not under the current master key (rotation), across tenants.
+async fn stale(db: &DbPool, current: &str) -> AppResult<Vec<SecretRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        secrets::table
+            .filter(secrets::key_id.ne(current))
+            .select(SecretRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+// ---- service ----
+
+/// Stores (or replaces) a secret.
+pub async fn set(
+    app: &App,
+    tenant: TenantId,
+    actor: &str,
+    name: &str,
+    value: &str,
+) -> AppResult<SecretRow> {
+    let key = app.config.current_master_key().ok_or_else(disabled)?;
+    let name = check_name(name)?;
+    if value.is_empty() || value.len() > 64 * 1024 {
+        return Err(AppError::bad_input("value", "1 byte to 64 KiB"));
+    }
+    let (nonce, ciphertext) = seal(key, tenant, &name, value)?;
+    let now = db_time(app.clock.now());
+    let row = SecretRow {
+        id: SecretId::new(),
+        tenant_id: tenant,
+        name: name.clone(),
+        key_id: key.id.clone(),
+        nonce,
+        ciphertext,
+        created_by: actor.to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    upsert(&app.db, &row).await?;
+    find(&app.db, tenant, &name)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("secret vanished after write")))
+}
+
+/// Decrypts a tenant's secret for the execution engine. Never exposed through the API.
+pub async fn reveal(app: &App, tenant: TenantId, name: &str) -> AppResult<SecretString> {
+    if app.config.master_keys.is_empty() {
+        return Err(disabled());
+    }
+    let row = find(&app.db, tenant, name)
+        .await?
+        .ok_or_else(|| AppError::not_found("secret"))?;
+    open(&app.config.master_keys, &row)
+}
+
+/// Re-encrypts every secret that is not under the current master key; returns how many.
+pub async fn rotate(app: &App) -> AppResult<usize> {
+    let key = app.config.current_master_key().ok_or_else(disabled)?;
+    let rows = stale(&app.db, &key.id).await?;
+    for row in &rows {
+        let value = open(&app.config.master_keys, row)?;
+        let (nonce, ciphertext) = seal(key, row.tenant_id, &row.name, value.expose_secret())?;
+        upsert(
+            &app.db,
+            &SecretRow {
+                key_id: key.id.clone(),
+                nonce,
+                ciphertext,
+                updated_at: db_time(app.clock.now()),
+                ..row.clone()
+            },
+        )
+        .await?;
+    }
+    Ok(rows.len())
+}
+
+// ---- GraphQL ----
+
+/// A secret's metadata. The value is write-only.
+#[derive(SimpleObject)]
+pub struct SecretInfo {
+    /// Name, unique in the tenant.
+    pub name: String,
+    /// The master key it is encrypted under.
+    pub key_id: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<SecretRow> for SecretInfo {
+    fn from(r: SecretRow) -> Self {
+        Self {
+            name: r.name,
+            key_id: r.key_id,
+            created_at: utc(r.created_at),
+            updated_at: utc(r.updated_at),
+        }
+    }
+}
+
+/// Input of `setSecret`.
+#[derive(InputObject)]
+pub struct SetSecretInput {
+    /// 1–64 of A-Z a-z 0-9 _ - .
+    pub name: String,
+    /// The value (write-only; never returned).
+    pub value: String,
+}
+
+/// Input of `deleteSecret`.
+#[derive(InputObject)]
+pub struct DeleteSecretInput {
+    /// The secret's name.
+    pub name: String,
+}
+
+/// Result of `setSecret`.
+#[derive(SimpleObject)]
+pub struct SetSecretPayload {
+    /// The secret's metadata.
+    pub secret: SecretInfo,
+}
+
+/// Result of `deleteSecret`.
+#[derive(SimpleObject)]
+pub struct DeleteSecretPayload {
+    /// The deleted secret's name.
+    pub deleted_name: String,
+}
+
+/// Secret queries.
+#[derive(Default)]
+pub struct SecretQuery;
+
+#[Object]
+impl SecretQuery {
+    /// The tenant's secrets (names and metadata only).
+    #[graphql(guard = "Require(Permission::SecretsManage)")]
+    async fn secrets(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SecretInfo>> {
+        let p = principal(ctx)?;
+        Ok(list(&app(ctx)?.db, p.tenant_id)
+            .await?
+            .into_iter()
+            .map(SecretInfo::from)
+            .collect())
+    }
+}
+
+/// Secret mutations.
+#[derive(Default)]
+pub struct SecretMutation;
+
+#[Object]
+impl SecretMutation {
+    /// Stores or replaces a secret, encrypted at rest.
+    #[graphql(guard = "Require(Permission::SecretsManage)")]
+    async fn set_secret(
+        &self,
+        ctx: &Context<'_>,
+        input: SetSecretInput,
+    ) -> async_graphql::Result<SetSecretPayload> {
+        let p = principal(ctx)?;
+        let row = set(
+            app(ctx)?,
+            p.tenant_id,
+            &p.actor_ref(),
+            &input.name,
+            &input.value,
+        )
+        .await?;
+        Ok(SetSecretPayload { secret: row.into() })
+    }
+
+    /// Deletes a secret.
+    #[graphql(guard = "Require(Permission::SecretsManage)")]
+    async fn delete_secret(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteSecretInput,
+    ) -> async_graphql::Result<DeleteSecretPayload> {
+        let p = principal(ctx)?;
+        let name = check_name(&input.name)?;
+        if !remove(&app(ctx)?.db, p.tenant_id, &name).await? {
+            return Err(AppError::not_found("secret").into());
+        }
+        Ok(DeleteSecretPayload { deleted_name: name })
+    }
+}
