@@ -7,20 +7,19 @@ use crate::db::ids::db_time;
 
 /// Sets a user's password and revokes all of their sessions.
 pub async fn reset_password(app: &App, email: &str, password: &str) -> anyhow::Result<()> {
-    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
     crate::auth::passwords::check_policy(password).map_err(|m| anyhow::anyhow!(m))?;
     let email = crate::auth::passwords::normalize_email(email).map_err(|m| anyhow::anyhow!(m))?;
     let user = crate::tenancy::store::find_user_by_email(&app.db, &email)
         .await
-        .map_err(err)?
+        .map_err(crate::error::AppError::into_anyhow)?
         .with_context(|| format!("no user with e-mail {email}"))?;
     let hash = crate::auth::service::hash_blocking(password)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     let now = db_time(app.clock.now());
     crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     crate::auth::store::revoke_user_sessions(
         &app.db,
         user.tenant_id,
@@ -30,6 +29,6 @@ pub async fn reset_password(app: &App, email: &str, password: &str) -> anyhow::R
         now,
     )
     .await
-    .map_err(err)?;
+    .map_err(crate::error::AppError::into_anyhow)?;
     Ok(())
 }

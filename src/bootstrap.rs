@@ -22,10 +22,9 @@ pub struct Bootstrapped {
 
 /// Creates the system tenant and platform admin on an empty database; `None` if they exist.
 pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrapped>> {
-    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
     if crate::tenancy::store::find_system(&app.db)
         .await
-        .map_err(err)?
+        .map_err(crate::error::AppError::into_anyhow)?
         .is_some()
     {
         return Ok(None);
@@ -40,7 +39,7 @@ pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrap
         BuiltinRole::PlatformAdmin.as_str(),
         now,
     )
-    .map_err(err)?;
+    .map_err(crate::error::AppError::into_anyhow)?;
     let (password, generated) = match &cfg.bootstrap_admin_password {
         Some(p) => (p.expose_secret().to_owned(), false),
         None => (crate::auth::passwords::random_secret(18), true),
@@ -48,17 +47,17 @@ pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrap
     admin.password_hash = Some(
         crate::auth::service::hash_blocking(&password)
             .await
-            .map_err(err)?,
+            .map_err(crate::error::AppError::into_anyhow)?,
     );
     match crate::tenancy::store::insert(&app.db, &tenant).await {
         Ok(()) => {}
         // Another replica bootstrapped at the same moment.
         Err(e) if e.code() == ErrorCode::Conflict => return Ok(None),
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(e.into_anyhow()),
     }
     crate::tenancy::store::insert_user(&app.db, &admin)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     tracing::info!(admin.email = %admin.email, "created the system tenant and platform admin");
     Ok(Some(Bootstrapped {
         admin_email: admin.email,
@@ -80,10 +79,9 @@ pub struct DemoAccount {
 /// `serve --demo`: a `demo` tenant with one user per built-in tenant role (generated
 /// passwords) and a team holding them all. `None` if the tenant already exists.
 pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
-    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
     if crate::tenancy::store::find_by_slug(&app.db, "demo")
         .await
-        .map_err(err)?
+        .map_err(crate::error::AppError::into_anyhow)?
         .is_some()
     {
         return Ok(None);
@@ -92,22 +90,22 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
     let tenant = new_tenant_row("demo", "Demo organization", Plan::Pro, false, now);
     crate::tenancy::store::insert(&app.db, &tenant)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     let mut accounts = Vec::new();
     let mut members = Vec::new();
     for role in BuiltinRole::TENANT_ROLES {
         let email = format!("{}@demo.agentplane.local", role.as_str().to_lowercase());
-        let mut user =
-            new_user_row(tenant.id, &email, role.as_str(), role.as_str(), now).map_err(err)?;
+        let mut user = new_user_row(tenant.id, &email, role.as_str(), role.as_str(), now)
+            .map_err(crate::error::AppError::into_anyhow)?;
         let password = crate::auth::passwords::random_secret(18);
         user.password_hash = Some(
             crate::auth::service::hash_blocking(&password)
                 .await
-                .map_err(err)?,
+                .map_err(crate::error::AppError::into_anyhow)?,
         );
         crate::tenancy::store::insert_user(&app.db, &user)
             .await
-            .map_err(err)?;
+            .map_err(crate::error::AppError::into_anyhow)?;
         members.push((user.id, *role == BuiltinRole::Owner));
         accounts.push(DemoAccount {
             email,
@@ -117,7 +115,7 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
     }
     crate::tenancy::teams::seed_team(&app.db, tenant.id, "demo-team", &members, now)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     Ok(Some(accounts))
 }
 
@@ -130,7 +128,6 @@ pub async fn create_tenant(
     owner_email: &str,
     owner_name: &str,
 ) -> anyhow::Result<String> {
-    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
     let now = db_time(app.clock.now());
     let tenant = new_tenant_row(slug, name, plan, false, now);
     let mut owner = new_user_row(
@@ -140,19 +137,19 @@ pub async fn create_tenant(
         BuiltinRole::Owner.as_str(),
         now,
     )
-    .map_err(err)?;
+    .map_err(crate::error::AppError::into_anyhow)?;
     let password = crate::auth::passwords::random_secret(18);
     owner.password_hash = Some(
         crate::auth::service::hash_blocking(&password)
             .await
-            .map_err(err)?,
+            .map_err(crate::error::AppError::into_anyhow)?,
     );
     crate::tenancy::store::insert(&app.db, &tenant)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     crate::tenancy::store::insert_user(&app.db, &owner)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     Ok(password)
 }
 
@@ -164,24 +161,24 @@ pub async fn create_user(
     name: &str,
     role: BuiltinRole,
 ) -> anyhow::Result<String> {
-    let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
     let tenant = crate::tenancy::store::find_by_slug(&app.db, tenant_slug)
         .await
-        .map_err(err)?
+        .map_err(crate::error::AppError::into_anyhow)?
         .ok_or_else(|| anyhow::anyhow!("no tenant with slug {tenant_slug}"))?;
     if role == BuiltinRole::PlatformAdmin && !tenant.is_system {
         anyhow::bail!("PLATFORM_ADMIN exists only in the system tenant");
     }
     let now = db_time(app.clock.now());
-    let mut user = new_user_row(tenant.id, email, name, role.as_str(), now).map_err(err)?;
+    let mut user = new_user_row(tenant.id, email, name, role.as_str(), now)
+        .map_err(crate::error::AppError::into_anyhow)?;
     let password = crate::auth::passwords::random_secret(18);
     user.password_hash = Some(
         crate::auth::service::hash_blocking(&password)
             .await
-            .map_err(err)?,
+            .map_err(crate::error::AppError::into_anyhow)?,
     );
     crate::tenancy::store::insert_user(&app.db, &user)
         .await
-        .map_err(err)?;
+        .map_err(crate::error::AppError::into_anyhow)?;
     Ok(password)
 }

@@ -142,19 +142,17 @@ impl AppError {
         &self.message
     }
 
+    /// For CLI and start-up code (the `anyhow` tier): the message, internal causes logged.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        self.log_if_internal();
+        anyhow::anyhow!("{}", self.message)
+    }
+
     /// Logs an internal cause once; called where the error leaves the process.
     fn log_if_internal(&self) {
         if let Some(src) = &self.source {
             tracing::error!(error = format!("{src:#}"), "internal error");
         }
-    }
-
-    /// Converts to a JSON body for plain HTTP endpoints.
-    pub fn to_json(&self, request_id: Option<&str>) -> serde_json::Value {
-        self.log_if_internal();
-        serde_json::json!({
-            "error": { "code": self.code.as_str(), "message": self.message, "requestId": request_id }
-        })
     }
 }
 

@@ -252,7 +252,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let state = AppState::new(config).await?;
             let n = agentplane::secrets::rotate(&state.app)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                .map_err(agentplane::error::AppError::into_anyhow)?;
             println!("re-encrypted {n} secrets under the current master key");
             Ok(ExitCode::SUCCESS)
         }

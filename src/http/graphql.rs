@@ -102,15 +102,7 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
 
 /// A GraphQL-shaped error response for requests rejected before execution.
 fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id: &str) -> Response {
-    let body = serde_json::json!({
-        "errors": [{ "message": message, "extensions": { "code": code.as_str(), "requestId": request_id } }]
-    });
-    let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    app_error_response(status, AppError::new(code, message), request_id)
 }
 
 /// A GraphQL-shaped error response for an [`AppError`] raised before execution.
