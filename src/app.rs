@@ -35,6 +35,8 @@ pub struct App {
     pub keys: KeyRing,
     /// SQL statements run so far by this process's pool.
     pub statements: Arc<AtomicU64>,
+    /// Execution events (and queue wake-ups) for subscribers and workers.
+    pub bus: Arc<crate::events::EventBus>,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -68,6 +70,7 @@ impl AppState {
             clock,
             keys,
             statements,
+            bus: Arc::new(crate::events::EventBus::new()),
         });
         let schema = build_schema(Some(app.clone()));
         Ok(Self { app, schema })
@@ -81,11 +84,54 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
+/// Work a process runs besides HTTP: the engine's workers and scheduler, and on
+/// PostgreSQL the LISTEN relay that carries other processes' events and wake-ups.
+pub struct Background {
+    engine: Option<crate::executions::engine::EngineHandle>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `workers` engine workers (none when 0) and the relay. Both stop when
+    /// `app.shutdown` is cancelled.
+    pub fn start(app: &Arc<App>, workers: usize) -> anyhow::Result<Self> {
+        let relay = match &app.config.database_url {
+            crate::config::DatabaseUrl::Postgres(url) => {
+                use secrecy::ExposeSecret as _;
+                Some(tokio::spawn(crate::events::relay_postgres(
+                    url.expose_secret().to_owned(),
+                    app.bus.clone(),
+                    app.shutdown.child_token(),
+                )))
+            }
+            crate::config::DatabaseUrl::Sqlite(_) => None,
+        };
+        let engine = crate::executions::engine::start(app.clone(), workers)?;
+        Ok(Self { engine, relay })
+    }
+
+    /// The engine, when workers run here.
+    pub fn engine(&self) -> Option<&Arc<crate::executions::engine::Engine>> {
+        self.engine.as_ref().map(|h| &h.engine)
+    }
+
+    /// Waits (bounded by `grace`) for in-flight steps to finish or hand over.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        if let Some(e) = self.engine {
+            e.shutdown(grace).await;
+        }
+        if let Some(r) = self.relay {
+            r.abort();
+        }
+    }
+}
+
 /// Serves until `state.app.shutdown` is cancelled, then stops accepting, lets in-flight
 /// requests finish, closes websockets with 1001, and returns within the grace period.
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     let app = state.app.clone();
     let grace = app.config.http.shutdown_grace;
+    let background = Background::start(&app, app.config.engine.workers)?;
     let router = crate::http::router(state);
     let token = app.shutdown.clone();
     let server = axum::serve(
@@ -97,6 +143,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
 
     tokio::select! {
         res = &mut handle => {
+            background.shutdown(grace).await;
             res.context("server task panicked")?.context("HTTP server failed")?;
             return Ok(());
         }
@@ -107,6 +154,8 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
         "shutdown started; draining requests"
     );
     let deadline = tokio::time::Instant::now() + grace;
+    // The engine drains in parallel with HTTP (its stop token is a child of shutdown).
+    let engine_done = tokio::spawn(background.shutdown(grace));
     match tokio::time::timeout_at(deadline, handle).await {
         Ok(res) => res
             .context("server task panicked")?
@@ -120,6 +169,11 @@ pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()>
     {
         tracing::warn!("grace period elapsed with websockets still open");
     }
+    let _ = tokio::time::timeout_at(
+        deadline + std::time::Duration::from_millis(500),
+        engine_done,
+    )
+    .await;
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -11,6 +11,8 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod executions;
 pub mod graphql;
 pub mod http;
 pub mod rbac;

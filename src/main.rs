@@ -33,6 +33,16 @@ enum Command {
         /// Also seed a demo tenant with one user per role (passwords printed once) and a team.
         #[arg(long)]
         demo: bool,
+        /// Executions run at once by the embedded workers (overrides AGENTPLANE_WORKERS;
+        /// 0 runs no workers: the API only).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+    },
+    /// Run only workers (no HTTP): claim executions from the shared database and run them.
+    Worker {
+        /// Executions run at once (overrides AGENTPLANE_WORKERS).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Apply pending migrations (or only check for them).
     Migrate {
@@ -125,7 +135,16 @@ fn main() -> ExitCode {
         },
     };
     let config = match Config::load(&overrides) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Command::Serve {
+                workers: Some(n), ..
+            }
+            | Command::Worker { workers: Some(n) } = &cli.command
+            {
+                c.engine.workers = *n;
+            }
+            c
+        }
         Err(e) => {
             eprintln!("agentplane: {e}");
             return ExitCode::from(2);
@@ -162,6 +181,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { demo, .. } => serve(config, demo).await,
+        Command::Worker { .. } => worker(config).await,
         Command::Migrate { check: true } => {
             let pool = DbPool::connect(&config.database_url).await?;
             let pending = migrate::pending(&pool).await?;
@@ -286,6 +306,41 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn worker(config: Config) -> anyhow::Result<ExitCode> {
+    let workers = config.engine.workers.max(1);
+    let grace = config.http.shutdown_grace;
+    let state = AppState::new(config).await?;
+    let pending = migrate::pending(&state.app.db)
+        .await
+        .context("checking migrations")?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "{} migration(s) pending ({}); run `agentplane migrate` (or start `serve`) first",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    let background = app::Background::start(&state.app, workers)?;
+    let owner = background
+        .engine()
+        .map(|e| e.owner.clone())
+        .unwrap_or_default();
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "agentplane {} worker {owner} running {workers} worker(s)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = out.flush();
+    }
+    app::cancel_on_signal(state.app.shutdown.clone());
+    state.app.shutdown.cancelled().await;
+    tracing::info!("worker stopping; finishing or handing over in-flight steps");
+    background.shutdown(grace).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {

@@ -129,6 +129,38 @@ macro_rules! db_run_tenant {
     }};
 }
 
+/// Runs `body` (which evaluates to `Result<T, AppError>`) in one transaction on either
+/// backend: on PostgreSQL after setting `agentplane.tenant_id` to `$tenant` (an empty
+/// string for platform-wide work such as the engine's), on SQLite with `BEGIN IMMEDIATE`
+/// so the write lock is taken up front and concurrent writers wait (`busy_timeout`)
+/// instead of failing on a lock upgrade. An `Err` rolls everything back.
+#[macro_export]
+macro_rules! db_tx {
+    ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
+        match $pool {
+            $crate::db::DbPool::Postgres(pool) => {
+                use diesel_async::AsyncConnection as _;
+                let mut pooled = pool.get().await?;
+                let tenant_setting: String = $tenant.to_string();
+                let tx: &mut diesel_async::AsyncPgConnection = &mut *pooled;
+                tx.transaction(async |$conn| -> Result<_, $crate::error::AppError> {
+                    $crate::db::set_tenant($conn, &tenant_setting).await?;
+                    $body
+                })
+                .await
+            }
+            $crate::db::DbPool::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let tx: &mut $crate::db::SqliteConn = &mut *pooled;
+                tx.immediate_transaction(async |$conn| -> Result<_, $crate::error::AppError> {
+                    $body
+                })
+                .await
+            }
+        }
+    }};
+}
+
 /// Sets the transaction's tenant for row-level security (PostgreSQL).
 pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::QueryResult<()> {
     diesel::sql_query("SELECT set_config('agentplane.tenant_id', $1, true)")

@@ -194,6 +194,87 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    executions (id) {
+        id -> Text,
+        tenant_id -> Text,
+        workflow_id -> Text,
+        version_id -> Text,
+        version -> BigInt,
+        status -> Text,
+        input -> Text,
+        output -> Nullable<Text>,
+        error -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        started_by -> Text,
+        started_by_user -> Nullable<Text>,
+        retry_of -> Nullable<Text>,
+        schedule_id -> Nullable<Text>,
+        timeout_seconds -> BigInt,
+        deadline_at -> Nullable<Timestamp>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamp>,
+        claims -> BigInt,
+        seq -> BigInt,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+        cost_usd -> Double,
+        created_at -> Timestamp,
+        started_at -> Nullable<Timestamp>,
+        finished_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    execution_steps (id) {
+        id -> Text,
+        tenant_id -> Text,
+        execution_id -> Text,
+        step_id -> Text,
+        kind -> Text,
+        position -> BigInt,
+        status -> Text,
+        attempt -> BigInt,
+        started_at -> Nullable<Timestamp>,
+        finished_at -> Nullable<Timestamp>,
+        output -> Nullable<Text>,
+        error -> Nullable<Text>,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+        cost_usd -> Double,
+    }
+}
+
+diesel::table! {
+    execution_events (id) {
+        id -> Text,
+        tenant_id -> Text,
+        execution_id -> Text,
+        seq -> BigInt,
+        payload -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    schedules (id) {
+        id -> Text,
+        tenant_id -> Text,
+        workflow_id -> Text,
+        cron -> Text,
+        timezone -> Text,
+        status -> Text,
+        input -> Text,
+        next_run_at -> Nullable<Timestamp>,
+        last_run_at -> Nullable<Timestamp>,
+        last_execution_id -> Nullable<Text>,
+        created_by -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -213,4 +294,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     workflows,
     workflow_versions,
     secrets,
+    executions,
+    execution_steps,
+    execution_events,
+    schedules,
 );

@@ -10,9 +10,11 @@ use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use crate::auth::Principal;
 use crate::db::DbPool;
 use crate::error::{AppError, AppResult};
+use crate::executions::model::{ExecutionId, ExecutionRow, StepRunRow};
+use crate::executions::schedules::ScheduleRow;
 use crate::tenancy::teams::{TeamId, TeamRow};
 use crate::tenancy::{TenantId, UserId, UserRow};
-use crate::workflows::model::{WorkflowId, WorkflowVersionRow};
+use crate::workflows::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
 
 /// A loader failure, shared by every waiting key.
 #[derive(Clone, Debug)]
@@ -86,6 +88,98 @@ impl Loader<WorkflowId> for VersionsByWorkflowLoader {
     }
 }
 
+/// Declares a loader that groups rows returned by one store call under a key.
+macro_rules! grouped_loader {
+    ($(#[$m:meta])* $name:ident, $key:ty => $val:ty, |$db:ident, $tenant:ident, $keys:ident| $fetch:expr, |$row:ident| $key_of:expr) => {
+        $(#[$m])*
+        pub struct $name {
+            db: DbPool,
+            tenant: TenantId,
+        }
+
+        impl Loader<$key> for $name {
+            type Value = Vec<$val>;
+            type Error = LoadError;
+
+            async fn load(&self, $keys: &[$key]) -> Result<HashMap<$key, Self::Value>, LoadError> {
+                let ($db, $tenant) = (&self.db, self.tenant);
+                let rows: Vec<$val> = $fetch.await.map_err(failed)?;
+                let mut out: HashMap<$key, Self::Value> =
+                    $keys.iter().map(|k| (*k, Vec::new())).collect();
+                for $row in rows {
+                    out.entry($key_of).or_default().push($row);
+                }
+                Ok(out)
+            }
+        }
+    };
+}
+
+/// Declares a loader of single rows by id.
+macro_rules! by_id_loader {
+    ($(#[$m:meta])* $name:ident, $key:ty => $val:ty, |$db:ident, $tenant:ident, $keys:ident| $fetch:expr) => {
+        $(#[$m])*
+        pub struct $name {
+            db: DbPool,
+            tenant: TenantId,
+        }
+
+        impl Loader<$key> for $name {
+            type Value = $val;
+            type Error = LoadError;
+
+            async fn load(&self, $keys: &[$key]) -> Result<HashMap<$key, $val>, LoadError> {
+                let ($db, $tenant) = (&self.db, self.tenant);
+                let rows: Vec<$val> = $fetch.await.map_err(failed)?;
+                Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+            }
+        }
+    };
+}
+
+by_id_loader!(
+    /// Workflows by id.
+    WorkflowByIdLoader, WorkflowId => WorkflowRow,
+    |db, tenant, keys| crate::workflows::store::by_ids(db, tenant, keys)
+);
+by_id_loader!(
+    /// Executions by id.
+    ExecutionByIdLoader, ExecutionId => ExecutionRow,
+    |db, tenant, keys| crate::executions::store::by_ids(db, tenant, keys)
+);
+grouped_loader!(
+    /// Step records by execution, in definition order.
+    StepsByExecutionLoader, ExecutionId => StepRunRow,
+    |db, tenant, keys| crate::executions::store::steps_by_executions(db, tenant, keys),
+    |r| r.execution_id
+);
+grouped_loader!(
+    /// The newest executions of each workflow (at most [`RECENT_WINDOW`]), newest first.
+    RecentExecutionsLoader, WorkflowId => ExecutionRow,
+    |db, tenant, keys| crate::executions::store::recent_by_workflows(db, tenant, keys, RECENT_WINDOW),
+    |r| r.workflow_id
+);
+grouped_loader!(
+    /// Schedules by workflow.
+    SchedulesByWorkflowLoader, WorkflowId => ScheduleRow,
+    |db, tenant, keys| crate::executions::schedules::by_workflows(db, tenant, keys),
+    |r| r.workflow_id
+);
+grouped_loader!(
+    /// Executions of the last 30 days by workflow (for stats).
+    StatsRowsLoader, WorkflowId => ExecutionRow,
+    |db, tenant, keys| crate::executions::store::finished_since(
+        db,
+        tenant,
+        keys,
+        crate::db::ids::db_time(chrono::Utc::now() - chrono::Duration::days(30)),
+    ),
+    |r| r.workflow_id
+);
+
+/// Most executions `recentExecutions` returns per workflow.
+pub const RECENT_WINDOW: i64 = 20;
+
 /// The loaders of one request (or websocket connection). They cache, so a list resolver
 /// can prefetch what its rows will ask for (see `prefetch` in each domain) and the nested
 /// resolvers' `load_one` calls are answered without further statements.
@@ -96,6 +190,18 @@ pub struct Loaders {
     pub teams: DataLoader<TeamByIdLoader, HashMapCache>,
     /// Versions by workflow.
     pub versions: DataLoader<VersionsByWorkflowLoader, HashMapCache>,
+    /// Workflows by id.
+    pub workflows: DataLoader<WorkflowByIdLoader, HashMapCache>,
+    /// Executions by id.
+    pub executions: DataLoader<ExecutionByIdLoader, HashMapCache>,
+    /// Steps by execution.
+    pub steps: DataLoader<StepsByExecutionLoader, HashMapCache>,
+    /// Recent executions by workflow.
+    pub recent: DataLoader<RecentExecutionsLoader, HashMapCache>,
+    /// Schedules by workflow.
+    pub schedules: DataLoader<SchedulesByWorkflowLoader, HashMapCache>,
+    /// Stats rows by workflow.
+    pub stats: DataLoader<StatsRowsLoader, HashMapCache>,
 }
 
 impl Loaders {
@@ -127,6 +233,30 @@ impl Loaders {
                 tokio::spawn,
                 HashMapCache::default(),
             ),
+            workflows: cached(WorkflowByIdLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            executions: cached(ExecutionByIdLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            steps: cached(StepsByExecutionLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            recent: cached(RecentExecutionsLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            schedules: cached(SchedulesByWorkflowLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            stats: cached(StatsRowsLoader {
+                db: db.clone(),
+                tenant,
+            }),
         }
     }
 
@@ -135,6 +265,10 @@ impl Loaders {
         ctx.data_opt::<Self>()
             .ok_or_else(|| AppError::unauthenticated("sign in to use this field"))
     }
+}
+
+fn cached<L: Send + Sync + 'static>(loader: L) -> DataLoader<L, HashMapCache> {
+    DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default())
 }
 
 /// Converts a loader failure into the API error.

@@ -25,6 +25,7 @@ pub struct Query(
     crate::tenancy::graphql::TenancyQuery,
     crate::tenancy::teams::TeamQuery,
     crate::workflows::graphql::WorkflowQuery,
+    crate::executions::graphql::ExecutionQuery,
     crate::secrets::SecretQuery,
 );
 
@@ -35,12 +36,17 @@ pub struct Mutation(
     crate::tenancy::graphql::TenancyMutation,
     crate::tenancy::teams::TeamMutation,
     crate::workflows::graphql::WorkflowMutation,
+    crate::executions::graphql::ExecutionMutation,
+    crate::executions::schedules::ScheduleMutation,
     crate::secrets::SecretMutation,
 );
 
 /// All subscription fields.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(system::SystemSubscription);
+pub struct Subscription(
+    system::SystemSubscription,
+    crate::executions::graphql::ExecutionSubscription,
+);
 
 mod relay_root;
 

@@ -29,6 +29,10 @@ pub enum NodeKind {
     Team,
     /// A workflow.
     Workflow,
+    /// An execution.
+    Execution,
+    /// A schedule.
+    Schedule,
 }
 
 impl NodeKind {
@@ -40,6 +44,8 @@ impl NodeKind {
         NodeKind::Session,
         NodeKind::Team,
         NodeKind::Workflow,
+        NodeKind::Execution,
+        NodeKind::Schedule,
     ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
@@ -52,6 +58,8 @@ impl NodeKind {
             Self::Session => "Session",
             Self::Team => "Team",
             Self::Workflow => "Workflow",
+            Self::Execution => "Execution",
+            Self::Schedule => "Schedule",
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum Node {
     Team(crate::tenancy::teams::Team),
     /// A workflow.
     Workflow(crate::workflows::graphql::Workflow),
+    /// An execution.
+    Execution(crate::executions::graphql::Execution),
 }
 
 /// Relay root fields.
@@ -55,8 +57,13 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
         NodeKind::Workflow => crate::workflows::graphql::visible_workflow(ctx, uuid)
             .await
             .map(Node::Workflow),
+        NodeKind::Execution => crate::executions::graphql::visible_execution(ctx, uuid)
+            .await
+            .map(Node::Execution),
         // Reachable through their own fields, not through `node`.
-        NodeKind::Role | NodeKind::ApiKey | NodeKind::Session => Err(AppError::not_found("object")),
+        NodeKind::Role | NodeKind::ApiKey | NodeKind::Session | NodeKind::Schedule => {
+            Err(AppError::not_found("object"))
+        }
     }
 }
 

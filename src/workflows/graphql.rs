@@ -19,7 +19,7 @@ use crate::rbac::{Permission, Require};
 use crate::tenancy::graphql::User;
 
 /// What a principal may see.
-fn sight(p: &Principal) -> Sight {
+pub(crate) fn sight(p: &Principal) -> Sight {
     if p.permissions.contains(&Permission::UsersManage) {
         Sight::All
     } else {
@@ -43,6 +43,19 @@ pub async fn visible_workflow(ctx: &Context<'_>, id: uuid::Uuid) -> AppResult<Wo
         ));
     }
     Ok(Workflow(row))
+}
+
+/// A workflow the caller may see (any permission); anything else is `NOT_FOUND`.
+pub async fn visible_workflow_row(ctx: &Context<'_>, id: WorkflowId) -> AppResult<WorkflowRow> {
+    let p = principal(ctx)?;
+    let a = app(ctx)?;
+    let row = store::find(&a.db, p.tenant_id, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("workflow"))?;
+    if !store::can_see(&a.db, &sight(p), &row).await? {
+        return Err(AppError::not_found("workflow"));
+    }
+    Ok(row)
 }
 
 async fn workflow_arg(ctx: &Context<'_>, id: &ID) -> AppResult<WorkflowRow> {
@@ -272,6 +285,68 @@ impl Workflow {
     async fn updated_at(&self) -> DateTime<Utc> {
         utc(self.0.updated_at)
     }
+    /// The newest executions, newest first (`first`: 1–20; empty without
+    /// `executions.read`).
+    async fn recent_executions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] first: i32,
+    ) -> async_graphql::Result<Vec<crate::executions::graphql::Execution>> {
+        let max = crate::graphql::loaders::RECENT_WINDOW;
+        if !(1..=max).contains(&i64::from(first)) {
+            return Err(AppError::bad_input("first", format!("first must be 1 to {max}")).into());
+        }
+        if !principal(ctx)?
+            .permissions
+            .contains(&Permission::ExecutionsRead)
+        {
+            return Ok(Vec::new());
+        }
+        Ok(Loaders::of(ctx)?
+            .recent
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .take(usize::try_from(first).unwrap_or(10))
+            .map(crate::executions::graphql::Execution)
+            .collect())
+    }
+    /// Execution statistics over the last 30 days (null without `executions.read`).
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::executions::graphql::WorkflowStats>> {
+        if !principal(ctx)?
+            .permissions
+            .contains(&Permission::ExecutionsRead)
+        {
+            return Ok(None);
+        }
+        let rows = Loaders::of(ctx)?
+            .stats
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default();
+        Ok(Some(crate::executions::graphql::WorkflowStats::of(&rows)))
+    }
+    /// Schedules that start this workflow.
+    async fn schedules(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::executions::schedules::Schedule>> {
+        Ok(Loaders::of(ctx)?
+            .schedules
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::executions::schedules::Schedule)
+            .collect())
+    }
 }
 
 /// Filters for `workflows`.
@@ -407,6 +482,56 @@ async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
             .filter_map(|t| uuid::Uuid::parse_str(t).ok())
             .map(crate::tenancy::teams::TeamId);
         loaders.teams.load_many(teams).await.map_err(load_error)?;
+    }
+    if node.field("recentExecutions").exists() {
+        let recent = loaders
+            .recent
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+        let execs: Vec<_> = recent.values().flatten().collect();
+        let inner = node.field("recentExecutions");
+        if inner.field("steps").exists() {
+            loaders
+                .steps
+                .load_many(execs.iter().map(|e| e.id))
+                .await
+                .map_err(load_error)?;
+        }
+        if inner.field("startedBy").exists() {
+            loaders
+                .users
+                .load_many(
+                    execs
+                        .iter()
+                        .filter_map(|e| e.started_by_user.as_deref())
+                        .filter_map(|s| uuid::Uuid::parse_str(s).ok())
+                        .map(crate::tenancy::UserId),
+                )
+                .await
+                .map_err(load_error)?;
+        }
+        if inner.field("workflow").exists() {
+            loaders
+                .workflows
+                .load_many(rows.iter().map(|r| r.id))
+                .await
+                .map_err(load_error)?;
+        }
+    }
+    if node.field("stats").exists() {
+        loaders
+            .stats
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+    }
+    if node.field("schedules").exists() {
+        loaders
+            .schedules
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
     }
     if node.field("versions").exists() {
         loaders

@@ -284,3 +284,76 @@ pub async fn versions_by_workflows(
             .await?
     }))
 }
+
+/// A version by id, any tenant (the engine, which runs every tenant's work).
+pub async fn find_version_any(
+    db: &DbPool,
+    id: super::model::WorkflowVersionId,
+) -> AppResult<Option<WorkflowVersionRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        workflow_versions::table
+            .filter(workflow_versions::id.eq(id))
+            .select(WorkflowVersionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// A workflow's version by number (latest when `version` is `None`).
+pub async fn find_version(
+    db: &DbPool,
+    tenant: TenantId,
+    workflow: WorkflowId,
+    version: Option<i64>,
+) -> AppResult<Option<WorkflowVersionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        let q = workflow_versions::table
+            .filter(workflow_versions::tenant_id.eq(tenant))
+            .filter(workflow_versions::workflow_id.eq(workflow))
+            .select(WorkflowVersionRow::as_select())
+            .into_boxed();
+        let q = match version {
+            Some(v) => q.filter(workflow_versions::version.eq(v)),
+            None => q.order(workflow_versions::version.desc()),
+        };
+        q.first(conn).await.optional()?
+    }))
+}
+
+/// Workflows of `tenant` by id (dataloader).
+pub async fn by_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+) -> AppResult<Vec<WorkflowRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        workflows::table
+            .filter(workflows::tenant_id.eq(tenant))
+            .filter(workflows::id.eq_any(ids))
+            .select(WorkflowRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Ids of every workflow `sight` may see (filters executions by their workflow).
+pub async fn visible_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    sight: &Sight,
+) -> AppResult<Vec<WorkflowId>> {
+    let (rows, _) = list(
+        db,
+        tenant,
+        sight,
+        &Filter::default(),
+        Order::CreatedAt(true),
+        |t| Ok((0, t.max(1))),
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}

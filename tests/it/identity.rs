@@ -632,34 +632,34 @@ const TYPE_REF: &str = "kind name ofType { kind name ofType { kind name ofType {
 /// Every root query and mutation field as a callable operation with dummy arguments:
 /// (field name, document, variables).
 async fn root_field_calls(app: &TestApp) -> Vec<(String, String, Value)> {
+    field_calls(app, false).await
+}
+
+/// Like [`root_field_calls`] for the subscription root.
+async fn field_calls(app: &TestApp, subscriptions: bool) -> Vec<(String, String, Value)> {
     let intro = app
         .gql(
             &format!(
                 "{{ __schema {{ types {{ name kind enumValues {{ name }} inputFields {{ name type {{ {TYPE_REF} }} }} }}
                    queryType {{ fields {{ name args {{ name type {{ {TYPE_REF} }} }} type {{ {TYPE_REF} }} }} }}
                    mutationType {{ fields {{ name args {{ name type {{ {TYPE_REF} }} }} type {{ {TYPE_REF} }} }} }}
-                   subscriptionType {{ fields {{ name }} }} }} }}"
+                   subscriptionType {{ fields {{ name args {{ name type {{ {TYPE_REF} }} }} type {{ {TYPE_REF} }} }} }} }} }}"
             ),
             json!({}),
         )
         .await;
     let schema = &intro["data"]["__schema"];
-    for f in schema["subscriptionType"]["fields"]
-        .as_array()
-        .expect("fields")
-    {
-        let name = f["name"].as_str().expect("name");
-        assert!(
-            agentplane::rbac::PUBLIC_FIELDS.contains(&name),
-            "subscription {name} must be covered by the guard tests once it exists"
-        );
-    }
     let types = schema["types"].as_array().expect("types").clone();
     let mut calls = Vec::new();
-    for (op, root) in [
-        ("query", &schema["queryType"]),
-        ("mutation", &schema["mutationType"]),
-    ] {
+    let roots: Vec<(&str, &Value)> = if subscriptions {
+        vec![("subscription", &schema["subscriptionType"])]
+    } else {
+        vec![
+            ("query", &schema["queryType"]),
+            ("mutation", &schema["mutationType"]),
+        ]
+    };
+    for (op, root) in roots {
         for f in root["fields"].as_array().expect("fields") {
             let name = f["name"].as_str().expect("name");
             let args = f["args"].as_array().expect("args");
@@ -829,4 +829,46 @@ async fn every_role_gets_what_the_matrix_says_on_every_field() {
             );
         }
     }
+}
+
+/// Every subscription field is guarded too: over a websocket, a powerless principal is
+/// FORBIDDEN (naming the permission) unless the field is public.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_subscription_field_declares_a_guard() {
+    use crate::helpers::{ws_authed, ws_next_json, ws_send};
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let nothing = powerless_key(&app, &owner).await;
+    let mut checked = 0;
+    for (name, q, vars) in field_calls(&app, true).await {
+        if agentplane::rbac::PUBLIC_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        // Anonymous sockets are refused at connection_init (4401, see websocket tests),
+        // so a subscription's own guard is what a signed-in, powerless caller meets.
+        let mut key = ws_authed(&app.ws_url(), "graphql-transport-ws", &nothing).await;
+        {
+            let (ws, code) = (&mut key, "FORBIDDEN");
+            ws_send(
+                ws,
+                json!({ "id": "1", "type": "subscribe", "payload": { "query": q, "variables": vars } }),
+            )
+            .await;
+            let msg = ws_next_json(ws).await;
+            let errors = if msg["type"] == "error" {
+                msg["payload"].clone()
+            } else {
+                msg["payload"]["errors"].clone()
+            };
+            assert_eq!(errors[0]["extensions"]["code"], code, "{name}: {msg}");
+            if code == "FORBIDDEN" {
+                assert!(
+                    errors[0]["extensions"]["permission"].is_string(),
+                    "{name}: {msg}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "walked {checked} subscription fields");
 }

@@ -1,0 +1,628 @@
+//! The engine: workers that claim executions from the durable queue and run their steps.
+//!
+//! Delivery is **at-least-once per step**: a step's result is committed when it finishes;
+//! if a worker dies mid-step, its lease lapses, another worker claims the execution,
+//! keeps every finished step (outputs are in the database) and runs the unfinished ones
+//! again, attempt number continuing. Steps with side effects should be idempotent or
+//! carry an idempotency key derived from `execution.id` (available to templates).
+//!
+//! Every write a worker makes is guarded by its lease (`lease_owner = me` and status
+//! RUNNING): a worker that lost its lease, or whose execution was cancelled or timed out
+//! elsewhere, finds its writes refused and stops.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Duration as ChronoDuration;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::egress;
+use super::model::{ExecutionId, ExecutionRow, ExecutionStatus, StepStatus};
+use super::service;
+use super::steps::{self, Outcome, StepError, StepInput};
+use super::store::{self, Guard, Patch, StepChange};
+use crate::app::App;
+use crate::db::ids::db_time;
+use crate::workflows::dag::{Definition, Step};
+
+/// A running engine: `workers` claim loops plus a scheduler, in this process.
+pub struct Engine {
+    app: Arc<App>,
+    /// This engine's lease-owner id.
+    pub owner: String,
+    http: reqwest::Client,
+    policy: egress::Policy,
+    step_slots: Arc<Semaphore>,
+    running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    stop: CancellationToken,
+}
+
+/// Stops an engine.
+pub struct EngineHandle {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    tasks: TaskTracker,
+}
+
+impl EngineHandle {
+    /// Stops claiming; lets in-flight steps finish within `grace`, then interrupts the
+    /// rest and releases their leases so another worker resumes them at once.
+    pub async fn shutdown(self, grace: Duration) {
+        self.engine.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace + Duration::from_secs(1), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("engine did not stop within the grace period");
+        }
+    }
+}
+
+/// Starts `workers` claim loops and the scheduler. `workers == 0` starts nothing.
+pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandle>> {
+    if workers == 0 {
+        return Ok(None);
+    }
+    let policy = egress::Policy {
+        allow: app.config.engine.egress_allow.clone(),
+    };
+    let engine = Arc::new(Engine {
+        owner: format!("worker-{}", uuid::Uuid::now_v7()),
+        http: egress::client(&policy)?,
+        policy,
+        step_slots: Arc::new(Semaphore::new(app.config.engine.worker_max_steps)),
+        running: Mutex::new(HashMap::new()),
+        stop: app.shutdown.child_token(),
+        app,
+    });
+    let tasks = TaskTracker::new();
+    for _ in 0..workers {
+        let e = engine.clone();
+        tasks.spawn(async move { e.claim_loop().await });
+    }
+    let e = engine.clone();
+    tasks.spawn(async move { e.watch_events().await });
+    let e = engine.clone();
+    tasks.spawn(async move { super::schedules::scheduler_loop(&e.app, &e.stop).await });
+    tracing::info!(owner = %engine.owner, workers, "engine started");
+    Ok(Some(EngineHandle { engine, tasks }))
+}
+
+/// How a step task ended.
+enum StepEnd {
+    Done(Outcome),
+    Failed(StepStatus),
+    LeaseLost,
+}
+
+impl Engine {
+    fn now(&self) -> chrono::NaiveDateTime {
+        db_time(self.app.clock.now())
+    }
+
+    async fn claim_loop(self: Arc<Self>) {
+        let poll = self.app.config.engine.poll_interval;
+        let mut backoff = poll;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let now = self.now();
+            let lease = ChronoDuration::from_std(self.app.config.engine.lease)
+                .unwrap_or(ChronoDuration::seconds(30));
+            match store::claim(&self.app.db, &self.owner, now, now + lease).await {
+                Ok(Some(row)) => {
+                    backoff = poll;
+                    self.run_execution(row).await;
+                    continue;
+                }
+                Ok(None) => backoff = poll,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "claiming work failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.app.bus.queue_wake.notified() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// Interrupts local executions that ended elsewhere (cancelled by a user, here or on
+    /// another replica through the relay).
+    async fn watch_events(self: Arc<Self>) {
+        let mut rx = self.app.bus.subscribe();
+        loop {
+            let ev = tokio::select! {
+                () = self.stop.cancelled() => return,
+                ev = rx.recv() => ev,
+            };
+            match ev {
+                Ok(ev) if ev.status.is_terminal() => {
+                    let token = self
+                        .running
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&ev.execution_id).cloned());
+                    if let Some(t) = token {
+                        t.cancel();
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn run_execution(self: &Arc<Self>, row: ExecutionRow) {
+        let id = row.id;
+        let token = CancellationToken::new();
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(id, token.clone());
+        }
+        let renewal = self.spawn_renewal(id, token.clone());
+        if let Err(e) = self.drive(row, &token).await {
+            tracing::error!(execution = %id, error = ?e, "execution driver failed; releasing");
+            let _ = store::release(&self.app.db, id, &self.owner).await;
+        }
+        renewal.cancel();
+        if let Ok(mut m) = self.running.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Renews the lease every third of its length; cancels `token` when it is lost.
+    fn spawn_renewal(&self, id: ExecutionId, token: CancellationToken) -> CancellationToken {
+        let done = CancellationToken::new();
+        let app = self.app.clone();
+        let owner = self.owner.clone();
+        let d = done.clone();
+        let every = (app.config.engine.lease / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = d.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let now = db_time(app.clock.now());
+                let lease = ChronoDuration::from_std(app.config.engine.lease)
+                    .unwrap_or(ChronoDuration::seconds(30));
+                match store::renew(&app.db, id, &owner, now + lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(execution = %id, "lease lost or execution ended");
+                        token.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(execution = %id, error = ?e, "lease renewal failed"),
+                }
+            }
+        });
+        done
+    }
+
+    async fn transition(
+        &self,
+        id: ExecutionId,
+        to: ExecutionStatus,
+        patch: Patch,
+    ) -> crate::error::AppResult<Option<ExecutionRow>> {
+        service::transition(&self.app, id, to, Guard::Lease(&self.owner), patch).await
+    }
+
+    async fn drive(
+        self: &Arc<Self>,
+        row: ExecutionRow,
+        token: &CancellationToken,
+    ) -> crate::error::AppResult<()> {
+        let id = row.id;
+        let now = self.now();
+        let mut row = row;
+        if row.status() == ExecutionStatus::Queued {
+            let deadline = now + ChronoDuration::seconds(row.timeout_seconds);
+            match self
+                .transition(
+                    id,
+                    ExecutionStatus::Running,
+                    Patch {
+                        deadline_at: Some(deadline),
+                        ..Patch::default()
+                    },
+                )
+                .await?
+            {
+                Some(r) => row = r,
+                None => return Ok(()),
+            }
+        } else {
+            tracing::info!(execution = %id, claims = row.claims, "resuming an execution whose lease lapsed");
+        }
+        let deadline = row
+            .deadline_at
+            .unwrap_or(now + ChronoDuration::seconds(row.timeout_seconds));
+        let version = crate::workflows::store::find_version_any(&self.app.db, row.version_id)
+            .await?
+            .ok_or_else(|| crate::error::AppError::not_found("workflow version"))?;
+        let def: Definition =
+            serde_json::from_str(&version.definition).map_err(crate::error::AppError::internal)?;
+        let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
+        let step_rows = store::steps_of(&self.app.db, id).await?;
+        let mut state: HashMap<String, StepStatus> = HashMap::new();
+        let mut attempts: HashMap<String, i64> = HashMap::new();
+        let mut outputs: HashMap<String, Value> = HashMap::new();
+        for s in &step_rows {
+            let st = match s.status() {
+                // Interrupted by a crash or shutdown: run again (at-least-once).
+                StepStatus::Running | StepStatus::Retrying => StepStatus::Pending,
+                other => other,
+            };
+            state.insert(s.step_id.clone(), st);
+            attempts.insert(s.step_id.clone(), s.attempt);
+            if st == StepStatus::Succeeded {
+                outputs.insert(
+                    s.step_id.clone(),
+                    s.output
+                        .as_deref()
+                        .and_then(|o| serde_json::from_str(o).ok())
+                        .unwrap_or(Value::Null),
+                );
+            }
+        }
+        let by_id: HashMap<&str, &Step> = def.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+        let max_parallel = self.app.config.engine.max_parallel_steps;
+        let mut inflight: JoinSet<(String, StepEnd)> = JoinSet::new();
+        let mut in_flight_ids: HashSet<String> = HashSet::new();
+        let grace = self.app.config.http.shutdown_grace;
+        let remaining = (deadline - self.now()).to_std().unwrap_or(Duration::ZERO);
+        let timeout_at = tokio::time::Instant::now() + remaining;
+
+        loop {
+            // Skip steps all of whose dependencies were skipped.
+            let mut newly_skipped = Vec::new();
+            for s in &def.steps {
+                if state.get(&s.id) == Some(&StepStatus::Pending)
+                    && !s.depends_on.is_empty()
+                    && s.depends_on
+                        .iter()
+                        .all(|d| state.get(d) == Some(&StepStatus::Skipped))
+                {
+                    newly_skipped.push(s.id.clone());
+                }
+            }
+            for sid in newly_skipped {
+                if !self.skip(id, &sid, &mut state, &attempts).await? {
+                    return self.abandon(inflight, id, false).await;
+                }
+            }
+            // A failed step fails the execution.
+            if let Some((sid, st)) = def.steps.iter().find_map(|s| {
+                state
+                    .get(&s.id)
+                    .filter(|st| matches!(st, StepStatus::Failed | StepStatus::TimedOut))
+                    .map(|st| (s.id.clone(), *st))
+            }) {
+                inflight.abort_all();
+                let what = if st == StepStatus::TimedOut {
+                    "timed out"
+                } else {
+                    "failed"
+                };
+                let detail = step_rows_error(&self.app, id, &sid).await;
+                self.transition(
+                    id,
+                    ExecutionStatus::Failed,
+                    Patch {
+                        error: Some(format!("step {sid:?} {what}{detail}")),
+                        ..Patch::default()
+                    },
+                )
+                .await?;
+                return Ok(());
+            }
+            // Start what is ready.
+            if !self.stop.is_cancelled() {
+                for s in &def.steps {
+                    if in_flight_ids.len() >= max_parallel {
+                        break;
+                    }
+                    let ready = state.get(&s.id) == Some(&StepStatus::Pending)
+                        && !in_flight_ids.contains(&s.id)
+                        && s.depends_on.iter().all(|d| {
+                            matches!(
+                                state.get(d),
+                                Some(StepStatus::Succeeded | StepStatus::Skipped)
+                            )
+                        });
+                    if ready {
+                        in_flight_ids.insert(s.id.clone());
+                        let ctx = steps::context(&id.to_string(), &input, &outputs);
+                        let engine = self.clone();
+                        let step = s.clone();
+                        let first_attempt = attempts.get(&s.id).copied().unwrap_or(0) + 1;
+                        let tenant = row.tenant_id;
+                        inflight.spawn(async move {
+                            let end = engine.run_step(id, tenant, &step, ctx, first_attempt).await;
+                            (step.id, end)
+                        });
+                    }
+                }
+            }
+            if inflight.is_empty() {
+                if self.stop.is_cancelled() {
+                    store::release(&self.app.db, id, &self.owner).await?;
+                    return Ok(());
+                }
+                let all_done = def
+                    .steps
+                    .iter()
+                    .all(|s| state.get(&s.id).is_some_and(|st| st.is_terminal()));
+                let output = if all_done {
+                    let depended: HashSet<&str> = def
+                        .steps
+                        .iter()
+                        .flat_map(|s| s.depends_on.iter().map(String::as_str))
+                        .collect();
+                    let mut out = Map::new();
+                    for s in &def.steps {
+                        if !depended.contains(s.id.as_str()) {
+                            if let Some(o) = outputs.get(&s.id) {
+                                out.insert(s.id.clone(), o.clone());
+                            }
+                        }
+                    }
+                    Value::Object(out)
+                } else {
+                    Value::Null
+                };
+                let (to, patch) = if all_done {
+                    (
+                        ExecutionStatus::Succeeded,
+                        Patch {
+                            output: Some(output.to_string()),
+                            ..Patch::default()
+                        },
+                    )
+                } else {
+                    (
+                        ExecutionStatus::Failed,
+                        Patch {
+                            error: Some("no step can run (unsatisfiable dependencies)".into()),
+                            ..Patch::default()
+                        },
+                    )
+                };
+                self.transition(id, to, patch).await?;
+                return Ok(());
+            }
+            tokio::select! {
+                joined = inflight.join_next() => {
+                    let Some(joined) = joined else { continue };
+                    let (sid, end) = match joined {
+                        Ok(x) => x,
+                        Err(e) if e.is_cancelled() => continue,
+                        Err(e) => {
+                            tracing::error!(execution = %id, error = %e, "step task panicked");
+                            return self.abandon(inflight, id, true).await;
+                        }
+                    };
+                    in_flight_ids.remove(&sid);
+                    match end {
+                        StepEnd::Done(outcome) => {
+                            state.insert(sid.clone(), StepStatus::Succeeded);
+                            outputs.insert(sid.clone(), outcome.output);
+                            for skip in outcome.skip {
+                                if state.get(&skip) == Some(&StepStatus::Pending)
+                                    && by_id.contains_key(skip.as_str())
+                                    && !self.skip(id, &skip, &mut state, &attempts).await?
+                                {
+                                    return self.abandon(inflight, id, false).await;
+                                }
+                            }
+                        }
+                        StepEnd::Failed(st) => {
+                            state.insert(sid, st);
+                        }
+                        StepEnd::LeaseLost => return self.abandon(inflight, id, false).await,
+                    }
+                }
+                () = token.cancelled() => {
+                    // Cancelled or timed out elsewhere, or the lease was lost: stop here.
+                    return self.abandon(inflight, id, false).await;
+                }
+                () = tokio::time::sleep_until(timeout_at) => {
+                    inflight.abort_all();
+                    self.transition(
+                        id,
+                        ExecutionStatus::TimedOut,
+                        Patch {
+                            error: Some(format!(
+                                "the execution exceeded its timeout of {} s",
+                                row.timeout_seconds
+                            )),
+                            ..Patch::default()
+                        },
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                () = self.stop.cancelled(), if !in_flight_ids.is_empty() => {
+                    // Shutdown: give in-flight steps the grace period, then hand over.
+                    let deadline = tokio::time::Instant::now() + grace;
+                    while let Ok(Some(joined)) =
+                        tokio::time::timeout_at(deadline, inflight.join_next()).await
+                    {
+                        if let Ok((sid, StepEnd::Done(o))) = joined {
+                            state.insert(sid.clone(), StepStatus::Succeeded);
+                            outputs.insert(sid, o.output);
+                        }
+                    }
+                    return self.abandon(inflight, id, true).await;
+                }
+            }
+        }
+    }
+
+    /// Stops every step; when `release`, gives the lease back for another worker.
+    async fn abandon(
+        &self,
+        mut inflight: JoinSet<(String, StepEnd)>,
+        id: ExecutionId,
+        release: bool,
+    ) -> crate::error::AppResult<()> {
+        inflight.abort_all();
+        while inflight.join_next().await.is_some() {}
+        if release {
+            store::release(&self.app.db, id, &self.owner).await?;
+        }
+        Ok(())
+    }
+
+    async fn skip(
+        &self,
+        id: ExecutionId,
+        sid: &str,
+        state: &mut HashMap<String, StepStatus>,
+        attempts: &HashMap<String, i64>,
+    ) -> crate::error::AppResult<bool> {
+        state.insert(sid.to_owned(), StepStatus::Skipped);
+        let change = StepChange {
+            step_id: sid.to_owned(),
+            status: StepStatus::Skipped,
+            attempt: attempts.get(sid).copied().unwrap_or(0),
+            started_at: None,
+            finished_at: Some(self.now()),
+            output: None,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+        };
+        service::record_step(&self.app, id, &self.owner, &change).await
+    }
+
+    /// Runs a step's attempts (with retries and backoff), recording each change.
+    async fn run_step(
+        &self,
+        id: ExecutionId,
+        tenant: crate::tenancy::TenantId,
+        step: &Step,
+        ctx: Value,
+        first_attempt: i64,
+    ) -> StepEnd {
+        let max_attempts = i64::from(step.retry.as_ref().map_or(1, |r| r.max_attempts.max(1)));
+        let timeout = Duration::from_secs(u64::from(step.timeout_seconds.unwrap_or(300)));
+        let mut attempt = first_attempt;
+        loop {
+            let Ok(permit) = self.step_slots.clone().acquire_owned().await else {
+                return StepEnd::LeaseLost;
+            };
+            let start = StepChange {
+                step_id: step.id.clone(),
+                status: StepStatus::Running,
+                attempt,
+                started_at: Some(self.now()),
+                finished_at: None,
+                output: None,
+                error: None,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_usd: 0.0,
+            };
+            match service::record_step(&self.app, id, &self.owner, &start).await {
+                Ok(true) => {}
+                Ok(false) => return StepEnd::LeaseLost,
+                Err(e) => {
+                    tracing::warn!(execution = %id, error = ?e, "recording a step start failed");
+                    return StepEnd::LeaseLost;
+                }
+            }
+            let input = StepInput {
+                app: &self.app,
+                http: &self.http,
+                policy: &self.policy,
+                tenant,
+                context: &ctx,
+            };
+            let result = match tokio::time::timeout(timeout, steps::run(step, &input)).await {
+                Ok(r) => r.map_err(|e| (StepStatus::Failed, e)),
+                Err(_) => Err((
+                    StepStatus::TimedOut,
+                    StepError {
+                        message: format!("the attempt exceeded {} s", timeout.as_secs()),
+                        retryable: true,
+                    },
+                )),
+            };
+            let mut change = StepChange {
+                finished_at: Some(self.now()),
+                started_at: None,
+                ..start
+            };
+            let end = match result {
+                Ok(outcome) => {
+                    change.status = StepStatus::Succeeded;
+                    change.output = Some(outcome.output.to_string());
+                    change.prompt_tokens = outcome.prompt_tokens;
+                    change.completion_tokens = outcome.completion_tokens;
+                    change.cost_usd = outcome.cost_usd;
+                    Some(StepEnd::Done(outcome))
+                }
+                Err((st, e)) if !e.retryable || attempt >= max_attempts => {
+                    change.status = st;
+                    change.error = Some(truncate(&e.message));
+                    Some(StepEnd::Failed(st))
+                }
+                Err((_, e)) => {
+                    change.status = StepStatus::Retrying;
+                    change.error = Some(truncate(&e.message));
+                    change.finished_at = None;
+                    None
+                }
+            };
+            match service::record_step(&self.app, id, &self.owner, &change).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return StepEnd::LeaseLost,
+            }
+            if let Some(end) = end {
+                return end;
+            }
+            let backoff = step.retry.as_ref().map_or(Duration::ZERO, |r| {
+                let exp = i32::try_from(attempt - 1).unwrap_or(0);
+                let ms = r.initial_backoff_ms as f64 * r.backoff_multiplier.powi(exp);
+                Duration::from_millis(ms.min(3_600_000.0) as u64)
+            });
+            drop(permit);
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= 2000 {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(2000).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// `": <error>"` of a step, for the execution's error text.
+async fn step_rows_error(app: &App, id: ExecutionId, sid: &str) -> String {
+    store::steps_of(&app.db, id)
+        .await
+        .ok()
+        .and_then(|rows| rows.into_iter().find(|r| r.step_id == sid))
+        .and_then(|r| r.error)
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,576 @@
+//! Schedules: a cron expression and an IANA time zone per workflow.
+//!
+//! Every engine runs [`scheduler_loop`]. A due schedule fires through a compare-and-set
+//! on `next_run_at` (`UPDATE … WHERE id = ? AND next_run_at = <the due time>`) in the same
+//! transaction that enqueues the execution, so each tick fires exactly once however many
+//! workers race for it. Ticks missed while no worker ran fire once, then the schedule
+//! continues from the next future tick.
+
+use std::str::FromStr as _;
+
+use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject};
+use chrono::{DateTime, NaiveDateTime, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::auth::principal;
+use crate::db::DbPool;
+use crate::db::ids::{db_time, utc};
+use crate::db::schema::schedules;
+use crate::error::{AppError, AppResult};
+use crate::graphql::app;
+use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
+use crate::rbac::{Permission, Require};
+use crate::tenancy::TenantId;
+use crate::workflows::model::WorkflowId;
+
+crate::id_type!(
+    /// Identifies a schedule.
+    ScheduleId
+);
+
+/// One row of `schedules`.
+#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
+#[diesel(table_name = schedules)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ScheduleRow {
+    /// Primary key.
+    pub id: ScheduleId,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// The workflow it starts (its latest published version at each tick).
+    pub workflow_id: WorkflowId,
+    /// Cron expression (5 fields, or 6 with seconds first).
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    pub timezone: String,
+    /// ACTIVE or PAUSED.
+    pub status: String,
+    /// JSON input for each execution.
+    pub input: String,
+    /// Next tick (UTC); null while paused.
+    pub next_run_at: Option<NaiveDateTime>,
+    /// Last tick that fired.
+    pub last_run_at: Option<NaiveDateTime>,
+    /// The execution the last tick started.
+    pub last_execution_id: Option<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: NaiveDateTime,
+    /// Last change.
+    pub updated_at: NaiveDateTime,
+}
+
+/// A parsed cron expression in a time zone.
+pub struct CronSpec {
+    cron: croner::Cron,
+    tz: Tz,
+}
+
+impl CronSpec {
+    /// Parses and validates; errors name the field.
+    pub fn parse(expr: &str, tz: &str) -> AppResult<Self> {
+        let tz = Tz::from_str(tz.trim()).map_err(|_| {
+            AppError::bad_input(
+                "timezone",
+                format!("{tz:?} is not an IANA time zone such as Europe/Paris or UTC"),
+            )
+        })?;
+        let cron = croner::Cron::new(expr.trim())
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| AppError::bad_input("cron", format!("invalid cron expression: {e}")))?;
+        Ok(Self { cron, tz })
+    }
+
+    /// The first tick strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = self.tz.from_utc_datetime(&after.naive_utc());
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The next `n` ticks after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n);
+        let mut t = after;
+        while out.len() < n {
+            match self.next_after(t) {
+                Some(next) => {
+                    out.push(next);
+                    t = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+async fn insert(db: &DbPool, row: &ScheduleRow) -> AppResult<()> {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+        diesel::insert_into(schedules::table)
+            .values(row)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn find(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<Option<ScheduleRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        schedules::table
+            .filter(schedules::tenant_id.eq(tenant))
+            .filter(schedules::id.eq(id))
+            .select(ScheduleRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+async fn set_state(
+    db: &DbPool,
+    row: &ScheduleRow,
+    status: &str,
+    next: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+) -> AppResult<()> {
+    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+        diesel::update(
+            schedules::table
+                .filter(schedules::tenant_id.eq(row.tenant_id))
+                .filter(schedules::id.eq(row.id)),
+        )
+        .set((
+            schedules::status.eq(status),
+            schedules::next_run_at.eq(next),
+            schedules::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+async fn delete(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<()> {
+    crate::db_run_tenant!(db, tenant, |conn| {
+        diesel::delete(
+            schedules::table
+                .filter(schedules::tenant_id.eq(tenant))
+                .filter(schedules::id.eq(id)),
+        )
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Schedules of several workflows (dataloader).
+pub async fn by_workflows(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+) -> AppResult<Vec<ScheduleRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        schedules::table
+            .filter(schedules::tenant_id.eq(tenant))
+            .filter(schedules::workflow_id.eq_any(ids))
+            .order(schedules::id.asc())
+            .select(ScheduleRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Due schedules, any tenant (the scheduler).
+async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        schedules::table
+            .filter(schedules::status.eq("ACTIVE"))
+            .filter(schedules::next_run_at.le(now))
+            .order(schedules::next_run_at.asc())
+            .limit(100)
+            .select(ScheduleRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Moves `next_run_at` from `due` to `next` if nobody else did; `true` for the winner.
+async fn advance(
+    db: &DbPool,
+    id: ScheduleId,
+    due: NaiveDateTime,
+    next: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+) -> AppResult<bool> {
+    let n = crate::db_run!(db, |conn| {
+        diesel::update(
+            schedules::table
+                .filter(schedules::id.eq(id))
+                .filter(schedules::status.eq("ACTIVE"))
+                .filter(schedules::next_run_at.eq(due)),
+        )
+        .set((
+            schedules::next_run_at.eq(next),
+            schedules::last_run_at.eq(due),
+            schedules::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+async fn set_last_execution(db: &DbPool, id: ScheduleId, exec: &str) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(schedules::table.filter(schedules::id.eq(id)))
+            .set(schedules::last_execution_id.eq(exec))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Fires every due schedule once. Returns how many this process fired.
+pub async fn fire_due(app: &App) -> AppResult<usize> {
+    let now_utc = app.clock.now();
+    let now = db_time(now_utc);
+    let mut fired = 0;
+    for s in due(&app.db, now).await? {
+        let Some(due_at) = s.next_run_at else {
+            continue;
+        };
+        let next = CronSpec::parse(&s.cron, &s.timezone)
+            .ok()
+            .and_then(|c| c.next_after(now_utc.max(utc(due_at))))
+            .map(db_time);
+        if !advance(&app.db, s.id, due_at, next, now).await? {
+            continue; // another worker fired this tick
+        }
+        // The idempotency key makes the tick's execution unique even if this process
+        // dies between the compare-and-set and the enqueue and the tick is retried.
+        let key = format!("schedule:{}:{}", s.id, utc(due_at).timestamp());
+        match fire(app, &s, key).await {
+            Ok(exec) => {
+                fired += 1;
+                set_last_execution(&app.db, s.id, &exec).await?;
+            }
+            Err(e) => tracing::warn!(schedule = %s.id, error = ?e, "schedule tick not started"),
+        }
+    }
+    Ok(fired)
+}
+
+async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<String> {
+    let wf = crate::workflows::store::find(&app.db, s.tenant_id, s.workflow_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("workflow"))?;
+    let version = crate::workflows::store::find_version(&app.db, s.tenant_id, s.workflow_id, None)
+        .await?
+        .ok_or_else(|| {
+            AppError::bad_input("workflowId", "the workflow has no published version")
+        })?;
+    let (row, _) = super::service::start(
+        app,
+        &wf,
+        super::service::StartRequest {
+            version,
+            input: serde_json::from_str(&s.input).unwrap_or(Value::Null),
+            idempotency_key: Some(key),
+            started_by: format!("schedule:{}", s.id),
+            started_by_user: None,
+            retry_of: None,
+            schedule_id: Some(s.id.to_string()),
+            timeout_seconds: None,
+        },
+    )
+    .await?;
+    Ok(row.id.to_string())
+}
+
+/// Fires due schedules every tick until `stop`.
+pub async fn scheduler_loop(app: &App, stop: &CancellationToken) {
+    let tick = app.config.engine.scheduler_tick;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        if let Err(e) = fire_due(app).await {
+            tracing::warn!(error = ?e, "scheduler tick failed");
+        }
+    }
+}
+
+/// Whether a schedule fires.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ScheduleStatus {
+    /// Fires at each tick.
+    Active,
+    /// Does not fire.
+    Paused,
+}
+
+/// A schedule.
+pub struct Schedule(pub ScheduleRow);
+
+#[Object]
+impl Schedule {
+    /// Opaque global ID.
+    async fn id(&self) -> ID {
+        to_global_id(NodeKind::Schedule, self.0.id.0)
+    }
+    /// The workflow's ID.
+    async fn workflow_id(&self) -> ID {
+        to_global_id(NodeKind::Workflow, self.0.workflow_id.0)
+    }
+    /// Cron expression.
+    async fn cron(&self) -> &str {
+        &self.0.cron
+    }
+    /// IANA time zone.
+    async fn timezone(&self) -> &str {
+        &self.0.timezone
+    }
+    /// ACTIVE or PAUSED.
+    async fn status(&self) -> ScheduleStatus {
+        if self.0.status == "ACTIVE" {
+            ScheduleStatus::Active
+        } else {
+            ScheduleStatus::Paused
+        }
+    }
+    /// Input of each execution.
+    async fn input(&self) -> Json<Value> {
+        Json(serde_json::from_str(&self.0.input).unwrap_or(Value::Null))
+    }
+    /// The next tick (null while paused).
+    async fn next_run_at(&self) -> Option<DateTime<Utc>> {
+        self.0.next_run_at.map(utc)
+    }
+    /// The next `count` ticks (1–20), from the next one (empty while paused).
+    async fn next_run_times(
+        &self,
+        #[graphql(default = 5)] count: i32,
+    ) -> async_graphql::Result<Vec<DateTime<Utc>>> {
+        if !(1..=20).contains(&count) {
+            return Err(AppError::bad_input("count", "count must be 1 to 20").into());
+        }
+        let Some(next) = self.0.next_run_at.map(utc) else {
+            return Ok(Vec::new());
+        };
+        let spec = CronSpec::parse(&self.0.cron, &self.0.timezone)?;
+        let mut out = vec![next];
+        out.extend(spec.upcoming(next, usize::try_from(count).unwrap_or(1) - 1));
+        Ok(out)
+    }
+    /// The last tick that fired.
+    async fn last_run_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_run_at.map(utc)
+    }
+    /// The execution the last tick started.
+    async fn last_execution_id(&self) -> Option<ID> {
+        self.0
+            .last_execution_id
+            .as_deref()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .map(|u| to_global_id(NodeKind::Execution, u))
+    }
+    /// Creation time.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+}
+
+/// Input of `createSchedule`.
+#[derive(InputObject)]
+pub struct CreateScheduleInput {
+    /// The workflow (it needs a published version when a tick fires).
+    pub workflow_id: ID,
+    /// Cron expression: `min hour day month weekday`, or with seconds first.
+    pub cron: String,
+    /// IANA time zone, e.g. `Europe/Paris`.
+    #[graphql(default_with = "\"UTC\".to_owned()")]
+    pub timezone: String,
+    /// Input of each execution.
+    pub input: Option<Json<Value>>,
+}
+
+/// Input of `pauseSchedule`, `resumeSchedule` and `deleteSchedule`.
+#[derive(InputObject)]
+pub struct ScheduleIdInput {
+    /// The schedule's ID.
+    pub schedule_id: ID,
+}
+
+/// Result of schedule changes.
+#[derive(SimpleObject)]
+pub struct SchedulePayload {
+    /// The schedule after the change.
+    pub schedule: Schedule,
+}
+
+/// Result of `deleteSchedule`.
+#[derive(SimpleObject)]
+pub struct DeleteSchedulePayload {
+    /// The deleted schedule's ID.
+    pub deleted_schedule_id: ID,
+}
+
+/// Schedule mutations.
+#[derive(Default)]
+pub struct ScheduleMutation;
+
+async fn schedule_arg(ctx: &Context<'_>, id: &ID) -> AppResult<ScheduleRow> {
+    let uuid = decode_expecting(id, NodeKind::Schedule, "schedule")?;
+    let p = principal(ctx)?;
+    let row = find(&app(ctx)?.db, p.tenant_id, ScheduleId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("schedule"))?;
+    // The workflow's visibility covers its schedules.
+    crate::workflows::graphql::visible_workflow_row(ctx, row.workflow_id).await?;
+    Ok(row)
+}
+
+#[Object]
+impl ScheduleMutation {
+    /// Creates an ACTIVE schedule for a workflow.
+    #[graphql(guard = "Require(Permission::SchedulesManage)")]
+    async fn create_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateScheduleInput,
+    ) -> async_graphql::Result<SchedulePayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let wf = crate::workflows::graphql::visible_workflow_row(
+            ctx,
+            WorkflowId(decode_expecting(
+                &input.workflow_id,
+                NodeKind::Workflow,
+                "workflow",
+            )?),
+        )
+        .await?;
+        let spec = CronSpec::parse(&input.cron, &input.timezone)?;
+        let now = a.clock.now();
+        let next = spec
+            .next_after(now)
+            .ok_or_else(|| AppError::bad_input("cron", "the expression never fires"))?;
+        let input_json = input
+            .input
+            .map_or(Value::Object(Default::default()), |j| j.0);
+        let row = ScheduleRow {
+            id: ScheduleId::new(),
+            tenant_id: p.tenant_id,
+            workflow_id: wf.id,
+            cron: input.cron.trim().to_owned(),
+            timezone: input.timezone.trim().to_owned(),
+            status: "ACTIVE".into(),
+            input: input_json.to_string(),
+            next_run_at: Some(db_time(next)),
+            last_run_at: None,
+            last_execution_id: None,
+            created_by: p.actor_ref(),
+            created_at: db_time(now),
+            updated_at: db_time(now),
+        };
+        insert(&a.db, &row).await?;
+        Ok(SchedulePayload {
+            schedule: Schedule(row),
+        })
+    }
+
+    /// Stops a schedule from firing.
+    #[graphql(guard = "Require(Permission::SchedulesManage)")]
+    async fn pause_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: ScheduleIdInput,
+    ) -> async_graphql::Result<SchedulePayload> {
+        let a = app(ctx)?;
+        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
+        let now = db_time(a.clock.now());
+        set_state(&a.db, &row, "PAUSED", None, now).await?;
+        row.status = "PAUSED".into();
+        row.next_run_at = None;
+        Ok(SchedulePayload {
+            schedule: Schedule(row),
+        })
+    }
+
+    /// Makes a paused schedule fire again, from the next tick after now.
+    #[graphql(guard = "Require(Permission::SchedulesManage)")]
+    async fn resume_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: ScheduleIdInput,
+    ) -> async_graphql::Result<SchedulePayload> {
+        let a = app(ctx)?;
+        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
+        if row.status == "ACTIVE" {
+            return Ok(SchedulePayload {
+                schedule: Schedule(row),
+            });
+        }
+        let spec = CronSpec::parse(&row.cron, &row.timezone)?;
+        let next = spec.next_after(a.clock.now()).map(db_time);
+        set_state(&a.db, &row, "ACTIVE", next, db_time(a.clock.now())).await?;
+        row.status = "ACTIVE".into();
+        row.next_run_at = next;
+        Ok(SchedulePayload {
+            schedule: Schedule(row),
+        })
+    }
+
+    /// Deletes a schedule (its past executions stay).
+    #[graphql(guard = "Require(Permission::SchedulesManage)")]
+    async fn delete_schedule(
+        &self,
+        ctx: &Context<'_>,
+        input: ScheduleIdInput,
+    ) -> async_graphql::Result<DeleteSchedulePayload> {
+        let row = schedule_arg(ctx, &input.schedule_id).await?;
+        delete(&app(ctx)?.db, row.tenant_id, row.id).await?;
+        Ok(DeleteSchedulePayload {
+            deleted_schedule_id: input.schedule_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_in_a_time_zone() {
+        let spec = CronSpec::parse("0 9 * * *", "Europe/Paris").expect("valid");
+        let after = Utc
+            .with_ymd_and_hms(2026, 1, 10, 12, 0, 0)
+            .single()
+            .expect("t");
+        let next = spec.next_after(after).expect("next");
+        // 09:00 in Paris in winter is 08:00 UTC, on the next day.
+        assert_eq!(
+            next,
+            Utc.with_ymd_and_hms(2026, 1, 11, 8, 0, 0)
+                .single()
+                .expect("t")
+        );
+        assert_eq!(spec.upcoming(after, 3).len(), 3);
+        assert!(CronSpec::parse("61 * * * *", "UTC").is_err());
+        assert!(CronSpec::parse("* * * * *", "Mars/Olympus").is_err());
+    }
+}

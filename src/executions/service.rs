@@ -1,0 +1,240 @@
+//! Execution rules: starting (version pinning, idempotency, quotas), the transition
+//! function, cancellation and retry. Every change publishes its events after commit.
+
+use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
+use serde_json::Value;
+
+use super::model::{ExecutionId, ExecutionRow, ExecutionStatus, StepRunId, StepRunRow, StepStatus};
+use super::store::{self, Enqueued, Guard, NewExecution, Patch, StepChange};
+use crate::app::App;
+use crate::db::ids::db_time;
+use crate::error::{AppError, AppResult};
+use crate::tenancy::TenantId;
+use crate::workflows::dag::Definition;
+use crate::workflows::model::{WorkflowRow, WorkflowVersionRow};
+
+/// Largest execution input, bytes of JSON.
+pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+
+/// How an execution is being started.
+pub struct StartRequest {
+    /// Pinned version.
+    pub version: WorkflowVersionRow,
+    /// Input JSON.
+    pub input: Value,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// `user:<id>`, `apikey:<id>` or `schedule:<id>`.
+    pub started_by: String,
+    /// The user, when a user started it.
+    pub started_by_user: Option<String>,
+    /// The failed execution this retries.
+    pub retry_of: Option<ExecutionId>,
+    /// The schedule that fired it.
+    pub schedule_id: Option<String>,
+    /// Execution-level timeout (default from config).
+    pub timeout_seconds: Option<i64>,
+}
+
+fn month_start(now: NaiveDateTime) -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(now.year(), now.month(), 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or(now)
+}
+
+/// Enqueues an execution of `wf` at `req.version`. Returns the execution and whether it
+/// already existed (same idempotency key within 24 h).
+pub async fn start(
+    app: &App,
+    wf: &WorkflowRow,
+    req: StartRequest,
+) -> AppResult<(ExecutionRow, bool)> {
+    let input_text = req.input.to_string();
+    if input_text.len() > MAX_INPUT_BYTES {
+        return Err(AppError::bad_input(
+            "input",
+            format!("the input is larger than {MAX_INPUT_BYTES} bytes"),
+        ));
+    }
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.len() > 200 {
+            return Err(AppError::bad_input(
+                "idempotencyKey",
+                "the idempotency key must be 1 to 200 characters",
+            ));
+        }
+    }
+    let timeout = req.timeout_seconds.unwrap_or_else(|| {
+        i64::try_from(app.config.engine.execution_timeout.as_secs()).unwrap_or(3600)
+    });
+    if !(1..=7 * 86_400).contains(&timeout) {
+        return Err(AppError::bad_input(
+            "timeoutSeconds",
+            "the timeout must be between 1 second and 7 days",
+        ));
+    }
+    let def: Definition =
+        serde_json::from_str(&req.version.definition).map_err(AppError::internal)?;
+    let tenant = crate::tenancy::store::find(&app.db, wf.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
+    crate::auth::check_tenant_active(&tenant)?;
+    let now = db_time(app.clock.now());
+    let id = ExecutionId::new();
+    let row = ExecutionRow {
+        id,
+        tenant_id: wf.tenant_id,
+        workflow_id: wf.id,
+        version_id: req.version.id,
+        version: req.version.version,
+        status: ExecutionStatus::Queued.as_str().to_owned(),
+        input: input_text,
+        output: None,
+        error: None,
+        idempotency_key: req.idempotency_key,
+        started_by: req.started_by,
+        started_by_user: req.started_by_user,
+        retry_of: req.retry_of.map(|r| r.to_string()),
+        schedule_id: req.schedule_id,
+        timeout_seconds: timeout,
+        deadline_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        claims: 0,
+        seq: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost_usd: 0.0,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+    };
+    let steps = def
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StepRunRow {
+            id: StepRunId::new(),
+            tenant_id: wf.tenant_id,
+            execution_id: id,
+            step_id: s.id.clone(),
+            kind: s.kind.clone(),
+            position: i64::try_from(i).unwrap_or(0),
+            status: StepStatus::Pending.as_str().to_owned(),
+            attempt: 0,
+            started_at: None,
+            finished_at: None,
+            output: None,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+        })
+        .collect();
+    let new = NewExecution {
+        row,
+        steps,
+        max_per_month: tenant.max_executions_per_month,
+        month_start: month_start(now),
+    };
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    let key_for_retry = new.row.idempotency_key.clone();
+    let result = match store::enqueue(&app.db, new, now, &envelope).await {
+        Ok(r) => r,
+        // Two concurrent starts with one key: the loser returns the winner's execution.
+        Err(e) if e.code() == crate::error::ErrorCode::Conflict && key_for_retry.is_some() => {
+            let key = key_for_retry.unwrap_or_default();
+            let existing = store::find_by_key(&app.db, wf.tenant_id, &key)
+                .await?
+                .ok_or(e)?;
+            return Ok((existing, true));
+        }
+        Err(e) => return Err(e),
+    };
+    match result {
+        Enqueued::Existing(row) => Ok((*row, true)),
+        Enqueued::Created(row, ev) => {
+            app.bus.publish(*ev);
+            app.bus.queue_wake.notify_one();
+            Ok((*row, false))
+        }
+    }
+}
+
+/// THE transition function: every status change of an execution goes through here (the
+/// engine's and the users'). Returns the updated row, or `None` when the transition no
+/// longer applies (the execution moved on, or the worker lost its lease).
+pub async fn transition(
+    app: &App,
+    id: ExecutionId,
+    to: ExecutionStatus,
+    guard: Guard<'_>,
+    patch: Patch,
+) -> AppResult<Option<ExecutionRow>> {
+    let now = db_time(app.clock.now());
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    let Some((row, events)) =
+        store::transition(&app.db, id, to, guard, patch, now, &envelope).await?
+    else {
+        return Ok(None);
+    };
+    for ev in events {
+        app.bus.publish(ev);
+    }
+    Ok(Some(row))
+}
+
+/// Records a step change under the worker's lease and publishes it; `false` when the
+/// lease is lost.
+pub async fn record_step(
+    app: &App,
+    id: ExecutionId,
+    owner: &str,
+    change: &StepChange,
+) -> AppResult<bool> {
+    let now = db_time(app.clock.now());
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    match store::record_step(&app.db, id, owner, change, now, &envelope).await? {
+        Some(ev) => {
+            app.bus.publish(ev);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Cancels a QUEUED or RUNNING execution; running steps are interrupted (the worker
+/// holding it hears the CANCELLED event, in this process or through the relay).
+pub async fn cancel(app: &App, row: &ExecutionRow, by: &str) -> AppResult<ExecutionRow> {
+    if row.status().is_terminal() {
+        return Err(AppError::conflict(format!(
+            "the execution already ended ({})",
+            row.status
+        )));
+    }
+    match transition(
+        app,
+        row.id,
+        ExecutionStatus::Cancelled,
+        Guard::Any,
+        Patch {
+            error: Some(format!("cancelled by {by}")),
+            ..Patch::default()
+        },
+    )
+    .await?
+    {
+        Some(r) => Ok(r),
+        None => Err(AppError::conflict(
+            "the execution ended before it could be cancelled",
+        )),
+    }
+}
+
+/// Loads an execution of `tenant`, or `NOT_FOUND`.
+pub async fn find(app: &App, tenant: TenantId, id: ExecutionId) -> AppResult<ExecutionRow> {
+    store::find(&app.db, tenant, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("execution"))
+}

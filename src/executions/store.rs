@@ -1,0 +1,766 @@
+//! Execution queries, written once for both backends. Every write that changes an
+//! execution or a step bumps the execution's `seq` and stores the matching event in the
+//! same transaction, so the event log has no gaps and no event without its change.
+
+use chrono::{Duration as ChronoDuration, NaiveDateTime};
+use diesel::prelude::*;
+use diesel::sql_types::{Text, Timestamp};
+use diesel_async::RunQueryDsl;
+
+use super::model::{
+    EventKind, EventRow, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow,
+    StepStatus,
+};
+use crate::db::schema::{execution_events, execution_steps, executions};
+use crate::db::{DbPool, ids::utc};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::tenancy::TenantId;
+use crate::workflows::model::WorkflowId;
+
+/// What `enqueue` writes.
+pub struct NewExecution {
+    /// The execution row (status QUEUED, seq 0).
+    pub row: ExecutionRow,
+    /// One PENDING row per step.
+    pub steps: Vec<StepRunRow>,
+    /// Monthly quota, checked in the same transaction.
+    pub max_per_month: i64,
+    /// Start of the current month (UTC).
+    pub month_start: NaiveDateTime,
+}
+
+/// Result of `enqueue`.
+pub enum Enqueued {
+    /// A new execution and its QUEUED event.
+    Created(Box<ExecutionRow>, Box<ExecutionEvent>),
+    /// The idempotency key matched an execution of the last 24 h.
+    Existing(Box<ExecutionRow>),
+}
+
+fn event_row(ev: &ExecutionEvent) -> AppResult<EventRow> {
+    Ok(EventRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: ev.tenant_id,
+        execution_id: ev.execution_id,
+        seq: ev.seq,
+        payload: serde_json::to_string(ev).map_err(AppError::internal)?,
+        created_at: crate::db::ids::db_time(ev.at),
+    })
+}
+
+/// Inserts an execution, its step rows and its first event, unless the idempotency key
+/// matches an execution created in the last 24 hours (then that one is returned).
+/// Enforces the monthly quota in the same transaction.
+pub async fn enqueue(
+    db: &DbPool,
+    new: NewExecution,
+    now: NaiveDateTime,
+    envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
+) -> AppResult<Enqueued> {
+    let tenant = new.row.tenant_id;
+    let window = now - ChronoDuration::hours(24);
+    let ev = ExecutionEvent {
+        tenant_id: tenant,
+        execution_id: new.row.id,
+        workflow_id: new.row.workflow_id,
+        seq: 1,
+        kind: EventKind::StatusChanged,
+        status: ExecutionStatus::Queued,
+        step_id: None,
+        step_status: None,
+        attempt: None,
+        error: None,
+        at: utc(now),
+    };
+    let mut row = new.row;
+    row.seq = 1;
+    let payload = envelope(&ev);
+    crate::db_tx!(db, tenant, |conn| {
+        if let Some(key) = &row.idempotency_key {
+            let existing = executions::table
+                .filter(executions::tenant_id.eq(tenant))
+                .filter(executions::idempotency_key.eq(key))
+                .select(ExecutionRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            if let Some(e) = existing {
+                if e.created_at > window {
+                    return Ok(Enqueued::Existing(Box::new(e)));
+                }
+                // Older than 24 h: the key is free again.
+                diesel::update(executions::table.filter(executions::id.eq(e.id)))
+                    .set(executions::idempotency_key.eq(None::<String>))
+                    .execute(conn)
+                    .await?;
+            }
+        }
+        let this_month: i64 = executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::created_at.ge(new.month_start))
+            .count()
+            .get_result(conn)
+            .await?;
+        if this_month >= new.max_per_month {
+            return Err(AppError::new(
+                ErrorCode::QuotaExceeded,
+                format!("the plan allows {} executions per month", new.max_per_month),
+            )
+            .with_detail("quota", "maxExecutionsPerMonth"));
+        }
+        diesel::insert_into(executions::table)
+            .values(&row)
+            .execute(conn)
+            .await?;
+        // One statement per row: diesel's multi-row INSERT is PostgreSQL-only here.
+        for step in &new.steps {
+            diesel::insert_into(execution_steps::table)
+                .values(step)
+                .execute(conn)
+                .await?;
+        }
+        diesel::insert_into(execution_events::table)
+            .values(&event_row(&ev)?)
+            .execute(conn)
+            .await?;
+        notify_pg(conn, &payload).await?;
+        Ok(Enqueued::Created(
+            Box::new(row.clone()),
+            Box::new(ev.clone()),
+        ))
+    })
+}
+
+/// `pg_notify` for both channels on PostgreSQL; a no-op on SQLite.
+trait Notifier {
+    async fn notify(&mut self, channel: &str, payload: &str) -> QueryResult<()>;
+}
+
+impl Notifier for diesel_async::AsyncPgConnection {
+    async fn notify(&mut self, channel: &str, payload: &str) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<Text, _>(channel)
+            .bind::<Text, _>(payload)
+            .execute(self)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Notifier for crate::db::SqliteConn {
+    async fn notify(&mut self, _channel: &str, _payload: &str) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
+/// Relays an event (and a queue wake-up when it is a QUEUED event) to other processes.
+async fn notify_pg<C: Notifier>(conn: &mut C, envelope: &str) -> QueryResult<()> {
+    conn.notify(crate::events::EVENTS_CHANNEL, envelope).await?;
+    if envelope.contains("\"status\":\"QUEUED\"") {
+        conn.notify(crate::events::QUEUE_CHANNEL, "").await?;
+    }
+    Ok(())
+}
+
+/// Who may write: a worker holding the lease, or anyone (users cancelling).
+#[derive(Clone, Copy, Debug)]
+pub enum Guard<'a> {
+    /// Only while this worker holds the lease.
+    Lease(&'a str),
+    /// Regardless of lease.
+    Any,
+}
+
+/// Extra columns a transition writes.
+#[derive(Default, Debug, Clone)]
+pub struct Patch {
+    /// Output JSON (on success).
+    pub output: Option<String>,
+    /// Error text (on failure, timeout, cancellation).
+    pub error: Option<String>,
+    /// The deadline, when starting to run.
+    pub deadline_at: Option<NaiveDateTime>,
+}
+
+/// THE transition function's storage half: moves an execution to `to` if its current
+/// status may become `to` (see [`ExecutionStatus::may_become`]) and the guard holds. On a
+/// terminal status, unfinished steps end too (running ones CANCELLED, pending ones
+/// SKIPPED) with their own events, and the lease is dropped. Returns the events written,
+/// or `None` when the transition did not apply (already moved on, or lease lost).
+pub async fn transition(
+    db: &DbPool,
+    id: ExecutionId,
+    to: ExecutionStatus,
+    guard: Guard<'_>,
+    patch: Patch,
+    now: NaiveDateTime,
+    envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
+) -> AppResult<Option<(ExecutionRow, Vec<ExecutionEvent>)>> {
+    let sources: Vec<&str> = ExecutionStatus::sources_of(to)
+        .into_iter()
+        .map(ExecutionStatus::as_str)
+        .collect();
+    let owner = match guard {
+        Guard::Lease(o) => Some(o.to_owned()),
+        Guard::Any => None,
+    };
+    crate::db_tx!(db, "", |conn| {
+        // Lock the row and check the guard first (the write lock comes with it).
+        let q = diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::status.eq_any(&sources)),
+        )
+        .set(executions::updated_at.eq(now));
+        let locked = match &owner {
+            Some(o) => diesel::update(
+                executions::table
+                    .filter(executions::id.eq(id))
+                    .filter(executions::status.eq_any(&sources))
+                    .filter(executions::lease_owner.eq(o)),
+            )
+            .set(executions::updated_at.eq(now))
+            .returning(ExecutionRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?,
+            None => q
+                .returning(ExecutionRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?,
+        };
+        let Some(row) = locked else {
+            return Ok(None);
+        };
+        let mut seq = row.seq;
+        let mut events = Vec::new();
+        let base = |seq: i64| ExecutionEvent {
+            tenant_id: row.tenant_id,
+            execution_id: row.id,
+            workflow_id: row.workflow_id,
+            seq,
+            kind: EventKind::StepChanged,
+            status: row.status(),
+            step_id: None,
+            step_status: None,
+            attempt: None,
+            error: None,
+            at: utc(now),
+        };
+        if to.is_terminal() {
+            let open: Vec<StepRunRow> = execution_steps::table
+                .filter(execution_steps::execution_id.eq(id))
+                .select(StepRunRow::as_select())
+                .order(execution_steps::position.asc())
+                .load(conn)
+                .await?
+                .into_iter()
+                .filter(|s| !s.status().is_terminal())
+                .collect();
+            for s in open {
+                let new_status = match s.status() {
+                    StepStatus::Pending => StepStatus::Skipped,
+                    _ => StepStatus::Cancelled,
+                };
+                diesel::update(execution_steps::table.filter(execution_steps::id.eq(s.id)))
+                    .set((
+                        execution_steps::status.eq(new_status.as_str()),
+                        execution_steps::finished_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                seq += 1;
+                let mut ev = base(seq);
+                ev.step_id = Some(s.step_id.clone());
+                ev.step_status = Some(new_status);
+                ev.attempt = Some(s.attempt);
+                events.push(ev);
+            }
+        }
+        seq += 1;
+        let mut ev = base(seq);
+        ev.kind = EventKind::StatusChanged;
+        ev.status = to;
+        ev.error = patch.error.clone();
+        for e in &mut events {
+            e.status = if to.is_terminal() { to } else { e.status };
+        }
+        events.push(ev);
+        let terminal = to.is_terminal();
+        let row = diesel::update(executions::table.filter(executions::id.eq(id)))
+            .set((
+                executions::status.eq(to.as_str()),
+                executions::seq.eq(seq),
+                executions::updated_at.eq(now),
+                executions::error.eq(patch.error.clone().or(row.error.clone())),
+                executions::output.eq(patch.output.clone().or(row.output.clone())),
+                executions::started_at.eq(row
+                    .started_at
+                    .or((to == ExecutionStatus::Running).then_some(now))),
+                executions::deadline_at.eq(patch.deadline_at.or(row.deadline_at)),
+                executions::finished_at.eq(terminal.then_some(now).or(row.finished_at)),
+                executions::lease_owner.eq(if terminal {
+                    None
+                } else {
+                    row.lease_owner.clone()
+                }),
+                executions::lease_expires_at.eq(if terminal { None } else { row.lease_expires_at }),
+            ))
+            .returning(ExecutionRow::as_returning())
+            .get_result(conn)
+            .await?;
+        let rows = events
+            .iter()
+            .map(event_row)
+            .collect::<AppResult<Vec<_>>>()?;
+        for r in &rows {
+            diesel::insert_into(execution_events::table)
+                .values(r)
+                .execute(conn)
+                .await?;
+        }
+        for e in &events {
+            notify_pg(conn, &envelope(e)).await?;
+        }
+        Ok(Some((row, events)))
+    })
+}
+
+/// A step's new state, written by the worker that holds the lease.
+#[derive(Debug, Clone)]
+pub struct StepChange {
+    /// The step.
+    pub step_id: String,
+    /// New status.
+    pub status: StepStatus,
+    /// Attempt number.
+    pub attempt: i64,
+    /// Start of this attempt (when starting).
+    pub started_at: Option<NaiveDateTime>,
+    /// End (when finishing).
+    pub finished_at: Option<NaiveDateTime>,
+    /// Output JSON.
+    pub output: Option<String>,
+    /// Error text.
+    pub error: Option<String>,
+    /// Tokens and cost of this attempt.
+    pub prompt_tokens: i64,
+    /// Tokens.
+    pub completion_tokens: i64,
+    /// USD.
+    pub cost_usd: f64,
+}
+
+/// Records a step change while `owner` holds the lease of a RUNNING execution: step row,
+/// execution totals, seq and event in one transaction. `None` means the lease is lost
+/// (or the execution ended): the worker must stop.
+pub async fn record_step(
+    db: &DbPool,
+    id: ExecutionId,
+    owner: &str,
+    change: &StepChange,
+    now: NaiveDateTime,
+    envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
+) -> AppResult<Option<ExecutionEvent>> {
+    crate::db_tx!(db, "", |conn| {
+        let row = diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::status.eq(ExecutionStatus::Running.as_str()))
+                .filter(executions::lease_owner.eq(owner)),
+        )
+        .set((
+            executions::seq.eq(executions::seq + 1),
+            executions::prompt_tokens.eq(executions::prompt_tokens + change.prompt_tokens),
+            executions::completion_tokens
+                .eq(executions::completion_tokens + change.completion_tokens),
+            executions::cost_usd.eq(executions::cost_usd + change.cost_usd),
+            executions::updated_at.eq(now),
+        ))
+        .returning(ExecutionRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let target = execution_steps::table
+            .filter(execution_steps::execution_id.eq(id))
+            .filter(execution_steps::step_id.eq(&change.step_id));
+        diesel::update(target)
+            .set((
+                execution_steps::status.eq(change.status.as_str()),
+                execution_steps::attempt.eq(change.attempt),
+                execution_steps::error.eq(&change.error),
+            ))
+            .execute(conn)
+            .await?;
+        if let Some(t) = change.started_at {
+            diesel::update(target)
+                .set((
+                    execution_steps::started_at.eq(t),
+                    execution_steps::finished_at.eq(None::<NaiveDateTime>),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        if let Some(t) = change.finished_at {
+            diesel::update(target)
+                .set((
+                    execution_steps::finished_at.eq(t),
+                    execution_steps::output.eq(&change.output),
+                    execution_steps::prompt_tokens
+                        .eq(execution_steps::prompt_tokens + change.prompt_tokens),
+                    execution_steps::completion_tokens
+                        .eq(execution_steps::completion_tokens + change.completion_tokens),
+                    execution_steps::cost_usd.eq(execution_steps::cost_usd + change.cost_usd),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        let ev = ExecutionEvent {
+            tenant_id: row.tenant_id,
+            execution_id: id,
+            workflow_id: row.workflow_id,
+            seq: row.seq,
+            kind: EventKind::StepChanged,
+            status: row.status(),
+            step_id: Some(change.step_id.clone()),
+            step_status: Some(change.status),
+            attempt: Some(change.attempt),
+            error: change.error.clone(),
+            at: utc(now),
+        };
+        diesel::insert_into(execution_events::table)
+            .values(&event_row(&ev)?)
+            .execute(conn)
+            .await?;
+        notify_pg(conn, &envelope(&ev)).await?;
+        Ok(Some(ev))
+    })
+}
+
+/// The claim statement. `$1` owner, `$2` lease end, `$3` now. Takes the oldest QUEUED
+/// execution whose tenant is under its concurrency quota, or a RUNNING one whose lease
+/// lapsed (its worker died), and leases it.
+const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
+    claims = claims + 1, updated_at = $3 \
+    WHERE id = (SELECT e.id FROM executions e \
+      WHERE (e.status = 'QUEUED' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
+             AND (SELECT COUNT(*) FROM executions r \
+                  WHERE r.tenant_id = e.tenant_id AND r.status = 'RUNNING') \
+                 < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)) \
+         OR (e.status = 'RUNNING' AND e.lease_expires_at < $3) \
+      ORDER BY e.created_at, e.id LIMIT 1 {LOCK}) \
+    RETURNING *";
+
+/// Leases the next runnable execution to `owner` until `until`, or returns `None`.
+/// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other
+/// and never take the same row. SQLite: the single-statement UPDATE runs under the
+/// database's one writer lock, which gives the same guarantee.
+pub async fn claim(
+    db: &DbPool,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(match db {
+        DbPool::Postgres(pool) => {
+            let mut conn = pool.get().await?;
+            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED"))
+                .bind::<Text, _>(owner)
+                .bind::<Timestamp, _>(until)
+                .bind::<Timestamp, _>(now)
+                .get_result::<ExecutionRow>(&mut *conn)
+                .await
+                .optional()?
+        }
+        DbPool::Sqlite(pool) => {
+            let mut conn = pool.get().await?;
+            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"))
+                .bind::<Text, _>(owner)
+                .bind::<Timestamp, _>(until)
+                .bind::<Timestamp, _>(now)
+                .get_result::<ExecutionRow>(&mut *conn)
+                .await
+                .optional()?
+        }
+    })
+}
+
+/// Extends `owner`'s lease; `false` when it no longer holds it or the execution ended.
+pub async fn renew(
+    db: &DbPool,
+    id: ExecutionId,
+    owner: &str,
+    until: NaiveDateTime,
+) -> AppResult<bool> {
+    let n = crate::db_run!(db, |conn| {
+        diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::lease_owner.eq(owner))
+                .filter(executions::status.eq_any(["QUEUED", "RUNNING"])),
+        )
+        .set(executions::lease_expires_at.eq(until))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+/// Gives the lease back so another worker can resume the execution at once.
+pub async fn release(db: &DbPool, id: ExecutionId, owner: &str) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::lease_owner.eq(owner)),
+        )
+        .set((
+            executions::lease_owner.eq(None::<String>),
+            executions::lease_expires_at.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// An execution of `tenant`.
+pub async fn find(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ExecutionId,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::id.eq(id))
+            .select(ExecutionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Step records of an execution (the engine's view).
+pub async fn steps_of(db: &DbPool, id: ExecutionId) -> AppResult<Vec<StepRunRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        execution_steps::table
+            .filter(execution_steps::execution_id.eq(id))
+            .order(execution_steps::position.asc())
+            .select(StepRunRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Step records of several executions of `tenant` (dataloader).
+pub async fn steps_by_executions(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[ExecutionId],
+) -> AppResult<Vec<StepRunRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        execution_steps::table
+            .filter(execution_steps::tenant_id.eq(tenant))
+            .filter(execution_steps::execution_id.eq_any(ids))
+            .order((
+                execution_steps::execution_id.asc(),
+                execution_steps::position.asc(),
+            ))
+            .select(StepRunRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Executions of `tenant` by id (dataloader).
+pub async fn by_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[ExecutionId],
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::id.eq_any(ids))
+            .select(ExecutionRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Stored events of an execution after `after`, in order.
+pub async fn events_after(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ExecutionId,
+    after: i64,
+) -> AppResult<Vec<ExecutionEvent>> {
+    let rows: Vec<String> = crate::db_run_tenant!(db, tenant, |conn| {
+        execution_events::table
+            .filter(execution_events::tenant_id.eq(tenant))
+            .filter(execution_events::execution_id.eq(id))
+            .filter(execution_events::seq.gt(after))
+            .order(execution_events::seq.asc())
+            .select(execution_events::payload)
+            .load(conn)
+            .await?
+    });
+    rows.iter()
+        .map(|p| serde_json::from_str(p).map_err(AppError::internal))
+        .collect()
+}
+
+/// Filters for `executions`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these workflows (the caller's visible ones, narrowed by the client's filter).
+    pub workflows: Option<Vec<WorkflowId>>,
+    /// Only this status.
+    pub status: Option<String>,
+}
+
+/// A keyset page of executions, newest first, and the total.
+pub async fn list(
+    db: &DbPool,
+    tenant: TenantId,
+    filter: &ListFilter,
+    before: Option<ExecutionId>,
+    limit: i64,
+) -> AppResult<(Vec<ExecutionRow>, i64)> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        let build = || {
+            let mut q = executions::table
+                .filter(executions::tenant_id.eq(tenant))
+                .into_boxed();
+            if let Some(w) = &filter.workflows {
+                q = q.filter(executions::workflow_id.eq_any(w.clone()));
+            }
+            if let Some(s) = &filter.status {
+                q = q.filter(executions::status.eq(s.clone()));
+            }
+            q
+        };
+        let total: i64 = build().count().get_result(conn).await?;
+        let mut q = build().select(ExecutionRow::as_select());
+        if let Some(b) = before {
+            q = q.filter(executions::id.lt(b));
+        }
+        let rows = q
+            .order(executions::id.desc())
+            .limit(limit + 1)
+            .load(conn)
+            .await?;
+        (rows, total)
+    }))
+}
+
+#[derive(QueryableByName)]
+struct RecentRow {
+    #[diesel(embed)]
+    row: ExecutionRow,
+}
+
+/// The `n` newest executions of each of several workflows, in one statement (a window
+/// function; SQLite ≥ 3.25 and PostgreSQL both have it).
+pub async fn recent_by_workflows(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+    n: i64,
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = ids
+        .iter()
+        .map(|i| format!("'{}'", i.0.hyphenated()))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Ids are UUIDs we formatted ourselves: safe to inline. The tenant is bound.
+    let sql = format!(
+        "SELECT * FROM (SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.workflow_id \
+         ORDER BY e.id DESC) AS rn FROM executions e WHERE e.tenant_id = $1 \
+         AND e.workflow_id IN ({list})) ranked WHERE rn <= {n} ORDER BY workflow_id, id DESC"
+    );
+    let rows: Vec<RecentRow> = crate::db_run_tenant!(db, tenant, |conn| {
+        diesel::sql_query(if matches!(db, DbPool::Sqlite(_)) {
+            sql.replace('$', "?")
+        } else {
+            sql.clone()
+        })
+        .bind::<Text, _>(tenant.to_string())
+        .load(conn)
+        .await?
+    });
+    Ok(rows.into_iter().map(|r| r.row).collect())
+}
+
+/// Finished executions of several workflows since `since` (for stats).
+pub async fn finished_since(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+    since: NaiveDateTime,
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::workflow_id.eq_any(ids))
+            .filter(executions::created_at.ge(since))
+            .select(ExecutionRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Executions of `tenant` currently RUNNING (for `waitingReason`).
+pub async fn running_count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::status.eq("RUNNING"))
+            .count()
+            .get_result(conn)
+            .await?
+    }))
+}
+
+/// Every execution's id and status that is not finished (engine bookkeeping, tests).
+pub async fn active_ids(db: &DbPool) -> AppResult<Vec<(ExecutionId, String)>> {
+    Ok(crate::db_run!(db, |conn| {
+        executions::table
+            .filter(executions::status.eq_any(["QUEUED", "RUNNING"]))
+            .select((executions::id, executions::status))
+            .load(conn)
+            .await?
+    }))
+}
+
+/// The execution holding an idempotency key.
+pub async fn find_by_key(
+    db: &DbPool,
+    tenant: TenantId,
+    key: &str,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::idempotency_key.eq(key))
+            .select(ExecutionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
