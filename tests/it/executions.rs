@@ -855,3 +855,65 @@ async fn a_killed_workers_execution_is_finished_by_another_after_its_lease_lapse
     assert_eq!(e["output"], json!({ "last": { "v": 2 } }));
     b.kill().await.expect("kill");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
+    let app = TestApp::spawn().await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM",
+                           "quotas": { "maxConcurrentExecutions": 1, "maxExecutionsPerMonth": 3 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let wf = published(
+        &app,
+        &owner,
+        "slow",
+        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 600 } } ]}),
+    )
+    .await;
+    let a = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let b = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let a_id = a["execution"]["id"].as_str().expect("id").to_owned();
+    let b_id = b["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &a_id, 10, |e| e["status"] == "RUNNING").await;
+    // One slot: b waits, and says why.
+    let out = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { execution(id: $id) { status waitingReason } }",
+            json!({ "id": b_id }),
+        )
+        .await;
+    assert_eq!(out["data"]["execution"]["status"], "QUEUED", "{out}");
+    assert!(
+        out["data"]["execution"]["waitingReason"]
+            .as_str()
+            .expect("reason")
+            .contains("maxConcurrentExecutions"),
+        "{out}"
+    );
+    let e = wait_for(&app, &owner, &b_id, 10, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED");
+    let a_done = execution(&app, &owner, &a_id).await;
+    assert_eq!(a_done["status"], "SUCCEEDED");
+    // The third start is allowed, the fourth is over the monthly quota.
+    start(&app, &owner, json!({ "workflowId": wf })).await;
+    let out = app
+        .gql_as(&owner, START, json!({ "i": { "workflowId": wf } }))
+        .await;
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{out}"
+    );
+    assert_eq!(
+        out["errors"][0]["extensions"]["quota"],
+        "maxExecutionsPerMonth"
+    );
+}
