@@ -176,7 +176,12 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Throughput: the embedded workers drain the queue.
     let t = Instant::now();
-    let background = agentplane::app::Background::start(&app, workers)?;
+    let background = agentplane::app::Background::start(
+        &app,
+        workers,
+        agentplane::cluster::model::NodeKind::Worker,
+        None,
+    )?;
     wait_all_done(&app, &ids, tenant.id).await;
     let run_secs = t.elapsed().as_secs_f64();
     let exec_rate = n as f64 / run_secs;

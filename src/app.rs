@@ -37,6 +37,8 @@ pub struct App {
     pub statements: Arc<AtomicU64>,
     /// Execution events (and queue wake-ups) for subscribers and workers.
     pub bus: Arc<crate::events::EventBus>,
+    /// This process as a cluster node (its id is the bus origin).
+    pub node: Arc<crate::cluster::NodeState>,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -61,6 +63,8 @@ impl AppState {
         let keys = KeyRing::load(&db, &config.auth)
             .await
             .context("loading signing keys")?;
+        let bus = Arc::new(crate::events::EventBus::new());
+        let node = Arc::new(crate::cluster::NodeState::new(bus.origin.clone()));
         let app = Arc::new(App {
             config,
             db,
@@ -70,7 +74,8 @@ impl AppState {
             clock,
             keys,
             statements,
-            bus: Arc::new(crate::events::EventBus::new()),
+            bus,
+            node,
         });
         let schema = build_schema(Some(app.clone()));
         Ok(Self { app, schema })
@@ -89,12 +94,20 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub struct Background {
     engine: Option<crate::executions::engine::EngineHandle>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    agent: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
 impl Background {
-    /// Starts `workers` engine workers (none when 0) and the relay. Both stop when
-    /// `app.shutdown` is cancelled.
-    pub fn start(app: &Arc<App>, workers: usize) -> anyhow::Result<Self> {
+    /// Starts `workers` engine workers (none when 0), the relay, and the node agent that
+    /// registers this process in the cluster. The engine and relay stop when
+    /// `app.shutdown` is cancelled; the agent leaves the cluster in [`Background::shutdown`],
+    /// after the engine has handed its work over.
+    pub fn start(
+        app: &Arc<App>,
+        workers: usize,
+        kind: crate::cluster::model::NodeKind,
+        address: Option<String>,
+    ) -> anyhow::Result<Self> {
         let relay = match &app.config.database_url {
             crate::config::DatabaseUrl::Postgres(url) => {
                 use secrecy::ExposeSecret as _;
@@ -107,7 +120,21 @@ impl Background {
             crate::config::DatabaseUrl::Sqlite(_) => None,
         };
         let engine = crate::executions::engine::start(app.clone(), workers)?;
-        Ok(Self { engine, relay })
+        let stop = CancellationToken::new();
+        let agent = tokio::spawn(crate::cluster::agent::run(
+            app.clone(),
+            crate::cluster::agent::Registration {
+                kind,
+                worker_slots: workers,
+                address,
+            },
+            stop.clone(),
+        ));
+        Ok(Self {
+            engine,
+            relay,
+            agent: (stop, agent),
+        })
     }
 
     /// The engine, when workers run here.
@@ -123,6 +150,9 @@ impl Background {
         if let Some(r) = self.relay {
             r.abort();
         }
+        let (stop, agent) = self.agent;
+        stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), agent).await;
     }
 }
 
@@ -131,7 +161,13 @@ impl Background {
 pub async fn serve(state: AppState, listener: TcpListener) -> anyhow::Result<()> {
     let app = state.app.clone();
     let grace = app.config.http.shutdown_grace;
-    let background = Background::start(&app, app.config.engine.workers)?;
+    let address = listener.local_addr().ok().map(|a| a.to_string());
+    let background = Background::start(
+        &app,
+        app.config.engine.workers,
+        crate::cluster::model::NodeKind::Api,
+        address,
+    )?;
     let router = crate::http::router(state);
     let token = app.shutdown.clone();
     let server = axum::serve(

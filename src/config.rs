@@ -189,9 +189,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The execution engine.
     pub engine: EngineConfig,
+    /// Node registration, heartbeats and GPU telemetry.
+    pub cluster: ClusterConfig,
     /// Keys that encrypt tenant secrets at rest; the first encrypts, all decrypt. Empty:
     /// secrets are disabled.
     pub master_keys: Vec<MasterKey>,
+}
+
+/// Node registration, heartbeats and GPU telemetry.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How often a node heartbeats (and runs the reaper and placer).
+    pub heartbeat: Duration,
+    /// A node without a heartbeat for this long is OFFLINE; its work moves elsewhere.
+    pub offline_after: Duration,
+    /// This node's display name (default: host name and process id).
+    pub node_name: Option<String>,
+    /// Labels shown with the node (`zone=eu-1,pool=gpu`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Tests and demos only: report these GPUs (`NAME:MIB,…`) instead of reading NVML.
+    pub fake_gpus: Option<String>,
+    /// Telemetry samples kept per node for charts.
+    pub telemetry_samples: usize,
 }
 
 /// The execution engine.
@@ -289,6 +308,19 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     engine: FileEngine,
+    #[serde(default)]
+    cluster: FileCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    heartbeat_ms: Option<toml::Value>,
+    offline_after_ms: Option<toml::Value>,
+    node_name: Option<String>,
+    labels: Option<String>,
+    fake_gpus: Option<String>,
+    telemetry_samples: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -924,6 +956,103 @@ impl Config {
             )?),
         };
 
+        let fc = file.cluster;
+        let heartbeat = Duration::from_millis(parse_num(
+            layers.pick(
+                "AGENTPLANE_HEARTBEAT_MS",
+                "cluster.heartbeat_ms",
+                toml_scalar(fc.heartbeat_ms),
+            ),
+            5000u64,
+            50,
+            60_000,
+            "milliseconds between 50 and 60000",
+        )?);
+        let offline_raw = layers.pick(
+            "AGENTPLANE_NODE_OFFLINE_AFTER_MS",
+            "cluster.offline_after_ms",
+            toml_scalar(fc.offline_after_ms),
+        );
+        let offline_key = offline_raw.as_ref().map_or_else(
+            || "AGENTPLANE_NODE_OFFLINE_AFTER_MS".to_owned(),
+            |r| r.key.clone(),
+        );
+        let offline_after = Duration::from_millis(parse_num(
+            offline_raw,
+            30_000u64,
+            100,
+            3_600_000,
+            "milliseconds between 100 and 3600000",
+        )?);
+        if offline_after < heartbeat * 2 {
+            return Err(err(
+                &offline_key,
+                format!(
+                    "{} ms is less than two heartbeats ({} ms each)",
+                    offline_after.as_millis(),
+                    heartbeat.as_millis()
+                ),
+                "at least twice AGENTPLANE_HEARTBEAT_MS",
+            ));
+        }
+        let labels = match layers.pick("AGENTPLANE_NODE_LABELS", "cluster.labels", fc.labels) {
+            None => std::collections::BTreeMap::new(),
+            Some(raw) => {
+                let mut out = std::collections::BTreeMap::new();
+                for part in raw
+                    .value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    let (k, v) = part.split_once('=').ok_or_else(|| {
+                        err(
+                            &raw.key,
+                            format!("{part:?} is not KEY=VALUE"),
+                            "comma-separated KEY=VALUE pairs",
+                        )
+                    })?;
+                    out.insert(k.trim().to_owned(), v.trim().to_owned());
+                }
+                out
+            }
+        };
+        let fake_gpus = match layers.pick("AGENTPLANE_FAKE_GPUS", "cluster.fake_gpus", fc.fake_gpus)
+        {
+            None => None,
+            Some(raw) => {
+                if crate::cluster::gpu::FakeProbe::parse(&raw.value).is_none() {
+                    return Err(err(
+                        &raw.key,
+                        "not a GPU list",
+                        "NAME:MIB pairs, comma-separated, e.g. A10:24576,H100:81920",
+                    ));
+                }
+                Some(raw.value)
+            }
+        };
+        let cluster = ClusterConfig {
+            heartbeat,
+            offline_after,
+            node_name: layers
+                .pick("AGENTPLANE_NODE_NAME", "cluster.node_name", fc.node_name)
+                .map(|r| r.value)
+                .filter(|v| !v.trim().is_empty()),
+            labels,
+            fake_gpus,
+            telemetry_samples: parse_num(
+                layers.pick(
+                    "AGENTPLANE_TELEMETRY_SAMPLES",
+                    "cluster.telemetry_samples",
+                    toml_scalar(fc.telemetry_samples),
+                ),
+                360usize,
+                10,
+                100_000,
+                "a number between 10 and 100000",
+            )?,
+        };
+
         Ok(Self {
             database_url,
             redis_url,
@@ -934,6 +1063,7 @@ impl Config {
             graphql,
             auth,
             engine,
+            cluster,
             master_keys,
         })
     }

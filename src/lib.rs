@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -52,6 +52,9 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), sorted.
     Schema,
+    /// Print what NVML sees on this machine (or why it sees nothing). Exits 1 when NVML
+    /// cannot be loaded.
+    GpuInfo,
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -120,6 +123,9 @@ fn main() -> ExitCode {
         print!("{}", agentplane::graphql::sdl());
         return ExitCode::SUCCESS;
     }
+    if let Command::GpuInfo = cli.command {
+        return gpu_info();
+    }
     if let Command::Admin {
         command: AdminCommand::Permissions,
     } = cli.command
@@ -180,6 +186,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             print!("{}", agentplane::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }
+        Command::GpuInfo => Ok(gpu_info()),
         Command::Serve { demo, .. } => serve(config, demo).await,
         Command::Worker { .. } => worker(config).await,
         Command::Migrate { check: true } => {
@@ -308,6 +315,46 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn gpu_info() -> ExitCode {
+    let probe = agentplane::cluster::gpu::NvmlProbe::new();
+    if let Some(reason) = probe.unavailable_reason() {
+        println!("NVML unavailable: {reason}");
+        println!("this node reports 0 GPUs and runs normally");
+        return ExitCode::from(1);
+    }
+    println!("{}", agentplane::cluster::gpu::GpuProbe::describe(&probe));
+    match probe.try_read() {
+        Ok(gpus) if gpus.is_empty() => println!("NVML sees no GPUs"),
+        Ok(gpus) => {
+            for g in gpus {
+                println!(
+                    "GPU {} {} ({}): memory {} MiB total, {} MiB used, {} MiB free; \
+                     utilization {} %; {} °C; {:.1} W; MIG {}",
+                    g.index,
+                    g.name,
+                    g.uuid,
+                    g.memory_total_mb,
+                    g.memory_used_mb,
+                    g.memory_free_mb,
+                    g.utilization_percent,
+                    g.temperature_c,
+                    g.power_draw_w,
+                    match g.mig_enabled {
+                        Some(true) => "enabled",
+                        Some(false) => "disabled",
+                        None => "not supported",
+                    }
+                );
+            }
+        }
+        Err(e) => {
+            println!("NVML could not list GPUs: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 async fn worker(config: Config) -> anyhow::Result<ExitCode> {
     let workers = config.engine.workers.max(1);
     let grace = config.http.shutdown_grace;
@@ -322,7 +369,12 @@ async fn worker(config: Config) -> anyhow::Result<ExitCode> {
             pending.join(", ")
         );
     }
-    let background = app::Background::start(&state.app, workers)?;
+    let background = app::Background::start(
+        &state.app,
+        workers,
+        agentplane::cluster::model::NodeKind::Worker,
+        None,
+    )?;
     let owner = background
         .engine()
         .map(|e| e.owner.clone())

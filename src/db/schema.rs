@@ -275,6 +275,76 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    nodes (id) {
+        id -> Text,
+        name -> Text,
+        kind -> Text,
+        version -> Text,
+        address -> Nullable<Text>,
+        labels -> Text,
+        worker_slots -> BigInt,
+        started_at -> Timestamp,
+        last_heartbeat_at -> Timestamp,
+        status -> Text,
+        draining -> Bool,
+        health_score -> Double,
+        cpu_percent -> Double,
+        memory_used_mb -> BigInt,
+        memory_total_mb -> BigInt,
+        load1 -> Double,
+        in_flight -> BigInt,
+        step_error_rate -> Double,
+        gpus -> Text,
+        offline_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    node_telemetry (id) {
+        id -> Text,
+        node_id -> Text,
+        at -> Timestamp,
+        health_score -> Double,
+        cpu_percent -> Double,
+        memory_used_mb -> BigInt,
+        load1 -> Double,
+        in_flight -> BigInt,
+        gpu_utilization -> Double,
+        gpu_memory_used_mb -> BigInt,
+        gpu_temperature_c -> Double,
+    }
+}
+
+diesel::table! {
+    gpu_reservations (id) {
+        id -> Text,
+        node_id -> Text,
+        gpu_index -> BigInt,
+        tenant_id -> Nullable<Text>,
+        execution_id -> Nullable<Text>,
+        step_id -> Nullable<Text>,
+        memory_mb -> BigInt,
+        reason -> Nullable<Text>,
+        created_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    execution_placements (execution_id) {
+        execution_id -> Text,
+        tenant_id -> Text,
+        gpu_memory_mb -> BigInt,
+        gpu_count -> BigInt,
+        node_id -> Nullable<Text>,
+        waiting_reason -> Nullable<Text>,
+        placed_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -298,4 +368,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     execution_steps,
     execution_events,
     schedules,
+    nodes,
+    node_telemetry,
+    gpu_reservations,
+    execution_placements,
 );

@@ -40,6 +40,10 @@ pub struct EventBus {
     pub origin: String,
     /// Woken when work is enqueued (locally, or by NOTIFY from another process).
     pub queue_wake: Notify,
+    /// Node health changes and cluster ticks. Every process reads the shared `nodes`
+    /// table on each heartbeat and publishes what changed, so no cross-process relay is
+    /// needed for these.
+    cluster: broadcast::Sender<Arc<crate::cluster::ClusterEvent>>,
 }
 
 impl Default for EventBus {
@@ -52,11 +56,23 @@ impl EventBus {
     /// A bus with room for 4096 undelivered events per subscriber.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
+        let (cluster, _) = broadcast::channel(1024);
         Self {
             tx,
             origin: uuid::Uuid::now_v7().to_string(),
             queue_wake: Notify::new(),
+            cluster,
         }
+    }
+
+    /// Delivers a cluster event to this process's subscribers.
+    pub fn publish_cluster(&self, ev: crate::cluster::ClusterEvent) {
+        let _ = self.cluster.send(Arc::new(ev));
+    }
+
+    /// A new cluster subscription.
+    pub fn subscribe_cluster(&self) -> broadcast::Receiver<Arc<crate::cluster::ClusterEvent>> {
+        self.cluster.subscribe()
     }
 
     /// Delivers an event to this process's subscribers.

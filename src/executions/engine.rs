@@ -11,6 +11,7 @@
 //! elsewhere, finds its writes refused and stops.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct Engine {
     policy: egress::Policy,
     step_slots: Arc<Semaphore>,
     running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    /// Executions whose steps reserved GPU memory here (released when they stop here).
+    gpu_held: Mutex<HashSet<ExecutionId>>,
     stop: CancellationToken,
 }
 
@@ -73,11 +76,13 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
         allow: app.config.engine.egress_allow.clone(),
     };
     let engine = Arc::new(Engine {
-        owner: format!("worker-{}", uuid::Uuid::now_v7()),
+        // `<node id>:<engine>`: the reaper releases a dead node's leases by this prefix.
+        owner: format!("{}:{}", app.node.id, uuid::Uuid::now_v7().simple()),
         http: egress::client(&policy)?,
         policy,
         step_slots: Arc::new(Semaphore::new(app.config.engine.worker_max_steps)),
         running: Mutex::new(HashMap::new()),
+        gpu_held: Mutex::new(HashSet::new()),
         stop: app.shutdown.child_token(),
         app,
     });
@@ -113,10 +118,25 @@ impl Engine {
             if self.stop.is_cancelled() {
                 return;
             }
+            if self.app.node.draining.load(Ordering::Relaxed) {
+                // A draining node finishes what it runs and claims nothing new.
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = tokio::time::sleep(poll) => continue,
+                }
+            }
             let now = self.now();
             let lease = ChronoDuration::from_std(self.app.config.engine.lease)
                 .unwrap_or(ChronoDuration::seconds(30));
-            match store::claim(&self.app.db, &self.owner, now, now + lease).await {
+            match store::claim(
+                &self.app.db,
+                &self.owner,
+                &self.app.node.id,
+                now,
+                now + lease,
+            )
+            .await
+            {
                 Ok(Some(row)) => {
                     backoff = poll;
                     self.run_execution(row).await;
@@ -168,15 +188,37 @@ impl Engine {
         if let Ok(mut m) = self.running.lock() {
             m.insert(id, token.clone());
         }
+        self.app.node.in_flight.fetch_add(1, Ordering::Relaxed);
+        if row.claims > 1 {
+            // Resumed after a crash elsewhere: whatever the last holder reserved is stale.
+            if let Err(e) =
+                crate::cluster::store::release_execution(&self.app.db, &id.to_string()).await
+            {
+                tracing::warn!(execution = %id, error = ?e, "releasing stale GPU reservations failed");
+            }
+        }
         let renewal = self.spawn_renewal(id, token.clone());
         if let Err(e) = self.drive(row, &token).await {
             tracing::error!(execution = %id, error = ?e, "execution driver failed; releasing");
             let _ = store::release(&self.app.db, id, &self.owner).await;
         }
         renewal.cancel();
+        let held = self
+            .gpu_held
+            .lock()
+            .map(|mut h| h.remove(&id))
+            .unwrap_or(false);
+        if held {
+            if let Err(e) =
+                crate::cluster::store::release_execution(&self.app.db, &id.to_string()).await
+            {
+                tracing::warn!(execution = %id, error = ?e, "releasing GPU reservations failed");
+            }
+        }
         if let Ok(mut m) = self.running.lock() {
             m.remove(&id);
         }
+        self.app.node.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Renews the lease every third of its length; cancels `token` when it is lost.
@@ -510,6 +552,96 @@ impl Engine {
 
     /// Runs a step's attempts (with retries and backoff), recording each change.
     async fn run_step(
+        &self,
+        id: ExecutionId,
+        tenant: crate::tenancy::TenantId,
+        step: &Step,
+        ctx: Value,
+        first_attempt: i64,
+    ) -> StepEnd {
+        let gpu = step
+            .resources
+            .as_ref()
+            .filter(|r| r.gpu_count > 0)
+            .map(|r| (r.gpu_memory_mb, r.gpu_count as usize));
+        if let Some((mb, count)) = gpu {
+            if let Some(end) = self.reserve_gpus(id, tenant, &step.id, mb, count).await {
+                return end;
+            }
+        }
+        let end = self
+            .run_attempts(id, tenant, step, ctx, first_attempt)
+            .await;
+        if gpu.is_some() {
+            if let Err(e) =
+                crate::cluster::store::release_step(&self.app.db, &id.to_string(), &step.id).await
+            {
+                tracing::warn!(execution = %id, step = %step.id, error = ?e, "releasing GPU memory failed");
+            }
+        }
+        match &end {
+            StepEnd::Done(_) => self.app.node.steps_ok.fetch_add(1, Ordering::Relaxed),
+            StepEnd::Failed(_) => self.app.node.steps_failed.fetch_add(1, Ordering::Relaxed),
+            StepEnd::LeaseLost => 0,
+        };
+        end
+    }
+
+    /// Waits until this node can reserve the step's GPU memory within the tenant's quota,
+    /// showing why meanwhile (`waitingReason`). `Some(end)` when the step must not run.
+    async fn reserve_gpus(
+        &self,
+        id: ExecutionId,
+        tenant: crate::tenancy::TenantId,
+        step_id: &str,
+        mb: u64,
+        count: usize,
+    ) -> Option<StepEnd> {
+        let exec = id.to_string();
+        let mut shown: Option<String> = None;
+        loop {
+            let req = crate::cluster::store::StepRequest {
+                node_id: &self.app.node.id,
+                tenant,
+                execution: &exec,
+                step: step_id,
+                memory_mb: mb,
+                count,
+                now: self.now(),
+            };
+            match crate::cluster::store::reserve_for_step(&self.app.db, &req).await {
+                Ok(Ok(_)) => {
+                    if let Ok(mut h) = self.gpu_held.lock() {
+                        h.insert(id);
+                    }
+                    return None;
+                }
+                Ok(Err(reason)) => {
+                    if shown.as_deref() != Some(reason.as_str()) {
+                        tracing::info!(execution = %id, step = step_id, %reason, "step waits for GPU memory");
+                        let _ = crate::cluster::store::set_waiting(
+                            &self.app.db,
+                            &exec,
+                            Some(&format!("step {step_id:?}: {reason}")),
+                            self.now(),
+                        )
+                        .await;
+                        shown = Some(reason);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(execution = %id, error = ?e, "reserving GPU memory failed")
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return Some(StepEnd::LeaseLost),
+                () = tokio::time::sleep(self.app.config.engine.poll_interval) => {}
+            }
+        }
+    }
+
+    /// The attempts of one step.
+    async fn run_attempts(
         &self,
         id: ExecutionId,
         tenant: crate::tenancy::TenantId,

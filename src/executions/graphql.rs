@@ -223,12 +223,25 @@ impl Execution {
     async fn cost_usd(&self) -> f64 {
         self.0.cost_usd
     }
-    /// Why a QUEUED execution has not started (null otherwise).
+    /// Why a QUEUED execution has not started, or a RUNNING one's GPU step waits (null
+    /// otherwise).
     async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        let a = app(ctx)?;
+        if matches!(
+            self.0.status(),
+            ExecutionStatus::Queued | ExecutionStatus::Running
+        ) {
+            // GPU work: the placer's or the GPU reservation's reason.
+            let placement =
+                crate::cluster::store::placement(&a.db, self.0.tenant_id, &self.0.id.to_string())
+                    .await?;
+            if let Some(reason) = placement.and_then(|p| p.waiting_reason) {
+                return Ok(Some(reason));
+            }
+        }
         if self.0.status() != ExecutionStatus::Queued || self.0.lease_owner.is_some() {
             return Ok(None);
         }
-        let a = app(ctx)?;
         let tenant = crate::tenancy::store::find(&a.db, self.0.tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;

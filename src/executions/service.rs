@@ -132,9 +132,41 @@ pub async fn start(
             cost_usd: 0.0,
         })
         .collect();
+    // The largest GPU need of any one step decides where the execution may run.
+    let gpu = def
+        .steps
+        .iter()
+        .filter_map(|s| s.resources.as_ref())
+        .filter(|r| r.gpu_count > 0)
+        .map(|r| (r.gpu_memory_mb, r.gpu_count))
+        .max_by_key(|(mb, n)| (mb.saturating_mul(u64::from(*n)), *n));
+    let placement = gpu.map(|(mb, n)| crate::cluster::model::PlacementRow {
+        execution_id: id.to_string(),
+        tenant_id: wf.tenant_id.to_string(),
+        gpu_memory_mb: i64::try_from(mb).unwrap_or(i64::MAX),
+        gpu_count: i64::from(n),
+        node_id: None,
+        waiting_reason: Some("waiting for the placer to choose a GPU node".into()),
+        placed_at: None,
+        updated_at: now,
+    });
+    if let Some((mb, n)) = gpu {
+        let need = mb.saturating_mul(u64::from(n));
+        if need > u64::try_from(tenant.max_gpu_memory_mb).unwrap_or(0) {
+            return Err(AppError::new(
+                crate::error::ErrorCode::QuotaExceeded,
+                format!(
+                    "a step needs {need} MiB of GPU memory and the plan allows {} MiB at once",
+                    tenant.max_gpu_memory_mb
+                ),
+            )
+            .with_detail("quota", "maxGpuMemoryMb"));
+        }
+    }
     let new = NewExecution {
         row,
         steps,
+        placement,
         max_per_month: tenant.max_executions_per_month,
         month_start: month_start(now),
     };

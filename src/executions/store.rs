@@ -23,6 +23,8 @@ pub struct NewExecution {
     pub row: ExecutionRow,
     /// One PENDING row per step.
     pub steps: Vec<StepRunRow>,
+    /// Where it may run, when a step needs GPUs.
+    pub placement: Option<crate::cluster::model::PlacementRow>,
     /// Monthly quota, checked in the same transaction.
     pub max_per_month: i64,
     /// Start of the current month (UTC).
@@ -116,6 +118,12 @@ pub async fn enqueue(
         for step in &new.steps {
             diesel::insert_into(execution_steps::table)
                 .values(step)
+                .execute(conn)
+                .await?;
+        }
+        if let Some(p) = &new.placement {
+            diesel::insert_into(crate::db::schema::execution_placements::table)
+                .values(p)
                 .execute(conn)
                 .await?;
         }
@@ -439,17 +447,20 @@ pub async fn record_step(
     })
 }
 
-/// The claim statement. `$1` owner, `$2` lease end, `$3` now. Takes the oldest QUEUED
-/// execution whose tenant is under its concurrency quota, or a RUNNING one whose lease
-/// lapsed (its worker died), and leases it.
+/// The claim statement. `$1` owner, `$2` lease end, `$3` now, `$4` the claiming node.
+/// Takes the oldest QUEUED execution whose tenant is under its concurrency quota, or a
+/// RUNNING one whose lease lapsed or was released (its worker died or shut down), and
+/// leases it. Executions that need GPUs go only to the node the placer chose.
 const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
     claims = claims + 1, updated_at = $3 \
     WHERE id = (SELECT e.id FROM executions e \
-      WHERE (e.status = 'QUEUED' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
+      WHERE ((e.status = 'QUEUED' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
              AND (SELECT COUNT(*) FROM executions r \
                   WHERE r.tenant_id = e.tenant_id AND r.status = 'RUNNING') \
                  < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)) \
-         OR (e.status = 'RUNNING' AND e.lease_expires_at < $3) \
+         OR (e.status = 'RUNNING' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3))) \
+        AND NOT EXISTS (SELECT 1 FROM execution_placements p WHERE p.execution_id = e.id \
+                        AND (p.node_id IS NULL OR p.node_id <> $4)) \
       ORDER BY e.created_at, e.id LIMIT 1 {LOCK}) \
     RETURNING *";
 
@@ -460,6 +471,7 @@ const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_a
 pub async fn claim(
     db: &DbPool,
     owner: &str,
+    node: &str,
     now: NaiveDateTime,
     until: NaiveDateTime,
 ) -> AppResult<Option<ExecutionRow>> {
@@ -470,6 +482,7 @@ pub async fn claim(
                 .bind::<Text, _>(owner)
                 .bind::<Timestamp, _>(until)
                 .bind::<Timestamp, _>(now)
+                .bind::<Text, _>(node)
                 .get_result::<ExecutionRow>(&mut *conn)
                 .await
                 .optional()?
@@ -480,6 +493,7 @@ pub async fn claim(
                 .bind::<Text, _>(owner)
                 .bind::<Timestamp, _>(until)
                 .bind::<Timestamp, _>(now)
+                .bind::<Text, _>(node)
                 .get_result::<ExecutionRow>(&mut *conn)
                 .await
                 .optional()?

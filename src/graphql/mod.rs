@@ -27,6 +27,7 @@ pub struct Query(
     crate::workflows::graphql::WorkflowQuery,
     crate::executions::graphql::ExecutionQuery,
     crate::secrets::SecretQuery,
+    crate::cluster::graphql::ClusterQuery,
 );
 
 /// All mutation fields.
@@ -39,6 +40,7 @@ pub struct Mutation(
     crate::executions::graphql::ExecutionMutation,
     crate::executions::schedules::ScheduleMutation,
     crate::secrets::SecretMutation,
+    crate::cluster::graphql::ClusterMutation,
 );
 
 /// All subscription fields.
@@ -46,6 +48,7 @@ pub struct Mutation(
 pub struct Subscription(
     system::SystemSubscription,
     crate::executions::graphql::ExecutionSubscription,
+    crate::cluster::graphql::ClusterSubscription,
 );
 
 mod relay_root;

@@ -33,6 +33,10 @@ pub enum NodeKind {
     Execution,
     /// A schedule.
     Schedule,
+    /// A cluster node (a serve or worker process).
+    ClusterNode,
+    /// A GPU memory reservation.
+    GpuAllocation,
 }
 
 impl NodeKind {
@@ -46,6 +50,8 @@ impl NodeKind {
         NodeKind::Workflow,
         NodeKind::Execution,
         NodeKind::Schedule,
+        NodeKind::ClusterNode,
+        NodeKind::GpuAllocation,
     ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
@@ -60,6 +66,8 @@ impl NodeKind {
             Self::Workflow => "Workflow",
             Self::Execution => "Execution",
             Self::Schedule => "Schedule",
+            Self::ClusterNode => "ClusterNode",
+            Self::GpuAllocation => "GpuAllocation",
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum Node {
     Workflow(crate::workflows::graphql::Workflow),
     /// An execution.
     Execution(crate::executions::graphql::Execution),
+    /// A cluster node (platform admins only).
+    ClusterNode(crate::cluster::graphql::ClusterNode),
 }
 
 /// Relay root fields.
@@ -60,10 +62,15 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
         NodeKind::Execution => crate::executions::graphql::visible_execution(ctx, uuid)
             .await
             .map(Node::Execution),
+        NodeKind::ClusterNode => crate::cluster::graphql::visible_node(ctx, uuid)
+            .await
+            .map(Node::ClusterNode),
         // Reachable through their own fields, not through `node`.
-        NodeKind::Role | NodeKind::ApiKey | NodeKind::Session | NodeKind::Schedule => {
-            Err(AppError::not_found("object"))
-        }
+        NodeKind::Role
+        | NodeKind::ApiKey
+        | NodeKind::Session
+        | NodeKind::Schedule
+        | NodeKind::GpuAllocation => Err(AppError::not_found("object")),
     }
 }
 

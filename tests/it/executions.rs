@@ -52,14 +52,14 @@ pub async fn start(app: &TestApp, token: &str, input: Value) -> Value {
     out["data"]["startExecution"].clone()
 }
 
-async fn execution(app: &TestApp, token: &str, id: &str) -> Value {
+pub async fn execution(app: &TestApp, token: &str, id: &str) -> Value {
     let out = app.gql_as(token, EXEC, json!({ "id": id })).await;
     assert!(out["data"]["execution"].is_object(), "{out}");
     out["data"]["execution"].clone()
 }
 
 /// Polls until `pred` holds (or panics after `secs`).
-async fn wait_for(
+pub async fn wait_for(
     app: &TestApp,
     token: &str,
     id: &str,
@@ -80,18 +80,18 @@ async fn wait_for(
     }
 }
 
-fn finished(e: &Value) -> bool {
+pub fn finished(e: &Value) -> bool {
     !matches!(e["status"].as_str(), Some("QUEUED" | "RUNNING"))
 }
 
-fn step<'a>(e: &'a Value, id: &str) -> &'a Value {
+pub fn step<'a>(e: &'a Value, id: &str) -> &'a Value {
     e["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["stepId"] == id))
         .unwrap_or_else(|| panic!("no step {id} in {e}"))
 }
 
-fn step_status(id: &'static str, status: &'static str) -> impl Fn(&Value) -> bool {
+pub fn step_status(id: &'static str, status: &'static str) -> impl Fn(&Value) -> bool {
     move |e| step(e, id)["status"] == status
 }
 
@@ -793,6 +793,11 @@ async fn a_schedule_tick_fires_once_with_two_engines_running() {
 
 /// Starts `agentplane worker` against the test's database.
 async fn worker_process(db_url: &str) -> tokio::process::Child {
+    worker_process_with(db_url, &[]).await
+}
+
+/// Starts `agentplane worker` with extra environment.
+pub async fn worker_process_with(db_url: &str, extra: &[(&str, &str)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(bin());
     cmd.arg("worker")
         .env_clear()
@@ -805,6 +810,7 @@ async fn worker_process(db_url: &str) -> tokio::process::Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    cmd.envs(extra.iter().copied());
     let mut child = cmd.spawn().expect("worker starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
 mod cli;
+mod cluster;
 mod executions;
 mod foundation;
 mod helpers;
