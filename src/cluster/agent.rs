@@ -293,7 +293,9 @@ impl Agent {
                 .execute(conn)
                 .await?;
         });
-        store::reap(&self.db, at, at, at - ChronoDuration::hours(24)).await?;
+        // Only a heartbeat older than a second after the epoch is due: this node's.
+        let cutoff = epoch + ChronoDuration::seconds(1);
+        store::reap(&self.db, at, cutoff, at - ChronoDuration::hours(24)).await?;
         Ok(())
     }
 }

@@ -88,9 +88,18 @@ impl Tenant {
     /// Current usage against the quotas that are metered so far.
     async fn usage(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<TenantUsage> {
         let a = crate::graphql::app(ctx)?;
+        let gpu: i64 = crate::cluster::store::tenant_reservations(&a.db, self.0.id)
+            .await?
+            .iter()
+            .map(|r| r.memory_mb)
+            .sum();
         Ok(TenantUsage {
             users: super::store::count_users(&a.db, self.0.id).await?,
             max_users: self.0.max_users,
+            running_executions: crate::executions::store::running_count(&a.db, self.0.id).await?,
+            max_concurrent_executions: self.0.max_concurrent_executions,
+            gpu_memory_reserved_mb: gpu,
+            max_gpu_memory_mb: self.0.max_gpu_memory_mb,
         })
     }
     /// Enabled feature flags.
@@ -250,14 +259,21 @@ pub async fn resolve_role_input(
     Ok(stored)
 }
 
-/// Current usage against the quotas that are metered so far (workflow, execution and GPU
-/// usage arrive with those features).
+/// Current usage against the quotas.
 #[derive(SimpleObject)]
 pub struct TenantUsage {
     /// Users now.
     pub users: i64,
     /// The `maxUsers` quota.
     pub max_users: i64,
+    /// Executions RUNNING now.
+    pub running_executions: i64,
+    /// The `maxConcurrentExecutions` quota.
+    pub max_concurrent_executions: i64,
+    /// GPU memory reserved by this tenant's steps now, MiB.
+    pub gpu_memory_reserved_mb: i64,
+    /// The `maxGpuMemoryMb` quota.
+    pub max_gpu_memory_mb: i64,
 }
 
 /// A new user's owner details for `createTenant`.

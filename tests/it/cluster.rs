@@ -295,6 +295,27 @@ async fn gpu_steps_go_to_the_best_fitting_node_within_the_tenant_quota() {
     };
     assert_eq!(on(&e1), vec![("small".to_owned(), 16_000)], "{allocs:?}");
     assert_eq!(on(&e2), vec![("big".to_owned(), 40_000)], "{allocs:?}");
+    let usage = app
+        .gql_as(
+            &owner,
+            "{ tenant { usage { gpuMemoryReservedMb maxGpuMemoryMb runningExecutions } } }",
+            json!({}),
+        )
+        .await;
+    let u = &usage["data"]["tenant"]["usage"];
+    assert_eq!(u["gpuMemoryReservedMb"], 56_000, "{usage}");
+    assert_eq!(u["maxGpuMemoryMb"], 60_000, "{usage}");
+    // Another tenant sees none of it.
+    let (_, stranger) = app.tenant_with_owner("other").await;
+    assert!(allocations(&app, &stranger).await.is_empty());
+    let out = app
+        .gql_as(
+            &stranger,
+            "{ cluster { summary { queueDepth gpuMemoryReservedMb } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(out["data"]["cluster"]["summary"]["queueDepth"], 0, "{out}");
 
     // Quota: 56 GB held of 60 GB, so another 40 GB waits and says why.
     let e3 = id_of(&start(&app, &owner, json!({ "workflowId": big_only })).await);
@@ -514,5 +535,28 @@ async fn a_killed_node_goes_offline_and_its_gpu_work_finishes_on_another() {
     );
     let done = wait_for(&app, &owner, &p, 20, finished).await;
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
-    big.kill().await.expect("kill");
+
+    // A clean stop (SIGTERM) leaves at once, and only itself: the API node stays up.
+    let pid = big.id().expect("running");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let stopped = tokio::time::Instant::now();
+    let nodes = wait_nodes(&app, &admin, 10, |n| {
+        named(n, "big").is_some_and(|b| b["status"] == "OFFLINE")
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_millis(1900),
+        "left before the offline timeout: {:?}",
+        stopped.elapsed()
+    );
+    let api = nodes.iter().find(|n| n["kind"] == "API").expect("api node");
+    assert!(
+        matches!(api["status"].as_str(), Some("HEALTHY" | "DEGRADED")),
+        "{api}"
+    );
+    let _ = big.wait().await;
 }
