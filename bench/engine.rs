@@ -133,7 +133,17 @@ async fn main() -> anyhow::Result<()> {
         created_at: now,
         updated_at: now,
     };
-    agentplane::workflows::store::insert(&app.db, &wf)
+    let audit = |action: &str| {
+        agentplane::audit::Entry::change(
+            &agentplane::audit::Origin::system(tenant.id),
+            action,
+            "workflow",
+            wf.id,
+            None,
+            now,
+        )
+    };
+    agentplane::workflows::store::insert(&app.db, &wf, &audit("workflow.created"))
         .await
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let version = WorkflowVersionRow {
@@ -145,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
         published_by: "bench".into(),
         created_at: now,
     };
-    agentplane::workflows::store::publish(&app.db, &wf, &version)
+    agentplane::workflows::store::publish(&app.db, &wf, &version, &audit("workflow.published"))
         .await
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let request = |i: usize| StartRequest {
@@ -157,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         retry_of: None,
         schedule_id: None,
         timeout_seconds: None,
+        origin: agentplane::audit::Origin::system(tenant.id),
     };
 
     // 1. Baseline: enqueue with no workers.

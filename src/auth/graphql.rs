@@ -259,11 +259,16 @@ impl AuthMutation {
         input: LoginInput,
     ) -> async_graphql::Result<SessionTokens> {
         let client = ctx.data_opt::<ClientInfo>();
-        Ok(
-            service::login(app(ctx)?, &input.email, &input.password, client)
-                .await?
-                .into(),
+        Ok(service::login(
+            app(ctx)?,
+            &input.email,
+            &input.password,
+            client,
+            ctx.data_opt::<crate::graphql::RequestId>()
+                .map(|r| r.0.as_str()),
         )
+        .await?
+        .into())
     }
 
     /// Exchanges a refresh token for new tokens. Public. Presenting a used refresh token
@@ -334,8 +339,15 @@ impl AuthMutation {
         let p = principal(ctx)?;
         let a = app(ctx)?;
         let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
-        let (row, secret) =
-            service::create_api_key(a, p, &input.name, &role, input.expires_at).await?;
+        let (row, secret) = service::create_api_key(
+            a,
+            &crate::audit::graphql::origin(ctx)?,
+            p,
+            &input.name,
+            &role,
+            input.expires_at,
+        )
+        .await?;
         Ok(CreateApiKeyPayload {
             api_key: ApiKey(row),
             secret,
@@ -352,14 +364,20 @@ impl AuthMutation {
         let p = principal(ctx)?;
         let a = app(ctx)?;
         let id = decode_expecting(&input.api_key_id, NodeKind::ApiKey, "API key")?;
-        let row = super::store::revoke_api_key(
-            &a.db,
-            p.tenant_id,
-            super::ApiKeyId(id),
-            crate::db::ids::db_time(a.clock.now()),
+        let now = crate::db::ids::db_time(a.clock.now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "apikey.revoked",
+            "api_key",
+            id,
+            None,
+            now,
         )
-        .await?
-        .ok_or_else(|| AppError::not_found("API key"))?;
+        .severity(crate::audit::Severity::Warning);
+        let row =
+            super::store::revoke_api_key(&a.db, p.tenant_id, super::ApiKeyId(id), now, &audit)
+                .await?
+                .ok_or_else(|| AppError::not_found("API key"))?;
         Ok(RevokeApiKeyPayload {
             api_key: ApiKey(row),
         })

@@ -53,6 +53,7 @@ pub async fn login(
     email: &str,
     password: &str,
     client: Option<&ClientInfo>,
+    request_id: Option<&str>,
 ) -> AppResult<IssuedTokens> {
     let now = app.clock.now();
     let email_norm =
@@ -117,6 +118,36 @@ pub async fn login(
                 .await?;
             }
             tracing::info!(event = "auth.login_failed", "sign-in failed");
+            // Recorded in the account's tenant when the address belongs to one, else in
+            // the platform's chain. The attempt is anonymous: nobody proved who they are.
+            let tenant = match &user {
+                Some(u) => Some(u.tenant_id.to_string()),
+                None => crate::tenancy::store::find_system(&app.db)
+                    .await?
+                    .map(|t| t.id.to_string()),
+            };
+            if let Some(tenant) = tenant {
+                let mut origin = crate::audit::Origin::system(tenant);
+                origin.actor_type = "ANONYMOUS";
+                origin.ip = client.map(|c| c.ip.to_string());
+                origin.user_agent = client.and_then(|c| c.user_agent.clone());
+                origin.request_id = request_id.map(str::to_owned);
+                let entry = crate::audit::Entry::change(
+                    &origin,
+                    "auth.login_failed",
+                    "user",
+                    user.as_ref().map(|u| u.id.to_string()).unwrap_or_default(),
+                    None,
+                    db_time(now),
+                )
+                .severity(crate::audit::Severity::Warning)
+                .failed(if user.is_some() {
+                    "wrong password or inactive account"
+                } else {
+                    "unknown e-mail address"
+                });
+                crate::audit::record(&app.db, &entry).await?;
+            }
             return Err(bad_login());
         }
     };
@@ -206,6 +237,17 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
             db_time(now),
         )
         .await?;
+        let entry = crate::audit::Entry::change(
+            &crate::audit::Origin::system(session.tenant_id),
+            "auth.refresh_reuse_detected",
+            "session",
+            session.id,
+            None,
+            db_time(now),
+        )
+        .severity(crate::audit::Severity::Critical)
+        .failed("a refresh token was presented twice; the session was revoked");
+        crate::audit::record(&app.db, &entry).await?;
         tracing::warn!(
             event = "auth.refresh_reuse_detected",
             session.id = %session.id,
@@ -348,6 +390,7 @@ pub async fn create_password_token(app: &App, user: UserId) -> AppResult<String>
 /// secret (shown once).
 pub async fn create_api_key(
     app: &App,
+    origin: &crate::audit::Origin,
     p: &Principal,
     name: &str,
     role: &str,
@@ -381,7 +424,18 @@ pub async fn create_api_key(
         last_used_at: None,
         revoked_at: None,
     };
-    store::insert_api_key(&app.db, &row).await?;
+    let audit = crate::audit::Entry::change(
+        origin,
+        "apikey.created",
+        "api_key",
+        row.id,
+        Some(
+            serde_json::json!({ "name": row.name, "role": row.role, "prefix": row.prefix,
+                                 "expiresAt": row.expires_at.map(|e| utc(e).to_rfc3339()) }),
+        ),
+        row.created_at,
+    );
+    store::insert_api_key(&app.db, &row, &audit).await?;
     Ok((row, secret))
 }
 

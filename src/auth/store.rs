@@ -236,15 +236,20 @@ pub async fn clear_login_attempts(db: &DbPool, key: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// Inserts an API key.
-pub async fn insert_api_key(db: &DbPool, row: &ApiKeyRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+/// Inserts an API key with its audit record.
+pub async fn insert_api_key(
+    db: &DbPool,
+    row: &ApiKeyRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(api_keys::table)
             .values(row)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// An API key by secret hash (authentication; the tenant comes from the row).
@@ -289,9 +294,10 @@ pub async fn revoke_api_key(
     tenant: TenantId,
     id: ApiKeyId,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<Option<ApiKeyRow>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::update(
+    crate::db_tx!(db, tenant, |conn| {
+        let changed = diesel::update(
             api_keys::table
                 .filter(api_keys::tenant_id.eq(tenant))
                 .filter(api_keys::id.eq(id))
@@ -300,14 +306,17 @@ pub async fn revoke_api_key(
         .set(api_keys::revoked_at.eq(Some(now)))
         .execute(conn)
         .await?;
-        api_keys::table
+        if changed == 1 {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(api_keys::table
             .filter(api_keys::tenant_id.eq(tenant))
             .filter(api_keys::id.eq(id))
             .select(ApiKeyRow::as_select())
             .first(conn)
             .await
-            .optional()?
-    }))
+            .optional()?)
+    })
 }
 
 /// Stores a one-time set-password token.

@@ -345,6 +345,49 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        tenant_id -> Text,
+        seq -> BigInt,
+        actor_type -> Text,
+        actor_id -> Nullable<Text>,
+        action -> Text,
+        resource_type -> Nullable<Text>,
+        resource_id -> Nullable<Text>,
+        changes -> Nullable<Text>,
+        outcome -> Text,
+        reason -> Nullable<Text>,
+        severity -> Text,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        prev_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_heads (tenant_id) {
+        tenant_id -> Text,
+        seq -> BigInt,
+        hash -> Text,
+        checkpoint_seq -> BigInt,
+        checkpoint_hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_actors (pseudonym) {
+        pseudonym -> Text,
+        tenant_id -> Text,
+        actor_ref -> Nullable<Text>,
+        created_at -> Timestamp,
+        erased_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -372,4 +415,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     node_telemetry,
     gpu_reservations,
     execution_placements,
+    audit_log,
+    audit_heads,
+    audit_actors,
 );

@@ -542,6 +542,7 @@ impl ExecutionMutation {
                 retry_of: None,
                 schedule_id: None,
                 timeout_seconds: input.timeout_seconds,
+                origin: crate::audit::graphql::origin(ctx)?,
             },
         )
         .await?;
@@ -560,7 +561,8 @@ impl ExecutionMutation {
     ) -> async_graphql::Result<ExecutionPayload> {
         let row = execution_arg(ctx, &input.execution_id).await?;
         let p = principal(ctx)?;
-        let row = service::cancel(app(ctx)?, &row, &p.actor_ref()).await?;
+        let origin = crate::audit::graphql::origin(ctx)?;
+        let row = service::cancel(app(ctx)?, &row, &p.actor_ref(), &origin).await?;
         Ok(ExecutionPayload {
             execution: Execution(row),
         })
@@ -604,6 +606,7 @@ impl ExecutionMutation {
                 retry_of: Some(old.id),
                 schedule_id: None,
                 timeout_seconds: Some(old.timeout_seconds),
+                origin: crate::audit::graphql::origin(ctx)?,
             },
         )
         .await?;

@@ -294,6 +294,7 @@ async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<String> {
             retry_of: None,
             schedule_id: Some(s.id.to_string()),
             timeout_seconds: None,
+            origin: crate::audit::Origin::system(s.tenant_id),
         },
     )
     .await?;

@@ -34,6 +34,8 @@ pub struct StartRequest {
     pub schedule_id: Option<String>,
     /// Execution-level timeout (default from config).
     pub timeout_seconds: Option<i64>,
+    /// Who starts it, for the audit record (`execution.started` / `execution.retried`).
+    pub origin: crate::audit::Origin,
 }
 
 fn month_start(now: NaiveDateTime) -> NaiveDateTime {
@@ -163,10 +165,28 @@ pub async fn start(
             .with_detail("quota", "maxGpuMemoryMb"));
         }
     }
+    let audit = crate::audit::Entry::change(
+        &req.origin,
+        if row.retry_of.is_some() {
+            "execution.retried"
+        } else {
+            "execution.started"
+        },
+        "execution",
+        id,
+        Some(serde_json::json!({
+            "workflowId": wf.id.to_string(),
+            "version": row.version,
+            "retryOf": row.retry_of,
+            "scheduleId": row.schedule_id,
+        })),
+        now,
+    );
     let new = NewExecution {
         row,
         steps,
         placement,
+        audit,
         max_per_month: tenant.max_executions_per_month,
         month_start: month_start(now),
     };
@@ -238,7 +258,12 @@ pub async fn record_step(
 
 /// Cancels a QUEUED or RUNNING execution; running steps are interrupted (the worker
 /// holding it hears the CANCELLED event, in this process or through the relay).
-pub async fn cancel(app: &App, row: &ExecutionRow, by: &str) -> AppResult<ExecutionRow> {
+pub async fn cancel(
+    app: &App,
+    row: &ExecutionRow,
+    by: &str,
+    origin: &crate::audit::Origin,
+) -> AppResult<ExecutionRow> {
     if row.status().is_terminal() {
         return Err(AppError::conflict(format!(
             "the execution already ended ({})",
@@ -252,6 +277,16 @@ pub async fn cancel(app: &App, row: &ExecutionRow, by: &str) -> AppResult<Execut
         Guard::Any,
         Patch {
             error: Some(format!("cancelled by {by}")),
+            audit: Some(crate::audit::Entry::change(
+                origin,
+                "execution.cancelled",
+                "execution",
+                row.id,
+                Some(
+                    serde_json::json!({ "status": { "before": row.status, "after": "CANCELLED" } }),
+                ),
+                db_time(app.clock.now()),
+            )),
             ..Patch::default()
         },
     )

@@ -25,6 +25,8 @@ pub struct NewExecution {
     pub steps: Vec<StepRunRow>,
     /// Where it may run, when a step needs GPUs.
     pub placement: Option<crate::cluster::model::PlacementRow>,
+    /// Its audit record (written only when the execution is created).
+    pub audit: crate::audit::Entry,
     /// Monthly quota, checked in the same transaction.
     pub max_per_month: i64,
     /// Start of the current month (UTC).
@@ -127,6 +129,7 @@ pub async fn enqueue(
                 .execute(conn)
                 .await?;
         }
+        crate::audit_append!(conn, &new.audit)?;
         diesel::insert_into(execution_events::table)
             .values(&event_row(&ev)?)
             .execute(conn)
@@ -188,6 +191,8 @@ pub struct Patch {
     pub error: Option<String>,
     /// The deadline, when starting to run.
     pub deadline_at: Option<NaiveDateTime>,
+    /// An audit record to write with the change (user actions such as cancel).
+    pub audit: Option<crate::audit::Entry>,
 }
 
 /// THE transition function's storage half: moves an execution to `to` if its current
@@ -327,6 +332,9 @@ pub async fn transition(
                 .values(r)
                 .execute(conn)
                 .await?;
+        }
+        if let Some(a) = &patch.audit {
+            crate::audit_append!(conn, a)?;
         }
         for e in &events {
             notify_pg(conn, &envelope(e)).await?;

@@ -28,6 +28,7 @@ pub struct Query(
     crate::executions::graphql::ExecutionQuery,
     crate::secrets::SecretQuery,
     crate::cluster::graphql::ClusterQuery,
+    crate::audit::graphql::AuditQuery,
 );
 
 /// All mutation fields.

@@ -235,12 +235,40 @@ impl Guard for Require {
         if p.permissions.contains(&self.0) {
             Ok(())
         } else {
+            record_denial(ctx, self.0).await;
             Err(
                 AppError::forbidden(format!("this requires the {} permission", self.0.as_str()))
                     .with_detail("permission", self.0.as_str())
                     .into(),
             )
         }
+    }
+}
+
+/// Records `access.denied` (best effort: a failure to record is logged, and the caller
+/// gets its FORBIDDEN either way).
+async fn record_denial(ctx: &Context<'_>, permission: Permission) {
+    let (Ok(app), Ok(origin)) = (crate::graphql::app(ctx), crate::audit::graphql::origin(ctx))
+    else {
+        return;
+    };
+    let field = ctx
+        .path_node
+        .as_ref()
+        .map(|n| n.field_name().to_owned())
+        .unwrap_or_default();
+    let entry = crate::audit::Entry::change(
+        &origin,
+        "access.denied",
+        "field",
+        field,
+        Some(serde_json::json!({ "permission": permission.as_str() })),
+        crate::db::ids::db_time(app.clock.now()),
+    )
+    .severity(crate::audit::Severity::Warning)
+    .failed(format!("missing the {} permission", permission.as_str()));
+    if let Err(e) = crate::audit::record(&app.db, &entry).await {
+        tracing::warn!(error = ?e, "could not record a denied request");
     }
 }
 

@@ -146,8 +146,8 @@ async fn find(db: &DbPool, tenant: TenantId, name: &str) -> AppResult<Option<Sec
     }))
 }
 
-async fn upsert(db: &DbPool, row: &SecretRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+async fn upsert(db: &DbPool, row: &SecretRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(secrets::table)
             .values(row)
             .on_conflict((secrets::tenant_id, secrets::name))
@@ -160,21 +160,31 @@ async fn upsert(db: &DbPool, row: &SecretRow) -> AppResult<()> {
             ))
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-async fn remove(db: &DbPool, tenant: TenantId, name: &str) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::delete(
+async fn remove(
+    db: &DbPool,
+    tenant: TenantId,
+    name: &str,
+    audit: &crate::audit::Entry,
+) -> AppResult<bool> {
+    crate::db_tx!(db, tenant, |conn| {
+        let gone = diesel::delete(
             secrets::table
                 .filter(secrets::tenant_id.eq(tenant))
                 .filter(secrets::name.eq(name)),
         )
         .execute(conn)
         .await?
-            == 1
-    }))
+            == 1;
+        if gone {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(gone)
+    })
 }
 
 async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<SecretRow>> {
@@ -201,9 +211,10 @@ async fn stale(db: &DbPool, current: &str) -> AppResult<Vec<SecretRow>> {
 
 // ---- service ----
 
-/// Stores (or replaces) a secret.
+/// Stores (or replaces) a secret; the audit record names it, never its value.
 pub async fn set(
     app: &App,
+    origin: &crate::audit::Origin,
     tenant: TenantId,
     actor: &str,
     name: &str,
@@ -227,7 +238,15 @@ pub async fn set(
         created_at: now,
         updated_at: now,
     };
-    upsert(&app.db, &row).await?;
+    let audit = crate::audit::Entry::change(
+        origin,
+        "secret.set",
+        "secret",
+        &name,
+        Some(serde_json::json!({ "name": name, "keyId": key.id })),
+        now,
+    );
+    upsert(&app.db, &row, &audit).await?;
     find(&app.db, tenant, &name)
         .await?
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("secret vanished after write")))
@@ -251,15 +270,25 @@ pub async fn rotate(app: &App) -> AppResult<usize> {
     for row in &rows {
         let value = open(&app.config.master_keys, row)?;
         let (nonce, ciphertext) = seal(key, row.tenant_id, &row.name, value.expose_secret())?;
+        let now = db_time(app.clock.now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::Origin::system(row.tenant_id),
+            "secret.reencrypted",
+            "secret",
+            &row.name,
+            Some(serde_json::json!({ "keyId": { "before": row.key_id, "after": key.id } })),
+            now,
+        );
         upsert(
             &app.db,
             &SecretRow {
                 key_id: key.id.clone(),
                 nonce,
                 ciphertext,
-                updated_at: db_time(app.clock.now()),
+                updated_at: now,
                 ..row.clone()
             },
+            &audit,
         )
         .await?;
     }
@@ -356,6 +385,7 @@ impl SecretMutation {
         let p = principal(ctx)?;
         let row = set(
             app(ctx)?,
+            &crate::audit::graphql::origin(ctx)?,
             p.tenant_id,
             &p.actor_ref(),
             &input.name,
@@ -374,7 +404,16 @@ impl SecretMutation {
     ) -> async_graphql::Result<DeleteSecretPayload> {
         let p = principal(ctx)?;
         let name = check_name(&input.name)?;
-        if !remove(&app(ctx)?.db, p.tenant_id, &name).await? {
+        let a = app(ctx)?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "secret.deleted",
+            "secret",
+            &name,
+            None,
+            db_time(a.clock.now()),
+        );
+        if !remove(&a.db, p.tenant_id, &name, &audit).await? {
             return Err(AppError::not_found("secret").into());
         }
         Ok(DeleteSecretPayload { deleted_name: name })

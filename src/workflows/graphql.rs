@@ -663,7 +663,15 @@ impl WorkflowMutation {
             created_at: now,
             updated_at: now,
         };
-        store::insert(&a.db, &row).await?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "workflow.created",
+            "workflow",
+            row.id,
+            Some(serde_json::json!({ "after": audit_view(&row) })),
+            now,
+        );
+        store::insert(&a.db, &row, &audit).await?;
         Ok(WorkflowPayload {
             workflow: Workflow(row),
         })
@@ -678,6 +686,7 @@ impl WorkflowMutation {
     ) -> async_graphql::Result<WorkflowPayload> {
         let a = app(ctx)?;
         let mut row = workflow_arg(ctx, &input.workflow_id).await?;
+        let before = audit_view(&row);
         if let Some(n) = &input.name {
             row.name = check_name(n)?;
         }
@@ -717,7 +726,15 @@ impl WorkflowMutation {
             row.visibility = vis.as_str().to_owned();
         }
         row.updated_at = db_time(a.clock.now());
-        store::update(&a.db, &row).await?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "workflow.updated",
+            "workflow",
+            row.id,
+            Some(crate::audit::diff(&before, &audit_view(&row))),
+            row.updated_at,
+        );
+        store::update(&a.db, &row, &audit).await?;
         Ok(WorkflowPayload {
             workflow: Workflow(row),
         })
@@ -731,7 +748,16 @@ impl WorkflowMutation {
         input: WorkflowIdInput,
     ) -> async_graphql::Result<DeleteWorkflowPayload> {
         let row = workflow_arg(ctx, &input.workflow_id).await?;
-        store::delete(&app(ctx)?.db, row.tenant_id, row.id).await?;
+        let a = app(ctx)?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "workflow.deleted",
+            "workflow",
+            row.id,
+            Some(serde_json::json!({ "before": audit_view(&row) })),
+            db_time(a.clock.now()),
+        );
+        store::delete(&a.db, row.tenant_id, row.id, &audit).await?;
         Ok(DeleteWorkflowPayload {
             deleted_workflow_id: input.workflow_id,
         })
@@ -756,11 +782,34 @@ impl WorkflowMutation {
             published_by: p.actor_ref(),
             created_at: db_time(a.clock.now()),
         };
-        store::publish(&a.db, &row, &version).await?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "workflow.published",
+            "workflow",
+            row.id,
+            Some(serde_json::json!({ "version": version.version })),
+            version.created_at,
+        );
+        store::publish(&a.db, &row, &version, &audit).await?;
         row.latest_version = version.version;
         Ok(PublishWorkflowPayload {
             workflow: Workflow(row),
             version: WorkflowVersion(version),
         })
     }
+}
+
+/// What the audit trail keeps of a workflow (the definition by digest, not in full).
+fn audit_view(row: &WorkflowRow) -> serde_json::Value {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(row.definition.as_bytes());
+    serde_json::json!({
+        "name": row.name,
+        "description": row.description,
+        "tags": row.tags,
+        "environment": row.environment,
+        "visibility": row.visibility,
+        "teamId": row.team_id,
+        "definitionSha256": digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    })
 }

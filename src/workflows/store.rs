@@ -83,15 +83,16 @@ pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult
     })
 }
 
-/// Inserts a workflow.
-pub async fn insert(db: &DbPool, row: &WorkflowRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+/// Inserts a workflow and its audit record.
+pub async fn insert(db: &DbPool, row: &WorkflowRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(workflows::table)
             .values(row)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Loads a workflow of `tenant`.
@@ -107,9 +108,9 @@ pub async fn find(db: &DbPool, tenant: TenantId, id: WorkflowId) -> AppResult<Op
     }))
 }
 
-/// Writes a workflow's editable columns.
-pub async fn update(db: &DbPool, row: &WorkflowRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+/// Writes a workflow's editable columns and the audit record.
+pub async fn update(db: &DbPool, row: &WorkflowRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::update(
             workflows::table
                 .filter(workflows::tenant_id.eq(row.tenant_id))
@@ -127,13 +128,19 @@ pub async fn update(db: &DbPool, row: &WorkflowRow) -> AppResult<()> {
         ))
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-/// Deletes a workflow and its versions.
-pub async fn delete(db: &DbPool, tenant: TenantId, id: WorkflowId) -> AppResult<()> {
-    crate::db_run_tenant!(db, tenant, |conn| {
+/// Deletes a workflow and its versions, with the audit record.
+pub async fn delete(
+    db: &DbPool,
+    tenant: TenantId,
+    id: WorkflowId,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, tenant, |conn| {
         diesel::delete(
             workflow_versions::table
                 .filter(workflow_versions::tenant_id.eq(tenant))
@@ -148,8 +155,9 @@ pub async fn delete(db: &DbPool, tenant: TenantId, id: WorkflowId) -> AppResult<
         )
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Counts a tenant's workflows (quota).
@@ -238,13 +246,15 @@ pub async fn list(
 
 /// Publishes the next version of a workflow. A concurrent publish of the same workflow
 /// loses with `CONFLICT` (the version number is unique and the bump is conditional).
-pub async fn publish(db: &DbPool, wf: &WorkflowRow, version: &WorkflowVersionRow) -> AppResult<()> {
-    let updated = crate::db_run_tenant!(db, wf.tenant_id, |conn| {
-        diesel::insert_into(workflow_versions::table)
-            .values(version)
-            .execute(conn)
-            .await?;
-        diesel::update(
+/// The version row, the bump and the audit record commit together or not at all.
+pub async fn publish(
+    db: &DbPool,
+    wf: &WorkflowRow,
+    version: &WorkflowVersionRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, wf.tenant_id, |conn| {
+        let updated = diesel::update(
             workflows::table
                 .filter(workflows::tenant_id.eq(wf.tenant_id))
                 .filter(workflows::id.eq(wf.id))
@@ -252,14 +262,19 @@ pub async fn publish(db: &DbPool, wf: &WorkflowRow, version: &WorkflowVersionRow
         )
         .set(workflows::latest_version.eq(version.version))
         .execute(conn)
-        .await?
-    });
-    if updated != 1 {
-        return Err(AppError::conflict(
-            "the workflow was published concurrently; retry",
-        ));
-    }
-    Ok(())
+        .await?;
+        if updated != 1 {
+            return Err(AppError::conflict(
+                "the workflow was published concurrently; retry",
+            ));
+        }
+        diesel::insert_into(workflow_versions::table)
+            .values(version)
+            .execute(conn)
+            .await?;
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Versions of several workflows of `tenant`, newest first, in one statement (dataloader).

@@ -1,5 +1,6 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
+mod audit;
 mod cli;
 mod cluster;
 mod executions;

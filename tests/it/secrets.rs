@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, config_for, first_error_code};
 
-const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+pub const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
 const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="; // 32 bytes
 const SET: &str =
     "mutation($i: SetSecretInput!) { setSecret(input: $i) { secret { name keyId } } }";

@@ -1,0 +1,291 @@
+//! GraphQL for the audit trail: `auditLog`, `verifyAuditChain`.
+
+use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::{Origin, Outcome, RecordRow, Severity};
+use crate::auth::{Actor, principal};
+use crate::db::ids::{db_time, utc};
+use crate::db::schema::{audit_actors, audit_log};
+use crate::error::AppResult;
+use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting};
+use crate::graphql::{ClientInfo, RequestId, app};
+use crate::rbac::{Permission, Require};
+
+/// Who is calling and from where, for records.
+pub fn origin(ctx: &Context<'_>) -> AppResult<Origin> {
+    let p = principal(ctx)?;
+    let client = ctx.data_opt::<ClientInfo>();
+    Ok(Origin {
+        tenant_id: p.tenant_id.to_string(),
+        actor_type: match p.actor {
+            Actor::User(_) => "USER",
+            Actor::ApiKey(_) => "API_KEY",
+        },
+        actor_ref: Some(p.actor_ref()),
+        ip: client.map(|c| c.ip.to_string()),
+        user_agent: client.and_then(|c| c.user_agent.clone()),
+        request_id: ctx.data_opt::<RequestId>().map(|r| r.0.clone()),
+    })
+}
+
+/// One audit record.
+pub struct AuditRecord(pub RecordRow);
+
+#[Object]
+impl AuditRecord {
+    /// The record's id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Position in the tenant's chain.
+    async fn sequence(&self) -> i64 {
+        self.0.seq
+    }
+    /// USER, API_KEY, SYSTEM or ANONYMOUS.
+    async fn actor_type(&self) -> &str {
+        &self.0.actor_type
+    }
+    /// The actor's pseudonym (stable per person; the mapping is erasable).
+    async fn actor_id(&self) -> Option<&str> {
+        self.0.actor_id.as_deref()
+    }
+    /// `workflow.created`, `auth.login_failed`, …
+    async fn action(&self) -> &str {
+        &self.0.action
+    }
+    /// Resource type.
+    async fn resource_type(&self) -> Option<&str> {
+        self.0.resource_type.as_deref()
+    }
+    /// Resource id.
+    async fn resource_id(&self) -> Option<&str> {
+        self.0.resource_id.as_deref()
+    }
+    /// Before/after of what changed, secrets redacted.
+    async fn changes(&self) -> Option<Json<serde_json::Value>> {
+        self.0
+            .changes
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .map(Json)
+    }
+    /// SUCCESS or FAILURE.
+    async fn outcome(&self) -> Outcome {
+        if self.0.outcome == "FAILURE" {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+    /// Why it failed.
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+    /// INFO, WARNING or CRITICAL.
+    async fn severity(&self) -> Severity {
+        match self.0.severity.as_str() {
+            "CRITICAL" => Severity::Critical,
+            "WARNING" => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+    /// Client address.
+    async fn ip(&self) -> Option<&str> {
+        self.0.ip.as_deref()
+    }
+    /// Client user agent.
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
+    /// Request id.
+    async fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+    /// When.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    /// The previous record's hash.
+    async fn prev_hash(&self) -> &str {
+        &self.0.prev_hash
+    }
+    /// This record's hash.
+    async fn hash(&self) -> &str {
+        &self.0.hash
+    }
+}
+
+/// `auditLog` filter.
+#[derive(InputObject, Default)]
+pub struct AuditFilter {
+    /// Records by this user (global user ID).
+    pub actor_id: Option<ID>,
+    /// Actions starting with this (`workflow.`, `auth.login`).
+    pub action_prefix: Option<String>,
+    /// Resource type.
+    pub resource_type: Option<String>,
+    /// Resource id.
+    pub resource_id: Option<String>,
+    /// Severity.
+    pub severity: Option<Severity>,
+    /// Outcome.
+    pub outcome: Option<Outcome>,
+    /// From (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// To (inclusive).
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Result of `verifyAuditChain`.
+#[derive(SimpleObject)]
+pub struct ChainVerification {
+    /// Whether every checked record is intact and linked.
+    pub intact: bool,
+    /// Records checked.
+    pub checked: i64,
+    /// Sequence number of the first broken (edited, unlinked or missing) record.
+    pub first_broken_sequence: Option<i64>,
+    /// Its id, when it still exists.
+    pub first_broken_id: Option<ID>,
+    /// What is wrong with it.
+    pub problem: Option<String>,
+}
+
+/// Audit queries.
+#[derive(Default)]
+pub struct AuditQuery;
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+#[Object]
+impl AuditQuery {
+    /// The caller's tenant's audit trail, newest first.
+    #[graphql(guard = "Require(Permission::AuditRead)")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Conn<AuditRecord>> {
+        let p = principal(ctx)?;
+        let a = app(ctx)?;
+        let page = Page::from_args(after, None, first, None)?;
+        let f = filter.unwrap_or_default();
+        let tenant = p.tenant_id.to_string();
+        let actor_ref = f
+            .actor_id
+            .as_ref()
+            .map(|id| decode_expecting(id, NodeKind::User, "user").map(|u| format!("user:{u}")))
+            .transpose()?;
+        let rows: (Vec<RecordRow>, i64) = crate::db_run_tenant!(&a.db, p.tenant_id, |conn| {
+            let pseudonym: Option<String> = match &actor_ref {
+                None => None,
+                Some(r) => Some(
+                    audit_actors::table
+                        .filter(audit_actors::tenant_id.eq(&tenant))
+                        .filter(audit_actors::actor_ref.eq(r))
+                        .select(audit_actors::pseudonym)
+                        .first::<String>(conn)
+                        .await
+                        .optional()?
+                        .unwrap_or_else(|| "none".into()),
+                ),
+            };
+            let build = || {
+                let mut q = audit_log::table
+                    .filter(audit_log::tenant_id.eq(&tenant))
+                    .into_boxed();
+                if let Some(ps) = &pseudonym {
+                    q = q.filter(audit_log::actor_id.eq(ps.clone()));
+                }
+                if let Some(pre) = &f.action_prefix {
+                    q = q.filter(
+                        audit_log::action
+                            .like(format!("{}%", escape_like(pre)))
+                            .escape('\\'),
+                    );
+                }
+                if let Some(t) = &f.resource_type {
+                    q = q.filter(audit_log::resource_type.eq(t.clone()));
+                }
+                if let Some(r) = &f.resource_id {
+                    q = q.filter(audit_log::resource_id.eq(r.clone()));
+                }
+                if let Some(s) = f.severity {
+                    q = q.filter(audit_log::severity.eq(s.as_str()));
+                }
+                if let Some(o) = f.outcome {
+                    q = q.filter(audit_log::outcome.eq(o.as_str()));
+                }
+                if let Some(from) = f.from {
+                    q = q.filter(audit_log::created_at.ge(db_time(from)));
+                }
+                if let Some(to) = f.to {
+                    q = q.filter(audit_log::created_at.le(db_time(to)));
+                }
+                q
+            };
+            let total: i64 = build().count().get_result(conn).await?;
+            let mut q = build().select(RecordRow::as_select());
+            if let Some(after) = page.after {
+                q = q.filter(audit_log::id.lt(after.to_string()));
+            }
+            let rows = q
+                .order(audit_log::id.desc())
+                .limit(page.limit + 1)
+                .load(conn)
+                .await?;
+            (rows, total)
+        });
+        let (rows, total) = rows;
+        Ok(
+            page.finish(rows.into_iter().map(AuditRecord).collect(), total, |r| {
+                uuid::Uuid::parse_str(&r.0.id).unwrap_or_default()
+            }),
+        )
+    }
+
+    /// Checks the caller's tenant's chain over records created in `[from, to]` (all when
+    /// unset): hashes, links, missing records, and the chain's end.
+    #[graphql(guard = "Require(Permission::AuditRead)")]
+    async fn verify_audit_chain(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<ChainVerification> {
+        let p = principal(ctx)?;
+        let a = app(ctx)?;
+        let v = super::verify(
+            &a.db,
+            &p.tenant_id.to_string(),
+            from.map(db_time),
+            to.map(db_time),
+        )
+        .await?;
+        Ok(match v.first_broken {
+            None => ChainVerification {
+                intact: true,
+                checked: v.checked,
+                first_broken_sequence: None,
+                first_broken_id: None,
+                problem: None,
+            },
+            Some((seq, id, problem)) => ChainVerification {
+                intact: false,
+                checked: v.checked,
+                first_broken_sequence: Some(seq),
+                first_broken_id: id.map(ID),
+                problem: Some(problem),
+            },
+        })
+    }
+}
