@@ -682,7 +682,16 @@ impl ClusterMutation {
     ) -> async_graphql::Result<NodePayload> {
         let id = node_arg(ctx, &input.node_id).await?;
         let a = app(ctx)?;
-        let row = store::set_draining(&a.db, &id, true, db_time(wall_now())).await?;
+        let now = db_time(wall_now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "node.drained",
+            "node",
+            &id,
+            None,
+            now,
+        );
+        let row = store::set_draining(&a.db, &id, true, now, &audit).await?;
         tracing::info!(node = %row.id, name = %row.name, "node draining");
         Ok(NodePayload {
             node: ClusterNode::new(row, a),
@@ -698,7 +707,16 @@ impl ClusterMutation {
     ) -> async_graphql::Result<NodePayload> {
         let id = node_arg(ctx, &input.node_id).await?;
         let a = app(ctx)?;
-        let row = store::set_draining(&a.db, &id, false, db_time(wall_now())).await?;
+        let now = db_time(wall_now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "node.undrained",
+            "node",
+            &id,
+            None,
+            now,
+        );
+        let row = store::set_draining(&a.db, &id, false, now, &audit).await?;
         Ok(NodePayload {
             node: ClusterNode::new(row, a),
         })
@@ -741,6 +759,15 @@ impl ClusterMutation {
             )
             .into());
         }
+        let now = db_time(wall_now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "gpu.allocated",
+            "gpu_allocation",
+            "",
+            None,
+            now,
+        );
         let row = store::reserve_manual(
             &a.db,
             &store::ManualRequest {
@@ -749,8 +776,9 @@ impl ClusterMutation {
                 memory_mb: input.memory_mb,
                 reason,
                 by: &p.actor_ref(),
-                now: db_time(wall_now()),
+                now,
             },
+            &audit,
         )
         .await?;
         let name = store::find_node(&a.db, &id).await?.map(|n| n.name);
@@ -773,7 +801,15 @@ impl ClusterMutation {
             "GPU allocation",
         )?;
         let a = app(ctx)?;
-        let row = store::release_manual(&a.db, &id.to_string()).await?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "gpu.released",
+            "gpu_allocation",
+            id,
+            None,
+            db_time(wall_now()),
+        );
+        let row = store::release_manual(&a.db, &id.to_string(), &audit).await?;
         Ok(ReleaseGpuPayload {
             allocation_id: input.allocation_id,
             memory_mb: row.memory_mb,

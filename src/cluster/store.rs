@@ -236,6 +236,7 @@ pub async fn set_draining(
     id: &str,
     draining: bool,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<NodeRow> {
     crate::db_tx!(db, "", |conn| {
         let row: NodeRow = nodes::table
@@ -260,7 +261,7 @@ pub async fn set_draining(
         } else {
             NodeStatus::of(row.health_score, false)
         };
-        Ok(diesel::update(nodes::table.find(id))
+        let row = diesel::update(nodes::table.find(id))
             .set((
                 nodes::draining.eq(draining),
                 nodes::status.eq(status.as_str()),
@@ -268,7 +269,9 @@ pub async fn set_draining(
             ))
             .returning(NodeRow::as_returning())
             .get_result(conn)
-            .await?)
+            .await?;
+        crate::audit_append!(conn, audit)?;
+        Ok(row)
     })
 }
 
@@ -538,7 +541,11 @@ pub struct ManualRequest<'a> {
 
 /// Reserves memory by hand. `NOT_FOUND` for an unknown node, `CONFLICT` for an OFFLINE
 /// one or when the memory is taken, `BAD_USER_INPUT` when larger than the GPU.
-pub async fn reserve_manual(db: &DbPool, req: &ManualRequest<'_>) -> AppResult<ReservationRow> {
+pub async fn reserve_manual(
+    db: &DbPool,
+    req: &ManualRequest<'_>,
+    audit: &crate::audit::Entry,
+) -> AppResult<ReservationRow> {
     crate::db_tx!(db, "", |conn| {
         let node: NodeRow = nodes::table
             .find(req.node_id)
@@ -603,12 +610,22 @@ pub async fn reserve_manual(db: &DbPool, req: &ManualRequest<'_>) -> AppResult<R
             .values(&r)
             .execute(conn)
             .await?;
+        let mut audit = audit.clone();
+        audit.resource_id = Some(r.id.clone());
+        audit.changes = Some(serde_json::json!({
+            "nodeId": r.node_id, "gpuIndex": r.gpu_index, "memoryMb": r.memory_mb, "reason": r.reason,
+        }));
+        crate::audit_append!(conn, &audit)?;
         Ok(r)
     })
 }
 
 /// Deletes a reservation; `NOT_FOUND` when there is none.
-pub async fn release_manual(db: &DbPool, id: &str) -> AppResult<ReservationRow> {
+pub async fn release_manual(
+    db: &DbPool,
+    id: &str,
+    audit: &crate::audit::Entry,
+) -> AppResult<ReservationRow> {
     crate::db_tx!(db, "", |conn| {
         let r: ReservationRow = gpu_reservations::table
             .find(id)
@@ -620,6 +637,7 @@ pub async fn release_manual(db: &DbPool, id: &str) -> AppResult<ReservationRow> 
         diesel::delete(gpu_reservations::table.find(id))
             .execute(conn)
             .await?;
+        crate::audit_append!(conn, audit)?;
         Ok(r)
     })
 }

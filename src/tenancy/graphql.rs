@@ -806,7 +806,16 @@ impl TenancyMutation {
         let mut user = user_in_tenant(ctx, &input.user_id).await?;
         let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
         let now = db_time(a.clock.now());
-        super::store::set_user_role(&a.db, p.tenant_id, user.id, &role, now).await?;
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "user.role_changed",
+            "user",
+            user.id,
+            Some(serde_json::json!({ "role": { "before": user.role, "after": role } })),
+            now,
+        )
+        .severity(crate::audit::Severity::Warning);
+        super::store::set_user_role(&a.db, p.tenant_id, user.id, &role, now, &audit).await?;
         user.role = role;
         user.updated_at = now;
         Ok(UserPayload { user: User(user) })
@@ -826,12 +835,22 @@ impl TenancyMutation {
             return Err(AppError::bad_input("userId", "you cannot disable yourself").into());
         }
         let now = db_time(a.clock.now());
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "user.disabled",
+            "user",
+            user.id,
+            Some(serde_json::json!({ "status": { "before": user.status, "after": UserStatus::Disabled.as_str() } })),
+            now,
+        )
+        .severity(crate::audit::Severity::Warning);
         super::store::set_user_status(
             &a.db,
             p.tenant_id,
             user.id,
             UserStatus::Disabled.as_str(),
             now,
+            &audit,
         )
         .await?;
         crate::auth::store::revoke_user_sessions(

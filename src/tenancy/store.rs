@@ -180,9 +180,10 @@ pub async fn set_user_role(
     id: UserId,
     role: &str,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::update(
+    crate::db_tx!(db, tenant, |conn| {
+        let changed = diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
@@ -190,8 +191,12 @@ pub async fn set_user_role(
         .set((users::role.eq(role), users::updated_at.eq(now)))
         .execute(conn)
         .await?
-            == 1
-    }))
+            == 1;
+        if changed {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(changed)
+    })
 }
 
 /// Sets a user's status; returns whether the user exists in `tenant`.
@@ -201,9 +206,10 @@ pub async fn set_user_status(
     id: UserId,
     status: &str,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::update(
+    crate::db_tx!(db, tenant, |conn| {
+        let changed = diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
@@ -211,8 +217,12 @@ pub async fn set_user_status(
         .set((users::status.eq(status), users::updated_at.eq(now)))
         .execute(conn)
         .await?
-            == 1
-    }))
+            == 1;
+        if changed {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(changed)
+    })
 }
 
 /// Sets a user's password hash.

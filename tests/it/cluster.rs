@@ -358,6 +358,21 @@ async fn gpu_steps_go_to_the_best_fitting_node_within_the_tenant_quota() {
     assert_eq!(out["data"]["releaseGpu"]["memoryMb"], 70_000, "{out}");
     let done = wait_for(&app, &owner, &e4, 30, finished).await;
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    // Both maintenance actions are in the platform's audit trail.
+    let out = app
+        .gql_as(
+            &admin,
+            "{ auditLog(filter: { actionPrefix: \"gpu.\" }) { edges { node { action resourceType changes } } } }",
+            json!({}),
+        )
+        .await;
+    let acts: Vec<&str> = out["data"]["auditLog"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"))
+        .iter()
+        .filter_map(|e| e["node"]["action"].as_str())
+        .collect();
+    assert_eq!(acts, ["gpu.released", "gpu.allocated"], "{out}");
 
     // Larger than the quota: refused at start. Larger than any GPU: waits, and says so.
     let huge = published(&app, &owner, "huge", gpu_workflow(100_000, 10)).await;
