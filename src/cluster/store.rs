@@ -299,24 +299,6 @@ pub async fn tenant_reservations(db: &DbPool, tenant: TenantId) -> AppResult<Vec
     }))
 }
 
-/// Reservations held by one execution's steps.
-pub async fn execution_reservations(
-    db: &DbPool,
-    tenant: TenantId,
-    execution: &str,
-) -> AppResult<Vec<ReservationRow>> {
-    let t = tenant.to_string();
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        gpu_reservations::table
-            .filter(gpu_reservations::tenant_id.eq(&t))
-            .filter(gpu_reservations::execution_id.eq(execution))
-            .order(gpu_reservations::id.asc())
-            .select(ReservationRow::as_select())
-            .load(conn)
-            .await?
-    }))
-}
-
 /// The placement row of an execution of `tenant`, if it needs GPUs.
 pub async fn placement(
     db: &DbPool,

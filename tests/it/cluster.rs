@@ -112,6 +112,41 @@ fn id_of(v: &Value) -> String {
     v["execution"]["id"].as_str().expect("id").to_owned()
 }
 
+/// An API-only server and two worker processes: `small` (one 24 GiB GPU) and `big` (one
+/// 80 GiB GPU), both live. Returns the app, the workers, an admin token and the nodes.
+async fn api_and_two_gpu_workers() -> (
+    TestApp,
+    tokio::process::Child,
+    tokio::process::Child,
+    String,
+    Vec<Value>,
+) {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0"), HEARTBEAT, OFFLINE]).await;
+    let worker = |name: &'static str, gpus: &'static str| {
+        let url = app.db.url.clone();
+        async move {
+            worker_process_with(
+                &url,
+                &[
+                    HEARTBEAT,
+                    OFFLINE,
+                    ("AGENTPLANE_NODE_NAME", name),
+                    ("AGENTPLANE_FAKE_GPUS", gpus),
+                ],
+            )
+            .await
+        }
+    };
+    let small = worker("small", "A10:24576").await;
+    let big = worker("big", "H100:81920").await;
+    let admin = app.admin_token().await;
+    let nodes = wait_nodes(&app, &admin, 20, |n| {
+        is_live(n, "small") && is_live(n, "big")
+    })
+    .await;
+    (app, small, big, admin, nodes)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_process_is_a_node_and_tenants_see_only_the_summary() {
     let app = TestApp::spawn_with(&[
@@ -239,33 +274,7 @@ async fn every_process_is_a_node_and_tenants_see_only_the_summary() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_steps_go_to_the_best_fitting_node_within_the_tenant_quota() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0"), HEARTBEAT, OFFLINE]).await;
-    let url = app.db.url.clone();
-    let mut small = worker_process_with(
-        &url,
-        &[
-            HEARTBEAT,
-            OFFLINE,
-            ("AGENTPLANE_NODE_NAME", "small"),
-            ("AGENTPLANE_FAKE_GPUS", "A10:24576"),
-        ],
-    )
-    .await;
-    let mut big = worker_process_with(
-        &url,
-        &[
-            HEARTBEAT,
-            OFFLINE,
-            ("AGENTPLANE_NODE_NAME", "big"),
-            ("AGENTPLANE_FAKE_GPUS", "H100:81920"),
-        ],
-    )
-    .await;
-    let admin = app.admin_token().await;
-    let nodes = wait_nodes(&app, &admin, 20, |n| {
-        is_live(n, "small") && is_live(n, "big")
-    })
-    .await;
+    let (app, mut small, mut big, admin, nodes) = api_and_two_gpu_workers().await;
     let big_id = named(&nodes, "big").expect("big")["id"]
         .as_str()
         .expect("id")
@@ -410,33 +419,7 @@ async fn gpu_steps_go_to_the_best_fitting_node_within_the_tenant_quota() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_goes_offline_and_its_gpu_work_finishes_on_another() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0"), HEARTBEAT, OFFLINE]).await;
-    let url = app.db.url.clone();
-    let mut small = worker_process_with(
-        &url,
-        &[
-            HEARTBEAT,
-            OFFLINE,
-            ("AGENTPLANE_NODE_NAME", "small"),
-            ("AGENTPLANE_FAKE_GPUS", "A10:24576"),
-        ],
-    )
-    .await;
-    let mut big = worker_process_with(
-        &url,
-        &[
-            HEARTBEAT,
-            OFFLINE,
-            ("AGENTPLANE_NODE_NAME", "big"),
-            ("AGENTPLANE_FAKE_GPUS", "H100:81920"),
-        ],
-    )
-    .await;
-    let admin = app.admin_token().await;
-    let nodes = wait_nodes(&app, &admin, 20, |n| {
-        is_live(n, "small") && is_live(n, "big")
-    })
-    .await;
+    let (app, mut small, mut big, admin, nodes) = api_and_two_gpu_workers().await;
     let small_id = named(&nodes, "small").expect("small")["id"].clone();
     let big_id = named(&nodes, "big").expect("big")["id"].clone();
     let (_, owner) = app.tenant_with_owner("acme").await;
