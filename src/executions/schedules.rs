@@ -114,14 +114,15 @@ impl CronSpec {
     }
 }
 
-async fn insert(db: &DbPool, row: &ScheduleRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+async fn insert(db: &DbPool, row: &ScheduleRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(schedules::table)
             .values(row)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 async fn find(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<Option<ScheduleRow>> {
@@ -142,8 +143,9 @@ async fn set_state(
     status: &str,
     next: Option<NaiveDateTime>,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::update(
             schedules::table
                 .filter(schedules::tenant_id.eq(row.tenant_id))
@@ -156,12 +158,18 @@ async fn set_state(
         ))
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-async fn delete(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<()> {
-    crate::db_run_tenant!(db, tenant, |conn| {
+async fn delete(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ScheduleId,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, tenant, |conn| {
         diesel::delete(
             schedules::table
                 .filter(schedules::tenant_id.eq(tenant))
@@ -169,8 +177,30 @@ async fn delete(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<()> 
         )
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
+}
+
+/// The audit record of a schedule action.
+fn schedule_audit(
+    ctx: &Context<'_>,
+    action: &str,
+    row: &ScheduleRow,
+    at: NaiveDateTime,
+) -> AppResult<crate::audit::Entry> {
+    Ok(crate::audit::Entry::change(
+        &crate::audit::graphql::origin(ctx)?,
+        action,
+        "schedule",
+        row.id,
+        Some(serde_json::json!({
+            "workflowId": row.workflow_id.to_string(),
+            "cron": row.cron,
+            "timezone": row.timezone,
+        })),
+        at,
+    ))
 }
 
 /// Schedules of several workflows (dataloader).
@@ -488,7 +518,8 @@ impl ScheduleMutation {
             created_at: db_time(now),
             updated_at: db_time(now),
         };
-        insert(&a.db, &row).await?;
+        let audit = schedule_audit(ctx, "schedule.created", &row, row.created_at)?;
+        insert(&a.db, &row, &audit).await?;
         Ok(SchedulePayload {
             schedule: Schedule(row),
         })
@@ -504,7 +535,8 @@ impl ScheduleMutation {
         let a = app(ctx)?;
         let mut row = schedule_arg(ctx, &input.schedule_id).await?;
         let now = db_time(a.clock.now());
-        set_state(&a.db, &row, "PAUSED", None, now).await?;
+        let audit = schedule_audit(ctx, "schedule.paused", &row, now)?;
+        set_state(&a.db, &row, "PAUSED", None, now, &audit).await?;
         row.status = "PAUSED".into();
         row.next_run_at = None;
         Ok(SchedulePayload {
@@ -528,7 +560,9 @@ impl ScheduleMutation {
         }
         let spec = CronSpec::parse(&row.cron, &row.timezone)?;
         let next = spec.next_after(a.clock.now()).map(db_time);
-        set_state(&a.db, &row, "ACTIVE", next, db_time(a.clock.now())).await?;
+        let now = db_time(a.clock.now());
+        let audit = schedule_audit(ctx, "schedule.resumed", &row, now)?;
+        set_state(&a.db, &row, "ACTIVE", next, now, &audit).await?;
         row.status = "ACTIVE".into();
         row.next_run_at = next;
         Ok(SchedulePayload {
@@ -544,7 +578,9 @@ impl ScheduleMutation {
         input: ScheduleIdInput,
     ) -> async_graphql::Result<DeleteSchedulePayload> {
         let row = schedule_arg(ctx, &input.schedule_id).await?;
-        delete(&app(ctx)?.db, row.tenant_id, row.id).await?;
+        let a = app(ctx)?;
+        let audit = schedule_audit(ctx, "schedule.deleted", &row, db_time(a.clock.now()))?;
+        delete(&a.db, row.tenant_id, row.id, &audit).await?;
         Ok(DeleteSchedulePayload {
             deleted_schedule_id: input.schedule_id,
         })

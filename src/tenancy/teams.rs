@@ -127,18 +127,19 @@ async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow>> {
     }))
 }
 
-async fn insert(db: &DbPool, row: &TeamRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+async fn insert(db: &DbPool, row: &TeamRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(teams::table)
             .values(row)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-async fn update(db: &DbPool, row: &TeamRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+async fn update(db: &DbPool, row: &TeamRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::update(
             teams::table
                 .filter(teams::tenant_id.eq(row.tenant_id))
@@ -151,12 +152,18 @@ async fn update(db: &DbPool, row: &TeamRow) -> AppResult<()> {
         ))
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-async fn delete(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<()> {
-    crate::db_run_tenant!(db, tenant, |conn| {
+async fn delete(
+    db: &DbPool,
+    tenant: TenantId,
+    id: TeamId,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, tenant, |conn| {
         diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
@@ -171,12 +178,17 @@ async fn delete(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<()> {
         )
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
-async fn put_member(db: &DbPool, row: &TeamMemberRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+async fn put_member(
+    db: &DbPool,
+    row: &TeamMemberRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(team_members::table)
             .values(row)
             .on_conflict((team_members::team_id, team_members::user_id))
@@ -184,8 +196,9 @@ async fn put_member(db: &DbPool, row: &TeamMemberRow) -> AppResult<()> {
             .set(team_members::role.eq(&row.role))
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 async fn remove_member(
@@ -193,9 +206,10 @@ async fn remove_member(
     tenant: TenantId,
     team: TeamId,
     user: UserId,
+    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::delete(
+    crate::db_tx!(db, tenant, |conn| {
+        let gone = diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
                 .filter(team_members::team_id.eq(team))
@@ -203,8 +217,23 @@ async fn remove_member(
         )
         .execute(conn)
         .await?
-            == 1
-    }))
+            == 1;
+        if gone {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(gone)
+    })
+}
+
+/// The audit record of a team action.
+fn team_audit(
+    origin: &crate::audit::Origin,
+    action: &str,
+    team: &TeamRow,
+    changes: Option<serde_json::Value>,
+    at: NaiveDateTime,
+) -> crate::audit::Entry {
+    crate::audit::Entry::change(origin, action, "team", team.id, changes, at)
 }
 
 async fn members(
@@ -414,7 +443,14 @@ impl TeamMutation {
             created_at: now,
             updated_at: now,
         };
-        insert(&a.db, &row).await?;
+        let audit = team_audit(
+            &crate::audit::graphql::origin(ctx)?,
+            "team.created",
+            &row,
+            Some(serde_json::json!({ "name": row.name })),
+            now,
+        );
+        insert(&a.db, &row, &audit).await?;
         Ok(TeamPayload { team: Team(row) })
     }
 
@@ -427,6 +463,7 @@ impl TeamMutation {
     ) -> async_graphql::Result<TeamPayload> {
         let a = app(ctx)?;
         let mut row = team_in_tenant(ctx, &input.team_id).await?;
+        let before = serde_json::json!({ "name": row.name, "description": row.description });
         if let Some(n) = input.name {
             row.name = check_name(&n)?;
         }
@@ -434,7 +471,15 @@ impl TeamMutation {
             row.description = d.trim().to_owned();
         }
         row.updated_at = db_time(a.clock.now());
-        update(&a.db, &row).await?;
+        let after = serde_json::json!({ "name": row.name, "description": row.description });
+        let audit = team_audit(
+            &crate::audit::graphql::origin(ctx)?,
+            "team.updated",
+            &row,
+            Some(crate::audit::diff(&before, &after)),
+            row.updated_at,
+        );
+        update(&a.db, &row, &audit).await?;
         Ok(TeamPayload { team: Team(row) })
     }
 
@@ -446,7 +491,15 @@ impl TeamMutation {
         input: DeleteTeamInput,
     ) -> async_graphql::Result<DeleteTeamPayload> {
         let row = team_in_tenant(ctx, &input.team_id).await?;
-        delete(&app(ctx)?.db, row.tenant_id, row.id).await?;
+        let a = app(ctx)?;
+        let audit = team_audit(
+            &crate::audit::graphql::origin(ctx)?,
+            "team.deleted",
+            &row,
+            Some(serde_json::json!({ "name": row.name })),
+            db_time(a.clock.now()),
+        );
+        delete(&a.db, row.tenant_id, row.id, &audit).await?;
         Ok(DeleteTeamPayload {
             deleted_team_id: input.team_id,
         })
@@ -466,6 +519,14 @@ impl TeamMutation {
         let user = super::store::find_user(&a.db, p.tenant_id, UserId(uid))
             .await?
             .ok_or_else(|| AppError::not_found("user"))?;
+        let now = db_time(a.clock.now());
+        let audit = team_audit(
+            &crate::audit::graphql::origin(ctx)?,
+            "team.member_added",
+            &team,
+            Some(serde_json::json!({ "userId": user.id.to_string(), "role": input.role.as_str() })),
+            now,
+        );
         put_member(
             &a.db,
             &TeamMemberRow {
@@ -473,8 +534,9 @@ impl TeamMutation {
                 user_id: user.id,
                 tenant_id: p.tenant_id,
                 role: input.role.as_str().to_owned(),
-                created_at: db_time(a.clock.now()),
+                created_at: now,
             },
+            &audit,
         )
         .await?;
         Ok(TeamPayload { team: Team(team) })
@@ -490,7 +552,15 @@ impl TeamMutation {
         let p = principal(ctx)?;
         let team = team_in_tenant(ctx, &input.team_id).await?;
         let uid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
-        if !remove_member(&app(ctx)?.db, p.tenant_id, team.id, UserId(uid)).await? {
+        let a = app(ctx)?;
+        let audit = team_audit(
+            &crate::audit::graphql::origin(ctx)?,
+            "team.member_removed",
+            &team,
+            Some(serde_json::json!({ "userId": uid.to_string() })),
+            db_time(a.clock.now()),
+        );
+        if !remove_member(&a.db, p.tenant_id, team.id, UserId(uid), &audit).await? {
             return Err(AppError::not_found("team member").into());
         }
         Ok(TeamPayload { team: Team(team) })
@@ -513,8 +583,27 @@ pub async fn seed_team(
         created_at: now,
         updated_at: now,
     };
-    insert(db, &row).await?;
+    let origin = crate::audit::Origin::system(tenant);
+    insert(
+        db,
+        &row,
+        &team_audit(
+            &origin,
+            "team.created",
+            &row,
+            Some(serde_json::json!({ "name": row.name })),
+            now,
+        ),
+    )
+    .await?;
     for (user, lead) in members {
+        let audit = team_audit(
+            &origin,
+            "team.member_added",
+            &row,
+            Some(serde_json::json!({ "userId": user.to_string(), "lead": lead })),
+            now,
+        );
         put_member(
             db,
             &TeamMemberRow {
@@ -530,6 +619,7 @@ pub async fn seed_team(
                 .to_owned(),
                 created_at: now,
             },
+            &audit,
         )
         .await?;
     }
