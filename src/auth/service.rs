@@ -372,18 +372,22 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
 
 /// Creates a one-time set-password token valid for 7 days; returns the secret.
 pub async fn create_password_token(app: &App, user: UserId) -> AppResult<String> {
-    let secret = passwords::random_secret(32);
-    store::insert_password_token(
-        &app.db,
-        &super::model::PasswordTokenRow {
-            token_hash: passwords::sha256_hex(&secret),
-            user_id: user,
-            expires_at: db_time(app.clock.now() + Duration::days(7)),
-            used_at: None,
-        },
-    )
-    .await?;
+    let (secret, row) = new_password_token(app, user);
+    store::insert_password_token(&app.db, &row).await?;
     Ok(secret)
+}
+
+/// A one-time set-password token (valid 7 days) and the row that stores its hash, for
+/// callers that write it in their own transaction.
+pub fn new_password_token(app: &App, user: UserId) -> (String, super::model::PasswordTokenRow) {
+    let secret = passwords::random_secret(32);
+    let row = super::model::PasswordTokenRow {
+        token_hash: passwords::sha256_hex(&secret),
+        user_id: user,
+        expires_at: db_time(app.clock.now() + Duration::days(7)),
+        used_at: None,
+    };
+    (secret, row)
 }
 
 /// Creates an API key acting with `role` in the caller's tenant; returns the row and the

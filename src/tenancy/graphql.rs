@@ -711,9 +711,21 @@ impl TenancyMutation {
             BuiltinRole::Owner.as_str(),
             now,
         )?;
-        super::store::insert(&a.db, &tenant).await?;
-        super::store::insert_user(&a.db, &owner).await?;
-        let token = crate::auth::service::create_password_token(a, owner.id).await?;
+        let (token, token_row) = crate::auth::service::new_password_token(a, owner.id);
+        // Recorded in the new tenant's own chain: its trail starts with its creation.
+        let mut origin = crate::audit::graphql::origin(ctx)?;
+        origin.tenant_id = tenant.id.to_string();
+        let audit = crate::audit::Entry::change(
+            &origin,
+            "tenant.created",
+            "tenant",
+            tenant.id,
+            Some(
+                serde_json::json!({ "after": tenant_view(&tenant), "ownerId": owner.id.to_string() }),
+            ),
+            now,
+        );
+        super::store::create_with_token(&a.db, Some(&tenant), &owner, &token_row, &audit).await?;
         Ok(CreateTenantPayload {
             tenant: Tenant(tenant),
             owner: User(owner),
@@ -735,10 +747,13 @@ impl TenancyMutation {
                 AppError::bad_input("tenantId", "the system tenant cannot be suspended").into(),
             );
         }
+        let before = tenant_view(&t);
         t.status = TenantStatus::Suspended.as_str().into();
         t.status_reason = Some(input.reason.trim().chars().take(500).collect());
         t.updated_at = db_time(a.clock.now());
-        super::store::update(&a.db, &t).await?;
+        let audit = tenant_audit(ctx, "tenant.suspended", &before, &t)?
+            .severity(crate::audit::Severity::Critical);
+        super::store::update(&a.db, &t, &audit).await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -751,10 +766,13 @@ impl TenancyMutation {
     ) -> async_graphql::Result<TenantPayload> {
         let a = app(ctx)?;
         let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        let before = tenant_view(&t);
         t.status = TenantStatus::Active.as_str().into();
         t.status_reason = None;
         t.updated_at = db_time(a.clock.now());
-        super::store::update(&a.db, &t).await?;
+        let audit = tenant_audit(ctx, "tenant.reactivated", &before, &t)?
+            .severity(crate::audit::Severity::Warning);
+        super::store::update(&a.db, &t, &audit).await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -779,15 +797,18 @@ impl TenancyMutation {
             .with_detail("quota", "maxUsers")
             .into());
         }
-        let user = new_user_row(
-            p.tenant_id,
-            &input.email,
-            &input.display_name,
-            &role,
-            db_time(a.clock.now()),
-        )?;
-        super::store::insert_user(&a.db, &user).await?;
-        let token = crate::auth::service::create_password_token(a, user.id).await?;
+        let now = db_time(a.clock.now());
+        let user = new_user_row(p.tenant_id, &input.email, &input.display_name, &role, now)?;
+        let (token, token_row) = crate::auth::service::new_password_token(a, user.id);
+        let audit = crate::audit::Entry::change(
+            &crate::audit::graphql::origin(ctx)?,
+            "user.created",
+            "user",
+            user.id,
+            Some(serde_json::json!({ "role": role })),
+            now,
+        );
+        super::store::create_with_token(&a.db, None, &user, &token_row, &audit).await?;
         Ok(CreateUserPayload {
             user: User(user),
             set_password_token: token,
@@ -888,7 +909,8 @@ impl TenancyMutation {
             created_at: now,
             updated_at: now,
         };
-        super::store::insert_role(&a.db, &row).await?;
+        let audit = role_audit(ctx, "role.created", &row, None)?;
+        super::store::insert_role(&a.db, &row, &audit).await?;
         Ok(RolePayload {
             role: Role::custom(&row),
         })
@@ -904,6 +926,7 @@ impl TenancyMutation {
         let a = app(ctx)?;
         let p = principal(ctx)?;
         let mut row = custom_role(ctx, &input.role_id).await?;
+        let before = role_view(&row);
         if let Some(n) = &input.name {
             row.name = role_name(n)?;
         }
@@ -915,7 +938,9 @@ impl TenancyMutation {
                 .map_err(AppError::internal)?;
         }
         row.updated_at = db_time(a.clock.now());
-        super::store::update_role(&a.db, &row).await?;
+        let audit = role_audit(ctx, "role.updated", &row, Some(&before))?
+            .severity(crate::audit::Severity::Warning);
+        super::store::update_role(&a.db, &row, &audit).await?;
         Ok(RolePayload {
             role: Role::custom(&row),
         })
@@ -937,7 +962,9 @@ impl TenancyMutation {
             ))
             .into());
         }
-        super::store::delete_role(&a.db, row.tenant_id, row.id).await?;
+        let mut audit = role_audit(ctx, "role.deleted", &row, None)?;
+        audit.at = db_time(a.clock.now());
+        super::store::delete_role(&a.db, row.tenant_id, row.id, &audit).await?;
         Ok(DeleteRolePayload {
             deleted_role_id: input.role_id,
         })
@@ -952,6 +979,7 @@ impl TenancyMutation {
     ) -> async_graphql::Result<TenantPayload> {
         let a = app(ctx)?;
         let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        let before = tenant_view(&t);
         let (u, w, e, c, g) = plan_quotas(input.plan);
         let q = input.quotas.unwrap_or_default();
         for (field, v) in [
@@ -984,7 +1012,8 @@ impl TenancyMutation {
             t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
         }
         t.updated_at = db_time(a.clock.now());
-        super::store::update(&a.db, &t).await?;
+        let audit = tenant_audit(ctx, "tenant.plan_changed", &before, &t)?;
+        super::store::update(&a.db, &t, &audit).await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -1000,6 +1029,7 @@ impl TenancyMutation {
         let mut t = super::store::find(&a.db, p.tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;
+        let before = tenant_view(&t);
         if let Some(d) = input.data_retention_days {
             if !(1..=3650).contains(&d) {
                 return Err(
@@ -1023,7 +1053,76 @@ impl TenancyMutation {
             t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
         }
         t.updated_at = db_time(a.clock.now());
-        super::store::update(&a.db, &t).await?;
+        let audit = tenant_audit(ctx, "tenant.settings_changed", &before, &t)?;
+        super::store::update(&a.db, &t, &audit).await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
+}
+
+/// What the audit trail keeps of a tenant.
+fn tenant_view(t: &TenantRow) -> serde_json::Value {
+    serde_json::json!({
+        "name": t.name,
+        "plan": t.plan,
+        "status": t.status,
+        "statusReason": t.status_reason,
+        "dataRetentionDays": t.data_retention_days,
+        "requireMfa": t.require_mfa,
+        "allowedIpRanges": t.allowed_ip_ranges,
+        "maxUsers": t.max_users,
+        "maxWorkflows": t.max_workflows,
+        "maxExecutionsPerMonth": t.max_executions_per_month,
+        "maxConcurrentExecutions": t.max_concurrent_executions,
+        "maxGpuMemoryMb": t.max_gpu_memory_mb,
+        "featureFlags": t.feature_flags,
+    })
+}
+
+/// A tenant change, recorded in that tenant's own chain (a platform admin acting on a
+/// tenant shows up in the tenant's trail).
+fn tenant_audit(
+    ctx: &Context<'_>,
+    action: &str,
+    before: &serde_json::Value,
+    t: &TenantRow,
+) -> AppResult<crate::audit::Entry> {
+    let mut origin = crate::audit::graphql::origin(ctx)?;
+    origin.tenant_id = t.id.to_string();
+    Ok(crate::audit::Entry::change(
+        &origin,
+        action,
+        "tenant",
+        t.id,
+        Some(crate::audit::diff(before, &tenant_view(t))),
+        t.updated_at,
+    ))
+}
+
+fn role_view(r: &RoleRow) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "description": r.description,
+        "permissions": serde_json::from_str::<serde_json::Value>(&r.permissions).unwrap_or_default(),
+    })
+}
+
+/// A custom-role change: the full role when created or deleted, the diff when updated.
+fn role_audit(
+    ctx: &Context<'_>,
+    action: &str,
+    r: &RoleRow,
+    before: Option<&serde_json::Value>,
+) -> AppResult<crate::audit::Entry> {
+    let changes = match before {
+        Some(b) => crate::audit::diff(b, &role_view(r)),
+        None => role_view(r),
+    };
+    Ok(crate::audit::Entry::change(
+        &crate::audit::graphql::origin(ctx)?,
+        action,
+        "role",
+        r.id,
+        Some(changes),
+        r.updated_at,
+    ))
 }

@@ -46,32 +46,6 @@ pub async fn insert(db: &DbPool, row: &TenantRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Replaces a tenant's mutable columns.
-pub async fn update(db: &DbPool, row: &TenantRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
-        diesel::update(tenants::table.filter(tenants::id.eq(row.id)))
-            .set((
-                tenants::name.eq(&row.name),
-                tenants::plan.eq(&row.plan),
-                tenants::status.eq(&row.status),
-                tenants::status_reason.eq(&row.status_reason),
-                tenants::data_retention_days.eq(row.data_retention_days),
-                tenants::require_mfa.eq(row.require_mfa),
-                tenants::allowed_ip_ranges.eq(&row.allowed_ip_ranges),
-                tenants::max_users.eq(row.max_users),
-                tenants::max_workflows.eq(row.max_workflows),
-                tenants::max_executions_per_month.eq(row.max_executions_per_month),
-                tenants::max_concurrent_executions.eq(row.max_concurrent_executions),
-                tenants::max_gpu_memory_mb.eq(row.max_gpu_memory_mb),
-                tenants::feature_flags.eq(&row.feature_flags),
-                tenants::updated_at.eq(row.updated_at),
-            ))
-            .execute(conn)
-            .await?;
-    });
-    Ok(())
-}
-
 /// A page of tenants (platform view) and the total count.
 pub async fn list(db: &DbPool, page: &Page) -> AppResult<(Vec<TenantRow>, i64)> {
     Ok(crate::db_run!(db, |conn| {
@@ -117,6 +91,64 @@ pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<O
             .await
             .optional()?
     }))
+}
+
+/// Creates a user (and, with `tenant`, the tenant it owns) with its one-time
+/// set-password token and the audit record, all or nothing: a duplicate slug or e-mail
+/// (`CONFLICT`) leaves no tenant, user, token or record behind.
+pub async fn create_with_token(
+    db: &DbPool,
+    tenant: Option<&TenantRow>,
+    user: &UserRow,
+    token: &crate::auth::model::PasswordTokenRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    use crate::db::schema::password_tokens;
+    crate::db_tx!(db, user.tenant_id, |conn| {
+        if let Some(t) = tenant {
+            diesel::insert_into(tenants::table)
+                .values(t)
+                .execute(conn)
+                .await?;
+        }
+        diesel::insert_into(users::table)
+            .values(user)
+            .execute(conn)
+            .await?;
+        diesel::insert_into(password_tokens::table)
+            .values(token)
+            .execute(conn)
+            .await?;
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
+}
+
+/// Replaces a tenant's mutable columns, with the audit record, in one transaction.
+pub async fn update(db: &DbPool, row: &TenantRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, "", |conn| {
+        diesel::update(tenants::table.filter(tenants::id.eq(row.id)))
+            .set((
+                tenants::name.eq(&row.name),
+                tenants::plan.eq(&row.plan),
+                tenants::status.eq(&row.status),
+                tenants::status_reason.eq(&row.status_reason),
+                tenants::data_retention_days.eq(row.data_retention_days),
+                tenants::require_mfa.eq(row.require_mfa),
+                tenants::allowed_ip_ranges.eq(&row.allowed_ip_ranges),
+                tenants::max_users.eq(row.max_users),
+                tenants::max_workflows.eq(row.max_workflows),
+                tenants::max_executions_per_month.eq(row.max_executions_per_month),
+                tenants::max_concurrent_executions.eq(row.max_concurrent_executions),
+                tenants::max_gpu_memory_mb.eq(row.max_gpu_memory_mb),
+                tenants::feature_flags.eq(&row.feature_flags),
+                tenants::updated_at.eq(row.updated_at),
+            ))
+            .execute(conn)
+            .await?;
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Inserts a user (a duplicate e-mail is `CONFLICT`).
@@ -274,14 +306,15 @@ pub async fn find_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<O
 }
 
 /// Inserts a custom role (a duplicate name in the tenant is `CONFLICT`).
-pub async fn insert_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+pub async fn insert_role(db: &DbPool, row: &RoleRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(roles::table)
             .values(row)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// A tenant's custom roles, by name.
@@ -310,8 +343,8 @@ pub async fn find_user_any(db: &DbPool, id: UserId) -> AppResult<Option<UserRow>
 }
 
 /// Replaces a custom role's name, description and permissions.
-pub async fn update_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+pub async fn update_role(db: &DbPool, row: &RoleRow, audit: &crate::audit::Entry) -> AppResult<()> {
+    crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::update(
             roles::table
                 .filter(roles::tenant_id.eq(row.tenant_id))
@@ -325,8 +358,9 @@ pub async fn update_role(db: &DbPool, row: &RoleRow) -> AppResult<()> {
         ))
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// How many users and live API keys hold a role.
@@ -351,8 +385,13 @@ pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResul
 }
 
 /// Deletes a custom role.
-pub async fn delete_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<()> {
-    crate::db_run_tenant!(db, tenant, |conn| {
+pub async fn delete_role(
+    db: &DbPool,
+    tenant: TenantId,
+    id: RoleId,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, tenant, |conn| {
         diesel::delete(
             roles::table
                 .filter(roles::tenant_id.eq(tenant))
@@ -360,8 +399,9 @@ pub async fn delete_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult
         )
         .execute(conn)
         .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Loads a tenant by slug (operator CLI).

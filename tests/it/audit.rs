@@ -219,7 +219,8 @@ async fn an_edited_record_and_a_deleted_record_are_each_found() {
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
     let v = &out["data"]["verifyAuditChain"];
     assert_eq!(v["intact"], true, "{out}");
-    assert_eq!(v["checked"], 8, "{out}");
+    // The tenant's creation, then two records per workflow.
+    assert_eq!(v["checked"], 9, "{out}");
     let tenant_uuid = {
         use base64::Engine as _;
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -259,7 +260,7 @@ async fn an_edited_record_and_a_deleted_record_are_each_found() {
     // Put it back, then delete one.
     tamper(
         &app,
-        &format!("UPDATE audit_log SET action = 'workflow.created' WHERE tenant_id = '{tenant_uuid}' AND seq = 3"),
+        &format!("UPDATE audit_log SET action = 'workflow.published' WHERE tenant_id = '{tenant_uuid}' AND seq = 3"),
     )
     .await;
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
@@ -357,6 +358,7 @@ async fn keys_secrets_and_executions_are_recorded_without_secret_values() {
     assert_eq!(
         got,
         [
+            "tenant.created",
             "apikey.created",
             "apikey.revoked",
             "secret.set",
@@ -373,5 +375,5 @@ async fn keys_secrets_and_executions_are_recorded_without_secret_values() {
     assert!(!all.contains(&key_secret));
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
     assert_eq!(out["data"]["verifyAuditChain"]["intact"], true, "{out}");
-    assert_eq!(out["data"]["verifyAuditChain"]["checked"], 8, "{out}");
+    assert_eq!(out["data"]["verifyAuditChain"]["checked"], 9, "{out}");
 }
