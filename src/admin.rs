@@ -17,7 +17,16 @@ pub async fn reset_password(app: &App, email: &str, password: &str) -> anyhow::R
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
     let now = db_time(app.clock.now());
-    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now)
+    let audit = crate::audit::Entry::change(
+        &crate::audit::Origin::system(user.tenant_id),
+        "user.password_reset",
+        "user",
+        user.id,
+        None,
+        now,
+    )
+    .severity(crate::audit::Severity::Warning);
+    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now, &audit)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
     crate::auth::store::revoke_user_sessions(

@@ -163,6 +163,23 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A user acting in their tenant, from `client`.
+    pub fn user(
+        tenant: impl ToString,
+        user: impl ToString,
+        client: Option<&crate::graphql::ClientInfo>,
+        request_id: Option<&str>,
+    ) -> Self {
+        Self {
+            tenant_id: tenant.to_string(),
+            actor_type: "USER",
+            actor_ref: Some(format!("user:{}", user.to_string())),
+            ip: client.map(|c| c.ip.to_string()),
+            user_agent: client.and_then(|c| c.user_agent.clone()),
+            request_id: request_id.map(str::to_owned),
+        }
+    }
+
     /// The platform itself acting in `tenant` (engine, scheduler, retention).
     pub fn system(tenant: impl ToString) -> Self {
         Self {

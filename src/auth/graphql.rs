@@ -296,7 +296,12 @@ impl AuthMutation {
     /// Signs out: revokes this session and its access token.
     #[graphql(guard = "SignedIn")]
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<OkPayload> {
-        service::logout(app(ctx)?, principal(ctx)?).await?;
+        service::logout(
+            app(ctx)?,
+            principal(ctx)?,
+            &crate::audit::graphql::origin(ctx)?,
+        )
+        .await?;
         Ok(OkPayload { ok: true })
     }
 
@@ -310,6 +315,7 @@ impl AuthMutation {
         service::change_password(
             app(ctx)?,
             principal(ctx)?,
+            &crate::audit::graphql::origin(ctx)?,
             &input.current_password,
             &input.new_password,
         )
@@ -325,7 +331,13 @@ impl AuthMutation {
         input: RevokeSessionInput,
     ) -> async_graphql::Result<OkPayload> {
         let id = decode_expecting(&input.session_id, NodeKind::Session, "session")?;
-        service::revoke_own_session(app(ctx)?, principal(ctx)?, SessionId(id)).await?;
+        service::revoke_own_session(
+            app(ctx)?,
+            principal(ctx)?,
+            &crate::audit::graphql::origin(ctx)?,
+            SessionId(id),
+        )
+        .await?;
         Ok(OkPayload { ok: true })
     }
 

@@ -173,6 +173,14 @@ pub async fn login(
         user_agent: client.and_then(|c| c.user_agent.clone()),
     };
     let refresh = passwords::random_secret(32);
+    let audit = crate::audit::Entry::change(
+        &crate::audit::Origin::user(user.tenant_id, user.id, client, request_id),
+        "auth.login",
+        "session",
+        session.id,
+        None,
+        db_time(now),
+    );
     store::insert_session(
         &app.db,
         &session,
@@ -182,6 +190,7 @@ pub async fn login(
             created_at: db_time(now),
             used_at: None,
         },
+        &audit,
     )
     .await?;
     issue(app, user, session.id, refresh, now)
@@ -235,6 +244,7 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
             session.id,
             "refresh_token_reuse",
             db_time(now),
+            None,
         )
         .await?;
         let entry = crate::audit::Entry::change(
@@ -273,6 +283,14 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         .ok_or_else(invalid)?;
     check_tenant_active(&tenant)?;
     let next = passwords::random_secret(32);
+    let audit = crate::audit::Entry::change(
+        &crate::audit::Origin::user(user.tenant_id, user.id, None, None),
+        "auth.session_refreshed",
+        "session",
+        session.id,
+        None,
+        db_time(now),
+    );
     store::rotate_refresh(
         &app.db,
         &RefreshTokenRow {
@@ -282,13 +300,14 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
             used_at: None,
         },
         db_time(now),
+        &audit,
     )
     .await?;
     issue(app, user, session.id, next, now)
 }
 
 /// Signs out: revokes the session and the current access token.
-pub async fn logout(app: &App, p: &Principal) -> AppResult<()> {
+pub async fn logout(app: &App, p: &Principal, origin: &crate::audit::Origin) -> AppResult<()> {
     let Some(t) = &p.token else {
         return Err(AppError::bad_input(
             "token",
@@ -296,7 +315,17 @@ pub async fn logout(app: &App, p: &Principal) -> AppResult<()> {
         ));
     };
     let now = db_time(app.clock.now());
-    store::revoke_session(&app.db, p.tenant_id, t.session_id, "logout", now).await?;
+    let audit =
+        crate::audit::Entry::change(origin, "auth.logout", "session", t.session_id, None, now);
+    store::revoke_session(
+        &app.db,
+        p.tenant_id,
+        t.session_id,
+        "logout",
+        now,
+        Some(&audit),
+    )
+    .await?;
     store::revoke_access_token(
         &app.db,
         &RevokedTokenRow {
@@ -308,7 +337,13 @@ pub async fn logout(app: &App, p: &Principal) -> AppResult<()> {
 }
 
 /// Changes the caller's password and revokes every other session.
-pub async fn change_password(app: &App, p: &Principal, current: &str, new: &str) -> AppResult<()> {
+pub async fn change_password(
+    app: &App,
+    p: &Principal,
+    origin: &crate::audit::Origin,
+    current: &str,
+    new: &str,
+) -> AppResult<()> {
     let (Some(user_id), Some(t)) = (p.user_id(), &p.token) else {
         return Err(AppError::bad_input(
             "currentPassword",
@@ -332,7 +367,11 @@ pub async fn change_password(app: &App, p: &Principal, current: &str, new: &str)
     }
     let new_hash = hash_blocking(new).await?;
     let now = db_time(app.clock.now());
-    crate::tenancy::store::set_password(&app.db, p.tenant_id, user_id, &new_hash, now).await?;
+    let audit =
+        crate::audit::Entry::change(origin, "user.password_changed", "user", user_id, None, now)
+            .severity(crate::audit::Severity::Warning);
+    crate::tenancy::store::set_password(&app.db, p.tenant_id, user_id, &new_hash, now, &audit)
+        .await?;
     store::revoke_user_sessions(
         &app.db,
         p.tenant_id,
@@ -366,7 +405,16 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
     let user = crate::tenancy::store::find_user_any(&app.db, user_id)
         .await?
         .ok_or_else(|| AppError::unauthenticated("invalid or expired set-password token"))?;
-    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now).await?;
+    let audit = crate::audit::Entry::change(
+        &crate::audit::Origin::user(user.tenant_id, user.id, None, None),
+        "user.password_set",
+        "user",
+        user.id,
+        None,
+        now,
+    );
+    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now, &audit)
+        .await?;
     Ok(())
 }
 
@@ -475,18 +523,27 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
 }
 
 /// Revokes a session of the caller's (own) user.
-pub async fn revoke_own_session(app: &App, p: &Principal, id: SessionId) -> AppResult<()> {
+pub async fn revoke_own_session(
+    app: &App,
+    p: &Principal,
+    origin: &crate::audit::Origin,
+    id: SessionId,
+) -> AppResult<()> {
     let user = p.user_id().ok_or_else(|| AppError::not_found("session"))?;
     let session = store::find_session(&app.db, p.tenant_id, id)
         .await?
         .filter(|s| s.user_id == user)
         .ok_or_else(|| AppError::not_found("session"))?;
+    let now = db_time(app.clock.now());
+    let audit =
+        crate::audit::Entry::change(origin, "session.revoked", "session", session.id, None, now);
     store::revoke_session(
         &app.db,
         p.tenant_id,
         session.id,
         "revoked",
-        db_time(app.clock.now()),
+        now,
+        Some(&audit),
     )
     .await?;
     Ok(())

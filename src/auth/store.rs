@@ -17,8 +17,13 @@ use crate::error::AppResult;
 use crate::tenancy::{TenantId, UserId};
 
 /// Creates a session with its first refresh token.
-pub async fn insert_session(db: &DbPool, s: &SessionRow, t: &RefreshTokenRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+pub async fn insert_session(
+    db: &DbPool,
+    s: &SessionRow,
+    t: &RefreshTokenRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, s.tenant_id, |conn| {
         diesel::insert_into(sessions::table)
             .values(s)
             .execute(conn)
@@ -27,8 +32,9 @@ pub async fn insert_session(db: &DbPool, s: &SessionRow, t: &RefreshTokenRow) ->
             .values(t)
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Loads a session of `tenant`.
@@ -80,8 +86,13 @@ pub async fn mark_refresh_used(db: &DbPool, hash: &str, now: NaiveDateTime) -> A
 }
 
 /// Adds the next refresh token of a session and bumps its idle clock.
-pub async fn rotate_refresh(db: &DbPool, t: &RefreshTokenRow, now: NaiveDateTime) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+pub async fn rotate_refresh(
+    db: &DbPool,
+    t: &RefreshTokenRow,
+    now: NaiveDateTime,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, "", |conn| {
         diesel::insert_into(refresh_tokens::table)
             .values(t)
             .execute(conn)
@@ -90,8 +101,9 @@ pub async fn rotate_refresh(db: &DbPool, t: &RefreshTokenRow, now: NaiveDateTime
             .set(sessions::last_used_at.eq(now))
             .execute(conn)
             .await?;
-    });
-    Ok(())
+        crate::audit_append!(conn, audit)?;
+        Ok(())
+    })
 }
 
 /// Revokes a session of `tenant` (idempotent); returns whether it exists.
@@ -101,8 +113,9 @@ pub async fn revoke_session(
     id: SessionId,
     reason: &str,
     now: NaiveDateTime,
+    audit: Option<&crate::audit::Entry>,
 ) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    crate::db_tx!(db, tenant, |conn| {
         let exists = diesel::update(
             sessions::table
                 .filter(sessions::tenant_id.eq(tenant))
@@ -115,15 +128,20 @@ pub async fn revoke_session(
         ))
         .execute(conn)
         .await?;
-        exists == 1
-            || sessions::table
-                .filter(sessions::tenant_id.eq(tenant))
-                .filter(sessions::id.eq(id))
-                .count()
-                .get_result::<i64>(conn)
-                .await?
-                == 1
-    }))
+        if exists == 1 {
+            if let Some(a) = audit {
+                crate::audit_append!(conn, a)?;
+            }
+            return Ok(true);
+        }
+        Ok(sessions::table
+            .filter(sessions::tenant_id.eq(tenant))
+            .filter(sessions::id.eq(id))
+            .count()
+            .get_result::<i64>(conn)
+            .await?
+            == 1)
+    })
 }
 
 /// Revokes every live session of a user except `keep`.

@@ -264,9 +264,10 @@ pub async fn set_password(
     id: UserId,
     hash: &str,
     now: NaiveDateTime,
+    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::update(
+    crate::db_tx!(db, tenant, |conn| {
+        let changed = diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
@@ -277,8 +278,12 @@ pub async fn set_password(
         ))
         .execute(conn)
         .await?
-            == 1
-    }))
+            == 1;
+        if changed {
+            crate::audit_append!(conn, audit)?;
+        }
+        Ok(changed)
+    })
 }
 
 /// Records a successful sign-in.

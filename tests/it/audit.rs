@@ -197,7 +197,7 @@ async fn failed_sign_ins_and_denied_requests_are_recorded_and_filterable() {
     assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
 
     // The other tenant's trail has none of it.
-    let theirs = log(&app, &other, json!({ "actionPrefix": "auth." })).await;
+    let theirs = log(&app, &other, json!({ "actionPrefix": "auth.login_failed" })).await;
     assert!(theirs.is_empty(), "{theirs:?}");
     // And the right password still works after two failures.
     app.login("owner@acme.example", OWNER_PASSWORD).await;
@@ -219,8 +219,8 @@ async fn an_edited_record_and_a_deleted_record_are_each_found() {
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
     let v = &out["data"]["verifyAuditChain"];
     assert_eq!(v["intact"], true, "{out}");
-    // The tenant's creation, then two records per workflow.
-    assert_eq!(v["checked"], 9, "{out}");
+    // The tenant's creation, the owner's password and sign-in, then two per workflow.
+    assert_eq!(v["checked"], 11, "{out}");
     let tenant_uuid = {
         use base64::Engine as _;
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -244,13 +244,13 @@ async fn an_edited_record_and_a_deleted_record_are_each_found() {
 
     tamper(
         &app,
-        &format!("UPDATE audit_log SET action = 'workflow.renamed' WHERE tenant_id = '{tenant_uuid}' AND seq = 3"),
+        &format!("UPDATE audit_log SET action = 'workflow.renamed' WHERE tenant_id = '{tenant_uuid}' AND seq = 5"),
     )
     .await;
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
     let v = &out["data"]["verifyAuditChain"];
     assert_eq!(v["intact"], false, "{out}");
-    assert_eq!(v["firstBrokenSequence"], 3, "{out}");
+    assert_eq!(v["firstBrokenSequence"], 5, "{out}");
     assert!(v["firstBrokenId"].is_string());
     assert!(
         v["problem"].as_str().unwrap_or("").contains("edited"),
@@ -260,7 +260,7 @@ async fn an_edited_record_and_a_deleted_record_are_each_found() {
     // Put it back, then delete one.
     tamper(
         &app,
-        &format!("UPDATE audit_log SET action = 'workflow.published' WHERE tenant_id = '{tenant_uuid}' AND seq = 3"),
+        &format!("UPDATE audit_log SET action = 'workflow.published' WHERE tenant_id = '{tenant_uuid}' AND seq = 5"),
     )
     .await;
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
@@ -359,6 +359,8 @@ async fn keys_secrets_and_executions_are_recorded_without_secret_values() {
         got,
         [
             "tenant.created",
+            "user.password_set",
+            "auth.login",
             "apikey.created",
             "apikey.revoked",
             "secret.set",
@@ -375,5 +377,5 @@ async fn keys_secrets_and_executions_are_recorded_without_secret_values() {
     assert!(!all.contains(&key_secret));
     let out = app.gql_as(&owner, VERIFY, json!({})).await;
     assert_eq!(out["data"]["verifyAuditChain"]["intact"], true, "{out}");
-    assert_eq!(out["data"]["verifyAuditChain"]["checked"], 9, "{out}");
+    assert_eq!(out["data"]["verifyAuditChain"]["checked"], 11, "{out}");
 }
