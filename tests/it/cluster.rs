@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, bin, first_error_code, ws_authed, ws_next_json, ws
 const HEARTBEAT: (&str, &str) = ("AGENTPLANE_HEARTBEAT_MS", "200");
 const OFFLINE: (&str, &str) = ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "2000");
 
-const NODES: &str = "{ cluster { nodes { totalCount edges { node { id name kind status healthScore draining workerSlots labels gpus { index name memoryTotalMb memoryReservedMb } } } } } }";
+const NODES: &str = "{ cluster { nodes { totalCount edges { node { id name kind status healthScore draining workerSlots labels lastHeartbeatAt gpus { index name memoryTotalMb memoryReservedMb } } } } } }";
 const ALLOCATIONS: &str =
     "{ cluster { allocations { id nodeName gpuIndex memoryMb executionId stepId reason } } }";
 
@@ -541,20 +541,19 @@ async fn a_killed_node_goes_offline_and_its_gpu_work_finishes_on_another() {
         .status()
         .expect("kill runs");
     assert!(term.success());
-    let stopped = tokio::time::Instant::now();
     let nodes = wait_nodes(&app, &admin, 10, |n| {
         named(n, "big").is_some_and(|b| b["status"] == "OFFLINE")
     })
     .await;
+    // It left (its heartbeat is set to the epoch on the way out) rather than timing out.
+    let gone = named(&nodes, "big").expect("big");
     assert!(
-        stopped.elapsed() < Duration::from_millis(1900),
-        "left before the offline timeout: {:?}",
-        stopped.elapsed()
+        gone["lastHeartbeatAt"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("1970-01-01")),
+        "{gone}"
     );
     let api = nodes.iter().find(|n| n["kind"] == "API").expect("api node");
-    assert!(
-        matches!(api["status"].as_str(), Some("HEALTHY" | "DEGRADED")),
-        "{api}"
-    );
+    assert_ne!(api["status"], "OFFLINE", "{api}");
     let _ = big.wait().await;
 }
