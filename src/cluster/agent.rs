@@ -11,8 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::gpu::GpuProbe;
 use super::host::HostProbe;
 use super::model::{
-    Candidate, GpuCapacity, NodeKind, NodeRow, NodeStatus, fit_gpus, health_score, place,
-    reserved_by_gpu,
+    Candidate, NodeKind, NodeRow, NodeStatus, fit_gpus, health_score, place, reserved_by_gpu,
 };
 use super::store::{self, Beat, SampleRow};
 use super::{ClusterEvent, NodeEventKind, inputs_of, view};
@@ -367,24 +366,16 @@ pub async fn place_pending(
     let reserved = reserved_by_gpu(&reservations);
     let mut candidates: Vec<Candidate> = nodes
         .iter()
-        .filter(|n| {
-            let (_, st) = view(n, now, cfg);
-            n.worker_slots > 0
+        .filter_map(|n| {
+            let (health, st) = view(n, now, cfg);
+            let accepts = n.worker_slots > 0
                 && !n.draining
-                && matches!(st, NodeStatus::Healthy | NodeStatus::Degraded)
-        })
-        .map(|n| Candidate {
-            node_id: n.id.clone(),
-            health: view(n, now, cfg).0,
-            gpus: n
-                .gpus()
-                .iter()
-                .map(|g| GpuCapacity {
-                    index: g.index,
-                    total_mb: g.memory_total_mb,
-                    reserved_mb: reserved.get(&(n.id.clone(), g.index)).copied().unwrap_or(0),
-                })
-                .collect(),
+                && matches!(st, NodeStatus::Healthy | NodeStatus::Degraded);
+            accepts.then(|| Candidate {
+                node_id: n.id.clone(),
+                health,
+                gpus: store::capacity(n, &reserved),
+            })
         })
         .collect();
     let live: HashSet<String> = candidates.iter().map(|c| c.node_id.clone()).collect();

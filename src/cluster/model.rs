@@ -145,13 +145,6 @@ impl NodeRow {
     pub fn gpus(&self) -> Vec<GpuReading> {
         serde_json::from_str(&self.gpus).unwrap_or_default()
     }
-
-    /// Whether new work may be placed on it.
-    pub fn accepts_work(&self) -> bool {
-        self.worker_slots > 0
-            && !self.draining
-            && matches!(self.status(), NodeStatus::Healthy | NodeStatus::Degraded)
-    }
 }
 
 /// One row of `gpu_reservations`.

@@ -336,7 +336,7 @@ macro_rules! lock_node {
 }
 
 /// GPUs of a node with what is reserved on each.
-fn capacity(node: &NodeRow, reserved: &HashMap<(String, u32), u64>) -> Vec<GpuCapacity> {
+pub fn capacity(node: &NodeRow, reserved: &HashMap<(String, u32), u64>) -> Vec<GpuCapacity> {
     node.gpus()
         .iter()
         .map(|g| GpuCapacity {
