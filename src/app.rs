@@ -94,6 +94,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub struct Background {
     engine: Option<crate::executions::engine::EngineHandle>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    retention: tokio::task::JoinHandle<()>,
     agent: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
@@ -120,6 +121,10 @@ impl Background {
             crate::config::DatabaseUrl::Sqlite(_) => None,
         };
         let engine = crate::executions::engine::start(app.clone(), workers)?;
+        let retention = tokio::spawn(crate::audit::retention::retention_loop(
+            app.clone(),
+            app.shutdown.child_token(),
+        ));
         let stop = CancellationToken::new();
         let agent = tokio::spawn(crate::cluster::agent::run(
             app.clone(),
@@ -133,6 +138,7 @@ impl Background {
         Ok(Self {
             engine,
             relay,
+            retention,
             agent: (stop, agent),
         })
     }
@@ -150,6 +156,7 @@ impl Background {
         if let Some(r) = self.relay {
             r.abort();
         }
+        self.retention.abort();
         let (stop, agent) = self.agent;
         stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), agent).await;

@@ -234,6 +234,9 @@ pub struct EngineConfig {
     pub llm_prices: std::collections::HashMap<String, (f64, f64)>,
     /// How often the scheduler looks for due schedules.
     pub scheduler_tick: Duration,
+    /// How often the retention job deletes audit records and finished executions older
+    /// than each tenant's `dataRetentionDays`.
+    pub retention_interval: Duration,
 }
 
 /// Parses `model=prompt:completion,…` (USD per million tokens).
@@ -335,6 +338,7 @@ struct FileEngine {
     egress_allow_cidrs: Option<Vec<String>>,
     llm_prices: Option<String>,
     scheduler_tick_ms: Option<toml::Value>,
+    retention_interval_ms: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -953,6 +957,17 @@ impl Config {
                 10,
                 60_000,
                 "milliseconds between 10 and 60000",
+            )?),
+            retention_interval: Duration::from_millis(parse_num(
+                layers.pick(
+                    "AGENTPLANE_RETENTION_INTERVAL_MS",
+                    "engine.retention_interval_ms",
+                    toml_scalar(fe.retention_interval_ms),
+                ),
+                3_600_000u64,
+                100,
+                86_400_000,
+                "milliseconds between 100 and 86400000",
             )?),
         };
 

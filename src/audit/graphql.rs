@@ -1,4 +1,5 @@
-//! GraphQL for the audit trail: `auditLog`, `verifyAuditChain`.
+//! GraphQL for the audit trail: `auditLog`, `verifyAuditChain`, `complianceReport`,
+//! the `auditEvents` live tail, and the `auditTrail` fields of other types.
 
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
@@ -154,6 +155,27 @@ pub struct ChainVerification {
     pub problem: Option<String>,
 }
 
+impl From<super::Verification> for ChainVerification {
+    fn from(v: super::Verification) -> Self {
+        match v.first_broken {
+            None => Self {
+                intact: true,
+                checked: v.checked,
+                first_broken_sequence: None,
+                first_broken_id: None,
+                problem: None,
+            },
+            Some((seq, id, problem)) => Self {
+                intact: false,
+                checked: v.checked,
+                first_broken_sequence: Some(seq),
+                first_broken_id: id.map(ID),
+                problem: Some(problem),
+            },
+        }
+    }
+}
+
 /// Audit queries.
 #[derive(Default)]
 pub struct AuditQuery;
@@ -162,6 +184,123 @@ fn escape_like(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")
+}
+
+/// The records a listing asks for.
+#[derive(Default)]
+pub struct LogQuery {
+    /// `auditLog`'s filter.
+    pub filter: AuditFilter,
+    /// Records about this resource (type, id), or done by this actor (`user:<id>`).
+    pub subject: Option<(String, String, Option<String>)>,
+}
+
+/// Lists the caller's tenant's records, newest first (keyset pages on the time-ordered
+/// id). `totalCount` is counted only when the client selects it.
+pub async fn list(
+    ctx: &Context<'_>,
+    q: LogQuery,
+    first: Option<i32>,
+    after: Option<String>,
+) -> async_graphql::Result<Conn<AuditRecord>> {
+    let p = principal(ctx)?;
+    let a = app(ctx)?;
+    let page = Page::from_args(after, None, first, None)?;
+    let want_total = ctx.look_ahead().field("totalCount").exists();
+    let f = q.filter;
+    let tenant = p.tenant_id.to_string();
+    let actor_ref = f
+        .actor_id
+        .as_ref()
+        .map(|id| decode_expecting(id, NodeKind::User, "user").map(|u| format!("user:{u}")))
+        .transpose()?;
+    let subject = q.subject;
+    let rows: (Vec<RecordRow>, i64) = crate::db_run_tenant!(&a.db, p.tenant_id, |conn| {
+        let mut pseudonyms: Vec<Option<String>> = Vec::new();
+        for r in [
+            actor_ref.as_ref(),
+            subject.as_ref().and_then(|s| s.2.as_ref()),
+        ] {
+            pseudonyms.push(match r {
+                None => None,
+                Some(r) => Some(
+                    audit_actors::table
+                        .filter(audit_actors::tenant_id.eq(&tenant))
+                        .filter(audit_actors::actor_ref.eq(r))
+                        .select(audit_actors::pseudonym)
+                        .first::<String>(conn)
+                        .await
+                        .optional()?
+                        .unwrap_or_else(|| "none".into()),
+                ),
+            });
+        }
+        let (pseudonym, subject_actor) = (pseudonyms[0].clone(), pseudonyms[1].clone());
+        let build = || {
+            let mut q = audit_log::table
+                .filter(audit_log::tenant_id.eq(&tenant))
+                .into_boxed();
+            if let Some(ps) = &pseudonym {
+                q = q.filter(audit_log::actor_id.eq(ps.clone()));
+            }
+            if let Some((rt, rid, _)) = &subject {
+                let about = audit_log::resource_type
+                    .eq(rt.clone())
+                    .and(audit_log::resource_id.eq(rid.clone()));
+                q = match &subject_actor {
+                    Some(ps) => q.filter(about.or(audit_log::actor_id.eq(ps.clone()))),
+                    None => q.filter(about),
+                };
+            }
+            if let Some(pre) = &f.action_prefix {
+                q = q.filter(
+                    audit_log::action
+                        .like(format!("{}%", escape_like(pre)))
+                        .escape('\\'),
+                );
+            }
+            if let Some(t) = &f.resource_type {
+                q = q.filter(audit_log::resource_type.eq(t.clone()));
+            }
+            if let Some(r) = &f.resource_id {
+                q = q.filter(audit_log::resource_id.eq(r.clone()));
+            }
+            if let Some(s) = f.severity {
+                q = q.filter(audit_log::severity.eq(s.as_str()));
+            }
+            if let Some(o) = f.outcome {
+                q = q.filter(audit_log::outcome.eq(o.as_str()));
+            }
+            if let Some(from) = f.from {
+                q = q.filter(audit_log::created_at.ge(db_time(from)));
+            }
+            if let Some(to) = f.to {
+                q = q.filter(audit_log::created_at.le(db_time(to)));
+            }
+            q
+        };
+        let total: i64 = if want_total {
+            build().count().get_result(conn).await?
+        } else {
+            0
+        };
+        let mut q = build().select(RecordRow::as_select());
+        if let Some(after) = page.after {
+            q = q.filter(audit_log::id.lt(after.to_string()));
+        }
+        let rows = q
+            .order(audit_log::id.desc())
+            .limit(page.limit + 1)
+            .load(conn)
+            .await?;
+        (rows, total)
+    });
+    let (rows, total) = rows;
+    Ok(
+        page.finish(rows.into_iter().map(AuditRecord).collect(), total, |r| {
+            uuid::Uuid::parse_str(&r.0.id).unwrap_or_default()
+        }),
+    )
 }
 
 #[Object]
@@ -175,82 +314,16 @@ impl AuditQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Conn<AuditRecord>> {
-        let p = principal(ctx)?;
-        let a = app(ctx)?;
-        let page = Page::from_args(after, None, first, None)?;
-        let f = filter.unwrap_or_default();
-        let tenant = p.tenant_id.to_string();
-        let actor_ref = f
-            .actor_id
-            .as_ref()
-            .map(|id| decode_expecting(id, NodeKind::User, "user").map(|u| format!("user:{u}")))
-            .transpose()?;
-        let rows: (Vec<RecordRow>, i64) = crate::db_run_tenant!(&a.db, p.tenant_id, |conn| {
-            let pseudonym: Option<String> = match &actor_ref {
-                None => None,
-                Some(r) => Some(
-                    audit_actors::table
-                        .filter(audit_actors::tenant_id.eq(&tenant))
-                        .filter(audit_actors::actor_ref.eq(r))
-                        .select(audit_actors::pseudonym)
-                        .first::<String>(conn)
-                        .await
-                        .optional()?
-                        .unwrap_or_else(|| "none".into()),
-                ),
-            };
-            let build = || {
-                let mut q = audit_log::table
-                    .filter(audit_log::tenant_id.eq(&tenant))
-                    .into_boxed();
-                if let Some(ps) = &pseudonym {
-                    q = q.filter(audit_log::actor_id.eq(ps.clone()));
-                }
-                if let Some(pre) = &f.action_prefix {
-                    q = q.filter(
-                        audit_log::action
-                            .like(format!("{}%", escape_like(pre)))
-                            .escape('\\'),
-                    );
-                }
-                if let Some(t) = &f.resource_type {
-                    q = q.filter(audit_log::resource_type.eq(t.clone()));
-                }
-                if let Some(r) = &f.resource_id {
-                    q = q.filter(audit_log::resource_id.eq(r.clone()));
-                }
-                if let Some(s) = f.severity {
-                    q = q.filter(audit_log::severity.eq(s.as_str()));
-                }
-                if let Some(o) = f.outcome {
-                    q = q.filter(audit_log::outcome.eq(o.as_str()));
-                }
-                if let Some(from) = f.from {
-                    q = q.filter(audit_log::created_at.ge(db_time(from)));
-                }
-                if let Some(to) = f.to {
-                    q = q.filter(audit_log::created_at.le(db_time(to)));
-                }
-                q
-            };
-            let total: i64 = build().count().get_result(conn).await?;
-            let mut q = build().select(RecordRow::as_select());
-            if let Some(after) = page.after {
-                q = q.filter(audit_log::id.lt(after.to_string()));
-            }
-            let rows = q
-                .order(audit_log::id.desc())
-                .limit(page.limit + 1)
-                .load(conn)
-                .await?;
-            (rows, total)
-        });
-        let (rows, total) = rows;
-        Ok(
-            page.finish(rows.into_iter().map(AuditRecord).collect(), total, |r| {
-                uuid::Uuid::parse_str(&r.0.id).unwrap_or_default()
-            }),
+        list(
+            ctx,
+            LogQuery {
+                filter: filter.unwrap_or_default(),
+                subject: None,
+            },
+            first,
+            after,
         )
+        .await
     }
 
     /// Checks the caller's tenant's chain over records created in `[from, to]` (all when
@@ -271,21 +344,128 @@ impl AuditQuery {
             to.map(db_time),
         )
         .await?;
-        Ok(match v.first_broken {
-            None => ChainVerification {
-                intact: true,
-                checked: v.checked,
-                first_broken_sequence: None,
-                first_broken_id: None,
-                problem: None,
-            },
-            Some((seq, id, problem)) => ChainVerification {
-                intact: false,
-                checked: v.checked,
-                first_broken_sequence: Some(seq),
-                first_broken_id: id.map(ID),
-                problem: Some(problem),
-            },
-        })
+        Ok(v.into())
     }
+
+    /// Counts over the caller's tenant's trail in `[from, to]`: totals, per action,
+    /// actors, failed sign-ins, denials, critical events, exports. Running a report is
+    /// itself recorded (`audit.report_generated`).
+    #[graphql(guard = "Require(Permission::AuditExport)")]
+    async fn compliance_report(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> async_graphql::Result<super::report::ComplianceReport> {
+        super::report::run(ctx, from, to).await
+    }
+}
+
+pub use live::{AuditEventFilter, AuditSubscription};
+
+/// The `auditTrail` field of workflows, executions and users: records about the object
+/// (and, for a person, records of what they did), newest first, from the caller's chain.
+pub async fn trail(
+    ctx: &Context<'_>,
+    resource_type: &str,
+    resource_id: String,
+    actor_ref: Option<String>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> async_graphql::Result<Conn<AuditRecord>> {
+    list(
+        ctx,
+        LogQuery {
+            filter: AuditFilter::default(),
+            subject: Some((resource_type.to_owned(), resource_id, actor_ref)),
+        },
+        first,
+        after,
+    )
+    .await
+}
+
+/// The `auditEvents` subscription (its own module: the subscription macro's generated
+/// code must not see diesel's `RunQueryDsl`).
+mod live {
+    use async_graphql::{Context, InputObject, Subscription};
+    use futures_util::{Stream, StreamExt as _};
+
+    use super::AuditRecord;
+    use crate::audit::{Outcome, RecordRow, Severity};
+    use crate::auth::principal;
+    use crate::error::AppError;
+    use crate::graphql::app;
+    use crate::rbac::{Permission, Require};
+
+    /// `auditEvents` filter (applied to each record as it arrives).
+    #[derive(InputObject, Default)]
+    pub struct AuditEventFilter {
+        /// Actions starting with this (`workflow.`, `auth.`).
+        pub action_prefix: Option<String>,
+        /// Resource type.
+        pub resource_type: Option<String>,
+        /// Resource id.
+        pub resource_id: Option<String>,
+        /// Only this severity.
+        pub severity: Option<Severity>,
+        /// Only this outcome.
+        pub outcome: Option<Outcome>,
+    }
+
+    impl AuditEventFilter {
+        pub(super) fn keeps(&self, r: &RecordRow) -> bool {
+            self.action_prefix
+                .as_ref()
+                .is_none_or(|p| r.action.starts_with(p.as_str()))
+                && self
+                    .resource_type
+                    .as_ref()
+                    .is_none_or(|t| r.resource_type.as_ref() == Some(t))
+                && self
+                    .resource_id
+                    .as_ref()
+                    .is_none_or(|t| r.resource_id.as_ref() == Some(t))
+                && self.severity.is_none_or(|s| r.severity == s.as_str())
+                && self.outcome.is_none_or(|o| r.outcome == o.as_str())
+        }
+    }
+
+    /// The live audit tail.
+    #[derive(Default)]
+    pub struct AuditSubscription;
+
+    #[Subscription]
+    impl AuditSubscription {
+        /// The caller's tenant's audit records as they are committed, oldest first. With
+        /// `afterSequence`, records after that position in the chain are sent first (resume
+        /// after a reconnect without losing any); without it, the tail starts at the end.
+        #[graphql(guard = "Require(Permission::AuditRead)")]
+        async fn audit_events(
+            &self,
+            ctx: &Context<'_>,
+            filter: Option<AuditEventFilter>,
+            after_sequence: Option<i64>,
+        ) -> async_graphql::Result<impl Stream<Item = AuditRecord> + use<>> {
+            let p = principal(ctx)?;
+            let a = app(ctx)?;
+            if after_sequence.is_some_and(|s| s < 0) {
+                return Err(AppError::bad_input("afterSequence", "must be 0 or more").into());
+            }
+            let from = match after_sequence {
+                Some(s) => s,
+                None => crate::audit::tail::head_seq(&a.db, p.tenant_id).await?,
+            };
+            let f = filter.unwrap_or_default();
+            Ok(crate::audit::tail::follow(
+                a.db.clone(),
+                p.tenant_id,
+                from,
+                move |r| f.keeps(r),
+                a.shutdown.child_token(),
+            )
+            .map(AuditRecord))
+        }
+    }
+
 }

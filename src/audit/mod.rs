@@ -12,7 +12,12 @@
 //! pseudonyms (`audit_actors` maps them to people), so erasing a person never touches a
 //! hashed record.
 
+pub mod export;
 pub mod graphql;
+pub mod privacy;
+pub mod report;
+pub mod retention;
+pub mod tail;
 
 use chrono::NaiveDateTime;
 use serde_json::{Map, Value};
@@ -234,11 +239,34 @@ pub struct RecordRow {
     pub prev_hash: String,
     /// SHA-256 of [`RecordRow::canonical`], hex.
     pub hash: String,
+    /// SHA-256 of `[context_salt, ip, user_agent]` (JSON), hex: what the chain covers
+    /// instead of the erasable client context. `None` on records written before it
+    /// existed (they hash `ip` and `user_agent` directly).
+    pub context_hash: Option<String>,
+    /// Random per record; set to NULL with `ip` and `user_agent` when the actor is erased.
+    pub context_salt: Option<String>,
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The commitment to a record's client context.
+pub fn context_digest(salt: &str, ip: Option<&str>, user_agent: Option<&str>) -> String {
+    sha256_hex(&serde_json::json!([salt, ip, user_agent]).to_string())
 }
 
 impl RecordRow {
-    /// Every column but `hash`, in a fixed order, as JSON.
+    /// Every hashed column, in a fixed order, as JSON: all but `hash`, with the client
+    /// context replaced by its commitment (`context_hash`) on records that have one.
     pub fn canonical(&self) -> String {
+        let (ip, ua): (Value, Value) = match &self.context_hash {
+            Some(c) => (Value::String(format!("ctx:{c}")), Value::Null),
+            None => (self.ip.clone().into(), self.user_agent.clone().into()),
+        };
         Value::Array(vec![
             self.id.clone().into(),
             self.tenant_id.clone().into(),
@@ -252,8 +280,8 @@ impl RecordRow {
             self.outcome.clone().into(),
             self.reason.clone().into(),
             self.severity.clone().into(),
-            self.ip.clone().into(),
-            self.user_agent.clone().into(),
+            ip,
+            ua,
             self.request_id.clone().into(),
             self.created_at
                 .format("%Y-%m-%dT%H:%M:%S%.6f")
@@ -266,12 +294,32 @@ impl RecordRow {
 
     /// The hash this record should carry.
     pub fn compute_hash(&self) -> String {
-        let digest = Sha256::digest(self.canonical().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        sha256_hex(&self.canonical())
+    }
+
+    /// Whether the stored client context is consistent with its commitment: either it
+    /// matches, or it was erased (salt, ip and user agent all gone).
+    pub fn context_intact(&self) -> bool {
+        match (&self.context_hash, &self.context_salt) {
+            (None, _) => true,
+            (Some(c), Some(salt)) => {
+                *c == context_digest(salt, self.ip.as_deref(), self.user_agent.as_deref())
+            }
+            (Some(_), None) => self.ip.is_none() && self.user_agent.is_none(),
+        }
     }
 
     /// Builds and seals the record at `seq` after `prev`.
     pub fn seal(e: &Entry, pseudonym: Option<String>, seq: i64, prev: String) -> Self {
+        let user_agent: Option<String> =
+            e.user_agent.as_ref().map(|u| u.chars().take(256).collect());
+        let salt = {
+            use rand::RngCore as _;
+            let mut b = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        let context_hash = context_digest(&salt, e.ip.as_deref(), user_agent.as_deref());
         let mut r = Self {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: e.tenant_id.clone(),
@@ -286,11 +334,13 @@ impl RecordRow {
             reason: e.reason.clone(),
             severity: e.severity.as_str().to_owned(),
             ip: e.ip.clone(),
-            user_agent: e.user_agent.as_ref().map(|u| u.chars().take(256).collect()),
+            user_agent,
             request_id: e.request_id.clone(),
             created_at: e.at,
             prev_hash: prev,
             hash: String::new(),
+            context_hash: Some(context_hash),
+            context_salt: Some(salt),
         };
         r.hash = r.compute_hash();
         r
@@ -374,6 +424,142 @@ macro_rules! audit_append {
 pub async fn record(db: &DbPool, entry: &Entry) -> AppResult<RecordRow> {
     let tenant = entry.tenant_id.clone();
     crate::db_tx!(db, tenant, |conn| crate::audit_append!(conn, entry))
+}
+
+/// Appends many entries to one tenant's chain in a single transaction, in order: for
+/// bulk imports and for seeding benchmarks and tests. Rows go in multi-row inserts of
+/// 1000 on PostgreSQL and one statement each on SQLite (same transaction). Returns the
+/// new head sequence number.
+pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppResult<i64> {
+    use crate::db::schema::{audit_actors, audit_heads};
+    use diesel::prelude::*;
+    use diesel_async::{AsyncConnection as _, RunQueryDsl};
+    use std::collections::HashMap;
+
+    if entries.iter().any(|e| e.tenant_id != tenant) {
+        return Err(crate::error::AppError::bad_input(
+            "entries",
+            "every entry must belong to the tenant",
+        ));
+    }
+    // Seals every record after `(seq, prev)`, resolving pseudonyms through `pseudonym`.
+    fn seal_all(
+        entries: &[Entry],
+        mut seq: i64,
+        mut prev: String,
+        pseudonyms: &HashMap<String, String>,
+    ) -> Vec<RecordRow> {
+        entries
+            .iter()
+            .map(|e| {
+                seq += 1;
+                let ps = e.actor_ref.as_ref().and_then(|r| pseudonyms.get(r)).cloned();
+                let r = RecordRow::seal(e, ps, seq, std::mem::take(&mut prev));
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    }
+    let refs: Vec<String> = {
+        let mut v: Vec<String> = entries.iter().filter_map(|e| e.actor_ref.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let at = entries.first().map(|e| e.at).unwrap_or_default();
+    let t = tenant.to_owned();
+    // The same statements on both backends, but PostgreSQL gets multi-row inserts.
+    macro_rules! prepare {
+        ($conn:expr) => {{
+            diesel::insert_into(audit_heads::table)
+                .values((
+                    audit_heads::tenant_id.eq(&t),
+                    audit_heads::seq.eq(0i64),
+                    audit_heads::hash.eq(GENESIS),
+                    audit_heads::checkpoint_seq.eq(0i64),
+                    audit_heads::checkpoint_hash.eq(GENESIS),
+                ))
+                .on_conflict_do_nothing()
+                .execute($conn)
+                .await?;
+            diesel::update(audit_heads::table.find(&t))
+                .set(audit_heads::seq.eq(audit_heads::seq))
+                .execute($conn)
+                .await?;
+            let (seq, prev): (i64, String) = audit_heads::table
+                .find(&t)
+                .select((audit_heads::seq, audit_heads::hash))
+                .first($conn)
+                .await?;
+            let mut pseudonyms = HashMap::new();
+            for r in &refs {
+                diesel::insert_into(audit_actors::table)
+                    .values((
+                        audit_actors::pseudonym.eq(uuid::Uuid::now_v7().to_string()),
+                        audit_actors::tenant_id.eq(&t),
+                        audit_actors::actor_ref.eq(r),
+                        audit_actors::created_at.eq(at),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute($conn)
+                    .await?;
+                let ps: String = audit_actors::table
+                    .filter(audit_actors::tenant_id.eq(&t))
+                    .filter(audit_actors::actor_ref.eq(r))
+                    .select(audit_actors::pseudonym)
+                    .first($conn)
+                    .await?;
+                pseudonyms.insert(r.clone(), ps);
+            }
+            seal_all(entries, seq, prev, &pseudonyms)
+        }};
+    }
+    macro_rules! finish {
+        ($conn:expr, $rows:expr) => {{
+            if let Some(last) = $rows.last() {
+                diesel::update(audit_heads::table.find(&t))
+                    .set((audit_heads::seq.eq(last.seq), audit_heads::hash.eq(&last.hash)))
+                    .execute($conn)
+                    .await?;
+                Ok::<i64, crate::error::AppError>(last.seq)
+            } else {
+                Ok(0)
+            }
+        }};
+    }
+    match db {
+        DbPool::Postgres(pool) => {
+            let mut pooled = pool.get().await?;
+            let conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+            conn.transaction(async |conn| -> AppResult<i64> {
+                crate::db::set_tenant(conn, &t).await?;
+                let rows = prepare!(&mut *conn);
+                for chunk in rows.chunks(1000) {
+                    diesel::insert_into(audit_log::table)
+                        .values(chunk)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                finish!(&mut *conn, rows)
+            })
+            .await
+        }
+        DbPool::Sqlite(pool) => {
+            let mut pooled = pool.get().await?;
+            let conn: &mut crate::db::SqliteConn = &mut pooled;
+            conn.immediate_transaction(async |conn| -> AppResult<i64> {
+                let rows = prepare!(&mut *conn);
+                for r in &rows {
+                    diesel::insert_into(audit_log::table)
+                        .values(r)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                finish!(&mut *conn, rows)
+            })
+            .await
+        }
+    }
 }
 
 /// Replaces values of secret-looking keys with `"[REDACTED]"`, recursively.
@@ -526,7 +712,7 @@ pub async fn verify(
                 out.first_broken = Some((next, None, format!("record {next} is missing")));
                 return Ok(out);
             }
-            if r.compute_hash() != r.hash {
+            if r.compute_hash() != r.hash || !r.context_intact() {
                 out.first_broken = Some((
                     r.seq,
                     Some(r.id.clone()),

@@ -137,7 +137,7 @@ macro_rules! db_run_tenant {
 #[macro_export]
 macro_rules! db_tx {
     ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
-        match $pool {
+        let committed = match $pool {
             $crate::db::DbPool::Postgres(pool) => {
                 use diesel_async::AsyncConnection as _;
                 let mut pooled = pool.get().await?;
@@ -157,7 +157,12 @@ macro_rules! db_tx {
                 })
                 .await
             }
+        };
+        if committed.is_ok() {
+            // Wakes live audit tails: the transaction may have appended records.
+            $crate::audit::tail::committed();
         }
+        committed
     }};
 }
 

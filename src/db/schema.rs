@@ -365,6 +365,8 @@ diesel::table! {
         created_at -> Timestamp,
         prev_hash -> Text,
         hash -> Text,
+        context_hash -> Nullable<Text>,
+        context_salt -> Nullable<Text>,
     }
 }
 

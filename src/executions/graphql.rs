@@ -116,6 +116,16 @@ impl Execution {
     pub async fn id(&self) -> ID {
         to_global_id(NodeKind::Execution, self.0.id.0)
     }
+    /// Audit records about this execution, newest first (audit.read).
+    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
+        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after).await
+    }
     /// The workflow.
     async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
         Ok(Loaders::of(ctx)?

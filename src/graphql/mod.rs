@@ -42,6 +42,7 @@ pub struct Mutation(
     crate::executions::schedules::ScheduleMutation,
     crate::secrets::SecretMutation,
     crate::cluster::graphql::ClusterMutation,
+    crate::audit::privacy::PrivacyMutation,
 );
 
 /// All subscription fields.
@@ -50,6 +51,7 @@ pub struct Subscription(
     system::SystemSubscription,
     crate::executions::graphql::ExecutionSubscription,
     crate::cluster::graphql::ClusterSubscription,
+    crate::audit::graphql::AuditSubscription,
 );
 
 mod relay_root;

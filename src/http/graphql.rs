@@ -23,7 +23,7 @@ use crate::graphql::{ClientInfo, RequestId};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
-fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+pub(super) fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     ClientInfo {
         ip: addr.ip(),
         user_agent: headers
@@ -106,7 +106,7 @@ fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id:
 }
 
 /// A GraphQL-shaped error response for an [`AppError`] raised before execution.
-fn app_error_response(status: StatusCode, e: AppError, request_id: &str) -> Response {
+pub(super) fn app_error_response(status: StatusCode, e: AppError, request_id: &str) -> Response {
     let message = e.message().to_owned();
     let gql: async_graphql::Error = e.into();
     let mut ext = serde_json::to_value(&gql.extensions).unwrap_or_default();

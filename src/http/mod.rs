@@ -1,5 +1,6 @@
 //! HTTP surface: routes, request ids, tracing spans, limits and CORS.
 
+mod export;
 mod graphiql;
 mod graphql;
 mod health;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/graphql/ws", get(graphql::ws_handler))
         .route("/graphql/assets/{file}", get(graphiql::asset))
+        .route("/audit/export", get(export::export))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/.well-known/jwks.json", get(health::jwks))

@@ -138,6 +138,16 @@ impl User {
     pub async fn id(&self) -> ID {
         to_global_id(NodeKind::User, self.0.id.0)
     }
+    /// Audit records about this user and of what they did, newest first (audit.read).
+    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
+        crate::audit::graphql::trail(ctx, "user", self.0.id.to_string(), Some(format!("user:{}", self.0.id)), first, after).await
+    }
     /// E-mail address (unique across the platform).
     async fn email(&self) -> &str {
         &self.0.email

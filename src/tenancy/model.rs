@@ -131,6 +131,8 @@ pub enum UserStatus {
     Active,
     /// May not sign in; existing sessions stop working.
     Disabled,
+    /// Personal data erased (`eraseUser`); may never sign in again.
+    Erased,
 }
 
 impl UserStatus {
@@ -139,15 +141,16 @@ impl UserStatus {
         match self {
             Self::Active => "ACTIVE",
             Self::Disabled => "DISABLED",
+            Self::Erased => "ERASED",
         }
     }
 
     /// Parses the stored form (fails closed).
     pub fn parse(s: &str) -> Self {
-        if s == "ACTIVE" {
-            Self::Active
-        } else {
-            Self::Disabled
+        match s {
+            "ACTIVE" => Self::Active,
+            "ERASED" => Self::Erased,
+            _ => Self::Disabled,
         }
     }
 }

@@ -204,6 +204,16 @@ impl Workflow {
     pub async fn id(&self) -> ID {
         to_global_id(NodeKind::Workflow, self.0.id.0)
     }
+    /// Audit records about this workflow, newest first (audit.read).
+    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
+        crate::audit::graphql::trail(ctx, "workflow", self.0.id.to_string(), None, first, after).await
+    }
     /// Display name.
     async fn name(&self) -> &str {
         &self.0.name

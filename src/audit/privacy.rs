@@ -1,0 +1,452 @@
+//! Data-subject requests: `exportUserData` (everything stored about a person, as one JSON
+//! document) and `eraseUser` (personal data removed, the person pseudonymized in the
+//! trail without breaking its chain). Both are recorded.
+//!
+//! Erasure keeps the user row (other objects refer to its id) but blanks it: e-mail
+//! replaced by `erased-<id>@erased.invalid`, display name `Erased user`, no password,
+//! status ERASED. Team memberships, sessions (with their refresh tokens), set-password
+//! tokens and the sign-in throttle entry are deleted. In the trail, the person's
+//! pseudonym mapping (`audit_actors.actor_ref`) is deleted, and the source IP and user
+//! agent of every record they made (and of failed sign-ins against their account) are
+//! set to NULL together with the record's context salt; the chain hashes a commitment
+//! to those values, so it still verifies. Records written before that commitment
+//! existed (migration 000009) keep their IP and user agent.
+
+use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::{Value, json};
+
+use super::{Entry, RecordRow, Severity};
+use crate::auth::principal;
+use crate::db::DbPool;
+use crate::db::ids::{db_time, utc};
+use crate::db::schema::{
+    api_keys, audit_actors, audit_log, login_attempts, password_tokens, refresh_tokens,
+    sessions, team_members, teams, users,
+};
+use crate::error::{AppError, AppResult};
+use crate::graphql::app;
+use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
+use crate::rbac::{Permission, Require};
+use crate::tenancy::TenantId;
+use crate::tenancy::graphql::User;
+use crate::tenancy::model::{UserId, UserRow, UserStatus};
+
+fn t(v: Option<NaiveDateTime>) -> Value {
+    v.map_or(Value::Null, |x| Value::String(utc(x).to_rfc3339()))
+}
+
+/// Everything stored about `user` in `tenant`, as one JSON document.
+pub async fn user_document(
+    db: &DbPool,
+    tenant: TenantId,
+    user: &UserRow,
+    now: NaiveDateTime,
+) -> AppResult<Value> {
+    let (tid, uid) = (tenant.to_string(), user.id.to_string());
+    let actor_ref = format!("user:{uid}");
+    type Membership = (String, String, String, NaiveDateTime);
+    type Session = (
+        String,
+        NaiveDateTime,
+        NaiveDateTime,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    type Key = (
+        String,
+        String,
+        String,
+        String,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+    );
+    let (memberships, sessions_, keys, pseudonym, records): (
+        Vec<Membership>,
+        Vec<Session>,
+        Vec<Key>,
+        Option<String>,
+        Vec<RecordRow>,
+    ) = crate::db_run_tenant!(db, tenant, |conn| {
+        let memberships: Vec<Membership> = team_members::table
+            .inner_join(teams::table.on(teams::id.eq(team_members::team_id)))
+            .filter(team_members::tenant_id.eq(&tid))
+            .filter(team_members::user_id.eq(&uid))
+            .select((teams::id, teams::name, team_members::role, team_members::created_at))
+            .load(conn)
+            .await?;
+        let sessions_: Vec<Session> = sessions::table
+            .filter(sessions::tenant_id.eq(&tid))
+            .filter(sessions::user_id.eq(&uid))
+            .order(sessions::created_at.asc())
+            .select((
+                sessions::id,
+                sessions::created_at,
+                sessions::last_used_at,
+                sessions::expires_at,
+                sessions::revoked_at,
+                sessions::revoked_reason,
+                sessions::ip,
+                sessions::user_agent,
+            ))
+            .load(conn)
+            .await?;
+        let keys: Vec<Key> = api_keys::table
+            .filter(api_keys::tenant_id.eq(&tid))
+            .filter(api_keys::created_by.eq(&actor_ref))
+            .order(api_keys::created_at.asc())
+            .select((
+                api_keys::id,
+                api_keys::name,
+                api_keys::prefix,
+                api_keys::role,
+                api_keys::created_at,
+                api_keys::expires_at,
+                api_keys::last_used_at,
+                api_keys::revoked_at,
+            ))
+            .load(conn)
+            .await?;
+        let pseudonym: Option<String> = audit_actors::table
+            .filter(audit_actors::tenant_id.eq(&tid))
+            .filter(audit_actors::actor_ref.eq(&actor_ref))
+            .select(audit_actors::pseudonym)
+            .first(conn)
+            .await
+            .optional()?;
+        let records: Vec<RecordRow> = match &pseudonym {
+            None => Vec::new(),
+            Some(ps) => {
+                audit_log::table
+                    .filter(audit_log::tenant_id.eq(&tid))
+                    .filter(audit_log::actor_id.eq(ps))
+                    .order(audit_log::seq.asc())
+                    .select(RecordRow::as_select())
+                    .load(conn)
+                    .await?
+            }
+        };
+        (memberships, sessions_, keys, pseudonym, records)
+    });
+    Ok(json!({
+        "generatedAt": utc(now).to_rfc3339(),
+        "profile": {
+            "id": to_global_id(NodeKind::User, user.id.0).to_string(),
+            "email": user.email,
+            "displayName": user.display_name,
+            "role": user.role,
+            "status": user.status,
+            "lastLoginAt": t(user.last_login_at),
+            "createdAt": t(Some(user.created_at)),
+            "updatedAt": t(Some(user.updated_at)),
+        },
+        "memberships": memberships.into_iter().map(|(team, name, role, since)| json!({
+            "teamId": to_global_id(NodeKind::Team, uuid::Uuid::parse_str(&team).unwrap_or_default()).to_string(),
+            "teamName": name,
+            "role": role,
+            "since": t(Some(since)),
+        })).collect::<Vec<_>>(),
+        "sessions": sessions_.into_iter().map(|s| json!({
+            "id": s.0,
+            "createdAt": t(Some(s.1)),
+            "lastUsedAt": t(Some(s.2)),
+            "expiresAt": t(Some(s.3)),
+            "revokedAt": t(s.4),
+            "revokedReason": s.5,
+            "ip": s.6,
+            "userAgent": s.7,
+        })).collect::<Vec<_>>(),
+        "apiKeys": keys.into_iter().map(|k| json!({
+            "id": to_global_id(NodeKind::ApiKey, uuid::Uuid::parse_str(&k.0).unwrap_or_default()).to_string(),
+            "name": k.1,
+            "prefix": k.2,
+            "role": k.3,
+            "createdAt": t(Some(k.4)),
+            "expiresAt": t(k.5),
+            "lastUsedAt": t(k.6),
+            "revokedAt": t(k.7),
+        })).collect::<Vec<_>>(),
+        "auditPseudonym": pseudonym,
+        "auditRecords": records.into_iter().map(|r| json!({
+            "sequence": r.seq,
+            "id": r.id,
+            "createdAt": t(Some(r.created_at)),
+            "action": r.action,
+            "resourceType": r.resource_type,
+            "resourceId": r.resource_id,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "severity": r.severity,
+            "ip": r.ip,
+            "userAgent": r.user_agent,
+            "requestId": r.request_id,
+            "changes": r.changes.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Erased {
+    /// Records whose IP and user agent were removed.
+    pub records_pseudonymized: i64,
+    /// Sessions deleted.
+    pub sessions_deleted: i64,
+}
+
+/// Erases `user` (see the module docs) and appends `audit` in the same transaction.
+pub async fn erase(
+    db: &DbPool,
+    tenant: TenantId,
+    user: &UserRow,
+    now: NaiveDateTime,
+    audit: &Entry,
+) -> AppResult<Erased> {
+    let pg = matches!(db, DbPool::Postgres(_));
+    let (tid, uid) = (tenant.to_string(), user.id.to_string());
+    let actor_ref = format!("user:{uid}");
+    let throttle_key = format!("acct:{}", user.email.to_lowercase());
+    let erased_email = format!("erased-{uid}@erased.invalid");
+    crate::db_tx!(db, tenant, |conn| {
+        if pg {
+            diesel::sql_query("SELECT set_config('agentplane.audit_erasure', 'on', true)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(&tid))
+                .filter(users::id.eq(&uid)),
+        )
+        .set((
+            users::email.eq(&erased_email),
+            users::display_name.eq("Erased user"),
+            users::password_hash.eq(None::<String>),
+            users::status.eq(UserStatus::Erased.as_str()),
+            users::last_login_at.eq(None::<NaiveDateTime>),
+            users::updated_at.eq(now),
+        ))
+        .execute(&mut *conn)
+        .await?;
+        diesel::delete(
+            team_members::table
+                .filter(team_members::tenant_id.eq(&tid))
+                .filter(team_members::user_id.eq(&uid)),
+        )
+        .execute(&mut *conn)
+        .await?;
+        let session_ids: Vec<String> = sessions::table
+            .filter(sessions::tenant_id.eq(&tid))
+            .filter(sessions::user_id.eq(&uid))
+            .select(sessions::id)
+            .load(&mut *conn)
+            .await?;
+        diesel::delete(refresh_tokens::table.filter(refresh_tokens::session_id.eq_any(&session_ids)))
+            .execute(&mut *conn)
+            .await?;
+        let sessions_deleted = diesel::delete(
+            sessions::table
+                .filter(sessions::tenant_id.eq(&tid))
+                .filter(sessions::user_id.eq(&uid)),
+        )
+        .execute(&mut *conn)
+        .await?;
+        diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
+            .execute(&mut *conn)
+            .await?;
+        diesel::delete(login_attempts::table.filter(login_attempts::key.eq(&throttle_key)))
+            .execute(&mut *conn)
+            .await?;
+        let pseudonym: Option<String> = audit_actors::table
+            .filter(audit_actors::tenant_id.eq(&tid))
+            .filter(audit_actors::actor_ref.eq(&actor_ref))
+            .select(audit_actors::pseudonym)
+            .first(&mut *conn)
+            .await
+            .optional()?;
+        let mut pseudonymized = 0;
+        if let Some(ps) = &pseudonym {
+            diesel::update(audit_actors::table.find(ps))
+                .set((
+                    audit_actors::actor_ref.eq(None::<String>),
+                    audit_actors::erased_at.eq(Some(now)),
+                ))
+                .execute(&mut *conn)
+                .await?;
+            pseudonymized += diesel::update(
+                audit_log::table
+                    .filter(audit_log::tenant_id.eq(&tid))
+                    .filter(audit_log::actor_id.eq(ps))
+                    .filter(audit_log::context_hash.is_not_null())
+                    .filter(audit_log::context_salt.is_not_null()),
+            )
+            .set((
+                audit_log::ip.eq(None::<String>),
+                audit_log::user_agent.eq(None::<String>),
+                audit_log::context_salt.eq(None::<String>),
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        // Failed sign-ins against the account carry the client's address too.
+        pseudonymized += diesel::update(
+            audit_log::table
+                .filter(audit_log::tenant_id.eq(&tid))
+                .filter(audit_log::actor_type.eq("ANONYMOUS"))
+                .filter(audit_log::resource_type.eq("user"))
+                .filter(audit_log::resource_id.eq(&uid))
+                .filter(audit_log::context_hash.is_not_null())
+                .filter(audit_log::context_salt.is_not_null()),
+        )
+        .set((
+            audit_log::ip.eq(None::<String>),
+            audit_log::user_agent.eq(None::<String>),
+            audit_log::context_salt.eq(None::<String>),
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let mut audit = audit.clone();
+        audit.changes = Some(json!({
+            "auditRecordsPseudonymized": pseudonymized,
+            "sessionsDeleted": sessions_deleted,
+        }));
+        crate::audit_append!(conn, &audit)?;
+        Ok(Erased {
+            records_pseudonymized: i64::try_from(pseudonymized).unwrap_or(0),
+            sessions_deleted: i64::try_from(sessions_deleted).unwrap_or(0),
+        })
+    })
+}
+
+/// `exportUserData` input.
+#[derive(InputObject)]
+pub struct ExportUserDataInput {
+    /// The person (global user ID).
+    pub user_id: ID,
+}
+
+/// `exportUserData` result.
+#[derive(SimpleObject)]
+pub struct ExportUserDataPayload {
+    /// The person.
+    pub user_id: ID,
+    /// When the document was made.
+    pub generated_at: DateTime<Utc>,
+    /// Profile, team memberships, sessions, API key metadata, and audit records where
+    /// the person is the actor.
+    pub document: Json<Value>,
+}
+
+/// `eraseUser` input.
+#[derive(InputObject)]
+pub struct EraseUserInput {
+    /// The person (global user ID).
+    pub user_id: ID,
+}
+
+/// `eraseUser` result.
+#[derive(SimpleObject)]
+pub struct EraseUserPayload {
+    /// The user as it is now (ERASED, no personal data).
+    pub user: User,
+    /// Audit records whose IP address and user agent were removed.
+    pub audit_records_pseudonymized: i64,
+    /// Sessions deleted.
+    pub sessions_deleted: i64,
+}
+
+/// Data-subject request mutations.
+#[derive(Default)]
+pub struct PrivacyMutation;
+
+async fn target(ctx: &Context<'_>, id: &ID) -> AppResult<UserRow> {
+    let p = principal(ctx)?;
+    let uuid = decode_expecting(id, NodeKind::User, "user")?;
+    crate::tenancy::store::find_user(&app(ctx)?.db, p.tenant_id, UserId(uuid))
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))
+}
+
+#[Object]
+impl PrivacyMutation {
+    /// Everything stored about a person in the caller's tenant, as one JSON document
+    /// (a data-subject access request). Recorded as `user.data_exported`.
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn export_user_data(
+        &self,
+        ctx: &Context<'_>,
+        input: ExportUserDataInput,
+    ) -> async_graphql::Result<ExportUserDataPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let user = target(ctx, &input.user_id).await?;
+        let now = db_time(a.clock.now());
+        let document = user_document(&a.db, p.tenant_id, &user, now).await?;
+        let entry = Entry::change(
+            &super::graphql::origin(ctx)?,
+            "user.data_exported",
+            "user",
+            user.id,
+            None,
+            now,
+        );
+        super::record(&a.db, &entry).await?;
+        Ok(ExportUserDataPayload {
+            user_id: to_global_id(NodeKind::User, user.id.0),
+            generated_at: utc(now),
+            document: Json(document),
+        })
+    }
+
+    /// Erases a person's personal data and pseudonymizes them in the audit trail; the
+    /// chain still verifies. Irreversible. Recorded as `user.erased` (CRITICAL).
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn erase_user(
+        &self,
+        ctx: &Context<'_>,
+        input: EraseUserInput,
+    ) -> async_graphql::Result<EraseUserPayload> {
+        let a = app(ctx)?;
+        let p = principal(ctx)?;
+        let mut user = target(ctx, &input.user_id).await?;
+        if p.user_id() == Some(user.id) {
+            return Err(AppError::bad_input("userId", "you cannot erase yourself").into());
+        }
+        if UserStatus::parse(&user.status) == UserStatus::Erased {
+            return Err(AppError::new(
+                crate::error::ErrorCode::Conflict,
+                "this user has already been erased",
+            )
+            .into());
+        }
+        let now = db_time(a.clock.now());
+        let entry = Entry::change(
+            &super::graphql::origin(ctx)?,
+            "user.erased",
+            "user",
+            user.id,
+            None,
+            now,
+        )
+        .severity(Severity::Critical);
+        let done = erase(&a.db, p.tenant_id, &user, now, &entry).await?;
+        user.email = format!("erased-{}@erased.invalid", user.id);
+        user.display_name = "Erased user".into();
+        user.password_hash = None;
+        user.status = UserStatus::Erased.as_str().into();
+        user.last_login_at = None;
+        user.updated_at = now;
+        Ok(EraseUserPayload {
+            user: User(user),
+            audit_records_pseudonymized: done.records_pseudonymized,
+            sessions_deleted: done.sessions_deleted,
+        })
+    }
+}
