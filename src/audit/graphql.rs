@@ -467,5 +467,4 @@ mod live {
             .map(AuditRecord))
         }
     }
-
 }

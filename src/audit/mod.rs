@@ -453,7 +453,11 @@ pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppRes
             .iter()
             .map(|e| {
                 seq += 1;
-                let ps = e.actor_ref.as_ref().and_then(|r| pseudonyms.get(r)).cloned();
+                let ps = e
+                    .actor_ref
+                    .as_ref()
+                    .and_then(|r| pseudonyms.get(r))
+                    .cloned();
                 let r = RecordRow::seal(e, ps, seq, std::mem::take(&mut prev));
                 prev = r.hash.clone();
                 r
@@ -518,7 +522,10 @@ pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppRes
         ($conn:expr, $rows:expr) => {{
             if let Some(last) = $rows.last() {
                 diesel::update(audit_heads::table.find(&t))
-                    .set((audit_heads::seq.eq(last.seq), audit_heads::hash.eq(&last.hash)))
+                    .set((
+                        audit_heads::seq.eq(last.seq),
+                        audit_heads::hash.eq(&last.hash),
+                    ))
                     .execute($conn)
                     .await?;
                 Ok::<i64, crate::error::AppError>(last.seq)

@@ -23,8 +23,8 @@ use crate::auth::principal;
 use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
-    api_keys, audit_actors, audit_log, login_attempts, password_tokens, refresh_tokens,
-    sessions, team_members, teams, users,
+    api_keys, audit_actors, audit_log, login_attempts, password_tokens, refresh_tokens, sessions,
+    team_members, teams, users,
 };
 use crate::error::{AppError, AppResult};
 use crate::graphql::app;
@@ -79,7 +79,12 @@ pub async fn user_document(
             .inner_join(teams::table.on(teams::id.eq(team_members::team_id)))
             .filter(team_members::tenant_id.eq(&tid))
             .filter(team_members::user_id.eq(&uid))
-            .select((teams::id, teams::name, team_members::role, team_members::created_at))
+            .select((
+                teams::id,
+                teams::name,
+                team_members::role,
+                team_members::created_at,
+            ))
             .load(conn)
             .await?;
         let sessions_: Vec<Session> = sessions::table
@@ -248,9 +253,11 @@ pub async fn erase(
             .select(sessions::id)
             .load(&mut *conn)
             .await?;
-        diesel::delete(refresh_tokens::table.filter(refresh_tokens::session_id.eq_any(&session_ids)))
-            .execute(&mut *conn)
-            .await?;
+        diesel::delete(
+            refresh_tokens::table.filter(refresh_tokens::session_id.eq_any(&session_ids)),
+        )
+        .execute(&mut *conn)
+        .await?;
         let sessions_deleted = diesel::delete(
             sessions::table
                 .filter(sessions::tenant_id.eq(&tid))

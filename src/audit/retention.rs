@@ -42,7 +42,11 @@ pub struct Applied {
 }
 
 /// Deletes one batch of `tenant`'s expired audit records; returns (deleted, checkpoint).
-async fn audit_batch(db: &DbPool, tenant: TenantId, cutoff: NaiveDateTime) -> AppResult<(i64, i64)> {
+async fn audit_batch(
+    db: &DbPool,
+    tenant: TenantId,
+    cutoff: NaiveDateTime,
+) -> AppResult<(i64, i64)> {
     let pg = matches!(db, DbPool::Postgres(_));
     let t = tenant.to_string();
     crate::db_tx!(db, tenant, |conn| {
@@ -118,12 +122,7 @@ async fn execution_batch(
             .filter(executions::tenant_id.eq(&t))
             .filter(executions::finished_at.lt(cutoff))
             .filter(executions::created_at.lt(keep_from))
-            .filter(executions::status.eq_any([
-                "SUCCEEDED",
-                "FAILED",
-                "CANCELLED",
-                "TIMED_OUT",
-            ]))
+            .filter(executions::status.eq_any(["SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"]))
             .select(executions::id)
             .limit(EXECUTION_BATCH)
             .load(&mut *conn)
@@ -149,7 +148,12 @@ fn month_start(now: NaiveDateTime) -> NaiveDateTime {
 }
 
 /// Applies `days` of retention to `tenant` as of `now`.
-pub async fn apply(db: &DbPool, tenant: TenantId, days: i64, now: NaiveDateTime) -> AppResult<Applied> {
+pub async fn apply(
+    db: &DbPool,
+    tenant: TenantId,
+    days: i64,
+    now: NaiveDateTime,
+) -> AppResult<Applied> {
     let cutoff = now - Duration::days(days);
     let mut out = Applied::default();
     loop {

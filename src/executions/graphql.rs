@@ -123,8 +123,10 @@ impl Execution {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
-        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after).await
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
+    {
+        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after)
+            .await
     }
     /// The workflow.
     async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {

@@ -137,8 +137,10 @@ async fn run(
         if let Err(e) = crate::audit::record(&app.db, &denied).await {
             tracing::warn!(error = ?e, "could not record a denied export");
         }
-        return Err(AppError::forbidden("this requires the audit.export permission")
-            .with_detail("permission", Permission::AuditExport.as_str()));
+        return Err(
+            AppError::forbidden("this requires the audit.export permission")
+                .with_detail("permission", Permission::AuditExport.as_str()),
+        );
     }
     let q = params(uri)?;
     let entry = Entry::change(

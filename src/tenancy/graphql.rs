@@ -145,8 +145,17 @@ impl User {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
-        crate::audit::graphql::trail(ctx, "user", self.0.id.to_string(), Some(format!("user:{}", self.0.id)), first, after).await
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
+    {
+        crate::audit::graphql::trail(
+            ctx,
+            "user",
+            self.0.id.to_string(),
+            Some(format!("user:{}", self.0.id)),
+            first,
+            after,
+        )
+        .await
     }
     /// E-mail address (unique across the platform).
     async fn email(&self) -> &str {

@@ -211,8 +211,10 @@ impl Workflow {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>> {
-        crate::audit::graphql::trail(ctx, "workflow", self.0.id.to_string(), None, first, after).await
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
+    {
+        crate::audit::graphql::trail(ctx, "workflow", self.0.id.to_string(), None, first, after)
+            .await
     }
     /// Display name.
     async fn name(&self) -> &str {

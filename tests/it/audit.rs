@@ -408,7 +408,7 @@ async fn chain(app: &TestApp, tenant: &str) -> (i64, String) {
     (n, last.unwrap_or_default())
 }
 
-fn uuid_of(global: &str) -> String {
+pub fn uuid_of(global: &str) -> String {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(global)
@@ -725,6 +725,22 @@ async fn every_mutation_writes_exactly_one_record() {
         "user.disabled",
         o,
         "mutation($i: DisableUserInput!) { disableUser(input: $i) { user { id } } }",
+        json!({ "i": { "userId": user } })
+    );
+    step!(
+        "exportUserData",
+        acme,
+        "user.data_exported",
+        o,
+        "mutation($i: ExportUserDataInput!) { exportUserData(input: $i) { document } }",
+        json!({ "i": { "userId": user } })
+    );
+    step!(
+        "eraseUser",
+        acme,
+        "user.erased",
+        o,
+        "mutation($i: EraseUserInput!) { eraseUser(input: $i) { user { id } } }",
         json!({ "i": { "userId": user } })
     );
     step!(

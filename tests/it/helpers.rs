@@ -430,7 +430,8 @@ pub struct ServerProcess {
     pub base: String,
     /// `IP:PORT`.
     pub addr: String,
-    _db: TestDb,
+    /// Its database.
+    pub db: TestDb,
 }
 
 /// Path of the built `agentplane` binary.
@@ -479,7 +480,7 @@ impl ServerProcess {
             child,
             base: format!("http://{addr}"),
             addr,
-            _db: db,
+            db,
         }
     }
 

@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod cluster;
+mod compliance;
 mod executions;
 mod foundation;
 mod helpers;
