@@ -68,78 +68,80 @@ pub async fn user_document(
         Option<NaiveDateTime>,
         Option<NaiveDateTime>,
     );
-    let (memberships, sessions_, keys, pseudonym, records): (
+    type Gathered = (
         Vec<Membership>,
         Vec<Session>,
         Vec<Key>,
         Option<String>,
         Vec<RecordRow>,
-    ) = crate::db_run_tenant!(db, tenant, |conn| {
-        let memberships: Vec<Membership> = team_members::table
-            .inner_join(teams::table.on(teams::id.eq(team_members::team_id)))
-            .filter(team_members::tenant_id.eq(&tid))
-            .filter(team_members::user_id.eq(&uid))
-            .select((
-                teams::id,
-                teams::name,
-                team_members::role,
-                team_members::created_at,
-            ))
-            .load(conn)
-            .await?;
-        let sessions_: Vec<Session> = sessions::table
-            .filter(sessions::tenant_id.eq(&tid))
-            .filter(sessions::user_id.eq(&uid))
-            .order(sessions::created_at.asc())
-            .select((
-                sessions::id,
-                sessions::created_at,
-                sessions::last_used_at,
-                sessions::expires_at,
-                sessions::revoked_at,
-                sessions::revoked_reason,
-                sessions::ip,
-                sessions::user_agent,
-            ))
-            .load(conn)
-            .await?;
-        let keys: Vec<Key> = api_keys::table
-            .filter(api_keys::tenant_id.eq(&tid))
-            .filter(api_keys::created_by.eq(&actor_ref))
-            .order(api_keys::created_at.asc())
-            .select((
-                api_keys::id,
-                api_keys::name,
-                api_keys::prefix,
-                api_keys::role,
-                api_keys::created_at,
-                api_keys::expires_at,
-                api_keys::last_used_at,
-                api_keys::revoked_at,
-            ))
-            .load(conn)
-            .await?;
-        let pseudonym: Option<String> = audit_actors::table
-            .filter(audit_actors::tenant_id.eq(&tid))
-            .filter(audit_actors::actor_ref.eq(&actor_ref))
-            .select(audit_actors::pseudonym)
-            .first(conn)
-            .await
-            .optional()?;
-        let records: Vec<RecordRow> = match &pseudonym {
-            None => Vec::new(),
-            Some(ps) => {
-                audit_log::table
-                    .filter(audit_log::tenant_id.eq(&tid))
-                    .filter(audit_log::actor_id.eq(ps))
-                    .order(audit_log::seq.asc())
-                    .select(RecordRow::as_select())
-                    .load(conn)
-                    .await?
-            }
-        };
-        (memberships, sessions_, keys, pseudonym, records)
-    });
+    );
+    let (memberships, sessions_, keys, pseudonym, records): Gathered =
+        crate::db_run_tenant!(db, tenant, |conn| {
+            let memberships: Vec<Membership> = team_members::table
+                .inner_join(teams::table.on(teams::id.eq(team_members::team_id)))
+                .filter(team_members::tenant_id.eq(&tid))
+                .filter(team_members::user_id.eq(&uid))
+                .select((
+                    teams::id,
+                    teams::name,
+                    team_members::role,
+                    team_members::created_at,
+                ))
+                .load(conn)
+                .await?;
+            let sessions_: Vec<Session> = sessions::table
+                .filter(sessions::tenant_id.eq(&tid))
+                .filter(sessions::user_id.eq(&uid))
+                .order(sessions::created_at.asc())
+                .select((
+                    sessions::id,
+                    sessions::created_at,
+                    sessions::last_used_at,
+                    sessions::expires_at,
+                    sessions::revoked_at,
+                    sessions::revoked_reason,
+                    sessions::ip,
+                    sessions::user_agent,
+                ))
+                .load(conn)
+                .await?;
+            let keys: Vec<Key> = api_keys::table
+                .filter(api_keys::tenant_id.eq(&tid))
+                .filter(api_keys::created_by.eq(&actor_ref))
+                .order(api_keys::created_at.asc())
+                .select((
+                    api_keys::id,
+                    api_keys::name,
+                    api_keys::prefix,
+                    api_keys::role,
+                    api_keys::created_at,
+                    api_keys::expires_at,
+                    api_keys::last_used_at,
+                    api_keys::revoked_at,
+                ))
+                .load(conn)
+                .await?;
+            let pseudonym: Option<String> = audit_actors::table
+                .filter(audit_actors::tenant_id.eq(&tid))
+                .filter(audit_actors::actor_ref.eq(&actor_ref))
+                .select(audit_actors::pseudonym)
+                .first(conn)
+                .await
+                .optional()?;
+            let records: Vec<RecordRow> = match &pseudonym {
+                None => Vec::new(),
+                Some(ps) => {
+                    audit_log::table
+                        .filter(audit_log::tenant_id.eq(&tid))
+                        .filter(audit_log::actor_id.eq(ps))
+                        .order(audit_log::seq.asc())
+                        .select(RecordRow::as_select())
+                        .load(conn)
+                        .await?
+                }
+            };
+            (memberships, sessions_, keys, pseudonym, records)
+        });
     Ok(json!({
         "generatedAt": utc(now).to_rfc3339(),
         "profile": {

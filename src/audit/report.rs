@@ -74,61 +74,63 @@ pub async fn compute(
     to: NaiveDateTime,
 ) -> AppResult<Counts> {
     let t = tenant.to_string();
-    let (by_action, actors, critical, failures, refs): (
+    type Gathered = (
         Vec<(String, i64)>,
         Vec<(Option<String>, String, i64)>,
         i64,
         i64,
         Vec<(String, Option<String>)>,
-    ) = crate::db_run_tenant!(db, tenant, |conn| {
-        let in_range = audit_log::tenant_id
-            .eq(&t)
-            .and(audit_log::created_at.ge(from))
-            .and(audit_log::created_at.le(to));
-        let by_action: Vec<(String, i64)> = audit_log::table
-            .filter(in_range)
-            .group_by(audit_log::action)
-            .select((audit_log::action, diesel::dsl::count_star()))
-            .load(conn)
-            .await?;
-        let actors: Vec<(Option<String>, String, i64)> = audit_log::table
-            .filter(in_range)
-            .filter(audit_log::actor_id.is_not_null())
-            .group_by((audit_log::actor_id, audit_log::actor_type))
-            .select((
-                audit_log::actor_id,
-                audit_log::actor_type,
-                diesel::dsl::count_star(),
-            ))
-            .load(conn)
-            .await?;
-        let critical: i64 = audit_log::table
-            .filter(in_range)
-            .filter(audit_log::severity.eq("CRITICAL"))
-            .count()
-            .get_result(conn)
-            .await?;
-        let failures: i64 = audit_log::table
-            .filter(in_range)
-            .filter(audit_log::outcome.eq("FAILURE"))
-            .count()
-            .get_result(conn)
-            .await?;
-        let mut top: Vec<&(Option<String>, String, i64)> = actors.iter().collect();
-        top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-        let top_ids: Vec<String> = top
-            .iter()
-            .take(TOP_ACTORS)
-            .filter_map(|a| a.0.clone())
-            .collect();
-        let refs: Vec<(String, Option<String>)> = audit_actors::table
-            .filter(audit_actors::tenant_id.eq(&t))
-            .filter(audit_actors::pseudonym.eq_any(&top_ids))
-            .select((audit_actors::pseudonym, audit_actors::actor_ref))
-            .load(conn)
-            .await?;
-        (by_action, actors, critical, failures, refs)
-    });
+    );
+    let (by_action, actors, critical, failures, refs): Gathered =
+        crate::db_run_tenant!(db, tenant, |conn| {
+            let in_range = audit_log::tenant_id
+                .eq(&t)
+                .and(audit_log::created_at.ge(from))
+                .and(audit_log::created_at.le(to));
+            let by_action: Vec<(String, i64)> = audit_log::table
+                .filter(in_range)
+                .group_by(audit_log::action)
+                .select((audit_log::action, diesel::dsl::count_star()))
+                .load(conn)
+                .await?;
+            let actors: Vec<(Option<String>, String, i64)> = audit_log::table
+                .filter(in_range)
+                .filter(audit_log::actor_id.is_not_null())
+                .group_by((audit_log::actor_id, audit_log::actor_type))
+                .select((
+                    audit_log::actor_id,
+                    audit_log::actor_type,
+                    diesel::dsl::count_star(),
+                ))
+                .load(conn)
+                .await?;
+            let critical: i64 = audit_log::table
+                .filter(in_range)
+                .filter(audit_log::severity.eq("CRITICAL"))
+                .count()
+                .get_result(conn)
+                .await?;
+            let failures: i64 = audit_log::table
+                .filter(in_range)
+                .filter(audit_log::outcome.eq("FAILURE"))
+                .count()
+                .get_result(conn)
+                .await?;
+            let mut top: Vec<&(Option<String>, String, i64)> = actors.iter().collect();
+            top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            let top_ids: Vec<String> = top
+                .iter()
+                .take(TOP_ACTORS)
+                .filter_map(|a| a.0.clone())
+                .collect();
+            let refs: Vec<(String, Option<String>)> = audit_actors::table
+                .filter(audit_actors::tenant_id.eq(&t))
+                .filter(audit_actors::pseudonym.eq_any(&top_ids))
+                .select((audit_actors::pseudonym, audit_actors::actor_ref))
+                .load(conn)
+                .await?;
+            (by_action, actors, critical, failures, refs)
+        });
     let refs: HashMap<String, Option<String>> = refs.into_iter().collect();
     let mut by_action: Vec<ActionCount> = by_action
         .into_iter()

@@ -78,12 +78,10 @@ async fn audit_batch(
             .await?;
         // The expired prefix, in chain order, with no gap.
         let mut last: Option<(i64, String)> = None;
-        let mut expect = checkpoint + 1;
-        for (seq, at, hash) in rows {
+        for (expect, (seq, at, hash)) in (checkpoint + 1..).zip(rows) {
             if at >= cutoff || seq != expect {
                 break;
             }
-            expect += 1;
             last = Some((seq, hash));
         }
         let Some((last_seq, last_hash)) = last else {
