@@ -805,4 +805,45 @@ mod tests {
         edited.action = "x.z".into();
         assert_ne!(edited.compute_hash(), r.hash);
     }
+
+    #[test]
+    fn erasing_the_client_context_keeps_the_hash_but_editing_it_does_not() {
+        let e = Entry {
+            tenant_id: "t".into(),
+            actor_type: "USER",
+            actor_ref: Some("user:u".into()),
+            action: "auth.login".into(),
+            resource_type: None,
+            resource_id: None,
+            changes: None,
+            outcome: Outcome::Success,
+            reason: None,
+            severity: Severity::Info,
+            ip: Some("192.0.2.7".into()),
+            user_agent: Some("browser".into()),
+            request_id: None,
+            at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH.naive_utc(),
+        };
+        let r = RecordRow::seal(&e, Some("p".into()), 1, GENESIS.into());
+        assert!(r.context_intact());
+        // Erased: values and salt gone together; the hash still matches.
+        let mut erased = r.clone();
+        erased.ip = None;
+        erased.user_agent = None;
+        erased.context_salt = None;
+        assert_eq!(erased.compute_hash(), r.hash);
+        assert!(erased.context_intact());
+        // Edited: a different address no longer matches the commitment.
+        let mut edited = r.clone();
+        edited.ip = Some("198.51.100.1".into());
+        assert_eq!(edited.compute_hash(), r.hash);
+        assert!(!edited.context_intact());
+        // Half-erased (salt kept, values gone) is an edit too.
+        let mut half = r.clone();
+        half.ip = None;
+        assert!(!half.context_intact());
+        // Two records of the same context carry different commitments (random salt).
+        let r2 = RecordRow::seal(&e, Some("p".into()), 1, GENESIS.into());
+        assert_ne!(r.context_hash, r2.context_hash);
+    }
 }
