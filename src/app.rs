@@ -118,7 +118,13 @@ impl Background {
                     app.shutdown.child_token(),
                 )))
             }
-            crate::config::DatabaseUrl::Sqlite(_) => None,
+            crate::config::DatabaseUrl::Sqlite(_) => {
+                Some(tokio::spawn(crate::events::follow_sqlite(
+                    app.db.clone(),
+                    app.bus.clone(),
+                    app.shutdown.child_token(),
+                )))
+            }
         };
         let engine = crate::executions::engine::start(app.clone(), workers)?;
         let retention = tokio::spawn(crate::audit::retention::retention_loop(

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     Conflict,
     /// A fault on our side; details are in the server log.
     Internal,
+    /// A dependency (the database) is unreachable, overloaded or out of space: retry
+    /// after `extensions.retryAfterSeconds`.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -45,6 +48,7 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::Conflict => "CONFLICT",
             Self::Internal => "INTERNAL",
+            Self::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -58,6 +62,7 @@ impl ErrorCode {
             Self::QuotaExceeded | Self::RateLimited => 429,
             Self::Conflict => 409,
             Self::Internal => 500,
+            Self::Unavailable => 503,
         }
     }
 }
@@ -72,6 +77,9 @@ pub struct AppError {
     /// Hidden cause: logged, never returned.
     source: Option<anyhow::Error>,
 }
+
+/// What `UNAVAILABLE` errors tell clients to wait before retrying.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Result alias for service and resolver code.
 pub type AppResult<T> = Result<T, AppError>;
@@ -118,6 +126,20 @@ impl AppError {
             code: ErrorCode::Internal,
             message: "internal error".into(),
             details: Vec::new(),
+            source: Some(cause.into()),
+        }
+    }
+
+    /// `UNAVAILABLE`: the database cannot serve the request now (`what` says why, for the
+    /// client); the cause is logged. Carries `retryAfterSeconds`.
+    pub fn unavailable(what: &str, cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: format!("{what}; retry in {RETRY_AFTER_SECONDS} s"),
+            details: vec![(
+                "retryAfterSeconds",
+                async_graphql::Value::from(RETRY_AFTER_SECONDS),
+            )],
             source: Some(cause.into()),
         }
     }
@@ -196,14 +218,21 @@ impl From<diesel::result::Error> for AppError {
             Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
                 Self::conflict("a concurrent change conflicted with this one; retry")
             }
-            _ => Self::internal(e),
+            _ => match crate::db::outage_kind(&e) {
+                Some(what) => Self::unavailable(what, e),
+                None => Self::internal(e),
+            },
         }
     }
 }
 
 impl From<crate::db::PoolError> for AppError {
     fn from(e: crate::db::PoolError) -> Self {
-        Self::internal(e)
+        let what = match &e {
+            bb8::RunError::TimedOut => "the database is busy (no connection free in time)",
+            bb8::RunError::User(_) => "the database is unreachable",
+        };
+        Self::unavailable(what, e)
     }
 }
 

@@ -190,13 +190,21 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { demo, .. } => serve(config, demo).await,
         Command::Worker { .. } => worker(config).await,
         Command::Migrate { check: true } => {
+            // Exit 0: up to date; 1: migrations pending; 2: the database is newer than
+            // this binary (migrated by a later version).
             let pool = DbPool::connect(&config.database_url).await?;
-            let pending = migrate::pending(&pool).await?;
-            if pending.is_empty() {
+            let state = migrate::state(&pool).await?;
+            if !state.unknown.is_empty() {
+                println!(
+                    "the database is newer than this binary: unknown migration(s) {}",
+                    state.unknown.join(", ")
+                );
+                Ok(ExitCode::from(2))
+            } else if state.pending.is_empty() {
                 println!("no pending migrations");
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("pending migrations: {}", pending.join(", "));
+                println!("pending migrations: {}", state.pending.join(", "));
                 Ok(ExitCode::from(1))
             }
         }
@@ -359,14 +367,20 @@ async fn worker(config: Config) -> anyhow::Result<ExitCode> {
     let workers = config.engine.workers.max(1);
     let grace = config.http.shutdown_grace;
     let state = AppState::new(config).await?;
-    let pending = migrate::pending(&state.app.db)
+    let migrations = migrate::state(&state.app.db)
         .await
         .context("checking migrations")?;
-    if !pending.is_empty() {
+    if !migrations.unknown.is_empty() {
+        anyhow::bail!(
+            "the database is newer than this binary (unknown migration(s) {}); upgrade agentplane",
+            migrations.unknown.join(", ")
+        );
+    }
+    if !migrations.pending.is_empty() {
         anyhow::bail!(
             "{} migration(s) pending ({}); run `agentplane migrate` (or start `serve`) first",
-            pending.len(),
-            pending.join(", ")
+            migrations.pending.len(),
+            migrations.pending.join(", ")
         );
     }
     let background = app::Background::start(

@@ -54,7 +54,7 @@ pub async fn run_pending(url: &DatabaseUrl) -> anyhow::Result<Vec<String>> {
         DatabaseUrl::Postgres(secret) => {
             let conn = AsyncPgConnection::establish(secret.expose_secret())
                 .await
-                .with_context(|| format!("connecting to {}", url.redacted()))?;
+                .with_context(|| super::unreachable_message(url))?;
             let mut harness = AsyncMigrationHarness::new(conn);
             let done = harness
                 .run_pending_migrations(PG_MIGRATIONS)
@@ -64,8 +64,23 @@ pub async fn run_pending(url: &DatabaseUrl) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// How the database's migrations compare with this binary's.
+#[derive(Debug, Default)]
+pub struct MigrationState {
+    /// Embedded migrations not yet applied.
+    pub pending: Vec<String>,
+    /// Applied migrations this binary does not know: the database was migrated by a newer
+    /// version, whose schema this binary may misread.
+    pub unknown: Vec<String>,
+}
+
 /// Embedded migrations not yet applied to the database behind `pool`.
 pub async fn pending(pool: &DbPool) -> anyhow::Result<Vec<String>> {
+    Ok(state(pool).await?.pending)
+}
+
+/// Compares the migrations applied to the database behind `pool` with the embedded ones.
+pub async fn state(pool: &DbPool) -> anyhow::Result<MigrationState> {
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
@@ -83,8 +98,37 @@ pub async fn pending(pool: &DbPool) -> anyhow::Result<Vec<String>> {
             Err(e) => return Err(e.into()),
         }
     });
-    Ok(embedded
-        .into_iter()
-        .filter(|v| !applied.contains(v))
-        .collect())
+    let mut unknown: Vec<String> = applied
+        .iter()
+        .filter(|v| !embedded.contains(v))
+        .cloned()
+        .collect();
+    unknown.sort();
+    Ok(MigrationState {
+        pending: embedded
+            .into_iter()
+            .filter(|v| !applied.contains(v))
+            .collect(),
+        unknown,
+    })
+}
+
+impl MigrationState {
+    /// Why this binary should not serve this database, if it should not.
+    pub fn problem(&self) -> Option<String> {
+        if !self.unknown.is_empty() {
+            Some(format!(
+                "the database is newer than this binary: migration(s) {} were applied by a \
+                 newer agentplane; upgrade this binary",
+                self.unknown.join(", ")
+            ))
+        } else if !self.pending.is_empty() {
+            Some(format!(
+                "migrations pending: {}; run `agentplane migrate`",
+                self.pending.join(", ")
+            ))
+        } else {
+            None
+        }
+    }
 }

@@ -47,9 +47,86 @@ pub enum Backend {
 #[derive(Clone)]
 pub enum DbPool {
     /// PostgreSQL pool (tokio-postgres underneath).
-    Postgres(Pool<AsyncPgConnection>),
+    Postgres(FastPool<AsyncDieselConnectionManager<AsyncPgConnection>>),
     /// SQLite pool (WAL, foreign keys, busy timeout set per connection).
-    Sqlite(Pool<SqliteConn>),
+    Sqlite(FastPool<AsyncDieselConnectionManager<SqliteConn>>),
+}
+
+/// A bb8 pool whose checkout fails at once when the database refuses a new connection,
+/// instead of waiting out the whole connection timeout (bb8 only reports connect errors
+/// to its error sink; this pool listens there). Everything else derefs to the bb8 pool.
+pub struct FastPool<M: bb8::ManageConnection> {
+    pool: bb8::Pool<M>,
+    refused: Arc<Refusals>,
+}
+
+impl<M: bb8::ManageConnection> Clone for FastPool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            refused: self.refused.clone(),
+        }
+    }
+}
+
+impl<M: bb8::ManageConnection> std::ops::Deref for FastPool<M> {
+    type Target = bb8::Pool<M>;
+    fn deref(&self) -> &bb8::Pool<M> {
+        &self.pool
+    }
+}
+
+impl<M> FastPool<M>
+where
+    M: bb8::ManageConnection<Error = diesel_async::pooled_connection::PoolError>,
+{
+    /// A connection from the pool; `Err` at once when opening one was just refused.
+    pub async fn get(&self) -> Result<bb8::PooledConnection<'_, M>, PoolError> {
+        let refused = self.refused.notify.notified();
+        tokio::pin!(refused);
+        refused.as_mut().enable();
+        tokio::select! {
+            biased;
+            conn = self.pool.get() => conn,
+            () = &mut refused => Err(bb8::RunError::User(
+                diesel_async::pooled_connection::PoolError::ConnectionError(
+                    diesel::ConnectionError::BadConnection(self.refused.last()),
+                ),
+            )),
+        }
+    }
+}
+
+/// The pool's error sink: remembers the last connect error and wakes waiting checkouts.
+#[derive(Debug, Default)]
+struct Refusals {
+    notify: tokio::sync::Notify,
+    last: std::sync::Mutex<String>,
+}
+
+impl Refusals {
+    fn last(&self) -> String {
+        self.last
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|_| "the database refused the connection".into())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RefusalSink(Arc<Refusals>);
+
+impl<E: std::fmt::Display + 'static> bb8::ErrorSink<E> for RefusalSink {
+    fn sink(&self, error: E) {
+        if let Ok(mut l) = self.0.last.lock() {
+            *l = error.to_string();
+        }
+        self.0.notify.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<E>> {
+        Box::new(self.clone())
+    }
 }
 
 /// Runs the same diesel-async body on whichever backend the pool holds.
@@ -166,6 +243,72 @@ macro_rules! db_tx {
     }};
 }
 
+/// Whether a query error means the database cannot serve requests right now (rather
+/// than a bug or a bad request), and what to tell the client: a lost or refused
+/// connection, a server shutting down or starting, a full disk, a database locked for
+/// longer than the busy timeout.
+pub fn outage_kind(e: &diesel::result::Error) -> Option<&'static str> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    let Error::DatabaseError(kind, info) = e else {
+        return matches!(e, Error::BrokenTransactionManager)
+            .then_some("the database connection was lost");
+    };
+    if matches!(
+        kind,
+        DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+    ) {
+        return Some("the database connection was lost");
+    }
+    let msg = info.message();
+    if msg.contains("database or disk is full")
+        || msg.contains("could not extend file")
+        || msg.contains("No space left on device")
+    {
+        Some("the database is out of disk space")
+    } else if msg.contains("database is locked") {
+        Some("the database is busy")
+    } else if msg.contains("terminating connection")
+        || msg.contains("the database system is")
+        || msg.contains("connection closed")
+    {
+        Some("the database is restarting or unreachable")
+    } else {
+        None
+    }
+}
+
+/// Writes one row (`health_probe`) in a transaction: `Err` with a client-safe reason
+/// when the database takes no writes (full disk, read-only file or server).
+pub async fn write_probe(db: &DbPool, now: chrono::DateTime<chrono::Utc>) -> Result<(), String> {
+    async fn write(db: &DbPool, now: chrono::NaiveDateTime) -> crate::error::AppResult<()> {
+        use diesel::{ExpressionMethods as _, QueryDsl as _};
+        use schema::health_probe;
+        crate::db_tx!(db, "", |conn| {
+            diesel::update(health_probe::table.filter(health_probe::id.eq(1)))
+                .set(health_probe::checked_at.eq(now))
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    }
+    write(db, ids::db_time(now)).await.map_err(|e| {
+        let reason = format!("the database takes no writes: {}", e.message());
+        if e.code() != crate::error::ErrorCode::Unavailable {
+            // Logs the hidden cause once.
+            drop(e.into_anyhow());
+        }
+        reason
+    })
+}
+
+/// What start-up and the CLI say when the database cannot be reached.
+pub fn unreachable_message(url: &DatabaseUrl) -> String {
+    format!(
+        "cannot reach the database at {}; is it running, and is DATABASE_URL right?",
+        url.redacted()
+    )
+}
+
 /// Sets the transaction's tenant for row-level security (PostgreSQL).
 pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::QueryResult<()> {
     diesel::sql_query("SELECT set_config('agentplane.tenant_id', $1, true)")
@@ -222,13 +365,18 @@ impl DbPool {
                     .boxed()
                 });
                 let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, cfg);
+                let refused = Arc::new(Refusals::default());
                 let pool = Pool::builder()
+                    .error_sink(Box::new(RefusalSink(refused.clone())))
                     .max_size(8)
                     .connection_timeout(Duration::from_secs(10))
+                    // A database that refuses connections fails requests at once
+                    // (UNAVAILABLE) instead of after the whole connection timeout.
+                    .retry_connection(false)
                     .build(mgr)
                     .await
                     .context("building the SQLite pool")?;
-                let pool = Self::Sqlite(pool);
+                let pool = Self::Sqlite(FastPool { pool, refused });
                 pool.ping().await?;
                 Ok(pool)
             }
@@ -249,16 +397,19 @@ impl DbPool {
                     secret.expose_secret(),
                     cfg,
                 );
+                let refused = Arc::new(Refusals::default());
                 let pool = Pool::builder()
+                    .error_sink(Box::new(RefusalSink(refused.clone())))
                     .max_size(16)
                     .connection_timeout(Duration::from_secs(10))
+                    .retry_connection(false)
                     .build(mgr)
                     .await
                     .context("building the PostgreSQL pool")?;
-                let pool = Self::Postgres(pool);
+                let pool = Self::Postgres(FastPool { pool, refused });
                 pool.ping()
                     .await
-                    .with_context(|| format!("connecting to PostgreSQL at {}", url.redacted()))?;
+                    .with_context(|| unreachable_message(url))?;
                 Ok(pool)
             }
         }

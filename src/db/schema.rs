@@ -272,6 +272,14 @@ diesel::table! {
         created_by -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    health_probe (id) {
+        id -> Integer,
+        checked_at -> Timestamp,
     }
 }
 

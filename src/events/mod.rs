@@ -4,11 +4,18 @@
 //! replicas and `worker` processes on one PostgreSQL) the writer also sends the event with
 //! `pg_notify('agentplane_events', …)` in the transaction that stores it, and every process
 //! relays what it hears into its own bus ([`relay_postgres`]), skipping its own events.
+//! On SQLite, where there is no NOTIFY, every process follows the stored event log by
+//! row order instead ([`follow_sqlite`]), so a `serve` and a separate `worker` on one file
+//! see each other's events (and QUEUED events wake idle workers).
 //! A Redis fan-out can later replace the relay without touching publishers or
 //! subscribers. Events are also stored (`execution_events`), so a subscriber that falls
-//! behind re-reads what it missed instead of losing it.
+//! behind re-reads what it missed instead of losing it; after the relay reconnects
+//! (notifications may have been lost meanwhile) the bus signals `resync`, and
+//! subscribers re-read the log.
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
@@ -44,7 +51,23 @@ pub struct EventBus {
     /// table on each heartbeat and publishes what changed, so no cross-process relay is
     /// needed for these.
     cluster: broadcast::Sender<Arc<crate::cluster::ClusterEvent>>,
+    /// Bumped when events from other processes may have been missed (the relay lost its
+    /// connection): subscribers then re-read the stored log.
+    pub resync: tokio::sync::watch::Sender<u64>,
+    /// Events this process published, remembered while a log follower runs so it does
+    /// not publish them twice.
+    local: Mutex<LocalEvents>,
+    track_local: AtomicBool,
 }
+
+/// A bounded memory of `(execution, seq)` published here.
+#[derive(Default)]
+struct LocalEvents {
+    set: HashSet<(crate::executions::model::ExecutionId, i64)>,
+    order: VecDeque<(crate::executions::model::ExecutionId, i64)>,
+}
+
+const LOCAL_EVENTS_KEPT: usize = 65_536;
 
 impl Default for EventBus {
     fn default() -> Self {
@@ -62,7 +85,15 @@ impl EventBus {
             origin: uuid::Uuid::now_v7().to_string(),
             queue_wake: Notify::new(),
             cluster,
+            resync: tokio::sync::watch::Sender::new(0),
+            local: Mutex::default(),
+            track_local: AtomicBool::new(false),
         }
+    }
+
+    /// Signals subscribers that events may have been missed.
+    pub fn request_resync(&self) {
+        self.resync.send_modify(|n| *n += 1);
     }
 
     /// Delivers a cluster event to this process's subscribers.
@@ -77,8 +108,34 @@ impl EventBus {
 
     /// Delivers an event to this process's subscribers.
     pub fn publish(&self, ev: ExecutionEvent) {
+        if AtomicBool::load(&self.track_local, Ordering::Relaxed) {
+            if let Ok(mut l) = self.local.lock() {
+                let key = (ev.execution_id, ev.seq);
+                if l.set.insert(key) {
+                    l.order.push_back(key);
+                }
+                while l.order.len() > LOCAL_EVENTS_KEPT {
+                    if let Some(old) = l.order.pop_front() {
+                        l.set.remove(&old);
+                    }
+                }
+            }
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// Delivers an event read from another process (not remembered as local).
+    fn publish_relayed(&self, ev: ExecutionEvent) {
+        let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// Whether this process published `ev` itself (forgetting it: each is seen once).
+    fn was_local(&self, ev: &ExecutionEvent) -> bool {
+        self.local
+            .lock()
+            .map(|mut l| l.set.remove(&(ev.execution_id, ev.seq)))
+            .unwrap_or(false)
     }
 
     /// A new subscription (sees events published from now on).
@@ -100,6 +157,7 @@ impl EventBus {
 /// them into `bus`, reconnecting with backoff until `stop`.
 pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
+    let mut connected_before = false;
     loop {
         let conn = tokio::select! {
             () = stop.cancelled() => return,
@@ -127,11 +185,21 @@ pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationT
             );
         if let Err(e) = listen {
             tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
             continue;
         }
         backoff = Duration::from_millis(200);
         // Whatever was enqueued while we were not listening is found by polling; wake once.
         bus.queue_wake.notify_waiters();
+        // Events sent while we were not listening are in the log: subscribers re-read it.
+        if connected_before {
+            bus.request_resync();
+        }
+        connected_before = true;
         let mut stream = std::pin::pin!(conn.notifications_stream());
         loop {
             let n = tokio::select! {
@@ -151,6 +219,78 @@ pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationT
                 }
                 None => break,
             }
+        }
+    }
+}
+
+/// How often [`follow_sqlite`] reads the event log.
+pub const SQLITE_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+
+/// SQLite's cross-process path: follows `execution_events` in row order (rows are
+/// numbered in commit order under SQLite's single writer) and publishes the events other
+/// processes wrote into `bus`; a QUEUED event wakes idle workers. Starts at the end of
+/// the log; stops with `stop`.
+pub async fn follow_sqlite(db: crate::db::DbPool, bus: Arc<EventBus>, stop: CancellationToken) {
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        pos: i64,
+        #[diesel(sql_type = Text)]
+        payload: String,
+    }
+    let crate::db::DbPool::Sqlite(pool) = &db else {
+        return;
+    };
+    AtomicBool::store(&bus.track_local, true, Ordering::Relaxed);
+    let mut last: Option<i64> = None;
+    loop {
+        let read = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let rows: Vec<Row> = match last {
+                None => diesel::sql_query(
+                    "SELECT COALESCE(MAX(rowid), 0) AS pos, '' AS payload FROM execution_events",
+                )
+                .load(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?,
+                Some(after) => diesel::sql_query(
+                    "SELECT rowid AS pos, payload FROM execution_events WHERE rowid > ? \
+                     ORDER BY rowid LIMIT 1000",
+                )
+                .bind::<BigInt, _>(after)
+                .load(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?,
+            };
+            Ok::<_, String>(rows)
+        };
+        match read.await {
+            Ok(rows) if last.is_none() => last = Some(rows.as_slice().first().map_or(0, |r| r.pos)),
+            Ok(rows) => {
+                let full = rows.len() == 1000;
+                for r in rows {
+                    last = Some(r.pos);
+                    let Ok(ev) = serde_json::from_str::<ExecutionEvent>(&r.payload) else {
+                        continue;
+                    };
+                    if bus.was_local(&ev) {
+                        continue;
+                    }
+                    if ev.status == crate::executions::model::ExecutionStatus::Queued {
+                        bus.queue_wake.notify_waiters();
+                    }
+                    bus.publish_relayed(ev);
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the event log failed; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SQLITE_FOLLOW_INTERVAL) => {}
         }
     }
 }

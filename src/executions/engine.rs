@@ -6,9 +6,14 @@
 //! again, attempt number continuing. Steps with side effects should be idempotent or
 //! carry an idempotency key derived from `execution.id` (available to templates).
 //!
-//! Every write a worker makes is guarded by its lease (`lease_owner = me` and status
-//! RUNNING): a worker that lost its lease, or whose execution was cancelled or timed out
-//! elsewhere, finds its writes refused and stops.
+//! Every claim is fenced: the claim statement writes a lease owner unique to that claim
+//! (`<node>:<engine>:<claim>`), and every later write of its driver (renewal, step
+//! records, transitions, release) is guarded by it, so a driver whose lease lapsed and
+//! was claimed again — by another process or by another claim loop of this one — finds
+//! every write refused and stops. A driver also stops by itself when its lease runs out
+//! before it could renew it (database unreachable, process paused), so two drivers never
+//! run one execution's steps at the same time; in-process, a new claim of an execution
+//! waits for the stale local driver to stop first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -34,12 +39,12 @@ use crate::workflows::dag::{Definition, Step};
 /// A running engine: `workers` claim loops plus a scheduler, in this process.
 pub struct Engine {
     app: Arc<App>,
-    /// This engine's lease-owner id.
+    /// This engine's id, `<node id>:<engine>`: the prefix of every claim it makes.
     pub owner: String,
     http: reqwest::Client,
     policy: egress::Policy,
     step_slots: Arc<Semaphore>,
-    running: Mutex<HashMap<ExecutionId, CancellationToken>>,
+    running: Mutex<HashMap<ExecutionId, Driver>>,
     /// Executions whose steps reserved GPU memory here (released when they stop here).
     gpu_held: Mutex<HashSet<ExecutionId>>,
     stop: CancellationToken,
@@ -99,6 +104,16 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
     Ok(Some(EngineHandle { engine, tasks }))
 }
 
+/// The local driver of one claimed execution.
+struct Driver {
+    /// The claim (lease owner) it drives under.
+    claim: Arc<str>,
+    /// Cancelled to stop it (execution ended elsewhere, lease lost, claimed again).
+    stop: CancellationToken,
+    /// Cancelled once it has stopped.
+    finished: CancellationToken,
+}
+
 /// How a step task ended.
 enum StepEnd {
     Done(Outcome),
@@ -128,18 +143,13 @@ impl Engine {
             let now = self.now();
             let lease = ChronoDuration::from_std(self.app.config.engine.lease)
                 .unwrap_or(ChronoDuration::seconds(30));
-            match store::claim(
-                &self.app.db,
-                &self.owner,
-                &self.app.node.id,
-                now,
-                now + lease,
-            )
-            .await
-            {
+            // Unique per claim: the fencing token every write of its driver carries.
+            let claim: Arc<str> =
+                format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
+            match store::claim(&self.app.db, &claim, &self.app.node.id, now, now + lease).await {
                 Ok(Some(row)) => {
                     backoff = poll;
-                    self.run_execution(row).await;
+                    self.run_execution(row, claim).await;
                     continue;
                 }
                 Ok(None) => backoff = poll,
@@ -171,7 +181,7 @@ impl Engine {
                         .running
                         .lock()
                         .ok()
-                        .and_then(|m| m.get(&ev.execution_id).cloned());
+                        .and_then(|m| m.get(&ev.execution_id).map(|d| d.stop.clone()));
                     if let Some(t) = token {
                         t.cancel();
                     }
@@ -182,11 +192,26 @@ impl Engine {
         }
     }
 
-    async fn run_execution(self: &Arc<Self>, row: ExecutionRow) {
+    async fn run_execution(self: &Arc<Self>, row: ExecutionRow, claim: Arc<str>) {
         let id = row.id;
         let token = CancellationToken::new();
-        if let Ok(mut m) = self.running.lock() {
-            m.insert(id, token.clone());
+        let finished = CancellationToken::new();
+        let stale = self.running.lock().ok().and_then(|mut m| {
+            m.insert(
+                id,
+                Driver {
+                    claim: claim.clone(),
+                    stop: token.clone(),
+                    finished: finished.clone(),
+                },
+            )
+        });
+        if let Some(old) = stale {
+            // This process still drives an earlier claim of the execution (its lease
+            // lapsed while it could not renew): stop it before running anything.
+            tracing::warn!(execution = %id, "execution claimed again while a stale local driver ran; stopping it");
+            old.stop.cancel();
+            old.finished.cancelled().await;
         }
         self.app.node.in_flight.fetch_add(1, Ordering::Relaxed);
         if row.claims > 1 {
@@ -197,10 +222,11 @@ impl Engine {
                 tracing::warn!(execution = %id, error = ?e, "releasing stale GPU reservations failed");
             }
         }
-        let renewal = self.spawn_renewal(id, token.clone());
-        if let Err(e) = self.drive(row, &token).await {
+        let renewal = self.spawn_renewal(id, claim.clone(), token.clone());
+        if let Err(e) = self.drive(row, &claim, &token).await {
             tracing::error!(execution = %id, error = ?e, "execution driver failed; releasing");
-            let _ = store::release(&self.app.db, id, &self.owner).await;
+            let _ = store::release(&self.app.db, id, &claim).await;
+            self.app.bus.queue_wake.notify_one();
         }
         renewal.cancel();
         let held = self
@@ -216,53 +242,151 @@ impl Engine {
             }
         }
         if let Ok(mut m) = self.running.lock() {
-            m.remove(&id);
+            if m.get(&id).is_some_and(|d| d.claim == claim) {
+                m.remove(&id);
+            }
         }
+        finished.cancel();
         self.app.node.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Renews the lease every third of its length; cancels `token` when it is lost.
-    fn spawn_renewal(&self, id: ExecutionId, token: CancellationToken) -> CancellationToken {
+    /// Renews the lease every third of its length; cancels `token` when a renewal is
+    /// refused (the lease lapsed, was claimed again, or the execution ended) or when the
+    /// lease runs out, on the monotonic clock or the app clock, before a renewal got
+    /// through (database unreachable, process paused): past that point another worker
+    /// may claim the execution, so this driver must already have stopped.
+    fn spawn_renewal(
+        &self,
+        id: ExecutionId,
+        claim: Arc<str>,
+        token: CancellationToken,
+    ) -> CancellationToken {
         let done = CancellationToken::new();
         let app = self.app.clone();
-        let owner = self.owner.clone();
         let d = done.clone();
-        let every = (app.config.engine.lease / 3).max(Duration::from_millis(100));
+        let lease = app.config.engine.lease;
+        let every = (lease / 3).max(Duration::from_millis(100));
+        // Stop a little before the lease ends, so the database's expiry is never reached
+        // by a driver that still runs.
+        let margin = (lease / 10).min(Duration::from_secs(2));
+        let check = (lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(250));
+        let chrono_lease = ChronoDuration::from_std(lease).unwrap_or(ChronoDuration::seconds(30));
+        let chrono_margin = ChronoDuration::from_std(margin).unwrap_or_default();
         tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut valid_until = start + lease;
+            let mut valid_until_app = db_time(app.clock.now()) + chrono_lease;
+            let mut next_renewal = start + every;
             loop {
                 tokio::select! {
                     () = d.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
+                    () = tokio::time::sleep(check) => {}
                 }
-                let now = db_time(app.clock.now());
-                let lease = ChronoDuration::from_std(app.config.engine.lease)
-                    .unwrap_or(ChronoDuration::seconds(30));
-                match store::renew(&app.db, id, &owner, now + lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::info!(execution = %id, "lease lost or execution ended");
+                let now = tokio::time::Instant::now();
+                if now + margin >= valid_until
+                    || db_time(app.clock.now()) + chrono_margin >= valid_until_app
+                {
+                    tracing::warn!(execution = %id, "lease ran out before it could be renewed; stopping this driver");
+                    token.cancel();
+                    return;
+                }
+                if now < next_renewal {
+                    continue;
+                }
+                next_renewal = now + every;
+                let app_now = db_time(app.clock.now());
+                let until = app_now + chrono_lease;
+                let budget = valid_until.saturating_duration_since(now + margin);
+                match tokio::time::timeout(
+                    budget,
+                    store::renew(&app.db, id, &claim, app_now, until),
+                )
+                .await
+                {
+                    Ok(Ok(true)) => {
+                        valid_until = now + lease;
+                        valid_until_app = until;
+                    }
+                    Ok(Ok(false)) => {
+                        tracing::info!(execution = %id, "lease lost or execution ended; stopping this driver");
                         token.cancel();
                         return;
                     }
-                    Err(e) => tracing::warn!(execution = %id, error = ?e, "lease renewal failed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(execution = %id, error = ?e, "lease renewal failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(execution = %id, "lease renewal did not answer in time")
+                    }
                 }
             }
         });
         done
     }
 
+    /// Runs one of the driver's writes, retrying while the database is unavailable (a
+    /// restart, a lost connection, a full disk) until it answers or the driver is told to
+    /// stop: a database outage shorter than the lease costs no work. `None` when stopped.
+    async fn persist<T, Fut>(
+        &self,
+        token: &CancellationToken,
+        mut write: impl FnMut() -> Fut,
+    ) -> crate::error::AppResult<Option<T>>
+    where
+        Fut: Future<Output = crate::error::AppResult<T>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match write().await {
+                Err(e) if e.code() == crate::error::ErrorCode::Unavailable => {
+                    tracing::warn!(error = ?e, "engine write failed; retrying while the lease lasts");
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(None),
+                        () = self.stop.cancelled() => return Ok(None),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other.map(Some),
+            }
+        }
+    }
+
     async fn transition(
         &self,
         id: ExecutionId,
+        claim: &str,
+        token: &CancellationToken,
         to: ExecutionStatus,
         patch: Patch,
     ) -> crate::error::AppResult<Option<ExecutionRow>> {
-        service::transition(&self.app, id, to, Guard::Lease(&self.owner), patch).await
+        let row = self
+            .persist(token, || {
+                service::transition(&self.app, id, to, Guard::Lease(claim), patch.clone())
+            })
+            .await?;
+        Ok(row.flatten())
+    }
+
+    /// Records a step change under the claim; `false` when refused (the lease is lost or
+    /// the execution ended) or when the driver was stopped meanwhile.
+    async fn record(
+        &self,
+        id: ExecutionId,
+        claim: &str,
+        token: &CancellationToken,
+        change: &StepChange,
+    ) -> crate::error::AppResult<bool> {
+        let ok = self
+            .persist(token, || service::record_step(&self.app, id, claim, change))
+            .await?;
+        Ok(ok == Some(true))
     }
 
     async fn drive(
         self: &Arc<Self>,
         row: ExecutionRow,
+        claim: &Arc<str>,
         token: &CancellationToken,
     ) -> crate::error::AppResult<()> {
         let id = row.id;
@@ -273,6 +397,8 @@ impl Engine {
             match self
                 .transition(
                     id,
+                    claim,
+                    token,
                     ExecutionStatus::Running,
                     Patch {
                         deadline_at: Some(deadline),
@@ -340,8 +466,11 @@ impl Engine {
                 }
             }
             for sid in newly_skipped {
-                if !self.skip(id, &sid, &mut state, &attempts).await? {
-                    return self.abandon(inflight, id, false).await;
+                if !self
+                    .skip(id, claim, token, &sid, &mut state, &attempts)
+                    .await?
+                {
+                    return self.abandon(inflight, id, claim, false).await;
                 }
             }
             // A failed step fails the execution.
@@ -360,6 +489,8 @@ impl Engine {
                 let detail = step_rows_error(&self.app, id, &sid).await;
                 self.transition(
                     id,
+                    claim,
+                    token,
                     ExecutionStatus::Failed,
                     Patch {
                         error: Some(format!("step {sid:?} {what}{detail}")),
@@ -390,8 +521,12 @@ impl Engine {
                         let step = s.clone();
                         let first_attempt = attempts.get(&s.id).copied().unwrap_or(0) + 1;
                         let tenant = row.tenant_id;
+                        let claim = claim.clone();
+                        let token = token.clone();
                         inflight.spawn(async move {
-                            let end = engine.run_step(id, tenant, &step, ctx, first_attempt).await;
+                            let end = engine
+                                .run_step(id, &claim, &token, tenant, &step, ctx, first_attempt)
+                                .await;
                             (step.id, end)
                         });
                     }
@@ -399,7 +534,8 @@ impl Engine {
             }
             if inflight.is_empty() {
                 if self.stop.is_cancelled() {
-                    store::release(&self.app.db, id, &self.owner).await?;
+                    store::release(&self.app.db, id, claim).await?;
+                    self.app.bus.queue_wake.notify_one();
                     return Ok(());
                 }
                 let all_done = def
@@ -441,7 +577,7 @@ impl Engine {
                         },
                     )
                 };
-                self.transition(id, to, patch).await?;
+                self.transition(id, claim, token, to, patch).await?;
                 return Ok(());
             }
             tokio::select! {
@@ -452,7 +588,7 @@ impl Engine {
                         Err(e) if e.is_cancelled() => continue,
                         Err(e) => {
                             tracing::error!(execution = %id, error = %e, "step task panicked");
-                            return self.abandon(inflight, id, true).await;
+                            return self.abandon(inflight, id, claim, true).await;
                         }
                     };
                     in_flight_ids.remove(&sid);
@@ -463,26 +599,28 @@ impl Engine {
                             for skip in outcome.skip {
                                 if state.get(&skip) == Some(&StepStatus::Pending)
                                     && by_id.contains_key(skip.as_str())
-                                    && !self.skip(id, &skip, &mut state, &attempts).await?
+                                    && !self.skip(id, claim, token, &skip, &mut state, &attempts).await?
                                 {
-                                    return self.abandon(inflight, id, false).await;
+                                    return self.abandon(inflight, id, claim, false).await;
                                 }
                             }
                         }
                         StepEnd::Failed(st) => {
                             state.insert(sid, st);
                         }
-                        StepEnd::LeaseLost => return self.abandon(inflight, id, false).await,
+                        StepEnd::LeaseLost => return self.abandon(inflight, id, claim, false).await,
                     }
                 }
                 () = token.cancelled() => {
                     // Cancelled or timed out elsewhere, or the lease was lost: stop here.
-                    return self.abandon(inflight, id, false).await;
+                    return self.abandon(inflight, id, claim, false).await;
                 }
                 () = tokio::time::sleep_until(timeout_at) => {
                     inflight.abort_all();
                     self.transition(
                         id,
+                        claim,
+                        token,
                         ExecutionStatus::TimedOut,
                         Patch {
                             error: Some(format!(
@@ -506,7 +644,7 @@ impl Engine {
                             outputs.insert(sid, o.output);
                         }
                     }
-                    return self.abandon(inflight, id, true).await;
+                    return self.abandon(inflight, id, claim, true).await;
                 }
             }
         }
@@ -517,12 +655,15 @@ impl Engine {
         &self,
         mut inflight: JoinSet<(String, StepEnd)>,
         id: ExecutionId,
+        claim: &str,
         release: bool,
     ) -> crate::error::AppResult<()> {
         inflight.abort_all();
         while inflight.join_next().await.is_some() {}
         if release {
-            store::release(&self.app.db, id, &self.owner).await?;
+            store::release(&self.app.db, id, claim).await?;
+            // Another claim loop of this process may take it over at once.
+            self.app.bus.queue_wake.notify_one();
         }
         Ok(())
     }
@@ -530,6 +671,8 @@ impl Engine {
     async fn skip(
         &self,
         id: ExecutionId,
+        claim: &str,
+        token: &CancellationToken,
         sid: &str,
         state: &mut HashMap<String, StepStatus>,
         attempts: &HashMap<String, i64>,
@@ -547,13 +690,19 @@ impl Engine {
             completion_tokens: 0,
             cost_usd: 0.0,
         };
-        service::record_step(&self.app, id, &self.owner, &change).await
+        self.record(id, claim, token, &change).await
     }
 
     /// Runs a step's attempts (with retries and backoff), recording each change.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the step's whole context, passed once"
+    )]
     async fn run_step(
         &self,
         id: ExecutionId,
+        claim: &str,
+        token: &CancellationToken,
         tenant: crate::tenancy::TenantId,
         step: &Step,
         ctx: Value,
@@ -570,7 +719,7 @@ impl Engine {
             }
         }
         let end = self
-            .run_attempts(id, tenant, step, ctx, first_attempt)
+            .run_attempts(id, claim, token, tenant, step, ctx, first_attempt)
             .await;
         if gpu.is_some() {
             if let Err(e) =
@@ -641,9 +790,15 @@ impl Engine {
     }
 
     /// The attempts of one step.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the step's whole context, passed once"
+    )]
     async fn run_attempts(
         &self,
         id: ExecutionId,
+        claim: &str,
+        token: &CancellationToken,
         tenant: crate::tenancy::TenantId,
         step: &Step,
         ctx: Value,
@@ -668,7 +823,7 @@ impl Engine {
                 completion_tokens: 0,
                 cost_usd: 0.0,
             };
-            match service::record_step(&self.app, id, &self.owner, &start).await {
+            match self.record(id, claim, token, &start).await {
                 Ok(true) => {}
                 Ok(false) => return StepEnd::LeaseLost,
                 Err(e) => {
@@ -719,7 +874,7 @@ impl Engine {
                     None
                 }
             };
-            match service::record_step(&self.app, id, &self.owner, &change).await {
+            match self.record(id, claim, token, &change).await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return StepEnd::LeaseLost,
             }

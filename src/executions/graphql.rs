@@ -728,6 +728,7 @@ impl ExecutionSubscription {
         let uuid = decode_expecting(&id, NodeKind::Execution, "execution")?;
         // Subscribe before reading the snapshot, so nothing falls between the two.
         let mut rx = a.bus.subscribe();
+        let mut resync = a.bus.resync.subscribe();
         let row = visible_execution(ctx, uuid).await?.0;
         let tenant = p.tenant_id;
         let exec_id = row.id;
@@ -739,7 +740,15 @@ impl ExecutionSubscription {
                 return;
             }
             loop {
-                let ev = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    changed = resync.changed() => {
+                        if changed.is_err() { return; }
+                        // Notifications from other processes may have been lost.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(0))
+                    }
+                };
+                let ev = match received {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind: read what we missed from the log.
@@ -776,13 +785,19 @@ impl ExecutionSubscription {
     }
 
     /// Every event of every execution the caller may read in its tenant, optionally
-    /// narrowed to one workflow or to events leaving a given status. Starts with a
-    /// SNAPSHOT of each QUEUED or RUNNING execution that matches.
+    /// narrowed to one workflow or to events leaving a given status. Per execution,
+    /// events arrive once each and in sequence order, without holes: a gap (an event
+    /// relayed late or lost with a dropped connection) is filled from the stored log, and
+    /// so is everything a slow subscriber missed. Starts with a SNAPSHOT of each QUEUED or
+    /// RUNNING execution that matches, or, with `since`, replays the stored events
+    /// written at or after that time instead (a reconnecting dashboard passes the `at` of
+    /// the last event it received and drops repeats by `executionId` + `sequence`).
     #[graphql(guard = "Require(Permission::ExecutionsRead)")]
     async fn execution_events(
         &self,
         ctx: &Context<'_>,
         filter: Option<ExecutionEventsFilter>,
+        since: Option<DateTime<Utc>>,
     ) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
         let a: Arc<App> = app(ctx)?.clone();
         let p = principal(ctx)?.clone();
@@ -796,34 +811,41 @@ impl ExecutionSubscription {
             visible_workflow_row(ctx, w).await?;
         }
         let mut rx = a.bus.subscribe();
+        let mut resync = a.bus.resync.subscribe();
+        let started = crate::db::ids::db_time(a.clock.now());
         let visible: Option<Vec<WorkflowId>> = visible_workflow_ids(ctx, &p).await?;
         let mut active = Vec::new();
-        for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
-            if f.status.is_some_and(|s| s != status) {
-                continue;
-            }
-            let (rows, _) = store::list(
-                &a.db,
-                p.tenant_id,
-                &ListFilter {
-                    workflows: match (wf_filter, &visible) {
-                        (Some(w), _) => Some(vec![w]),
-                        (None, v) => v.clone(),
+        let mut replay = Vec::new();
+        if let Some(t) = since {
+            replay =
+                store::tenant_events_since(&a.db, p.tenant_id, crate::db::ids::db_time(t)).await?;
+        } else {
+            for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
+                let (rows, _) = store::list(
+                    &a.db,
+                    p.tenant_id,
+                    &ListFilter {
+                        workflows: match (wf_filter, &visible) {
+                            (Some(w), _) => Some(vec![w]),
+                            (None, v) => v.clone(),
+                        },
+                        status: Some(status.as_str().to_owned()),
                     },
-                    status: Some(status.as_str().to_owned()),
-                },
-                None,
-                100,
-            )
-            .await?;
-            active.extend(rows);
+                    None,
+                    100,
+                )
+                .await?;
+                active.extend(rows);
+            }
         }
         let tenant = p.tenant_id;
         let status_filter = f.status;
         let sight = sight(&p);
         Ok(async_stream::stream! {
             let now = a.clock.now();
+            let mut seqs = SeqTracker::default();
             for row in &active {
+                seqs.advance(row.id, row.seq);
                 yield ExecutionUpdate(snapshot_of(row, now));
             }
             // Visibility per workflow, decided once per stream.
@@ -831,37 +853,115 @@ impl ExecutionSubscription {
             if let Some(v) = &visible {
                 for w in v { seen.insert(*w, true); }
             }
+            // Catch-up reads start a little before the last one, for events whose
+            // transaction committed later than its timestamp.
+            let slack = chrono::Duration::seconds(30);
+            let mut synced_at = started;
+            let mut batch = replay;
             loop {
-                let ev = match rx.recv().await {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                };
-                if ev.tenant_id != tenant {
-                    continue;
+                for ev in std::mem::take(&mut batch) {
+                    if !seqs.advance(ev.execution_id, ev.seq) {
+                        continue;
+                    }
+                    if wf_filter.is_some_and(|w| w != ev.workflow_id)
+                        || status_filter.is_some_and(|s| s != ev.status)
+                    {
+                        continue;
+                    }
+                    let ok = match seen.get(&ev.workflow_id) {
+                        Some(v) => *v,
+                        None => {
+                            // A workflow created after the stream began.
+                            let ok = match crate::workflows::store::find(&a.db, tenant, ev.workflow_id).await {
+                                Ok(Some(row)) => crate::workflows::store::can_see(&a.db, &sight, &row).await.unwrap_or(false),
+                                _ => false,
+                            };
+                            seen.insert(ev.workflow_id, ok);
+                            ok
+                        }
+                    };
+                    if ok {
+                        yield ExecutionUpdate(ev);
+                    }
                 }
-                if wf_filter.is_some_and(|w| w != ev.workflow_id) {
-                    continue;
-                }
-                if status_filter.is_some_and(|s| s != ev.status) {
-                    continue;
-                }
-                let ok = match seen.get(&ev.workflow_id) {
-                    Some(v) => *v,
-                    None => {
-                        // A workflow created after the stream began.
-                        let ok = match crate::workflows::store::find(&a.db, tenant, ev.workflow_id).await {
-                            Ok(Some(row)) => crate::workflows::store::can_see(&a.db, &sight, &row).await.unwrap_or(false),
-                            _ => false,
-                        };
-                        seen.insert(ev.workflow_id, ok);
-                        ok
+                let catch_up = tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) if ev.tenant_id != tenant => continue,
+                        Ok(ev) => match seqs.last(ev.execution_id) {
+                            Some(l) if ev.seq <= l => continue,
+                            Some(l) if ev.seq == l + 1 => {
+                                batch.push((*ev).clone());
+                                continue;
+                            }
+                            // A gap, or an execution new to this stream: read its events
+                            // from the log, in order, up to this one.
+                            known => {
+                                match store::events_after(&a.db, tenant, ev.execution_id, known.unwrap_or(0)).await {
+                                    Ok(missed) => batch = missed,
+                                    Err(e) => {
+                                        tracing::warn!(error = ?e, "reading missed events failed");
+                                        batch.push((*ev).clone());
+                                    }
+                                }
+                                continue;
+                            }
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    changed = resync.changed() => {
+                        if changed.is_err() { return; }
+                        true
                     }
                 };
-                if ok {
-                    yield ExecutionUpdate((*ev).clone());
+                if catch_up {
+                    // Fell behind, or notifications from other processes may be lost:
+                    // everything since the last catch-up is in the log.
+                    let from = synced_at - slack;
+                    synced_at = crate::db::ids::db_time(a.clock.now());
+                    match store::tenant_events_since(&a.db, tenant, from).await {
+                        Ok(events) => batch = events,
+                        Err(e) => tracing::warn!(error = ?e, "catching up from the event log failed"),
+                    }
                 }
             }
         })
+    }
+}
+
+/// The last sequence number a stream delivered (or skipped) per execution; forgets the
+/// oldest finished executions past a bound so a long-lived stream stays small.
+#[derive(Default)]
+struct SeqTracker {
+    last: HashMap<ExecutionId, i64>,
+    order: std::collections::VecDeque<ExecutionId>,
+}
+
+impl SeqTracker {
+    const KEPT: usize = 20_000;
+
+    fn last(&self, id: ExecutionId) -> Option<i64> {
+        self.last.get(&id).copied()
+    }
+
+    /// Records `seq` for `id`; `false` when it was already delivered.
+    fn advance(&mut self, id: ExecutionId, seq: i64) -> bool {
+        match self.last.get_mut(&id) {
+            Some(l) if *l >= seq => false,
+            Some(l) => {
+                *l = seq;
+                true
+            }
+            None => {
+                self.last.insert(id, seq);
+                self.order.push_back(id);
+                while self.order.len() > Self::KEPT {
+                    if let Some(old) = self.order.pop_front() {
+                        self.last.remove(&old);
+                    }
+                }
+                true
+            }
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! Schedules: a cron expression and an IANA time zone per workflow.
 //!
-//! Every engine runs [`scheduler_loop`]. A due schedule fires through a compare-and-set
-//! on `next_run_at` (`UPDATE … WHERE id = ? AND next_run_at = <the due time>`) in the same
-//! transaction that enqueues the execution, so each tick fires exactly once however many
-//! workers race for it. Ticks missed while no worker ran fire once, then the schedule
-//! continues from the next future tick.
+//! Every engine runs [`scheduler_loop`]. A due tick's execution is enqueued under an
+//! idempotency key unique to the tick, then `next_run_at` moves on by compare-and-set
+//! (`UPDATE … WHERE id = ? AND next_run_at = <the due time>`): however many workers race
+//! for a tick, and whichever of them dies between the two steps, the tick has exactly one
+//! execution. Final refusals (quota, suspended tenant) are recorded on the schedule
+//! (`lastError`) and in the audit trail; database faults leave the tick due to be retried.
+//! Ticks missed while no worker ran fire once, then the schedule continues from the next
+//! future tick.
 
 use std::str::FromStr as _;
 
@@ -64,6 +67,8 @@ pub struct ScheduleRow {
     pub created_at: NaiveDateTime,
     /// Last change.
     pub updated_at: NaiveDateTime,
+    /// Why the last tick could not start an execution (cleared when one starts).
+    pub last_error: Option<String>,
 }
 
 /// A parsed cron expression in a time zone.
@@ -237,43 +242,86 @@ async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
     }))
 }
 
-/// Moves `next_run_at` from `due` to `next` if nobody else did; `true` for the winner.
+/// How a tick ended, written with the advance.
+enum TickResult<'a> {
+    /// Its execution exists.
+    Started(&'a str),
+    /// Refused for good (quota, suspended tenant, no published version): the reason.
+    Refused(&'a str),
+}
+
+/// Moves `next_run_at` from `due` to `next` if nobody else did, recording how the tick
+/// ended (and, for a refusal, an audit record in the same transaction); `true` for the
+/// winner.
 async fn advance(
     db: &DbPool,
-    id: ScheduleId,
+    s: &ScheduleRow,
     due: NaiveDateTime,
     next: Option<NaiveDateTime>,
     now: NaiveDateTime,
+    result: TickResult<'_>,
 ) -> AppResult<bool> {
-    let n = crate::db_run!(db, |conn| {
-        diesel::update(
+    let (exec, error) = match result {
+        TickResult::Started(e) => (Some(e.to_owned()), None),
+        TickResult::Refused(r) => (s.last_execution_id.clone(), Some(r.to_owned())),
+    };
+    let audit = error.as_ref().map(|reason| {
+        crate::audit::Entry::change(
+            &crate::audit::Origin::system(s.tenant_id),
+            "schedule.tick_failed",
+            "schedule",
+            s.id,
+            Some(serde_json::json!({
+                "workflowId": s.workflow_id.to_string(),
+                "tick": utc(due).to_rfc3339(),
+            })),
+            now,
+        )
+        .failed(reason.clone())
+        .severity(crate::audit::Severity::Warning)
+    });
+    let tenant = s.tenant_id;
+    crate::db_tx!(db, tenant, |conn| {
+        let n = diesel::update(
             schedules::table
-                .filter(schedules::id.eq(id))
+                .filter(schedules::id.eq(s.id))
                 .filter(schedules::status.eq("ACTIVE"))
                 .filter(schedules::next_run_at.eq(due)),
         )
         .set((
             schedules::next_run_at.eq(next),
             schedules::last_run_at.eq(due),
+            schedules::last_execution_id.eq(&exec),
+            schedules::last_error.eq(&error),
             schedules::updated_at.eq(now),
         ))
         .execute(conn)
-        .await?
-    });
-    Ok(n == 1)
+        .await?;
+        if n == 1 {
+            if let Some(a) = &audit {
+                crate::audit_append!(conn, a)?;
+            }
+        }
+        Ok(n == 1)
+    })
 }
 
-async fn set_last_execution(db: &DbPool, id: ScheduleId, exec: &str) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
-        diesel::update(schedules::table.filter(schedules::id.eq(id)))
-            .set(schedules::last_execution_id.eq(exec))
-            .execute(conn)
-            .await?;
-    });
-    Ok(())
+/// Whether a refusal to start a tick's execution is final (retrying cannot help), as
+/// opposed to a fault of the database or the process (the tick stays due and is retried).
+fn is_final(e: &AppError) -> bool {
+    !matches!(
+        e.code(),
+        crate::error::ErrorCode::Internal | crate::error::ErrorCode::Unavailable
+    )
 }
 
-/// Fires every due schedule once. Returns how many this process fired.
+/// Fires every due schedule once. Returns how many executions this process started.
+///
+/// The tick's execution is enqueued first, under an idempotency key unique to the tick,
+/// and `next_run_at` advances only after it exists. A process that dies (or a database
+/// that fails) in between leaves the tick due: the next scheduler run, here or in
+/// another process, enqueues with the same key, finds the execution, and advances. So
+/// every tick fires exactly once.
 pub async fn fire_due(app: &App) -> AppResult<usize> {
     let now_utc = app.clock.now();
     let now = db_time(now_utc);
@@ -286,24 +334,36 @@ pub async fn fire_due(app: &App) -> AppResult<usize> {
             .ok()
             .and_then(|c| c.next_after(now_utc.max(utc(due_at))))
             .map(db_time);
-        if !advance(&app.db, s.id, due_at, next, now).await? {
-            continue; // another worker fired this tick
-        }
-        // The idempotency key makes the tick's execution unique even if this process
-        // dies between the compare-and-set and the enqueue and the tick is retried.
         let key = format!("schedule:{}:{}", s.id, utc(due_at).timestamp());
         match fire(app, &s, key).await {
-            Ok(exec) => {
-                fired += 1;
-                set_last_execution(&app.db, s.id, &exec).await?;
+            Ok((exec, created)) => {
+                advance(&app.db, &s, due_at, next, now, TickResult::Started(&exec)).await?;
+                if created {
+                    fired += 1;
+                }
             }
-            Err(e) => tracing::warn!(schedule = %s.id, error = ?e, "schedule tick not started"),
+            Err(e) if is_final(&e) => {
+                tracing::warn!(schedule = %s.id, reason = e.message(), "schedule tick refused");
+                advance(
+                    &app.db,
+                    &s,
+                    due_at,
+                    next,
+                    now,
+                    TickResult::Refused(e.message()),
+                )
+                .await?;
+            }
+            Err(e) => {
+                tracing::warn!(schedule = %s.id, error = ?e, "schedule tick not started yet; retrying");
+            }
         }
     }
     Ok(fired)
 }
 
-async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<String> {
+/// Starts the tick's execution; its id, and whether this call created it.
+async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<(String, bool)> {
     let wf = crate::workflows::store::find(&app.db, s.tenant_id, s.workflow_id)
         .await?
         .ok_or_else(|| AppError::not_found("workflow"))?;
@@ -312,7 +372,7 @@ async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<String> {
         .ok_or_else(|| {
             AppError::bad_input("workflowId", "the workflow has no published version")
         })?;
-    let (row, _) = super::service::start(
+    let (row, existed) = super::service::start(
         app,
         &wf,
         super::service::StartRequest {
@@ -328,7 +388,7 @@ async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<String> {
         },
     )
     .await?;
-    Ok(row.id.to_string())
+    Ok((row.id.to_string(), !existed))
 }
 
 /// Fires due schedules every tick until `stop`.
@@ -418,6 +478,11 @@ impl Schedule {
             .as_deref()
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
             .map(|u| to_global_id(NodeKind::Execution, u))
+    }
+    /// Why the last tick started no execution (quota exceeded, organization suspended, no
+    /// published version); null after a tick that started one.
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -517,6 +582,7 @@ impl ScheduleMutation {
             created_by: p.actor_ref(),
             created_at: db_time(now),
             updated_at: db_time(now),
+            last_error: None,
         };
         let audit = schedule_audit(ctx, "schedule.created", &row, row.created_at)?;
         insert(&a.db, &row, &audit).await?;

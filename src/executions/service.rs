@@ -200,6 +200,9 @@ pub async fn start(
             let existing = store::find_by_key(&app.db, wf.tenant_id, &key)
                 .await?
                 .ok_or(e)?;
+            if existing.workflow_id != wf.id {
+                return Err(store::key_used_elsewhere());
+            }
             return Ok((existing, true));
         }
         Err(e) => return Err(e),

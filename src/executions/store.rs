@@ -90,6 +90,9 @@ pub async fn enqueue(
                 .optional()?;
             if let Some(e) = existing {
                 if e.created_at > window {
+                    if e.workflow_id != row.workflow_id {
+                        return Err(key_used_elsewhere());
+                    }
                     return Ok(Enqueued::Existing(Box::new(e)));
                 }
                 // Older than 24 h: the key is free again.
@@ -140,6 +143,15 @@ pub async fn enqueue(
             Box::new(ev.clone()),
         ))
     })
+}
+
+/// `CONFLICT` for an idempotency key that started another workflow's execution.
+pub fn key_used_elsewhere() -> AppError {
+    AppError::conflict(
+        "this idempotency key already started an execution of another workflow in the last \
+         24 hours; use a key per workflow",
+    )
+    .with_detail("field", "idempotencyKey")
 }
 
 /// `pg_notify` for both channels on PostgreSQL; a no-op on SQLite.
@@ -509,11 +521,14 @@ pub async fn claim(
     })
 }
 
-/// Extends `owner`'s lease; `false` when it no longer holds it or the execution ended.
+/// Extends `owner`'s lease to `until`; `false` when it no longer holds it, the lease
+/// already ran out at `now` (another worker may have claimed it meanwhile: an expired
+/// lease is never revived), or the execution ended.
 pub async fn renew(
     db: &DbPool,
     id: ExecutionId,
     owner: &str,
+    now: NaiveDateTime,
     until: NaiveDateTime,
 ) -> AppResult<bool> {
     let n = crate::db_run!(db, |conn| {
@@ -521,6 +536,7 @@ pub async fn renew(
             executions::table
                 .filter(executions::id.eq(id))
                 .filter(executions::lease_owner.eq(owner))
+                .filter(executions::lease_expires_at.ge(now))
                 .filter(executions::status.eq_any(["QUEUED", "RUNNING"])),
         )
         .set(executions::lease_expires_at.eq(until))
@@ -530,10 +546,12 @@ pub async fn renew(
     Ok(n == 1)
 }
 
-/// Gives the lease back so another worker can resume the execution at once.
+/// Gives the lease back so another worker can resume the execution at once: idle
+/// workers of other processes are woken through `agentplane_queue` (PostgreSQL); the
+/// caller wakes its own process's.
 pub async fn release(db: &DbPool, id: ExecutionId, owner: &str) -> AppResult<()> {
     crate::db_run!(db, |conn| {
-        diesel::update(
+        let n = diesel::update(
             executions::table
                 .filter(executions::id.eq(id))
                 .filter(executions::lease_owner.eq(owner)),
@@ -544,6 +562,9 @@ pub async fn release(db: &DbPool, id: ExecutionId, owner: &str) -> AppResult<()>
         ))
         .execute(conn)
         .await?;
+        if n > 0 {
+            conn.notify(crate::events::QUEUE_CHANNEL, "").await?;
+        }
     });
     Ok(())
 }
@@ -632,6 +653,36 @@ pub async fn events_after(
             .filter(execution_events::execution_id.eq(id))
             .filter(execution_events::seq.gt(after))
             .order(execution_events::seq.asc())
+            .select(execution_events::payload)
+            .load(conn)
+            .await?
+    });
+    rows.iter()
+        .map(|p| serde_json::from_str(p).map_err(AppError::internal))
+        .collect()
+}
+
+/// Most events one [`tenant_events_since`] read returns.
+pub const TENANT_EVENTS_LIMIT: i64 = 10_000;
+
+/// Stored events of `tenant` written at or after `since`, oldest first (by time, then
+/// execution and sequence): how subscribers catch up after they fell behind, after the
+/// relay lost notifications, and when a client resumes a stream.
+pub async fn tenant_events_since(
+    db: &DbPool,
+    tenant: TenantId,
+    since: NaiveDateTime,
+) -> AppResult<Vec<ExecutionEvent>> {
+    let rows: Vec<String> = crate::db_run_tenant!(db, tenant, |conn| {
+        execution_events::table
+            .filter(execution_events::tenant_id.eq(tenant))
+            .filter(execution_events::created_at.ge(since))
+            .order((
+                execution_events::created_at.asc(),
+                execution_events::execution_id.asc(),
+                execution_events::seq.asc(),
+            ))
+            .limit(TENANT_EVENTS_LIMIT)
             .select(execution_events::payload)
             .load(conn)
             .await?

@@ -66,10 +66,12 @@ fn finish_errors(resp: &mut async_graphql::Response, request_id: &str) {
 fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Response {
     let mut batch = batch;
     let mut request_error = false;
+    let mut unavailable = false;
     match &mut batch {
         BatchResponse::Single(r) => {
             finish_errors(r, request_id);
             request_error = r.data == Value::Null && r.is_err();
+            unavailable = failed_for_outage(r);
         }
         BatchResponse::Batch(rs) => {
             for r in rs.iter_mut() {
@@ -77,7 +79,9 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
             }
         }
     }
-    let status = if media_graphql && request_error {
+    let status = if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if media_graphql && request_error {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -97,7 +101,33 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    if unavailable {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after());
+    }
     resp
+}
+
+fn retry_after() -> HeaderValue {
+    HeaderValue::from(crate::error::RETRY_AFTER_SECONDS)
+}
+
+/// Whether the whole request failed because the database was unavailable: every error
+/// is `UNAVAILABLE` and no field produced data (answered 503 + `Retry-After`).
+fn failed_for_outage(r: &async_graphql::Response) -> bool {
+    let all_unavailable = !r.errors.is_empty()
+        && r.errors.iter().all(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|c| *c == Value::from(ErrorCode::Unavailable.as_str()))
+        });
+    let no_data = match &r.data {
+        Value::Null => true,
+        Value::Object(fields) => fields.values().all(|v| *v == Value::Null),
+        _ => false,
+    };
+    all_unavailable && no_data
 }
 
 /// A GraphQL-shaped error response for requests rejected before execution.
@@ -150,6 +180,10 @@ async fn execute(
                     if status == StatusCode::UNAUTHORIZED {
                         resp.headers_mut()
                             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, retry_after());
                     }
                     return resp;
                 }
@@ -315,7 +349,11 @@ type SocketCredential = Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for missing, invalid, expired or revoked credentials.
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// Close code for a `connection_init` that cannot be checked now (the database is
+/// unavailable): "try again later", which graphql-ws clients retry.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const UNAUTHENTICATED_REASON: &str = "unauthenticated";
+const UNAVAILABLE_REASON: &str = "unavailable";
 
 /// Ends the socket (via `ended`) when the accepted credential expires on the app clock
 /// (checked every second) or stops authenticating: revoked, user disabled, tenant
@@ -341,9 +379,23 @@ async fn watch_credentials(
             ended.cancel();
             return;
         }
-        if n % 5 == 0 && crate::auth::authenticate(&app, &bearer).await.is_err() {
-            ended.cancel();
-            return;
+        if n % 5 == 0 {
+            match crate::auth::authenticate(&app, &bearer).await {
+                Ok(_) => {}
+                // Only a verdict on the credential ends the socket. A database that does
+                // not answer says nothing about it: keep the socket and check again on
+                // the next round (clients treat 4401 as final and never reconnect).
+                Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                    ended.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        code = e.code().as_str(),
+                        "websocket credential check could not run; keeping the socket"
+                    );
+                }
+            }
         }
     }
 }
@@ -376,7 +428,8 @@ async fn serve_socket(
     let init_app = app.clone();
     let init_auth = auth.clone();
     {
-        // graphql-transport-ws closes a refused init with 1002; we say 4401 (Unauthorized).
+        // graphql-transport-ws closes a refused init with 1002; we say 4401 (Unauthorized)
+        // for a bad credential and 1013 (try again later) when it could not be checked.
         let sink = (&mut sink).with(|m: Message| {
             futures_util::future::ready(Ok::<_, axum::Error>(match m {
                 Message::Close(Some(f))
@@ -384,6 +437,14 @@ async fn serve_socket(
                 {
                     Message::Close(Some(CloseFrame {
                         code: CLOSE_UNAUTHORIZED,
+                        reason: f.reason,
+                    }))
+                }
+                Message::Close(Some(f))
+                    if f.code == 1002 && f.reason.starts_with(UNAVAILABLE_REASON) =>
+                {
+                    Message::Close(Some(CloseFrame {
+                        code: CLOSE_TRY_AGAIN_LATER,
                         reason: f.reason,
                     }))
                 }
@@ -409,7 +470,14 @@ async fn serve_socket(
                     .to_owned();
                 let p = crate::auth::authenticate(&init_app, &bearer)
                     .await
-                    .map_err(|e| refuse(e.message()))?;
+                    .map_err(|e| match e.code() {
+                        ErrorCode::Unauthenticated | ErrorCode::Forbidden => refuse(e.message()),
+                        // A close reason holds at most 123 bytes: keep it short.
+                        _ => async_graphql::Error::new(format!(
+                            "{UNAVAILABLE_REASON}: database unavailable; reconnect in {} s",
+                            crate::error::RETRY_AFTER_SECONDS
+                        )),
+                    })?;
                 let exp = p.token.as_ref().map_or_else(
                     || init_app.clock.now() + chrono::Duration::days(3650),
                     |t| t.expires_at,

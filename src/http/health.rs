@@ -23,8 +23,9 @@ fn unavailable(reason: String) -> Response {
         .into_response()
 }
 
-/// `GET /readyz`: 200 only when the database answers and no migration is pending; 503
-/// with a JSON reason otherwise (also while shutting down, so balancers drain us).
+/// `GET /readyz`: 200 only when the database answers, accepts a write (a full disk or a
+/// read-only database fails it) and carries exactly the migrations this binary knows;
+/// 503 with a JSON reason otherwise (also while shutting down, so balancers drain us).
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let app = &state.app;
     if app.shutdown.is_cancelled() {
@@ -32,7 +33,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
     let check = async {
         app.db.ping().await?;
-        crate::db::migrate::pending(&app.db).await
+        let migrations = crate::db::migrate::state(&app.db).await?;
+        if let Some(problem) = migrations.problem() {
+            return Ok(Some(problem));
+        }
+        Ok::<_, anyhow::Error>(crate::db::write_probe(&app.db, app.clock.now()).await.err())
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
         Err(_) => unavailable("database did not answer within 3 s".into()),
@@ -40,10 +45,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             tracing::warn!(error = format!("{e:#}"), "readiness check failed");
             unavailable("database unavailable".into())
         }
-        Ok(Ok(pending)) if !pending.is_empty() => {
-            unavailable(format!("migrations pending: {}", pending.join(", ")))
+        Ok(Ok(Some(problem))) => {
+            tracing::warn!(reason = %problem, "not ready");
+            unavailable(problem)
         }
-        Ok(Ok(_)) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Ok(Ok(None)) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
     }
 }
 

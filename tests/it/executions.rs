@@ -96,7 +96,7 @@ pub fn step_status(id: &'static str, status: &'static str) -> impl Fn(&Value) ->
 }
 
 /// A loopback HTTP server whose handler sees each request's number (0-based).
-async fn loopback(
+pub async fn loopback(
     handler: impl Fn(usize, axum::http::HeaderMap, String) -> (u16, String) + Send + Sync + 'static,
 ) -> (String, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
@@ -124,7 +124,7 @@ async fn loopback(
     (format!("http://{addr}"), hits)
 }
 
-fn tenant_uuid(global: &str) -> agentplane::tenancy::TenantId {
+pub fn tenant_uuid(global: &str) -> agentplane::tenancy::TenantId {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(global)
@@ -134,7 +134,7 @@ fn tenant_uuid(global: &str) -> agentplane::tenancy::TenantId {
     agentplane::tenancy::TenantId(uuid::Uuid::parse_str(uuid).expect("uuid"))
 }
 
-fn exec_uuid(global: &str) -> agentplane::executions::model::ExecutionId {
+pub fn exec_uuid(global: &str) -> agentplane::executions::model::ExecutionId {
     agentplane::executions::model::ExecutionId(tenant_uuid(global).0)
 }
 
@@ -792,7 +792,7 @@ async fn a_schedule_tick_fires_once_with_two_engines_running() {
 }
 
 /// Starts `agentplane worker` against the test's database.
-async fn worker_process(db_url: &str) -> tokio::process::Child {
+pub async fn worker_process(db_url: &str) -> tokio::process::Child {
     worker_process_with(db_url, &[]).await
 }
 

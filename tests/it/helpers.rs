@@ -203,7 +203,21 @@ impl TestApp {
         Self::spawn_inner(&[], true).await
     }
 
+    /// PostgreSQL only: serves through `proxy`, so the test can take the database away
+    /// (migrations run directly).
+    pub async fn spawn_through(proxy: &DbProxy, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_configured(extra, false, Some(proxy)).await
+    }
+
     async fn spawn_inner(extra: &[(&str, &str)], app_role: bool) -> Self {
+        Self::spawn_configured(extra, app_role, None).await
+    }
+
+    async fn spawn_configured(
+        extra: &[(&str, &str)],
+        app_role: bool,
+        proxy: Option<&DbProxy>,
+    ) -> Self {
         let mut db = TestDb::create().await;
         let mut extra: Vec<(&str, &str)> = extra.to_vec();
         extra.push(("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD));
@@ -217,6 +231,10 @@ impl TestApp {
                 config.database_url =
                     agentplane::config::DatabaseUrl::parse(&url).expect("app role url");
             }
+        }
+        if let Some(proxy) = proxy {
+            config.database_url =
+                agentplane::config::DatabaseUrl::parse(&proxy.url(&db.url)).expect("proxied url");
         }
         let clock = Arc::new(ManualClock::new());
         let state = AppState::with_clock(config, clock.clone())
@@ -493,4 +511,88 @@ impl ServerProcess {
             .expect("kill runs");
         assert!(status.success());
     }
+}
+
+/// A TCP proxy in front of PostgreSQL: `cut` takes the database away (open connections
+/// drop, new ones are closed at once, as when the server stops), `restore` brings it back.
+pub struct DbProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DbProxy {
+    /// Listens on 127.0.0.1:0 and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = tokio::sync::watch::Sender::new(0u64);
+        let (u, g, upstream) = (up.clone(), generation.clone(), upstream.to_owned());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !std::sync::atomic::AtomicBool::load(&u, Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut changed = g.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = changed.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+            task,
+        }
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).expect("database url");
+        u.set_host(Some("127.0.0.1")).expect("host");
+        u.set_port(Some(self.port)).expect("port");
+        u.to_string()
+    }
+
+    /// The database goes away: every connection drops, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The database is back.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for DbProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `host:port` of `TEST_DATABASE_URL`.
+pub fn postgres_host_port() -> String {
+    let url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let u = url::Url::parse(&url).expect("url");
+    format!(
+        "{}:{}",
+        u.host_str().unwrap_or("127.0.0.1"),
+        u.port().unwrap_or(5432)
+    )
 }

@@ -1,0 +1,972 @@
+//! Reliability under faults: fenced leases, schedules that survive failed enqueues,
+//! events across processes and without holes, database outages seen by websockets and
+//! HTTP clients, truthful readiness, idempotency keys per workflow.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::executions::{
+    exec_uuid, execution, finished, published, start, step, step_status, tenant_uuid, wait_for,
+    worker_process_with,
+};
+use crate::helpers::{
+    DbProxy, TestApp, TestDb, bin, first_error_code, postgres_host_port, ws_authed, ws_close_code,
+    ws_connect, ws_next_json, ws_send,
+};
+
+/// Requests seen by a slow loopback server, and how many ran at once.
+#[derive(Default)]
+struct Calls {
+    hits: AtomicUsize,
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// Counts a request as running until dropped (also when the client goes away and the
+/// server drops the handler).
+struct Running(Arc<Calls>);
+
+impl Running {
+    fn enter(calls: &Arc<Calls>) -> Self {
+        let n = calls.now.fetch_add(1, Ordering::SeqCst) + 1;
+        calls.max.fetch_max(n, Ordering::SeqCst);
+        Self(calls.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A loopback server that holds every request for `hold` before answering 200.
+async fn slow_server(hold: Duration) -> (String, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let c = calls.clone();
+    let router = axum::Router::new().fallback(move || {
+        let c = c.clone();
+        async move {
+            c.hits.fetch_add(1, Ordering::SeqCst);
+            let _running = Running::enter(&c);
+            tokio::time::sleep(hold).await;
+            (
+                [("content-type", "application/json")],
+                "{\"ok\":true}".to_owned(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}"), calls)
+}
+
+/// Runs one SQL statement on the test's database, behind the server's back.
+async fn exec_sql(app: &TestApp, sql: &str) {
+    use diesel_async::RunQueryDsl as _;
+    let run = async {
+        agentplane::db_run!(&app.state.app.db, |conn| {
+            diesel::sql_query(sql).execute(conn).await?;
+        });
+        Ok::<_, anyhow::Error>(())
+    };
+    run.await.unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_lease_claimed_again_fences_the_stale_driver_of_the_same_process() {
+    // Two claim loops in one process: when the lease lapses (here: the clock jumps past
+    // it, as after a database stall or a paused process), the second loop claims the
+    // execution again. The first driver must stop, and none of its writes may land.
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_EGRESS_ALLOW_CIDRS", "127.0.0.1/32"),
+        ("AGENTPLANE_WORKERS", "2"),
+        ("AGENTPLANE_POLL_MS", "50"),
+    ])
+    .await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let (base, calls) = slow_server(Duration::from_millis(1500)).await;
+    let wf = published(
+        &app,
+        &owner,
+        "fenced",
+        json!({ "steps": [
+            { "id": "call", "kind": "http", "config": { "method": "GET", "url": format!("{base}/hook") } },
+        ]}),
+    )
+    .await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &id, 20, step_status("call", "RUNNING")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while calls.hits.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never called"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The 30 s lease lapses while the first attempt is in flight.
+    app.clock.advance(chrono::Duration::seconds(31));
+    let e = wait_for(&app, &owner, &id, 30, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(e["claims"], 2, "claimed twice: {e}");
+    assert_eq!(step(&e, "call")["attempt"], 2, "{e}");
+    assert_eq!(calls.hits.load(Ordering::SeqCst), 2, "once per claim");
+    assert_eq!(
+        calls.max.load(Ordering::SeqCst),
+        1,
+        "two attempts of the step ran at the same time"
+    );
+    // Once the second claim's attempt started, nothing of the first attempt was written.
+    let events = agentplane::executions::store::events_after(
+        &app.state.app.db,
+        tenant_uuid(&tenant),
+        exec_uuid(&id),
+        0,
+    )
+    .await
+    .expect("events");
+    let second = events
+        .iter()
+        .position(|ev| ev.step_id.as_deref() == Some("call") && ev.attempt == Some(2))
+        .expect("attempt 2 recorded");
+    assert!(
+        events[second..].iter().all(|ev| ev.attempt != Some(1)),
+        "the stale driver's write landed: {events:?}"
+    );
+    // Renewing a lapsed lease is refused, even for the claim that held it.
+    let row = agentplane::executions::store::find(
+        &app.state.app.db,
+        tenant_uuid(&tenant),
+        exec_uuid(&id),
+    )
+    .await
+    .expect("find")
+    .expect("row");
+    assert!(
+        row.lease_owner.is_none(),
+        "a finished execution holds no lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewing_an_expired_lease_is_refused() {
+    let app =
+        TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "1"), ("AGENTPLANE_POLL_MS", "50")]).await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "slow",
+        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 3000 } } ]}),
+    )
+    .await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &id, 20, step_status("w", "RUNNING")).await;
+    let db = &app.state.app.db;
+    let row = agentplane::executions::store::find(db, tenant_uuid(&tenant), exec_uuid(&id))
+        .await
+        .expect("find")
+        .expect("row");
+    let claim = row.lease_owner.clone().expect("leased");
+    let expires = row.lease_expires_at.expect("expiry");
+    let store = agentplane::executions::store::renew;
+    assert!(
+        store(
+            db,
+            row.id,
+            &claim,
+            expires - chrono::Duration::seconds(1),
+            expires
+        )
+        .await
+        .expect("renew"),
+        "a live lease renews"
+    );
+    assert!(
+        !store(
+            db,
+            row.id,
+            &claim,
+            expires + chrono::Duration::seconds(1),
+            expires
+        )
+        .await
+        .expect("renew"),
+        "an expired lease is never revived"
+    );
+    assert!(
+        !store(db, row.id, "someone-else", expires, expires)
+            .await
+            .expect("renew"),
+        "another claim cannot renew it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_tick_whose_enqueue_fails_stays_due_and_fires_exactly_once() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_SCHEDULER_TICK_MS", "20")]).await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "cron",
+        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{\"at\": \"tick\"}" } } ]}),
+    )
+    .await;
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateScheduleInput!) { createSchedule(input: $i) { schedule { id nextRunAt } } }",
+            json!({ "i": { "workflowId": wf, "cron": "*/5 * * * *", "timezone": "UTC" } }),
+        )
+        .await;
+    let due = out["data"]["createSchedule"]["schedule"]["nextRunAt"].clone();
+    assert!(due.is_string(), "{out}");
+    let schedule = || async {
+        let out = app
+            .gql_as(
+                &owner,
+                "query($w: ID!) { workflow(id: $w) { schedules { nextRunAt lastError lastExecutionId } } executions(filter: { workflowId: $w }) { totalCount } }",
+                json!({ "w": wf }),
+            )
+            .await;
+        (
+            out["data"]["workflow"]["schedules"][0].clone(),
+            out["data"]["executions"]["totalCount"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{out}")),
+        )
+    };
+    // Every enqueue fails (as when the database fails between the two writes, or the
+    // process dies): the tick must stay due rather than be lost.
+    let inject = if TestDb::is_postgres() {
+        vec![
+            "CREATE FUNCTION inject_enqueue_failure() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected enqueue failure'; END $$",
+            "CREATE TRIGGER inject_enqueue_failure BEFORE INSERT ON executions \
+             FOR EACH ROW EXECUTE FUNCTION inject_enqueue_failure()",
+        ]
+    } else {
+        vec![
+            "CREATE TRIGGER inject_enqueue_failure BEFORE INSERT ON executions \
+             BEGIN SELECT RAISE(ABORT, 'injected enqueue failure'); END",
+        ]
+    };
+    for sql in inject {
+        exec_sql(&app, sql).await;
+    }
+    app.clock.advance(chrono::Duration::minutes(5));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (s, count) = schedule().await;
+    assert_eq!(count, 0);
+    assert_eq!(s["nextRunAt"], due, "the failed tick stays due: {s}");
+    exec_sql(
+        &app,
+        if TestDb::is_postgres() {
+            "DROP TRIGGER inject_enqueue_failure ON executions"
+        } else {
+            "DROP TRIGGER inject_enqueue_failure"
+        },
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, count) = schedule().await;
+        if count == 1 && s["nextRunAt"] != due {
+            assert!(s["lastError"].is_null(), "{s}");
+            assert!(s["lastExecutionId"].is_string(), "{s}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tick never fired: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(schedule().await.1, 1, "the tick fired exactly once");
+
+    // A final refusal (monthly quota used up) is recorded and the schedule moves on.
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM", "quotas": { "maxExecutionsPerMonth": 1 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let (before, _) = schedule().await;
+    app.clock.advance(chrono::Duration::minutes(5));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let (s, _) = schedule().await;
+        if s["nextRunAt"] != before["nextRunAt"] {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refused tick never recorded: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("executions per month")),
+        "{s}"
+    );
+    assert_eq!(schedule().await.1, 1);
+    let out = app
+        .gql_as(
+            &owner,
+            "{ auditLog(filter: { actionPrefix: \"schedule.tick_failed\" }) { edges { node { action outcome reason } } } }",
+            json!({}),
+        )
+        .await;
+    let edges = out["data"]["auditLog"]["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 1, "{out}");
+    assert_eq!(edges[0]["node"]["outcome"], "FAILURE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_belongs_to_one_workflow() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let def =
+        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ]});
+    let a = published(&app, &owner, "a", def.clone()).await;
+    let b = published(&app, &owner, "b", def).await;
+    let first = start(
+        &app,
+        &owner,
+        json!({ "workflowId": a, "idempotencyKey": "order-1" }),
+    )
+    .await;
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($i: StartExecutionInput!) { startExecution(input: $i) { deduplicated execution { id } } }",
+            json!({ "i": { "workflowId": b, "idempotencyKey": "order-1" } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&out).as_deref(), Some("CONFLICT"), "{out}");
+    assert_eq!(out["errors"][0]["extensions"]["field"], "idempotencyKey");
+    let again = start(
+        &app,
+        &owner,
+        json!({ "workflowId": a, "idempotencyKey": "order-1" }),
+    )
+    .await;
+    assert_eq!(again["deduplicated"], true);
+    assert_eq!(again["execution"]["id"], first["execution"]["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_migrate_check_refuse_a_database_newer_than_the_binary() {
+    let app = TestApp::spawn().await;
+    let ready = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    exec_sql(
+        &app,
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000099')",
+    )
+    .await;
+    let ready = reqwest::get(format!("{}/readyz", app.base))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("newer than this binary") && r.contains("29991231000099")),
+        "{body}"
+    );
+    let out = tokio::process::Command::new(bin())
+        .args(["migrate", "--check"])
+        .env_clear()
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("migrate --check runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("newer than this binary"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
+    if TestDb::is_postgres() {
+        return; // a property of the embedded file; PostgreSQL reports its own disk
+    }
+    // A small filesystem of our own (tests run as root, as CI does).
+    let dir = tempfile::tempdir().expect("dir");
+    let mnt = dir.path().to_str().expect("path").to_owned();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs", &mnt])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &self.0])
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let db_path = format!("{mnt}/agentplane.db");
+    let url = format!("sqlite://{db_path}");
+    let mut server = crate::helpers::ServerProcess::start(&[
+        ("DATABASE_URL", url.as_str()),
+        ("AGENTPLANE_WORKERS", "0"),
+    ])
+    .await;
+    let ready = || async {
+        let r = reqwest::get(format!("{}/readyz", server.base))
+            .await
+            .expect("readyz");
+        let status = r.status();
+        (status, r.json::<Value>().await.expect("json"))
+    };
+    assert_eq!(ready().await.0, 200);
+    // Fill the disk.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={mnt}/filler"), "bs=64k"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    // Writes now fail; readiness must say so.
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, body) = ready().await;
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        // Each probe writes a page; grow the WAL until it cannot.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = refused.expect("readiness still 200 on a full disk");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("takes no writes")),
+        "{body}"
+    );
+    // Space comes back: ready again.
+    std::fs::remove_file(format!("{mnt}/filler")).expect("rm filler");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ready().await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.child.kill().await.expect("kill");
+}
+
+/// Subscribes `executionUpdated` and `executionEvents` (graphql-transport-ws) for one
+/// execution; returns the socket after both are registered.
+async fn watch(app: &TestApp, token: &str, id: &str, wf: &str) -> crate::helpers::Ws {
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", token).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "u", "type": "subscribe", "payload": {
+            "query": "subscription($id: ID!) { executionUpdated(id: $id) { kind sequence status stepId stepStatus } }",
+            "variables": { "id": id } } }),
+    )
+    .await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "e", "type": "subscribe", "payload": {
+            "query": "subscription($w: ID!) { executionEvents(filter: { workflowId: $w }) { executionId kind sequence status } }",
+            "variables": { "w": wf } } }),
+    )
+    .await;
+    ws
+}
+
+/// Collects both subscriptions' events until `executionUpdated` completes and
+/// `executionEvents` has delivered `id`'s terminal event; returns (updated, events).
+async fn collect(ws: &mut crate::helpers::Ws, id: &str, secs: u64) -> (Vec<Value>, Vec<Value>) {
+    let mut updated = Vec::new();
+    let mut events = Vec::new();
+    let mut updated_done = false;
+    let mut events_done = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !(updated_done && events_done) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams did not complete: updated {updated:?} events {events:?}"
+        );
+        let msg = ws_next_json(ws).await;
+        match (msg["type"].as_str(), msg["id"].as_str()) {
+            (Some("next"), Some("u")) => {
+                updated.push(msg["payload"]["data"]["executionUpdated"].clone())
+            }
+            (Some("next"), Some("e")) => {
+                let ev = msg["payload"]["data"]["executionEvents"].clone();
+                if ev["executionId"] == id {
+                    if ev["kind"] == "STATUS_CHANGED"
+                        && !matches!(ev["status"].as_str(), Some("QUEUED" | "RUNNING"))
+                    {
+                        events_done = true;
+                    }
+                    events.push(ev);
+                }
+            }
+            (Some("complete"), Some("u")) => updated_done = true,
+            (Some("next"), Some("h")) => {}
+            other => panic!("unexpected message {other:?}: {msg}"),
+        }
+    }
+    (updated, events)
+}
+
+/// The sequence number a stream's first live event must carry.
+fn first_live(evs: &[Value]) -> i64 {
+    let first = &evs[0];
+    let seq = first["sequence"].as_i64().expect("sequence");
+    if first["kind"] == "SNAPSHOT" {
+        seq + 1
+    } else {
+        seq
+    }
+}
+
+/// Sequence numbers of a stream, checked to run without holes or repeats.
+fn assert_in_order(evs: &[Value], from: i64) {
+    let seqs: Vec<i64> = evs
+        .iter()
+        .filter(|e| e["kind"] != "SNAPSHOT")
+        .map(|e| e["sequence"].as_i64().expect("sequence"))
+        .collect();
+    let expected: Vec<i64> = (from..from + i64::try_from(seqs.len()).expect("len")).collect();
+    assert_eq!(
+        seqs, expected,
+        "events out of order, repeated or missing: {evs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_and_a_worker_process_on_one_database_stream_every_event_in_order() {
+    // The API has no workers; a separate `agentplane worker` runs everything. On SQLite
+    // that used to leave subscribers on `serve` waiting forever.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "remote",
+        json!({ "steps": [
+            { "id": "a", "kind": "transform", "config": { "template": "{\"v\": 1}" } },
+            { "id": "b", "kind": "delay", "dependsOn": ["a"], "config": { "ms": 200 } },
+            { "id": "c", "kind": "transform", "dependsOn": ["b"], "config": { "template": "{\"v\": 2}" } },
+        ]}),
+    )
+    .await;
+    // A long poll interval: pickup must come from the wake-up, not from polling.
+    let mut worker = worker_process_with(&app.db.url, &[("AGENTPLANE_POLL_MS", "30000")]).await;
+    for round in 0..3 {
+        let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+        let id = started["execution"]["id"].as_str().expect("id").to_owned();
+        let mut ws = watch(&app, &owner, &id, &wf).await;
+        let (updated, events) = collect(&mut ws, &id, 20).await;
+        assert_eq!(
+            updated.last().expect("events")["status"],
+            "SUCCEEDED",
+            "round {round}: {updated:?}"
+        );
+        assert_in_order(&updated, first_live(&updated));
+        assert_in_order(&events, first_live(&events));
+        let e = execution(&app, &owner, &id).await;
+        assert_eq!(
+            events.last().expect("last")["sequence"],
+            e["sequence"],
+            "every event reached executionEvents"
+        );
+    }
+    worker.kill().await.expect("kill");
+}
+
+/// The next `executionEvents` payload on subscription `sub`.
+async fn next_event(ws: &mut crate::helpers::Ws, sub: &str) -> Value {
+    loop {
+        let msg = ws_next_json(ws).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        if msg["id"] == sub {
+            return msg["payload"]["data"]["executionEvents"].clone();
+        }
+    }
+}
+
+/// Reads `sub`'s events until `id` reached a terminal status; returns `id`'s events.
+async fn events_of(ws: &mut crate::helpers::Ws, sub: &str, id: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let ev = next_event(ws, sub).await;
+        if ev["executionId"] != id {
+            continue;
+        }
+        let done = ev["kind"] == "STATUS_CHANGED"
+            && !matches!(ev["status"].as_str(), Some("QUEUED" | "RUNNING"));
+        got.push(ev);
+        if done {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume() {
+    use agentplane::executions::model::ExecutionStatus;
+    use agentplane::executions::store::{Guard, Patch};
+    // No workers: the test moves executions itself, choosing which events reach the bus.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let a = app.state.app.clone();
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let since = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let wf = published(
+        &app,
+        &owner,
+        "steps",
+        json!({ "steps": [
+            { "id": "a", "kind": "transform", "config": { "template": "{}" } },
+            { "id": "b", "kind": "transform", "dependsOn": ["a"], "config": { "template": "{}" } },
+        ]}),
+    )
+    .await;
+    let new_execution = || async {
+        let s = start(&app, &owner, json!({ "workflowId": wf })).await;
+        s["execution"]["id"].as_str().expect("id").to_owned()
+    };
+    let now = || agentplane::db::ids::db_time(a.clock.now());
+    let envelope = |e: &agentplane::executions::model::ExecutionEvent| a.bus.envelope(e);
+    // Written and stored, but never published: the event a relay lost.
+    let unpublished = |id: String, to: ExecutionStatus| {
+        let (a, envelope) = (&a, &envelope);
+        async move {
+            agentplane::executions::store::transition(
+                &a.db,
+                exec_uuid(&id),
+                to,
+                Guard::Any,
+                Patch::default(),
+                now(),
+                envelope,
+            )
+            .await
+            .expect("transition")
+            .expect("applied");
+        }
+    };
+    let published_cancel = |id: String| {
+        let a = &a;
+        async move {
+            agentplane::executions::service::transition(
+                a,
+                exec_uuid(&id),
+                ExecutionStatus::Cancelled,
+                Guard::Any,
+                Patch::default(),
+            )
+            .await
+            .expect("cancel")
+            .expect("applied");
+        }
+    };
+    // The subscription's SNAPSHOT of a queued execution proves it is registered.
+    let first = new_execution().await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "e", "type": "subscribe", "payload": {
+            "query": "subscription { executionEvents { executionId sequence kind status } }" } }),
+    )
+    .await;
+    let snap = next_event(&mut ws, "e").await;
+    assert_eq!(snap["kind"], "SNAPSHOT", "{snap}");
+    published_cancel(first.clone()).await;
+    assert_in_order(&events_of(&mut ws, "e", &first).await, 2);
+
+    // A hole: the RUNNING event never reached the bus; the next one did.
+    let hole = new_execution().await;
+    unpublished(hole.clone(), ExecutionStatus::Running).await;
+    published_cancel(hole.clone()).await;
+    let evs = events_of(&mut ws, "e", &hole).await;
+    assert_in_order(&evs, 1);
+    assert!(evs.iter().any(|e| e["status"] == "RUNNING"), "{evs:?}");
+
+    // A lost tail: the terminal event never reached the bus; the relay reconnecting
+    // (here: its resync signal) makes the stream re-read the log.
+    let tail = new_execution().await;
+    unpublished(tail.clone(), ExecutionStatus::Cancelled).await;
+    a.bus.request_resync();
+    assert_in_order(&events_of(&mut ws, "e", &tail).await, 1);
+
+    // A slow subscriber: a burst larger than the bus holds overruns it.
+    let lagged = new_execution().await;
+    let noise = {
+        let mut ev = agentplane::executions::store::events_after(
+            &a.db,
+            tenant_uuid(&tenant),
+            exec_uuid(&first),
+            0,
+        )
+        .await
+        .expect("events")
+        .remove(0);
+        ev.tenant_id = agentplane::tenancy::TenantId::new();
+        ev
+    };
+    published_cancel(lagged.clone()).await;
+    for _ in 0..20_000 {
+        a.bus.publish(noise.clone());
+    }
+    assert_in_order(&events_of(&mut ws, "e", &lagged).await, 1);
+
+    // Repeats (a relay and a log follower both delivering) arrive once.
+    for ev in agentplane::executions::store::events_after(
+        &a.db,
+        tenant_uuid(&tenant),
+        exec_uuid(&hole),
+        0,
+    )
+    .await
+    .expect("events")
+    {
+        a.bus.publish(ev);
+    }
+    let last = new_execution().await;
+    published_cancel(last.clone()).await;
+    loop {
+        let ev = next_event(&mut ws, "e").await;
+        assert_ne!(
+            ev["executionId"], hole,
+            "a repeated event was delivered: {ev}"
+        );
+        if ev["executionId"] == last
+            && ev["status"] == "CANCELLED"
+            && ev["kind"] == "STATUS_CHANGED"
+        {
+            break;
+        }
+    }
+
+    // A dashboard reconnecting with `since` gets every stored event, in order per
+    // execution.
+    ws_send(
+        &mut ws,
+        json!({ "id": "r", "type": "subscribe", "payload": {
+            "query": "subscription($s: DateTime!) { executionEvents(since: $s) { executionId sequence kind status } }",
+            "variables": { "s": since.to_rfc3339() } } }),
+    )
+    .await;
+    let mut per: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut remaining = 0;
+    for id in [&first, &hole, &tail, &lagged, &last] {
+        remaining += execution(&app, &owner, id).await["sequence"]
+            .as_i64()
+            .expect("seq");
+    }
+    while remaining > 0 {
+        let ev = next_event(&mut ws, "r").await;
+        per.entry(ev["executionId"].as_str().expect("id").to_owned())
+            .or_default()
+            .push(ev);
+        remaining -= 1;
+    }
+    for id in [&first, &hole, &tail, &lagged, &last] {
+        assert_in_order(&per[id.as_str()], 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_keeps_websockets_open_and_answers_unavailable() {
+    if !TestDb::is_postgres() {
+        return; // the embedded database cannot go away under a running server
+    }
+    let proxy = DbProxy::start(&postgres_host_port()).await;
+    let app = TestApp::spawn_through(&proxy, &[]).await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "outage",
+        json!({ "steps": [
+            { "id": "a", "kind": "delay", "config": { "ms": 3000 } },
+            { "id": "b", "kind": "transform", "dependsOn": ["a"], "config": { "template": "{\"done\": true}" } },
+        ]}),
+    )
+    .await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &id, 20, step_status("a", "RUNNING")).await;
+    let mut ws = watch(&app, &owner, &id, &wf).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "h", "type": "subscribe", "payload": {
+            "query": "subscription { heartbeat(intervalSeconds: 1) { at } }" } }),
+    )
+    .await;
+    // All three subscriptions are live (each sent its first message) before the cut.
+    let mut live = std::collections::HashSet::new();
+    while live.len() < 3 {
+        let msg = ws_next_json(&mut ws).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        live.insert(msg["id"].as_str().expect("id").to_owned());
+    }
+
+    proxy.cut();
+    let outage = tokio::time::Instant::now();
+    // HTTP: a clear, retryable answer, fast.
+    let t = tokio::time::Instant::now();
+    let (status, headers, body) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&owner))
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("UNAVAILABLE"),
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["retryAfterSeconds"], 5,
+        "{body}"
+    );
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    // A new socket cannot be checked now: a retryable close, not 4401.
+    let mut fresh = ws_connect(&app.ws_url(), "graphql-transport-ws").await;
+    ws_send(
+        &mut fresh,
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {owner}") } }),
+    )
+    .await;
+    assert_eq!(ws_close_code(&mut fresh, 10).await, Some(1013));
+    // The open socket lives through 10 s of outage (two credential re-checks).
+    let mut beats = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let msg = ws_next_json(&mut ws).await;
+        assert_eq!(
+            msg["id"], "h",
+            "nothing else can happen without a database: {msg}"
+        );
+        beats += 1;
+    }
+    assert!(beats >= 5, "heartbeats stopped during the outage");
+    proxy.restore();
+    // The execution's streams complete after recovery.
+    let (updated, _) = collect(&mut ws, &id, 60).await;
+    let last = updated.last().expect("events");
+    assert_eq!(last["status"], "SUCCEEDED", "{updated:?}");
+    let e = execution(&app, &owner, &id).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(e["claims"], 1, "the outage was shorter than the lease: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_and_serve_fail_at_once_with_a_clear_message_when_the_database_is_down() {
+    for command in ["worker", "serve"] {
+        let t = tokio::time::Instant::now();
+        let out = tokio::process::Command::new(bin())
+            .arg(command)
+            .env_clear()
+            .env(
+                "DATABASE_URL",
+                "postgres://agentplane@127.0.0.1:1/agentplane",
+            )
+            .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .output()
+            .await
+            .expect("runs");
+        assert!(!out.status.success(), "{command}: {out:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{command} took {:?} to fail",
+            t.elapsed()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot reach the database at postgres://agentplane@127.0.0.1:1"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_lease_wakes_another_worker_at_once() {
+    // Two engines that poll once a minute: the hand-over must come from the wake-up.
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_POLL_MS", "60000"),
+        ("AGENTPLANE_SHUTDOWN_GRACE_SECS", "1"),
+    ])
+    .await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "handover",
+        json!({ "steps": [
+            { "id": "w", "kind": "delay", "config": { "ms": 3000 } },
+        ]}),
+    )
+    .await;
+    let one = agentplane::executions::engine::start(app.state.app.clone(), 1)
+        .expect("engine")
+        .expect("started");
+    let two = agentplane::executions::engine::start(app.state.app.clone(), 1)
+        .expect("engine")
+        .expect("started");
+    // Let both claim loops reach their (long) wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &id, 20, step_status("w", "RUNNING")).await;
+    let row = agentplane::executions::store::find(
+        &app.state.app.db,
+        tenant_uuid(&tenant),
+        exec_uuid(&id),
+    )
+    .await
+    .expect("find")
+    .expect("row");
+    let holder = row.lease_owner.expect("leased");
+    let (stopping, other) = if holder.starts_with(&one.engine.owner) {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    stopping.shutdown(Duration::ZERO).await;
+    // The other engine claims it at once (its next poll is a minute away).
+    let released = tokio::time::Instant::now();
+    let e = wait_for(&app, &owner, &id, 20, |e| e["claims"] == 2).await;
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "hand-over took {:?}: {e}",
+        released.elapsed()
+    );
+    let e = wait_for(&app, &owner, &id, 20, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    other.shutdown(Duration::from_secs(1)).await;
+}
