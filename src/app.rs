@@ -120,7 +120,7 @@ impl Background {
             }
             crate::config::DatabaseUrl::Sqlite(_) => {
                 Some(tokio::spawn(crate::events::follow_sqlite(
-                    app.db.clone(),
+                    app.config.database_url.clone(),
                     app.bus.clone(),
                     app.shutdown.child_token(),
                 )))

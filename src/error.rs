@@ -258,4 +258,32 @@ mod tests {
         assert_eq!(e.message, "internal error");
         assert!(!format!("{:?}", e.extensions).contains("hunter2"));
     }
+
+    #[test]
+    fn outages_are_unavailable_with_a_retry_hint() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let timed_out: AppError = crate::db::PoolError::TimedOut.into();
+        let lost: AppError = Error::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand,
+            Box::new("connection closed".to_owned()),
+        )
+        .into();
+        let full: AppError = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("database or disk is full".to_owned()),
+        )
+        .into();
+        let bug: AppError = Error::NotFound.into();
+        for e in [timed_out, lost, full] {
+            assert_eq!(e.code(), ErrorCode::Unavailable, "{e:?}");
+            assert_eq!(e.code().http_status(), 503);
+            let gql: async_graphql::Error = e.into();
+            let ext = gql.extensions.expect("extensions");
+            assert_eq!(
+                ext.get("retryAfterSeconds"),
+                Some(&async_graphql::Value::from(RETRY_AFTER_SECONDS))
+            );
+        }
+        assert_eq!(bug.code(), ErrorCode::Internal);
+    }
 }

@@ -230,7 +230,11 @@ pub const SQLITE_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 /// numbered in commit order under SQLite's single writer) and publishes the events other
 /// processes wrote into `bus`; a QUEUED event wakes idle workers. Starts at the end of
 /// the log; stops with `stop`.
-pub async fn follow_sqlite(db: crate::db::DbPool, bus: Arc<EventBus>, stop: CancellationToken) {
+pub async fn follow_sqlite(
+    url: crate::config::DatabaseUrl,
+    bus: Arc<EventBus>,
+    stop: CancellationToken,
+) {
     use diesel::sql_types::{BigInt, Text};
     #[derive(diesel::QueryableByName)]
     struct Row {
@@ -239,6 +243,23 @@ pub async fn follow_sqlite(db: crate::db::DbPool, bus: Arc<EventBus>, stop: Canc
         #[diesel(sql_type = Text)]
         payload: String,
     }
+    // Its own pool, so polling neither queues behind requests nor counts in
+    // `App::statements`.
+    let db = loop {
+        match crate::db::DbPool::connect(&url).await {
+            Ok(db) => break db,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "event-log follower cannot open the database; retrying"
+                );
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let crate::db::DbPool::Sqlite(pool) = &db else {
         return;
     };

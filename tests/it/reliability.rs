@@ -443,6 +443,21 @@ async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
         (status, r.json::<Value>().await.expect("json"))
     };
     assert_eq!(ready().await.0, 200);
+    let http = reqwest::Client::new();
+    let login = http
+        .post(format!("{}/graphql", server.base))
+        .json(&json!({ "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                       "variables": { "i": { "email": crate::helpers::ADMIN_EMAIL, "password": crate::helpers::ADMIN_PASSWORD } } }))
+        .send()
+        .await
+        .expect("login")
+        .json::<Value>()
+        .await
+        .expect("json");
+    let token = login["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{login}"))
+        .to_owned();
     // Fill the disk.
     let _ = std::process::Command::new("dd")
         .args(["if=/dev/zero", &format!("of={mnt}/filler"), "bs=64k"])
@@ -466,6 +481,24 @@ async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
             .is_some_and(|r| r.contains("takes no writes")),
         "{body}"
     );
+    // A write through the API says what happened and when to retry.
+    let resp = http
+        .post(format!("{}/graphql", server.base))
+        .bearer_auth(&token)
+        .json(&json!({ "query": "mutation($i: CreateTenantInput!) { createTenant(input: $i) { tenant { id } } }",
+                       "variables": { "i": { "slug": "full", "name": "Full", "plan": "FREE",
+                                             "owner": { "email": "o@full.example", "displayName": "O" } } } }))
+        .send()
+        .await
+        .expect("createTenant");
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("UNAVAILABLE"),
+        "{body}"
+    );
+    assert_eq!(status, 503, "{body}");
     // Space comes back: ready again.
     std::fs::remove_file(format!("{mnt}/filler")).expect("rm filler");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -821,12 +854,22 @@ async fn a_database_outage_keeps_websockets_open_and_answers_unavailable() {
     )
     .await;
     // All three subscriptions are live (each sent its first message) before the cut.
-    let mut live = std::collections::HashSet::new();
+    let mut live: std::collections::HashMap<String, Value> = Default::default();
     while live.len() < 3 {
         let msg = ws_next_json(&mut ws).await;
         assert_eq!(msg["type"], "next", "{msg}");
-        live.insert(msg["id"].as_str().expect("id").to_owned());
+        live.entry(msg["id"].as_str().expect("id").to_owned())
+            .or_insert(msg);
     }
+    let snapshot_seq = |sub: &str, field: &str| {
+        let first = &live[sub]["payload"]["data"][field];
+        assert_eq!(first["kind"], "SNAPSHOT", "{first}");
+        first["sequence"].as_i64().expect("sequence")
+    };
+    let (u_from, e_from) = (
+        snapshot_seq("u", "executionUpdated") + 1,
+        snapshot_seq("e", "executionEvents") + 1,
+    );
 
     proxy.cut();
     let outage = tokio::time::Instant::now();
@@ -875,11 +918,16 @@ async fn a_database_outage_keeps_websockets_open_and_answers_unavailable() {
     assert!(beats >= 5, "heartbeats stopped during the outage");
     proxy.restore();
     // The execution's streams complete after recovery.
-    let (updated, _) = collect(&mut ws, &id, 60).await;
+    let (updated, events) = collect(&mut ws, &id, 60).await;
     let last = updated.last().expect("events");
     assert_eq!(last["status"], "SUCCEEDED", "{updated:?}");
     let e = execution(&app, &owner, &id).await;
     assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    // Every event after the snapshots arrived once, in order, on both streams.
+    assert_in_order(&updated, u_from);
+    assert_in_order(&events, e_from);
+    assert_eq!(last["sequence"], e["sequence"]);
+    assert_eq!(events.last().expect("events")["sequence"], e["sequence"]);
     assert_eq!(e["claims"], 1, "the outage was shorter than the lease: {e}");
 }
 
