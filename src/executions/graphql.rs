@@ -837,6 +837,10 @@ impl ExecutionSubscription {
                 .await?;
                 active.extend(rows);
             }
+            // An execution that moved from QUEUED to RUNNING between the two reads is in
+            // both: keep its newer state only.
+            active.sort_by(|a, b| a.id.cmp(&b.id).then(b.seq.cmp(&a.seq)));
+            active.dedup_by_key(|r| r.id);
         }
         let tenant = p.tenant_id;
         let status_filter = f.status;
