@@ -657,6 +657,11 @@ pub async fn events_after(
             .load(conn)
             .await?
     });
+    parse_events(&rows)
+}
+
+/// Stored event payloads back into events.
+fn parse_events(rows: &[String]) -> AppResult<Vec<ExecutionEvent>> {
     rows.iter()
         .map(|p| serde_json::from_str(p).map_err(AppError::internal))
         .collect()
@@ -687,9 +692,7 @@ pub async fn tenant_events_since(
             .load(conn)
             .await?
     });
-    rows.iter()
-        .map(|p| serde_json::from_str(p).map_err(AppError::internal))
-        .collect()
+    parse_events(&rows)
 }
 
 /// Filters for `executions`.
