@@ -39,6 +39,8 @@ pub struct App {
     pub bus: Arc<crate::events::EventBus>,
     /// This process as a cluster node (its id is the bus origin).
     pub node: Arc<crate::cluster::NodeState>,
+    /// Bounds concurrent password hashing (memory and CPU per sign-in).
+    pub password_slots: crate::auth::passwords::HashSlots,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -66,7 +68,6 @@ impl AppState {
         let bus = Arc::new(crate::events::EventBus::new());
         let node = Arc::new(crate::cluster::NodeState::new(bus.origin.clone()));
         let app = Arc::new(App {
-            config,
             db,
             started_at: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -76,6 +77,12 @@ impl AppState {
             statements,
             bus,
             node,
+            password_slots: crate::auth::passwords::HashSlots::new(
+                config.auth.max_concurrent_hashes,
+                config.auth.hash_queue,
+                config.auth.max_hashes_per_address,
+            ),
+            config,
         });
         let schema = build_schema(Some(app.clone()));
         Ok(Self { app, schema })

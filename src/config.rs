@@ -131,6 +131,13 @@ pub struct GraphqlConfig {
     pub max_depth: usize,
     /// Highest query complexity accepted.
     pub max_complexity: usize,
+    /// Most field selections of an operation with fragments expanded, checked before
+    /// validation (so fragment-spread explosions cost nothing).
+    pub max_selections: u64,
+    /// Most fragment definitions in one document.
+    pub max_fragments: usize,
+    /// Most fragment spreads written in one document.
+    pub max_spreads: usize,
 }
 
 /// Which algorithm signs access tokens.
@@ -166,6 +173,12 @@ pub struct AuthConfig {
     pub bootstrap_admin_email: String,
     /// Its password; generated and printed once when unset.
     pub bootstrap_admin_password: Option<SecretString>,
+    /// Password hashes computed at once (each takes 19 MiB); default: the core count.
+    pub max_concurrent_hashes: usize,
+    /// Sign-ins that may wait for a hashing slot before others are refused.
+    pub hash_queue: usize,
+    /// Password checks in flight from one client address.
+    pub max_hashes_per_address: usize,
 }
 
 /// The validated configuration of one process.
@@ -353,6 +366,9 @@ struct FileAuth {
     hs256_secret: Option<String>,
     signing_key_file: Option<String>,
     bootstrap_admin_email: Option<String>,
+    max_concurrent_hashes: Option<toml::Value>,
+    hash_queue: Option<toml::Value>,
+    max_hashes_per_address: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -369,6 +385,9 @@ struct FileHttp {
 struct FileGraphql {
     max_depth: Option<toml::Value>,
     max_complexity: Option<toml::Value>,
+    max_selections: Option<toml::Value>,
+    max_fragments: Option<toml::Value>,
+    max_spreads: Option<toml::Value>,
 }
 
 /// One raw value and where it came from, so errors name the key the operator wrote.
@@ -678,6 +697,39 @@ impl Config {
                 1_000_000,
                 "a complexity between 10 and 1000000",
             )?,
+            max_selections: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_SELECTIONS",
+                    "graphql.max_selections",
+                    toml_scalar(file.graphql.max_selections),
+                ),
+                10_000u64,
+                10,
+                10_000_000,
+                "a number of selections between 10 and 10000000",
+            )?,
+            max_fragments: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_FRAGMENTS",
+                    "graphql.max_fragments",
+                    toml_scalar(file.graphql.max_fragments),
+                ),
+                100usize,
+                1,
+                10_000,
+                "a number of fragments between 1 and 10000",
+            )?,
+            max_spreads: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_SPREADS",
+                    "graphql.max_spreads",
+                    toml_scalar(file.graphql.max_spreads),
+                ),
+                500usize,
+                1,
+                100_000,
+                "a number of spreads between 1 and 100000",
+            )?,
         };
 
         let algorithm = match layers.pick(
@@ -824,6 +876,39 @@ impl Config {
                     Some(SecretString::from(p))
                 }
             },
+            max_concurrent_hashes: parse_num(
+                layers.pick(
+                    "AGENTPLANE_AUTH_MAX_CONCURRENT_HASHES",
+                    "auth.max_concurrent_hashes",
+                    toml_scalar(file.auth.max_concurrent_hashes),
+                ),
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+                1,
+                1024,
+                "a number of hashes between 1 and 1024",
+            )?,
+            hash_queue: parse_num(
+                layers.pick(
+                    "AGENTPLANE_AUTH_HASH_QUEUE",
+                    "auth.hash_queue",
+                    toml_scalar(file.auth.hash_queue),
+                ),
+                32usize,
+                0,
+                100_000,
+                "a queue length between 0 and 100000",
+            )?,
+            max_hashes_per_address: parse_num(
+                layers.pick(
+                    "AGENTPLANE_AUTH_MAX_HASHES_PER_ADDRESS",
+                    "auth.max_hashes_per_address",
+                    toml_scalar(file.auth.max_hashes_per_address),
+                ),
+                4usize,
+                1,
+                10_000,
+                "a number between 1 and 10000",
+            )?,
         };
 
         // Secrets: env only (a key in a config file sits next to the data too easily).

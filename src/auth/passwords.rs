@@ -9,6 +9,101 @@ use rand::RngCore as _;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 
+/// Bounds password hashing, which costs 19 MiB and tens of milliseconds of CPU per call:
+/// at most `running` hashes at once (about the core count), at most `queue` more waiting
+/// for a slot, and at most `per_address` in flight per client address. Beyond that a
+/// sign-in fails at once with `RATE_LIMITED` instead of piling up threads and memory.
+pub struct HashSlots {
+    running: std::sync::Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::Arc<tokio::sync::Semaphore>,
+    per_address: usize,
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Releases an address's in-flight slot.
+struct AddressSlot<'a> {
+    slots: &'a HashSlots,
+    addr: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.slots.by_address.lock() {
+            if let Some(n) = m.get_mut(&self.addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.addr);
+                }
+            }
+        }
+    }
+}
+
+impl HashSlots {
+    /// Slots from the configuration.
+    pub fn new(running: usize, queue: usize, per_address: usize) -> Self {
+        Self {
+            running: std::sync::Arc::new(tokio::sync::Semaphore::new(running.max(1))),
+            waiting: std::sync::Arc::new(tokio::sync::Semaphore::new(queue)),
+            per_address: per_address.max(1),
+            by_address: std::sync::Mutex::default(),
+        }
+    }
+
+    fn busy(why: &str) -> crate::error::AppError {
+        crate::error::AppError::new(
+            crate::error::ErrorCode::RateLimited,
+            format!("{why}; try again in a second"),
+        )
+        .with_detail("retryAfterSeconds", 1)
+    }
+
+    /// Runs `work` (a hash or a verification) on the blocking pool within the bounds.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> crate::error::AppResult<T> {
+        let _address = match addr {
+            Some(addr) => {
+                let mut m = self
+                    .by_address
+                    .lock()
+                    .map_err(|_| crate::error::AppError::internal(anyhow::anyhow!("poisoned")))?;
+                let n = m.entry(addr).or_insert(0);
+                if *n >= self.per_address {
+                    return Err(Self::busy(
+                        "too many sign-ins in progress from your address",
+                    ));
+                }
+                *n += 1;
+                Some(AddressSlot { slots: self, addr })
+            }
+            None => None,
+        };
+        let permit = match self.running.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let Ok(_queued) = self.waiting.clone().try_acquire_owned() else {
+                    return Err(Self::busy("the server is busy checking passwords"));
+                };
+                self.running
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(crate::error::AppError::internal)?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(crate::error::AppError::internal)
+    }
+}
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Longest password accepted (bounds hashing cost).

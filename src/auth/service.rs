@@ -85,9 +85,10 @@ pub async fn login(
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| passwords::dummy_hash().to_owned());
     let pw = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &pw))
-        .await
-        .map_err(AppError::internal)?;
+    let ok = app
+        .password_slots
+        .run(client.map(|c| c.ip), move || passwords::verify(&hash, &pw))
+        .await?;
     let user = match user {
         Some(u)
             if ok
@@ -356,16 +357,17 @@ pub async fn change_password(
         .ok_or_else(|| AppError::not_found("user"))?;
     let hash = user.password_hash.clone().unwrap_or_default();
     let cur = current.to_owned();
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&hash, &cur))
-        .await
-        .map_err(AppError::internal)?;
+    let ok = app
+        .password_slots
+        .run(None, move || passwords::verify(&hash, &cur))
+        .await?;
     if !ok {
         return Err(AppError::bad_input(
             "currentPassword",
             "the current password is wrong",
         ));
     }
-    let new_hash = hash_blocking(new).await?;
+    let new_hash = hash_bounded(app, new).await?;
     let now = db_time(app.clock.now());
     let audit =
         crate::audit::Entry::change(origin, "user.password_changed", "user", user_id, None, now)
@@ -384,7 +386,16 @@ pub async fn change_password(
     Ok(())
 }
 
-/// Hashes on a blocking thread (argon2id takes tens of milliseconds).
+/// Hashes within the process's hashing bounds (API paths).
+pub async fn hash_bounded(app: &App, password: &str) -> AppResult<String> {
+    let pw = password.to_owned();
+    app.password_slots
+        .run(None, move || passwords::hash(&pw))
+        .await?
+        .map_err(AppError::internal)
+}
+
+/// Hashes on a blocking thread (argon2id takes tens of milliseconds); for the CLI.
 pub async fn hash_blocking(password: &str) -> AppResult<String> {
     let pw = password.to_owned();
     tokio::task::spawn_blocking(move || passwords::hash(&pw))
@@ -396,7 +407,7 @@ pub async fn hash_blocking(password: &str) -> AppResult<String> {
 /// Sets a password with a one-time token from `createUser`/`inviteUser`.
 pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> AppResult<()> {
     passwords::check_policy(password).map_err(|m| AppError::bad_input("password", m))?;
-    let hash = hash_blocking(password).await?;
+    let hash = hash_bounded(app, password).await?;
     let now = db_time(app.clock.now());
     let user_id = store::take_password_token(&app.db, &passwords::sha256_hex(token), now)
         .await?

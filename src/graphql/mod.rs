@@ -2,6 +2,7 @@
 //! objects, merged here. Also the request-scoped context every resolver reads.
 
 pub mod extensions;
+pub mod limits;
 pub mod loaders;
 pub mod relay;
 pub mod system;
@@ -59,6 +60,11 @@ mod relay_root;
 /// Default limits used when building the schema without a running app (`agentplane schema`).
 const DEFAULT_DEPTH: usize = 12;
 const DEFAULT_COMPLEXITY: usize = 2000;
+const DEFAULT_DOCUMENT_LIMITS: limits::DocumentLimits = limits::DocumentLimits {
+    max_selections: 10_000,
+    max_fragments: 100,
+    max_spreads: 500,
+};
 
 /// Builds the schema. With `app`, limits come from its config and resolvers can reach
 /// state; without it (SDL export), only the type system is needed.
@@ -68,6 +74,13 @@ pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
         .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
             (a.config.graphql.max_depth, a.config.graphql.max_complexity)
         });
+    let document_limits =
+        app.as_ref()
+            .map_or(DEFAULT_DOCUMENT_LIMITS, |a| limits::DocumentLimits {
+                max_selections: a.config.graphql.max_selections,
+                max_fragments: a.config.graphql.max_fragments,
+                max_spreads: a.config.graphql.max_spreads,
+            });
     let mut builder = Schema::build(
         Query::default(),
         Mutation::default(),
@@ -75,6 +88,7 @@ pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
     )
     .limit_depth(depth)
     .limit_complexity(complexity)
+    .extension(document_limits)
     .extension(extensions::OperationLog);
     if let Some(app) = app {
         builder = builder.data(app);

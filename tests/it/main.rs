@@ -12,6 +12,7 @@ mod isolation;
 mod reliability;
 mod schema_file;
 mod secrets;
+mod security;
 mod tenancy;
 mod websocket;
 mod workflows;

@@ -1,0 +1,221 @@
+//! Document limits checked right after parsing, before validation.
+//!
+//! Validation walks every fragment spread as written out, so a small document whose
+//! fragments each spread the next one twice costs time exponential in its size before the
+//! depth and complexity limits ever see it (22 fragments: seconds of CPU on a runtime
+//! thread, which the request timeout cannot interrupt). This extension measures the
+//! document once, with each fragment's size computed once (memoised), and refuses it when
+//! it has too many fragment definitions, too many spreads, or too many selections after
+//! expanding fragments. It runs for HTTP and websocket operations alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{ErrorExtensionValues, Name, ServerError, ServerResult, Variables};
+
+/// The bounds, from `graphql.max_selections`, `graphql.max_fragments` and
+/// `graphql.max_spreads`.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentLimits {
+    /// Most field selections of an operation once fragments are expanded.
+    pub max_selections: u64,
+    /// Most fragment definitions in a document.
+    pub max_fragments: usize,
+    /// Most fragment spreads written in a document.
+    pub max_spreads: usize,
+}
+
+/// What [`measure`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Measure {
+    /// Fragment definitions.
+    pub fragments: usize,
+    /// Fragment spreads as written.
+    pub spreads: usize,
+    /// Field selections of the largest operation with fragments expanded (saturating).
+    pub selections: u64,
+}
+
+/// Measures `doc` in time linear in its size.
+pub fn measure(doc: &ExecutableDocument) -> Measure {
+    let mut memo: HashMap<Name, u64> = HashMap::new();
+    let mut spreads = 0;
+    for f in doc.fragments.values() {
+        spreads += count_spreads(&f.node.selection_set.node);
+    }
+    let mut selections = 0;
+    for (_, op) in doc.operations.iter() {
+        spreads += count_spreads(&op.node.selection_set.node);
+        let size = expanded(&op.node.selection_set.node, doc, &mut memo, &mut Vec::new());
+        selections = selections.max(size);
+    }
+    Measure {
+        fragments: doc.fragments.len(),
+        spreads,
+        selections,
+    }
+}
+
+fn count_spreads(set: &SelectionSet) -> usize {
+    set.items
+        .iter()
+        .map(|s| match &s.node {
+            Selection::Field(f) => count_spreads(&f.node.selection_set.node),
+            Selection::FragmentSpread(_) => 1,
+            Selection::InlineFragment(i) => count_spreads(&i.node.selection_set.node),
+        })
+        .sum()
+}
+
+/// Field selections under `set` with fragments expanded; each fragment is sized once.
+/// A fragment that spreads itself (validation refuses those) counts 0 on the way round.
+fn expanded(
+    set: &SelectionSet,
+    doc: &ExecutableDocument,
+    memo: &mut HashMap<Name, u64>,
+    visiting: &mut Vec<Name>,
+) -> u64 {
+    let mut total: u64 = 0;
+    for s in &set.items {
+        let n = match &s.node {
+            Selection::Field(f) => {
+                1u64.saturating_add(expanded(&f.node.selection_set.node, doc, memo, visiting))
+            }
+            Selection::InlineFragment(i) => {
+                expanded(&i.node.selection_set.node, doc, memo, visiting)
+            }
+            Selection::FragmentSpread(sp) => {
+                let name = &sp.node.fragment_name.node;
+                if let Some(n) = memo.get(name) {
+                    *n
+                } else if visiting.contains(name) {
+                    0
+                } else if let Some(def) = doc.fragments.get(name) {
+                    visiting.push(name.clone());
+                    let n = expanded(&def.node.selection_set.node, doc, memo, visiting);
+                    visiting.pop();
+                    memo.insert(name.clone(), n);
+                    n
+                } else {
+                    0 // unknown fragment: validation reports it
+                }
+            }
+        };
+        total = total.saturating_add(n);
+    }
+    total
+}
+
+impl DocumentLimits {
+    /// Why `doc` is refused, if it is: (message, the setting that bounds it).
+    pub fn check(&self, doc: &ExecutableDocument) -> Result<(), (String, &'static str)> {
+        let m = measure(doc);
+        if m.fragments > self.max_fragments {
+            return Err((
+                format!(
+                    "the document defines {} fragments; at most {} are accepted",
+                    m.fragments, self.max_fragments
+                ),
+                "maxFragments",
+            ));
+        }
+        if m.spreads > self.max_spreads {
+            return Err((
+                format!(
+                    "the document spreads fragments {} times; at most {} are accepted",
+                    m.spreads, self.max_spreads
+                ),
+                "maxSpreads",
+            ));
+        }
+        if m.selections > self.max_selections {
+            return Err((
+                format!(
+                    "the operation selects {} fields once fragments are expanded; at most {} \
+                     are accepted",
+                    m.selections, self.max_selections
+                ),
+                "maxSelections",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ExtensionFactory for DocumentLimits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(*self)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for DocumentLimits {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        if let Err((message, limit)) = self.check(&doc) {
+            let mut err = ServerError::new(message, None);
+            let mut ext = ErrorExtensionValues::default();
+            ext.set("code", crate::error::ErrorCode::BadUserInput.as_str());
+            ext.set("limit", limit);
+            err.extensions = Some(ext);
+            return Err(err);
+        }
+        Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(q: &str) -> ExecutableDocument {
+        async_graphql::parser::parse_query(q).expect("parses")
+    }
+
+    /// `depth` fragments, each spreading the next twice.
+    fn bomb(depth: usize) -> String {
+        let mut q = String::from("query { ...F0 }\n");
+        for i in 0..depth {
+            q.push_str(&format!(
+                "fragment F{i} on Query {{ ...F{n} ...F{n} }}\n",
+                n = i + 1
+            ));
+        }
+        q.push_str(&format!(
+            "fragment F{depth} on Query {{ serverInfo {{ version }} }}\n"
+        ));
+        q
+    }
+
+    #[test]
+    fn expansion_is_counted_without_expanding() {
+        let m = measure(&doc(&bomb(40)));
+        assert_eq!(m.fragments, 41);
+        assert_eq!(m.spreads, 81);
+        assert_eq!(m.selections, 2u64.pow(40) * 2);
+    }
+
+    #[test]
+    fn plain_documents_are_measured_as_written() {
+        let m = measure(&doc(
+            "query { a { b c } ...X ... on Query { d } } fragment X on Query { e { f } }",
+        ));
+        assert_eq!(m.fragments, 1);
+        assert_eq!(m.spreads, 1);
+        assert_eq!(m.selections, 6);
+    }
+
+    #[test]
+    fn self_spreading_fragments_terminate() {
+        let m = measure(&doc("query { ...A } fragment A on Query { a ...A }"));
+        assert_eq!(m.selections, 1);
+    }
+}

@@ -1,0 +1,219 @@
+//! Resource limits an attacker from outside must not get around: query shapes that cost
+//! CPU before any limit sees them, and password hashing that costs memory per request.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{ServerProcess, TestApp, first_error_code, ws_authed, ws_next_json, ws_send};
+
+/// An anonymous document of `depth` fragments, each spreading the next one twice.
+fn fragment_bomb(depth: usize) -> String {
+    let mut q = String::from("query { ...F0 }\n");
+    for i in 0..depth {
+        q.push_str(&format!(
+            "fragment F{i} on Query {{ ...F{n} ...F{n} }}\n",
+            n = i + 1
+        ));
+    }
+    q.push_str(&format!(
+        "fragment F{depth} on Query {{ serverInfo {{ version }} }}\n"
+    ));
+    q
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fragment_spread_explosion_is_refused_before_validation() {
+    let app = TestApp::spawn().await;
+    let bomb = fragment_bomb(22);
+    assert!(bomb.len() < 1100, "{} bytes", bomb.len());
+    let t = Instant::now();
+    let out = app.gql(&bomb, json!({})).await;
+    let took = t.elapsed();
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{out}"
+    );
+    assert_eq!(
+        out["errors"][0]["extensions"]["limit"], "maxSelections",
+        "{out}"
+    );
+    // Unbounded, validation alone took seconds of CPU (exponential in the depth).
+    assert!(took < Duration::from_secs(2), "refusing took {took:?}");
+
+    // Four bombers in parallel do not slow a probe down.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut bombers = Vec::new();
+    for _ in 0..4 {
+        let (http, url, bomb, stop) = (
+            app.http.clone(),
+            format!("{}/graphql", app.base),
+            bomb.clone(),
+            stop.clone(),
+        );
+        bombers.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && sent < 200 {
+                let _ = http.post(&url).json(&json!({ "query": bomb })).send().await;
+                sent += 1;
+            }
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let out = app.gql("{ serverInfo { version } }", json!({})).await;
+        slowest = slowest.max(t.elapsed());
+        assert!(out["data"]["serverInfo"]["version"].is_string(), "{out}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for b in bombers {
+        b.await.expect("bomber");
+    }
+    // Generous: other tests share these two cores; unbounded, each bomb held a runtime
+    // thread for seconds and probes waited behind them.
+    assert!(slowest < Duration::from_secs(5), "a probe took {slowest:?}");
+
+    // The other document bounds, each named.
+    let many_fragments: String = std::iter::once("query { serverInfo { version } }\n".to_owned())
+        .chain((0..101).map(|i| format!("fragment X{i} on Query {{ serverInfo {{ version }} }}\n")))
+        .collect();
+    let out = app.gql(&many_fragments, json!({})).await;
+    assert_eq!(
+        out["errors"][0]["extensions"]["limit"], "maxFragments",
+        "{out}"
+    );
+    let many_spreads = format!(
+        "query {{ {} }} fragment S on Query {{ serverInfo {{ version }} }}",
+        "...S ".repeat(501)
+    );
+    let out = app.gql(&many_spreads, json!({})).await;
+    assert_eq!(
+        out["errors"][0]["extensions"]["limit"], "maxSpreads",
+        "{out}"
+    );
+
+    // Over a websocket too.
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "b", "type": "subscribe", "payload": { "query": bomb } }),
+    )
+    .await;
+    let msg = ws_next_json(&mut ws).await;
+    let errors = if msg["type"] == "error" {
+        &msg["payload"]
+    } else {
+        &msg["payload"]["errors"]
+    };
+    assert_eq!(errors[0]["extensions"]["limit"], "maxSelections", "{msg}");
+
+    // Ordinary documents with fragments still work, introspection included.
+    let out = app
+        .gql(
+            "query { ...A } fragment A on Query { serverInfo { ...B } } fragment B on ServerInfo { version }",
+            json!({}),
+        )
+        .await;
+    assert!(out["data"]["serverInfo"]["version"].is_string(), "{out}");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_sign_ins_hash_within_a_memory_bound() {
+    // One hash at a time and a short queue, so the bound is visible at any core count.
+    let server = ServerProcess::start(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_AUTH_MAX_CONCURRENT_HASHES", "2"),
+        ("AGENTPLANE_AUTH_HASH_QUEUE", "4"),
+        ("AGENTPLANE_AUTH_MAX_HASHES_PER_ADDRESS", "100"),
+    ])
+    .await;
+    let pid = server.child.id().expect("pid");
+    let http = reqwest::Client::new();
+    let login = |i: usize| {
+        let (http, url) = (http.clone(), format!("{}/graphql", server.base));
+        async move {
+            let body: Value = http
+                .post(url)
+                .json(&json!({
+                    "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                    "variables": { "i": { "email": format!("nobody{i}@example.com"), "password": "wrong-password-123" } }
+                }))
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("json");
+            first_error_code(&body).unwrap_or_default()
+        }
+    };
+    // Warm up (first allocations, thread pool).
+    login(0).await;
+    let before = vm_hwm_kib(pid);
+    let codes = futures_util::future::join_all((1..=150).map(login)).await;
+    let after = vm_hwm_kib(pid);
+    let limited = codes.iter().filter(|c| *c == "RATE_LIMITED").count();
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "UNAUTHENTICATED" || c == "RATE_LIMITED"),
+        "{codes:?}"
+    );
+    assert!(limited > 0, "nothing was refused: {codes:?}");
+    let grew_mib = after.saturating_sub(before) / 1024;
+    // Two 19 MiB hashes at a time, plus request buffers; unbounded this was >1 GiB.
+    assert!(grew_mib < 160, "peak memory grew by {grew_mib} MiB");
+    eprintln!("150 concurrent sign-ins: {limited} refused, peak RSS +{grew_mib} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_from_one_address_are_capped() {
+    let server = ServerProcess::start(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_AUTH_MAX_HASHES_PER_ADDRESS", "2"),
+        ("AGENTPLANE_AUTH_HASH_QUEUE", "1000"),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let codes = futures_util::future::join_all((0..30).map(|i| {
+        let (http, url) = (http.clone(), format!("{}/graphql", server.base));
+        async move {
+            let body: Value = http
+                .post(url)
+                .json(&json!({
+                    "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                    "variables": { "i": { "email": format!("x{i}@example.com"), "password": "wrong-password-123" } }
+                }))
+                .send()
+                .await
+                .expect("sent")
+                .json::<Value>()
+                .await
+                .expect("json");
+            (
+                first_error_code(&body).unwrap_or_default(),
+                body["errors"][0]["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    }))
+    .await;
+    assert!(
+        codes
+            .iter()
+            .any(|(c, m)| c == "RATE_LIMITED" && m.contains("from your address")),
+        "{codes:?}"
+    );
+}
