@@ -10,15 +10,19 @@ use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 
 /// Bounds password hashing, which costs 19 MiB and tens of milliseconds of CPU per call:
-/// at most `running` hashes at once (about the core count), at most `queue` more waiting
-/// for a slot, and at most `per_address` in flight per client address. Beyond that a
-/// sign-in fails at once with `RATE_LIMITED` instead of piling up threads and memory.
+/// hashes run on `running` dedicated threads (about the core count; the allocator keeps
+/// each thread's 19 MiB, so a fixed set of threads also bounds the memory kept after a
+/// burst), at most `queue` more wait, and at most `per_address` are in flight per client
+/// address. Beyond that a sign-in fails at once with `RATE_LIMITED` instead of piling up
+/// threads and memory.
 pub struct HashSlots {
-    running: std::sync::Arc<tokio::sync::Semaphore>,
-    waiting: std::sync::Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    admitted: std::sync::Arc<tokio::sync::Semaphore>,
     per_address: usize,
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Releases an address's in-flight slot.
 struct AddressSlot<'a> {
@@ -40,11 +44,34 @@ impl Drop for AddressSlot<'_> {
 }
 
 impl HashSlots {
-    /// Slots from the configuration.
+    /// Starts `running` hashing threads (they end when this is dropped).
     pub fn new(running: usize, queue: usize, per_address: usize) -> Self {
+        let running = running.max(1);
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..running {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the slots were dropped
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a password-hashing thread failed");
+            }
+        }
         Self {
-            running: std::sync::Arc::new(tokio::sync::Semaphore::new(running.max(1))),
-            waiting: std::sync::Arc::new(tokio::sync::Semaphore::new(queue)),
+            jobs: std::sync::Mutex::new(tx),
+            admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(running + queue)),
             per_address: per_address.max(1),
             by_address: std::sync::Mutex::default(),
         }
@@ -58,7 +85,7 @@ impl HashSlots {
         .with_detail("retryAfterSeconds", 1)
     }
 
-    /// Runs `work` (a hash or a verification) on the blocking pool within the bounds.
+    /// Runs `work` (a hash or a verification) on a hashing thread within the bounds.
     pub async fn run<T: Send + 'static>(
         &self,
         addr: Option<std::net::IpAddr>,
@@ -81,26 +108,22 @@ impl HashSlots {
             }
             None => None,
         };
-        let permit = match self.running.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let Ok(_queued) = self.waiting.clone().try_acquire_owned() else {
-                    return Err(Self::busy("the server is busy checking passwords"));
-                };
-                self.running
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(crate::error::AppError::internal)?
-            }
+        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
+            return Err(Self::busy("the server is busy checking passwords"));
         };
-        tokio::task::spawn_blocking(move || {
-            let out = work();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(crate::error::AppError::internal)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(work());
+            drop(admitted);
+        });
+        self.jobs
+            .lock()
+            .map_err(|_| crate::error::AppError::internal(anyhow::anyhow!("poisoned")))?
+            .send(job)
+            .map_err(|_| {
+                crate::error::AppError::internal(anyhow::anyhow!("hashing threads gone"))
+            })?;
+        rx.await.map_err(crate::error::AppError::internal)
     }
 }
 
