@@ -33,11 +33,12 @@ pub(super) fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
     }
 }
 
-/// Request-scoped data every operation gets.
+/// Connection-scoped data every websocket operation gets.
 fn request_data(request_id: &RequestId, client: ClientInfo) -> Data {
     let mut data = Data::default();
     data.insert(request_id.clone());
     data.insert(client);
+    data.insert(Arc::new(crate::rbac::DenialsSeen::default()));
     data
 }
 
@@ -190,8 +191,13 @@ async fn execute(
             }
         }
     };
+    // One set for the whole HTTP request, batched operations included.
+    let denials = Arc::new(crate::rbac::DenialsSeen::default());
     let attach = |r: GqlRequest| {
-        let r = r.data(request_id.clone()).data(client.clone());
+        let r = r
+            .data(request_id.clone())
+            .data(client.clone())
+            .data(denials.clone());
         match &principal {
             Some(p) => r
                 .data(crate::graphql::loaders::Loaders::for_principal(

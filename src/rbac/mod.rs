@@ -245,6 +245,23 @@ impl Guard for Require {
     }
 }
 
+/// The denials already recorded for one request (an HTTP request, batched or not, or
+/// one websocket): `access.denied` is written once per (field, permission), however many
+/// aliases or operations repeat it, so a caller cannot grow the trail (and hold the
+/// chain lock) with one request.
+#[derive(Default)]
+pub struct DenialsSeen(std::sync::Mutex<std::collections::HashSet<(String, Permission)>>);
+
+impl DenialsSeen {
+    /// `true` the first time a (field, permission) pair is seen.
+    fn first(&self, field: &str, permission: Permission) -> bool {
+        self.0
+            .lock()
+            .map(|mut s| s.insert((field.to_owned(), permission)))
+            .unwrap_or(true)
+    }
+}
+
 /// Records `access.denied` (best effort: a failure to record is logged, and the caller
 /// gets its FORBIDDEN either way).
 async fn record_denial(ctx: &Context<'_>, permission: Permission) {
@@ -252,11 +269,13 @@ async fn record_denial(ctx: &Context<'_>, permission: Permission) {
     else {
         return;
     };
-    let field = ctx
-        .path_node
-        .as_ref()
-        .map(|n| n.field_name().to_owned())
-        .unwrap_or_default();
+    // The field itself, not the alias the client gave it.
+    let field = ctx.item.node.name.node.to_string();
+    if let Some(seen) = ctx.data_opt::<std::sync::Arc<DenialsSeen>>() {
+        if !seen.first(&field, permission) {
+            return;
+        }
+    }
     let entry = crate::audit::Entry::change(
         &origin,
         "access.denied",

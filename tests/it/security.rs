@@ -218,3 +218,51 @@ async fn sign_ins_from_one_address_are_capped() {
         "{codes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_writes_one_denial_record_however_often_it_repeats_the_field() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let denials = || async {
+        let out = app
+            .gql_as(
+                &owner,
+                "{ auditLog(first: 100, filter: { actionPrefix: \"access.denied\" }) { totalCount } }",
+                json!({}),
+            )
+            .await;
+        out["data"]["auditLog"]["totalCount"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    assert_eq!(denials().await, 0);
+    // 40 aliases of a field the owner may not use, in one request.
+    let fields: String = (0..40)
+        .map(|i| {
+            format!(
+                "t{i}: createTenant(input: {{ slug: \"s{i}\", name: \"n\", plan: FREE, \
+                 owner: {{ email: \"o{i}@x.example\", displayName: \"O\" }} }}) {{ tenant {{ id }} }} "
+            )
+        })
+        .collect();
+    let out = app
+        .gql_as(&owner, &format!("mutation {{ {fields} }}"), json!({}))
+        .await;
+    assert_eq!(out["errors"].as_array().map(Vec::len), Some(40), "{out}");
+    assert_eq!(first_error_code(&out).as_deref(), Some("FORBIDDEN"));
+    assert_eq!(denials().await, 1, "one record for the request");
+    // A batch of ten such operations is one request too.
+    let batch: Vec<Value> = (0..10)
+        .map(|_| json!({ "query": format!("mutation {{ {fields} }}") }))
+        .collect();
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.base))
+        .bearer_auth(&owner)
+        .json(&batch)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(denials().await, 2);
+}
