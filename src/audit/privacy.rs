@@ -219,7 +219,10 @@ pub async fn erase(
     let pg = matches!(db, DbPool::Postgres(_));
     let (tid, uid) = (tenant.to_string(), user.id.to_string());
     let actor_ref = format!("user:{uid}");
-    let throttle_key = format!("acct:{}", user.email.to_lowercase());
+    let throttle_keys = format!(
+        "acct:{}:%",
+        crate::auth::service::throttle_account(&user.email.to_lowercase())
+    );
     let erased_email = format!("erased-{uid}@erased.invalid");
     crate::db_tx!(db, tenant, |conn| {
         if pg {
@@ -270,7 +273,7 @@ pub async fn erase(
         diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
             .execute(&mut *conn)
             .await?;
-        diesel::delete(login_attempts::table.filter(login_attempts::key.eq(&throttle_key)))
+        diesel::delete(login_attempts::table.filter(login_attempts::key.like(&throttle_keys)))
             .execute(&mut *conn)
             .await?;
         let pseudonym: Option<String> = audit_actors::table

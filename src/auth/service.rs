@@ -20,6 +20,13 @@ use crate::tenancy::{UserId, UserRow};
 const ACCOUNT_THRESHOLD: i64 = 5;
 /// Failures from one address before it locks.
 const IP_THRESHOLD: i64 = 20;
+/// Failures older than this are forgotten (per counter, since its last attempt).
+const THROTTLE_WINDOW_SECS: i64 = 15 * 60;
+
+/// How throttle keys name an account: a digest of the normalised e-mail address.
+pub fn throttle_account(email_norm: &str) -> String {
+    passwords::sha256_hex(email_norm)[..32].to_owned()
+}
 /// Longest lock.
 const MAX_LOCK_SECS: i64 = 15 * 60;
 
@@ -58,25 +65,53 @@ pub async fn login(
     let now = app.clock.now();
     let email_norm =
         passwords::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-    let acct_key = format!("acct:{email_norm}");
+    // Throttled per (account, address), so failures from elsewhere do not lock out a
+    // client that knows the password, and per address across accounts. The key names the
+    // account by a digest (erasure finds it without matching e-mail text).
+    let addr = client.map_or_else(|| "-".to_owned(), |c| c.ip.to_string());
+    let acct_key = format!("acct:{}:{addr}", throttle_account(&email_norm));
     let ip_key = client.map(|c| format!("ip:{}", c.ip));
-    let keys: Vec<String> = std::iter::once(acct_key.clone())
-        .chain(ip_key.clone())
+    let keys: Vec<(String, i64)> = std::iter::once((acct_key.clone(), ACCOUNT_THRESHOLD))
+        .chain(ip_key.clone().map(|k| (k, IP_THRESHOLD)))
         .collect();
-    let counters = store::login_attempts_for(&app.db, &keys).await?;
-    if let Some(until) = counters
+    let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    let locked = |counters: &[LoginAttemptRow]| {
+        counters
+            .iter()
+            .filter_map(|c| c.locked_until)
+            .map(utc)
+            .filter(|u| *u > now)
+            .max()
+            .map(|until| {
+                let retry = (until - now).num_seconds().max(1);
+                AppError::new(
+                    ErrorCode::RateLimited,
+                    format!("too many failed sign-ins; try again in {retry} s"),
+                )
+                .with_detail("retryAfterSeconds", retry)
+            })
+    };
+    if let Some(e) = locked(&store::login_attempts_for(&app.db, &names).await?) {
+        return Err(e);
+    }
+    // Count this attempt before checking the password, atomically: of N concurrent
+    // guesses only those within the threshold are checked at all.
+    let counted = store::count_login_attempt(
+        &app.db,
+        &keys,
+        db_time(now),
+        Duration::seconds(THROTTLE_WINDOW_SECS),
+        lock_secs,
+    )
+    .await?;
+    if counted
         .iter()
-        .filter_map(|c| c.locked_until)
-        .map(utc)
-        .filter(|u| *u > now)
-        .max()
+        .zip(&keys)
+        .any(|(c, (_, threshold))| c.failures > *threshold)
     {
-        let retry = (until - now).num_seconds().max(1);
-        return Err(AppError::new(
-            ErrorCode::RateLimited,
-            format!("too many failed sign-ins; try again in {retry} s"),
-        )
-        .with_detail("retryAfterSeconds", retry));
+        if let Some(e) = locked(&counted) {
+            return Err(e);
+        }
     }
 
     let user = crate::tenancy::store::find_user_by_email(&app.db, &email_norm).await?;
@@ -98,26 +133,7 @@ pub async fn login(
             u
         }
         _ => {
-            for (key, threshold) in std::iter::once((acct_key.clone(), ACCOUNT_THRESHOLD))
-                .chain(ip_key.map(|k| (k, IP_THRESHOLD)))
-            {
-                let failures = counters
-                    .iter()
-                    .find(|c| c.key == key)
-                    .map_or(0, |c| c.failures)
-                    + 1;
-                store::put_login_attempt(
-                    &app.db,
-                    &LoginAttemptRow {
-                        key,
-                        failures,
-                        locked_until: lock_secs(failures, threshold)
-                            .map(|s| db_time(now + Duration::seconds(s))),
-                        updated_at: db_time(now),
-                    },
-                )
-                .await?;
-            }
+            // Already counted before the check.
             tracing::info!(event = "auth.login_failed", "sign-in failed");
             // Recorded in the account's tenant when the address belongs to one, else in
             // the platform's chain. The attempt is anonymous: nobody proved who they are.
@@ -156,7 +172,9 @@ pub async fn login(
         .await?
         .ok_or_else(bad_login)?;
     check_tenant_active(&tenant)?;
-    store::clear_login_attempts(&app.db, &acct_key).await?;
+    // A success is no failure: take the attempt back (and the account's counter for this
+    // address is cleared).
+    store::uncount_login_attempt(&app.db, std::slice::from_ref(&acct_key), &keys[1..]).await?;
     crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
 
     let session = SessionRow {

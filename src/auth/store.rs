@@ -226,6 +226,95 @@ pub async fn login_attempts_for(db: &DbPool, keys: &[String]) -> AppResult<Vec<L
     }))
 }
 
+/// Counts one more sign-in attempt on each `(key, threshold)` before its password is
+/// checked, atomically (concurrent attempts each see their own count): a counter whose
+/// last attempt is older than `window` starts again (a sliding window), and one that
+/// reaches its threshold is locked until `lock(failures, threshold)` from `now`. Returns
+/// the counters after the increment, in `keys` order.
+pub async fn count_login_attempt(
+    db: &DbPool,
+    keys: &[(String, i64)],
+    now: NaiveDateTime,
+    window: chrono::Duration,
+    lock: fn(i64, i64) -> Option<i64>,
+) -> AppResult<Vec<LoginAttemptRow>> {
+    let cutoff = now - window;
+    crate::db_tx!(db, "", |conn| {
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, threshold) in keys {
+            diesel::update(
+                login_attempts::table
+                    .filter(login_attempts::key.eq(key))
+                    .filter(login_attempts::updated_at.lt(cutoff)),
+            )
+            .set((
+                login_attempts::failures.eq(0),
+                login_attempts::locked_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await?;
+            let mut row: LoginAttemptRow = diesel::insert_into(login_attempts::table)
+                .values(&LoginAttemptRow {
+                    key: key.clone(),
+                    failures: 1,
+                    locked_until: None,
+                    updated_at: now,
+                })
+                .on_conflict(login_attempts::key)
+                .do_update()
+                .set((
+                    login_attempts::failures.eq(login_attempts::failures + 1),
+                    login_attempts::updated_at.eq(now),
+                ))
+                .returning(LoginAttemptRow::as_returning())
+                .get_result(conn)
+                .await?;
+            if let Some(secs) = lock(row.failures, *threshold) {
+                let until = now + chrono::Duration::seconds(secs);
+                if row.locked_until.is_none_or(|u| u < until) {
+                    diesel::update(login_attempts::table.filter(login_attempts::key.eq(key)))
+                        .set(login_attempts::locked_until.eq(until))
+                        .execute(conn)
+                        .await?;
+                    row.locked_until = Some(until);
+                }
+            }
+            out.push(row);
+        }
+        Ok(out)
+    })
+}
+
+/// Takes back the attempt [`count_login_attempt`] counted when it turned out to be a
+/// success: `clear` keys are deleted, the others go down by one and lose a lock that
+/// attempt set.
+pub async fn uncount_login_attempt(
+    db: &DbPool,
+    clear: &[String],
+    decrement: &[(String, i64)],
+) -> AppResult<()> {
+    crate::db_tx!(db, "", |conn| {
+        diesel::delete(login_attempts::table.filter(login_attempts::key.eq_any(clear)))
+            .execute(conn)
+            .await?;
+        for (key, threshold) in decrement {
+            diesel::update(login_attempts::table.filter(login_attempts::key.eq(key)))
+                .set(login_attempts::failures.eq(login_attempts::failures - 1))
+                .execute(conn)
+                .await?;
+            diesel::update(
+                login_attempts::table
+                    .filter(login_attempts::key.eq(key))
+                    .filter(login_attempts::failures.lt(*threshold)),
+            )
+            .set(login_attempts::locked_until.eq(None::<NaiveDateTime>))
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    })
+}
+
 /// Writes a lockout counter.
 pub async fn put_login_attempt(db: &DbPool, row: &LoginAttemptRow) -> AppResult<()> {
     crate::db_run!(db, |conn| {

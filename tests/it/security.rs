@@ -266,3 +266,104 @@ async fn a_request_writes_one_denial_record_however_often_it_repeats_the_field()
     assert_eq!(resp.status(), 200);
     assert_eq!(denials().await, 2);
 }
+
+/// Signs in from a given loopback address; returns the error code ("" on success).
+async fn login_from(app: &TestApp, from: [u8; 4], email: &str, password: &str) -> String {
+    let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .expect("client");
+    let body: Value = http
+        .post(format!("{}/graphql", app.base))
+        .json(&json!({
+            "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+            "variables": { "i": { "email": email, "password": password } }
+        }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    first_error_code(&body).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_guesses_are_counted_before_the_password_is_checked() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_AUTH_MAX_HASHES_PER_ADDRESS", "100")]).await;
+    let codes = futures_util::future::join_all((0..40).map(|_| {
+        login_from(
+            &app,
+            [127, 0, 0, 1],
+            crate::helpers::ADMIN_EMAIL,
+            "wrong-password-123",
+        )
+    }))
+    .await;
+    let checked = codes.iter().filter(|c| *c == "UNAUTHENTICATED").count();
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "UNAUTHENTICATED" || c == "RATE_LIMITED"),
+        "{codes:?}"
+    );
+    // At most the threshold (5) were checked against the real password.
+    assert!(
+        checked <= 5,
+        "{checked} of 40 guesses were checked: {codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_elsewhere_do_not_lock_out_a_client_that_knows_the_password() {
+    let app = TestApp::spawn().await;
+    let admin = crate::helpers::ADMIN_EMAIL;
+    let attacker = [127, 0, 0, 2];
+    for _ in 0..5 {
+        assert_eq!(
+            login_from(&app, attacker, admin, "wrong-password-123").await,
+            "UNAUTHENTICATED"
+        );
+    }
+    // The attacker's address is locked out of this account...
+    assert_eq!(
+        login_from(&app, attacker, admin, crate::helpers::ADMIN_PASSWORD).await,
+        "RATE_LIMITED"
+    );
+    // ...the admin's own address is not.
+    assert_eq!(
+        login_from(&app, [127, 0, 0, 3], admin, crate::helpers::ADMIN_PASSWORD).await,
+        ""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_is_throttled_in_a_sliding_window_not_for_life() {
+    let app = TestApp::spawn().await;
+    let from = [127, 0, 0, 4];
+    // 19 failures (one below the address threshold), then a quiet 16 minutes, then 19
+    // more: never locked, because old failures are forgotten.
+    for round in 0..2 {
+        for n in 0..19 {
+            let code = login_from(
+                &app,
+                from,
+                &format!("g{round}-{n}@x.io"),
+                "wrong-password-123",
+            )
+            .await;
+            assert_eq!(code, "UNAUTHENTICATED", "round {round}, attempt {n}");
+        }
+        app.clock.advance(chrono::Duration::minutes(16));
+    }
+    assert_eq!(
+        login_from(
+            &app,
+            from,
+            crate::helpers::ADMIN_EMAIL,
+            crate::helpers::ADMIN_PASSWORD
+        )
+        .await,
+        ""
+    );
+}
