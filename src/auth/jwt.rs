@@ -88,6 +88,9 @@ fn hs_kid(secret: &str) -> String {
     format!("hs256-{}", &super::passwords::sha256_hex(secret)[..12])
 }
 
+/// The `typ` header of access tokens (RFC 9068); tokens without it are refused.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
 impl KeyRing {
     /// Loads keys; on an empty table (EdDSA) generates the first key.
     pub async fn load(db: &DbPool, cfg: &AuthConfig) -> anyhow::Result<Self> {
@@ -195,7 +198,7 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Signs claims with the active key.
+    /// Signs claims with the active key (header `typ: at+jwt`).
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
         let keys = self
             .keys
@@ -203,6 +206,9 @@ impl KeyRing {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut header = Header::new(self.algorithm);
         header.kid = Some(keys.kid.clone());
+        // RFC 9068: access tokens say what they are, so no other JWT signed with the
+        // same key (an ID token, a link) can be replayed as one.
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         jsonwebtoken::encode(&header, claims, &keys.encoding).context("signing a token")
     }
 
@@ -229,6 +235,11 @@ impl KeyRing {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejected("malformed"))?;
         if header.alg != self.algorithm {
             return Err(Rejected("algorithm not allowed"));
+        }
+        if !header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        }) {
+            return Err(Rejected("not an access token (typ)"));
         }
         let kid = header.kid.ok_or(Rejected("no kid"))?;
         let keys = self

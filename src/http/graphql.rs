@@ -290,6 +290,14 @@ pub async fn get_handler(
         return super::graphiql::page();
     }
     let req = match async_graphql::http::parse_query_string(query) {
+        // The parser reads `operation_name`; GraphQL over HTTP names it `operationName`.
+        Ok(r) if r.operation_name.is_none() => {
+            match url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "operationName")
+            {
+                Some((_, name)) => r.operation_name(name.into_owned()),
+                None => r,
+            }
+        }
         Ok(r) => r,
         Err(e) => {
             return request_error(

@@ -367,3 +367,79 @@ async fn an_address_is_throttled_in_a_sliding_window_not_for_life() {
         ""
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_requests_honour_operation_name() {
+    let app = TestApp::spawn().await;
+    let query = "query A { serverInfo { version } } query B { __typename }";
+    let url = reqwest::Url::parse_with_params(
+        &format!("{}/graphql", app.base),
+        &[("query", query), ("operationName", "B")],
+    )
+    .expect("url");
+    let body: Value = app
+        .http
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["data"], json!({ "__typename": "Query" }), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_tokens_typed_as_access_tokens_are_accepted() {
+    use base64::Engine as _;
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        kid: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        private_pem: String,
+    }
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let header = jsonwebtoken::decode_header(&token).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let keys: anyhow::Result<Vec<Key>> = async {
+        Ok(agentplane::db_run!(&app.state.app.db, |conn| {
+            diesel::sql_query("SELECT kid, private_pem FROM signing_keys WHERE active")
+                .load::<Key>(conn)
+                .await?
+        }))
+    }
+    .await;
+    let key = keys.expect("keys").remove(0);
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("payload"))
+            .expect("b64"),
+    )
+    .expect("claims");
+    let sign = |typ: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(key.kid.clone());
+        h.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_pem(key.private_pem.as_bytes()).expect("key"),
+        )
+        .expect("sign")
+    };
+    // The same claims and the server's own key: only the access-token type is accepted.
+    let (ok, _, _) = app
+        .post_raw(
+            &json!({ "query": "{ me { email } }" }),
+            Some(&sign("at+jwt")),
+        )
+        .await;
+    assert_eq!(ok, 200);
+    let (refused, _, body) = app
+        .post_raw(&json!({ "query": "{ me { email } }" }), Some(&sign("JWT")))
+        .await;
+    assert_eq!(refused, 401, "{body}");
+}
