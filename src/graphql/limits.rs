@@ -5,8 +5,11 @@
 //! depth and complexity limits ever see it (22 fragments: seconds of CPU on a runtime
 //! thread, which the request timeout cannot interrupt). This extension measures the
 //! document once, with each fragment's size computed once (memoised), and refuses it when
-//! it has too many fragment definitions, too many spreads, or too many selections after
-//! expanding fragments. It runs for HTTP and websocket operations alike.
+//! it has too many fragment definitions, too many spreads, too many selections after
+//! expanding fragments, or a fragment cycle. HTTP requests are checked before they reach
+//! async-graphql (whose own recursion-depth check also walks spreads as written); the
+//! same check runs as a schema extension after parsing for every other path
+//! (websockets).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,8 +41,9 @@ pub struct Measure {
     pub selections: u64,
 }
 
-/// Measures `doc` in time linear in its size.
-pub fn measure(doc: &ExecutableDocument) -> Measure {
+/// Measures `doc` in time linear in its size; `Err` names a fragment that spreads
+/// itself (such a document is invalid, and walking it as written never ends).
+pub fn measure(doc: &ExecutableDocument) -> Result<Measure, String> {
     let mut memo: HashMap<Name, u64> = HashMap::new();
     let mut spreads = 0;
     for f in doc.fragments.values() {
@@ -48,14 +52,14 @@ pub fn measure(doc: &ExecutableDocument) -> Measure {
     let mut selections = 0;
     for (_, op) in doc.operations.iter() {
         spreads += count_spreads(&op.node.selection_set.node);
-        let size = expanded(&op.node.selection_set.node, doc, &mut memo, &mut Vec::new());
+        let size = expanded(&op.node.selection_set.node, doc, &mut memo, &mut Vec::new())?;
         selections = selections.max(size);
     }
-    Measure {
+    Ok(Measure {
         fragments: doc.fragments.len(),
         spreads,
         selections,
-    }
+    })
 }
 
 fn count_spreads(set: &SelectionSet) -> usize {
@@ -69,32 +73,31 @@ fn count_spreads(set: &SelectionSet) -> usize {
         .sum()
 }
 
-/// Field selections under `set` with fragments expanded; each fragment is sized once.
-/// A fragment that spreads itself (validation refuses those) counts 0 on the way round.
+/// Selections under `set` with fragments expanded — fields, spreads and inline fragments
+/// each count one, so the number bounds any walk of the document as written. Each
+/// fragment is sized once.
 fn expanded(
     set: &SelectionSet,
     doc: &ExecutableDocument,
     memo: &mut HashMap<Name, u64>,
     visiting: &mut Vec<Name>,
-) -> u64 {
+) -> Result<u64, String> {
     let mut total: u64 = 0;
     for s in &set.items {
-        let n = match &s.node {
-            Selection::Field(f) => {
-                1u64.saturating_add(expanded(&f.node.selection_set.node, doc, memo, visiting))
-            }
+        let inner = match &s.node {
+            Selection::Field(f) => expanded(&f.node.selection_set.node, doc, memo, visiting)?,
             Selection::InlineFragment(i) => {
-                expanded(&i.node.selection_set.node, doc, memo, visiting)
+                expanded(&i.node.selection_set.node, doc, memo, visiting)?
             }
             Selection::FragmentSpread(sp) => {
                 let name = &sp.node.fragment_name.node;
                 if let Some(n) = memo.get(name) {
                     *n
                 } else if visiting.contains(name) {
-                    0
+                    return Err(format!("fragment {name} spreads itself"));
                 } else if let Some(def) = doc.fragments.get(name) {
                     visiting.push(name.clone());
-                    let n = expanded(&def.node.selection_set.node, doc, memo, visiting);
+                    let n = expanded(&def.node.selection_set.node, doc, memo, visiting)?;
                     visiting.pop();
                     memo.insert(name.clone(), n);
                     n
@@ -103,15 +106,15 @@ fn expanded(
                 }
             }
         };
-        total = total.saturating_add(n);
+        total = total.saturating_add(1).saturating_add(inner);
     }
-    total
+    Ok(total)
 }
 
 impl DocumentLimits {
     /// Why `doc` is refused, if it is: (message, the setting that bounds it).
     pub fn check(&self, doc: &ExecutableDocument) -> Result<(), (String, &'static str)> {
-        let m = measure(doc);
+        let m = measure(doc).map_err(|cycle| (cycle, "fragmentCycle"))?;
         if m.fragments > self.max_fragments {
             return Err((
                 format!(
@@ -133,7 +136,7 @@ impl DocumentLimits {
         if m.selections > self.max_selections {
             return Err((
                 format!(
-                    "the operation selects {} fields once fragments are expanded; at most {} \
+                    "the operation has {} selections once fragments are expanded; at most {} \
                      are accepted",
                     m.selections, self.max_selections
                 ),
@@ -142,6 +145,37 @@ impl DocumentLimits {
         }
         Ok(())
     }
+}
+
+impl DocumentLimits {
+    /// The configured bounds.
+    pub fn from_config(c: &crate::config::GraphqlConfig) -> Self {
+        Self {
+            max_selections: c.max_selections,
+            max_fragments: c.max_fragments,
+            max_spreads: c.max_spreads,
+        }
+    }
+
+    /// Parses `req` (keeping the document for execution, so it is parsed once) and
+    /// checks it, before async-graphql's own pre-validation walk, which follows spreads
+    /// as written. `Some(error)` refuses it; a document that does not parse is left to
+    /// the executor's own error.
+    pub fn refuse(&self, req: &mut async_graphql::Request) -> Option<ServerError> {
+        let doc = req.parsed_query().ok()?;
+        self.check(doc)
+            .err()
+            .map(|(message, limit)| refusal(message, limit))
+    }
+}
+
+fn refusal(message: String, limit: &str) -> ServerError {
+    let mut err = ServerError::new(message, None);
+    let mut ext = ErrorExtensionValues::default();
+    ext.set("code", crate::error::ErrorCode::BadUserInput.as_str());
+    ext.set("limit", limit);
+    err.extensions = Some(ext);
+    err
 }
 
 impl ExtensionFactory for DocumentLimits {
@@ -161,12 +195,7 @@ impl Extension for DocumentLimits {
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
         if let Err((message, limit)) = self.check(&doc) {
-            let mut err = ServerError::new(message, None);
-            let mut ext = ErrorExtensionValues::default();
-            ext.set("code", crate::error::ErrorCode::BadUserInput.as_str());
-            ext.set("limit", limit);
-            err.extensions = Some(ext);
-            return Err(err);
+            return Err(refusal(message, limit));
         }
         Ok(doc)
     }
@@ -197,25 +226,29 @@ mod tests {
 
     #[test]
     fn expansion_is_counted_without_expanding() {
-        let m = measure(&doc(&bomb(40)));
+        let m = measure(&doc(&bomb(40))).expect("acyclic");
         assert_eq!(m.fragments, 41);
         assert_eq!(m.spreads, 81);
-        assert_eq!(m.selections, 2u64.pow(40) * 2);
+        // 2^41 - 1 spreads walked, 2^40 `serverInfo` and as many `version` fields.
+        assert_eq!(m.selections, (2u64.pow(41) - 1) + 2u64.pow(40) * 2);
     }
 
     #[test]
     fn plain_documents_are_measured_as_written() {
         let m = measure(&doc(
             "query { a { b c } ...X ... on Query { d } } fragment X on Query { e { f } }",
-        ));
+        ))
+        .expect("acyclic");
         assert_eq!(m.fragments, 1);
         assert_eq!(m.spreads, 1);
-        assert_eq!(m.selections, 6);
+        // a b c, the spread, e f, the inline fragment, d
+        assert_eq!(m.selections, 8);
     }
 
     #[test]
-    fn self_spreading_fragments_terminate() {
-        let m = measure(&doc("query { ...A } fragment A on Query { a ...A }"));
-        assert_eq!(m.selections, 1);
+    fn self_spreading_fragments_are_refused() {
+        let err = measure(&doc("query { ...A } fragment A on Query { a ...A ...A }"))
+            .expect_err("a cycle");
+        assert!(err.contains("fragment A spreads itself"), "{err}");
     }
 }

@@ -74,13 +74,9 @@ pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
         .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
             (a.config.graphql.max_depth, a.config.graphql.max_complexity)
         });
-    let document_limits =
-        app.as_ref()
-            .map_or(DEFAULT_DOCUMENT_LIMITS, |a| limits::DocumentLimits {
-                max_selections: a.config.graphql.max_selections,
-                max_fragments: a.config.graphql.max_fragments,
-                max_spreads: a.config.graphql.max_spreads,
-            });
+    let document_limits = app.as_ref().map_or(DEFAULT_DOCUMENT_LIMITS, |a| {
+        limits::DocumentLimits::from_config(&a.config.graphql)
+    });
     let mut builder = Schema::build(
         Query::default(),
         Mutation::default(),

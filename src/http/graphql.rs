@@ -208,11 +208,26 @@ async fn execute(
             None => r,
         }
     };
-    let batch = match batch {
-        BatchRequest::Single(r) => BatchRequest::Single(attach(r)),
-        BatchRequest::Batch(rs) => BatchRequest::Batch(rs.into_iter().map(attach).collect()),
+    // Document limits before async-graphql sees the document (its pre-validation walk
+    // follows fragment spreads as written, exponential in a crafted document).
+    let limits = crate::graphql::limits::DocumentLimits::from_config(&state.app.config.graphql);
+    let run = |mut r: GqlRequest| {
+        let refused = limits.refuse(&mut r);
+        let r = attach(r);
+        let schema = state.schema.clone();
+        async move {
+            match refused {
+                Some(e) => async_graphql::Response::from_errors(vec![e]),
+                None => schema.execute(r).await,
+            }
+        }
     };
-    let resp = state.schema.execute_batch(batch).await;
+    let resp = match batch {
+        BatchRequest::Single(r) => BatchResponse::Single(run(r).await),
+        BatchRequest::Batch(rs) => {
+            BatchResponse::Batch(futures_util::future::join_all(rs.into_iter().map(run)).await)
+        }
+    };
     respond(resp, media_graphql, &request_id.0)
 }
 
