@@ -159,15 +159,24 @@ impl DocumentLimits {
 
     /// Parses `req` (keeping the document for execution, so it is parsed once) and
     /// checks it, before async-graphql's own pre-validation walk, which follows spreads
-    /// as written. `Some(error)` refuses it; a document that does not parse is left to
-    /// the executor's own error.
-    pub fn refuse(&self, req: &mut async_graphql::Request) -> Option<ServerError> {
-        let doc = req.parsed_query().ok()?;
-        self.check(doc)
-            .err()
-            .map(|(message, limit)| refusal(message, limit))
+    /// as written. Admitted requests are marked, so the schema extension does not
+    /// measure them again; a document that does not parse is left to the executor's own
+    /// error.
+    pub fn admit(
+        &self,
+        mut req: async_graphql::Request,
+    ) -> Result<async_graphql::Request, ServerError> {
+        if let Ok(doc) = req.parsed_query() {
+            if let Err((message, limit)) = self.check(doc) {
+                return Err(refusal(message, limit));
+            }
+        }
+        Ok(req.data(Checked))
     }
 }
+
+/// Request data: the document was measured before execution (HTTP).
+struct Checked;
 
 fn refusal(message: String, limit: &str) -> ServerError {
     let mut err = ServerError::new(message, None);
@@ -194,6 +203,9 @@ impl Extension for DocumentLimits {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
+        if ctx.data_opt::<Checked>().is_some() {
+            return Ok(doc);
+        }
         if let Err((message, limit)) = self.check(&doc) {
             return Err(refusal(message, limit));
         }

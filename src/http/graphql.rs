@@ -211,14 +211,13 @@ async fn execute(
     // Document limits before async-graphql sees the document (its pre-validation walk
     // follows fragment spreads as written, exponential in a crafted document).
     let limits = crate::graphql::limits::DocumentLimits::from_config(&state.app.config.graphql);
-    let run = |mut r: GqlRequest| {
-        let refused = limits.refuse(&mut r);
-        let r = attach(r);
+    let run = |r: GqlRequest| {
+        let admitted = limits.admit(r).map(&attach);
         let schema = state.schema.clone();
         async move {
-            match refused {
-                Some(e) => async_graphql::Response::from_errors(vec![e]),
-                None => schema.execute(r).await,
+            match admitted {
+                Ok(r) => schema.execute(r).await,
+                Err(e) => async_graphql::Response::from_errors(vec![e]),
             }
         }
     };

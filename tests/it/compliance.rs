@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::executions::{published, start, wait_for};
 use crate::helpers::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, ServerProcess, TestApp, first_error_code, ws_authed, ws_next_json,
-    ws_send,
+    ADMIN_EMAIL, ADMIN_PASSWORD, ServerProcess, TestApp, first_error_code, vm_hwm_kib, ws_authed,
+    ws_next_json, ws_send,
 };
 
 const VERIFY: &str = "{ verifyAuditChain { intact checked firstBrokenSequence problem } }";
@@ -456,15 +456,6 @@ async fn export_streams_csv_and_ndjson_to_authorized_callers_only_and_is_recorde
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 /// Exports 100k records (about 120 MB) from a real server process and checks its peak

@@ -596,3 +596,13 @@ pub fn postgres_host_port() -> String {
         u.port().unwrap_or(5432)
     )
 }
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}

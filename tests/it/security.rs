@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ServerProcess, TestApp, first_error_code, ws_authed, ws_next_json, ws_send};
+use crate::helpers::{
+    ServerProcess, TestApp, first_error_code, vm_hwm_kib, ws_authed, ws_next_json, ws_send,
+};
 
 /// An anonymous document of `depth` fragments, each spreading the next one twice.
 fn fragment_bomb(depth: usize) -> String {
@@ -118,16 +120,6 @@ async fn a_fragment_spread_explosion_is_refused_before_validation() {
         )
         .await;
     assert!(out["data"]["serverInfo"]["version"].is_string(), "{out}");
-}
-
-/// Peak resident memory of a process, in KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 #[tokio::test(flavor = "multi_thread")]
