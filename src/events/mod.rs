@@ -287,7 +287,11 @@ pub async fn follow_sqlite(
             Ok::<_, String>(rows)
         };
         match read.await {
-            Ok(rows) if last.is_none() => last = Some(rows.as_slice().first().map_or(0, |r| r.pos)),
+            Ok(rows) if last.is_none() => {
+                last = Some(rows.as_slice().first().map_or(0, |r| r.pos));
+                // Work enqueued before this position is found by claiming: wake once.
+                bus.queue_wake.notify_waiters();
+            }
             Ok(rows) => {
                 let full = rows.len() == 1000;
                 for r in rows {
