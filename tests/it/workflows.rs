@@ -438,7 +438,8 @@ async fn the_workflow_quota_and_tenant_isolation_hold() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_reads_cost_the_same_statements_whatever_the_page_size() {
-    let app = TestApp::spawn().await;
+    // No workers: their claim polls share the counted pool and would land in the window.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
     let (_, owner) = app.tenant_with_owner("acme").await;
     let team = app
         .gql_as(
