@@ -41,6 +41,10 @@ pub struct App {
     pub node: Arc<crate::cluster::NodeState>,
     /// Bounds concurrent password hashing (memory and CPU per sign-in).
     pub password_slots: crate::auth::passwords::HashSlots,
+    /// Open websockets per address and running websocket operations per principal.
+    pub socket_slots: crate::http::socket::SocketSlots,
+    /// One audit follower per watched tenant, shared by its `auditEvents` subscriptions.
+    pub audit_tails: Arc<crate::audit::tail::TailHub>,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -82,6 +86,8 @@ impl AppState {
                 config.auth.hash_queue,
                 config.auth.max_hashes_per_address,
             ),
+            socket_slots: crate::http::socket::SocketSlots::default(),
+            audit_tails: Arc::default(),
             config,
         });
         let schema = build_schema(Some(app.clone()));

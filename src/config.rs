@@ -138,6 +138,25 @@ pub struct GraphqlConfig {
     pub max_fragments: usize,
     /// Most fragment spreads written in one document.
     pub max_spreads: usize,
+    /// Most operations in one batched HTTP request (they share one complexity budget).
+    pub max_batch: usize,
+    /// Whether callers without credentials may introspect the schema (GraphiQL needs it).
+    pub anonymous_introspection: bool,
+    /// Whether validation errors suggest names ("Did you mean …?").
+    pub suggestions: bool,
+}
+
+/// GraphQL-over-WebSocket limits.
+#[derive(Debug, Clone)]
+pub struct WebsocketConfig {
+    /// A socket that has not sent `connection_init` by then is closed with 4408.
+    pub init_timeout: Duration,
+    /// Open sockets per client address; more are refused with 429.
+    pub max_connections_per_address: usize,
+    /// Operations running at once on one socket.
+    pub max_subscriptions_per_socket: usize,
+    /// Operations running at once for one user or API key, over all its sockets.
+    pub max_subscriptions_per_principal: usize,
 }
 
 /// Which algorithm signs access tokens.
@@ -198,6 +217,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// GraphQL limits.
     pub graphql: GraphqlConfig,
+    /// WebSocket limits.
+    pub websocket: WebsocketConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// The execution engine.
@@ -321,6 +342,8 @@ struct FileConfig {
     #[serde(default)]
     graphql: FileGraphql,
     #[serde(default)]
+    websocket: FileWebsocket,
+    #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
     engine: FileEngine,
@@ -388,6 +411,18 @@ struct FileGraphql {
     max_selections: Option<toml::Value>,
     max_fragments: Option<toml::Value>,
     max_spreads: Option<toml::Value>,
+    max_batch: Option<toml::Value>,
+    anonymous_introspection: Option<toml::Value>,
+    suggestions: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebsocket {
+    init_timeout_secs: Option<toml::Value>,
+    max_connections_per_address: Option<toml::Value>,
+    max_subscriptions_per_socket: Option<toml::Value>,
+    max_subscriptions_per_principal: Option<toml::Value>,
 }
 
 /// One raw value and where it came from, so errors name the key the operator wrote.
@@ -464,6 +499,19 @@ where
         ));
     }
     Ok(v)
+}
+
+fn parse_bool(raw: Option<Raw>, default: bool) -> Result<bool, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(err(
+            &raw.key,
+            format!("{:?} is not a yes/no value", raw.value),
+            "true or false",
+        )),
+    }
 }
 
 /// Command-line overrides that sit above the environment.
@@ -729,6 +777,80 @@ impl Config {
                 1,
                 100_000,
                 "a number of spreads between 1 and 100000",
+            )?,
+            max_batch: parse_num(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_MAX_BATCH",
+                    "graphql.max_batch",
+                    toml_scalar(file.graphql.max_batch),
+                ),
+                10usize,
+                1,
+                1000,
+                "a number of operations between 1 and 1000",
+            )?,
+            anonymous_introspection: parse_bool(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_ANONYMOUS_INTROSPECTION",
+                    "graphql.anonymous_introspection",
+                    toml_scalar(file.graphql.anonymous_introspection),
+                ),
+                true,
+            )?,
+            suggestions: parse_bool(
+                layers.pick(
+                    "AGENTPLANE_GRAPHQL_SUGGESTIONS",
+                    "graphql.suggestions",
+                    toml_scalar(file.graphql.suggestions),
+                ),
+                false,
+            )?,
+        };
+
+        let websocket = WebsocketConfig {
+            init_timeout: Duration::from_secs(parse_num(
+                layers.pick(
+                    "AGENTPLANE_WS_INIT_TIMEOUT_SECS",
+                    "websocket.init_timeout_secs",
+                    toml_scalar(file.websocket.init_timeout_secs),
+                ),
+                10u64,
+                1,
+                300,
+                "seconds between 1 and 300",
+            )?),
+            max_connections_per_address: parse_num(
+                layers.pick(
+                    "AGENTPLANE_WS_MAX_CONNECTIONS_PER_ADDRESS",
+                    "websocket.max_connections_per_address",
+                    toml_scalar(file.websocket.max_connections_per_address),
+                ),
+                100usize,
+                1,
+                100_000,
+                "a number of sockets between 1 and 100000",
+            )?,
+            max_subscriptions_per_socket: parse_num(
+                layers.pick(
+                    "AGENTPLANE_WS_MAX_SUBSCRIPTIONS_PER_SOCKET",
+                    "websocket.max_subscriptions_per_socket",
+                    toml_scalar(file.websocket.max_subscriptions_per_socket),
+                ),
+                100usize,
+                1,
+                10_000,
+                "a number of operations between 1 and 10000",
+            )?,
+            max_subscriptions_per_principal: parse_num(
+                layers.pick(
+                    "AGENTPLANE_WS_MAX_SUBSCRIPTIONS_PER_PRINCIPAL",
+                    "websocket.max_subscriptions_per_principal",
+                    toml_scalar(file.websocket.max_subscriptions_per_principal),
+                ),
+                500usize,
+                1,
+                100_000,
+                "a number of operations between 1 and 100000",
             )?,
         };
 
@@ -1161,6 +1283,7 @@ impl Config {
             log_filter,
             http,
             graphql,
+            websocket,
             auth,
             engine,
             cluster,

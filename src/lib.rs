@@ -19,6 +19,7 @@ pub mod graphql;
 pub mod http;
 pub mod rbac;
 pub mod secrets;
+pub mod slots;
 pub mod telemetry;
 pub mod tenancy;
 pub mod workflows;

@@ -458,6 +458,7 @@ mod live {
             };
             let f = filter.unwrap_or_default();
             Ok(crate::audit::tail::follow(
+                a.audit_tails.clone(),
                 a.db.clone(),
                 p.tenant_id,
                 from,

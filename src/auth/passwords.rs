@@ -19,29 +19,10 @@ pub struct HashSlots {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     admitted: std::sync::Arc<tokio::sync::Semaphore>,
     per_address: usize,
-    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    by_address: crate::slots::KeyedSlots<std::net::IpAddr>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
-
-/// Releases an address's in-flight slot.
-struct AddressSlot<'a> {
-    slots: &'a HashSlots,
-    addr: std::net::IpAddr,
-}
-
-impl Drop for AddressSlot<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.slots.by_address.lock() {
-            if let Some(n) = m.get_mut(&self.addr) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.addr);
-                }
-            }
-        }
-    }
-}
 
 impl HashSlots {
     /// Starts `running` hashing threads (they end when this is dropped).
@@ -73,7 +54,7 @@ impl HashSlots {
             jobs: std::sync::Mutex::new(tx),
             admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(running + queue)),
             per_address: per_address.max(1),
-            by_address: std::sync::Mutex::default(),
+            by_address: crate::slots::KeyedSlots::default(),
         }
     }
 
@@ -92,20 +73,14 @@ impl HashSlots {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> crate::error::AppResult<T> {
         let _address = match addr {
-            Some(addr) => {
-                let mut m = self
-                    .by_address
-                    .lock()
-                    .map_err(|_| crate::error::AppError::internal(anyhow::anyhow!("poisoned")))?;
-                let n = m.entry(addr).or_insert(0);
-                if *n >= self.per_address {
+            Some(addr) => match self.by_address.try_take(&addr, self.per_address) {
+                Some(slot) => Some(slot),
+                None => {
                     return Err(Self::busy(
                         "too many sign-ins in progress from your address",
                     ));
                 }
-                *n += 1;
-                Some(AddressSlot { slots: self, addr })
-            }
+            },
             None => None,
         };
         let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {

@@ -1,21 +1,14 @@
-//! GraphQL over HTTP (`POST`/`GET /graphql`) and over WebSocket (`/graphql/ws`, both the
-//! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols).
+//! GraphQL over HTTP (`POST`/`GET /graphql`); the websocket transport is in `socket.rs`.
 
 use std::net::SocketAddr;
 
 use async_graphql::parser::types::{DocumentOperations, OperationType};
-use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest, Value};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::{BatchRequest, BatchResponse, Request as GqlRequest, Value};
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use std::sync::{Arc, Mutex};
-
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
+use std::sync::Arc;
 
 use crate::app::AppState;
 use crate::error::{AppError, ErrorCode};
@@ -31,15 +24,6 @@ pub(super) fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
     }
-}
-
-/// Connection-scoped data every websocket operation gets.
-fn request_data(request_id: &RequestId, client: ClientInfo) -> Data {
-    let mut data = Data::default();
-    data.insert(request_id.clone());
-    data.insert(client);
-    data.insert(Arc::new(crate::rbac::DenialsSeen::default()));
-    data
 }
 
 fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
@@ -344,202 +328,4 @@ pub async fn get_handler(
         &headers,
     )
     .await
-}
-
-/// `GET /graphql/ws`: upgrades to a GraphQL websocket.
-pub async fn ws_handler(
-    State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let client = client_info(addr, &headers);
-    let tracker = state.app.connections.clone();
-    let token = tracker.token();
-    upgrade
-        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let span = tracing::info_span!("graphql.ws", request_id = %request_id.0);
-            async move {
-                let _token = token;
-                serve_socket(state, socket, protocol, request_id, client).await;
-            }
-            .instrument(span)
-        })
-}
-
-/// The bearer credential a socket was accepted with, and when it expires.
-type SocketCredential = Arc<Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>>;
-
-/// Close code sent when the server shuts down ("going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for missing, invalid, expired or revoked credentials.
-pub const CLOSE_UNAUTHORIZED: u16 = 4401;
-/// Close code for a `connection_init` that cannot be checked now (the database is
-/// unavailable): "try again later", which graphql-ws clients retry.
-pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-const UNAUTHENTICATED_REASON: &str = "unauthenticated";
-const UNAVAILABLE_REASON: &str = "unavailable";
-
-/// Ends the socket (via `ended`) when the accepted credential expires on the app clock
-/// (checked every second) or stops authenticating: revoked, user disabled, tenant
-/// suspended (re-checked every 5 s).
-async fn watch_credentials(
-    app: Arc<crate::app::App>,
-    auth: SocketCredential,
-    ended: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        n += 1;
-        let current = auth
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let Some((bearer, exp)) = current else {
-            continue;
-        };
-        if app.clock.now() > exp {
-            ended.cancel();
-            return;
-        }
-        if n % 5 == 0 {
-            match crate::auth::authenticate(&app, &bearer).await {
-                Ok(_) => {}
-                // Only a verdict on the credential ends the socket. A database that does
-                // not answer says nothing about it: keep the socket and check again on
-                // the next round (clients treat 4401 as final and never reconnect).
-                Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
-                    ended.cancel();
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        code = e.code().as_str(),
-                        "websocket credential check could not run; keeping the socket"
-                    );
-                }
-            }
-        }
-    }
-}
-
-async fn serve_socket(
-    state: AppState,
-    socket: WebSocket,
-    protocol: GraphQLProtocol,
-    request_id: RequestId,
-    client: ClientInfo,
-) {
-    let (mut sink, stream) = socket.split();
-    let app = state.app.clone();
-    let shutdown = app.shutdown.clone();
-    // The credential accepted at connection_init; re-checked while the socket lives.
-    let auth: SocketCredential = Arc::default();
-    let ended = CancellationToken::new();
-    let watcher = tokio::spawn(watch_credentials(app.clone(), auth.clone(), ended.clone()));
-    let stop = {
-        let (shutdown, ended) = (shutdown.clone(), ended.clone());
-        async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = ended.cancelled() => {}
-            }
-        }
-    };
-    let input = stream.take_until(Box::pin(stop));
-    let data = request_data(&request_id, client);
-    let init_app = app.clone();
-    let init_auth = auth.clone();
-    {
-        // graphql-transport-ws closes a refused init with 1002; we say 4401 (Unauthorized)
-        // for a bad credential and 1013 (try again later) when it could not be checked.
-        let sink = (&mut sink).with(|m: Message| {
-            futures_util::future::ready(Ok::<_, axum::Error>(match m {
-                Message::Close(Some(f))
-                    if f.code == 1002 && f.reason.starts_with(UNAUTHENTICATED_REASON) =>
-                {
-                    Message::Close(Some(CloseFrame {
-                        code: CLOSE_UNAUTHORIZED,
-                        reason: f.reason,
-                    }))
-                }
-                Message::Close(Some(f))
-                    if f.code == 1002 && f.reason.starts_with(UNAVAILABLE_REASON) =>
-                {
-                    Message::Close(Some(CloseFrame {
-                        code: CLOSE_TRY_AGAIN_LATER,
-                        reason: f.reason,
-                    }))
-                }
-                other => other,
-            }))
-        });
-        GraphQLWebSocket::new_with_pair(sink, input, state.schema.clone(), protocol)
-            .with_data(data)
-            .on_connection_init(move |payload| async move {
-                let header = payload
-                    .get("Authorization")
-                    .or_else(|| payload.get("authorization"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                let refuse = |why: &str| {
-                    async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"))
-                };
-                let header = header.ok_or_else(|| {
-                    refuse("send {\"Authorization\": \"Bearer <token>\"} in connection_init")
-                })?;
-                let bearer = crate::auth::bearer_from_header(&header)
-                    .map_err(|e| refuse(e.message()))?
-                    .to_owned();
-                let p = crate::auth::authenticate(&init_app, &bearer)
-                    .await
-                    .map_err(|e| match e.code() {
-                        ErrorCode::Unauthenticated | ErrorCode::Forbidden => refuse(e.message()),
-                        // A close reason holds at most 123 bytes: keep it short.
-                        _ => async_graphql::Error::new(format!(
-                            "{UNAVAILABLE_REASON}: database unavailable; reconnect in {} s",
-                            crate::error::RETRY_AFTER_SECONDS
-                        )),
-                    })?;
-                let exp = p.token.as_ref().map_or_else(
-                    || init_app.clock.now() + chrono::Duration::days(3650),
-                    |t| t.expires_at,
-                );
-                *init_auth
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((bearer, exp));
-                let mut d = Data::default();
-                d.insert(crate::graphql::loaders::Loaders::for_principal(
-                    &init_app.db,
-                    &p,
-                ));
-                d.insert(p);
-                Ok(d)
-            })
-            .serve()
-            .await;
-    }
-    watcher.abort();
-    let close = if shutdown.is_cancelled() {
-        Some((CLOSE_GOING_AWAY, "server shutting down"))
-    } else if ended.is_cancelled() {
-        Some((CLOSE_UNAUTHORIZED, "credentials expired or revoked"))
-    } else {
-        None
-    };
-    if let Some((code, reason)) = close {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    }
-    let _ = sink.close().await;
-    tracing::debug!("websocket closed");
 }

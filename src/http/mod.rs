@@ -4,6 +4,7 @@ mod export;
 mod graphiql;
 mod graphql;
 mod health;
+pub mod socket;
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ pub fn router(state: AppState) -> Router {
             "/graphql",
             get(graphql::get_handler).post(graphql::post_handler),
         )
-        .route("/graphql/ws", get(graphql::ws_handler))
+        .route("/graphql/ws", get(socket::ws_handler))
         .route("/graphql/assets/{file}", get(graphiql::asset))
         .route("/audit/export", get(export::export))
         .route("/healthz", get(health::healthz))

@@ -606,3 +606,38 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM")
 }
+
+/// Creates a user with `role_id`, sets their password and signs them in.
+pub async fn user_with_role(
+    app: &TestApp,
+    owner: &str,
+    email: &str,
+    role_id: Value,
+) -> (String, String) {
+    let out = app
+        .gql_as(
+            owner,
+            "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } setPasswordToken } }",
+            json!({ "i": { "email": email, "displayName": "U", "roleId": role_id } }),
+        )
+        .await;
+    let p = &out["data"]["createUser"];
+    assert!(p.is_object(), "{out}");
+    let set = app
+        .gql(
+            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
+            json!({ "i": { "token": p["setPasswordToken"], "password": "user-password-123" } }),
+        )
+        .await;
+    assert_eq!(set["data"]["setPassword"]["ok"], true, "{set}");
+    // A set-password token works once.
+    let again = app
+        .gql(
+            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
+            json!({ "i": { "token": p["setPasswordToken"], "password": "other-password-123" } }),
+        )
+        .await;
+    assert_eq!(first_error_code(&again).as_deref(), Some("UNAUTHENTICATED"));
+    let token = app.login(email, "user-password-123").await.0;
+    (p["user"]["id"].as_str().expect("id").to_owned(), token)
+}

@@ -13,6 +13,7 @@ mod reliability;
 mod schema_file;
 mod secrets;
 mod security;
+mod socket_limits;
 mod tenancy;
 mod websocket;
 mod workflows;

@@ -10,7 +10,7 @@ use crate::helpers::{
 };
 
 /// An anonymous document of `depth` fragments, each spreading the next one twice.
-fn fragment_bomb(depth: usize) -> String {
+pub fn fragment_bomb(depth: usize) -> String {
     let mut q = String::from("query { ...F0 }\n");
     for i in 0..depth {
         q.push_str(&format!(

@@ -1,46 +1,11 @@
 //! Tenancy API: plans and quotas, settings, users, custom roles, teams, sessions, demo data.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{OWNER_PASSWORD, TestApp, first_error_code};
+use crate::helpers::{OWNER_PASSWORD, TestApp, first_error_code, user_with_role};
 
 const CREATE_USER: &str =
     "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } setPasswordToken } }";
-
-/// Creates a user with `role_id`, sets their password and signs them in.
-async fn user_with_role(
-    app: &TestApp,
-    owner: &str,
-    email: &str,
-    role_id: Value,
-) -> (String, String) {
-    let out = app
-        .gql_as(
-            owner,
-            CREATE_USER,
-            json!({ "i": { "email": email, "displayName": "U", "roleId": role_id } }),
-        )
-        .await;
-    let p = &out["data"]["createUser"];
-    assert!(p.is_object(), "{out}");
-    let set = app
-        .gql(
-            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
-            json!({ "i": { "token": p["setPasswordToken"], "password": "user-password-123" } }),
-        )
-        .await;
-    assert_eq!(set["data"]["setPassword"]["ok"], true, "{set}");
-    // A set-password token works once.
-    let again = app
-        .gql(
-            "mutation($i: SetPasswordInput!) { setPassword(input: $i) { ok } }",
-            json!({ "i": { "token": p["setPasswordToken"], "password": "other-password-123" } }),
-        )
-        .await;
-    assert_eq!(first_error_code(&again).as_deref(), Some("UNAUTHENTICATED"));
-    let token = app.login(email, "user-password-123").await.0;
-    (p["user"]["id"].as_str().expect("id").to_owned(), token)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plans_quotas_flags_and_settings() {

@@ -1,0 +1,567 @@
+//! GraphQL over WebSocket (`/graphql/ws`): the `graphql-transport-ws` protocol and the
+//! legacy `graphql-ws` one, with the spec's close codes and this server's limits.
+//!
+//! async-graphql runs the protocol; around it this module keeps what the spec and an
+//! attacker ask for: the client's messages pass a gate (malformed → 4400, `subscribe`
+//! before the connection is acknowledged → 4401, an id already running → 4409), a socket
+//! that never sends `connection_init` is closed with 4408, and every operation goes
+//! through [`SocketExecutor`], which applies the document limits, re-resolves the
+//! caller's rights from the database (a demoted user gets no more than their new role,
+//! and the socket is closed with 4403 when the rights it was opened with changed), and
+//! holds a slot per socket and per principal while it runs.
+
+use std::collections::HashSet;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_graphql::http::{ClientMessage, WebSocketProtocols, WsMessage};
+use async_graphql::{Data, Request as GqlRequest, ServerError};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures_util::stream::BoxStream;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::app::{App, AppState};
+use crate::auth::Principal;
+use crate::error::{AppError, ErrorCode};
+use crate::graphql::limits::DocumentLimits;
+use crate::graphql::{ClientInfo, RequestId};
+use crate::slots::{KeyedSlots, Slot};
+
+/// Close code sent when the server shuts down ("going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a `connection_init` that cannot be checked now (the database is
+/// unavailable): "try again later", which graphql-ws clients retry.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// A message that is not a protocol message.
+pub const CLOSE_BAD_REQUEST: u16 = 4400;
+/// Missing, invalid, expired or revoked credentials, or `subscribe` before the
+/// connection was acknowledged.
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+/// The caller's rights changed since the socket was opened: reconnect to get the new ones.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+/// No `connection_init` within the configured time.
+pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// A `subscribe` with the id of an operation that is still running.
+pub const CLOSE_DUPLICATE_ID: u16 = 4409;
+const UNAUTHENTICATED_REASON: &str = "unauthenticated";
+const UNAVAILABLE_REASON: &str = "unavailable";
+
+/// Open sockets per client address and running operations per principal, process-wide.
+#[derive(Default)]
+pub struct SocketSlots {
+    addresses: KeyedSlots<std::net::IpAddr>,
+    principals: KeyedSlots<String>,
+}
+
+/// What a principal may do; a socket keeps the rights it was accepted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rights {
+    tenant: String,
+    role: String,
+    permissions: crate::rbac::PermissionSet,
+    platform_admin: bool,
+}
+
+impl Rights {
+    fn of(p: &Principal) -> Self {
+        Self {
+            tenant: p.tenant_id.to_string(),
+            role: p.role.clone(),
+            permissions: p.permissions.clone(),
+            platform_admin: p.platform_admin,
+        }
+    }
+}
+
+/// The credential a socket was accepted with.
+#[derive(Clone)]
+struct Accepted {
+    bearer: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    rights: Rights,
+    /// The user or API key, for the per-principal operation count.
+    actor: String,
+}
+
+/// One socket's state, shared by the gate, the executor and the watchers.
+#[derive(Default)]
+struct SocketState {
+    init_received: std::sync::atomic::AtomicBool,
+    accepted: Mutex<Option<Accepted>>,
+    /// Ids of operations started and not yet completed.
+    running: Mutex<HashSet<String>>,
+    operations: KeyedSlots<()>,
+    /// The close frame to send when the socket ends on this server's initiative.
+    close: Mutex<Option<(u16, String)>>,
+    ended: CancellationToken,
+}
+
+impl SocketState {
+    fn accepted(&self) -> Option<Accepted> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ends the socket with `code` (the first reason given wins).
+    fn close(&self, code: u16, reason: impl Into<String>) {
+        let mut c = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.is_none() {
+            *c = Some((code, reason.into()));
+        }
+        drop(c);
+        self.ended.cancel();
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks one client message against the protocol; `None` drops it (the socket is
+    /// then closing).
+    fn gate(&self, bytes: &[u8]) -> Option<serde_json::Result<ClientMessage>> {
+        let msg = match ClientMessage::from_bytes(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.close(CLOSE_BAD_REQUEST, "Invalid message received");
+                return None;
+            }
+        };
+        match &msg {
+            ClientMessage::ConnectionInit { .. } => {
+                self.init_received
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            ClientMessage::Start { id, .. } => {
+                if self.accepted().is_none() {
+                    self.close(CLOSE_UNAUTHORIZED, "Unauthorized");
+                    return None;
+                }
+                if !self.running().insert(id.clone()) {
+                    // A close reason holds at most 123 bytes.
+                    let id: String = id.chars().take(64).collect();
+                    self.close(
+                        CLOSE_DUPLICATE_ID,
+                        format!("Subscriber for {id} already exists"),
+                    );
+                    return None;
+                }
+            }
+            ClientMessage::Stop { id } => {
+                self.running().remove(id);
+            }
+            _ => {}
+        }
+        Some(Ok(msg))
+    }
+
+    /// Notes operations the server completed, so their ids may be used again.
+    fn saw_outgoing(&self, text: &str) {
+        if text.starts_with(r#"{"type":"complete""#) {
+            #[derive(serde::Deserialize)]
+            struct Complete {
+                id: String,
+            }
+            if let Ok(c) = serde_json::from_str::<Complete>(text) {
+                self.running().remove(&c.id);
+            }
+        }
+    }
+}
+
+/// Runs each websocket operation within the socket's limits and the caller's current
+/// rights.
+#[derive(Clone)]
+struct SocketExecutor {
+    state: AppState,
+    socket: Arc<SocketState>,
+    limits: DocumentLimits,
+}
+
+/// Slots an operation holds while it runs.
+struct Held {
+    _socket: Slot<()>,
+    _principal: Slot<String>,
+}
+
+fn server_error(e: AppError) -> ServerError {
+    let e: async_graphql::Error = e.into();
+    e.into_server_error(async_graphql::Pos::default())
+}
+
+impl SocketExecutor {
+    /// Checks the document, re-resolves the caller and takes the operation's slots.
+    async fn admit(&self, request: GqlRequest) -> Result<(GqlRequest, Held), ServerError> {
+        let request = self.limits.admit(request)?;
+        let app = &self.state.app;
+        let Some(accepted) = self.socket.accepted() else {
+            return Err(server_error(AppError::unauthenticated(
+                "send connection_init with credentials first",
+            )));
+        };
+        let p = match crate::auth::authenticate(app, &accepted.bearer).await {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) {
+                    self.socket
+                        .close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
+                }
+                return Err(server_error(e));
+            }
+        };
+        if Rights::of(&p) != accepted.rights {
+            self.socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
+            return Err(server_error(AppError::forbidden(
+                "your permissions changed since this socket was opened; reconnect",
+            )));
+        }
+        let limits = &app.config.websocket;
+        let Some(socket_slot) = self
+            .socket
+            .operations
+            .try_take(&(), limits.max_subscriptions_per_socket)
+        else {
+            return Err(server_error(busy(format!(
+                "this socket already runs {} operations; complete one first",
+                limits.max_subscriptions_per_socket
+            ))));
+        };
+        let Some(principal_slot) = app
+            .socket_slots
+            .principals
+            .try_take(&accepted.actor, limits.max_subscriptions_per_principal)
+        else {
+            return Err(server_error(busy(format!(
+                "you already run {} operations over websockets; complete one first",
+                limits.max_subscriptions_per_principal
+            ))));
+        };
+        let request = request
+            .data(crate::graphql::loaders::Loaders::for_principal(&app.db, &p))
+            .data(p);
+        Ok((
+            request,
+            Held {
+                _socket: socket_slot,
+                _principal: principal_slot,
+            },
+        ))
+    }
+}
+
+fn busy(message: String) -> AppError {
+    AppError::new(ErrorCode::RateLimited, message)
+}
+
+impl async_graphql::Executor for SocketExecutor {
+    fn execute(
+        &self,
+        request: GqlRequest,
+    ) -> impl Future<Output = async_graphql::Response> + Send {
+        let this = self.clone();
+        async move {
+            this.execute_stream(request, None)
+                .next()
+                .await
+                .unwrap_or_else(|| async_graphql::Response::new(async_graphql::Value::Null))
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        request: GqlRequest,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, async_graphql::Response> {
+        let this = self.clone();
+        let schema = self.state.schema.clone();
+        futures_util::stream::once(async move { this.admit(request).await })
+            .flat_map(move |admitted| match admitted {
+                Ok((request, held)) => schema
+                    .execute_stream_with_session_data(
+                        request,
+                        session_data.clone().unwrap_or_default(),
+                    )
+                    .map(move |r| {
+                        // The slots are given back when the operation's stream ends.
+                        let _held = &held;
+                        r
+                    })
+                    .boxed(),
+                Err(e) => {
+                    futures_util::stream::once(futures_util::future::ready(
+                        async_graphql::Response::from_errors(vec![e]),
+                    ))
+                    .boxed()
+                }
+            })
+            .boxed()
+    }
+}
+
+/// The GraphQL subprotocol the client asked for, if it is one this server speaks.
+fn requested_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|list| {
+            list.split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        })
+}
+
+/// `GET /graphql/ws`: upgrades to a GraphQL websocket.
+pub async fn ws_handler(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(protocol) = requested_protocol(&headers) else {
+        return super::graphql::app_error_response(
+            StatusCode::BAD_REQUEST,
+            AppError::bad_input(
+                "Sec-WebSocket-Protocol",
+                "ask for graphql-transport-ws (or the legacy graphql-ws)",
+            ),
+            &request_id.0,
+        );
+    };
+    let max = state.app.config.websocket.max_connections_per_address;
+    let Some(address_slot) = state.app.socket_slots.addresses.try_take(&addr.ip(), max) else {
+        return super::graphql::app_error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            busy(format!(
+                "{max} websockets are already open from your address; close one first"
+            )),
+            &request_id.0,
+        );
+    };
+    let client = super::graphql::client_info(addr, &headers);
+    let token = state.app.connections.token();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("graphql.ws", request_id = %request_id.0);
+            async move {
+                let _token = token;
+                let _address = address_slot;
+                serve_socket(state, socket, protocol, request_id, client).await;
+            }
+            .instrument(span)
+        })
+}
+
+/// Ends the socket when the accepted credential expires on the app clock (checked every
+/// second), stops authenticating (revoked, user disabled, tenant suspended), or now
+/// carries other rights (both re-checked every 5 s).
+async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let Some(accepted) = socket.accepted() else {
+            continue;
+        };
+        if app.clock.now() > accepted.expires_at {
+            socket.close(CLOSE_UNAUTHORIZED, "credentials expired");
+            return;
+        }
+        if n % 5 == 0 {
+            match crate::auth::authenticate(&app, &accepted.bearer).await {
+                Ok(p) if Rights::of(&p) != accepted.rights => {
+                    socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
+                    return;
+                }
+                Ok(_) => {}
+                // Only a verdict on the credential ends the socket. A database that does
+                // not answer says nothing about it: keep the socket and check again on
+                // the next round (clients treat 4401 as final and never reconnect).
+                Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                    socket.close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        code = e.code().as_str(),
+                        "websocket credential check could not run; keeping the socket"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Closes the socket with 4408 unless `connection_init` arrives within the timeout.
+async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
+    tokio::time::sleep(timeout).await;
+    if !socket
+        .init_received
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        socket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout");
+    }
+}
+
+/// Checks the credential in `connection_init`'s payload.
+async fn accept(app: Arc<App>, socket: Arc<SocketState>, payload: serde_json::Value) -> async_graphql::Result<Data> {
+    let header = payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let refuse = |why: &str| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
+    let header = header
+        .ok_or_else(|| refuse("send {\"Authorization\": \"Bearer <token>\"} in connection_init"))?;
+    let bearer = crate::auth::bearer_from_header(&header)
+        .map_err(|e| refuse(e.message()))?
+        .to_owned();
+    let p = crate::auth::authenticate(&app, &bearer)
+        .await
+        .map_err(|e| match e.code() {
+            ErrorCode::Unauthenticated | ErrorCode::Forbidden => refuse(e.message()),
+            // A close reason holds at most 123 bytes: keep it short.
+            _ => async_graphql::Error::new(format!(
+                "{UNAVAILABLE_REASON}: database unavailable; reconnect in {} s",
+                crate::error::RETRY_AFTER_SECONDS
+            )),
+        })?;
+    let expires_at = p.token.as_ref().map_or_else(
+        || app.clock.now() + chrono::Duration::days(3650),
+        |t| t.expires_at,
+    );
+    let actor = match p.actor {
+        crate::auth::Actor::User(u) => format!("user:{u}"),
+        crate::auth::Actor::ApiKey(k) => format!("key:{k}"),
+    };
+    *socket
+        .accepted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(Accepted {
+        bearer,
+        expires_at,
+        rights: Rights::of(&p),
+        actor,
+    });
+    let mut d = Data::default();
+    d.insert(crate::graphql::loaders::Loaders::for_principal(&app.db, &p));
+    d.insert(p);
+    Ok(d)
+}
+
+/// The frame for a close async-graphql decided on. graphql-transport-ws closes a refused
+/// init with 1002; this server says 4401 for a bad credential and 1013 (try again later)
+/// when it could not be checked.
+fn protocol_close(code: u16, reason: String) -> Message {
+    let code = match code {
+        1002 if reason.starts_with(UNAUTHENTICATED_REASON) => CLOSE_UNAUTHORIZED,
+        1002 if reason.starts_with(UNAVAILABLE_REASON) => CLOSE_TRY_AGAIN_LATER,
+        other => other,
+    };
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn serve_socket(
+    state: AppState,
+    socket: WebSocket,
+    protocol: WebSocketProtocols,
+    request_id: RequestId,
+    client: ClientInfo,
+) {
+    let (mut sink, stream) = socket.split();
+    let app = state.app.clone();
+    let shutdown = app.shutdown.clone();
+    let me = Arc::new(SocketState::default());
+    let watcher = tokio::spawn(watch_credentials(app.clone(), me.clone()));
+    let init_watcher = tokio::spawn(watch_init(
+        me.clone(),
+        app.config.websocket.init_timeout,
+    ));
+    let stop = {
+        let (shutdown, ended) = (shutdown.clone(), me.ended.clone());
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = ended.cancelled() => {}
+            }
+        }
+    };
+    let gate = me.clone();
+    let input = stream
+        .take_until(Box::pin(stop))
+        .take_while(|m| futures_util::future::ready(m.is_ok()))
+        .filter_map(move |m| {
+            let out = match m {
+                Ok(Message::Text(t)) => gate.gate(t.as_bytes()),
+                Ok(Message::Binary(b)) => gate.gate(&b),
+                _ => None,
+            };
+            futures_util::future::ready(out)
+        });
+    let executor = SocketExecutor {
+        state: state.clone(),
+        socket: me.clone(),
+        limits: DocumentLimits::from_config(&app.config.graphql),
+    };
+    let mut data = Data::default();
+    data.insert(request_id.clone());
+    data.insert(client);
+    data.insert(Arc::new(crate::rbac::DenialsSeen::default()));
+    let (init_app, init_socket) = (app.clone(), me.clone());
+    let protocol_stream = async_graphql::http::WebSocket::from_message_stream(
+        executor,
+        Box::pin(input),
+        protocol,
+    )
+    .connection_data(data)
+    .on_connection_init(move |payload| accept(init_app, init_socket, payload));
+    futures_util::pin_mut!(protocol_stream);
+    let mut closed_by_protocol = false;
+    while let Some(msg) = protocol_stream.next().await {
+        let out = match msg {
+            WsMessage::Text(text) => {
+                me.saw_outgoing(&text);
+                Message::Text(text.into())
+            }
+            WsMessage::Close(code, reason) => {
+                closed_by_protocol = true;
+                protocol_close(code, reason)
+            }
+        };
+        if sink.send(out).await.is_err() {
+            break;
+        }
+    }
+    watcher.abort();
+    init_watcher.abort();
+    let close = if closed_by_protocol {
+        None
+    } else if shutdown.is_cancelled() {
+        Some((CLOSE_GOING_AWAY, "server shutting down".to_owned()))
+    } else {
+        me.close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    };
+    if let Some((code, reason)) = close {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+    tracing::debug!("websocket closed");
+}
