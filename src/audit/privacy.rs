@@ -23,8 +23,8 @@ use crate::auth::principal;
 use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
-    api_keys, audit_actors, audit_log, login_attempts, password_tokens, refresh_tokens, sessions,
-    team_members, teams, users,
+    api_keys, audit_actors, audit_heads, audit_log, login_attempts, password_tokens,
+    refresh_tokens, sessions, team_members, teams, users,
 };
 use crate::error::{AppError, AppResult};
 use crate::graphql::app;
@@ -230,6 +230,16 @@ pub async fn erase(
                 .execute(&mut *conn)
                 .await?;
         }
+        // The tenant's chain lock first (as audit appends take it), so concurrent
+        // erasures and demotions check the owner count one after the other.
+        diesel::update(audit_heads::table.find(&tid))
+            .set(audit_heads::seq.eq(audit_heads::seq))
+            .execute(&mut *conn)
+            .await?;
+        let was_owner = crate::tenancy::store::is_active_owner!(conn, &tid, &uid)
+            .ok_or_else(|| AppError::not_found("user"))?;
+        let keys_revoked =
+            crate::tenancy::store::revoke_keys_created_by!(conn, &tid, &actor_ref, now);
         diesel::update(
             users::table
                 .filter(users::tenant_id.eq(&tid))
@@ -245,6 +255,9 @@ pub async fn erase(
         ))
         .execute(&mut *conn)
         .await?;
+        if was_owner {
+            crate::tenancy::store::ensure_an_owner!(conn, &tid);
+        }
         diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(&tid))
@@ -328,6 +341,7 @@ pub async fn erase(
         audit.changes = Some(json!({
             "auditRecordsPseudonymized": pseudonymized,
             "sessionsDeleted": sessions_deleted,
+            "apiKeysRevoked": keys_revoked,
         }));
         crate::audit_append!(conn, &audit)?;
         Ok(Erased {
@@ -438,6 +452,7 @@ impl PrivacyMutation {
             )
             .into());
         }
+        crate::tenancy::graphql::may_change_user(a, p, &user).await?;
         let now = db_time(a.clock.now());
         let entry = Entry::change(
             &super::graphql::origin(ctx)?,

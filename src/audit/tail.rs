@@ -103,12 +103,7 @@ impl TailHub {
     }
 
     /// The follower of one tenant; ends when its last subscriber is gone.
-    async fn run(
-        self: Arc<Self>,
-        db: DbPool,
-        tenant: TenantId,
-        tx: broadcast::Sender<Arc<Batch>>,
-    ) {
+    async fn run(self: Arc<Self>, db: DbPool, tenant: TenantId, tx: broadcast::Sender<Arc<Batch>>) {
         let mut wake = COMMITS.subscribe();
         let mut last: Option<i64> = None;
         loop {

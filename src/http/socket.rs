@@ -216,7 +216,8 @@ impl SocketExecutor {
             }
         };
         if Rights::of(&p) != accepted.rights {
-            self.socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
+            self.socket
+                .close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
             return Err(server_error(AppError::forbidden(
                 "your permissions changed since this socket was opened; reconnect",
             )));
@@ -260,10 +261,7 @@ fn busy(message: String) -> AppError {
 }
 
 impl async_graphql::Executor for SocketExecutor {
-    fn execute(
-        &self,
-        request: GqlRequest,
-    ) -> impl Future<Output = async_graphql::Response> + Send {
+    fn execute(&self, request: GqlRequest) -> impl Future<Output = async_graphql::Response> + Send {
         let this = self.clone();
         async move {
             this.execute_stream(request, None)
@@ -293,12 +291,10 @@ impl async_graphql::Executor for SocketExecutor {
                         r
                     })
                     .boxed(),
-                Err(e) => {
-                    futures_util::stream::once(futures_util::future::ready(
-                        async_graphql::Response::from_errors(vec![e]),
-                    ))
-                    .boxed()
-                }
+                Err(e) => futures_util::stream::once(futures_util::future::ready(
+                    async_graphql::Response::from_errors(vec![e]),
+                ))
+                .boxed(),
             })
             .boxed()
     }
@@ -411,7 +407,11 @@ async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
 }
 
 /// Checks the credential in `connection_init`'s payload.
-async fn accept(app: Arc<App>, socket: Arc<SocketState>, payload: serde_json::Value) -> async_graphql::Result<Data> {
+async fn accept(
+    app: Arc<App>,
+    socket: Arc<SocketState>,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
     let header = payload
         .get("Authorization")
         .or_else(|| payload.get("authorization"))
@@ -483,10 +483,7 @@ async fn serve_socket(
     let shutdown = app.shutdown.clone();
     let me = Arc::new(SocketState::default());
     let watcher = tokio::spawn(watch_credentials(app.clone(), me.clone()));
-    let init_watcher = tokio::spawn(watch_init(
-        me.clone(),
-        app.config.websocket.init_timeout,
-    ));
+    let init_watcher = tokio::spawn(watch_init(me.clone(), app.config.websocket.init_timeout));
     let stop = {
         let (shutdown, ended) = (shutdown.clone(), me.ended.clone());
         async move {
@@ -518,13 +515,10 @@ async fn serve_socket(
     data.insert(client);
     data.insert(Arc::new(crate::rbac::DenialsSeen::default()));
     let (init_app, init_socket) = (app.clone(), me.clone());
-    let protocol_stream = async_graphql::http::WebSocket::from_message_stream(
-        executor,
-        Box::pin(input),
-        protocol,
-    )
-    .connection_data(data)
-    .on_connection_init(move |payload| accept(init_app, init_socket, payload));
+    let protocol_stream =
+        async_graphql::http::WebSocket::from_message_stream(executor, Box::pin(input), protocol)
+            .connection_data(data)
+            .on_connection_init(move |payload| accept(init_app, init_socket, payload));
     futures_util::pin_mut!(protocol_stream);
     let mut closed_by_protocol = false;
     while let Some(msg) = protocol_stream.next().await {

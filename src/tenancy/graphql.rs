@@ -380,6 +380,15 @@ pub struct UpdateUserRoleInput {
     pub role_id: ID,
 }
 
+/// Input of `restoreTenantOwner`.
+#[derive(InputObject)]
+pub struct RestoreTenantOwnerInput {
+    /// The tenant to repair.
+    pub tenant_id: ID,
+    /// The user of that tenant who becomes an active OWNER.
+    pub user_id: ID,
+}
+
 /// Input of `disableUser`.
 #[derive(InputObject)]
 pub struct DisableUserInput {
@@ -622,6 +631,42 @@ async fn tenant_for_admin(ctx: &Context<'_>, id: &ID) -> AppResult<TenantRow> {
         .ok_or_else(|| AppError::not_found("tenant"))
 }
 
+/// Refuses changes to a user who holds permissions the caller does not (an ADMIN cannot
+/// demote, disable or erase an OWNER). Platform admins may change anyone.
+pub async fn may_change_user(
+    app: &crate::app::App,
+    p: &Principal,
+    target: &UserRow,
+) -> AppResult<()> {
+    if p.platform_admin {
+        return Ok(());
+    }
+    let tenant = super::store::find(&app.db, target.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
+    let (held, platform) = crate::auth::role_permissions(app, &tenant, &target.role).await?;
+    if platform || !held.is_subset(&p.permissions) {
+        return Err(AppError::forbidden(
+            "this user holds permissions you do not hold; ask someone with at least their role",
+        ));
+    }
+    Ok(())
+}
+
+/// Ids of the unrevoked API keys `user` created (revoked with the user).
+pub async fn keys_created_by(
+    app: &crate::app::App,
+    tenant: crate::tenancy::TenantId,
+    user: UserId,
+) -> AppResult<Vec<String>> {
+    Ok(crate::auth::store::list_api_keys(&app.db, tenant)
+        .await?
+        .into_iter()
+        .filter(|k| k.created_by == format!("user:{user}") && k.revoked_at.is_none())
+        .map(|k| to_global_id(NodeKind::ApiKey, k.id.0).0)
+        .collect())
+}
+
 async fn user_in_tenant(ctx: &Context<'_>, id: &ID) -> AppResult<UserRow> {
     let p = principal(ctx)?;
     let uuid = decode_expecting(id, NodeKind::User, "user")?;
@@ -795,6 +840,42 @@ impl TenancyMutation {
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
+    /// Platform repair: makes a user of a tenant an active OWNER again (for a tenant left
+    /// without a usable owner). Recorded in that tenant's audit trail.
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn restore_tenant_owner(
+        &self,
+        ctx: &Context<'_>,
+        input: RestoreTenantOwnerInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let a = app(ctx)?;
+        let t = tenant_for_admin(ctx, &input.tenant_id).await?;
+        let uuid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
+        let mut user = super::store::find_user(&a.db, t.id, UserId(uuid))
+            .await?
+            .ok_or_else(|| AppError::not_found("user"))?;
+        let now = db_time(a.clock.now());
+        let mut origin = crate::audit::graphql::origin(ctx)?;
+        origin.tenant_id = t.id.to_string();
+        let audit = crate::audit::Entry::change(
+            &origin,
+            "user.owner_restored",
+            "user",
+            user.id,
+            Some(serde_json::json!({
+                "role": { "before": user.role, "after": BuiltinRole::Owner.as_str() },
+                "status": { "before": user.status, "after": UserStatus::Active.as_str() },
+            })),
+            now,
+        )
+        .severity(crate::audit::Severity::Critical);
+        super::store::restore_owner(&a.db, t.id, user.id, now, &audit).await?;
+        user.role = BuiltinRole::Owner.as_str().into();
+        user.status = UserStatus::Active.as_str().into();
+        user.updated_at = now;
+        Ok(UserPayload { user: User(user) })
+    }
+
     /// Creates a user in the caller's tenant; returns a one-time set-password token.
     #[graphql(guard = "Require(Permission::UsersManage)")]
     async fn create_user(
@@ -844,6 +925,7 @@ impl TenancyMutation {
         let a = app(ctx)?;
         let p = principal(ctx)?;
         let mut user = user_in_tenant(ctx, &input.user_id).await?;
+        may_change_user(a, p, &user).await?;
         let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
         let now = db_time(a.clock.now());
         let audit = crate::audit::Entry::change(
@@ -874,13 +956,18 @@ impl TenancyMutation {
         if p.user_id() == Some(user.id) {
             return Err(AppError::bad_input("userId", "you cannot disable yourself").into());
         }
+        may_change_user(a, p, &user).await?;
         let now = db_time(a.clock.now());
+        let keys = keys_created_by(a, p.tenant_id, user.id).await?;
         let audit = crate::audit::Entry::change(
             &crate::audit::graphql::origin(ctx)?,
             "user.disabled",
             "user",
             user.id,
-            Some(serde_json::json!({ "status": { "before": user.status, "after": UserStatus::Disabled.as_str() } })),
+            Some(serde_json::json!({
+                "status": { "before": user.status, "after": UserStatus::Disabled.as_str() },
+                "apiKeysRevoked": keys,
+            })),
             now,
         )
         .severity(crate::audit::Severity::Warning);

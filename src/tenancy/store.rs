@@ -205,7 +205,75 @@ pub async fn list_users(
     }))
 }
 
-/// Sets a user's role; returns whether the user exists in `tenant`.
+/// The refusal when a change would leave a tenant without an active OWNER.
+pub fn no_owner_left() -> crate::error::AppError {
+    crate::error::AppError::new(
+        crate::error::ErrorCode::Conflict,
+        "a tenant keeps at least one active OWNER: make another user OWNER first",
+    )
+}
+
+/// Inside a write transaction, after its audit append (which holds the tenant's chain
+/// lock, so concurrent changes of one tenant are checked one after the other): whether
+/// user `$user` of `$tenant` is an active OWNER now. Evaluates to `Option<bool>` (`None`:
+/// no such user).
+macro_rules! is_active_owner {
+    ($conn:expr, $tenant:expr, $user:expr) => {{
+        use $crate::db::schema::users;
+        users::table
+            .filter(users::tenant_id.eq($tenant))
+            .filter(users::id.eq($user))
+            .select((users::role, users::status))
+            .first::<(String, String)>(&mut *$conn)
+            .await
+            .optional()?
+            .map(|(role, status)| {
+                role == $crate::rbac::BuiltinRole::Owner.as_str()
+                    && status == $crate::tenancy::model::UserStatus::Active.as_str()
+            })
+    }};
+}
+pub(crate) use is_active_owner;
+
+/// Inside a write transaction: refuses (rolling it back) when `$tenant` has no active
+/// OWNER left.
+macro_rules! ensure_an_owner {
+    ($conn:expr, $tenant:expr) => {{
+        use $crate::db::schema::users;
+        let owners: i64 = users::table
+            .filter(users::tenant_id.eq($tenant))
+            .filter(users::role.eq($crate::rbac::BuiltinRole::Owner.as_str()))
+            .filter(users::status.eq($crate::tenancy::model::UserStatus::Active.as_str()))
+            .count()
+            .get_result(&mut *$conn)
+            .await?;
+        if owners == 0 {
+            return Err($crate::tenancy::store::no_owner_left());
+        }
+    }};
+}
+pub(crate) use ensure_an_owner;
+
+/// Inside a write transaction: revokes the unrevoked API keys created by `$user` (an
+/// actor reference, `user:<id>`);
+/// evaluates to how many.
+macro_rules! revoke_keys_created_by {
+    ($conn:expr, $tenant:expr, $user:expr, $now:expr) => {{
+        use $crate::db::schema::api_keys;
+        diesel::update(
+            api_keys::table
+                .filter(api_keys::tenant_id.eq($tenant))
+                .filter(api_keys::created_by.eq($user))
+                .filter(api_keys::revoked_at.is_null()),
+        )
+        .set(api_keys::revoked_at.eq(Some($now)))
+        .execute(&mut *$conn)
+        .await?
+    }};
+}
+pub(crate) use revoke_keys_created_by;
+
+/// Sets a user's role. The last active OWNER of a tenant keeps the role (`CONFLICT`).
 pub async fn set_user_role(
     db: &DbPool,
     tenant: TenantId,
@@ -213,25 +281,28 @@ pub async fn set_user_role(
     role: &str,
     now: NaiveDateTime,
     audit: &crate::audit::Entry,
-) -> AppResult<bool> {
+) -> AppResult<()> {
     crate::db_tx!(db, tenant, |conn| {
-        let changed = diesel::update(
+        crate::audit_append!(conn, audit)?;
+        let was_owner = is_active_owner!(conn, tenant, id)
+            .ok_or_else(|| crate::error::AppError::not_found("user"))?;
+        diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
         )
         .set((users::role.eq(role), users::updated_at.eq(now)))
-        .execute(conn)
-        .await?
-            == 1;
-        if changed {
-            crate::audit_append!(conn, audit)?;
+        .execute(&mut *conn)
+        .await?;
+        if was_owner {
+            ensure_an_owner!(conn, tenant);
         }
-        Ok(changed)
+        Ok(())
     })
 }
 
-/// Sets a user's status; returns whether the user exists in `tenant`.
+/// Sets a user's status. Disabling also revokes the API keys the user created (returns
+/// how many); the last active OWNER of a tenant cannot be disabled (`CONFLICT`).
 pub async fn set_user_status(
     db: &DbPool,
     tenant: TenantId,
@@ -239,21 +310,60 @@ pub async fn set_user_status(
     status: &str,
     now: NaiveDateTime,
     audit: &crate::audit::Entry,
-) -> AppResult<bool> {
+) -> AppResult<usize> {
+    let disabling = status != super::model::UserStatus::Active.as_str();
+    let creator = format!("user:{id}");
     crate::db_tx!(db, tenant, |conn| {
-        let changed = diesel::update(
+        crate::audit_append!(conn, audit)?;
+        let was_owner = is_active_owner!(conn, tenant, id)
+            .ok_or_else(|| crate::error::AppError::not_found("user"))?;
+        diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
         )
         .set((users::status.eq(status), users::updated_at.eq(now)))
-        .execute(conn)
-        .await?
-            == 1;
-        if changed {
-            crate::audit_append!(conn, audit)?;
+        .execute(&mut *conn)
+        .await?;
+        if was_owner && disabling {
+            ensure_an_owner!(conn, tenant);
         }
-        Ok(changed)
+        Ok(if disabling {
+            revoke_keys_created_by!(conn, tenant, &creator, now)
+        } else {
+            0
+        })
+    })
+}
+
+/// Makes user `id` an active OWNER of `tenant` (platform repair of a tenant whose owners
+/// were all demoted or disabled).
+pub async fn restore_owner(
+    db: &DbPool,
+    tenant: TenantId,
+    id: UserId,
+    now: NaiveDateTime,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
+    crate::db_tx!(db, tenant, |conn| {
+        crate::audit_append!(conn, audit)?;
+        let changed = diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(tenant))
+                .filter(users::id.eq(id))
+                .filter(users::status.ne(super::model::UserStatus::Erased.as_str())),
+        )
+        .set((
+            users::role.eq(crate::rbac::BuiltinRole::Owner.as_str()),
+            users::status.eq(super::model::UserStatus::Active.as_str()),
+            users::updated_at.eq(now),
+        ))
+        .execute(&mut *conn)
+        .await?;
+        if changed == 0 {
+            return Err(crate::error::AppError::not_found("user"));
+        }
+        Ok(())
     })
 }
 

@@ -785,6 +785,15 @@ async fn every_mutation_writes_exactly_one_record() {
         "mutation($i: ReactivateTenantInput!) { reactivateTenant(input: $i) { tenant { id } } }",
         json!({ "i": { "tenantId": tenant } })
     );
+    let owner_id = app.gql_as(&owner, "{ me { id } }", json!({})).await["data"]["me"]["id"].clone();
+    step!(
+        "restoreTenantOwner",
+        acme,
+        "user.owner_restored",
+        ad,
+        "mutation($i: RestoreTenantOwnerInput!) { restoreTenantOwner(input: $i) { user { id } } }",
+        json!({ "i": { "tenantId": tenant, "userId": owner_id } })
+    );
     // createTenant starts the new tenant's own chain.
     let before = chain(&app, &system).await;
     let out = app

@@ -14,6 +14,7 @@ mod schema_file;
 mod secrets;
 mod security;
 mod socket_limits;
+mod takeover;
 mod tenancy;
 mod websocket;
 mod workflows;

@@ -39,9 +39,11 @@ async fn the_protocol_close_codes_follow_graphql_transport_ws() {
     ] {
         let mut ws = ws_authed(&url, "graphql-transport-ws", &token).await;
         use futures_util::SinkExt as _;
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(bad.clone().into()))
-            .await
-            .expect("send");
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            bad.clone().into(),
+        ))
+        .await
+        .expect("send");
         assert_eq!(ws_close_code(&mut ws, 5).await, Some(4400), "{bad}");
     }
 
@@ -86,7 +88,8 @@ async fn sockets_per_address_and_operations_per_socket_and_principal_are_capped(
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 429);
-            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
             assert!(body.contains("RATE_LIMITED"), "{body}");
         }
         other => panic!("a fourth socket must be refused: {other:?}"),
@@ -157,7 +160,10 @@ async fn a_demoted_user_keeps_no_rights_on_an_open_socket() {
     // As ADMIN the socket may create users.
     ws_send(&mut ws, create("1", "first@demote.test")).await;
     let out = ws_next_json(&mut ws).await;
-    assert!(out["payload"]["data"]["createUser"]["user"]["id"].is_string(), "{out}");
+    assert!(
+        out["payload"]["data"]["createUser"]["user"]["id"].is_string(),
+        "{out}"
+    );
     assert_eq!(ws_next_json(&mut ws).await["type"], "complete");
 
     let demoted = app
@@ -174,7 +180,11 @@ async fn a_demoted_user_keeps_no_rights_on_an_open_socket() {
     ws_send(&mut ws, create("2", "second@demote.test")).await;
     assert_eq!(ws_close_code(&mut ws, 5).await, Some(4403));
     let users = app
-        .gql_as(&owner, "{ users(first: 50) { edges { node { email } } } }", json!({}))
+        .gql_as(
+            &owner,
+            "{ users(first: 50) { edges { node { email } } } }",
+            json!({}),
+        )
         .await;
     assert!(users.to_string().contains("first@demote.test"), "{users}");
     assert!(!users.to_string().contains("second@demote.test"), "{users}");
@@ -194,12 +204,19 @@ async fn audit_subscriptions_share_one_tail_per_tenant() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         statements.load(std::sync::atomic::Ordering::SeqCst) - before
     };
-    ws_send(&mut ws, subscribe("0", "subscription { auditEvents { sequence action } }")).await;
+    ws_send(
+        &mut ws,
+        subscribe("0", "subscription { auditEvents { sequence action } }"),
+    )
+    .await;
     let one = idle_statements().await;
     for i in 1..subs {
         ws_send(
             &mut ws,
-            subscribe(&i.to_string(), "subscription { auditEvents { sequence action } }"),
+            subscribe(
+                &i.to_string(),
+                "subscription { auditEvents { sequence action } }",
+            ),
         )
         .await;
     }
@@ -226,7 +243,9 @@ async fn audit_subscriptions_share_one_tail_per_tenant() {
         let m = ws_next_json(&mut ws).await;
         assert_eq!(m["type"], "next", "{m}");
         if m["payload"]["data"]["auditEvents"]["action"] == "user.created" {
-            *seen.entry(m["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            *seen
+                .entry(m["id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
         }
     }
     assert_eq!(seen.len(), subs);
