@@ -54,6 +54,8 @@ pub struct AppState {
     pub app: Arc<App>,
     /// The GraphQL schema, holding `Arc<App>` as context data.
     pub schema: AppSchema,
+    /// The same schema for requests without credentials (see `graphql.anonymous_*`).
+    pub anonymous_schema: AppSchema,
 }
 
 impl AppState {
@@ -91,7 +93,12 @@ impl AppState {
             config,
         });
         let schema = build_schema(Some(app.clone()));
-        Ok(Self { app, schema })
+        let anonymous_schema = crate::graphql::build_anonymous_schema(app.clone());
+        Ok(Self {
+            app,
+            schema,
+            anonymous_schema,
+        })
     }
 }
 

@@ -142,8 +142,9 @@ pub struct GraphqlConfig {
     pub max_batch: usize,
     /// Whether callers without credentials may introspect the schema (GraphiQL needs it).
     pub anonymous_introspection: bool,
-    /// Whether validation errors suggest names ("Did you mean …?").
-    pub suggestions: bool,
+    /// Whether validation errors to callers without credentials suggest names ("Did you
+    /// mean …?"); signed-in callers always get suggestions.
+    pub anonymous_suggestions: bool,
 }
 
 /// GraphQL-over-WebSocket limits.
@@ -413,7 +414,7 @@ struct FileGraphql {
     max_spreads: Option<toml::Value>,
     max_batch: Option<toml::Value>,
     anonymous_introspection: Option<toml::Value>,
-    suggestions: Option<toml::Value>,
+    anonymous_suggestions: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -740,7 +741,7 @@ impl Config {
                     "graphql.max_complexity",
                     toml_scalar(file.graphql.max_complexity),
                 ),
-                2000usize,
+                10_000usize,
                 10,
                 1_000_000,
                 "a complexity between 10 and 1000000",
@@ -797,11 +798,11 @@ impl Config {
                 ),
                 true,
             )?,
-            suggestions: parse_bool(
+            anonymous_suggestions: parse_bool(
                 layers.pick(
-                    "AGENTPLANE_GRAPHQL_SUGGESTIONS",
-                    "graphql.suggestions",
-                    toml_scalar(file.graphql.suggestions),
+                    "AGENTPLANE_GRAPHQL_ANONYMOUS_SUGGESTIONS",
+                    "graphql.anonymous_suggestions",
+                    toml_scalar(file.graphql.anonymous_suggestions),
                 ),
                 false,
             )?,

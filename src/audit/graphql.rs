@@ -306,7 +306,10 @@ pub async fn list(
 #[Object]
 impl AuditQuery {
     /// The caller's tenant's audit trail, newest first.
-    #[graphql(guard = "Require(Permission::AuditRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "Require(Permission::AuditRead)"
+    )]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

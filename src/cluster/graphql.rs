@@ -515,6 +515,7 @@ pub struct Cluster;
 #[Object]
 impl Cluster {
     /// Every node (platform admins), ordered by id.
+    #[graphql(complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)")]
     async fn nodes(
         &self,
         ctx: &Context<'_>,

@@ -117,7 +117,10 @@ impl Execution {
         to_global_id(NodeKind::Execution, self.0.id.0)
     }
     /// Audit records about this execution, newest first (audit.read).
-    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+    )]
     async fn audit_trail(
         &self,
         ctx: &Context<'_>,
@@ -424,7 +427,10 @@ async fn visible_workflow_ids(
 #[Object]
 impl ExecutionQuery {
     /// Executions of workflows the caller may see, newest first.
-    #[graphql(guard = "Require(Permission::ExecutionsRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "Require(Permission::ExecutionsRead)"
+    )]
     async fn executions(
         &self,
         ctx: &Context<'_>,

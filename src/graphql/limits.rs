@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::ValidationResult;
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
+};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{ErrorExtensionValues, Name, ServerError, ServerResult, Variables};
 
@@ -210,6 +213,62 @@ impl Extension for DocumentLimits {
             return Err(refusal(message, limit));
         }
         Ok(doc)
+    }
+}
+
+/// Request data: one complexity budget shared by every operation of a batched HTTP
+/// request (each operation is also held to the limit alone by async-graphql).
+#[derive(Debug)]
+pub struct SharedBudget {
+    max: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedBudget {
+    /// A budget of `max` complexity for one HTTP request.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Charges each validated operation's complexity to the request's [`SharedBudget`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchBudget;
+
+impl ExtensionFactory for BatchBudget {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(*self)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for BatchBudget {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        if let Some(budget) = ctx.data_opt::<Arc<SharedBudget>>() {
+            let used = budget
+                .used
+                .fetch_add(result.complexity, std::sync::atomic::Ordering::SeqCst)
+                .saturating_add(result.complexity);
+            if used > budget.max {
+                return Err(vec![refusal(
+                    format!(
+                        "the operations of this batch together have complexity {used}; at \
+                         most {} is accepted per request: send fewer or smaller operations",
+                        budget.max
+                    ),
+                    "maxComplexity",
+                )]);
+            }
+        }
+        Ok(result)
     }
 }
 

@@ -59,7 +59,7 @@ mod relay_root;
 
 /// Default limits used when building the schema without a running app (`agentplane schema`).
 const DEFAULT_DEPTH: usize = 12;
-const DEFAULT_COMPLEXITY: usize = 2000;
+const DEFAULT_COMPLEXITY: usize = 10_000;
 const DEFAULT_DOCUMENT_LIMITS: limits::DocumentLimits = limits::DocumentLimits {
     max_selections: 10_000,
     max_fragments: 100,
@@ -69,6 +69,18 @@ const DEFAULT_DOCUMENT_LIMITS: limits::DocumentLimits = limits::DocumentLimits {
 /// Builds the schema. With `app`, limits come from its config and resolvers can reach
 /// state; without it (SDL export), only the type system is needed.
 pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
+    build(app, true)
+}
+
+/// The schema for callers without credentials: "Did you mean …?" suggestions only when
+/// `graphql.anonymous_suggestions` allows them (they help map a schema one guess at a
+/// time).
+pub fn build_anonymous_schema(app: Arc<App>) -> AppSchema {
+    let suggestions = app.config.graphql.anonymous_suggestions;
+    build(Some(app), suggestions)
+}
+
+fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
     let (depth, complexity) = app
         .as_ref()
         .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
@@ -85,7 +97,11 @@ pub fn build_schema(app: Option<Arc<App>>) -> AppSchema {
     .limit_depth(depth)
     .limit_complexity(complexity)
     .extension(document_limits)
+    .extension(limits::BatchBudget)
     .extension(extensions::OperationLog);
+    if !suggestions {
+        builder = builder.disable_suggestions();
+    }
     if let Some(app) = app {
         builder = builder.data(app);
     }

@@ -5,7 +5,7 @@
 //! see is `NOT_FOUND`, exactly as a missing one.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{ID, OutputType, SimpleObject};
+use async_graphql::{ID, Object, OutputType};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
@@ -105,10 +105,30 @@ pub fn decode_expecting(id: &ID, kind: NodeKind, what: &str) -> AppResult<Uuid> 
 }
 
 /// Extra fields every connection carries.
-#[derive(SimpleObject, Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectionFields {
     /// Number of objects matching the filter, ignoring pagination.
     pub total_count: i64,
+}
+
+#[Object]
+impl ConnectionFields {
+    /// Number of objects matching the filter, ignoring pagination.
+    // Complexity 10: a count visits every matching row, not one.
+    #[graphql(complexity = 10)]
+    async fn total_count(&self) -> i64 {
+        self.total_count
+    }
+}
+
+/// Complexity of a connection field: what one item costs, times the items a page may
+/// hold (`first` or `last`, else the default page), plus one for the field itself. So
+/// nested pages multiply, as their work does.
+pub fn page_cost(first: Option<i32>, last: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.or(last).unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    1 + usize::try_from(items)
+        .unwrap_or(1)
+        .saturating_mul(child_complexity)
 }
 
 /// A connection type with `totalCount`.

@@ -175,13 +175,36 @@ async fn execute(
             }
         }
     };
-    // One set for the whole HTTP request, batched operations included.
+    let limits = &state.app.config.graphql;
+    if let BatchRequest::Batch(rs) = &batch {
+        if rs.len() > limits.max_batch {
+            return app_error_response(
+                StatusCode::BAD_REQUEST,
+                AppError::bad_input(
+                    "batch",
+                    format!(
+                        "a batch holds at most {} operations; this one has {}",
+                        limits.max_batch,
+                        rs.len()
+                    ),
+                )
+                .with_detail("limit", "maxBatch"),
+                &request_id.0,
+            );
+        }
+    }
+    // One set of denials and one complexity budget for the whole HTTP request, batched
+    // operations included.
     let denials = Arc::new(crate::rbac::DenialsSeen::default());
+    let budget = Arc::new(crate::graphql::limits::SharedBudget::new(
+        limits.max_complexity,
+    ));
     let attach = |r: GqlRequest| {
         let r = r
             .data(request_id.clone())
             .data(client.clone())
-            .data(denials.clone());
+            .data(denials.clone())
+            .data(budget.clone());
         match &principal {
             Some(p) => r
                 .data(crate::graphql::loaders::Loaders::for_principal(
@@ -194,10 +217,20 @@ async fn execute(
     };
     // Document limits before async-graphql sees the document (its pre-validation walk
     // follows fragment spreads as written, exponential in a crafted document).
-    let limits = crate::graphql::limits::DocumentLimits::from_config(&state.app.config.graphql);
+    let document_limits = crate::graphql::limits::DocumentLimits::from_config(limits);
+    let anonymous_introspection = limits.anonymous_introspection;
     let run = |r: GqlRequest| {
-        let admitted = limits.admit(r).map(&attach);
-        let schema = state.schema.clone();
+        let r = if principal.is_none() && !anonymous_introspection {
+            r.disable_introspection()
+        } else {
+            r
+        };
+        let admitted = document_limits.admit(r).map(&attach);
+        let schema = if principal.is_some() {
+            state.schema.clone()
+        } else {
+            state.anonymous_schema.clone()
+        };
         async move {
             match admitted {
                 Ok(r) => schema.execute(r).await,

@@ -139,7 +139,10 @@ impl User {
         to_global_id(NodeKind::User, self.0.id.0)
     }
     /// Audit records about this user and of what they did, newest first (audit.read).
-    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+    )]
     async fn audit_trail(
         &self,
         ctx: &Context<'_>,
@@ -692,7 +695,10 @@ impl TenancyQuery {
     }
 
     /// Every tenant (platform admins).
-    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, last, child_complexity)",
+        guard = "Require(Permission::PlatformTenants)"
+    )]
     async fn tenants(
         &self,
         ctx: &Context<'_>,
@@ -707,7 +713,10 @@ impl TenancyQuery {
     }
 
     /// The tenant's users.
-    #[graphql(guard = "Require(Permission::UsersRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, last, child_complexity)",
+        guard = "Require(Permission::UsersRead)"
+    )]
     async fn users(
         &self,
         ctx: &Context<'_>,

@@ -205,7 +205,10 @@ impl Workflow {
         to_global_id(NodeKind::Workflow, self.0.id.0)
     }
     /// Audit records about this workflow, newest first (audit.read).
-    #[graphql(guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+    )]
     async fn audit_trail(
         &self,
         ctx: &Context<'_>,
@@ -562,7 +565,10 @@ pub struct WorkflowQuery;
 #[Object]
 impl WorkflowQuery {
     /// Workflows the caller may see, filtered and ordered (default: newest first).
-    #[graphql(guard = "Require(Permission::WorkflowsRead)")]
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, last, child_complexity)",
+        guard = "Require(Permission::WorkflowsRead)"
+    )]
     #[expect(
         clippy::too_many_arguments,
         reason = "each argument is a GraphQL argument of the field"

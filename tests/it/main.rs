@@ -9,6 +9,7 @@ mod foundation;
 mod helpers;
 mod identity;
 mod isolation;
+mod query_cost;
 mod reliability;
 mod schema_file;
 mod secrets;
