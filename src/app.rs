@@ -45,6 +45,8 @@ pub struct App {
     pub socket_slots: crate::http::socket::SocketSlots,
     /// One audit follower per watched tenant, shared by its `auditEvents` subscriptions.
     pub audit_tails: Arc<crate::audit::tail::TailHub>,
+    /// The threads step templates render on, and their limits.
+    pub templates: crate::executions::templates::Templates,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -90,6 +92,7 @@ impl AppState {
             ),
             socket_slots: crate::http::socket::SocketSlots::default(),
             audit_tails: Arc::default(),
+            templates: crate::executions::templates::Templates::new(&config.engine),
             config,
         });
         let schema = build_schema(Some(app.clone()));

@@ -272,6 +272,11 @@ pub struct EngineConfig {
     /// How often the retention job deletes audit records and finished executions older
     /// than each tenant's `dataRetentionDays`.
     pub retention_interval: Duration,
+    /// Largest step output (and rendered template, and `http` response) kept; a larger
+    /// one fails the step.
+    pub max_step_output_bytes: usize,
+    /// How long one step's template rendering may take.
+    pub template_timeout: Duration,
 }
 
 /// Parses `model=prompt:completion,…` (USD per million tokens).
@@ -376,6 +381,8 @@ struct FileEngine {
     llm_prices: Option<String>,
     scheduler_tick_ms: Option<toml::Value>,
     retention_interval_ms: Option<toml::Value>,
+    max_step_output_bytes: Option<toml::Value>,
+    template_timeout_ms: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1155,6 +1162,28 @@ impl Config {
                     )
                 })?,
             },
+            max_step_output_bytes: parse_num(
+                layers.pick(
+                    "AGENTPLANE_MAX_STEP_OUTPUT_BYTES",
+                    "engine.max_step_output_bytes",
+                    toml_scalar(fe.max_step_output_bytes),
+                ),
+                1024 * 1024usize,
+                1024,
+                64 * 1024 * 1024,
+                "bytes between 1024 and 67108864",
+            )?,
+            template_timeout: Duration::from_millis(parse_num(
+                layers.pick(
+                    "AGENTPLANE_TEMPLATE_TIMEOUT_MS",
+                    "engine.template_timeout_ms",
+                    toml_scalar(fe.template_timeout_ms),
+                ),
+                2000u64,
+                10,
+                60_000,
+                "milliseconds between 10 and 60000",
+            )?),
             scheduler_tick: Duration::from_millis(parse_num(
                 layers.pick(
                     "AGENTPLANE_SCHEDULER_TICK_MS",

@@ -1,5 +1,6 @@
 //! Counted slots per key (client address, principal): how many of something one key holds
-//! at once, released when the slot is dropped.
+//! at once, released when the slot is dropped; and [`Lane`], a fixed set of threads for
+//! blocking work with a bounded queue.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -67,6 +68,74 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
                 m.remove(&self.key);
             }
         }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs blocking or CPU-heavy work (password hashing, template rendering) on `threads`
+/// dedicated threads, never on a runtime worker, with at most `queue` more jobs waiting;
+/// beyond that [`Lane::run`] refuses at once instead of piling up threads and memory.
+pub struct Lane {
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    admitted: Arc<tokio::sync::Semaphore>,
+}
+
+/// [`Lane::run`] refused the job: every thread is busy and the queue is full.
+#[derive(Debug)]
+pub struct Busy;
+
+impl Lane {
+    /// Starts `threads` threads named `<name>-<n>` (they end when the lane is dropped).
+    pub fn new(name: &str, threads: usize, queue: usize) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the lane was dropped
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, lane = name, "starting a worker thread failed");
+            }
+        }
+        Self {
+            jobs: Mutex::new(tx),
+            admitted: Arc::new(tokio::sync::Semaphore::new(threads + queue)),
+        }
+    }
+
+    /// Runs `work` on one of the lane's threads and waits for its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
+            return Err(Busy);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(work());
+            drop(admitted);
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job)
+            .map_err(|_| Busy)?;
+        rx.await.map_err(|_| Busy)
     }
 }
 

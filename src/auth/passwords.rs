@@ -16,43 +16,16 @@ use sha2::{Digest, Sha256};
 /// address. Beyond that a sign-in fails at once with `RATE_LIMITED` instead of piling up
 /// threads and memory.
 pub struct HashSlots {
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
-    admitted: std::sync::Arc<tokio::sync::Semaphore>,
+    lane: crate::slots::Lane,
     per_address: usize,
     by_address: crate::slots::KeyedSlots<std::net::IpAddr>,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 impl HashSlots {
     /// Starts `running` hashing threads (they end when this is dropped).
     pub fn new(running: usize, queue: usize, per_address: usize) -> Self {
-        let running = running.max(1);
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..running {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("password-hash-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return, // the slots were dropped
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "starting a password-hashing thread failed");
-            }
-        }
         Self {
-            jobs: std::sync::Mutex::new(tx),
-            admitted: std::sync::Arc::new(tokio::sync::Semaphore::new(running + queue)),
+            lane: crate::slots::Lane::new("password-hash", running, queue),
             per_address: per_address.max(1),
             by_address: crate::slots::KeyedSlots::default(),
         }
@@ -83,22 +56,10 @@ impl HashSlots {
             },
             None => None,
         };
-        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
-            return Err(Self::busy("the server is busy checking passwords"));
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(work());
-            drop(admitted);
-        });
-        self.jobs
-            .lock()
-            .map_err(|_| crate::error::AppError::internal(anyhow::anyhow!("poisoned")))?
-            .send(job)
-            .map_err(|_| {
-                crate::error::AppError::internal(anyhow::anyhow!("hashing threads gone"))
-            })?;
-        rx.await.map_err(crate::error::AppError::internal)
+        self.lane
+            .run(work)
+            .await
+            .map_err(|_| Self::busy("the server is busy checking passwords"))
     }
 }
 

@@ -191,6 +191,7 @@ diesel::table! {
         created_by -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        allowed_hosts -> Nullable<Text>,
     }
 }
 

@@ -807,6 +807,7 @@ impl Engine {
         let max_attempts = i64::from(step.retry.as_ref().map_or(1, |r| r.max_attempts.max(1)));
         let timeout = Duration::from_secs(u64::from(step.timeout_seconds.unwrap_or(300)));
         let mut attempt = first_attempt;
+        let ctx = std::sync::Arc::new(ctx);
         loop {
             let Ok(permit) = self.step_slots.clone().acquire_owned().await else {
                 return StepEnd::LeaseLost;
@@ -853,10 +854,23 @@ impl Engine {
                 started_at: None,
                 ..start
             };
+            // An output larger than the limit is not stored, evented or passed on.
+            let max_output = self.app.config.engine.max_step_output_bytes;
+            let result = result.and_then(|outcome| {
+                let text = outcome.output.to_string();
+                if text.len() > max_output {
+                    Err((
+                        StepStatus::Failed,
+                        super::templates::too_large("output", max_output),
+                    ))
+                } else {
+                    Ok((outcome, text))
+                }
+            });
             let end = match result {
-                Ok(outcome) => {
+                Ok((outcome, text)) => {
                     change.status = StepStatus::Succeeded;
-                    change.output = Some(outcome.output.to_string());
+                    change.output = Some(text);
                     change.prompt_tokens = outcome.prompt_tokens;
                     change.completion_tokens = outcome.completion_tokens;
                     change.cost_usd = outcome.cost_usd;

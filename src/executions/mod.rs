@@ -9,3 +9,4 @@ pub mod schedules;
 pub mod service;
 pub mod steps;
 pub mod store;
+pub mod templates;

@@ -1,15 +1,15 @@
-//! Step runners: `llm`, `http`, `transform`, `condition`, `delay`.
-//!
-//! Templates (minijinja) see `input` (the execution input), `steps.<id>.output` (outputs
-//! of finished steps) and `execution.id`. Rendering has a fuel limit, so a template
-//! cannot spin forever.
+//! Step runners: `llm`, `http`, `transform`, `condition`, `delay`. Templates render
+//! through [`super::templates`], within its limits; a secret sent by a step is redacted
+//! from whatever the step returns.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use super::egress;
+use super::templates::{self, render, render_json};
 use crate::app::App;
 use crate::tenancy::TenantId;
 use crate::workflows::dag::Step;
@@ -44,13 +44,15 @@ pub struct StepError {
 }
 
 impl StepError {
-    fn fatal(message: impl Into<String>) -> Self {
+    /// A failure that another attempt would repeat.
+    pub fn fatal(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: false,
         }
     }
-    fn transient(message: impl Into<String>) -> Self {
+    /// A failure another attempt may not meet.
+    pub fn transient(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: true,
@@ -69,7 +71,7 @@ pub struct StepInput<'a> {
     /// The execution's tenant.
     pub tenant: TenantId,
     /// The template context: `{input, steps, execution}`.
-    pub context: &'a Value,
+    pub context: &'a Arc<Value>,
 }
 
 /// Builds the template context.
@@ -79,37 +81,6 @@ pub fn context(execution_id: &str, input: &Value, outputs: &HashMap<String, Valu
         .map(|(k, v)| (k.clone(), json!({ "output": v })))
         .collect();
     json!({ "input": input, "steps": steps, "execution": { "id": execution_id } })
-}
-
-fn env() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    env.set_fuel(Some(200_000));
-    env
-}
-
-/// Renders a template against the context.
-pub fn render(template: &str, ctx: &Value, field: &str) -> Result<String, StepError> {
-    env()
-        .render_str(template, ctx)
-        .map_err(|e| StepError::fatal(format!("{field}: template error: {e}")))
-}
-
-/// Renders every string inside a JSON value.
-fn render_json(v: &Value, ctx: &Value, field: &str) -> Result<Value, StepError> {
-    Ok(match v {
-        Value::String(s) => Value::String(render(s, ctx, field)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| render_json(x, ctx, field))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_json(x, ctx, field)?)))
-                .collect::<Result<_, StepError>>()?,
-        ),
-        other => other.clone(),
-    })
 }
 
 /// Runs one attempt of `step`.
@@ -125,8 +96,17 @@ pub async fn run(step: &Step, input: &StepInput<'_>) -> Result<Outcome, StepErro
             })
         }
         "transform" => {
-            let tpl = cfg.get("template").and_then(Value::as_str).unwrap_or("");
-            let text = render(tpl, input.context, "config.template")?;
+            let tpl = cfg
+                .get("template")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let ctx = input.context.clone();
+            let text = input
+                .app
+                .templates
+                .run(move |l| render(&tpl, &ctx, "config.template", l))
+                .await?;
             let output = serde_json::from_str(&text).unwrap_or(Value::String(text));
             Ok(Outcome {
                 output,
@@ -134,15 +114,17 @@ pub async fn run(step: &Step, input: &StepInput<'_>) -> Result<Outcome, StepErro
             })
         }
         "condition" => {
-            let expr = cfg.get("expression").and_then(Value::as_str).unwrap_or("");
-            let env = env();
-            let compiled = env.compile_expression(expr).map_err(|e| {
-                StepError::fatal(format!("config.expression: invalid expression: {e}"))
-            })?;
-            let result = compiled
-                .eval(input.context)
-                .map_err(|e| StepError::fatal(format!("config.expression: {e}")))?
-                .is_true();
+            let expr = cfg
+                .get("expression")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let ctx = input.context.clone();
+            let result = input
+                .app
+                .templates
+                .run(move |l| templates::eval(&expr, &ctx, l))
+                .await?;
             let list = |name: &str| -> Vec<String> {
                 cfg.get(name)
                     .and_then(Value::as_array)
@@ -200,42 +182,59 @@ fn request_error(e: &reqwest::Error) -> StepError {
 
 async fn run_http(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepError> {
     let method = cfg.get("method").and_then(Value::as_str).unwrap_or("GET");
-    let raw_url = render(
-        cfg.get("url").and_then(Value::as_str).unwrap_or(""),
-        input.context,
-        "config.url",
-    )?;
-    let url = parse_url(&raw_url, input.policy)?;
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| StepError::fatal("config.method: unknown method"))?;
     let timeout = cfg
         .get("timeoutMs")
         .and_then(Value::as_u64)
         .unwrap_or(DEFAULT_HTTP_TIMEOUT_MS);
+    // A response larger than a step output may be cannot be kept anyway: read no more.
+    let max_output = input.app.config.engine.max_step_output_bytes;
     let limit = cfg
         .get("maxResponseBytes")
         .and_then(Value::as_u64)
         .map_or(DEFAULT_MAX_RESPONSE, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
-        });
+        })
+        .min(max_output);
+    let (ctx, cfg_owned) = (input.context.clone(), cfg.clone());
+    let (raw_url, headers, body) = input
+        .app
+        .templates
+        .run(move |l| {
+            let url = render(
+                cfg_owned.get("url").and_then(Value::as_str).unwrap_or(""),
+                &ctx,
+                "config.url",
+                l,
+            )?;
+            let mut headers = Vec::new();
+            if let Some(h) = cfg_owned.get("headers").and_then(Value::as_object) {
+                for (k, v) in h {
+                    let v = render(v.as_str().unwrap_or(""), &ctx, "config.headers", l)?;
+                    headers.push((k.clone(), v));
+                }
+            }
+            let body = match cfg_owned.get("body") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(Err(render(s, &ctx, "config.body", l)?)),
+                Some(other) => Some(Ok(render_json(other, &ctx, "config.body", l)?)),
+            };
+            Ok((url, headers, body))
+        })
+        .await?;
+    let url = parse_url(&raw_url, input.policy)?;
     let mut req = input
         .http
         .request(method, url)
         .timeout(Duration::from_millis(timeout));
-    if let Some(h) = cfg.get("headers").and_then(Value::as_object) {
-        for (k, v) in h {
-            let v = render(v.as_str().unwrap_or(""), input.context, "config.headers")?;
-            req = req.header(k.as_str(), v);
-        }
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v);
     }
-    match cfg.get("body") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            req = req.body(render(s, input.context, "config.body")?);
-        }
-        Some(other) => {
-            req = req.json(&render_json(other, input.context, "config.body")?);
-        }
+    match body {
+        None => {}
+        Some(Err(text)) => req = req.body(text),
+        Some(Ok(json)) => req = req.json(&json),
     }
     let resp = req.send().await.map_err(|e| request_error(&e))?;
     let status = resp.status();
@@ -269,28 +268,97 @@ async fn run_http(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepErr
     })
 }
 
+/// Secrets a step sent, by name: whatever the step returns is searched for them.
+type Sent = Vec<(String, secrecy::SecretString)>;
+
+/// Replaces every secret value `sent` in `text` with `[secret NAME]`.
+fn redact_text(text: &str, sent: &Sent) -> String {
+    use secrecy::ExposeSecret as _;
+    let mut out = text.to_owned();
+    for (name, value) in sent {
+        let v = value.expose_secret();
+        // Shorter values would match ordinary text; secrets are API keys and the like.
+        if v.len() >= 4 && out.contains(v) {
+            out = out.replace(v, &format!("[secret {name}]"));
+        }
+    }
+    out
+}
+
+fn redact_value(v: &mut Value, sent: &Sent) {
+    match v {
+        Value::String(s) => *s = redact_text(s, sent),
+        Value::Array(a) => a.iter_mut().for_each(|x| redact_value(x, sent)),
+        Value::Object(o) => {
+            let entries = std::mem::take(o);
+            for (k, mut x) in entries {
+                redact_value(&mut x, sent);
+                o.insert(redact_text(&k, sent), x);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs an `llm` step; the secret it sends is redacted from its output and its error (a
+/// server that echoes the request, or a provider error quoting the key, reveals nothing
+/// to the step's readers).
 async fn run_llm(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepError> {
+    let mut sent = Sent::new();
+    let result = call_llm(cfg, input, &mut sent).await;
+    if sent.is_empty() {
+        return result;
+    }
+    match result {
+        Ok(mut o) => {
+            redact_value(&mut o.output, &sent);
+            Ok(o)
+        }
+        Err(mut e) => {
+            e.message = redact_text(&e.message, &sent);
+            Err(e)
+        }
+    }
+}
+
+async fn call_llm(
+    cfg: &Value,
+    input: &StepInput<'_>,
+    sent: &mut Sent,
+) -> Result<Outcome, StepError> {
     let base = cfg.get("baseUrl").and_then(Value::as_str).unwrap_or("");
     let url = parse_url(
         &format!("{}/chat/completions", base.trim_end_matches('/')),
         input.policy,
     )?;
+    let url_host = url.host_str().map(str::to_owned);
     let model = cfg.get("model").and_then(Value::as_str).unwrap_or("");
-    let mut messages = Vec::new();
-    for m in cfg
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-        let content = render(
-            m.get("content").and_then(Value::as_str).unwrap_or(""),
-            input.context,
-            "config.messages",
-        )?;
-        messages.push(json!({ "role": role, "content": content }));
-    }
+    let (ctx, raw_messages) = (
+        input.context.clone(),
+        cfg.get("messages").cloned().unwrap_or(Value::Null),
+    );
+    let messages = input
+        .app
+        .templates
+        .run(move |l| {
+            let mut messages = Vec::new();
+            for m in raw_messages
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+                let content = render(
+                    m.get("content").and_then(Value::as_str).unwrap_or(""),
+                    &ctx,
+                    "config.messages",
+                    l,
+                )?;
+                messages.push(json!({ "role": role, "content": content }));
+            }
+            Ok(messages)
+        })
+        .await?;
     let mut body = json!({ "model": model, "messages": messages });
     if let Some(t) = cfg.get("temperature") {
         body["temperature"] = t.clone();
@@ -304,7 +372,8 @@ async fn run_llm(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepErro
         .timeout(Duration::from_secs(600))
         .json(&body);
     if let Some(name) = cfg.get("apiKeySecret").and_then(Value::as_str) {
-        let key = crate::secrets::reveal(input.app, input.tenant, name)
+        let host = url_host.as_deref().unwrap_or_default();
+        let key = crate::secrets::reveal_for_host(input.app, input.tenant, name, host)
             .await
             .map_err(|e| {
                 StepError::fatal(format!(
@@ -314,10 +383,14 @@ async fn run_llm(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepErro
             })?;
         use secrecy::ExposeSecret as _;
         req = req.bearer_auth(key.expose_secret());
+        sent.push((name.to_owned(), key));
     }
     let resp = req.send().await.map_err(|e| request_error(&e))?;
     let status = resp.status();
-    let raw = egress::read_limited(resp, 8 * 1024 * 1024)
+    // The answer is parsed and its content kept: read a bounded multiple of what a step
+    // output may hold.
+    let max_output = input.app.config.engine.max_step_output_bytes;
+    let raw = egress::read_limited(resp, max_output.saturating_mul(2).max(64 * 1024))
         .await
         .map_err(StepError::transient)?;
     if !status.is_success() {
@@ -373,25 +446,4 @@ async fn run_llm(cfg: &Value, input: &StepInput<'_>) -> Result<Outcome, StepErro
         cost_usd: cost,
         skip: Vec::new(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_see_input_and_prior_outputs() {
-        let mut outs = HashMap::new();
-        outs.insert("a".to_owned(), json!({ "n": 2 }));
-        let ctx = context("e1", &json!({ "name": "Ada" }), &outs);
-        let s =
-            render("{{ input.name }} has {{ steps.a.output.n * 3 }}", &ctx, "t").expect("renders");
-        assert_eq!(s, "Ada has 6");
-        let e = render(
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-            &ctx,
-            "t",
-        );
-        assert!(e.is_err(), "fuel stops runaway templates");
-    }
 }

@@ -54,6 +54,51 @@ pub struct SecretRow {
     pub created_at: NaiveDateTime,
     /// Last change.
     pub updated_at: NaiveDateTime,
+    /// JSON array of the only hosts the value may be sent to; `None`: any host.
+    pub allowed_hosts: Option<String>,
+}
+
+impl SecretRow {
+    /// The hosts the value may be sent to (empty: any).
+    pub fn hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Normalises `allowedHosts`: host names or IP addresses, lower-case, no scheme, port or
+/// path; at most 20.
+fn check_hosts(hosts: &[String]) -> AppResult<Option<String>> {
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    if hosts.len() > 20 {
+        return Err(AppError::bad_input("allowedHosts", "at most 20 hosts"));
+    }
+    let mut out = Vec::new();
+    for h in hosts {
+        let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !h.is_empty()
+            && h.len() <= 253
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid || h.contains("//") {
+            return Err(AppError::bad_input(
+                "allowedHosts",
+                format!(
+                    "{h:?} is not a host name: give names like api.openai.com, without scheme or path"
+                ),
+            ));
+        }
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    serde_json::to_string(&out)
+        .map(Some)
+        .map_err(AppError::internal)
 }
 
 fn aad(tenant: TenantId, name: &str) -> Vec<u8> {
@@ -157,6 +202,7 @@ async fn upsert(db: &DbPool, row: &SecretRow, audit: &crate::audit::Entry) -> Ap
                 secrets::nonce.eq(&row.nonce),
                 secrets::ciphertext.eq(&row.ciphertext),
                 secrets::updated_at.eq(row.updated_at),
+                secrets::allowed_hosts.eq(&row.allowed_hosts),
             ))
             .execute(conn)
             .await?;
@@ -219,9 +265,11 @@ pub async fn set(
     actor: &str,
     name: &str,
     value: &str,
+    allowed_hosts: &[String],
 ) -> AppResult<SecretRow> {
     let key = app.config.current_master_key().ok_or_else(disabled)?;
     let name = check_name(name)?;
+    let allowed_hosts = check_hosts(allowed_hosts)?;
     if value.is_empty() || value.len() > 64 * 1024 {
         return Err(AppError::bad_input("value", "1 byte to 64 KiB"));
     }
@@ -237,13 +285,14 @@ pub async fn set(
         created_by: actor.to_owned(),
         created_at: now,
         updated_at: now,
+        allowed_hosts,
     };
     let audit = crate::audit::Entry::change(
         origin,
         "secret.set",
         "secret",
         &name,
-        Some(serde_json::json!({ "name": name, "keyId": key.id })),
+        Some(serde_json::json!({ "name": name, "keyId": key.id, "allowedHosts": row.hosts() })),
         now,
     );
     upsert(&app.db, &row, &audit).await?;
@@ -260,6 +309,31 @@ pub async fn reveal(app: &App, tenant: TenantId, name: &str) -> AppResult<Secret
     let row = find(&app.db, tenant, name)
         .await?
         .ok_or_else(|| AppError::not_found("secret"))?;
+    open(&app.config.master_keys, &row)
+}
+
+/// Decrypts a secret that is about to be sent to `host`: refused (`FORBIDDEN`) when the
+/// secret is pinned to other hosts.
+pub async fn reveal_for_host(
+    app: &App,
+    tenant: TenantId,
+    name: &str,
+    host: &str,
+) -> AppResult<SecretString> {
+    if app.config.master_keys.is_empty() {
+        return Err(disabled());
+    }
+    let row = find(&app.db, tenant, name)
+        .await?
+        .ok_or_else(|| AppError::not_found("secret"))?;
+    let hosts = row.hosts();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if !hosts.is_empty() && !hosts.contains(&host) {
+        return Err(AppError::forbidden(format!(
+            "it may be sent only to {}, not to {host}",
+            hosts.join(", ")
+        )));
+    }
     open(&app.config.master_keys, &row)
 }
 
@@ -308,11 +382,14 @@ pub struct SecretInfo {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// The only hosts the value is sent to (empty: any).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl From<SecretRow> for SecretInfo {
     fn from(r: SecretRow) -> Self {
         Self {
+            allowed_hosts: r.hosts(),
             name: r.name,
             key_id: r.key_id,
             created_at: utc(r.created_at),
@@ -328,6 +405,10 @@ pub struct SetSecretInput {
     pub name: String,
     /// The value (write-only; never returned).
     pub value: String,
+    /// Pins the secret to these hosts (e.g. `api.openai.com`): a step that would send it
+    /// anywhere else fails. Default: any host.
+    #[graphql(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Input of `deleteSecret`.
@@ -390,6 +471,7 @@ impl SecretMutation {
             &p.actor_ref(),
             &input.name,
             &input.value,
+            &input.allowed_hosts,
         )
         .await?;
         Ok(SetSecretPayload { secret: row.into() })

@@ -15,6 +15,7 @@ mod schema_file;
 mod secrets;
 mod security;
 mod socket_limits;
+mod step_limits;
 mod takeover;
 mod tenancy;
 mod websocket;
