@@ -70,7 +70,7 @@ impl AppState {
     pub async fn with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let statements = Arc::new(AtomicU64::new(0));
         let db = DbPool::connect_counted(&config.database_url, statements.clone()).await?;
-        let keys = KeyRing::load(&db, &config.auth)
+        let keys = KeyRing::load(&db, &config.auth, &config.master_keys)
             .await
             .context("loading signing keys")?;
         let bus = Arc::new(crate::events::EventBus::new());

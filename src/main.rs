@@ -296,7 +296,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             migrate::run_pending(&config.database_url).await?;
             let pool = DbPool::connect(&config.database_url).await?;
-            let kid = agentplane::auth::jwt::rotate(&pool).await?;
+            let kid = agentplane::auth::jwt::rotate(&pool, &config.master_keys).await?;
             println!("new signing key {kid}; earlier keys still verify until their tokens expire");
             Ok(ExitCode::SUCCESS)
         }

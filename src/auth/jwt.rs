@@ -1,7 +1,12 @@
 //! Access tokens: JWTs signed with Ed25519 (default, keys kept in the database so a
 //! restart signs nobody out, published at `/.well-known/jwks.json`) or HS256 (a configured
-//! secret). Verification pins the algorithm, requires a known `kid`, checks `iss`/`aud`,
-//! and checks `exp`/`nbf` against the application clock with 60 s leeway.
+//! secret, never stored). Verification pins the algorithm, requires a known `kid`, checks
+//! `iss`/`aud`, and checks `exp`/`nbf` against the application clock with 60 s leeway.
+//!
+//! With a master key configured, private keys are sealed at rest under it
+//! (XChaCha20-Poly1305, the `kid` bound in), so a copy of the database (a backup, a
+//! replica) cannot mint tokens; keys found unsealed, or sealed under an older master key,
+//! are sealed under the current one when the key ring loads.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -20,7 +25,7 @@ use rand::rngs::OsRng;
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthConfig, JwtAlgorithm};
+use crate::config::{AuthConfig, JwtAlgorithm, MasterKey};
 use crate::db::DbPool;
 use crate::db::ids::db_time;
 use crate::db::schema::signing_keys;
@@ -88,24 +93,99 @@ fn hs_kid(secret: &str) -> String {
     format!("hs256-{}", &super::passwords::sha256_hex(secret)[..12])
 }
 
+/// How a sealed private key starts: `sealed:v1:<master key id>:<nonce>:<ciphertext>`.
+const SEALED: &str = "sealed:v1:";
+
+fn sealing_aad(kid: &str) -> Vec<u8> {
+    format!("agentplane-signing-key:{kid}").into_bytes()
+}
+
+/// The stored form of a private key: sealed under the current master key when one is
+/// configured, else the PEM itself.
+fn stored_form(kid: &str, pem: &str, master: &[MasterKey]) -> anyhow::Result<String> {
+    let Some(key) = master.first() else {
+        return Ok(pem.to_owned());
+    };
+    let (nonce, ct) = crate::secrets::seal_bytes(key, &sealing_aad(kid), pem.as_bytes())?;
+    Ok(format!("{SEALED}{}:{nonce}:{ct}", key.id))
+}
+
+/// The master key a stored private key is sealed under (`None`: unsealed).
+fn sealed_under(stored: &str) -> Option<&str> {
+    let rest = stored.strip_prefix(SEALED)?;
+    // Nonce and ciphertext are base64 without ':'; the key id is what precedes them.
+    let mut parts = rest.rsplitn(3, ':');
+    let (_ct, _nonce) = (parts.next()?, parts.next()?);
+    parts.next()
+}
+
+/// The PEM of a stored private key.
+fn open_pem(kid: &str, stored: &str, master: &[MasterKey]) -> anyhow::Result<String> {
+    let Some(rest) = stored.strip_prefix(SEALED) else {
+        return Ok(stored.to_owned());
+    };
+    let mut parts = rest.rsplitn(3, ':');
+    let (Some(ct), Some(nonce), Some(key_id)) = (parts.next(), parts.next(), parts.next()) else {
+        anyhow::bail!("signing key {kid} is sealed in an unknown form");
+    };
+    let pem = crate::secrets::open_bytes(
+        master,
+        key_id,
+        &sealing_aad(kid),
+        nonce,
+        ct,
+        &format!("signing key {kid}"),
+    )?;
+    String::from_utf8(pem).context("a sealed signing key is not text")
+}
+
+/// Seals every private key not yet sealed under the current master key; returns how
+/// many were (re)sealed.
+async fn seal_stored_keys(
+    db: &DbPool,
+    rows: &[KeyRow],
+    master: &[MasterKey],
+) -> anyhow::Result<usize> {
+    let Some(current) = master.first() else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for r in rows {
+        if sealed_under(&r.private_pem) == Some(current.id.as_str()) {
+            continue;
+        }
+        let pem = open_pem(&r.kid, &r.private_pem, master)?;
+        let stored = stored_form(&r.kid, &pem, master)?;
+        crate::db_run!(db, |conn| {
+            diesel::update(signing_keys::table.filter(signing_keys::kid.eq(&r.kid)))
+                .set(signing_keys::private_pem.eq(&stored))
+                .execute(conn)
+                .await?;
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// The `typ` header of access tokens (RFC 9068); tokens without it are refused.
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 impl KeyRing {
-    /// Loads keys; on an empty table (EdDSA) generates the first key.
-    pub async fn load(db: &DbPool, cfg: &AuthConfig) -> anyhow::Result<Self> {
+    /// Loads keys; on an empty table (EdDSA) generates the first key. With `master` keys
+    /// configured, private keys are sealed under the first.
+    pub async fn load(db: &DbPool, cfg: &AuthConfig, master: &[MasterKey]) -> anyhow::Result<Self> {
         let algorithm = match cfg.algorithm {
             JwtAlgorithm::EdDsa => Algorithm::EdDSA,
             JwtAlgorithm::Hs256 => Algorithm::HS256,
         };
-        let keys = Self::read(db, cfg).await?;
+        let keys = Self::read(db, cfg, master).await?;
         Ok(Self {
             algorithm,
             keys: RwLock::new(keys),
         })
     }
 
-    async fn read(db: &DbPool, cfg: &AuthConfig) -> anyhow::Result<Keys> {
+    async fn read(db: &DbPool, cfg: &AuthConfig, master: &[MasterKey]) -> anyhow::Result<Keys> {
         if let (JwtAlgorithm::Hs256, Some(secret)) = (cfg.algorithm, &cfg.hs256_secret) {
             let kid = hs_kid(secret.expose_secret());
             let mut decoding = HashMap::new();
@@ -126,16 +206,25 @@ impl KeyRing {
             return Self::with_file_key(pem.expose_secret(), &rows);
         }
         if !rows.iter().any(|r| r.active) {
-            insert_new_key(db).await?;
+            insert_new_key(db, master).await?;
             rows = load_rows(db).await?;
+        }
+        if seal_stored_keys(db, &rows, master).await? > 0 {
+            tracing::info!("signing keys sealed under the current master key");
+        } else if master.is_empty() && rows.iter().any(|r| sealed_under(&r.private_pem).is_none()) {
+            tracing::warn!(
+                "token-signing keys are stored unsealed: anyone who can read the database can \
+                 mint tokens; set AGENTPLANE_MASTER_KEY to seal them"
+            );
         }
         let active = rows
             .iter()
             .filter(|r| r.active)
             .max_by_key(|r| r.created_at)
             .context("no active signing key")?;
-        let encoding = EncodingKey::from_ed_pem(active.private_pem.as_bytes())
-            .context("reading the active signing key")?;
+        let pem = open_pem(&active.kid, &active.private_pem, master)?;
+        let encoding =
+            EncodingKey::from_ed_pem(pem.as_bytes()).context("reading the active signing key")?;
         let mut decoding = HashMap::new();
         let mut jwks = Vec::new();
         for r in &rows {
@@ -189,8 +278,13 @@ impl KeyRing {
     }
 
     /// Re-reads keys (after a rotation by another process).
-    pub async fn reload(&self, db: &DbPool, cfg: &AuthConfig) -> anyhow::Result<()> {
-        let keys = Self::read(db, cfg).await?;
+    pub async fn reload(
+        &self,
+        db: &DbPool,
+        cfg: &AuthConfig,
+        master: &[MasterKey],
+    ) -> anyhow::Result<()> {
+        let keys = Self::read(db, cfg, master).await?;
         *self
             .keys
             .write()
@@ -288,7 +382,7 @@ async fn load_rows(db: &DbPool) -> anyhow::Result<Vec<KeyRow>> {
     }))
 }
 
-async fn insert_new_key(db: &DbPool) -> anyhow::Result<String> {
+async fn insert_new_key(db: &DbPool, master: &[MasterKey]) -> anyhow::Result<String> {
     let key = SigningKey::generate(&mut OsRng);
     let pem = key
         .to_pkcs8_pem(Default::default())
@@ -298,7 +392,7 @@ async fn insert_new_key(db: &DbPool) -> anyhow::Result<String> {
     let row = KeyRow {
         kid: kid.clone(),
         alg: "EdDSA".into(),
-        private_pem: pem.to_string(),
+        private_pem: stored_form(&kid, &pem, master)?,
         public_x: x,
         active: true,
         created_at: db_time(Utc::now()),
@@ -313,8 +407,9 @@ async fn insert_new_key(db: &DbPool) -> anyhow::Result<String> {
     Ok(kid)
 }
 
-/// Makes a new active Ed25519 key; older keys stay valid for verification.
-pub async fn rotate(db: &DbPool) -> anyhow::Result<String> {
+/// Makes a new active Ed25519 key (sealed under the current master key, if any); older
+/// keys stay valid for verification.
+pub async fn rotate(db: &DbPool, master: &[MasterKey]) -> anyhow::Result<String> {
     let now = db_time(Utc::now());
     crate::db_run!(db, |conn| {
         diesel::update(signing_keys::table.filter(signing_keys::active.eq(true)))
@@ -325,5 +420,5 @@ pub async fn rotate(db: &DbPool) -> anyhow::Result<String> {
             .execute(conn)
             .await?;
     });
-    insert_new_key(db).await
+    insert_new_key(db, master).await
 }

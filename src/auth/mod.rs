@@ -139,7 +139,7 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     let cfg = &app.config.auth;
     let now = app.clock.now();
     if app.keys.should_reload_for(bearer) {
-        if let Err(e) = app.keys.reload(&app.db, cfg).await {
+        if let Err(e) = app.keys.reload(&app.db, cfg, &app.config.master_keys).await {
             tracing::warn!(error = format!("{e:#}"), "reloading signing keys failed");
         }
     }

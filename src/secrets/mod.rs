@@ -110,8 +110,13 @@ fn disabled() -> AppError {
         .with_detail("reason", "SECRETS_DISABLED")
 }
 
-/// Encrypts under `key`; returns (nonce, ciphertext) in base64.
-fn seal(key: &MasterKey, tenant: TenantId, name: &str, value: &str) -> AppResult<(String, String)> {
+/// Encrypts `plaintext` under `key` with `aad` bound in; returns (nonce, ciphertext) in
+/// base64. Also seals the token-signing keys (`auth::jwt`).
+pub(crate) fn seal_bytes(
+    key: &MasterKey,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> anyhow::Result<(String, String)> {
     let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -119,44 +124,53 @@ fn seal(key: &MasterKey, tenant: TenantId, name: &str, value: &str) -> AppResult
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
-                msg: value.as_bytes(),
-                aad: &aad(tenant, name),
+                msg: plaintext,
+                aad,
             },
         )
-        .map_err(|_| AppError::internal(anyhow::anyhow!("encrypting a secret failed")))?;
+        .map_err(|_| anyhow::anyhow!("encrypting failed"))?;
     Ok((STANDARD.encode(nonce), STANDARD.encode(ct)))
 }
 
-fn open(keys: &[MasterKey], row: &SecretRow) -> AppResult<SecretString> {
-    let key = keys.iter().find(|k| k.id == row.key_id).ok_or_else(|| {
-        AppError::internal(anyhow::anyhow!(
-            "secret {} uses unknown master key {}",
-            row.name,
-            row.key_id
-        ))
+/// Decrypts what [`seal_bytes`] sealed under the master key `key_id` (one of `keys`);
+/// `what` names it in errors.
+pub(crate) fn open_bytes(
+    keys: &[MasterKey],
+    key_id: &str,
+    aad: &[u8],
+    nonce: &str,
+    ciphertext: &str,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
+        anyhow::anyhow!("{what} is sealed under master key {key_id}, which is not configured")
     })?;
-    let nonce = STANDARD.decode(&row.nonce).map_err(AppError::internal)?;
-    let ct = STANDARD
-        .decode(&row.ciphertext)
-        .map_err(AppError::internal)?;
+    let nonce = STANDARD.decode(nonce)?;
+    let ct = STANDARD.decode(ciphertext)?;
     if nonce.len() != 24 {
-        return Err(AppError::internal(anyhow::anyhow!(
-            "secret {} has a bad nonce",
-            row.name
-        )));
+        anyhow::bail!("{what} has a bad nonce");
     }
     let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
-    let pt = cipher
-        .decrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &ct,
-                aad: &aad(row.tenant_id, &row.name),
-            },
-        )
-        .map_err(|_| {
-            AppError::internal(anyhow::anyhow!("secret {} failed authentication", row.name))
-        })?;
+    cipher
+        .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ct, aad })
+        .map_err(|_| anyhow::anyhow!("{what} failed authentication"))
+}
+
+/// Encrypts under `key`; returns (nonce, ciphertext) in base64.
+fn seal(key: &MasterKey, tenant: TenantId, name: &str, value: &str) -> AppResult<(String, String)> {
+    seal_bytes(key, &aad(tenant, name), value.as_bytes()).map_err(AppError::internal)
+}
+
+fn open(keys: &[MasterKey], row: &SecretRow) -> AppResult<SecretString> {
+    let pt = open_bytes(
+        keys,
+        &row.key_id,
+        &aad(row.tenant_id, &row.name),
+        &row.nonce,
+        &row.ciphertext,
+        &format!("secret {}", row.name),
+    )
+    .map_err(AppError::internal)?;
     String::from_utf8(pt)
         .map(SecretString::from)
         .map_err(AppError::internal)

@@ -361,13 +361,17 @@ async fn forged_tokens_are_rejected() {
 async fn rotated_signing_keys_keep_verifying_and_are_published() {
     let app = TestApp::spawn().await;
     let (old_token, _) = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    agentplane::auth::jwt::rotate(&app.state.app.db)
+    agentplane::auth::jwt::rotate(&app.state.app.db, &app.state.app.config.master_keys)
         .await
         .expect("rotate");
     app.state
         .app
         .keys
-        .reload(&app.state.app.db, &app.state.app.config.auth)
+        .reload(
+            &app.state.app.db,
+            &app.state.app.config.auth,
+            &app.state.app.config.master_keys,
+        )
         .await
         .expect("reload");
     let (new_token, _) = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;

@@ -239,3 +239,87 @@ async fn master_keys_rotate_without_losing_secrets() {
         .expect("reveal");
     assert_eq!(v.expose_secret(), "v1");
 }
+
+/// The stored private halves of the token-signing keys.
+async fn stored_signing_keys(app: &TestApp) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        private_pem: String,
+    }
+    let rows: anyhow::Result<Vec<Row>> = async {
+        Ok(agentplane::db_run!(&app.state.app.db, |conn| {
+            diesel::sql_query("SELECT private_pem FROM signing_keys")
+                .load::<Row>(conn)
+                .await?
+        }))
+    }
+    .await;
+    rows.expect("rows")
+        .into_iter()
+        .map(|r| r.private_pem)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_keys_are_sealed_under_the_master_key() {
+    // Without a master key the key is stored as it is (and the server warns).
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let stored = stored_signing_keys(&app).await;
+    assert!(
+        stored.iter().all(|p| p.contains("PRIVATE KEY")),
+        "{stored:?}"
+    );
+
+    // A process started with a master key seals it; tokens signed before still verify.
+    let extra = [
+        ("AGENTPLANE_MASTER_KEY", KEY1),
+        ("AGENTPLANE_MASTER_KEY_ID", "k1"),
+    ];
+    let sealed = AppState::new(config_for(&app.db, &extra))
+        .await
+        .expect("state");
+    let stored = stored_signing_keys(&app).await;
+    assert!(!stored.is_empty());
+    for p in &stored {
+        assert!(p.starts_with("sealed:v1:k1:"), "{p}");
+        assert!(!p.contains("PRIVATE KEY"), "{p}");
+        // What a database copy holds does not sign.
+        assert!(jsonwebtoken::EncodingKey::from_ed_pem(p.as_bytes()).is_err());
+    }
+    let auth = &sealed.app.config.auth;
+    let claims = sealed
+        .app
+        .keys
+        .verify(&token, auth, chrono::Utc::now())
+        .expect("an earlier token verifies");
+    // The sealed key signs in the process that holds the master key.
+    let again = sealed.app.keys.sign(&claims).expect("signs");
+    assert!(
+        app.state
+            .app
+            .keys
+            .verify(&again, auth, chrono::Utc::now())
+            .is_ok()
+    );
+
+    // Without the master key a process says why it cannot start.
+    let err = AppState::new(config_for(&app.db, &[]))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{err:#}").contains("sealed under master key k1, which is not configured"),
+        "{err:#}"
+    );
+
+    // Keys generated with a master key configured are sealed from the start.
+    let fresh = TestApp::spawn_with(&extra).await;
+    let stored = stored_signing_keys(&fresh).await;
+    assert!(
+        stored.iter().all(|p| p.starts_with("sealed:v1:k1:")),
+        "{stored:?}"
+    );
+    let _ = fresh.admin_token().await;
+}
