@@ -47,6 +47,8 @@ pub struct App {
     pub audit_tails: Arc<crate::audit::tail::TailHub>,
     /// The threads step templates render on, and their limits.
     pub templates: crate::executions::templates::Templates,
+    /// The audit checkpoints this process published last.
+    pub published: crate::audit::chain::Published,
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -70,6 +72,9 @@ impl AppState {
     pub async fn with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let statements = Arc::new(AtomicU64::new(0));
         let db = DbPool::connect_counted(&config.database_url, statements.clone()).await?;
+        db.set_chain_keys(Arc::new(crate::audit::chain::ChainKeys::from_master(
+            &config.master_keys,
+        )));
         let keys = KeyRing::load(&db, &config.auth, &config.master_keys)
             .await
             .context("loading signing keys")?;
@@ -93,6 +98,7 @@ impl AppState {
             socket_slots: crate::http::socket::SocketSlots::default(),
             audit_tails: Arc::default(),
             templates: crate::executions::templates::Templates::new(&config.engine),
+            published: crate::audit::chain::Published::default(),
             config,
         });
         let schema = build_schema(Some(app.clone()));
@@ -118,6 +124,7 @@ pub struct Background {
     engine: Option<crate::executions::engine::EngineHandle>,
     relay: Option<tokio::task::JoinHandle<()>>,
     retention: tokio::task::JoinHandle<()>,
+    checkpoints: tokio::task::JoinHandle<()>,
     agent: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
@@ -154,6 +161,10 @@ impl Background {
             app.clone(),
             app.shutdown.child_token(),
         ));
+        let checkpoints = tokio::spawn(crate::audit::chain::publish_loop(
+            app.clone(),
+            app.shutdown.child_token(),
+        ));
         let stop = CancellationToken::new();
         let agent = tokio::spawn(crate::cluster::agent::run(
             app.clone(),
@@ -168,6 +179,7 @@ impl Background {
             engine,
             relay,
             retention,
+            checkpoints,
             agent: (stop, agent),
         })
     }
@@ -186,6 +198,7 @@ impl Background {
             r.abort();
         }
         self.retention.abort();
+        self.checkpoints.abort();
         let (stop, agent) = self.agent;
         stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), agent).await;

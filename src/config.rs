@@ -277,6 +277,10 @@ pub struct EngineConfig {
     pub max_step_output_bytes: usize,
     /// How long one step's template rendering may take.
     pub template_timeout: Duration,
+    /// How often signed checkpoints of the audit chains are published.
+    pub audit_checkpoint_interval: Duration,
+    /// A file (outside the database) the checkpoints are appended to as JSON lines.
+    pub audit_checkpoint_file: Option<std::path::PathBuf>,
 }
 
 /// Parses `model=prompt:completion,…` (USD per million tokens).
@@ -383,6 +387,8 @@ struct FileEngine {
     retention_interval_ms: Option<toml::Value>,
     max_step_output_bytes: Option<toml::Value>,
     template_timeout_ms: Option<toml::Value>,
+    audit_checkpoint_secs: Option<toml::Value>,
+    audit_checkpoint_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1173,6 +1179,25 @@ impl Config {
                 64 * 1024 * 1024,
                 "bytes between 1024 and 67108864",
             )?,
+            audit_checkpoint_interval: Duration::from_secs(parse_num(
+                layers.pick(
+                    "AGENTPLANE_AUDIT_CHECKPOINT_SECS",
+                    "engine.audit_checkpoint_secs",
+                    toml_scalar(fe.audit_checkpoint_secs),
+                ),
+                60u64,
+                1,
+                86_400,
+                "seconds between 1 and 86400",
+            )?),
+            audit_checkpoint_file: layers
+                .pick(
+                    "AGENTPLANE_AUDIT_CHECKPOINT_FILE",
+                    "engine.audit_checkpoint_file",
+                    fe.audit_checkpoint_file,
+                )
+                .map(|r| std::path::PathBuf::from(r.value))
+                .filter(|p| !p.as_os_str().is_empty()),
             template_timeout: Duration::from_millis(parse_num(
                 layers.pick(
                     "AGENTPLANE_TEMPLATE_TIMEOUT_MS",

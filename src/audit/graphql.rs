@@ -153,10 +153,40 @@ pub struct ChainVerification {
     pub first_broken_id: Option<ID>,
     /// What is wrong with it.
     pub problem: Option<String>,
+    /// The chain's head now, signed when a master key is configured: keep it (outside
+    /// this database) and pass it to a later `verifyAuditChain(checkpoint:)`, which then
+    /// proves the chain was not cut back or rewritten up to it.
+    pub checkpoint: Option<AuditCheckpoint>,
 }
 
-impl From<super::Verification> for ChainVerification {
-    fn from(v: super::Verification) -> Self {
+/// A chain position: a record's sequence number and hash, and a signature over them.
+#[derive(SimpleObject, Clone)]
+pub struct AuditCheckpoint {
+    /// Sequence number of the head record.
+    pub sequence: i64,
+    /// Its hash.
+    pub hash: String,
+    /// When the checkpoint was taken.
+    pub at: String,
+    /// HMAC over tenant, sequence and hash under the audit chain key (null when no master
+    /// key is configured).
+    pub signature: Option<String>,
+}
+
+/// A checkpoint kept from an earlier `verifyAuditChain` (or the published checkpoint
+/// log) to verify the chain against.
+#[derive(async_graphql::InputObject)]
+pub struct AuditCheckpointInput {
+    /// Sequence number.
+    pub sequence: i64,
+    /// Hash of that record.
+    pub hash: String,
+    /// The checkpoint's signature.
+    pub signature: Option<String>,
+}
+
+impl ChainVerification {
+    pub(crate) fn new(v: super::Verification, checkpoint: Option<AuditCheckpoint>) -> Self {
         match v.first_broken {
             None => Self {
                 intact: true,
@@ -164,6 +194,7 @@ impl From<super::Verification> for ChainVerification {
                 first_broken_sequence: None,
                 first_broken_id: None,
                 problem: None,
+                checkpoint,
             },
             Some((seq, id, problem)) => Self {
                 intact: false,
@@ -171,6 +202,7 @@ impl From<super::Verification> for ChainVerification {
                 first_broken_sequence: Some(seq),
                 first_broken_id: id.map(ID),
                 problem: Some(problem),
+                checkpoint,
             },
         }
     }
@@ -330,24 +362,71 @@ impl AuditQuery {
     }
 
     /// Checks the caller's tenant's chain over records created in `[from, to]` (all when
-    /// unset): hashes, links, missing records, and the chain's end.
+    /// unset): hashes (keyed when a master key is configured), links, missing records,
+    /// the signed retention checkpoint, the chain's end, and that the chain still holds
+    /// `checkpoint` (one kept from earlier) and the last checkpoint this server published.
     #[graphql(guard = "Require(Permission::AuditRead)")]
     async fn verify_audit_chain(
         &self,
         ctx: &Context<'_>,
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
+        checkpoint: Option<AuditCheckpointInput>,
     ) -> async_graphql::Result<ChainVerification> {
         let p = principal(ctx)?;
         let a = app(ctx)?;
-        let v = super::verify(
-            &a.db,
-            &p.tenant_id.to_string(),
-            from.map(db_time),
-            to.map(db_time),
-        )
-        .await?;
-        Ok(v.into())
+        let tenant = p.tenant_id.to_string();
+        let keys = a.db.chain_keys();
+        let mut pinned: Vec<super::chain::Checkpoint> =
+            a.published.last(&tenant).into_iter().collect();
+        if let Some(c) = checkpoint {
+            let signed_hash = c.hash.starts_with(super::chain::KEYED);
+            match (&c.signature, keys.as_deref()) {
+                (Some(sig), Some(k)) => k
+                    .check(
+                        sig,
+                        &super::chain::checkpoint_message(&tenant, c.sequence, &c.hash),
+                    )
+                    .map_err(|why| {
+                        crate::error::AppError::bad_input(
+                            "checkpoint",
+                            format!("the checkpoint's signature is invalid: {why}"),
+                        )
+                    })?,
+                (None, Some(_)) if signed_hash => {
+                    return Err(crate::error::AppError::bad_input(
+                        "checkpoint",
+                        "pass the checkpoint's signature: a keyed chain's checkpoints are signed",
+                    )
+                    .into());
+                }
+                _ => {}
+            }
+            pinned.push(super::chain::Checkpoint {
+                tenant_id: tenant.clone(),
+                sequence: c.sequence,
+                hash: c.hash,
+                at: String::new(),
+                signature: c.signature,
+            });
+        }
+        let v = super::verify(&a.db, &tenant, from.map(db_time), to.map(db_time), &pinned).await?;
+        let head = v.head.clone().map(|(seq, hash)| {
+            let cp = super::chain::Checkpoint::sign(
+                keys.as_deref(),
+                &tenant,
+                seq,
+                &hash,
+                a.clock.now().to_rfc3339(),
+            );
+            AuditCheckpoint {
+                sequence: cp.sequence,
+                hash: cp.hash,
+                at: cp.at,
+                signature: cp.signature,
+            }
+        });
+        Ok(ChainVerification::new(v, head))
     }
 
     /// Counts over the caller's tenant's trail in `[from, to]`: totals, per action,
@@ -397,7 +476,6 @@ mod live {
     use super::AuditRecord;
     use crate::audit::{Outcome, RecordRow, Severity};
     use crate::auth::principal;
-    use crate::error::AppError;
     use crate::graphql::app;
     use crate::rbac::{Permission, Require};
 
@@ -453,7 +531,11 @@ mod live {
             let p = principal(ctx)?;
             let a = app(ctx)?;
             if after_sequence.is_some_and(|s| s < 0) {
-                return Err(AppError::bad_input("afterSequence", "must be 0 or more").into());
+                return Err(crate::error::AppError::bad_input(
+                    "afterSequence",
+                    "must be 0 or more",
+                )
+                .into());
             }
             let from = match after_sequence {
                 Some(s) => s,

@@ -12,6 +12,7 @@
 //! pseudonyms (`audit_actors` maps them to people), so erasing a person never touches a
 //! hashed record.
 
+pub mod chain;
 pub mod export;
 pub mod graphql;
 pub mod privacy;
@@ -342,8 +343,37 @@ impl RecordRow {
             context_hash: Some(context_hash),
             context_salt: Some(salt),
         };
-        r.hash = r.compute_hash();
+        r.hash = match chain::current()
+            .as_deref()
+            .and_then(chain::ChainKeys::current)
+        {
+            Some(key) => key.tag(&r.canonical()),
+            None => r.compute_hash(),
+        };
         r
+    }
+
+    /// What is wrong with this record's hash, if anything: keyed hashes are checked with
+    /// `keys`; a plain hash is accepted only where no keyed record precedes it.
+    pub fn hash_problem(&self, keys: Option<&chain::ChainKeys>) -> Option<String> {
+        let edited = || "its content does not match its hash (edited)".to_owned();
+        if !self.context_intact() {
+            return Some(edited());
+        }
+        if self.hash.starts_with(chain::KEYED) {
+            let Some(keys) = keys else {
+                return Some(
+                    "it is keyed, and no master key is configured here to check it".into(),
+                );
+            };
+            return keys.check(&self.hash, &self.canonical()).err();
+        }
+        if self.prev_hash.starts_with(chain::KEYED) {
+            return Some(
+                "it carries a plain hash after a keyed record (rewritten without the key)".into(),
+            );
+        }
+        (self.compute_hash() != self.hash).then(edited)
     }
 }
 
@@ -534,39 +564,42 @@ pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppRes
             }
         }};
     }
-    match db {
-        DbPool::Postgres(pool) => {
-            let mut pooled = pool.get().await?;
-            let conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
-            conn.transaction(async |conn| -> AppResult<i64> {
-                crate::db::set_tenant(conn, &t).await?;
-                let rows = prepare!(&mut *conn);
-                for chunk in rows.chunks(1000) {
-                    diesel::insert_into(audit_log::table)
-                        .values(chunk)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                finish!(&mut *conn, rows)
-            })
-            .await
+    let run = async {
+        match db {
+            DbPool::Postgres(pool) => {
+                let mut pooled = pool.get().await?;
+                let conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
+                conn.transaction(async |conn| -> AppResult<i64> {
+                    crate::db::set_tenant(conn, &t).await?;
+                    let rows = prepare!(&mut *conn);
+                    for chunk in rows.chunks(1000) {
+                        diesel::insert_into(audit_log::table)
+                            .values(chunk)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    finish!(&mut *conn, rows)
+                })
+                .await
+            }
+            DbPool::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let conn: &mut crate::db::SqliteConn = &mut pooled;
+                conn.immediate_transaction(async |conn| -> AppResult<i64> {
+                    let rows = prepare!(&mut *conn);
+                    for r in &rows {
+                        diesel::insert_into(audit_log::table)
+                            .values(r)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    finish!(&mut *conn, rows)
+                })
+                .await
+            }
         }
-        DbPool::Sqlite(pool) => {
-            let mut pooled = pool.get().await?;
-            let conn: &mut crate::db::SqliteConn = &mut pooled;
-            conn.immediate_transaction(async |conn| -> AppResult<i64> {
-                let rows = prepare!(&mut *conn);
-                for r in &rows {
-                    diesel::insert_into(audit_log::table)
-                        .values(r)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                finish!(&mut *conn, rows)
-            })
-            .await
-        }
-    }
+    };
+    chain::CURRENT.scope(db.chain_keys(), run).await
 }
 
 /// Replaces values of secret-looking keys with `"[REDACTED]"`, recursively.
@@ -618,22 +651,28 @@ pub struct Verification {
     pub checked: i64,
     /// The first problem: (sequence number, record id if it exists, what is wrong).
     pub first_broken: Option<(i64, Option<String>, String)>,
+    /// The chain's head as stored: (sequence number, hash).
+    pub head: Option<(i64, String)>,
 }
 
 /// Checks `tenant`'s chain (records created in `[from, to]`, all when unset): every
-/// record's hash matches its content, each links to the one before, no sequence number
-/// is missing, and the chain ends where its head says. Reads in batches of 1000.
+/// record's hash matches its content (keyed hashes under the chain keys), each links to
+/// the one before, no sequence number is missing, a keyed retention checkpoint carries a
+/// valid signature, the chain still holds every `pinned` checkpoint published earlier,
+/// and it ends where its head says. Reads in batches of 1000.
 pub async fn verify(
     db: &DbPool,
     tenant: &str,
     from: Option<NaiveDateTime>,
     to: Option<NaiveDateTime>,
+    pinned: &[chain::Checkpoint],
 ) -> AppResult<Verification> {
     use crate::db::schema::audit_heads;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
     let t = tenant.to_owned();
-    let head: Option<(i64, String, i64, String)> = crate::db_run!(db, |conn| {
+    let keys = db.chain_keys();
+    let head: Option<(i64, String, i64, String, Option<String>)> = crate::db_run!(db, |conn| {
         audit_heads::table
             .find(&t)
             .select((
@@ -641,14 +680,81 @@ pub async fn verify(
                 audit_heads::hash,
                 audit_heads::checkpoint_seq,
                 audit_heads::checkpoint_hash,
+                audit_heads::checkpoint_sig,
             ))
             .first(conn)
             .await
             .optional()?
     });
-    let Some((head_seq, head_hash, cp_seq, cp_hash)) = head else {
-        return Ok(Verification::default());
+    let Some((head_seq, head_hash, cp_seq, cp_hash, cp_sig)) = head else {
+        let mut out = Verification::default();
+        if let Some(p) = pinned.iter().find(|p| p.sequence > 0) {
+            out.first_broken = Some((
+                1,
+                None,
+                format!(
+                    "the chain is gone, but checkpoint {} was published: records were removed",
+                    p.sequence
+                ),
+            ));
+        }
+        return Ok(out);
     };
+    let mut out = Verification {
+        head: Some((head_seq, head_hash.clone())),
+        ..Verification::default()
+    };
+    // A keyed checkpoint moves only with the key.
+    if cp_hash.starts_with(chain::KEYED) || cp_sig.is_some() {
+        let msg = chain::checkpoint_message(&t, cp_seq, &cp_hash);
+        let problem = match (&cp_sig, keys.as_deref()) {
+            (None, _) => Some("it is not signed (moved without the chain key)".to_owned()),
+            (Some(_), None) => {
+                Some("it is signed, and no master key is configured here to check it".into())
+            }
+            (Some(sig), Some(k)) => k.check(sig, &msg).err(),
+        };
+        if let Some(p) = problem {
+            out.first_broken = Some((cp_seq, None, format!("the retention checkpoint: {p}")));
+            return Ok(out);
+        }
+    }
+    // Published checkpoints: the chain may have grown since, never shrunk or changed.
+    for p in pinned {
+        if p.sequence > head_seq {
+            out.first_broken = Some((
+                head_seq + 1,
+                None,
+                format!(
+                    "the chain ends at {head_seq}, but checkpoint {} was published: records \
+                     were removed",
+                    p.sequence
+                ),
+            ));
+            return Ok(out);
+        }
+        if p.sequence <= cp_seq {
+            continue; // pruned by retention since
+        }
+        let seq = p.sequence;
+        let stored: Option<String> = crate::db_run!(db, |conn| {
+            audit_log::table
+                .filter(audit_log::tenant_id.eq(&t))
+                .filter(audit_log::seq.eq(seq))
+                .select(audit_log::hash)
+                .first::<String>(conn)
+                .await
+                .optional()?
+        });
+        if stored.as_deref() != Some(p.hash.as_str()) {
+            out.first_broken = Some((
+                seq,
+                None,
+                format!("record {seq} is not the one checkpoint {seq} published (rewritten)"),
+            ));
+            return Ok(out);
+        }
+    }
     // Where to start: the first record in range (or after the checkpoint).
     let start: Option<i64> = crate::db_run!(db, |conn| {
         let mut q = audit_log::table
@@ -662,7 +768,6 @@ pub async fn verify(
             .first::<Option<i64>>(conn)
             .await?
     });
-    let mut out = Verification::default();
     let Some(start) = start else {
         if to.is_none() && from.is_none() && head_seq > cp_seq {
             out.first_broken = Some((
@@ -719,12 +824,8 @@ pub async fn verify(
                 out.first_broken = Some((next, None, format!("record {next} is missing")));
                 return Ok(out);
             }
-            if r.compute_hash() != r.hash || !r.context_intact() {
-                out.first_broken = Some((
-                    r.seq,
-                    Some(r.id.clone()),
-                    "its content does not match its hash (edited)".into(),
-                ));
+            if let Some(problem) = r.hash_problem(keys.as_deref()) {
+                out.first_broken = Some((r.seq, Some(r.id.clone()), problem));
                 return Ok(out);
             }
             if expected_prev.as_ref().is_some_and(|p| p != &r.prev_hash) {

@@ -225,11 +225,6 @@ pub async fn erase(
     );
     let erased_email = format!("erased-{uid}@erased.invalid");
     crate::db_tx!(db, tenant, |conn| {
-        if pg {
-            diesel::sql_query("SELECT set_config('agentplane.audit_erasure', 'on', true)")
-                .execute(&mut *conn)
-                .await?;
-        }
         // The tenant's chain lock first (as audit appends take it), so concurrent
         // erasures and demotions check the owner count one after the other.
         diesel::update(audit_heads::table.find(&tid))
@@ -289,26 +284,60 @@ pub async fn erase(
         diesel::delete(login_attempts::table.filter(login_attempts::key.like(&throttle_keys)))
             .execute(&mut *conn)
             .await?;
-        let pseudonym: Option<String> = audit_actors::table
-            .filter(audit_actors::tenant_id.eq(&tid))
-            .filter(audit_actors::actor_ref.eq(&actor_ref))
-            .select(audit_actors::pseudonym)
-            .first(&mut *conn)
-            .await
-            .optional()?;
-        let mut pseudonymized = 0;
-        if let Some(ps) = &pseudonym {
-            diesel::update(audit_actors::table.find(ps))
+        let pseudonymized: usize = if pg {
+            // Only the guarded function may touch audit records on PostgreSQL.
+            #[derive(diesel::QueryableByName)]
+            struct Cleared {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let cleared: Cleared =
+                diesel::sql_query("SELECT agentplane_audit_erase($1, $2, $3) AS n")
+                    .bind::<diesel::sql_types::Text, _>(&tid)
+                    .bind::<diesel::sql_types::Text, _>(&uid)
+                    .bind::<diesel::sql_types::Timestamp, _>(now)
+                    .get_result(&mut *conn)
+                    .await?;
+            usize::try_from(cleared.n).unwrap_or(0)
+        } else {
+            let pseudonym: Option<String> = audit_actors::table
+                .filter(audit_actors::tenant_id.eq(&tid))
+                .filter(audit_actors::actor_ref.eq(&actor_ref))
+                .select(audit_actors::pseudonym)
+                .first(&mut *conn)
+                .await
+                .optional()?;
+            let mut pseudonymized = 0;
+            if let Some(ps) = &pseudonym {
+                diesel::update(audit_actors::table.find(ps))
+                    .set((
+                        audit_actors::actor_ref.eq(None::<String>),
+                        audit_actors::erased_at.eq(Some(now)),
+                    ))
+                    .execute(&mut *conn)
+                    .await?;
+                pseudonymized += diesel::update(
+                    audit_log::table
+                        .filter(audit_log::tenant_id.eq(&tid))
+                        .filter(audit_log::actor_id.eq(ps))
+                        .filter(audit_log::context_hash.is_not_null())
+                        .filter(audit_log::context_salt.is_not_null()),
+                )
                 .set((
-                    audit_actors::actor_ref.eq(None::<String>),
-                    audit_actors::erased_at.eq(Some(now)),
+                    audit_log::ip.eq(None::<String>),
+                    audit_log::user_agent.eq(None::<String>),
+                    audit_log::context_salt.eq(None::<String>),
                 ))
                 .execute(&mut *conn)
                 .await?;
+            }
+            // Failed sign-ins against the account carry the client's address too.
             pseudonymized += diesel::update(
                 audit_log::table
                     .filter(audit_log::tenant_id.eq(&tid))
-                    .filter(audit_log::actor_id.eq(ps))
+                    .filter(audit_log::actor_type.eq("ANONYMOUS"))
+                    .filter(audit_log::resource_type.eq("user"))
+                    .filter(audit_log::resource_id.eq(&uid))
                     .filter(audit_log::context_hash.is_not_null())
                     .filter(audit_log::context_salt.is_not_null()),
             )
@@ -319,24 +348,8 @@ pub async fn erase(
             ))
             .execute(&mut *conn)
             .await?;
-        }
-        // Failed sign-ins against the account carry the client's address too.
-        pseudonymized += diesel::update(
-            audit_log::table
-                .filter(audit_log::tenant_id.eq(&tid))
-                .filter(audit_log::actor_type.eq("ANONYMOUS"))
-                .filter(audit_log::resource_type.eq("user"))
-                .filter(audit_log::resource_id.eq(&uid))
-                .filter(audit_log::context_hash.is_not_null())
-                .filter(audit_log::context_salt.is_not_null()),
-        )
-        .set((
-            audit_log::ip.eq(None::<String>),
-            audit_log::user_agent.eq(None::<String>),
-            audit_log::context_salt.eq(None::<String>),
-        ))
-        .execute(&mut *conn)
-        .await?;
+            pseudonymized
+        };
         let mut audit = audit.clone();
         audit.changes = Some(json!({
             "auditRecordsPseudonymized": pseudonymized,

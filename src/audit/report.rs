@@ -255,9 +255,13 @@ impl ComplianceReport {
             &self.tenant.to_string(),
             Some(self.from),
             Some(self.to),
+            &a.published
+                .last(&self.tenant.to_string())
+                .into_iter()
+                .collect::<Vec<_>>(),
         )
         .await?;
-        Ok(v.into())
+        Ok(super::graphql::ChainVerification::new(v, None))
     }
 }
 

@@ -49,12 +49,8 @@ async fn audit_batch(
 ) -> AppResult<(i64, i64)> {
     let pg = matches!(db, DbPool::Postgres(_));
     let t = tenant.to_string();
+    let keys = db.chain_keys();
     crate::db_tx!(db, tenant, |conn| {
-        if pg {
-            diesel::sql_query("SELECT set_config('agentplane.audit_retention', 'on', true)")
-                .execute(&mut *conn)
-                .await?;
-        }
         // Lock the chain head: appends and other retention runs wait for this batch.
         let locked = diesel::update(audit_heads::table.find(&t))
             .set(audit_heads::seq.eq(audit_heads::seq))
@@ -87,6 +83,27 @@ async fn audit_batch(
         let Some((last_seq, last_hash)) = last else {
             return Ok((0, checkpoint));
         };
+        // The new checkpoint is signed: moving it without the chain key is detected.
+        let sig = keys
+            .as_deref()
+            .and_then(super::chain::ChainKeys::current)
+            .map(|k| k.tag(&super::chain::checkpoint_message(&t, last_seq, &last_hash)));
+        if pg {
+            // Only the guarded function may delete audit records on PostgreSQL.
+            #[derive(diesel::QueryableByName)]
+            struct Pruned {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let pruned: Pruned =
+                diesel::sql_query("SELECT agentplane_audit_prune($1, $2, $3) AS n")
+                    .bind::<diesel::sql_types::Text, _>(&t)
+                    .bind::<diesel::sql_types::BigInt, _>(last_seq)
+                    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(&sig)
+                    .get_result(&mut *conn)
+                    .await?;
+            return Ok((pruned.n, last_seq));
+        }
         let deleted = diesel::delete(
             audit_log::table
                 .filter(audit_log::tenant_id.eq(&t))
@@ -99,6 +116,7 @@ async fn audit_batch(
             .set((
                 audit_heads::checkpoint_seq.eq(last_seq),
                 audit_heads::checkpoint_hash.eq(&last_hash),
+                audit_heads::checkpoint_sig.eq(&sig),
             ))
             .execute(&mut *conn)
             .await?;

@@ -2,19 +2,19 @@
 //!
 //! A tail follows one tenant's chain by sequence number, which is gap-free and in commit
 //! order (appends serialize on the chain head), so a tail never skips a record and never
-//! shows one whose transaction rolled back. It reads new records when a transaction in
-//! this process commits ([`committed`], called by `db_tx!`) and at least every
+//! shows one whose transaction rolled back. It reads new records when a transaction on
+//! the pool commits (`DbPool::committed`, called by `db_tx!`) and at least every
 //! [`POLL`] otherwise, which covers records written by other processes sharing the
 //! database (other `serve` replicas, `worker` processes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::Stream;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::RecordRow;
@@ -27,13 +27,6 @@ use crate::tenancy::TenantId;
 pub const POLL: Duration = Duration::from_millis(1000);
 /// Records read per query.
 const BATCH: i64 = 500;
-
-static COMMITS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
-
-/// Called after every committed write transaction in this process.
-pub fn committed() {
-    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
-}
 
 /// The sequence number of `tenant`'s newest record (0 for an empty chain).
 pub async fn head_seq(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
@@ -104,7 +97,7 @@ impl TailHub {
 
     /// The follower of one tenant; ends when its last subscriber is gone.
     async fn run(self: Arc<Self>, db: DbPool, tenant: TenantId, tx: broadcast::Sender<Arc<Batch>>) {
-        let mut wake = COMMITS.subscribe();
+        let mut wake = db.commits();
         let mut last: Option<i64> = None;
         loop {
             {

@@ -63,7 +63,11 @@ pub async fn run(app: Arc<App>, reg: Registration, stop: CancellationToken) {
     // Its own pool: heartbeats must not queue behind request load (nor count in the
     // request statement counter).
     let db = match DbPool::connect(&app.config.database_url).await {
-        Ok(p) => p,
+        Ok(mut p) => {
+            // Records it appends are signed like the shared pool's and wake its tails.
+            p.share_with(&app.db);
+            p
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cluster agent uses the shared pool");
             app.db.clone()

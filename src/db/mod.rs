@@ -58,6 +58,10 @@ pub enum DbPool {
 pub struct FastPool<M: bb8::ManageConnection> {
     pool: bb8::Pool<M>,
     refused: Arc<Refusals>,
+    /// The audit chain keys transactions on this pool sign records with.
+    chain: Arc<std::sync::OnceLock<Arc<crate::audit::chain::ChainKeys>>>,
+    /// Bumped after every committed write transaction (wakes live audit tails).
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -65,6 +69,8 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
         Self {
             pool: self.pool.clone(),
             refused: self.refused.clone(),
+            chain: self.chain.clone(),
+            commits: self.commits.clone(),
         }
     }
 }
@@ -214,30 +220,36 @@ macro_rules! db_run_tenant {
 #[macro_export]
 macro_rules! db_tx {
     ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
-        let committed = match $pool {
-            $crate::db::DbPool::Postgres(pool) => {
-                use diesel_async::AsyncConnection as _;
-                let mut pooled = pool.get().await?;
-                let tenant_setting: String = $tenant.to_string();
-                let tx: &mut diesel_async::AsyncPgConnection = &mut *pooled;
-                tx.transaction(async |$conn| -> Result<_, $crate::error::AppError> {
-                    $crate::db::set_tenant($conn, &tenant_setting).await?;
-                    $body
-                })
-                .await
-            }
-            $crate::db::DbPool::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
-                let tx: &mut $crate::db::SqliteConn = &mut *pooled;
-                tx.immediate_transaction(async |$conn| -> Result<_, $crate::error::AppError> {
-                    $body
-                })
-                .await
-            }
-        };
+        let pool: &$crate::db::DbPool = &$pool;
+        let keys = pool.chain_keys();
+        let committed = $crate::audit::chain::CURRENT
+            .scope(keys, async {
+                match pool {
+                    $crate::db::DbPool::Postgres(pool) => {
+                        use diesel_async::AsyncConnection as _;
+                        let mut pooled = pool.get().await?;
+                        let tenant_setting: String = $tenant.to_string();
+                        let tx: &mut diesel_async::AsyncPgConnection = &mut *pooled;
+                        tx.transaction(async |$conn| -> Result<_, $crate::error::AppError> {
+                            $crate::db::set_tenant($conn, &tenant_setting).await?;
+                            $body
+                        })
+                        .await
+                    }
+                    $crate::db::DbPool::Sqlite(pool) => {
+                        let mut pooled = pool.get().await?;
+                        let tx: &mut $crate::db::SqliteConn = &mut *pooled;
+                        tx.immediate_transaction(
+                            async |$conn| -> Result<_, $crate::error::AppError> { $body },
+                        )
+                        .await
+                    }
+                }
+            })
+            .await;
         if committed.is_ok() {
             // Wakes live audit tails: the transaction may have appended records.
-            $crate::audit::tail::committed();
+            pool.committed();
         }
         committed
     }};
@@ -319,6 +331,54 @@ pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::Q
 }
 
 impl DbPool {
+    /// Sets the audit chain keys of this pool (and its clones); the first call wins.
+    pub fn set_chain_keys(&self, keys: Arc<crate::audit::chain::ChainKeys>) {
+        let _ = self.chain_cell().set(keys);
+    }
+
+    /// The audit chain keys records written through this pool are signed with.
+    pub fn chain_keys(&self) -> Option<Arc<crate::audit::chain::ChainKeys>> {
+        self.chain_cell().get().cloned()
+    }
+
+    fn chain_cell(&self) -> &std::sync::OnceLock<Arc<crate::audit::chain::ChainKeys>> {
+        match self {
+            Self::Postgres(p) => &p.chain,
+            Self::Sqlite(p) => &p.chain,
+        }
+    }
+
+    fn commits_sender(&self) -> &Arc<tokio::sync::watch::Sender<u64>> {
+        match self {
+            Self::Postgres(p) => &p.commits,
+            Self::Sqlite(p) => &p.commits,
+        }
+    }
+
+    /// Called after every committed write transaction on this pool (`db_tx!`).
+    pub fn committed(&self) {
+        self.commits_sender()
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes on commits of this pool (and of pools that [`DbPool::share_with`] it).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits_sender().subscribe()
+    }
+
+    /// A second pool to the same database (the cluster agent's) signs audit records with
+    /// `main`'s keys and wakes `main`'s audit tails when it commits.
+    pub fn share_with(&mut self, main: &DbPool) {
+        if let Some(keys) = main.chain_keys() {
+            self.set_chain_keys(keys);
+        }
+        let sender = main.commits_sender().clone();
+        match self {
+            Self::Postgres(p) => p.commits = sender,
+            Self::Sqlite(p) => p.commits = sender,
+        }
+    }
+
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
@@ -376,7 +436,12 @@ impl DbPool {
                     .build(mgr)
                     .await
                     .context("building the SQLite pool")?;
-                let pool = Self::Sqlite(FastPool { pool, refused });
+                let pool = Self::Sqlite(FastPool {
+                    pool,
+                    refused,
+                    chain: Arc::default(),
+                    commits: Arc::new(tokio::sync::watch::channel(0).0),
+                });
                 pool.ping().await?;
                 Ok(pool)
             }
@@ -406,7 +471,12 @@ impl DbPool {
                     .build(mgr)
                     .await
                     .context("building the PostgreSQL pool")?;
-                let pool = Self::Postgres(FastPool { pool, refused });
+                let pool = Self::Postgres(FastPool {
+                    pool,
+                    refused,
+                    chain: Arc::default(),
+                    commits: Arc::new(tokio::sync::watch::channel(0).0),
+                });
                 pool.ping()
                     .await
                     .with_context(|| unreachable_message(url))?;

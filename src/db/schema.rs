@@ -386,6 +386,7 @@ diesel::table! {
         hash -> Text,
         checkpoint_seq -> BigInt,
         checkpoint_hash -> Text,
+        checkpoint_sig -> Nullable<Text>,
     }
 }
 

@@ -186,5 +186,20 @@ async fn run(
     if let Ok(v) = HeaderValue::from_str(&rec.seq.to_string()) {
         h.insert("x-audit-last-sequence", v);
     }
+    // The export's last record as a signed checkpoint: keep it with the file, and pass
+    // it to `verifyAuditChain(checkpoint:)` later to prove nothing up to it changed.
+    let checkpoint = crate::audit::chain::Checkpoint::sign(
+        app.db.chain_keys().as_deref(),
+        &rec.tenant_id,
+        rec.seq,
+        &rec.hash,
+        app.clock.now().to_rfc3339(),
+    );
+    if let Some(v) = serde_json::to_string(&checkpoint)
+        .ok()
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        h.insert("x-audit-checkpoint", v);
+    }
     Ok(resp)
 }

@@ -342,6 +342,22 @@ async fn export_streams_csv_and_ndjson_to_authorized_callers_only_and_is_recorde
         .ok()
         .and_then(|s| s.parse().ok())
         .expect("last sequence header");
+    // The export carries a checkpoint of its last record that verifies the chain later.
+    let checkpoint: Value = resp.headers()["x-audit-checkpoint"]
+        .to_str()
+        .ok()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .expect("checkpoint header");
+    assert_eq!(checkpoint["sequence"], last);
+    let v = app
+        .gql_as(
+            &owner,
+            "query($c: AuditCheckpointInput) { verifyAuditChain(checkpoint: $c) { intact problem } }",
+            json!({ "c": { "sequence": checkpoint["sequence"], "hash": checkpoint["hash"],
+                           "signature": checkpoint["signature"] } }),
+        )
+        .await;
+    assert_eq!(v["data"]["verifyAuditChain"]["intact"], true, "{v}");
     let body = resp.text().await.expect("body");
     let lines: Vec<Value> = body
         .lines()

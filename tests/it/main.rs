@@ -1,6 +1,7 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
 mod audit;
+mod audit_forgery;
 mod cli;
 mod cluster;
 mod compliance;
