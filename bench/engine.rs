@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             now,
         )
     };
-    agentplane::workflows::store::insert(&app.db, &wf, &audit("workflow.created"))
+    agentplane::workflows::store::insert(&app.db, &wf, i64::MAX, &audit("workflow.created"))
         .await
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let version = WorkflowVersionRow {

@@ -2,6 +2,7 @@
 //! the password comes from `AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD` or is generated and shown
 //! once.
 
+use crate::tenancy::service::{Credential, NewTenant, NewUser};
 use secrecy::ExposeSecret as _;
 
 use crate::app::App;
@@ -29,35 +30,38 @@ pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrap
     {
         return Ok(None);
     }
-    let now = db_time(app.clock.now());
-    let tenant = new_tenant_row("system", "Platform operators", Plan::Enterprise, true, now);
     let cfg = &app.config.auth;
-    let mut admin = new_user_row(
-        tenant.id,
-        &cfg.bootstrap_admin_email,
-        "Platform admin",
-        BuiltinRole::PlatformAdmin.as_str(),
-        now,
-    )
-    .map_err(crate::error::AppError::into_anyhow)?;
     let (password, generated) = match &cfg.bootstrap_admin_password {
         Some(p) => (p.expose_secret().to_owned(), false),
         None => (crate::auth::passwords::random_secret(18), true),
     };
-    admin.password_hash = Some(
-        crate::auth::service::hash_blocking(&password)
-            .await
-            .map_err(crate::error::AppError::into_anyhow)?,
-    );
-    match crate::tenancy::store::insert(&app.db, &tenant).await {
-        Ok(()) => {}
+    let hash = crate::auth::service::hash_blocking(&password)
+        .await
+        .map_err(crate::error::AppError::into_anyhow)?;
+    // One transaction, recorded as the first record of the system tenant's chain.
+    let created = match crate::tenancy::service::create_tenant(
+        app,
+        &crate::audit::Origin::system(""),
+        NewTenant {
+            slug: "system",
+            name: "Platform operators",
+            plan: Plan::Enterprise,
+            is_system: true,
+        },
+        NewUser {
+            email: &cfg.bootstrap_admin_email,
+            display_name: "Platform admin",
+            credential: Credential::Hash(hash),
+        },
+    )
+    .await
+    {
+        Ok(c) => c,
         // Another replica bootstrapped at the same moment.
         Err(e) if e.code() == ErrorCode::Conflict => return Ok(None),
         Err(e) => return Err(e.into_anyhow()),
-    }
-    crate::tenancy::store::insert_user(&app.db, &admin)
-        .await
-        .map_err(crate::error::AppError::into_anyhow)?;
+    };
+    let admin = created.user;
     tracing::info!(admin.email = %admin.email, "created the system tenant and platform admin");
     Ok(Some(Bootstrapped {
         admin_email: admin.email,
@@ -119,7 +123,8 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
     Ok(Some(accounts))
 }
 
-/// `admin create-tenant`: a tenant with an OWNER whose password is generated.
+/// `admin create-tenant`: a tenant with an OWNER whose password is generated; the same
+/// rules and audit record (`tenant.created`, by SYSTEM) as `createTenant`.
 pub async fn create_tenant(
     app: &App,
     slug: &str,
@@ -128,32 +133,32 @@ pub async fn create_tenant(
     owner_email: &str,
     owner_name: &str,
 ) -> anyhow::Result<String> {
-    let now = db_time(app.clock.now());
-    let tenant = new_tenant_row(slug, name, plan, false, now);
-    let mut owner = new_user_row(
-        tenant.id,
-        owner_email,
-        owner_name,
-        BuiltinRole::Owner.as_str(),
-        now,
-    )
-    .map_err(crate::error::AppError::into_anyhow)?;
     let password = crate::auth::passwords::random_secret(18);
-    owner.password_hash = Some(
-        crate::auth::service::hash_blocking(&password)
-            .await
-            .map_err(crate::error::AppError::into_anyhow)?,
-    );
-    crate::tenancy::store::insert(&app.db, &tenant)
+    let hash = crate::auth::service::hash_blocking(&password)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
-    crate::tenancy::store::insert_user(&app.db, &owner)
-        .await
-        .map_err(crate::error::AppError::into_anyhow)?;
+    crate::tenancy::service::create_tenant(
+        app,
+        &crate::audit::Origin::system(""),
+        NewTenant {
+            slug,
+            name,
+            plan,
+            is_system: false,
+        },
+        NewUser {
+            email: owner_email,
+            display_name: owner_name,
+            credential: Credential::Hash(hash),
+        },
+    )
+    .await
+    .map_err(cli_error)?;
     Ok(password)
 }
 
-/// `admin create-user`: a user in the tenant named by slug, with a generated password.
+/// `admin create-user`: a user in the tenant named by slug, with a generated password;
+/// recorded as `user.created` (by SYSTEM). An operator may exceed the plan's user quota.
 pub async fn create_user(
     app: &App,
     tenant_slug: &str,
@@ -168,17 +173,31 @@ pub async fn create_user(
     if role == BuiltinRole::PlatformAdmin && !tenant.is_system {
         anyhow::bail!("PLATFORM_ADMIN exists only in the system tenant");
     }
-    let now = db_time(app.clock.now());
-    let mut user = new_user_row(tenant.id, email, name, role.as_str(), now)
-        .map_err(crate::error::AppError::into_anyhow)?;
     let password = crate::auth::passwords::random_secret(18);
-    user.password_hash = Some(
-        crate::auth::service::hash_blocking(&password)
-            .await
-            .map_err(crate::error::AppError::into_anyhow)?,
-    );
-    crate::tenancy::store::insert_user(&app.db, &user)
+    let hash = crate::auth::service::hash_blocking(&password)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
+    crate::tenancy::service::create_user(
+        app,
+        &crate::audit::Origin::system(""),
+        &tenant,
+        NewUser {
+            email,
+            display_name: name,
+            credential: Credential::Hash(hash),
+        },
+        role.as_str(),
+        false,
+    )
+    .await
+    .map_err(cli_error)?;
     Ok(password)
+}
+
+/// An error for the command line: the message, plus the field it concerns.
+fn cli_error(e: crate::error::AppError) -> anyhow::Error {
+    match e.field() {
+        Some(field) => anyhow::anyhow!("{field}: {}", e.message()),
+        None => e.into_anyhow(),
+    }
 }

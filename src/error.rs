@@ -115,6 +115,15 @@ impl AppError {
         Self::new(ErrorCode::Forbidden, message)
     }
 
+    /// `QUOTA_EXCEEDED` for plan quota `quota` (e.g. `maxWorkflows`) of `limit`.
+    pub fn quota_exceeded(quota: &'static str, limit: i64, what: &str) -> Self {
+        Self::new(
+            ErrorCode::QuotaExceeded,
+            format!("the plan allows {limit} {what}"),
+        )
+        .with_detail("quota", quota)
+    }
+
     /// `CONFLICT`.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Conflict, message)
@@ -162,6 +171,14 @@ impl AppError {
     /// The client-safe message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The `field` an input error concerns, if any.
+    pub fn field(&self) -> Option<String> {
+        self.details.iter().find_map(|(k, v)| match (*k, v) {
+            ("field", async_graphql::Value::String(f)) => Some(f.clone()),
+            _ => None,
+        })
     }
 
     /// For CLI and start-up code (the `anyhow` tier): the message, internal causes logged.

@@ -123,7 +123,7 @@ use async_graphql::{Context, InputObject};
 use super::model::{RoleId, RoleRow, UserId, UserRow, UserStatus};
 use crate::auth::{Principal, principal};
 use crate::db::ids::db_time;
-use crate::error::{AppError, AppResult, ErrorCode};
+use crate::error::{AppError, AppResult};
 use crate::graphql::app;
 use crate::graphql::relay::{Conn, Page, decode_expecting};
 use crate::rbac::{BuiltinRole, Permission, PermissionSet, Require, parse_permission_list};
@@ -556,14 +556,6 @@ pub fn plan_quotas(plan: Plan) -> (i64, i64, i64, i64, i64) {
     }
 }
 
-fn valid_slug(s: &str) -> bool {
-    (3..=40).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Builds a new tenant row with plan defaults.
 pub fn new_tenant_row(
     slug: &str,
@@ -763,42 +755,28 @@ impl TenancyMutation {
         input: CreateTenantInput,
     ) -> async_graphql::Result<CreateTenantPayload> {
         let a = app(ctx)?;
-        let slug = input.slug.trim().to_owned();
-        if !valid_slug(&slug) {
-            return Err(AppError::bad_input(
-                "slug",
-                "3–40 characters of a-z, 0-9 and -, not starting or ending with -",
-            )
-            .into());
-        }
-        let name = input.name.trim();
-        if name.is_empty() || name.len() > 200 {
-            return Err(AppError::bad_input("name", "the name must be 1 to 200 characters").into());
-        }
-        let now = db_time(a.clock.now());
-        let tenant = new_tenant_row(&slug, name, input.plan, false, now);
-        let owner = new_user_row(
-            tenant.id,
-            &input.owner.email,
-            &input.owner.display_name,
-            BuiltinRole::Owner.as_str(),
-            now,
-        )?;
-        let (token, token_row) = crate::auth::service::new_password_token(a, owner.id);
-        // Recorded in the new tenant's own chain: its trail starts with its creation.
-        let mut origin = crate::audit::graphql::origin(ctx)?;
-        origin.tenant_id = tenant.id.to_string();
-        let audit = crate::audit::Entry::change(
-            &origin,
-            "tenant.created",
-            "tenant",
-            tenant.id,
-            Some(
-                serde_json::json!({ "after": tenant_view(&tenant), "ownerId": owner.id.to_string() }),
-            ),
-            now,
-        );
-        super::store::create_with_token(&a.db, Some(&tenant), &owner, &token_row, &audit).await?;
+        let created = super::service::create_tenant(
+            a,
+            &crate::audit::graphql::origin(ctx)?,
+            super::service::NewTenant {
+                slug: &input.slug,
+                name: &input.name,
+                plan: input.plan,
+                is_system: false,
+            },
+            super::service::NewUser {
+                email: &input.owner.email,
+                display_name: &input.owner.display_name,
+                credential: super::service::Credential::SetPasswordToken,
+            },
+        )
+        .await?;
+        let (Some(tenant), Some(token)) = (created.tenant, created.set_password_token) else {
+            return Err(
+                AppError::internal(anyhow::anyhow!("tenant creation returned no tenant")).into(),
+            );
+        };
+        let owner = created.user;
         Ok(CreateTenantPayload {
             tenant: Tenant(tenant),
             owner: User(owner),
@@ -898,29 +876,22 @@ impl TenancyMutation {
         let tenant = super::store::find(&a.db, p.tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;
-        if super::store::count_users(&a.db, p.tenant_id).await? >= tenant.max_users {
-            return Err(AppError::new(
-                ErrorCode::QuotaExceeded,
-                format!("the plan allows {} users", tenant.max_users),
-            )
-            .with_detail("quota", "maxUsers")
-            .into());
-        }
-        let now = db_time(a.clock.now());
-        let user = new_user_row(p.tenant_id, &input.email, &input.display_name, &role, now)?;
-        let (token, token_row) = crate::auth::service::new_password_token(a, user.id);
-        let audit = crate::audit::Entry::change(
+        let created = super::service::create_user(
+            a,
             &crate::audit::graphql::origin(ctx)?,
-            "user.created",
-            "user",
-            user.id,
-            Some(serde_json::json!({ "role": role })),
-            now,
-        );
-        super::store::create_with_token(&a.db, None, &user, &token_row, &audit).await?;
+            &tenant,
+            super::service::NewUser {
+                email: &input.email,
+                display_name: &input.display_name,
+                credential: super::service::Credential::SetPasswordToken,
+            },
+            &role,
+            true,
+        )
+        .await?;
         Ok(CreateUserPayload {
-            user: User(user),
-            set_password_token: token,
+            user: User(created.user),
+            set_password_token: created.set_password_token.unwrap_or_default(),
         })
     }
 
@@ -987,15 +958,6 @@ impl TenancyMutation {
             UserStatus::Disabled.as_str(),
             now,
             &audit,
-        )
-        .await?;
-        crate::auth::store::revoke_user_sessions(
-            &a.db,
-            p.tenant_id,
-            user.id,
-            None,
-            "user_disabled",
-            now,
         )
         .await?;
         user.status = UserStatus::Disabled.as_str().into();
@@ -1175,7 +1137,7 @@ impl TenancyMutation {
 }
 
 /// What the audit trail keeps of a tenant.
-fn tenant_view(t: &TenantRow) -> serde_json::Value {
+pub(crate) fn tenant_view(t: &TenantRow) -> serde_json::Value {
     serde_json::json!({
         "name": t.name,
         "plan": t.plan,

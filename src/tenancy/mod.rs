@@ -1,6 +1,7 @@
 //! Tenants (organizations): model, storage and GraphQL types.
 
 pub mod model;
+pub mod service;
 pub mod store;
 pub mod teams;
 

@@ -95,16 +95,33 @@ pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<O
 
 /// Creates a user (and, with `tenant`, the tenant it owns) with its one-time
 /// set-password token and the audit record, all or nothing: a duplicate slug or e-mail
-/// (`CONFLICT`) leaves no tenant, user, token or record behind.
+/// (`CONFLICT`) leaves no tenant, user, token or record behind. With `max_users`, the
+/// tenant's user count is checked in the same transaction (`QUOTA_EXCEEDED`).
 pub async fn create_with_token(
     db: &DbPool,
     tenant: Option<&TenantRow>,
     user: &UserRow,
-    token: &crate::auth::model::PasswordTokenRow,
+    token: Option<&crate::auth::model::PasswordTokenRow>,
+    max_users: Option<i64>,
     audit: &crate::audit::Entry,
 ) -> AppResult<()> {
     use crate::db::schema::password_tokens;
     crate::db_tx!(db, user.tenant_id, |conn| {
+        if let Some(max) = max_users {
+            // The tenant's audit-chain lock first: concurrent creations count one after
+            // the other, so the quota holds however many arrive at once.
+            crate::audit_append!(conn, audit)?;
+            let n: i64 = users::table
+                .filter(users::tenant_id.eq(user.tenant_id))
+                .count()
+                .get_result(&mut *conn)
+                .await?;
+            if n >= max {
+                return Err(crate::error::AppError::quota_exceeded(
+                    "maxUsers", max, "users",
+                ));
+            }
+        }
         if let Some(t) = tenant {
             diesel::insert_into(tenants::table)
                 .values(t)
@@ -115,11 +132,15 @@ pub async fn create_with_token(
             .values(user)
             .execute(conn)
             .await?;
-        diesel::insert_into(password_tokens::table)
-            .values(token)
-            .execute(conn)
-            .await?;
-        crate::audit_append!(conn, audit)?;
+        if let Some(token) = token {
+            diesel::insert_into(password_tokens::table)
+                .values(token)
+                .execute(conn)
+                .await?;
+        }
+        if max_users.is_none() {
+            crate::audit_append!(conn, audit)?;
+        }
         Ok(())
     })
 }
@@ -301,8 +322,9 @@ pub async fn set_user_role(
     })
 }
 
-/// Sets a user's status. Disabling also revokes the API keys the user created (returns
-/// how many); the last active OWNER of a tenant cannot be disabled (`CONFLICT`).
+/// Sets a user's status. Disabling also revokes the user's sessions and the API keys
+/// they created (returns how many keys), in the same transaction; the last active OWNER
+/// of a tenant cannot be disabled (`CONFLICT`).
 pub async fn set_user_status(
     db: &DbPool,
     tenant: TenantId,
@@ -328,11 +350,26 @@ pub async fn set_user_status(
         if was_owner && disabling {
             ensure_an_owner!(conn, tenant);
         }
-        Ok(if disabling {
-            revoke_keys_created_by!(conn, tenant, &creator, now)
-        } else {
-            0
-        })
+        if !disabling {
+            return Ok(0);
+        }
+        // Sessions and API keys end in the same transaction as the account.
+        {
+            use crate::db::schema::sessions;
+            diesel::update(
+                sessions::table
+                    .filter(sessions::tenant_id.eq(tenant))
+                    .filter(sessions::user_id.eq(id))
+                    .filter(sessions::revoked_at.is_null()),
+            )
+            .set((
+                sessions::revoked_at.eq(Some(now)),
+                sessions::revoked_reason.eq(Some("user_disabled")),
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(revoke_keys_created_by!(conn, tenant, &creator, now))
     })
 }
 

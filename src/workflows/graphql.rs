@@ -656,14 +656,6 @@ impl WorkflowMutation {
         let tenant = crate::tenancy::store::find(&a.db, p.tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;
-        if store::count(&a.db, p.tenant_id).await? >= tenant.max_workflows {
-            return Err(AppError::new(
-                ErrorCode::QuotaExceeded,
-                format!("the plan allows {} workflows", tenant.max_workflows),
-            )
-            .with_detail("quota", "maxWorkflows")
-            .into());
-        }
         let now = db_time(a.clock.now());
         let row = WorkflowRow {
             id: WorkflowId::new(),
@@ -689,7 +681,7 @@ impl WorkflowMutation {
             Some(serde_json::json!({ "after": audit_view(&row) })),
             now,
         );
-        store::insert(&a.db, &row, &audit).await?;
+        store::insert(&a.db, &row, tenant.max_workflows, &audit).await?;
         Ok(WorkflowPayload {
             workflow: Workflow(row),
         })

@@ -84,13 +84,32 @@ pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult
 }
 
 /// Inserts a workflow and its audit record.
-pub async fn insert(db: &DbPool, row: &WorkflowRow, audit: &crate::audit::Entry) -> AppResult<()> {
+pub async fn insert(
+    db: &DbPool,
+    row: &WorkflowRow,
+    max_workflows: i64,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
     crate::db_tx!(db, row.tenant_id, |conn| {
+        // The tenant's audit-chain lock first: concurrent creations in the tenant count
+        // one after the other, so the quota holds however many arrive at once.
+        crate::audit_append!(conn, audit)?;
+        let n: i64 = workflows::table
+            .filter(workflows::tenant_id.eq(row.tenant_id))
+            .count()
+            .get_result(&mut *conn)
+            .await?;
+        if n >= max_workflows {
+            return Err(crate::error::AppError::quota_exceeded(
+                "maxWorkflows",
+                max_workflows,
+                "workflows",
+            ));
+        }
         diesel::insert_into(workflows::table)
             .values(row)
-            .execute(conn)
+            .execute(&mut *conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
         Ok(())
     })
 }

@@ -5,6 +5,7 @@ mod audit_forgery;
 mod cli;
 mod cluster;
 mod compliance;
+mod consistency;
 mod executions;
 mod foundation;
 mod helpers;
