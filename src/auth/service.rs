@@ -534,7 +534,16 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
         .await?
         .ok_or_else(invalid)?;
     check_tenant_active(&tenant)?;
-    let (permissions, platform_admin) = role_permissions(app, &tenant, &key.role).await?;
+    let (mut permissions, mut platform_admin) = role_permissions(app, &tenant, &key.role).await?;
+    // A key never does more than whoever created it may do now: demoting its creator
+    // takes it down too, and a creator who is gone (disabled, erased) takes it along.
+    let Some((held, creator_platform)) =
+        creator_rights(app, &tenant, &key.created_by, KEY_CHAIN_DEPTH).await?
+    else {
+        return Err(invalid());
+    };
+    permissions = permissions.intersection(&held).copied().collect();
+    platform_admin &= creator_platform;
     if key
         .last_used_at
         .is_none_or(|t| now - utc(t) > Duration::seconds(60))
@@ -549,6 +558,55 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
         platform_admin,
         token: None,
     })
+}
+
+/// How many keys-created-by-keys are followed back to a person.
+const KEY_CHAIN_DEPTH: u8 = 4;
+
+/// What the creator of a key (`user:<id>` or `apikey:<id>`) may do now; `None` when the
+/// creator is gone: a disabled or erased user, a revoked or expired key.
+async fn creator_rights(
+    app: &App,
+    tenant: &crate::tenancy::TenantRow,
+    created_by: &str,
+    depth: u8,
+) -> AppResult<Option<(crate::rbac::PermissionSet, bool)>> {
+    if let Some(id) = created_by.strip_prefix("user:") {
+        let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let Some(user) = crate::tenancy::store::find_user(&app.db, tenant.id, UserId(uuid)).await?
+        else {
+            return Ok(None);
+        };
+        if UserStatus::parse(&user.status) != UserStatus::Active {
+            return Ok(None);
+        }
+        return role_permissions(app, tenant, &user.role).await.map(Some);
+    }
+    if let (Some(id), true) = (created_by.strip_prefix("apikey:"), depth > 0) {
+        let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let Some(key) = store::find_api_key(&app.db, tenant.id, super::ApiKeyId(uuid)).await?
+        else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| utc(e) <= app.clock.now()) {
+            return Ok(None);
+        }
+        let (own, own_platform) = role_permissions(app, tenant, &key.role).await?;
+        let Some((up, up_platform)) =
+            Box::pin(creator_rights(app, tenant, &key.created_by, depth - 1)).await?
+        else {
+            return Ok(None);
+        };
+        return Ok(Some((
+            own.intersection(&up).copied().collect(),
+            own_platform && up_platform,
+        )));
+    }
+    Ok(None)
 }
 
 /// Revokes a session of the caller's (own) user.

@@ -371,6 +371,23 @@ pub async fn find_api_key_by_hash(db: &DbPool, hash: &str) -> AppResult<Option<A
     }))
 }
 
+/// Loads a key of `tenant` by id.
+pub async fn find_api_key(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ApiKeyId,
+) -> AppResult<Option<ApiKeyRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant))
+            .filter(api_keys::id.eq(id))
+            .select(ApiKeyRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
 /// Records a key's use.
 pub async fn touch_api_key(db: &DbPool, id: ApiKeyId, now: NaiveDateTime) -> AppResult<()> {
     crate::db_run!(db, |conn| {

@@ -35,7 +35,7 @@ fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
 
 /// Adds `requestId` to every error, and a code to errors async-graphql raised itself
 /// (parse, validation, limits, argument coercion: all caused by the request).
-fn finish_errors(resp: &mut async_graphql::Response, request_id: &str) {
+pub(super) fn finish_errors(resp: &mut async_graphql::Response, request_id: &str) {
     for err in &mut resp.errors {
         let ext = err.extensions.get_or_insert_with(Default::default);
         if ext.get("code").is_none() {

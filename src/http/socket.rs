@@ -37,6 +37,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a `connection_init` that cannot be checked now (the database is
 /// unavailable): "try again later", which graphql-ws clients retry.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// A message larger than the limit (the HTTP body limit).
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// A message that is not a protocol message.
 pub const CLOSE_BAD_REQUEST: u16 = 4400;
 /// Missing, invalid, expired or revoked credentials, or `subscribe` before the
@@ -182,6 +184,7 @@ struct SocketExecutor {
     state: AppState,
     socket: Arc<SocketState>,
     limits: DocumentLimits,
+    request_id: Arc<str>,
 }
 
 /// Slots an operation holds while it runs.
@@ -278,6 +281,7 @@ impl async_graphql::Executor for SocketExecutor {
     ) -> BoxStream<'static, async_graphql::Response> {
         let this = self.clone();
         let schema = self.state.schema.clone();
+        let request_id = self.request_id.clone();
         futures_util::stream::once(async move { this.admit(request).await })
             .flat_map(move |admitted| match admitted {
                 Ok((request, held)) => schema
@@ -295,6 +299,12 @@ impl async_graphql::Executor for SocketExecutor {
                     async_graphql::Response::from_errors(vec![e]),
                 ))
                 .boxed(),
+            })
+            // Errors async-graphql raised itself (validation, limits) get a code, as
+            // over HTTP, and every error the request id.
+            .map(move |mut r| {
+                super::graphql::finish_errors(&mut r, &request_id);
+                r
             })
             .boxed()
     }
@@ -341,7 +351,12 @@ pub async fn ws_handler(
     };
     let client = super::graphql::client_info(addr, &headers);
     let token = state.app.connections.token();
+    // A message is held as parsed JSON (many times its size): no bigger than an HTTP
+    // request body, before authentication or not.
+    let max_message = state.app.config.http.body_limit_bytes;
     upgrade
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("graphql.ws", request_id = %request_id.0);
@@ -494,9 +509,19 @@ async fn serve_socket(
         }
     };
     let gate = me.clone();
+    let reader = me.clone();
     let input = stream
         .take_until(Box::pin(stop))
-        .take_while(|m| futures_util::future::ready(m.is_ok()))
+        .take_while(move |m| {
+            if let Err(e) = m {
+                // tungstenite refuses a message over the size limit with a capacity error.
+                let e = e.to_string();
+                if e.contains("Space limit exceeded") || e.contains("too long") {
+                    reader.close(CLOSE_TOO_BIG, "Message too big");
+                }
+            }
+            futures_util::future::ready(m.is_ok())
+        })
         .filter_map(move |m| {
             let out = match m {
                 Ok(Message::Text(t)) => gate.gate(t.as_bytes()),
@@ -509,6 +534,7 @@ async fn serve_socket(
         state: state.clone(),
         socket: me.clone(),
         limits: DocumentLimits::from_config(&app.config.graphql),
+        request_id: Arc::from(request_id.0.as_str()),
     };
     let mut data = Data::default();
     data.insert(request_id.clone());

@@ -284,3 +284,52 @@ async fn a_fragment_spread_explosion_over_a_socket_is_refused_before_validation(
     );
     assert!(took < Duration::from_secs(2), "refusing took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_are_no_larger_than_a_request_body_and_errors_carry_codes() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_BODY_LIMIT_BYTES", "65536")]).await;
+    let token = app.admin_token().await;
+    // 200 KB of JSON in connection_init, before any credential was checked: refused
+    // (it was parsed whole, tens of times its size in memory).
+    let mut ws = ws_connect(&app.ws_url(), "graphql-transport-ws").await;
+    let junk = "[[[[]]]],".repeat(22_000);
+    ws_send(
+        &mut ws,
+        serde_json::from_str(&format!(
+            r#"{{"type":"connection_init","payload":{{"junk":[{}[]]}}}}"#,
+            junk
+        ))
+        .expect("json"),
+    )
+    .await;
+    assert_eq!(ws_close_code(&mut ws, 5).await, Some(1009));
+    // The same over a signed-in socket, as variables.
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+            "query": "{ serverInfo { version } }", "variables": { "junk": "x".repeat(100_000) } } }),
+    )
+    .await;
+    assert_eq!(ws_close_code(&mut ws, 5).await, Some(1009));
+
+    // Refusals async-graphql makes itself carry a code on sockets, as over HTTP.
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
+    let heavy: Vec<String> = (0..1000)
+        .map(|i| format!("a{i}: auditLog {{ totalCount }}"))
+        .collect();
+    ws_send(
+        &mut ws,
+        subscribe("c", &format!("{{ {} }}", heavy.join(" "))),
+    )
+    .await;
+    let out = ws_next_json(&mut ws).await;
+    assert_eq!(
+        out["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{out}"
+    );
+    assert!(
+        out["payload"]["errors"][0]["extensions"]["requestId"].is_string(),
+        "{out}"
+    );
+}

@@ -154,3 +154,49 @@ async fn disabling_or_erasing_a_user_revokes_the_api_keys_they_created() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_does_no_more_than_its_creator_may_do_now() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("demote").await;
+    let (id, admin) = user_with_role(&app, &owner, "ops@demote.test", json!("ADMIN")).await;
+    let out = app
+        .gql_as(
+            &admin,
+            CREATE_KEY,
+            json!({ "i": { "name": "deploy", "roleId": "ADMIN" } }),
+        )
+        .await;
+    let key = out["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let create =
+        |email: &str| json!({ "i": { "email": email, "displayName": "X", "roleId": "VIEWER" } });
+    let create_user = "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } } }";
+    let out = app
+        .gql_as(&key, create_user, create("one@demote.test"))
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+
+    // Demoted, the creator takes the key's extra rights down too (it kept ADMIN before).
+    let out = app.gql_as(&owner, SET_ROLE, role(&id, "VIEWER")).await;
+    assert!(out["errors"].is_null(), "{out}");
+    let out = app
+        .gql_as(&key, create_user, create("two@demote.test"))
+        .await;
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("FORBIDDEN"),
+        "{out}"
+    );
+    let t = app.gql_as(&key, "{ tenant { slug } }", json!({})).await;
+    assert_eq!(t["data"]["tenant"]["slug"], "demote", "{t}");
+    // Promoted again, it works again.
+    let out = app.gql_as(&owner, SET_ROLE, role(&id, "ADMIN")).await;
+    assert!(out["errors"].is_null(), "{out}");
+    let out = app
+        .gql_as(&key, create_user, create("three@demote.test"))
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+}
