@@ -33,31 +33,7 @@ fn actions(records: &[Value]) -> Vec<String> {
 /// Runs SQL behind the server's back, as the database owner, with the append-only
 /// trigger out of the way (what an attacker with database access could do).
 async fn tamper(app: &TestApp, sql: &str) {
-    let db = &app.state.app.db;
-    let pg = matches!(db, agentplane::db::DbPool::Postgres(_));
-    let sql = sql.to_owned();
-    let res: Result<(), agentplane::error::AppError> = async {
-        agentplane::db_run!(db, |conn| {
-            if pg {
-                diesel::sql_query("SET session_replication_role = replica")
-                    .execute(conn)
-                    .await?;
-            } else {
-                diesel::sql_query("DROP TRIGGER IF EXISTS audit_log_no_update")
-                    .execute(conn)
-                    .await?;
-            }
-            diesel::sql_query(sql.as_str()).execute(conn).await?;
-            if pg {
-                diesel::sql_query("SET session_replication_role = origin")
-                    .execute(conn)
-                    .await?;
-            }
-        });
-        Ok(())
-    }
-    .await;
-    res.expect("tampering succeeds");
+    crate::audit_forgery::as_owner_without_triggers(app, vec![sql.to_owned()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

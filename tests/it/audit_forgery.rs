@@ -37,7 +37,7 @@ async fn verify(app: &TestApp, token: &str, checkpoint: Value) -> Value {
 }
 
 /// Runs raw SQL as the database owner with the append-only triggers out of the way.
-async fn as_owner_without_triggers(app: &TestApp, statements: Vec<String>) {
+pub async fn as_owner_without_triggers(app: &TestApp, statements: Vec<String>) {
     let pg = TestDb::is_postgres();
     let db = &app.state.app.db;
     let res: Result<(), agentplane::error::AppError> = async {

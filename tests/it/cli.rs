@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{ServerProcess, TestDb, bin, ws_authed, ws_close_code};
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(bin());
     cmd.args(args).env_clear();
     for (k, v) in env {

@@ -5,7 +5,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestDb, bin, first_error_code};
+use crate::cli::run;
+use crate::helpers::{TestApp, TestDb, first_error_code};
 use agentplane::db::schema::{audit_log, tenants};
 
 const CREATE_WORKFLOW: &str =
@@ -81,15 +82,6 @@ async fn concurrent_creations_cannot_pass_a_quota() {
         .gql_as(&owner, "{ users(first: 50) { totalCount } }", json!({}))
         .await;
     assert_eq!(users["data"]["users"]["totalCount"], 3, "{users}");
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(bin());
-    cmd.args(args).env_clear();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("binary runs")
 }
 
 /// The audit actions of the tenant with `slug`, oldest first.
