@@ -49,6 +49,17 @@ pub struct App {
     pub templates: crate::executions::templates::Templates,
     /// The audit checkpoints this process published last.
     pub published: crate::audit::chain::Published,
+    /// Bumped when someone's rights may have changed (role, status, custom role, key
+    /// revoked, tenant suspended): open websockets re-check at once.
+    pub rights_epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl App {
+    /// Tells open websockets in this process to re-check their credential now (other
+    /// processes' sockets notice within `websocket.recheck_interval`).
+    pub fn rights_changed(&self) {
+        self.rights_epoch.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// Cheap handle to the shared state plus the executable schema (the router's state).
@@ -99,6 +110,7 @@ impl AppState {
             audit_tails: Arc::default(),
             templates: crate::executions::templates::Templates::new(&config.engine),
             published: crate::audit::chain::Published::default(),
+            rights_epoch: tokio::sync::watch::channel(0).0,
             config,
         });
         let schema = build_schema(Some(app.clone()));

@@ -158,6 +158,9 @@ pub struct WebsocketConfig {
     pub max_subscriptions_per_socket: usize,
     /// Operations running at once for one user or API key, over all its sockets.
     pub max_subscriptions_per_principal: usize,
+    /// How often an open socket re-checks its credential and rights (at once when they
+    /// change in this process).
+    pub recheck_interval: Duration,
 }
 
 /// Which algorithm signs access tokens.
@@ -437,6 +440,7 @@ struct FileWebsocket {
     max_connections_per_address: Option<toml::Value>,
     max_subscriptions_per_socket: Option<toml::Value>,
     max_subscriptions_per_principal: Option<toml::Value>,
+    recheck_secs: Option<toml::Value>,
 }
 
 /// One raw value and where it came from, so errors name the key the operator wrote.
@@ -866,6 +870,17 @@ impl Config {
                 100_000,
                 "a number of operations between 1 and 100000",
             )?,
+            recheck_interval: Duration::from_secs(parse_num(
+                layers.pick(
+                    "AGENTPLANE_WS_RECHECK_SECS",
+                    "websocket.recheck_secs",
+                    toml_scalar(file.websocket.recheck_secs),
+                ),
+                5u64,
+                1,
+                3600,
+                "seconds between 1 and 3600",
+            )?),
         };
 
         let algorithm = match layers.pick(

@@ -477,6 +477,7 @@ impl PrivacyMutation {
         )
         .severity(Severity::Critical);
         let done = erase(&a.db, p.tenant_id, &user, now, &entry).await?;
+        a.rights_changed();
         user.email = format!("erased-{}@erased.invalid", user.id);
         user.display_name = "Erased user".into();
         user.password_hash = None;

@@ -390,6 +390,7 @@ impl AuthMutation {
             super::store::revoke_api_key(&a.db, p.tenant_id, super::ApiKeyId(id), now, &audit)
                 .await?
                 .ok_or_else(|| AppError::not_found("API key"))?;
+        a.rights_changed();
         Ok(RevokeApiKeyPayload {
             api_key: ApiKey(row),
         })

@@ -371,13 +371,18 @@ pub async fn ws_handler(
 
 /// Ends the socket when the accepted credential expires on the app clock (checked every
 /// second), stops authenticating (revoked, user disabled, tenant suspended), or now
-/// carries other rights (both re-checked every 5 s).
+/// carries other rights: re-checked every `websocket.recheck_interval`, and at once when
+/// this process changed someone's rights (`App::rights_changed`).
 async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut n: u64 = 0;
+    let mut rights = app.rights_epoch.subscribe();
+    let recheck = app.config.websocket.recheck_interval;
+    let mut last_check = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        n += 1;
+        let changed = tokio::select! {
+            _ = tick.tick() => false,
+            r = rights.changed() => r.is_ok(),
+        };
         let Some(accepted) = socket.accepted() else {
             continue;
         };
@@ -385,26 +390,28 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
             socket.close(CLOSE_UNAUTHORIZED, "credentials expired");
             return;
         }
-        if n % 5 == 0 {
-            match crate::auth::authenticate(&app, &accepted.bearer).await {
-                Ok(p) if Rights::of(&p) != accepted.rights => {
-                    socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
-                    return;
-                }
-                Ok(_) => {}
-                // Only a verdict on the credential ends the socket. A database that does
-                // not answer says nothing about it: keep the socket and check again on
-                // the next round (clients treat 4401 as final and never reconnect).
-                Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
-                    socket.close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        code = e.code().as_str(),
-                        "websocket credential check could not run; keeping the socket"
-                    );
-                }
+        if !changed && last_check.elapsed() < recheck {
+            continue;
+        }
+        last_check = tokio::time::Instant::now();
+        match crate::auth::authenticate(&app, &accepted.bearer).await {
+            Ok(p) if Rights::of(&p) != accepted.rights => {
+                socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
+                return;
+            }
+            Ok(_) => {}
+            // Only a verdict on the credential ends the socket. A database that does
+            // not answer says nothing about it: keep the socket and check again on
+            // the next round (clients treat 4401 as final and never reconnect).
+            Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                socket.close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    code = e.code().as_str(),
+                    "websocket credential check could not run; keeping the socket"
+                );
             }
         }
     }

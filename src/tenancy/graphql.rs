@@ -805,6 +805,7 @@ impl TenancyMutation {
         let audit = tenant_audit(ctx, "tenant.suspended", &before, &t)?
             .severity(crate::audit::Severity::Critical);
         super::store::update(&a.db, &t, &audit).await?;
+        a.rights_changed();
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -857,6 +858,7 @@ impl TenancyMutation {
         )
         .severity(crate::audit::Severity::Critical);
         super::store::restore_owner(&a.db, t.id, user.id, now, &audit).await?;
+        a.rights_changed();
         user.role = BuiltinRole::Owner.as_str().into();
         user.status = UserStatus::Active.as_str().into();
         user.updated_at = now;
@@ -918,6 +920,7 @@ impl TenancyMutation {
         )
         .severity(crate::audit::Severity::Warning);
         super::store::set_user_role(&a.db, p.tenant_id, user.id, &role, now, &audit).await?;
+        a.rights_changed();
         user.role = role;
         user.updated_at = now;
         Ok(UserPayload { user: User(user) })
@@ -960,6 +963,7 @@ impl TenancyMutation {
             &audit,
         )
         .await?;
+        a.rights_changed();
         user.status = UserStatus::Disabled.as_str().into();
         user.updated_at = now;
         Ok(UserPayload { user: User(user) })
@@ -1018,6 +1022,7 @@ impl TenancyMutation {
         let audit = role_audit(ctx, "role.updated", &row, Some(&before))?
             .severity(crate::audit::Severity::Warning);
         super::store::update_role(&a.db, &row, &audit).await?;
+        a.rights_changed();
         Ok(RolePayload {
             role: Role::custom(&row),
         })
@@ -1042,6 +1047,7 @@ impl TenancyMutation {
         let mut audit = role_audit(ctx, "role.deleted", &row, None)?;
         audit.at = db_time(a.clock.now());
         super::store::delete_role(&a.db, row.tenant_id, row.id, &audit).await?;
+        a.rights_changed();
         Ok(DeleteRolePayload {
             deleted_role_id: input.role_id,
         })

@@ -333,3 +333,31 @@ async fn messages_are_no_larger_than_a_request_body_and_errors_carry_codes() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_subscription_ends_as_soon_as_its_rights_change() {
+    // The periodic re-check is an hour away: only the change itself can end the socket.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WS_RECHECK_SECS", "3600")]).await;
+    let (_tenant, owner) = app.tenant_with_owner("live").await;
+    let (admin_id, admin) = user_with_role(&app, &owner, "ops@live.test", json!("ADMIN")).await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &admin).await;
+    ws_send(
+        &mut ws,
+        subscribe("a", "subscription { auditEvents { sequence action } }"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($i: UpdateUserRoleInput!) { updateUserRole(input: $i) { user { id } } }",
+            json!({ "i": { "userId": admin_id, "roleId": "VIEWER" } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    // Whatever the stream still sent, the socket closes with 4403 right away (a VIEWER
+    // may not read the audit trail).
+    assert_eq!(ws_close_code(&mut ws, 5).await, Some(4403));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
