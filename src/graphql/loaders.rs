@@ -16,14 +16,22 @@ use crate::tenancy::teams::{TeamId, TeamRow};
 use crate::tenancy::{TenantId, UserId, UserRow};
 use crate::workflows::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
 
-/// A loader failure, shared by every waiting key.
+/// A loader failure, shared by every waiting key: its code and client-safe message (an
+/// outage stays `UNAVAILABLE` with its retry hint, not `INTERNAL`).
 #[derive(Clone, Debug)]
-pub struct LoadError(Arc<String>);
+pub struct LoadError {
+    code: crate::error::ErrorCode,
+    message: Arc<str>,
+}
 
 fn failed(e: AppError) -> LoadError {
-    // Logged once at the boundary; the detail stays in the log.
+    let code = e.code();
+    // Internal causes are logged once here; the detail stays in the log.
     let gql: async_graphql::Error = e.into();
-    LoadError(Arc::new(gql.message))
+    LoadError {
+        code,
+        message: Arc::from(gql.message.as_str()),
+    }
 }
 
 /// Users by id.
@@ -271,7 +279,33 @@ fn cached<L: Send + Sync + 'static>(loader: L) -> DataLoader<L, HashMapCache> {
     DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default())
 }
 
-/// Converts a loader failure into the API error.
+/// Converts a loader failure into the API error, with the code it failed with.
 pub fn load_error(e: LoadError) -> AppError {
-    AppError::internal(anyhow::anyhow!("batched load failed: {}", e.0))
+    use crate::error::ErrorCode;
+    match e.code {
+        ErrorCode::Internal => {
+            AppError::internal(anyhow::anyhow!("batched load failed: {}", e.message))
+        }
+        ErrorCode::Unavailable => AppError::new(ErrorCode::Unavailable, e.message.to_string())
+            .with_detail("retryAfterSeconds", crate::error::RETRY_AFTER_SECONDS),
+        code => AppError::new(code, e.message.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn load_errors_keep_their_code() {
+        let outage = load_error(failed(AppError::unavailable(
+            "the database is unreachable",
+            anyhow::anyhow!("connection refused"),
+        )));
+        assert_eq!(outage.code(), ErrorCode::Unavailable);
+        assert!(outage.message().contains("unreachable"));
+        let gone = load_error(failed(AppError::not_found("user")));
+        assert_eq!(gone.code(), ErrorCode::NotFound);
+    }
 }
