@@ -371,6 +371,23 @@ pub async fn find_api_key_by_hash(db: &DbPool, hash: &str) -> AppResult<Option<A
     }))
 }
 
+/// Ids of the unrevoked keys of `tenant` created by `creator` (`user:<id>`).
+pub async fn active_keys_created_by(
+    db: &DbPool,
+    tenant: TenantId,
+    creator: &str,
+) -> AppResult<Vec<ApiKeyId>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant))
+            .filter(api_keys::created_by.eq(creator))
+            .filter(api_keys::revoked_at.is_null())
+            .select(api_keys::id)
+            .load(conn)
+            .await?
+    }))
+}
+
 /// Loads a key of `tenant` by id.
 pub async fn find_api_key(
     db: &DbPool,

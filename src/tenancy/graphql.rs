@@ -654,12 +654,13 @@ pub async fn keys_created_by(
     tenant: crate::tenancy::TenantId,
     user: UserId,
 ) -> AppResult<Vec<String>> {
-    Ok(crate::auth::store::list_api_keys(&app.db, tenant)
-        .await?
-        .into_iter()
-        .filter(|k| k.created_by == format!("user:{user}") && k.revoked_at.is_none())
-        .map(|k| to_global_id(NodeKind::ApiKey, k.id.0).0)
-        .collect())
+    Ok(
+        crate::auth::store::active_keys_created_by(&app.db, tenant, &format!("user:{user}"))
+            .await?
+            .into_iter()
+            .map(|k| to_global_id(NodeKind::ApiKey, k.0).0)
+            .collect(),
+    )
 }
 
 async fn user_in_tenant(ctx: &Context<'_>, id: &ID) -> AppResult<UserRow> {

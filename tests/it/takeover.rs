@@ -16,6 +16,21 @@ async fn my_id(app: &TestApp, token: &str) -> String {
     me["data"]["me"]["id"].as_str().expect("id").to_owned()
 }
 
+/// An ADMIN API key made by the holder of `token`; returns its secret.
+async fn admin_key(app: &TestApp, token: &str) -> String {
+    let out = app
+        .gql_as(
+            token,
+            CREATE_KEY,
+            json!({ "i": { "name": "deploy", "roleId": "ADMIN" } }),
+        )
+        .await;
+    out["data"]["createApiKey"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned()
+}
+
 fn role(id: &str, role: &str) -> Value {
     json!({ "i": { "userId": id, "roleId": role } })
 }
@@ -127,17 +142,7 @@ async fn disabling_or_erasing_a_user_revokes_the_api_keys_they_created() {
     let (_, owner) = app.tenant_with_owner("keys").await;
     for (email, offboard) in [("gone@keys.test", DISABLE), ("erased@keys.test", ERASE)] {
         let (id, admin) = user_with_role(&app, &owner, email, json!("ADMIN")).await;
-        let out = app
-            .gql_as(
-                &admin,
-                CREATE_KEY,
-                json!({ "i": { "name": "deploy", "roleId": "ADMIN" } }),
-            )
-            .await;
-        let secret = out["data"]["createApiKey"]["secret"]
-            .as_str()
-            .expect("secret")
-            .to_owned();
+        let secret = admin_key(&app, &admin).await;
         let t = app.gql_as(&secret, "{ tenant { slug } }", json!({})).await;
         assert_eq!(t["data"]["tenant"]["slug"], "keys", "{t}");
 
@@ -160,17 +165,7 @@ async fn a_key_does_no_more_than_its_creator_may_do_now() {
     let app = TestApp::spawn().await;
     let (_, owner) = app.tenant_with_owner("demote").await;
     let (id, admin) = user_with_role(&app, &owner, "ops@demote.test", json!("ADMIN")).await;
-    let out = app
-        .gql_as(
-            &admin,
-            CREATE_KEY,
-            json!({ "i": { "name": "deploy", "roleId": "ADMIN" } }),
-        )
-        .await;
-    let key = out["data"]["createApiKey"]["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let key = admin_key(&app, &admin).await;
     let create =
         |email: &str| json!({ "i": { "email": email, "displayName": "X", "roleId": "VIEWER" } });
     let create_user = "mutation($i: CreateUserInput!) { createUser(input: $i) { user { id } } }";
