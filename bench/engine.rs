@@ -44,7 +44,7 @@ async fn wait_all_done(
             let rows = agentplane::executions::store::by_ids(&app.db, tenant, chunk)
                 .await
                 .expect("load");
-            done += rows.iter().filter(|r| r.status().is_terminal()).count();
+            done += rows.iter().filter(|r| r.status.is_terminal()).count();
         }
         if done == ids.len() {
             return;
@@ -123,8 +123,8 @@ async fn main() -> anyhow::Result<()> {
         name: "bench".into(),
         description: String::new(),
         tags: "[]".into(),
-        environment: "DEVELOPMENT".into(),
-        visibility: "TENANT".into(),
+        environment: agentplane::workflows::model::Environment::Development,
+        visibility: agentplane::workflows::model::Visibility::Tenant,
         owner_id: None,
         created_by: "bench".into(),
         team_id: None,
@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let ok = rows
         .iter()
-        .filter(|r| r.status() == ExecutionStatus::Succeeded)
+        .filter(|r| r.status == ExecutionStatus::Succeeded)
         .count();
 
     // 3. Latency: one at a time onto idle workers.

@@ -239,14 +239,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     owner_name,
                 },
         } => {
-            let plan = match plan.to_ascii_uppercase().as_str() {
-                "FREE" => agentplane::tenancy::model::Plan::Free,
-                "PRO" => agentplane::tenancy::model::Plan::Pro,
-                "ENTERPRISE" => agentplane::tenancy::model::Plan::Enterprise,
-                "CUSTOM" => agentplane::tenancy::model::Plan::Custom,
-                other => anyhow::bail!(
-                    "unknown plan {other:?} (expected FREE, PRO, ENTERPRISE or CUSTOM)"
-                ),
+            use agentplane::tenancy::model::Plan;
+            let upper = plan.to_ascii_uppercase();
+            let Some(plan) = Plan::parse(&upper) else {
+                let known: Vec<&str> = Plan::ALL.iter().map(|p| p.as_str()).collect();
+                anyhow::bail!(
+                    "unknown plan {plan:?} (expected one of {})",
+                    known.join(", ")
+                );
             };
             migrate::run_pending(&config.database_url).await?;
             let state = AppState::new(config).await?;

@@ -244,7 +244,7 @@ pub async fn erase(
             users::email.eq(&erased_email),
             users::display_name.eq("Erased user"),
             users::password_hash.eq(None::<String>),
-            users::status.eq(UserStatus::Erased.as_str()),
+            users::status.eq(UserStatus::Erased),
             users::last_login_at.eq(None::<NaiveDateTime>),
             users::updated_at.eq(now),
         ))
@@ -458,7 +458,7 @@ impl PrivacyMutation {
         if p.user_id() == Some(user.id) {
             return Err(AppError::bad_input("userId", "you cannot erase yourself").into());
         }
-        if UserStatus::parse(&user.status) == UserStatus::Erased {
+        if user.status == UserStatus::Erased {
             return Err(AppError::new(
                 crate::error::ErrorCode::Conflict,
                 "this user has already been erased",
@@ -481,7 +481,7 @@ impl PrivacyMutation {
         user.email = format!("erased-{}@erased.invalid", user.id);
         user.display_name = "Erased user".into();
         user.password_hash = None;
-        user.status = UserStatus::Erased.as_str().into();
+        user.status = UserStatus::Erased;
         user.last_login_at = None;
         user.updated_at = now;
         Ok(EraseUserPayload {

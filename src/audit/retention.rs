@@ -23,6 +23,7 @@ use crate::db::DbPool;
 use crate::db::ids::db_time;
 use crate::db::schema::{audit_heads, audit_log, executions, tenants};
 use crate::error::AppResult;
+use crate::executions::model::ExecutionStatus;
 use crate::tenancy::TenantId;
 
 /// Audit records deleted per transaction.
@@ -138,7 +139,12 @@ async fn execution_batch(
             .filter(executions::tenant_id.eq(&t))
             .filter(executions::finished_at.lt(cutoff))
             .filter(executions::created_at.lt(keep_from))
-            .filter(executions::status.eq_any(["SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"]))
+            .filter(executions::status.eq_any([
+                ExecutionStatus::Succeeded,
+                ExecutionStatus::Failed,
+                ExecutionStatus::Cancelled,
+                ExecutionStatus::TimedOut,
+            ]))
             .select(executions::id)
             .limit(EXECUTION_BATCH)
             .load(&mut *conn)

@@ -96,30 +96,42 @@ pub async fn role_permissions(
     tenant: &TenantRow,
     role: &str,
 ) -> AppResult<(PermissionSet, bool)> {
+    let custom = match (BuiltinRole::parse(role), uuid::Uuid::parse_str(role)) {
+        (None, Ok(uuid)) => crate::tenancy::store::find_role(&app.db, tenant.id, RoleId(uuid))
+            .await?
+            .map(|r| r.permissions),
+        _ => None,
+    };
+    Ok(permissions_of(tenant, role, custom.as_deref()))
+}
+
+/// [`role_permissions`] when the custom role's permission list (if the role is a custom
+/// one that exists) was already read: built-in roles map to their matrix row, a custom
+/// role to its list, anything else to nothing.
+pub fn permissions_of(
+    tenant: &TenantRow,
+    role: &str,
+    custom_permissions: Option<&str>,
+) -> (PermissionSet, bool) {
     if let Some(b) = BuiltinRole::parse(role) {
         if b == BuiltinRole::PlatformAdmin {
-            return Ok(if tenant.is_system {
+            return if tenant.is_system {
                 (b.permissions(), true)
             } else {
                 (PermissionSet::new(), false)
-            });
+            };
         }
-        return Ok((b.permissions(), false));
+        return (b.permissions(), false);
     }
-    let Ok(uuid) = uuid::Uuid::parse_str(role) else {
-        return Ok((PermissionSet::new(), false));
-    };
-    Ok(
-        match crate::tenancy::store::find_role(&app.db, tenant.id, RoleId(uuid)).await? {
-            Some(r) => (parse_permission_list(&r.permissions), false),
-            None => (PermissionSet::new(), false),
-        },
+    custom_permissions.map_or_else(
+        || (PermissionSet::new(), false),
+        |list| (parse_permission_list(list), false),
     )
 }
 
 /// Refuses principals of a suspended tenant with `FORBIDDEN` and reason `TENANT_SUSPENDED`.
 pub fn check_tenant_active(tenant: &TenantRow) -> AppResult<()> {
-    if TenantStatus::parse(&tenant.status) == TenantStatus::Active {
+    if tenant.status == TenantStatus::Active {
         Ok(())
     } else {
         Err(AppError::forbidden("this organization is suspended")
@@ -156,26 +168,26 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     let session_id = uuid::Uuid::parse_str(&claims.sid)
         .map(SessionId)
         .map_err(|_| invalid_credentials())?;
-    if store::is_access_token_revoked(&app.db, &claims.jti).await? {
-        return Err(invalid_credentials());
-    }
-    let session = store::find_session(&app.db, tenant_id, session_id)
+    // One statement: session, user, tenant, custom role and the revocation list.
+    let subject = store::token_subject(&app.db, tenant_id, session_id, user_id, &claims.jti)
         .await?
         .ok_or_else(invalid_credentials)?;
-    if session.revoked_at.is_some() || session.user_id != user_id {
+    let store::TokenSubject {
+        session,
+        user,
+        tenant,
+        custom_role_permissions,
+        token_revoked,
+    } = subject;
+    if token_revoked || session.revoked_at.is_some() || session.user_id != user_id {
         return Err(invalid_credentials());
     }
-    let user = crate::tenancy::store::find_user(&app.db, tenant_id, user_id)
-        .await?
-        .ok_or_else(invalid_credentials)?;
-    if UserStatus::parse(&user.status) != UserStatus::Active {
+    if user.status != UserStatus::Active {
         return Err(invalid_credentials());
     }
-    let tenant = crate::tenancy::store::find(&app.db, tenant_id)
-        .await?
-        .ok_or_else(invalid_credentials)?;
     check_tenant_active(&tenant)?;
-    let (permissions, platform_admin) = role_permissions(app, &tenant, &user.role).await?;
+    let (permissions, platform_admin) =
+        permissions_of(&tenant, &user.role, custom_role_permissions.as_deref());
     Ok(Principal {
         actor: Actor::User(user.id),
         tenant_id,

@@ -125,13 +125,7 @@ pub async fn login(
         .run(client.map(|c| c.ip), move || passwords::verify(&hash, &pw))
         .await?;
     let user = match user {
-        Some(u)
-            if ok
-                && u.password_hash.is_some()
-                && UserStatus::parse(&u.status) == UserStatus::Active =>
-        {
-            u
-        }
+        Some(u) if ok && u.password_hash.is_some() && u.status == UserStatus::Active => u,
         _ => {
             // Already counted before the check.
             tracing::info!(event = "auth.login_failed", "sign-in failed");
@@ -295,7 +289,7 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
     }
     let user = crate::tenancy::store::find_user(&app.db, session.tenant_id, session.user_id)
         .await?
-        .filter(|u| UserStatus::parse(&u.status) == UserStatus::Active)
+        .filter(|u| u.status == UserStatus::Active)
         .ok_or_else(invalid)?;
     let tenant = crate::tenancy::store::find(&app.db, user.tenant_id)
         .await?
@@ -524,17 +518,16 @@ pub async fn create_api_key(
 pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principal> {
     let invalid = || AppError::unauthenticated("invalid or expired credentials");
     let now = app.clock.now();
-    let key = store::find_api_key_by_hash(&app.db, &passwords::sha256_hex(secret))
+    // One statement for the key, its tenant and its custom role; one for its creator.
+    let (key, tenant, custom) = store::api_key_subject(&app.db, &passwords::sha256_hex(secret))
         .await?
         .ok_or_else(invalid)?;
     if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| utc(e) <= now) {
         return Err(invalid());
     }
-    let tenant = crate::tenancy::store::find(&app.db, key.tenant_id)
-        .await?
-        .ok_or_else(invalid)?;
     check_tenant_active(&tenant)?;
-    let (mut permissions, mut platform_admin) = role_permissions(app, &tenant, &key.role).await?;
+    let (mut permissions, mut platform_admin) =
+        super::permissions_of(&tenant, &key.role, custom.as_deref());
     // A key never does more than whoever created it may do now: demoting its creator
     // takes it down too, and a creator who is gone (disabled, erased) takes it along.
     let Some((held, creator_platform)) =
@@ -575,14 +568,18 @@ async fn creator_rights(
         let Ok(uuid) = uuid::Uuid::parse_str(id) else {
             return Ok(None);
         };
-        let Some(user) = crate::tenancy::store::find_user(&app.db, tenant.id, UserId(uuid)).await?
+        let Some((user, custom)) = store::user_with_role(&app.db, tenant.id, UserId(uuid)).await?
         else {
             return Ok(None);
         };
-        if UserStatus::parse(&user.status) != UserStatus::Active {
+        if user.status != UserStatus::Active {
             return Ok(None);
         }
-        return role_permissions(app, tenant, &user.role).await.map(Some);
+        return Ok(Some(super::permissions_of(
+            tenant,
+            &user.role,
+            custom.as_deref(),
+        )));
     }
     if let (Some(id), true) = (created_by.strip_prefix("apikey:"), depth > 0) {
         let Ok(uuid) = uuid::Uuid::parse_str(id) else {

@@ -14,7 +14,7 @@ use crate::db::schema::{
     api_keys, login_attempts, password_tokens, refresh_tokens, revoked_access_tokens, sessions,
 };
 use crate::error::AppResult;
-use crate::tenancy::{TenantId, UserId};
+use crate::tenancy::{TenantId, TenantRow, UserId, UserRow};
 
 /// Creates a session with its first refresh token.
 pub async fn insert_session(
@@ -35,6 +35,120 @@ pub async fn insert_session(
         crate::audit_append!(conn, audit)?;
         Ok(())
     })
+}
+
+/// Everything an access token's principal rests on, read in one statement: the session,
+/// its user, the tenant, the user's custom role (when the role is one) and whether the
+/// token was revoked.
+#[derive(Debug)]
+pub struct TokenSubject {
+    /// The token's session.
+    pub session: SessionRow,
+    /// The session's user.
+    pub user: UserRow,
+    /// The user's tenant.
+    pub tenant: TenantRow,
+    /// The permissions of the user's custom role; `None` for a built-in role or a custom
+    /// role that no longer exists.
+    pub custom_role_permissions: Option<String>,
+    /// Whether the token's `jti` is on the revocation list.
+    pub token_revoked: bool,
+}
+
+/// Reads the [`TokenSubject`] of session `session` of user `user` in `tenant`; `None`
+/// when the session does not belong to that user and tenant.
+pub async fn token_subject(
+    db: &DbPool,
+    tenant: TenantId,
+    session: SessionId,
+    user: UserId,
+    jti: &str,
+) -> AppResult<Option<TokenSubject>> {
+    use crate::db::schema::{roles, tenants, users};
+    let row = crate::db_run_tenant!(db, tenant, |conn| {
+        sessions::table
+            .inner_join(users::table.inner_join(tenants::table))
+            .left_join(
+                roles::table.on(roles::id
+                    .eq(users::role)
+                    .and(roles::tenant_id.eq(users::tenant_id))),
+            )
+            .filter(sessions::tenant_id.eq(tenant))
+            .filter(sessions::id.eq(session))
+            .filter(users::id.eq(user))
+            .select((
+                SessionRow::as_select(),
+                UserRow::as_select(),
+                TenantRow::as_select(),
+                roles::permissions.nullable(),
+                diesel::dsl::exists(
+                    revoked_access_tokens::table.filter(revoked_access_tokens::jti.eq(jti)),
+                ),
+            ))
+            .first::<(SessionRow, UserRow, TenantRow, Option<String>, bool)>(conn)
+            .await
+            .optional()?
+    });
+    Ok(row.map(
+        |(session, user, tenant, custom_role_permissions, token_revoked)| TokenSubject {
+            session,
+            user,
+            tenant,
+            custom_role_permissions,
+            token_revoked,
+        },
+    ))
+}
+
+/// An API key with its tenant and, when its role is a custom one, that role's
+/// permissions: one statement.
+pub async fn api_key_subject(
+    db: &DbPool,
+    hash: &str,
+) -> AppResult<Option<(ApiKeyRow, TenantRow, Option<String>)>> {
+    use crate::db::schema::{roles, tenants};
+    Ok(crate::db_run!(db, |conn| {
+        api_keys::table
+            .inner_join(tenants::table)
+            .left_join(
+                roles::table.on(roles::id
+                    .eq(api_keys::role)
+                    .and(roles::tenant_id.eq(api_keys::tenant_id))),
+            )
+            .filter(api_keys::secret_hash.eq(hash))
+            .select((
+                ApiKeyRow::as_select(),
+                TenantRow::as_select(),
+                roles::permissions.nullable(),
+            ))
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// A user of `tenant` with the permissions of their custom role (when it is one): one
+/// statement.
+pub async fn user_with_role(
+    db: &DbPool,
+    tenant: TenantId,
+    user: UserId,
+) -> AppResult<Option<(UserRow, Option<String>)>> {
+    use crate::db::schema::{roles, users};
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        users::table
+            .left_join(
+                roles::table.on(roles::id
+                    .eq(users::role)
+                    .and(roles::tenant_id.eq(users::tenant_id))),
+            )
+            .filter(users::tenant_id.eq(tenant))
+            .filter(users::id.eq(user))
+            .select((UserRow::as_select(), roles::permissions.nullable()))
+            .first(conn)
+            .await
+            .optional()?
+    }))
 }
 
 /// Loads a session of `tenant`.
@@ -203,18 +317,6 @@ pub async fn revoke_access_token(db: &DbPool, row: &RevokedTokenRow) -> AppResul
     Ok(())
 }
 
-/// Whether an access token's `jti` was revoked.
-pub async fn is_access_token_revoked(db: &DbPool, jti: &str) -> AppResult<bool> {
-    Ok(crate::db_run!(db, |conn| {
-        revoked_access_tokens::table
-            .filter(revoked_access_tokens::jti.eq(jti))
-            .count()
-            .get_result::<i64>(conn)
-            .await?
-            > 0
-    }))
-}
-
 /// Lockout counters for the given keys.
 pub async fn login_attempts_for(db: &DbPool, keys: &[String]) -> AppResult<Vec<LoginAttemptRow>> {
     Ok(crate::db_run!(db, |conn| {
@@ -357,18 +459,6 @@ pub async fn insert_api_key(
         crate::audit_append!(conn, audit)?;
         Ok(())
     })
-}
-
-/// An API key by secret hash (authentication; the tenant comes from the row).
-pub async fn find_api_key_by_hash(db: &DbPool, hash: &str) -> AppResult<Option<ApiKeyRow>> {
-    Ok(crate::db_run!(db, |conn| {
-        api_keys::table
-            .filter(api_keys::secret_hash.eq(hash))
-            .select(ApiKeyRow::as_select())
-            .first(conn)
-            .await
-            .optional()?
-    }))
 }
 
 /// Ids of the unrevoked keys of `tenant` created by `creator` (`user:<id>`).

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::db::DbPool;
 use crate::db::ids::db_time;
 use crate::error::AppResult;
+use crate::executions::model::ExecutionStatus;
 
 /// How this process appears in the cluster.
 #[derive(Debug, Clone)]
@@ -188,7 +189,7 @@ impl Agent {
             worker_slots: reg.worker_slots as i64,
             started_at: at,
             last_heartbeat_at: at,
-            status: NodeStatus::of(score, false).as_str().to_owned(),
+            status: NodeStatus::of(score, false),
             draining: false,
             health_score: score,
             cpu_percent: sample.cpu_percent,
@@ -271,7 +272,7 @@ impl Agent {
                 .insert(n.id.clone(), (status, n.last_heartbeat_at));
             if let Some(kind) = kind {
                 let mut node = n.clone();
-                node.status = status.as_str().to_owned();
+                node.status = status;
                 self.app.bus.publish_cluster(ClusterEvent::Node {
                     node: Box::new(node),
                     kind,
@@ -315,7 +316,7 @@ fn placeholder_row() -> NodeRow {
         worker_slots: 0,
         started_at: t,
         last_heartbeat_at: t,
-        status: String::new(),
+        status: NodeStatus::Offline,
         draining: false,
         health_score: 0.0,
         cpu_percent: 0.0,
@@ -420,14 +421,14 @@ pub async fn place_pending(
     let mut placed_any = false;
     let alive: HashSet<&str> = nodes
         .iter()
-        .filter(|n| n.status() != NodeStatus::Offline)
+        .filter(|n| n.status != NodeStatus::Offline)
         .map(|n| n.id.as_str())
         .collect();
     for (p, status) in &open {
         let keep = match &p.node_id {
             None => false,
             // Queued work moves off nodes that stopped accepting (draining, unhealthy).
-            Some(n) if status == "QUEUED" => live.contains(n),
+            Some(n) if *status == ExecutionStatus::Queued => live.contains(n),
             // Running work stays where it runs until that node goes OFFLINE.
             Some(n) => alive.contains(n.as_str()),
         };

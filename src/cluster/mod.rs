@@ -77,7 +77,7 @@ pub enum ClusterEvent {
 /// A node's score and status as seen at `now`: the stored score is recomputed with the
 /// heartbeat's age, so a silent node degrades before the reaper marks it OFFLINE.
 pub fn view(node: &NodeRow, now: DateTime<Utc>, cfg: &ClusterConfig) -> (f64, NodeStatus) {
-    let stored = node.status();
+    let stored = node.status;
     if stored == NodeStatus::Offline {
         return (0.0, NodeStatus::Offline);
     }

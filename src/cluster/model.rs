@@ -28,50 +28,24 @@ impl NodeKind {
     }
 }
 
-/// A node's condition.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NodeStatus {
-    /// Score ≥ 0.8.
-    Healthy,
-    /// 0.5 ≤ score < 0.8: still receives work.
-    Degraded,
-    /// Score < 0.5: receives no new GPU placements.
-    Unhealthy,
-    /// Finishing current work; claims nothing new.
-    Draining,
-    /// No heartbeat within the offline timeout: its leases and reservations were released.
-    Offline,
+crate::db_enum! {
+    /// A node's condition.
+    #[derive(async_graphql::Enum, PartialOrd, Ord)]
+    pub enum NodeStatus {
+        /// Score ≥ 0.8.
+        Healthy => "HEALTHY",
+        /// 0.5 ≤ score < 0.8: still receives work.
+        Degraded => "DEGRADED",
+        /// Score < 0.5: receives no new GPU placements.
+        Unhealthy => "UNHEALTHY",
+        /// Finishing current work; claims nothing new.
+        Draining => "DRAINING",
+        /// No heartbeat within the offline timeout: its leases and reservations were released.
+        Offline => "OFFLINE",
+    }
 }
 
 impl NodeStatus {
-    /// Every status, in display order.
-    pub const ALL: [NodeStatus; 5] = [
-        Self::Healthy,
-        Self::Degraded,
-        Self::Unhealthy,
-        Self::Draining,
-        Self::Offline,
-    ];
-
-    /// Stored name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "HEALTHY",
-            Self::Degraded => "DEGRADED",
-            Self::Unhealthy => "UNHEALTHY",
-            Self::Draining => "DRAINING",
-            Self::Offline => "OFFLINE",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .unwrap_or(Self::Offline)
-    }
-
     /// Status of a live node from its score and drain flag.
     pub fn of(score: f64, draining: bool) -> Self {
         if draining {
@@ -110,7 +84,7 @@ pub struct NodeRow {
     /// Last heartbeat (wall clock of the node).
     pub last_heartbeat_at: NaiveDateTime,
     /// Stored [`NodeStatus`].
-    pub status: String,
+    pub status: NodeStatus,
     /// Set by `drainNode`.
     pub draining: bool,
     /// 0..1.
@@ -136,11 +110,6 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
-    /// Parsed status.
-    pub fn status(&self) -> NodeStatus {
-        NodeStatus::parse(&self.status)
-    }
-
     /// Parsed GPU readings.
     pub fn gpus(&self) -> Vec<GpuReading> {
         serde_json::from_str(&self.gpus).unwrap_or_default()

@@ -14,6 +14,7 @@ use crate::db::schema::{
     execution_placements, executions, gpu_reservations, node_telemetry, nodes, tenants,
 };
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::executions::model::ExecutionStatus;
 use crate::tenancy::TenantId;
 
 /// One telemetry sample (also the columns of `node_telemetry`).
@@ -140,11 +141,11 @@ pub async fn reap(
     crate::db_tx!(db, "", |conn| {
         let dead: Vec<NodeRow> = diesel::update(
             nodes::table
-                .filter(nodes::status.ne(NodeStatus::Offline.as_str()))
+                .filter(nodes::status.ne(NodeStatus::Offline))
                 .filter(nodes::last_heartbeat_at.lt(cutoff)),
         )
         .set((
-            nodes::status.eq(NodeStatus::Offline.as_str()),
+            nodes::status.eq(NodeStatus::Offline),
             nodes::offline_at.eq(now),
             nodes::in_flight.eq(0),
             nodes::updated_at.eq(now),
@@ -159,7 +160,10 @@ pub async fn reap(
             diesel::update(
                 executions::table
                     .filter(executions::lease_owner.like(format!("{}:%", n.id)))
-                    .filter(executions::status.eq_any(["QUEUED", "RUNNING"])),
+                    .filter(
+                        executions::status
+                            .eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]),
+                    ),
             )
             .set((
                 executions::lease_owner.eq(None::<String>),
@@ -183,7 +187,7 @@ pub async fn reap(
         }
         diesel::delete(
             nodes::table
-                .filter(nodes::status.eq(NodeStatus::Offline.as_str()))
+                .filter(nodes::status.eq(NodeStatus::Offline))
                 .filter(nodes::offline_at.lt(forget_before)),
         )
         .execute(conn)
@@ -246,7 +250,7 @@ pub async fn set_draining(
             .await
             .optional()?
             .ok_or_else(|| AppError::not_found("node"))?;
-        if row.status() == NodeStatus::Offline {
+        if row.status == NodeStatus::Offline {
             return Err(AppError::new(
                 ErrorCode::Conflict,
                 format!(
@@ -254,7 +258,7 @@ pub async fn set_draining(
                     row.name
                 ),
             )
-            .with_detail("status", "OFFLINE"));
+            .with_detail("status", NodeStatus::Offline.as_str()));
         }
         let status = if draining {
             NodeStatus::Draining
@@ -322,11 +326,7 @@ pub async fn placement(
 macro_rules! lock_node {
     ($conn:expr, $id:expr) => {
         diesel::update(
-            nodes::table.filter(
-                nodes::id
-                    .eq($id)
-                    .and(nodes::status.ne(NodeStatus::Offline.as_str())),
-            ),
+            nodes::table.filter(nodes::id.eq($id).and(nodes::status.ne(NodeStatus::Offline))),
         )
         .set(nodes::updated_at.eq(nodes::updated_at))
         .execute($conn)
@@ -626,11 +626,11 @@ pub async fn release_manual(
 
 /// Placements of unfinished executions with their status, oldest first (the placer
 /// decides which need a node).
-pub async fn open_placements(db: &DbPool) -> AppResult<Vec<(PlacementRow, String)>> {
+pub async fn open_placements(db: &DbPool) -> AppResult<Vec<(PlacementRow, ExecutionStatus)>> {
     Ok(crate::db_run!(db, |conn| {
         execution_placements::table
             .inner_join(executions::table.on(executions::id.eq(execution_placements::execution_id)))
-            .filter(executions::status.eq_any(["QUEUED", "RUNNING"]))
+            .filter(executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]))
             .order(executions::created_at.asc())
             .select((PlacementRow::as_select(), executions::status))
             .load(conn)
@@ -714,10 +714,10 @@ pub async fn queue_stats(
     let t = tenant.map(|t| t.to_string()).unwrap_or_default();
     Ok(crate::db_run_tenant!(db, t.as_str(), |conn| {
         let mut q = executions::table
-            .filter(executions::status.eq("QUEUED"))
+            .filter(executions::status.eq(ExecutionStatus::Queued))
             .into_boxed();
         let mut o = executions::table
-            .filter(executions::status.eq("QUEUED"))
+            .filter(executions::status.eq(ExecutionStatus::Queued))
             .into_boxed();
         if let Some(tid) = tenant {
             q = q.filter(executions::tenant_id.eq(tid));
@@ -736,7 +736,7 @@ pub async fn queue_stats(
 pub async fn running_total(db: &DbPool) -> AppResult<i64> {
     Ok(crate::db_run!(db, |conn| {
         executions::table
-            .filter(executions::status.eq("RUNNING"))
+            .filter(executions::status.eq(ExecutionStatus::Running))
             .count()
             .get_result(conn)
             .await?

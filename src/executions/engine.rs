@@ -392,7 +392,7 @@ impl Engine {
         let id = row.id;
         let now = self.now();
         let mut row = row;
-        if row.status() == ExecutionStatus::Queued {
+        if row.status == ExecutionStatus::Queued {
             let deadline = now + ChronoDuration::seconds(row.timeout_seconds);
             match self
                 .transition(
@@ -427,7 +427,7 @@ impl Engine {
         let mut attempts: HashMap<String, i64> = HashMap::new();
         let mut outputs: HashMap<String, Value> = HashMap::new();
         for s in &step_rows {
-            let st = match s.status() {
+            let st = match s.status {
                 // Interrupted by a crash or shutdown: run again (at-least-once).
                 StepStatus::Running | StepStatus::Retrying => StepStatus::Pending,
                 other => other,

@@ -74,7 +74,7 @@ impl ExecutionStep {
     }
     /// Status.
     async fn status(&self) -> StepStatus {
-        self.0.status()
+        self.0.status
     }
     /// Attempts started (0 before the first).
     async fn attempt(&self) -> i64 {
@@ -146,7 +146,7 @@ impl Execution {
     }
     /// Status.
     async fn status(&self) -> ExecutionStatus {
-        self.0.status()
+        self.0.status
     }
     /// Input JSON.
     async fn input(&self) -> Json<Value> {
@@ -170,34 +170,24 @@ impl Execution {
     }
     /// The user who started it (null for API keys and schedules).
     async fn started_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        let Some(uid) = self
-            .0
-            .started_by_user
-            .as_deref()
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        else {
+        let Some(uid) = self.0.started_by_user else {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
             .users
-            .load_one(crate::tenancy::UserId(uid))
+            .load_one(uid)
             .await
             .map_err(load_error)?
             .map(User))
     }
     /// The execution this one retries.
     async fn retry_of(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
-        let Some(id) = self
-            .0
-            .retry_of
-            .as_deref()
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        else {
+        let Some(id) = self.0.retry_of else {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
             .executions
-            .load_one(ExecutionId(id))
+            .load_one(id)
             .await
             .map_err(load_error)?
             .map(Execution))
@@ -243,7 +233,7 @@ impl Execution {
     async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         let a = app(ctx)?;
         if matches!(
-            self.0.status(),
+            self.0.status,
             ExecutionStatus::Queued | ExecutionStatus::Running
         ) {
             // GPU work: the placer's or the GPU reservation's reason.
@@ -254,7 +244,7 @@ impl Execution {
                 return Ok(Some(reason));
             }
         }
-        if self.0.status() != ExecutionStatus::Queued || self.0.lease_owner.is_some() {
+        if self.0.status != ExecutionStatus::Queued || self.0.lease_owner.is_some() {
             return Ok(None);
         }
         let tenant = crate::tenancy::store::find(&a.db, self.0.tenant_id)
@@ -329,7 +319,7 @@ impl WorkflowStats {
         let mut durations = Vec::new();
         for r in rows {
             s.total += 1;
-            match r.status() {
+            match r.status {
                 ExecutionStatus::Queued => s.queued += 1,
                 ExecutionStatus::Running => s.running += 1,
                 ExecutionStatus::Succeeded => s.succeeded += 1,
@@ -500,12 +490,7 @@ async fn prefetch(ctx: &Context<'_>, rows: &[ExecutionRow]) -> AppResult<()> {
     if node.field("startedBy").exists() {
         loaders
             .users
-            .load_many(
-                rows.iter()
-                    .filter_map(|r| r.started_by_user.as_deref())
-                    .filter_map(|s| uuid::Uuid::parse_str(s).ok())
-                    .map(crate::tenancy::UserId),
-            )
+            .load_many(rows.iter().filter_map(|r| r.started_by_user))
             .await
             .map_err(load_error)?;
     }
@@ -556,7 +541,7 @@ impl ExecutionMutation {
                     .map_or(Value::Object(Default::default()), |j| j.0),
                 idempotency_key: input.idempotency_key,
                 started_by: p.actor_ref(),
-                started_by_user: p.user_id().map(|u| u.to_string()),
+                started_by_user: p.user_id(),
                 retry_of: None,
                 schedule_id: None,
                 timeout_seconds: input.timeout_seconds,
@@ -598,7 +583,7 @@ impl ExecutionMutation {
         let p = principal(ctx)?;
         let old = execution_arg(ctx, &input.execution_id).await?;
         if !matches!(
-            old.status(),
+            old.status,
             ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Cancelled
         ) {
             return Err(AppError::conflict(format!(
@@ -620,7 +605,7 @@ impl ExecutionMutation {
                 input: serde_json::from_str(&old.input).unwrap_or(Value::Null),
                 idempotency_key: None,
                 started_by: p.actor_ref(),
-                started_by_user: p.user_id().map(|u| u.to_string()),
+                started_by_user: p.user_id(),
                 retry_of: Some(old.id),
                 schedule_id: None,
                 timeout_seconds: Some(old.timeout_seconds),
@@ -696,7 +681,7 @@ fn snapshot_of(row: &ExecutionRow, at: DateTime<Utc>) -> ExecutionEvent {
         workflow_id: row.workflow_id,
         seq: row.seq,
         kind: EventKind::Snapshot,
-        status: row.status(),
+        status: row.status,
         step_id: None,
         step_status: None,
         attempt: None,
@@ -740,7 +725,7 @@ impl ExecutionSubscription {
         let exec_id = row.id;
         Ok(async_stream::stream! {
             let mut last = row.seq;
-            let done = row.status().is_terminal();
+            let done = row.status.is_terminal();
             yield ExecutionUpdate(snapshot_of(&row, a.clock.now()));
             if done {
                 return;

@@ -16,50 +16,26 @@ crate::id_type!(
     StepRunId
 );
 
-/// Lifecycle of an execution.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ExecutionStatus {
-    /// Waiting for a worker.
-    Queued,
-    /// A worker holds its lease and runs its steps.
-    Running,
-    /// Every step finished (or was skipped by a condition).
-    Succeeded,
-    /// A step failed after its retries.
-    Failed,
-    /// Cancelled by a user.
-    Cancelled,
-    /// The execution-level timeout elapsed.
-    TimedOut,
+crate::db_enum! {
+    /// Lifecycle of an execution.
+    #[derive(async_graphql::Enum)]
+    pub enum ExecutionStatus {
+        /// Waiting for a worker.
+        Queued => "QUEUED",
+        /// A worker holds its lease and runs its steps.
+        Running => "RUNNING",
+        /// Every step finished (or was skipped by a condition).
+        Succeeded => "SUCCEEDED",
+        /// A step failed after its retries.
+        Failed => "FAILED",
+        /// Cancelled by a user.
+        Cancelled => "CANCELLED",
+        /// The execution-level timeout elapsed.
+        TimedOut => "TIMED_OUT",
+    }
 }
 
 impl ExecutionStatus {
-    /// Stored form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "QUEUED",
-            Self::Running => "RUNNING",
-            Self::Succeeded => "SUCCEEDED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-            Self::TimedOut => "TIMED_OUT",
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "QUEUED" => Self::Queued,
-            "RUNNING" => Self::Running,
-            "SUCCEEDED" => Self::Succeeded,
-            "FAILED" => Self::Failed,
-            "CANCELLED" => Self::Cancelled,
-            "TIMED_OUT" => Self::TimedOut,
-            _ => return None,
-        })
-    }
-
     /// No transition leaves a terminal status.
     pub const fn is_terminal(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
@@ -87,59 +63,31 @@ impl ExecutionStatus {
     }
 }
 
-/// Lifecycle of one step of an execution.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StepStatus {
-    /// Its dependencies are not done yet.
-    Pending,
-    /// An attempt is running.
-    Running,
-    /// An attempt failed; the next one starts after the backoff.
-    Retrying,
-    /// Done; its output is available to later steps.
-    Succeeded,
-    /// Failed after its last attempt.
-    Failed,
-    /// Its last attempt exceeded `timeoutSeconds`.
-    TimedOut,
-    /// Not run: a condition chose the other branch, all its dependencies were skipped,
-    /// or the execution ended before it could start.
-    Skipped,
-    /// Interrupted by cancellation or the execution timeout.
-    Cancelled,
+crate::db_enum! {
+    /// Lifecycle of one step of an execution.
+    #[derive(async_graphql::Enum)]
+    pub enum StepStatus {
+        /// Its dependencies are not done yet.
+        Pending => "PENDING",
+        /// An attempt is running.
+        Running => "RUNNING",
+        /// An attempt failed; the next one starts after the backoff.
+        Retrying => "RETRYING",
+        /// Done; its output is available to later steps.
+        Succeeded => "SUCCEEDED",
+        /// Failed after its last attempt.
+        Failed => "FAILED",
+        /// Its last attempt exceeded `timeoutSeconds`.
+        TimedOut => "TIMED_OUT",
+        /// Not run: a condition chose the other branch, all its dependencies were skipped,
+        /// or the execution ended before it could start.
+        Skipped => "SKIPPED",
+        /// Interrupted by cancellation or the execution timeout.
+        Cancelled => "CANCELLED",
+    }
 }
 
 impl StepStatus {
-    /// Stored form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Running => "RUNNING",
-            Self::Retrying => "RETRYING",
-            Self::Succeeded => "SUCCEEDED",
-            Self::Failed => "FAILED",
-            Self::TimedOut => "TIMED_OUT",
-            Self::Skipped => "SKIPPED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "PENDING" => Self::Pending,
-            "RUNNING" => Self::Running,
-            "RETRYING" => Self::Retrying,
-            "SUCCEEDED" => Self::Succeeded,
-            "FAILED" => Self::Failed,
-            "TIMED_OUT" => Self::TimedOut,
-            "SKIPPED" => Self::Skipped,
-            "CANCELLED" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-
     /// Finished one way or another.
     pub const fn is_terminal(self) -> bool {
         matches!(
@@ -167,7 +115,7 @@ pub struct ExecutionRow {
     /// The pinned version's number.
     pub version: i64,
     /// Stored [`ExecutionStatus`].
-    pub status: String,
+    pub status: ExecutionStatus,
     /// JSON input.
     pub input: String,
     /// JSON output (the outputs of the steps nothing depends on).
@@ -179,9 +127,9 @@ pub struct ExecutionRow {
     /// `user:<id>`, `apikey:<id>` or `schedule:<id>`.
     pub started_by: String,
     /// The user who started it, if a user did.
-    pub started_by_user: Option<String>,
+    pub started_by_user: Option<crate::tenancy::UserId>,
     /// The execution this one retries.
-    pub retry_of: Option<String>,
+    pub retry_of: Option<ExecutionId>,
     /// The schedule that fired it.
     pub schedule_id: Option<String>,
     /// Execution-level timeout.
@@ -212,13 +160,6 @@ pub struct ExecutionRow {
     pub updated_at: NaiveDateTime,
 }
 
-impl ExecutionRow {
-    /// The parsed status.
-    pub fn status(&self) -> ExecutionStatus {
-        ExecutionStatus::parse(&self.status).unwrap_or(ExecutionStatus::Failed)
-    }
-}
-
 /// One row of `execution_steps`.
 #[derive(
     diesel::Queryable, diesel::Selectable, diesel::Insertable, diesel::QueryableByName, Debug, Clone,
@@ -240,7 +181,7 @@ pub struct StepRunRow {
     /// Position in the definition.
     pub position: i64,
     /// Stored [`StepStatus`].
-    pub status: String,
+    pub status: StepStatus,
     /// Attempts started so far.
     pub attempt: i64,
     /// Start of the latest attempt.
@@ -257,13 +198,6 @@ pub struct StepRunRow {
     pub completion_tokens: i64,
     /// Cost, USD.
     pub cost_usd: f64,
-}
-
-impl StepRunRow {
-    /// The parsed status.
-    pub fn status(&self) -> StepStatus {
-        StepStatus::parse(&self.status).unwrap_or(StepStatus::Failed)
-    }
 }
 
 /// One row of `execution_events`: the durable log behind subscriptions.

@@ -25,6 +25,7 @@ use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::schedules;
 use crate::error::{AppError, AppResult};
+use crate::executions::model::ExecutionId;
 use crate::graphql::app;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::rbac::{Permission, Require};
@@ -51,8 +52,8 @@ pub struct ScheduleRow {
     pub cron: String,
     /// IANA time zone the expression is read in.
     pub timezone: String,
-    /// ACTIVE or PAUSED.
-    pub status: String,
+    /// Whether it fires.
+    pub status: ScheduleStatus,
     /// JSON input for each execution.
     pub input: String,
     /// Next tick (UTC); null while paused.
@@ -60,7 +61,7 @@ pub struct ScheduleRow {
     /// Last tick that fired.
     pub last_run_at: Option<NaiveDateTime>,
     /// The execution the last tick started.
-    pub last_execution_id: Option<String>,
+    pub last_execution_id: Option<ExecutionId>,
     /// Who created it.
     pub created_by: String,
     /// Creation time.
@@ -145,7 +146,7 @@ async fn find(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<Option
 async fn set_state(
     db: &DbPool,
     row: &ScheduleRow,
-    status: &str,
+    status: ScheduleStatus,
     next: Option<NaiveDateTime>,
     now: NaiveDateTime,
     audit: &crate::audit::Entry,
@@ -232,7 +233,7 @@ pub async fn by_workflows(
 async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
     Ok(crate::db_run!(db, |conn| {
         schedules::table
-            .filter(schedules::status.eq("ACTIVE"))
+            .filter(schedules::status.eq(ScheduleStatus::Active))
             .filter(schedules::next_run_at.le(now))
             .order(schedules::next_run_at.asc())
             .limit(100)
@@ -245,7 +246,7 @@ async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
 /// How a tick ended, written with the advance.
 enum TickResult<'a> {
     /// Its execution exists.
-    Started(&'a str),
+    Started(ExecutionId),
     /// Refused for good (quota, suspended tenant, no published version): the reason.
     Refused(&'a str),
 }
@@ -262,8 +263,8 @@ async fn advance(
     result: TickResult<'_>,
 ) -> AppResult<bool> {
     let (exec, error) = match result {
-        TickResult::Started(e) => (Some(e.to_owned()), None),
-        TickResult::Refused(r) => (s.last_execution_id.clone(), Some(r.to_owned())),
+        TickResult::Started(e) => (Some(e), None),
+        TickResult::Refused(r) => (s.last_execution_id, Some(r.to_owned())),
     };
     let audit = error.as_ref().map(|reason| {
         crate::audit::Entry::change(
@@ -285,7 +286,7 @@ async fn advance(
         let n = diesel::update(
             schedules::table
                 .filter(schedules::id.eq(s.id))
-                .filter(schedules::status.eq("ACTIVE"))
+                .filter(schedules::status.eq(ScheduleStatus::Active))
                 .filter(schedules::next_run_at.eq(due)),
         )
         .set((
@@ -337,7 +338,7 @@ pub async fn fire_due(app: &App) -> AppResult<usize> {
         let key = format!("schedule:{}:{}", s.id, utc(due_at).timestamp());
         match fire(app, &s, key).await {
             Ok((exec, created)) => {
-                advance(&app.db, &s, due_at, next, now, TickResult::Started(&exec)).await?;
+                advance(&app.db, &s, due_at, next, now, TickResult::Started(exec)).await?;
                 if created {
                     fired += 1;
                 }
@@ -363,7 +364,7 @@ pub async fn fire_due(app: &App) -> AppResult<usize> {
 }
 
 /// Starts the tick's execution; its id, and whether this call created it.
-async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<(String, bool)> {
+async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<(ExecutionId, bool)> {
     let wf = crate::workflows::store::find(&app.db, s.tenant_id, s.workflow_id)
         .await?
         .ok_or_else(|| AppError::not_found("workflow"))?;
@@ -388,7 +389,7 @@ async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<(String, boo
         },
     )
     .await?;
-    Ok((row.id.to_string(), !existed))
+    Ok((row.id, !existed))
 }
 
 /// Fires due schedules every tick until `stop`.
@@ -405,13 +406,15 @@ pub async fn scheduler_loop(app: &App, stop: &CancellationToken) {
     }
 }
 
-/// Whether a schedule fires.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum ScheduleStatus {
-    /// Fires at each tick.
-    Active,
-    /// Does not fire.
-    Paused,
+crate::db_enum! {
+    /// Whether a schedule fires.
+    #[derive(Enum)]
+    pub enum ScheduleStatus {
+        /// Fires at each tick.
+        Active => "ACTIVE",
+        /// Does not fire.
+        Paused => "PAUSED",
+    }
 }
 
 /// A schedule.
@@ -437,11 +440,7 @@ impl Schedule {
     }
     /// ACTIVE or PAUSED.
     async fn status(&self) -> ScheduleStatus {
-        if self.0.status == "ACTIVE" {
-            ScheduleStatus::Active
-        } else {
-            ScheduleStatus::Paused
-        }
+        self.0.status
     }
     /// Input of each execution.
     async fn input(&self) -> Json<Value> {
@@ -475,9 +474,7 @@ impl Schedule {
     async fn last_execution_id(&self) -> Option<ID> {
         self.0
             .last_execution_id
-            .as_deref()
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-            .map(|u| to_global_id(NodeKind::Execution, u))
+            .map(|e| to_global_id(NodeKind::Execution, e.0))
     }
     /// Why the last tick started no execution (quota exceeded, organization suspended, no
     /// published version); null after a tick that started one.
@@ -574,7 +571,7 @@ impl ScheduleMutation {
             workflow_id: wf.id,
             cron: input.cron.trim().to_owned(),
             timezone: input.timezone.trim().to_owned(),
-            status: "ACTIVE".into(),
+            status: ScheduleStatus::Active,
             input: input_json.to_string(),
             next_run_at: Some(db_time(next)),
             last_run_at: None,
@@ -602,8 +599,8 @@ impl ScheduleMutation {
         let mut row = schedule_arg(ctx, &input.schedule_id).await?;
         let now = db_time(a.clock.now());
         let audit = schedule_audit(ctx, "schedule.paused", &row, now)?;
-        set_state(&a.db, &row, "PAUSED", None, now, &audit).await?;
-        row.status = "PAUSED".into();
+        set_state(&a.db, &row, ScheduleStatus::Paused, None, now, &audit).await?;
+        row.status = ScheduleStatus::Paused;
         row.next_run_at = None;
         Ok(SchedulePayload {
             schedule: Schedule(row),
@@ -619,7 +616,7 @@ impl ScheduleMutation {
     ) -> async_graphql::Result<SchedulePayload> {
         let a = app(ctx)?;
         let mut row = schedule_arg(ctx, &input.schedule_id).await?;
-        if row.status == "ACTIVE" {
+        if row.status == ScheduleStatus::Active {
             return Ok(SchedulePayload {
                 schedule: Schedule(row),
             });
@@ -628,8 +625,8 @@ impl ScheduleMutation {
         let next = spec.next_after(a.clock.now()).map(db_time);
         let now = db_time(a.clock.now());
         let audit = schedule_audit(ctx, "schedule.resumed", &row, now)?;
-        set_state(&a.db, &row, "ACTIVE", next, now, &audit).await?;
-        row.status = "ACTIVE".into();
+        set_state(&a.db, &row, ScheduleStatus::Active, next, now, &audit).await?;
+        row.status = ScheduleStatus::Active;
         row.next_run_at = next;
         Ok(SchedulePayload {
             schedule: Schedule(row),

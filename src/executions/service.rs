@@ -27,7 +27,7 @@ pub struct StartRequest {
     /// `user:<id>`, `apikey:<id>` or `schedule:<id>`.
     pub started_by: String,
     /// The user, when a user started it.
-    pub started_by_user: Option<String>,
+    pub started_by_user: Option<crate::tenancy::UserId>,
     /// The failed execution this retries.
     pub retry_of: Option<ExecutionId>,
     /// The schedule that fired it.
@@ -89,14 +89,14 @@ pub async fn start(
         workflow_id: wf.id,
         version_id: req.version.id,
         version: req.version.version,
-        status: ExecutionStatus::Queued.as_str().to_owned(),
+        status: ExecutionStatus::Queued,
         input: input_text,
         output: None,
         error: None,
         idempotency_key: req.idempotency_key,
         started_by: req.started_by,
         started_by_user: req.started_by_user,
-        retry_of: req.retry_of.map(|r| r.to_string()),
+        retry_of: req.retry_of,
         schedule_id: req.schedule_id,
         timeout_seconds: timeout,
         deadline_at: None,
@@ -123,7 +123,7 @@ pub async fn start(
             step_id: s.id.clone(),
             kind: s.kind.clone(),
             position: i64::try_from(i).unwrap_or(0),
-            status: StepStatus::Pending.as_str().to_owned(),
+            status: StepStatus::Pending,
             attempt: 0,
             started_at: None,
             finished_at: None,
@@ -267,7 +267,7 @@ pub async fn cancel(
     by: &str,
     origin: &crate::audit::Origin,
 ) -> AppResult<ExecutionRow> {
-    if row.status().is_terminal() {
+    if row.status.is_terminal() {
         return Err(AppError::conflict(format!(
             "the execution already ended ({})",
             row.status
@@ -286,7 +286,7 @@ pub async fn cancel(
                 "execution",
                 row.id,
                 Some(
-                    serde_json::json!({ "status": { "before": row.status, "after": "CANCELLED" } }),
+                    serde_json::json!({ "status": { "before": row.status, "after": ExecutionStatus::Cancelled } }),
                 ),
                 db_time(app.clock.now()),
             )),

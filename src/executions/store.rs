@@ -266,7 +266,7 @@ pub async fn transition(
             workflow_id: row.workflow_id,
             seq,
             kind: EventKind::StepChanged,
-            status: row.status(),
+            status: row.status,
             step_id: None,
             step_status: None,
             attempt: None,
@@ -281,10 +281,10 @@ pub async fn transition(
                 .load(conn)
                 .await?
                 .into_iter()
-                .filter(|s| !s.status().is_terminal())
+                .filter(|s| !s.status.is_terminal())
                 .collect();
             for s in open {
-                let new_status = match s.status() {
+                let new_status = match s.status {
                     StepStatus::Pending => StepStatus::Skipped,
                     _ => StepStatus::Cancelled,
                 };
@@ -395,7 +395,7 @@ pub async fn record_step(
         let row = diesel::update(
             executions::table
                 .filter(executions::id.eq(id))
-                .filter(executions::status.eq(ExecutionStatus::Running.as_str()))
+                .filter(executions::status.eq(ExecutionStatus::Running))
                 .filter(executions::lease_owner.eq(owner)),
         )
         .set((
@@ -451,7 +451,7 @@ pub async fn record_step(
             workflow_id: row.workflow_id,
             seq: row.seq,
             kind: EventKind::StepChanged,
-            status: row.status(),
+            status: row.status,
             step_id: Some(change.step_id.clone()),
             step_status: Some(change.status),
             attempt: Some(change.attempt),
@@ -467,18 +467,19 @@ pub async fn record_step(
     })
 }
 
-/// The claim statement. `$1` owner, `$2` lease end, `$3` now, `$4` the claiming node.
+/// The claim statement. `$1` owner, `$2` lease end, `$3` now, `$4` the claiming node,
+/// `$5` QUEUED, `$6` RUNNING (statuses are bound, never written as literals).
 /// Takes the oldest QUEUED execution whose tenant is under its concurrency quota, or a
 /// RUNNING one whose lease lapsed or was released (its worker died or shut down), and
 /// leases it. Executions that need GPUs go only to the node the placer chose.
 const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
     claims = claims + 1, updated_at = $3 \
     WHERE id = (SELECT e.id FROM executions e \
-      WHERE ((e.status = 'QUEUED' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
+      WHERE ((e.status = $5 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
              AND (SELECT COUNT(*) FROM executions r \
-                  WHERE r.tenant_id = e.tenant_id AND r.status = 'RUNNING') \
+                  WHERE r.tenant_id = e.tenant_id AND r.status = $6) \
                  < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)) \
-         OR (e.status = 'RUNNING' AND (e.lease_owner IS NULL OR e.lease_expires_at < $3))) \
+         OR (e.status = $6 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3))) \
         AND NOT EXISTS (SELECT 1 FROM execution_placements p WHERE p.execution_id = e.id \
                         AND (p.node_id IS NULL OR p.node_id <> $4)) \
       ORDER BY e.created_at, e.id LIMIT 1 {LOCK}) \
@@ -503,6 +504,8 @@ pub async fn claim(
                 .bind::<Timestamp, _>(until)
                 .bind::<Timestamp, _>(now)
                 .bind::<Text, _>(node)
+                .bind::<Text, _>(ExecutionStatus::Queued)
+                .bind::<Text, _>(ExecutionStatus::Running)
                 .get_result::<ExecutionRow>(&mut *conn)
                 .await
                 .optional()?
@@ -514,6 +517,8 @@ pub async fn claim(
                 .bind::<Timestamp, _>(until)
                 .bind::<Timestamp, _>(now)
                 .bind::<Text, _>(node)
+                .bind::<Text, _>(ExecutionStatus::Queued)
+                .bind::<Text, _>(ExecutionStatus::Running)
                 .get_result::<ExecutionRow>(&mut *conn)
                 .await
                 .optional()?
@@ -537,7 +542,9 @@ pub async fn renew(
                 .filter(executions::id.eq(id))
                 .filter(executions::lease_owner.eq(owner))
                 .filter(executions::lease_expires_at.ge(now))
-                .filter(executions::status.eq_any(["QUEUED", "RUNNING"])),
+                .filter(
+                    executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]),
+                ),
         )
         .set(executions::lease_expires_at.eq(until))
         .execute(conn)
@@ -806,7 +813,7 @@ pub async fn running_count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
         executions::table
             .filter(executions::tenant_id.eq(tenant))
-            .filter(executions::status.eq("RUNNING"))
+            .filter(executions::status.eq(ExecutionStatus::Running))
             .count()
             .get_result(conn)
             .await?
@@ -817,7 +824,7 @@ pub async fn running_count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
 pub async fn active_ids(db: &DbPool) -> AppResult<Vec<(ExecutionId, String)>> {
     Ok(crate::db_run!(db, |conn| {
         executions::table
-            .filter(executions::status.eq_any(["QUEUED", "RUNNING"]))
+            .filter(executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]))
             .select((executions::id, executions::status))
             .load(conn)
             .await?

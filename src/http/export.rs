@@ -3,15 +3,13 @@
 //! access token or an API key) and by the `audit.export` permission; every export is
 //! itself recorded (`audit.exported`) before the first byte is sent.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
-use super::graphql::{app_error_response, client_info};
+use super::caller::Caller;
 use crate::app::AppState;
 use crate::audit::export::{Format, Range};
 use crate::audit::{Entry, Origin, Severity};
@@ -82,46 +80,32 @@ fn origin(p: &Principal, client: &ClientInfo, request_id: &RequestId) -> Origin 
     }
 }
 
-fn error(e: AppError, request_id: &RequestId) -> Response {
-    let status = StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let mut resp = app_error_response(status, e, &request_id.0);
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    resp
-}
-
 /// The handler.
-pub async fn export(
-    State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Extension(request_id): Extension<RequestId>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    match run(&state, addr, &request_id, &headers, &uri).await {
-        Ok(r) => r,
-        Err(e) => error(e, &request_id),
-    }
+pub async fn export(State(state): State<AppState>, caller: Caller, uri: Uri) -> Response {
+    let Caller {
+        principal,
+        client,
+        request_id,
+        ..
+    } = caller;
+    let result = match principal {
+        Some(p) => run(&state, &p, &client, &request_id, &uri).await,
+        None => Err(AppError::unauthenticated(
+            "use Authorization: Bearer <token>",
+        )),
+    };
+    result.unwrap_or_else(|e| super::caller::refusal(e, &request_id))
 }
 
 async fn run(
     state: &AppState,
-    addr: SocketAddr,
+    p: &Principal,
+    client: &ClientInfo,
     request_id: &RequestId,
-    headers: &HeaderMap,
     uri: &Uri,
 ) -> AppResult<Response> {
     let app = &state.app;
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| AppError::unauthenticated("use Authorization: Bearer <token>"))?
-        .to_str()
-        .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))?;
-    let p = crate::auth::authenticate(app, crate::auth::bearer_from_header(value)?).await?;
-    let client = client_info(addr, headers);
-    let origin = origin(&p, &client, request_id);
+    let origin = origin(p, client, request_id);
     let now = db_time(app.clock.now());
     if !p.permissions.contains(&Permission::AuditExport) {
         let denied = Entry::change(

@@ -1,30 +1,18 @@
 //! GraphQL over HTTP (`POST`/`GET /graphql`); the websocket transport is in `socket.rs`.
 
-use std::net::SocketAddr;
-
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use async_graphql::{BatchRequest, BatchResponse, Request as GqlRequest, Value};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+use super::caller::Caller;
 use crate::app::AppState;
 use crate::error::{AppError, ErrorCode};
-use crate::graphql::{ClientInfo, RequestId};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
-
-pub(super) fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
-    ClientInfo {
-        ip: addr.ip(),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
-    }
-}
 
 fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
     headers
@@ -93,7 +81,7 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     resp
 }
 
-fn retry_after() -> HeaderValue {
+pub(super) fn retry_after() -> HeaderValue {
     HeaderValue::from(crate::error::RETRY_AFTER_SECONDS)
 }
 
@@ -140,41 +128,17 @@ pub(super) fn app_error_response(status: StatusCode, e: AppError, request_id: &s
 async fn execute(
     state: &AppState,
     batch: BatchRequest,
-    request_id: &RequestId,
-    client: ClientInfo,
+    caller: Caller,
     headers: &HeaderMap,
 ) -> Response {
+    let Caller {
+        principal,
+        client,
+        request_id,
+        ..
+    } = caller;
+    let request_id = &request_id;
     let media_graphql = wants_graphql_response_json(headers);
-    let principal = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => {
-            let bearer = v
-                .to_str()
-                .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
-                .and_then(crate::auth::bearer_from_header);
-            let res = match bearer {
-                Ok(b) => crate::auth::authenticate(&state.app, b).await,
-                Err(e) => Err(e),
-            };
-            match res {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let status = StatusCode::from_u16(e.code().http_status())
-                        .unwrap_or(StatusCode::UNAUTHORIZED);
-                    let mut resp = app_error_response(status, e, &request_id.0);
-                    if status == StatusCode::UNAUTHORIZED {
-                        resp.headers_mut()
-                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    }
-                    if status == StatusCode::SERVICE_UNAVAILABLE {
-                        resp.headers_mut()
-                            .insert(header::RETRY_AFTER, retry_after());
-                    }
-                    return resp;
-                }
-            }
-        }
-    };
     let limits = &state.app.config.graphql;
     if let BatchRequest::Batch(rs) = &batch {
         if rs.len() > limits.max_batch {
@@ -250,11 +214,11 @@ async fn execute(
 /// `POST /graphql` with an `application/json` body (single or batched).
 pub async fn post_handler(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let request_id = &caller.request_id;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -280,14 +244,7 @@ pub async fn post_handler(
             );
         }
     };
-    execute(
-        &state,
-        batch,
-        &request_id,
-        client_info(addr, &headers),
-        &headers,
-    )
-    .await
+    execute(&state, batch, caller, &headers).await
 }
 
 /// The operation type a request would run, if its document parses.
@@ -307,11 +264,11 @@ fn operation_type(req: &GqlRequest) -> Option<OperationType> {
 /// the URL. Mutations are refused over GET (405), as GET must be safe.
 pub async fn get_handler(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    let request_id = &caller.request_id;
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -353,12 +310,5 @@ pub async fn get_handler(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
-    execute(
-        &state,
-        BatchRequest::Single(req),
-        &request_id,
-        client_info(addr, &headers),
-        &headers,
-    )
-    .await
+    execute(&state, BatchRequest::Single(req), caller, &headers).await
 }

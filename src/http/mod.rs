@@ -1,5 +1,6 @@
 //! HTTP surface: routes, request ids, tracing spans, limits and CORS.
 
+pub mod caller;
 mod export;
 mod graphiql;
 mod graphql;

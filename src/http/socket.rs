@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::http::{ClientMessage, WebSocketProtocols, WsMessage};
 use async_graphql::{Data, Request as GqlRequest, ServerError};
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::stream::BoxStream;
@@ -324,11 +324,11 @@ fn requested_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
 /// `GET /graphql/ws`: upgrades to a GraphQL websocket.
 pub async fn ws_handler(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    caller: super::caller::Caller,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let request_id = caller.request_id.clone();
     let Some(protocol) = requested_protocol(&headers) else {
         return super::graphql::app_error_response(
             StatusCode::BAD_REQUEST,
@@ -340,7 +340,12 @@ pub async fn ws_handler(
         );
     };
     let max = state.app.config.websocket.max_connections_per_address;
-    let Some(address_slot) = state.app.socket_slots.addresses.try_take(&addr.ip(), max) else {
+    let Some(address_slot) = state
+        .app
+        .socket_slots
+        .addresses
+        .try_take(&caller.client.ip, max)
+    else {
         return super::graphql::app_error_response(
             StatusCode::TOO_MANY_REQUESTS,
             busy(format!(
@@ -349,7 +354,10 @@ pub async fn ws_handler(
             &request_id.0,
         );
     };
-    let client = super::graphql::client_info(addr, &headers);
+    let client = caller.client;
+    // A credential on the upgrade request (non-browser clients can send one) stands for
+    // `connection_init` payloads that carry none.
+    let edge_bearer = caller.bearer;
     let token = state.app.connections.token();
     // A message is held as parsed JSON (many times its size): no bigger than an HTTP
     // request body, before authentication or not.
@@ -363,7 +371,7 @@ pub async fn ws_handler(
             async move {
                 let _token = token;
                 let _address = address_slot;
-                serve_socket(state, socket, protocol, request_id, client).await;
+                serve_socket(state, socket, protocol, request_id, client, edge_bearer).await;
             }
             .instrument(span)
         })
@@ -428,11 +436,13 @@ async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
     }
 }
 
-/// Checks the credential in `connection_init`'s payload.
+/// Checks the credential in `connection_init`'s payload (or, when the payload has none,
+/// the one the upgrade request carried, already verified at the edge).
 async fn accept(
     app: Arc<App>,
     socket: Arc<SocketState>,
     payload: serde_json::Value,
+    edge_bearer: Option<String>,
 ) -> async_graphql::Result<Data> {
     let header = payload
         .get("Authorization")
@@ -440,11 +450,17 @@ async fn accept(
         .and_then(|v| v.as_str())
         .map(str::to_owned);
     let refuse = |why: &str| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
-    let header = header
-        .ok_or_else(|| refuse("send {\"Authorization\": \"Bearer <token>\"} in connection_init"))?;
-    let bearer = crate::auth::bearer_from_header(&header)
-        .map_err(|e| refuse(e.message()))?
-        .to_owned();
+    let bearer = match (header, edge_bearer) {
+        (Some(header), _) => crate::auth::bearer_from_header(&header)
+            .map_err(|e| refuse(e.message()))?
+            .to_owned(),
+        (None, Some(edge)) => edge,
+        (None, None) => {
+            return Err(refuse(
+                "send {\"Authorization\": \"Bearer <token>\"} in connection_init",
+            ));
+        }
+    };
     let p = crate::auth::authenticate(&app, &bearer)
         .await
         .map_err(|e| match e.code() {
@@ -499,6 +515,7 @@ async fn serve_socket(
     protocol: WebSocketProtocols,
     request_id: RequestId,
     client: ClientInfo,
+    edge_bearer: Option<String>,
 ) {
     let (mut sink, stream) = socket.split();
     let app = state.app.clone();
@@ -551,7 +568,7 @@ async fn serve_socket(
     let protocol_stream =
         async_graphql::http::WebSocket::from_message_stream(executor, Box::pin(input), protocol)
             .connection_data(data)
-            .on_connection_init(move |payload| accept(init_app, init_socket, payload));
+            .on_connection_init(move |payload| accept(init_app, init_socket, payload, edge_bearer));
     futures_util::pin_mut!(protocol_stream);
     let mut closed_by_protocol = false;
     while let Some(msg) = protocol_stream.next().await {

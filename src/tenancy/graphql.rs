@@ -57,11 +57,11 @@ impl Tenant {
     }
     /// Subscription plan.
     async fn plan(&self) -> Plan {
-        Plan::parse(&self.0.plan)
+        self.0.plan
     }
     /// Whether the tenant may act.
     async fn status(&self) -> TenantStatus {
-        TenantStatus::parse(&self.0.status)
+        self.0.status
     }
     /// Why the tenant is suspended, if it is.
     async fn status_reason(&self) -> Option<&str> {
@@ -174,7 +174,7 @@ impl User {
     }
     /// Whether the user may sign in.
     async fn status(&self) -> UserStatus {
-        UserStatus::parse(&self.0.status)
+        self.0.status
     }
     /// Last successful sign-in.
     async fn last_login_at(&self) -> Option<DateTime<Utc>> {
@@ -569,8 +569,8 @@ pub fn new_tenant_row(
         id: super::TenantId::new(),
         slug: slug.to_owned(),
         name: name.to_owned(),
-        plan: plan.as_str().to_owned(),
-        status: TenantStatus::Active.as_str().to_owned(),
+        plan,
+        status: TenantStatus::Active,
         status_reason: None,
         is_system,
         data_retention_days: 365,
@@ -610,7 +610,7 @@ pub fn new_user_row(
         email,
         display_name: display_name.to_owned(),
         role: role.to_owned(),
-        status: UserStatus::Active.as_str().to_owned(),
+        status: UserStatus::Active,
         password_hash: None,
         last_login_at: None,
         created_at: now,
@@ -800,7 +800,7 @@ impl TenancyMutation {
             );
         }
         let before = tenant_view(&t);
-        t.status = TenantStatus::Suspended.as_str().into();
+        t.status = TenantStatus::Suspended;
         t.status_reason = Some(input.reason.trim().chars().take(500).collect());
         t.updated_at = db_time(a.clock.now());
         let audit = tenant_audit(ctx, "tenant.suspended", &before, &t)?
@@ -820,7 +820,7 @@ impl TenancyMutation {
         let a = app(ctx)?;
         let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
         let before = tenant_view(&t);
-        t.status = TenantStatus::Active.as_str().into();
+        t.status = TenantStatus::Active;
         t.status_reason = None;
         t.updated_at = db_time(a.clock.now());
         let audit = tenant_audit(ctx, "tenant.reactivated", &before, &t)?
@@ -861,7 +861,7 @@ impl TenancyMutation {
         super::store::restore_owner(&a.db, t.id, user.id, now, &audit).await?;
         a.rights_changed();
         user.role = BuiltinRole::Owner.as_str().into();
-        user.status = UserStatus::Active.as_str().into();
+        user.status = UserStatus::Active;
         user.updated_at = now;
         Ok(UserPayload { user: User(user) })
     }
@@ -965,7 +965,7 @@ impl TenancyMutation {
         )
         .await?;
         a.rights_changed();
-        user.status = UserStatus::Disabled.as_str().into();
+        user.status = UserStatus::Disabled;
         user.updated_at = now;
         Ok(UserPayload { user: User(user) })
     }
@@ -1077,7 +1077,7 @@ impl TenancyMutation {
                 return Err(AppError::bad_input(field, "quotas cannot be negative").into());
             }
         }
-        t.plan = input.plan.as_str().to_owned();
+        t.plan = input.plan;
         t.max_users = q.max_users.unwrap_or(u);
         t.max_workflows = q.max_workflows.unwrap_or(w);
         t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);

@@ -9,66 +9,29 @@ crate::id_type!(
     TenantId
 );
 
-/// Subscription plan.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum Plan {
-    /// Free tier.
-    Free,
-    /// Paid team tier.
-    Pro,
-    /// Enterprise tier.
-    Enterprise,
-    /// Negotiated quotas.
-    Custom,
-}
-
-impl Plan {
-    /// Stored form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Free => "FREE",
-            Self::Pro => "PRO",
-            Self::Enterprise => "ENTERPRISE",
-            Self::Custom => "CUSTOM",
-        }
-    }
-
-    /// Parses the stored form; unknown values read as `Custom`.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "FREE" => Self::Free,
-            "PRO" => Self::Pro,
-            "ENTERPRISE" => Self::Enterprise,
-            _ => Self::Custom,
-        }
+crate::db_enum! {
+    /// Subscription plan.
+    #[derive(async_graphql::Enum)]
+    pub enum Plan {
+        /// Free tier.
+        Free => "FREE",
+        /// Paid team tier.
+        Pro => "PRO",
+        /// Enterprise tier.
+        Enterprise => "ENTERPRISE",
+        /// Negotiated quotas.
+        Custom => "CUSTOM",
     }
 }
 
-/// Whether a tenant may act.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum TenantStatus {
-    /// Normal operation.
-    Active,
-    /// Every principal of the tenant is refused.
-    Suspended,
-}
-
-impl TenantStatus {
-    /// Stored form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Suspended => "SUSPENDED",
-        }
-    }
-
-    /// Parses the stored form; anything unknown is treated as suspended (fail closed).
-    pub fn parse(s: &str) -> Self {
-        if s == "ACTIVE" {
-            Self::Active
-        } else {
-            Self::Suspended
-        }
+crate::db_enum! {
+    /// Whether a tenant may act.
+    #[derive(async_graphql::Enum)]
+    pub enum TenantStatus {
+        /// Normal operation.
+        Active => "ACTIVE",
+        /// Every principal of the tenant is refused.
+        Suspended => "SUSPENDED",
     }
 }
 
@@ -84,9 +47,9 @@ pub struct TenantRow {
     /// Display name.
     pub name: String,
     /// Stored [`Plan`].
-    pub plan: String,
+    pub plan: Plan,
     /// Stored [`TenantStatus`].
-    pub status: String,
+    pub status: TenantStatus,
     /// Why the tenant is suspended, if it is.
     pub status_reason: Option<String>,
     /// The reserved tenant that holds platform operators.
@@ -124,34 +87,16 @@ crate::id_type!(
     RoleId
 );
 
-/// Whether a user may sign in.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum UserStatus {
-    /// May sign in.
-    Active,
-    /// May not sign in; existing sessions stop working.
-    Disabled,
-    /// Personal data erased (`eraseUser`); may never sign in again.
-    Erased,
-}
-
-impl UserStatus {
-    /// Stored form.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Disabled => "DISABLED",
-            Self::Erased => "ERASED",
-        }
-    }
-
-    /// Parses the stored form (fails closed).
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "ACTIVE" => Self::Active,
-            "ERASED" => Self::Erased,
-            _ => Self::Disabled,
-        }
+crate::db_enum! {
+    /// Whether a user may sign in.
+    #[derive(async_graphql::Enum)]
+    pub enum UserStatus {
+        /// May sign in.
+        Active => "ACTIVE",
+        /// May not sign in; existing sessions stop working.
+        Disabled => "DISABLED",
+        /// Personal data erased (`eraseUser`); may never sign in again.
+        Erased => "ERASED",
     }
 }
 
@@ -171,7 +116,7 @@ pub struct UserRow {
     /// Built-in role name or custom role id.
     pub role: String,
     /// Stored [`UserStatus`].
-    pub status: String,
+    pub status: UserStatus,
     /// argon2id PHC string; `None` until a password is set.
     pub password_hash: Option<String>,
     /// Last successful sign-in.

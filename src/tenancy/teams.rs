@@ -51,34 +51,20 @@ pub struct TeamMemberRow {
     pub user_id: UserId,
     /// The team's tenant (denormalised so every tenant table carries it).
     pub tenant_id: TenantId,
-    /// Stored [`TeamRole`].
-    pub role: String,
+    /// The member's role in the team.
+    pub role: TeamRole,
     /// When added.
     pub created_at: NaiveDateTime,
 }
 
-/// A member's role in a team.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum TeamRole {
-    /// Leads the team.
-    Lead,
-    /// A member.
-    Member,
-}
-
-impl TeamRole {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Lead => "LEAD",
-            Self::Member => "MEMBER",
-        }
-    }
-    fn parse(s: &str) -> Self {
-        if s == "LEAD" {
-            Self::Lead
-        } else {
-            Self::Member
-        }
+crate::db_enum! {
+    /// A member's role in a team.
+    #[derive(Enum)]
+    pub enum TeamRole {
+        /// Leads the team.
+        Lead => "LEAD",
+        /// A member.
+        Member => "MEMBER",
     }
 }
 
@@ -290,7 +276,7 @@ impl Team {
             .into_iter()
             .map(|(m, u)| TeamMember {
                 user: User(u),
-                role: TeamRole::parse(&m.role),
+                role: m.role,
                 added_at: utc(m.created_at),
             })
             .collect())
@@ -533,7 +519,7 @@ impl TeamMutation {
                 team_id: team.id,
                 user_id: user.id,
                 tenant_id: p.tenant_id,
-                role: input.role.as_str().to_owned(),
+                role: input.role,
                 created_at: now,
             },
             &audit,
@@ -614,9 +600,7 @@ pub async fn seed_team(
                     TeamRole::Lead
                 } else {
                     TeamRole::Member
-                }
-                .as_str()
-                .to_owned(),
+                },
                 created_at: now,
             },
             &audit,

@@ -233,11 +233,11 @@ impl Workflow {
     }
     /// Where it is meant to run.
     async fn environment(&self) -> Environment {
-        Environment::parse(&self.0.environment).unwrap_or(Environment::Development)
+        self.0.environment
     }
     /// Who may see it.
     async fn visibility(&self) -> Visibility {
-        Visibility::parse(&self.0.visibility).unwrap_or(Visibility::Private)
+        self.0.visibility
     }
     /// The owning user (null when an API key created it).
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
@@ -516,13 +516,7 @@ async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
         if inner.field("startedBy").exists() {
             loaders
                 .users
-                .load_many(
-                    execs
-                        .iter()
-                        .filter_map(|e| e.started_by_user.as_deref())
-                        .filter_map(|s| uuid::Uuid::parse_str(s).ok())
-                        .map(crate::tenancy::UserId),
-                )
+                .load_many(execs.iter().filter_map(|e| e.started_by_user))
                 .await
                 .map_err(load_error)?;
         }
@@ -663,8 +657,8 @@ impl WorkflowMutation {
             name,
             description: input.description.trim().to_owned(),
             tags,
-            environment: input.environment.as_str().to_owned(),
-            visibility: input.visibility.as_str().to_owned(),
+            environment: input.environment,
+            visibility: input.visibility,
             owner_id: p.user_id(),
             created_by: p.actor_ref(),
             team_id,
@@ -707,7 +701,7 @@ impl WorkflowMutation {
             row.tags = check_tags(t)?;
         }
         if let Some(e) = input.environment {
-            row.environment = e.as_str().to_owned();
+            row.environment = e;
         }
         if let Some(d) = &input.definition {
             row.definition = parse_definition(&d.0)?;
@@ -715,7 +709,7 @@ impl WorkflowMutation {
         if input.visibility.is_some() || input.team_id.is_some() {
             let vis = input
                 .visibility
-                .or_else(|| Visibility::parse(&row.visibility))
+                .or(Some(row.visibility))
                 .unwrap_or(Visibility::Private);
             if vis == Visibility::Private && row.owner_id.is_none() {
                 return Err(AppError::bad_input(
@@ -733,7 +727,7 @@ impl WorkflowMutation {
                     .into(),
                 None => row.team_id.clone(),
             };
-            row.visibility = vis.as_str().to_owned();
+            row.visibility = vis;
         }
         row.updated_at = db_time(a.clock.now());
         let audit = crate::audit::Entry::change(

@@ -14,44 +14,31 @@ crate::id_type!(
     WorkflowVersionId
 );
 
-/// Where a workflow is meant to run.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum Environment {
-    /// Work in progress.
-    Development,
-    /// Pre-production.
-    Staging,
-    /// Production.
-    Production,
+crate::db_enum! {
+    /// Where a workflow is meant to run.
+    #[derive(async_graphql::Enum)]
+    pub enum Environment {
+        /// Work in progress.
+        Development => "DEVELOPMENT",
+        /// Pre-production.
+        Staging => "STAGING",
+        /// Production.
+        Production => "PRODUCTION",
+    }
 }
 
-/// Who may see a workflow inside its tenant.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum Visibility {
-    /// Its owner (and user managers).
-    Private,
-    /// Members of its team, its owner (and user managers).
-    Team,
-    /// Everyone in the tenant with `workflows.read`.
-    Tenant,
+crate::db_enum! {
+    /// Who may see a workflow inside its tenant.
+    #[derive(async_graphql::Enum)]
+    pub enum Visibility {
+        /// Its owner (and user managers).
+        Private => "PRIVATE",
+        /// Members of its team, its owner (and user managers).
+        Team => "TEAM",
+        /// Everyone in the tenant with `workflows.read`.
+        Tenant => "TENANT",
+    }
 }
-
-macro_rules! stored_enum {
-    ($t:ident { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            /// Stored form.
-            pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s,)* }
-            }
-            /// Parses the stored form.
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$v),)* _ => None }
-            }
-        }
-    };
-}
-stored_enum!(Environment { Development => "DEVELOPMENT", Staging => "STAGING", Production => "PRODUCTION" });
-stored_enum!(Visibility { Private => "PRIVATE", Team => "TEAM", Tenant => "TENANT" });
 
 /// One row of `workflows` (the editable draft).
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
@@ -68,10 +55,10 @@ pub struct WorkflowRow {
     pub description: String,
     /// JSON array of tags.
     pub tags: String,
-    /// Stored [`Environment`].
-    pub environment: String,
-    /// Stored [`Visibility`].
-    pub visibility: String,
+    /// Where it is meant to run.
+    pub environment: Environment,
+    /// Who may see it.
+    pub visibility: Visibility,
     /// The owning user (none when an API key created it).
     pub owner_id: Option<UserId>,
     /// `user:<id>` or `apikey:<id>`.

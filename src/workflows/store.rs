@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
+use super::model::{Visibility, WorkflowId, WorkflowRow, WorkflowVersionRow};
 use crate::db::DbPool;
 use crate::db::schema::{team_members, workflow_versions, workflows};
 use crate::error::{AppError, AppResult};
@@ -71,10 +71,10 @@ pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult
     Ok(match sight {
         Sight::All => true,
         Sight::Limited { user } => {
-            row.visibility == "TENANT"
+            row.visibility == Visibility::Tenant
                 || (user.is_some() && row.owner_id == *user)
-                || match (user, &row.team_id, row.visibility.as_str()) {
-                    (Some(u), Some(team), "TEAM") => {
+                || match (user, &row.team_id, row.visibility) {
+                    (Some(u), Some(team), Visibility::Team) => {
                         teams_of(db, row.tenant_id, *u).await?.contains(team)
                     }
                     _ => false,
@@ -215,12 +215,12 @@ pub async fn list(
                     .unwrap_or_default();
                 q = q.filter(
                     workflows::visibility
-                        .eq("TENANT")
+                        .eq(Visibility::Tenant)
                         .or(workflows::owner_id
                             .eq(me)
                             .and(workflows::owner_id.is_not_null()))
                         .or(workflows::visibility
-                            .eq("TEAM")
+                            .eq(Visibility::Team)
                             .and(workflows::team_id.eq_any(teams.clone()))),
                 );
             }

@@ -1,0 +1,101 @@
+//! Authentication at the edge: the one extractor every route that serves a caller uses
+//! (GraphQL over HTTP, the websocket upgrade, `/audit/export`). It reads the
+//! `Authorization` header once, resolves the principal (one joined query behind
+//! `auth::authenticate`) and turns a refused credential into the HTTP answer: 401 with
+//! `WWW-Authenticate: Bearer`, 403 for a suspended tenant, 503 with `Retry-After` when the
+//! database did not answer. A credential that is present and invalid never becomes an
+//! anonymous request.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::AppError;
+use crate::graphql::{ClientInfo, RequestId};
+
+/// Who calls and from where, resolved before the handler runs.
+pub struct Caller {
+    /// The principal, or `None` when the request carried no `Authorization` header.
+    pub principal: Option<Principal>,
+    /// Client address and user agent (for audit records and per-address limits).
+    pub client: ClientInfo,
+    /// The request id assigned by the request-context middleware.
+    pub request_id: RequestId,
+    /// The bearer credential the principal was resolved from (a websocket re-checks it).
+    pub bearer: Option<String>,
+}
+
+/// Client address and user agent of a request.
+pub fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo {
+        ip: addr.ip(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+    }
+}
+
+/// The HTTP answer to an error before GraphQL runs: a refused credential (401 with
+/// `WWW-Authenticate`), a forbidden caller, or an outage (503 with `Retry-After`).
+pub fn refusal(e: AppError, request_id: &RequestId) -> Response {
+    let status = StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut resp = super::graphql::app_error_response(status, e, &request_id.0);
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, super::graphql::retry_after());
+    }
+    resp
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::now_v7().to_string()));
+        // The server is always run with connect info (`App::serve`); without it there is
+        // no address for audit records and per-address limits, so refuse.
+        let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Err(refusal(
+                AppError::internal(anyhow::anyhow!("the router runs without connect info")),
+                &request_id,
+            ));
+        };
+        let client = client_info(*addr, &parts.headers);
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Self {
+                principal: None,
+                client,
+                request_id,
+                bearer: None,
+            });
+        };
+        let bearer = value
+            .to_str()
+            .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
+            .and_then(crate::auth::bearer_from_header)
+            .map_err(|e| refusal(e, &request_id))?;
+        let principal = crate::auth::authenticate(&state.app, bearer)
+            .await
+            .map_err(|e| refusal(e, &request_id))?;
+        Ok(Self {
+            principal: Some(principal),
+            client,
+            request_id,
+            bearer: Some(bearer.to_owned()),
+        })
+    }
+}
