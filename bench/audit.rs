@@ -15,10 +15,10 @@
 
 use std::time::Instant;
 
-use agentplane::app::AppState;
 use agentplane::audit::{Entry, Origin, Outcome, Severity};
 use agentplane::auth::{Actor, Principal};
 use agentplane::config::{CliOverrides, Config};
+use agentplane::server::AppState;
 use agentplane::tenancy::model::UserId;
 use chrono::{Duration, Utc};
 

@@ -17,11 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use agentplane::app::{App, AppState};
+use agentplane::app::App;
 use agentplane::config::{CliOverrides, Config};
 use agentplane::db::ids::db_time;
 use agentplane::executions::model::ExecutionStatus;
 use agentplane::executions::service::{self, StartRequest};
+use agentplane::server::AppState;
 use agentplane::workflows::model::{
     WorkflowId, WorkflowRow, WorkflowVersionId, WorkflowVersionRow,
 };
@@ -187,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Throughput: the embedded workers drain the queue.
     let t = Instant::now();
-    let background = agentplane::app::Background::start(
+    let background = agentplane::server::Background::start(
         &app,
         workers,
         agentplane::cluster::model::NodeKind::Worker,

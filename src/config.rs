@@ -267,7 +267,7 @@ pub struct EngineConfig {
     /// Default execution-level timeout.
     pub execution_timeout: Duration,
     /// Non-public address ranges `http` and `llm` steps may reach anyway.
-    pub egress_allow: Vec<crate::executions::egress::Cidr>,
+    pub egress_allow: Vec<crate::net::Cidr>,
     /// USD per million prompt and completion tokens, by model.
     pub llm_prices: std::collections::HashMap<String, (f64, f64)>,
     /// How often the scheduler looks for due schedules.
@@ -1011,13 +1011,13 @@ impl Config {
                         key: "AGENTPLANE_BOOTSTRAP_ADMIN_EMAIL".into(),
                         value: "admin@agentplane.local".into(),
                     });
-                crate::auth::passwords::normalize_email(&raw.value)
+                crate::policy::normalize_email(&raw.value)
                     .map_err(|p| err(&raw.key, p, "an e-mail address such as ops@example.com"))?
             },
             bootstrap_admin_password: match (env)("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD") {
                 None => None,
                 Some(p) => {
-                    crate::auth::passwords::check_policy(&p).map_err(|problem| {
+                    crate::policy::check_policy(&p).map_err(|problem| {
                         err(
                             "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
                             problem,
@@ -1162,7 +1162,7 @@ impl Config {
                 Some(raw) => {
                     let mut out = Vec::new();
                     for part in raw.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        out.push(crate::executions::egress::Cidr::parse(part).ok_or_else(|| {
+                        out.push(crate::net::Cidr::parse(part).ok_or_else(|| {
                             err(
                                 &raw.key,
                                 format!("{part:?} is not an address range"),
@@ -1313,7 +1313,7 @@ impl Config {
         {
             None => None,
             Some(raw) => {
-                if crate::cluster::gpu::FakeProbe::parse(&raw.value).is_none() {
+                if parse_fake_gpus(&raw.value).is_none() {
                     return Err(err(
                         &raw.key,
                         "not a GPU list",
@@ -1360,6 +1360,20 @@ impl Config {
             master_keys,
         })
     }
+}
+
+/// Parses a fake GPU list, `NAME:MIB,NAME:MIB` (e.g. `A10:24576,H100:81920`).
+pub fn parse_fake_gpus(spec: &str) -> Option<Vec<(String, u64)>> {
+    let mut gpus = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, mb) = part.rsplit_once(':')?;
+        let mb: u64 = mb.trim().parse().ok()?;
+        if mb == 0 || name.trim().is_empty() {
+            return None;
+        }
+        gpus.push((name.trim().to_owned(), mb));
+    }
+    (!gpus.is_empty()).then_some(gpus)
 }
 
 #[cfg(test)]

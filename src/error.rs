@@ -225,34 +225,6 @@ impl From<AppError> for async_graphql::Error {
     }
 }
 
-impl From<diesel::result::Error> for AppError {
-    fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match &e {
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                Self::conflict("an object with the same unique value already exists")
-            }
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
-                Self::conflict("a concurrent change conflicted with this one; retry")
-            }
-            _ => match crate::db::outage_kind(&e) {
-                Some(what) => Self::unavailable(what, e),
-                None => Self::internal(e),
-            },
-        }
-    }
-}
-
-impl From<crate::db::PoolError> for AppError {
-    fn from(e: crate::db::PoolError) -> Self {
-        let what = match &e {
-            bb8::RunError::TimedOut => "the database is busy (no connection free in time)",
-            bb8::RunError::User(_) => "the database is unreachable",
-        };
-        Self::unavailable(what, e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,33 +246,5 @@ mod tests {
             AppError::internal(anyhow::anyhow!("password=hunter2 connection refused")).into();
         assert_eq!(e.message, "internal error");
         assert!(!format!("{:?}", e.extensions).contains("hunter2"));
-    }
-
-    #[test]
-    fn outages_are_unavailable_with_a_retry_hint() {
-        use diesel::result::{DatabaseErrorKind, Error};
-        let timed_out: AppError = crate::db::PoolError::TimedOut.into();
-        let lost: AppError = Error::DatabaseError(
-            DatabaseErrorKind::UnableToSendCommand,
-            Box::new("connection closed".to_owned()),
-        )
-        .into();
-        let full: AppError = Error::DatabaseError(
-            DatabaseErrorKind::Unknown,
-            Box::new("database or disk is full".to_owned()),
-        )
-        .into();
-        let bug: AppError = Error::NotFound.into();
-        for e in [timed_out, lost, full] {
-            assert_eq!(e.code(), ErrorCode::Unavailable, "{e:?}");
-            assert_eq!(e.code().http_status(), 503);
-            let gql: async_graphql::Error = e.into();
-            let ext = gql.extensions.expect("extensions");
-            assert_eq!(
-                ext.get("retryAfterSeconds"),
-                Some(&async_graphql::Value::from(RETRY_AFTER_SECONDS))
-            );
-        }
-        assert_eq!(bug.code(), ErrorCode::Internal);
     }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use agentplane::app::{self, AppState};
 use agentplane::config::{CliOverrides, Config};
 use agentplane::db::{DbPool, migrate};
+use agentplane::server::{self as app, AppState};
 
 /// Control plane of an AI-agent workflow platform, served as one GraphQL schema.
 #[derive(Debug, Parser)]

@@ -155,3 +155,13 @@ mod tests {
         assert!(s.try_take(&1, 2).is_some());
     }
 }
+
+/// Open websockets per client address and running websocket operations per principal,
+/// process-wide (the transport takes and releases them).
+#[derive(Default)]
+pub struct SocketSlots {
+    /// Open sockets per client address.
+    pub addresses: KeyedSlots<std::net::IpAddr>,
+    /// Running operations per user or API key.
+    pub principals: KeyedSlots<String>,
+}

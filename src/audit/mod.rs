@@ -173,7 +173,7 @@ impl Origin {
     pub fn user(
         tenant: impl ToString,
         user: impl ToString,
-        client: Option<&crate::graphql::ClientInfo>,
+        client: Option<&crate::request::ClientInfo>,
         request_id: Option<&str>,
     ) -> Self {
         Self {

@@ -264,7 +264,7 @@ impl AuthMutation {
             &input.email,
             &input.password,
             client,
-            ctx.data_opt::<crate::graphql::RequestId>()
+            ctx.data_opt::<crate::request::RequestId>()
                 .map(|r| r.0.as_str()),
         )
         .await?

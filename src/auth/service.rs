@@ -12,7 +12,7 @@ use super::{Actor, Principal, check_tenant_active, role_permissions, store};
 use crate::app::App;
 use crate::db::ids::{db_time, utc};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::graphql::ClientInfo;
+use crate::request::ClientInfo;
 use crate::tenancy::model::UserStatus;
 use crate::tenancy::{UserId, UserRow};
 

@@ -156,16 +156,7 @@ pub struct FakeProbe {
 impl FakeProbe {
     /// Parses `NAME:MIB,NAME:MIB` (e.g. `A10:24576,H100:81920`).
     pub fn parse(spec: &str) -> Option<Self> {
-        let mut gpus = Vec::new();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, mb) = part.rsplit_once(':')?;
-            let mb: u64 = mb.trim().parse().ok()?;
-            if mb == 0 || name.trim().is_empty() {
-                return None;
-            }
-            gpus.push((name.trim().to_owned(), mb));
-        }
-        (!gpus.is_empty()).then_some(Self { gpus })
+        crate::config::parse_fake_gpus(spec).map(|gpus| Self { gpus })
     }
 }
 

@@ -8,12 +8,14 @@
 
 pub mod ids;
 pub mod migrate;
+pub mod page;
 pub mod schema;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::error::AppError;
 use anyhow::Context as _;
 use diesel::SqliteConnection;
 use diesel::sql_types::Integer;
@@ -253,6 +255,36 @@ macro_rules! db_tx {
         }
         committed
     }};
+}
+
+// Query and pool errors become `AppError`s here, next to `outage_kind`, so the error
+// type itself knows nothing of the database.
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                AppError::conflict("an object with the same unique value already exists")
+            }
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                AppError::conflict("a concurrent change conflicted with this one; retry")
+            }
+            _ => match outage_kind(&e) {
+                Some(what) => AppError::unavailable(what, e),
+                None => AppError::internal(e),
+            },
+        }
+    }
+}
+
+impl From<PoolError> for AppError {
+    fn from(e: PoolError) -> Self {
+        let what = match &e {
+            bb8::RunError::TimedOut => "the database is busy (no connection free in time)",
+            bb8::RunError::User(_) => "the database is unreachable",
+        };
+        AppError::unavailable(what, e)
+    }
 }
 
 /// Whether a query error means the database cannot serve requests right now (rather
@@ -508,5 +540,33 @@ impl DbPool {
                 .context("database did not answer SELECT 1")?;
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn outages_are_unavailable_with_a_retry_hint() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let timed_out: AppError = PoolError::TimedOut.into();
+        let lost: AppError = Error::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand,
+            Box::new("connection closed".to_owned()),
+        )
+        .into();
+        let full: AppError = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("database or disk is full".to_owned()),
+        )
+        .into();
+        let bug: AppError = Error::NotFound.into();
+        for e in [timed_out, lost, full] {
+            assert_eq!(e.code(), ErrorCode::Unavailable, "{e:?}");
+            assert_eq!(e.code().http_status(), 503);
+        }
+        assert_eq!(bug.code(), ErrorCode::Internal);
     }
 }

@@ -124,15 +124,4 @@ pub fn app<'a>(ctx: &Context<'a>) -> AppResult<&'a Arc<App>> {
         .map_err(|_| AppError::internal(anyhow::anyhow!("schema built without application state")))
 }
 
-/// The request id of the current HTTP request or websocket connection.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Where a request came from; recorded by security features (lockout, audit).
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// Peer address.
-    pub ip: std::net::IpAddr,
-    /// `User-Agent`, truncated to 256 characters.
-    pub user_agent: Option<String>,
-}
+pub use crate::request::{ClientInfo, RequestId};

@@ -139,18 +139,7 @@ pub const MAX_PAGE: i32 = 100;
 /// Page size when the client gives neither `first` nor `last`.
 pub const DEFAULT_PAGE: i32 = 20;
 
-/// A validated page request, in keyset form over time-ordered ids.
-#[derive(Debug, Clone)]
-pub struct Page {
-    /// Exclusive lower bound (from `after`).
-    pub after: Option<Uuid>,
-    /// Exclusive upper bound (from `before`).
-    pub before: Option<Uuid>,
-    /// Rows wanted; the store fetches one more to learn whether more exist.
-    pub limit: i64,
-    /// True when paging backwards (`last`): the store orders descending.
-    pub from_end: bool,
-}
+pub use crate::db::page::Page;
 
 fn decode_cursor(arg: &'static str, c: &str) -> AppResult<Uuid> {
     let invalid = || AppError::bad_input(arg, format!("`{arg}` is not a valid cursor"));

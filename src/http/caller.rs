@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Principal;
 use crate::error::AppError;
 use crate::graphql::{ClientInfo, RequestId};

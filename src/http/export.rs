@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
+use super::AppState;
 use super::caller::Caller;
-use crate::app::AppState;
 use crate::audit::export::{Format, Range};
 use crate::audit::{Entry, Origin, Severity};
 use crate::auth::{Actor, Principal};

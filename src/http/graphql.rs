@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+use super::AppState;
 use super::caller::Caller;
-use crate::app::AppState;
 use crate::error::{AppError, ErrorCode};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
+use super::AppState;
 
 /// `GET /healthz`: 200 while the process runs.
 pub async fn healthz() -> Response {

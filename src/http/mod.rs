@@ -6,6 +6,9 @@ mod graphiql;
 mod graphql;
 mod health;
 pub mod socket;
+mod state;
+
+pub use state::AppState;
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument as _;
 
-use crate::app::AppState;
 use crate::graphql::RequestId;
 
 /// The response (and accepted request) header carrying the request id.

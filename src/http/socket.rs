@@ -25,7 +25,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::app::{App, AppState};
+use super::AppState;
+use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::limits::DocumentLimits;
@@ -52,13 +53,6 @@ pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
 pub const CLOSE_DUPLICATE_ID: u16 = 4409;
 const UNAUTHENTICATED_REASON: &str = "unauthenticated";
 const UNAVAILABLE_REASON: &str = "unavailable";
-
-/// Open sockets per client address and running operations per principal, process-wide.
-#[derive(Default)]
-pub struct SocketSlots {
-    addresses: KeyedSlots<std::net::IpAddr>,
-    principals: KeyedSlots<String>,
-}
 
 /// What a principal may do; a socket keeps the rights it was accepted with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -547,76 +547,7 @@ async fn custom_role(ctx: &Context<'_>, id: &ID) -> AppResult<RoleRow> {
         .ok_or_else(|| AppError::not_found("role"))
 }
 
-/// Default quotas per plan: (users, workflows, executions/month, concurrent, GPU MiB).
-pub fn plan_quotas(plan: Plan) -> (i64, i64, i64, i64, i64) {
-    match plan {
-        Plan::Free => (5, 10, 1_000, 2, 0),
-        Plan::Pro => (50, 200, 100_000, 20, 16_384),
-        Plan::Enterprise | Plan::Custom => (1_000, 5_000, 10_000_000, 200, 262_144),
-    }
-}
-
-/// Builds a new tenant row with plan defaults.
-pub fn new_tenant_row(
-    slug: &str,
-    name: &str,
-    plan: Plan,
-    is_system: bool,
-    now: chrono::NaiveDateTime,
-) -> TenantRow {
-    let (u, w, e, c, g) = plan_quotas(plan);
-    TenantRow {
-        id: super::TenantId::new(),
-        slug: slug.to_owned(),
-        name: name.to_owned(),
-        plan,
-        status: TenantStatus::Active,
-        status_reason: None,
-        is_system,
-        data_retention_days: 365,
-        require_mfa: false,
-        allowed_ip_ranges: "[]".into(),
-        max_users: u,
-        max_workflows: w,
-        max_executions_per_month: e,
-        max_concurrent_executions: c,
-        max_gpu_memory_mb: g,
-        feature_flags: "[]".into(),
-        created_at: now,
-        updated_at: now,
-    }
-}
-
-/// Builds a new user row (no password yet).
-pub fn new_user_row(
-    tenant: super::TenantId,
-    email: &str,
-    display_name: &str,
-    role: &str,
-    now: chrono::NaiveDateTime,
-) -> AppResult<UserRow> {
-    let email = crate::auth::passwords::normalize_email(email)
-        .map_err(|m| AppError::bad_input("email", m))?;
-    let display_name = display_name.trim();
-    if display_name.is_empty() || display_name.len() > 200 {
-        return Err(AppError::bad_input(
-            "displayName",
-            "the display name must be 1 to 200 characters",
-        ));
-    }
-    Ok(UserRow {
-        id: UserId::new(),
-        tenant_id: tenant,
-        email,
-        display_name: display_name.to_owned(),
-        role: role.to_owned(),
-        status: UserStatus::Active,
-        password_hash: None,
-        last_login_at: None,
-        created_at: now,
-        updated_at: now,
-    })
-}
+pub use super::model::{new_tenant_row, new_user_row, plan_quotas, tenant_view};
 
 async fn tenant_for_admin(ctx: &Context<'_>, id: &ID) -> AppResult<TenantRow> {
     let uuid = decode_expecting(id, NodeKind::Tenant, "tenant")?;
@@ -1141,25 +1072,6 @@ impl TenancyMutation {
         super::store::update(&a.db, &t, &audit).await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
-}
-
-/// What the audit trail keeps of a tenant.
-pub(crate) fn tenant_view(t: &TenantRow) -> serde_json::Value {
-    serde_json::json!({
-        "name": t.name,
-        "plan": t.plan,
-        "status": t.status,
-        "statusReason": t.status_reason,
-        "dataRetentionDays": t.data_retention_days,
-        "requireMfa": t.require_mfa,
-        "allowedIpRanges": t.allowed_ip_ranges,
-        "maxUsers": t.max_users,
-        "maxWorkflows": t.max_workflows,
-        "maxExecutionsPerMonth": t.max_executions_per_month,
-        "maxConcurrentExecutions": t.max_concurrent_executions,
-        "maxGpuMemoryMb": t.max_gpu_memory_mb,
-        "featureFlags": t.feature_flags,
-    })
 }
 
 /// A tenant change, recorded in that tenant's own chain (a platform admin acting on a

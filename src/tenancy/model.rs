@@ -3,6 +3,7 @@
 use chrono::NaiveDateTime;
 
 use crate::db::schema::tenants;
+use crate::error::{AppError, AppResult};
 
 crate::id_type!(
     /// Identifies a tenant (organization).
@@ -146,4 +147,94 @@ pub struct RoleRow {
     pub created_at: NaiveDateTime,
     /// Last change.
     pub updated_at: NaiveDateTime,
+}
+
+/// Default quotas per plan: (users, workflows, executions/month, concurrent, GPU MiB).
+pub fn plan_quotas(plan: Plan) -> (i64, i64, i64, i64, i64) {
+    match plan {
+        Plan::Free => (5, 10, 1_000, 2, 0),
+        Plan::Pro => (50, 200, 100_000, 20, 16_384),
+        Plan::Enterprise | Plan::Custom => (1_000, 5_000, 10_000_000, 200, 262_144),
+    }
+}
+
+/// Builds a new tenant row with plan defaults.
+pub fn new_tenant_row(
+    slug: &str,
+    name: &str,
+    plan: Plan,
+    is_system: bool,
+    now: chrono::NaiveDateTime,
+) -> TenantRow {
+    let (u, w, e, c, g) = plan_quotas(plan);
+    TenantRow {
+        id: TenantId::new(),
+        slug: slug.to_owned(),
+        name: name.to_owned(),
+        plan,
+        status: TenantStatus::Active,
+        status_reason: None,
+        is_system,
+        data_retention_days: 365,
+        require_mfa: false,
+        allowed_ip_ranges: "[]".into(),
+        max_users: u,
+        max_workflows: w,
+        max_executions_per_month: e,
+        max_concurrent_executions: c,
+        max_gpu_memory_mb: g,
+        feature_flags: "[]".into(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Builds a new user row (no password yet).
+pub fn new_user_row(
+    tenant: TenantId,
+    email: &str,
+    display_name: &str,
+    role: &str,
+    now: chrono::NaiveDateTime,
+) -> AppResult<UserRow> {
+    let email =
+        crate::policy::normalize_email(email).map_err(|m| AppError::bad_input("email", m))?;
+    let display_name = display_name.trim();
+    if display_name.is_empty() || display_name.len() > 200 {
+        return Err(AppError::bad_input(
+            "displayName",
+            "the display name must be 1 to 200 characters",
+        ));
+    }
+    Ok(UserRow {
+        id: UserId::new(),
+        tenant_id: tenant,
+        email,
+        display_name: display_name.to_owned(),
+        role: role.to_owned(),
+        status: UserStatus::Active,
+        password_hash: None,
+        last_login_at: None,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// What the audit trail keeps of a tenant.
+pub fn tenant_view(t: &TenantRow) -> serde_json::Value {
+    serde_json::json!({
+        "name": t.name,
+        "plan": t.plan,
+        "status": t.status,
+        "statusReason": t.status_reason,
+        "dataRetentionDays": t.data_retention_days,
+        "requireMfa": t.require_mfa,
+        "allowedIpRanges": t.allowed_ip_ranges,
+        "maxUsers": t.max_users,
+        "maxWorkflows": t.max_workflows,
+        "maxExecutionsPerMonth": t.max_executions_per_month,
+        "maxConcurrentExecutions": t.max_concurrent_executions,
+        "maxGpuMemoryMb": t.max_gpu_memory_mb,
+        "featureFlags": t.feature_flags,
+    })
 }

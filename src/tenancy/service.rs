@@ -2,8 +2,8 @@
 //! `admin create-user`) and first-start bootstrap: the same validation, the same audit
 //! records, one transaction per creation.
 
-use super::graphql::{new_tenant_row, new_user_row};
 use super::model::{Plan, TenantRow, UserRow};
+use super::model::{new_tenant_row, new_user_row};
 use crate::app::App;
 use crate::audit::{Entry, Origin};
 use crate::db::ids::db_time;
@@ -129,7 +129,7 @@ pub async fn create_tenant(
         "tenant",
         tenant.id,
         Some(serde_json::json!({
-            "after": super::graphql::tenant_view(&tenant),
+            "after": super::model::tenant_view(&tenant),
             "ownerId": owner.id.to_string(),
         })),
         now,

@@ -7,9 +7,9 @@ use diesel_async::RunQueryDsl;
 
 use super::model::{RoleId, RoleRow, TenantId, TenantRow, UserId, UserRow};
 use crate::db::DbPool;
+use crate::db::page::Page;
 use crate::db::schema::{roles, tenants, users};
 use crate::error::AppResult;
-use crate::graphql::relay::Page;
 
 /// Loads one tenant by id.
 pub async fn find(db: &DbPool, id: TenantId) -> AppResult<Option<TenantRow>> {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use agentplane::app::{self, AppState};
 use agentplane::clock::ManualClock;
 use agentplane::config::{CliOverrides, Config};
 use agentplane::db::migrate;
+use agentplane::server::{self as app, AppState};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

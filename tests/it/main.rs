@@ -12,6 +12,7 @@ mod foundation;
 mod helpers;
 mod identity;
 mod isolation;
+mod layers;
 mod query_cost;
 mod reliability;
 mod schema_file;

@@ -1,7 +1,7 @@
 //! Tenant secrets: write-only through the API, encrypted at rest, bound to their tenant,
 //! rotatable.
 
-use agentplane::app::AppState;
+use agentplane::server::AppState;
 use diesel_async::RunQueryDsl;
 use secrecy::ExposeSecret as _;
 use serde_json::json;
