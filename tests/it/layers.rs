@@ -216,7 +216,7 @@ fn code_only(src: &str) -> String {
         } else if b[i] == b'"' {
             // A raw string prefix (r#") was copied already; skip to the closing quote.
             let hashes = src[..i].chars().rev().take_while(|c| *c == '#').count();
-            let raw = i >= hashes + 1 && b[i - hashes - 1] == b'r';
+            let raw = i > hashes && b[i - hashes - 1] == b'r';
             i += 1;
             while i < b.len() {
                 if !raw && b[i] == b'\\' {
