@@ -159,16 +159,15 @@ const DOMAIN_DEBT: &[(&str, &str)] = &[
     ("tenancy/teams.rs", "auth"),
 ];
 
-/// Where a module path sits. Any `graphql` module inside a domain is API.
+/// Where a module path sits. A `graphql` module inside a domain is API (`config::graphql`,
+/// the GraphQL limits section of the configuration, is not).
 fn layer_of(path: &[String]) -> Option<Layer> {
     let top = path.first()?;
-    if path.iter().skip(1).any(|s| s == "graphql") {
+    let layer = MODULES.iter().find(|(m, _)| m == top).map(|(_, l)| *l)?;
+    if layer == Layer::Domain && path.iter().skip(1).any(|s| s == "graphql") {
         return Some(Layer::Api);
     }
-    if top == "db" && path.get(1).is_some_and(|s| s == "ids") {
-        return Some(Layer::Storage);
-    }
-    MODULES.iter().find(|(m, _)| m == top).map(|(_, l)| *l)
+    Some(layer)
 }
 
 /// The module path of a source file (`src/tenancy/graphql/teams.rs` → tenancy::graphql::teams).

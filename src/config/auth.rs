@@ -1,0 +1,250 @@
+//! `auth`: token algorithm and keys, lifetimes, the first admin, password hashing limits.
+
+use super::ConfigError;
+use super::layers::{Layers, Raw, err, parse_num, toml_scalar};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Which algorithm signs access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// Ed25519 keys generated at first start and kept in the database (default).
+    EdDsa,
+    /// HMAC-SHA256 with a shared secret from configuration.
+    Hs256,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `iss` claim written and required.
+    pub issuer: String,
+    /// `aud` claim written and required.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// A session unused this long expires.
+    pub refresh_idle: Duration,
+    /// A session expires this long after sign-in, however used.
+    pub refresh_absolute: Duration,
+    /// Signing algorithm.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 secret (at least 32 bytes), when `algorithm` is HS256.
+    pub hs256_secret: Option<SecretString>,
+    /// EdDSA signing key from a PKCS#8 PEM file instead of the database; keys kept in the
+    /// database still verify.
+    pub signing_key_pem: Option<SecretString>,
+    /// E-mail of the platform admin created on an empty database.
+    pub bootstrap_admin_email: String,
+    /// Its password; generated and printed once when unset.
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// Password hashes computed at once (each takes 19 MiB); default: the core count.
+    pub max_concurrent_hashes: usize,
+    /// Sign-ins that may wait for a hashing slot before others are refused.
+    pub hash_queue: usize,
+    /// Password checks in flight from one client address.
+    pub max_hashes_per_address: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAuth {
+    pub(super) issuer: Option<String>,
+    pub(super) audience: Option<String>,
+    pub(super) access_ttl_secs: Option<toml::Value>,
+    pub(super) refresh_idle_secs: Option<toml::Value>,
+    pub(super) refresh_absolute_secs: Option<toml::Value>,
+    pub(super) jwt_algorithm: Option<String>,
+    hs256_secret: Option<String>,
+    pub(super) signing_key_file: Option<String>,
+    pub(super) bootstrap_admin_email: Option<String>,
+    pub(super) max_concurrent_hashes: Option<toml::Value>,
+    pub(super) hash_queue: Option<toml::Value>,
+    pub(super) max_hashes_per_address: Option<toml::Value>,
+}
+
+/// Reads the section from its layers.
+pub(super) fn load(
+    layers: &Layers<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: FileAuth,
+) -> Result<AuthConfig, ConfigError> {
+    let algorithm = match layers.pick(
+        "AGENTPLANE_JWT_ALGORITHM",
+        "auth.jwt_algorithm",
+        file.jwt_algorithm,
+    ) {
+        None => JwtAlgorithm::EdDsa,
+        Some(raw) => match raw.value.trim() {
+            "EdDSA" | "eddsa" | "EDDSA" => JwtAlgorithm::EdDsa,
+            "HS256" | "hs256" => JwtAlgorithm::Hs256,
+            other => {
+                return Err(err(
+                    &raw.key,
+                    format!("unknown algorithm {other:?}"),
+                    "EdDSA or HS256",
+                ));
+            }
+        },
+    };
+    let hs256_secret = match layers.pick(
+        "AGENTPLANE_JWT_HS256_SECRET",
+        "auth.hs256_secret",
+        file.hs256_secret,
+    ) {
+        Some(raw) if raw.value.len() < 32 => {
+            return Err(err(
+                &raw.key,
+                "the secret is shorter than 32 bytes",
+                "a random secret of at least 32 bytes",
+            ));
+        }
+        Some(raw) => Some(SecretString::from(raw.value)),
+        None => None,
+    };
+    if algorithm == JwtAlgorithm::Hs256 && hs256_secret.is_none() {
+        return Err(err(
+            "AGENTPLANE_JWT_HS256_SECRET",
+            "HS256 is selected but no secret is set",
+            "a random secret of at least 32 bytes",
+        ));
+    }
+    let signing_key_pem = match layers.pick(
+        "AGENTPLANE_JWT_SIGNING_KEY_FILE",
+        "auth.signing_key_file",
+        file.signing_key_file,
+    ) {
+        None => None,
+        Some(raw) => {
+            let expected =
+                "a readable Ed25519 private key in PKCS#8 PEM (openssl genpkey -algorithm ed25519)";
+            let pem = std::fs::read_to_string(raw.value.trim()).map_err(|e| {
+                err(
+                    &raw.key,
+                    format!("cannot read {} ({e})", raw.value),
+                    expected,
+                )
+            })?;
+            jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|_| {
+                err(
+                    &raw.key,
+                    format!("{} is not an Ed25519 private key", raw.value),
+                    expected,
+                )
+            })?;
+            if algorithm != JwtAlgorithm::EdDsa {
+                return Err(err(
+                    &raw.key,
+                    "a signing key file needs EdDSA",
+                    "AGENTPLANE_JWT_ALGORITHM=EdDSA",
+                ));
+            }
+            Some(SecretString::from(pem))
+        }
+    };
+    let secs = |env: &str, key: &str, v: Option<toml::Value>, default: u64, max: u64| {
+        parse_num(
+            layers.pick(env, key, toml_scalar(v)),
+            default,
+            1,
+            max,
+            &format!("seconds between 1 and {max}"),
+        )
+        .map(Duration::from_secs)
+    };
+    let auth = AuthConfig {
+        issuer: layers
+            .pick("AGENTPLANE_JWT_ISSUER", "auth.issuer", file.issuer)
+            .map_or_else(|| "agentplane".to_owned(), |r| r.value),
+        audience: layers
+            .pick("AGENTPLANE_JWT_AUDIENCE", "auth.audience", file.audience)
+            .map_or_else(|| "agentplane".to_owned(), |r| r.value),
+        access_ttl: secs(
+            "AGENTPLANE_ACCESS_TOKEN_TTL_SECS",
+            "auth.access_ttl_secs",
+            file.access_ttl_secs,
+            900,
+            86_400,
+        )?,
+        refresh_idle: secs(
+            "AGENTPLANE_REFRESH_IDLE_SECS",
+            "auth.refresh_idle_secs",
+            file.refresh_idle_secs,
+            7 * 86_400,
+            365 * 86_400,
+        )?,
+        refresh_absolute: secs(
+            "AGENTPLANE_REFRESH_ABSOLUTE_SECS",
+            "auth.refresh_absolute_secs",
+            file.refresh_absolute_secs,
+            30 * 86_400,
+            365 * 86_400,
+        )?,
+        algorithm,
+        hs256_secret,
+        signing_key_pem,
+        bootstrap_admin_email: {
+            let raw = layers
+                .pick(
+                    "AGENTPLANE_BOOTSTRAP_ADMIN_EMAIL",
+                    "auth.bootstrap_admin_email",
+                    file.bootstrap_admin_email,
+                )
+                .unwrap_or(Raw {
+                    key: "AGENTPLANE_BOOTSTRAP_ADMIN_EMAIL".into(),
+                    value: "admin@agentplane.local".into(),
+                });
+            crate::policy::normalize_email(&raw.value)
+                .map_err(|p| err(&raw.key, p, "an e-mail address such as ops@example.com"))?
+        },
+        bootstrap_admin_password: match (env)("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD") {
+            None => None,
+            Some(p) => {
+                crate::policy::check_policy(&p).map_err(|problem| {
+                    err(
+                        "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
+                        problem,
+                        "a password of 12 to 256 characters",
+                    )
+                })?;
+                Some(SecretString::from(p))
+            }
+        },
+        max_concurrent_hashes: parse_num(
+            layers.pick(
+                "AGENTPLANE_AUTH_MAX_CONCURRENT_HASHES",
+                "auth.max_concurrent_hashes",
+                toml_scalar(file.max_concurrent_hashes),
+            ),
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            1,
+            1024,
+            "a number of hashes between 1 and 1024",
+        )?,
+        hash_queue: parse_num(
+            layers.pick(
+                "AGENTPLANE_AUTH_HASH_QUEUE",
+                "auth.hash_queue",
+                toml_scalar(file.hash_queue),
+            ),
+            32usize,
+            0,
+            100_000,
+            "a queue length between 0 and 100000",
+        )?,
+        max_hashes_per_address: parse_num(
+            layers.pick(
+                "AGENTPLANE_AUTH_MAX_HASHES_PER_ADDRESS",
+                "auth.max_hashes_per_address",
+                toml_scalar(file.max_hashes_per_address),
+            ),
+            4usize,
+            1,
+            10_000,
+            "a number between 1 and 10000",
+        )?,
+    };
+
+    Ok(auth)
+}

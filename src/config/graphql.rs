@@ -1,0 +1,131 @@
+//! `graphql`: document limits and what anonymous callers may see.
+
+use super::ConfigError;
+use super::layers::{Layers, parse_bool, parse_num, toml_scalar};
+use serde::Deserialize;
+
+/// GraphQL execution limits.
+#[derive(Debug, Clone)]
+pub struct GraphqlConfig {
+    /// Deepest selection nesting accepted.
+    pub max_depth: usize,
+    /// Highest query complexity accepted.
+    pub max_complexity: usize,
+    /// Most field selections of an operation with fragments expanded, checked before
+    /// validation (so fragment-spread explosions cost nothing).
+    pub max_selections: u64,
+    /// Most fragment definitions in one document.
+    pub max_fragments: usize,
+    /// Most fragment spreads written in one document.
+    pub max_spreads: usize,
+    /// Most operations in one batched HTTP request (they share one complexity budget).
+    pub max_batch: usize,
+    /// Whether callers without credentials may introspect the schema (GraphiQL needs it).
+    pub anonymous_introspection: bool,
+    /// Whether validation errors to callers without credentials suggest names ("Did you
+    /// mean …?"); signed-in callers always get suggestions.
+    pub anonymous_suggestions: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileGraphql {
+    pub(super) max_depth: Option<toml::Value>,
+    pub(super) max_complexity: Option<toml::Value>,
+    pub(super) max_selections: Option<toml::Value>,
+    pub(super) max_fragments: Option<toml::Value>,
+    pub(super) max_spreads: Option<toml::Value>,
+    pub(super) max_batch: Option<toml::Value>,
+    pub(super) anonymous_introspection: Option<toml::Value>,
+    pub(super) anonymous_suggestions: Option<toml::Value>,
+}
+
+/// Reads the section from its layers.
+pub(super) fn load(layers: &Layers<'_>, file: FileGraphql) -> Result<GraphqlConfig, ConfigError> {
+    let graphql = GraphqlConfig {
+        max_depth: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_DEPTH",
+                "graphql.max_depth",
+                toml_scalar(file.max_depth),
+            ),
+            12usize,
+            2,
+            64,
+            "a depth between 2 and 64",
+        )?,
+        max_complexity: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_COMPLEXITY",
+                "graphql.max_complexity",
+                toml_scalar(file.max_complexity),
+            ),
+            10_000usize,
+            10,
+            1_000_000,
+            "a complexity between 10 and 1000000",
+        )?,
+        max_selections: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_SELECTIONS",
+                "graphql.max_selections",
+                toml_scalar(file.max_selections),
+            ),
+            10_000u64,
+            10,
+            10_000_000,
+            "a number of selections between 10 and 10000000",
+        )?,
+        max_fragments: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_FRAGMENTS",
+                "graphql.max_fragments",
+                toml_scalar(file.max_fragments),
+            ),
+            100usize,
+            1,
+            10_000,
+            "a number of fragments between 1 and 10000",
+        )?,
+        max_spreads: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_SPREADS",
+                "graphql.max_spreads",
+                toml_scalar(file.max_spreads),
+            ),
+            500usize,
+            1,
+            100_000,
+            "a number of spreads between 1 and 100000",
+        )?,
+        max_batch: parse_num(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_MAX_BATCH",
+                "graphql.max_batch",
+                toml_scalar(file.max_batch),
+            ),
+            10usize,
+            1,
+            1000,
+            "a number of operations between 1 and 1000",
+        )?,
+        anonymous_introspection: parse_bool(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_ANONYMOUS_INTROSPECTION",
+                "graphql.anonymous_introspection",
+                toml_scalar(file.anonymous_introspection),
+            ),
+            true,
+        )?,
+        anonymous_suggestions: parse_bool(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_ANONYMOUS_SUGGESTIONS",
+                "graphql.anonymous_suggestions",
+                toml_scalar(file.anonymous_suggestions),
+            ),
+            false,
+        )?,
+    };
+
+    Ok(graphql)
+}

@@ -1,0 +1,103 @@
+//! `http`: body size, timeouts, CORS, shutdown grace.
+
+use super::ConfigError;
+use super::layers::{Layers, err, parse_num, toml_scalar};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// HTTP limits and CORS.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Time after which a request is answered 408.
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty means CORS is off (same-origin only).
+    /// `*` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHttp {
+    pub(super) body_limit_bytes: Option<toml::Value>,
+    pub(super) request_timeout_secs: Option<toml::Value>,
+    pub(super) cors_origins: Option<Vec<String>>,
+    pub(super) shutdown_grace_secs: Option<toml::Value>,
+}
+
+/// Reads the section from its layers.
+pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, ConfigError> {
+    let http = HttpConfig {
+        body_limit_bytes: parse_num(
+            layers.pick(
+                "AGENTPLANE_BODY_LIMIT_BYTES",
+                "http.body_limit_bytes",
+                toml_scalar(file.body_limit_bytes),
+            ),
+            1024 * 1024,
+            1024,
+            256 * 1024 * 1024,
+            "a byte count between 1024 and 268435456",
+        )?,
+        request_timeout: Duration::from_secs(parse_num(
+            layers.pick(
+                "AGENTPLANE_REQUEST_TIMEOUT_SECS",
+                "http.request_timeout_secs",
+                toml_scalar(file.request_timeout_secs),
+            ),
+            30u64,
+            1,
+            3600,
+            "seconds between 1 and 3600",
+        )?),
+        cors_origins: match layers.pick(
+            "AGENTPLANE_CORS_ORIGINS",
+            "http.cors_origins",
+            file.cors_origins.map(|v| v.join(",")),
+        ) {
+            None => Vec::new(),
+            Some(raw) => {
+                let mut out = Vec::new();
+                for o in raw
+                    .value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                {
+                    if o != "*" {
+                        let u = url::Url::parse(o).ok().filter(|u| {
+                            matches!(u.scheme(), "http" | "https")
+                                && u.host_str().is_some()
+                                && u.path() == "/"
+                        });
+                        if u.is_none() {
+                            return Err(err(
+                                &raw.key,
+                                format!("{o:?} is not an origin"),
+                                "comma-separated origins such as https://app.example.com, or *",
+                            ));
+                        }
+                    }
+                    out.push(o.trim_end_matches('/').to_owned());
+                }
+                out
+            }
+        },
+        shutdown_grace: Duration::from_secs(parse_num(
+            layers.pick(
+                "AGENTPLANE_SHUTDOWN_GRACE_SECS",
+                "http.shutdown_grace_secs",
+                toml_scalar(file.shutdown_grace_secs),
+            ),
+            8u64,
+            1,
+            9,
+            "seconds between 1 and 9 (shutdown must finish within 10 s)",
+        )?),
+    };
+
+    Ok(http)
+}
