@@ -1,0 +1,336 @@
+//! Execution subscriptions: live updates, gap-free by sequence number.
+
+use super::*;
+
+/// One event of an execution's life, as streamed to subscribers.
+pub struct ExecutionUpdate(pub ExecutionEvent);
+
+#[Object]
+impl ExecutionUpdate {
+    /// Per-execution sequence number: consecutive from the snapshot on, so a client can
+    /// tell it missed nothing.
+    async fn sequence(&self) -> i64 {
+        self.0.seq
+    }
+    /// SNAPSHOT first, then STATUS_CHANGED and STEP_CHANGED.
+    async fn kind(&self) -> EventKind {
+        self.0.kind
+    }
+    /// The execution's ID.
+    async fn execution_id(&self) -> ID {
+        to_global_id(NodeKind::Execution, self.0.execution_id.0)
+    }
+    /// Its workflow's ID.
+    async fn workflow_id(&self) -> ID {
+        to_global_id(NodeKind::Workflow, self.0.workflow_id.0)
+    }
+    /// The execution's status after this event.
+    async fn status(&self) -> ExecutionStatus {
+        self.0.status
+    }
+    /// The step, for STEP_CHANGED.
+    async fn step_id(&self) -> Option<&str> {
+        self.0.step_id.as_deref()
+    }
+    /// The step's new status.
+    async fn step_status(&self) -> Option<StepStatus> {
+        self.0.step_status
+    }
+    /// The step's attempt.
+    async fn attempt(&self) -> Option<i64> {
+        self.0.attempt
+    }
+    /// Error text of a failure.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// When.
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+    /// The execution as it is now (read when the client asks).
+    async fn execution(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
+        let p = principal(ctx)?;
+        Ok(store::find(&app(ctx)?.db, p.tenant_id, self.0.execution_id)
+            .await?
+            .map(Execution))
+    }
+}
+
+pub(super) fn snapshot_of(row: &ExecutionRow, at: DateTime<Utc>) -> ExecutionEvent {
+    ExecutionEvent {
+        tenant_id: row.tenant_id,
+        execution_id: row.id,
+        workflow_id: row.workflow_id,
+        seq: row.seq,
+        kind: EventKind::Snapshot,
+        status: row.status,
+        step_id: None,
+        step_status: None,
+        attempt: None,
+        error: row.error.clone(),
+        at,
+    }
+}
+
+/// Execution subscriptions.
+#[derive(Default)]
+pub struct ExecutionSubscription;
+
+#[Subscription]
+impl ExecutionSubscription {
+    /// Every status change and step event of one execution: first a SNAPSHOT with the
+    /// current sequence number, then each event in order without gaps (events missed by a
+    /// slow client are re-read from the event log). Ends after the terminal event.
+    #[graphql(guard = "Require(Permission::ExecutionsRead)")]
+    async fn execution_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
+        let a: Arc<App> = app(ctx)?.clone();
+        let p = principal(ctx)?.clone();
+        let uuid = decode_expecting(&id, NodeKind::Execution, "execution")?;
+        // Subscribe before reading the snapshot, so nothing falls between the two.
+        let mut rx = a.bus.subscribe();
+        let mut resync = a.bus.resync.subscribe();
+        let row = visible_execution(ctx, uuid).await?.0;
+        let tenant = p.tenant_id;
+        let exec_id = row.id;
+        Ok(async_stream::stream! {
+            let mut last = row.seq;
+            let done = row.status.is_terminal();
+            yield ExecutionUpdate(snapshot_of(&row, a.clock.now()));
+            if done {
+                return;
+            }
+            loop {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    changed = resync.changed() => {
+                        if changed.is_err() { return; }
+                        // Notifications from other processes may have been lost.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(0))
+                    }
+                };
+                let ev = match received {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind: read what we missed from the log.
+                        let Ok(missed) = store::events_after(&a.db, tenant, exec_id, last).await else { return };
+                        let mut finished = false;
+                        for ev in missed {
+                            last = ev.seq;
+                            finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
+                            yield ExecutionUpdate(ev);
+                        }
+                        if finished { return; }
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                if ev.tenant_id != tenant || ev.execution_id != exec_id || ev.seq <= last {
+                    continue;
+                }
+                if ev.seq > last + 1 {
+                    // A gap (e.g. an event relayed late from another process): fill it.
+                    let Ok(missed) = store::events_after(&a.db, tenant, exec_id, last).await else { return };
+                    for m in missed.into_iter().filter(|m| m.seq < ev.seq) {
+                        yield ExecutionUpdate(m);
+                    }
+                }
+                last = ev.seq;
+                let finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
+                yield ExecutionUpdate((*ev).clone());
+                if finished {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Every event of every execution the caller may read in its tenant, optionally
+    /// narrowed to one workflow or to events leaving a given status. Per execution,
+    /// events arrive once each and in sequence order, without holes: a gap (an event
+    /// relayed late or lost with a dropped connection) is filled from the stored log, and
+    /// so is everything a slow subscriber missed. Starts with a SNAPSHOT of each QUEUED or
+    /// RUNNING execution that matches, or, with `since`, replays the stored events
+    /// written at or after that time instead (a reconnecting dashboard passes the `at` of
+    /// the last event it received and drops repeats by `executionId` + `sequence`).
+    #[graphql(guard = "Require(Permission::ExecutionsRead)")]
+    async fn execution_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<ExecutionEventsFilter>,
+        since: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
+        let a: Arc<App> = app(ctx)?.clone();
+        let p = principal(ctx)?.clone();
+        let f = filter.unwrap_or_default();
+        let wf_filter = f
+            .workflow_id
+            .as_ref()
+            .map(|w| decode_expecting(w, NodeKind::Workflow, "workflow").map(WorkflowId))
+            .transpose()?;
+        if let Some(w) = wf_filter {
+            visible_workflow_row(ctx, w).await?;
+        }
+        let mut rx = a.bus.subscribe();
+        let mut resync = a.bus.resync.subscribe();
+        let started = crate::db::ids::db_time(a.clock.now());
+        let visible: Option<Vec<WorkflowId>> = visible_workflow_ids(ctx, &p).await?;
+        let mut active = Vec::new();
+        let mut replay = Vec::new();
+        if let Some(t) = since {
+            replay =
+                store::tenant_events_since(&a.db, p.tenant_id, crate::db::ids::db_time(t)).await?;
+        } else {
+            for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
+                let (rows, _) = store::list(
+                    &a.db,
+                    p.tenant_id,
+                    &ListFilter {
+                        workflows: match (wf_filter, &visible) {
+                            (Some(w), _) => Some(vec![w]),
+                            (None, v) => v.clone(),
+                        },
+                        status: Some(status.as_str().to_owned()),
+                    },
+                    None,
+                    100,
+                )
+                .await?;
+                active.extend(rows);
+            }
+            // An execution that moved from QUEUED to RUNNING between the two reads is in
+            // both: keep its newer state only.
+            active.sort_by(|a, b| a.id.cmp(&b.id).then(b.seq.cmp(&a.seq)));
+            active.dedup_by_key(|r| r.id);
+        }
+        let tenant = p.tenant_id;
+        let status_filter = f.status;
+        let sight = sight(&p);
+        Ok(async_stream::stream! {
+            let now = a.clock.now();
+            let mut seqs = SeqTracker::default();
+            for row in &active {
+                seqs.advance(row.id, row.seq);
+                yield ExecutionUpdate(snapshot_of(row, now));
+            }
+            // Visibility per workflow, decided once per stream.
+            let mut seen: HashMap<WorkflowId, bool> = HashMap::new();
+            if let Some(v) = &visible {
+                for w in v { seen.insert(*w, true); }
+            }
+            // Catch-up reads start a little before the last one, for events whose
+            // transaction committed later than its timestamp.
+            let slack = chrono::Duration::seconds(30);
+            let mut synced_at = started;
+            let mut batch = replay;
+            loop {
+                for ev in std::mem::take(&mut batch) {
+                    if !seqs.advance(ev.execution_id, ev.seq) {
+                        continue;
+                    }
+                    if wf_filter.is_some_and(|w| w != ev.workflow_id)
+                        || status_filter.is_some_and(|s| s != ev.status)
+                    {
+                        continue;
+                    }
+                    let ok = match seen.get(&ev.workflow_id) {
+                        Some(v) => *v,
+                        None => {
+                            // A workflow created after the stream began.
+                            let ok = match crate::workflows::store::find(&a.db, tenant, ev.workflow_id).await {
+                                Ok(Some(row)) => crate::workflows::store::can_see(&a.db, &sight, &row).await.unwrap_or(false),
+                                _ => false,
+                            };
+                            seen.insert(ev.workflow_id, ok);
+                            ok
+                        }
+                    };
+                    if ok {
+                        yield ExecutionUpdate(ev);
+                    }
+                }
+                let catch_up = tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) if ev.tenant_id != tenant => continue,
+                        Ok(ev) => match seqs.last(ev.execution_id) {
+                            Some(l) if ev.seq <= l => continue,
+                            Some(l) if ev.seq == l + 1 => {
+                                batch.push((*ev).clone());
+                                continue;
+                            }
+                            // A gap, or an execution new to this stream: read its events
+                            // from the log, in order, up to this one.
+                            known => {
+                                match store::events_after(&a.db, tenant, ev.execution_id, known.unwrap_or(0)).await {
+                                    Ok(missed) => batch = missed,
+                                    Err(e) => {
+                                        tracing::warn!(error = ?e, "reading missed events failed");
+                                        batch.push((*ev).clone());
+                                    }
+                                }
+                                continue;
+                            }
+                        },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    changed = resync.changed() => {
+                        if changed.is_err() { return; }
+                        true
+                    }
+                };
+                if catch_up {
+                    // Fell behind, or notifications from other processes may be lost:
+                    // everything since the last catch-up is in the log.
+                    let from = synced_at - slack;
+                    synced_at = crate::db::ids::db_time(a.clock.now());
+                    match store::tenant_events_since(&a.db, tenant, from).await {
+                        Ok(events) => batch = events,
+                        Err(e) => tracing::warn!(error = ?e, "catching up from the event log failed"),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The last sequence number a stream delivered (or skipped) per execution; forgets the
+/// oldest finished executions past a bound so a long-lived stream stays small.
+#[derive(Default)]
+pub(super) struct SeqTracker {
+    last: HashMap<ExecutionId, i64>,
+    order: std::collections::VecDeque<ExecutionId>,
+}
+
+impl SeqTracker {
+    const KEPT: usize = 20_000;
+
+    fn last(&self, id: ExecutionId) -> Option<i64> {
+        self.last.get(&id).copied()
+    }
+
+    /// Records `seq` for `id`; `false` when it was already delivered.
+    fn advance(&mut self, id: ExecutionId, seq: i64) -> bool {
+        match self.last.get_mut(&id) {
+            Some(l) if *l >= seq => false,
+            Some(l) => {
+                *l = seq;
+                true
+            }
+            None => {
+                self.last.insert(id, seq);
+                self.order.push_back(id);
+                while self.order.len() > Self::KEPT {
+                    if let Some(old) = self.order.pop_front() {
+                        self.last.remove(&old);
+                    }
+                }
+                true
+            }
+        }
+    }
+}

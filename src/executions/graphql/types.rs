@@ -1,0 +1,300 @@
+//! GraphQL object types of executions: Execution, ExecutionStep, WorkflowStats.
+
+use super::*;
+
+/// One run of a workflow version.
+pub struct Execution(pub ExecutionRow);
+
+/// One step of an execution.
+pub struct ExecutionStep(pub StepRunRow);
+
+#[Object]
+impl ExecutionStep {
+    /// The step's id in the definition.
+    async fn step_id(&self) -> &str {
+        &self.0.step_id
+    }
+    /// Its kind.
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    /// Status.
+    async fn status(&self) -> StepStatus {
+        self.0.status
+    }
+    /// Attempts started (0 before the first).
+    async fn attempt(&self) -> i64 {
+        self.0.attempt
+    }
+    /// Start of the latest attempt.
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at.map(utc)
+    }
+    /// End.
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at.map(utc)
+    }
+    /// Output JSON (after success).
+    async fn output(&self) -> Option<Json<Value>> {
+        json_of(self.0.output.as_deref())
+    }
+    /// Latest error.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// LLM prompt tokens.
+    async fn prompt_tokens(&self) -> i64 {
+        self.0.prompt_tokens
+    }
+    /// LLM completion tokens.
+    async fn completion_tokens(&self) -> i64 {
+        self.0.completion_tokens
+    }
+    /// Cost in USD (from the configured price table).
+    async fn cost_usd(&self) -> f64 {
+        self.0.cost_usd
+    }
+}
+
+#[Object]
+impl Execution {
+    /// Opaque global ID.
+    pub async fn id(&self) -> ID {
+        to_global_id(NodeKind::Execution, self.0.id.0)
+    }
+    /// Audit records about this execution, newest first (audit.read).
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
+        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+    )]
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
+    {
+        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after)
+            .await
+    }
+    /// The workflow.
+    async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
+        Ok(Loaders::of(ctx)?
+            .workflows
+            .load_one(self.0.workflow_id)
+            .await
+            .map_err(load_error)?
+            .map(Workflow))
+    }
+    /// The pinned version number.
+    async fn version(&self) -> i64 {
+        self.0.version
+    }
+    /// Status.
+    async fn status(&self) -> ExecutionStatus {
+        self.0.status
+    }
+    /// Input JSON.
+    async fn input(&self) -> Json<Value> {
+        Json(serde_json::from_str(&self.0.input).unwrap_or(Value::Null))
+    }
+    /// Output JSON: the outputs of the steps nothing depends on, by step id.
+    async fn output(&self) -> Option<Json<Value>> {
+        json_of(self.0.output.as_deref())
+    }
+    /// Why it failed, timed out or was cancelled.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// The idempotency key it was started with.
+    async fn idempotency_key(&self) -> Option<&str> {
+        self.0.idempotency_key.as_deref()
+    }
+    /// What started it: `user:<id>`, `apikey:<id>` or `schedule:<id>`.
+    async fn trigger(&self) -> &str {
+        &self.0.started_by
+    }
+    /// The user who started it (null for API keys and schedules).
+    async fn started_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let Some(uid) = self.0.started_by_user else {
+            return Ok(None);
+        };
+        Ok(Loaders::of(ctx)?
+            .users
+            .load_one(uid)
+            .await
+            .map_err(load_error)?
+            .map(User))
+    }
+    /// The execution this one retries.
+    async fn retry_of(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
+        let Some(id) = self.0.retry_of else {
+            return Ok(None);
+        };
+        Ok(Loaders::of(ctx)?
+            .executions
+            .load_one(id)
+            .await
+            .map_err(load_error)?
+            .map(Execution))
+    }
+    /// Per-step records, in definition order.
+    async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
+        Ok(Loaders::of(ctx)?
+            .steps
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(ExecutionStep)
+            .collect())
+    }
+    /// Sequence number of the latest event (subscribers use it to detect gaps).
+    async fn sequence(&self) -> i64 {
+        self.0.seq
+    }
+    /// Times a worker claimed it (more than 1 after a worker crash or shutdown).
+    async fn claims(&self) -> i64 {
+        self.0.claims
+    }
+    /// Execution-level timeout.
+    async fn timeout_seconds(&self) -> i64 {
+        self.0.timeout_seconds
+    }
+    /// Prompt tokens over all steps.
+    async fn prompt_tokens(&self) -> i64 {
+        self.0.prompt_tokens
+    }
+    /// Completion tokens over all steps.
+    async fn completion_tokens(&self) -> i64 {
+        self.0.completion_tokens
+    }
+    /// Cost over all steps, USD.
+    async fn cost_usd(&self) -> f64 {
+        self.0.cost_usd
+    }
+    /// Why a QUEUED execution has not started, or a RUNNING one's GPU step waits (null
+    /// otherwise).
+    async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        let a = app(ctx)?;
+        if matches!(
+            self.0.status,
+            ExecutionStatus::Queued | ExecutionStatus::Running
+        ) {
+            // GPU work: the placer's or the GPU reservation's reason.
+            let placement =
+                crate::cluster::store::placement(&a.db, self.0.tenant_id, &self.0.id.to_string())
+                    .await?;
+            if let Some(reason) = placement.and_then(|p| p.waiting_reason) {
+                return Ok(Some(reason));
+            }
+        }
+        if self.0.status != ExecutionStatus::Queued || self.0.lease_owner.is_some() {
+            return Ok(None);
+        }
+        let tenant = crate::tenancy::store::find(&a.db, self.0.tenant_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("tenant"))?;
+        let running = store::running_count(&a.db, self.0.tenant_id).await?;
+        Ok(Some(if running >= tenant.max_concurrent_executions {
+            format!(
+                "waiting for a concurrency slot: {running} of {} allowed executions are running (maxConcurrentExecutions)",
+                tenant.max_concurrent_executions
+            )
+        } else {
+            "waiting for a free worker".to_owned()
+        }))
+    }
+    /// Enqueue time.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
+    /// First start.
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at.map(utc)
+    }
+    /// End.
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at.map(utc)
+    }
+    /// From start to end, ms (null until both exist).
+    async fn duration_ms(&self) -> Option<i64> {
+        match (self.0.started_at, self.0.finished_at) {
+            (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
+            _ => None,
+        }
+    }
+}
+
+/// Execution statistics of a workflow over the last 30 days.
+#[derive(SimpleObject, Default)]
+pub struct WorkflowStats {
+    /// Executions started.
+    pub total: i64,
+    /// Waiting.
+    pub queued: i64,
+    /// Running now.
+    pub running: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+    /// Timed out.
+    pub timed_out: i64,
+    /// Succeeded / finished (null before any finished).
+    pub success_rate: Option<f64>,
+    /// Mean run time of finished executions, ms.
+    pub mean_duration_ms: Option<f64>,
+    /// 95th percentile run time of finished executions, ms.
+    pub p95_duration_ms: Option<f64>,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+    /// Cost, USD.
+    pub cost_usd: f64,
+}
+
+impl WorkflowStats {
+    /// Computes the stats of one workflow's executions.
+    pub fn of(rows: &[ExecutionRow]) -> Self {
+        let mut s = Self::default();
+        let mut durations = Vec::new();
+        for r in rows {
+            s.total += 1;
+            match r.status {
+                ExecutionStatus::Queued => s.queued += 1,
+                ExecutionStatus::Running => s.running += 1,
+                ExecutionStatus::Succeeded => s.succeeded += 1,
+                ExecutionStatus::Failed => s.failed += 1,
+                ExecutionStatus::Cancelled => s.cancelled += 1,
+                ExecutionStatus::TimedOut => s.timed_out += 1,
+            }
+            s.prompt_tokens += r.prompt_tokens;
+            s.completion_tokens += r.completion_tokens;
+            s.cost_usd += r.cost_usd;
+            if let (Some(a), Some(b)) = (r.started_at, r.finished_at) {
+                #[expect(clippy::cast_precision_loss, reason = "durations in ms fit in f64")]
+                durations.push((b - a).num_milliseconds() as f64);
+            }
+        }
+        let finished = s.succeeded + s.failed + s.cancelled + s.timed_out;
+        if finished > 0 {
+            #[expect(clippy::cast_precision_loss, reason = "counts fit in f64")]
+            let rate = s.succeeded as f64 / finished as f64;
+            s.success_rate = Some(rate);
+        }
+        if !durations.is_empty() {
+            durations.sort_by(f64::total_cmp);
+            #[expect(clippy::cast_precision_loss, reason = "counts fit in f64")]
+            let n = durations.len() as f64;
+            s.mean_duration_ms = Some(durations.iter().sum::<f64>() / n);
+            let idx = ((n * 0.95).ceil() as usize).clamp(1, durations.len()) - 1;
+            s.p95_duration_ms = durations.get(idx).copied();
+        }
+        s
+    }
+}

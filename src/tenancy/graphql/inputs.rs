@@ -1,0 +1,196 @@
+//! Inputs and payloads of the tenancy mutations.
+
+use super::*;
+
+/// A new user's owner details for `createTenant`.
+#[derive(InputObject)]
+pub struct OwnerInput {
+    /// E-mail address.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// Input of `createTenant`.
+#[derive(InputObject)]
+pub struct CreateTenantInput {
+    /// URL-safe handle: 3–40 of a-z, 0-9 and `-`.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Plan; its default quotas apply.
+    pub plan: Plan,
+    /// The first OWNER.
+    pub owner: OwnerInput,
+}
+
+/// Result of `createTenant`.
+#[derive(SimpleObject)]
+pub struct CreateTenantPayload {
+    /// The new tenant.
+    pub tenant: Tenant,
+    /// Its first owner.
+    pub owner: User,
+    /// One-time token for `setPassword` (valid 7 days).
+    pub set_password_token: String,
+}
+
+/// Input of `suspendTenant`.
+#[derive(InputObject)]
+pub struct SuspendTenantInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+    /// Why (shown to the tenant's users).
+    pub reason: String,
+}
+
+/// Input of `reactivateTenant`.
+#[derive(InputObject)]
+pub struct ReactivateTenantInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+}
+
+/// Result of tenant changes.
+#[derive(SimpleObject)]
+pub struct TenantPayload {
+    /// The tenant after the change.
+    pub tenant: Tenant,
+}
+
+/// Input of `createUser`.
+#[derive(InputObject)]
+pub struct CreateUserInput {
+    /// E-mail address (unique across the platform).
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// A built-in role name or a custom role's ID.
+    pub role_id: ID,
+}
+
+/// Result of `createUser`.
+#[derive(SimpleObject)]
+pub struct CreateUserPayload {
+    /// The new user.
+    pub user: User,
+    /// One-time token for `setPassword` (valid 7 days).
+    pub set_password_token: String,
+}
+
+/// Input of `updateUserRole`.
+#[derive(InputObject)]
+pub struct UpdateUserRoleInput {
+    /// The user's ID.
+    pub user_id: ID,
+    /// A built-in role name or a custom role's ID.
+    pub role_id: ID,
+}
+
+/// Input of `restoreTenantOwner`.
+#[derive(InputObject)]
+pub struct RestoreTenantOwnerInput {
+    /// The tenant to repair.
+    pub tenant_id: ID,
+    /// The user of that tenant who becomes an active OWNER.
+    pub user_id: ID,
+}
+
+/// Input of `disableUser`.
+#[derive(InputObject)]
+pub struct DisableUserInput {
+    /// The user's ID.
+    pub user_id: ID,
+}
+
+/// Result of user changes.
+#[derive(SimpleObject)]
+pub struct UserPayload {
+    /// The user after the change.
+    pub user: User,
+}
+
+/// Input of `createRole`.
+#[derive(InputObject)]
+pub struct CreateRoleInput {
+    /// Unique in the tenant.
+    pub name: String,
+    /// Free text.
+    #[graphql(default)]
+    pub description: String,
+    /// `resource.action` names.
+    pub permissions: Vec<String>,
+}
+
+/// Result of `createRole`.
+#[derive(SimpleObject)]
+pub struct RolePayload {
+    /// The role.
+    pub role: Role,
+}
+
+/// Quota overrides for `updateTenantPlan`; unset fields take the plan's default.
+#[derive(InputObject, Default)]
+pub struct QuotasInput {
+    /// Most users.
+    pub max_users: Option<i64>,
+    /// Most workflows.
+    pub max_workflows: Option<i64>,
+    /// Most executions started per calendar month.
+    pub max_executions_per_month: Option<i64>,
+    /// Most executions running at once.
+    pub max_concurrent_executions: Option<i64>,
+    /// Most GPU memory reserved at once, MiB.
+    pub max_gpu_memory_mb: Option<i64>,
+}
+
+/// Input of `updateTenantPlan`.
+#[derive(InputObject)]
+pub struct UpdateTenantPlanInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+    /// The new plan.
+    pub plan: Plan,
+    /// Quota overrides (plan defaults otherwise).
+    pub quotas: Option<QuotasInput>,
+    /// Feature flags to enable (replaces the set); unchanged when omitted.
+    pub feature_flags: Option<Vec<String>>,
+}
+
+/// Input of `updateTenantSettings`.
+#[derive(InputObject)]
+pub struct UpdateTenantSettingsInput {
+    /// Days audit records and finished executions are kept (1–3650).
+    pub data_retention_days: Option<i64>,
+    /// Whether members must use multi-factor authentication.
+    pub require_mfa: Option<bool>,
+    /// CIDR ranges allowed to sign in; empty means any.
+    pub allowed_ip_ranges: Option<Vec<String>>,
+}
+
+/// Input of `updateRole`.
+#[derive(InputObject)]
+pub struct UpdateRoleInput {
+    /// The custom role's ID.
+    pub role_id: ID,
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New permission set (replaces the old one).
+    pub permissions: Option<Vec<String>>,
+}
+
+/// Input of `deleteRole`.
+#[derive(InputObject)]
+pub struct DeleteRoleInput {
+    /// The custom role's ID.
+    pub role_id: ID,
+}
+
+/// Result of `deleteRole`.
+#[derive(SimpleObject)]
+pub struct DeleteRolePayload {
+    /// The deleted role's ID.
+    pub deleted_role_id: ID,
+}

@@ -1,0 +1,145 @@
+//! Workflow queries (with the look-ahead prefetch of nested fields).
+
+use super::*;
+
+/// Loads, in one statement each, what the selected nested fields of a page will ask for.
+pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
+    let node = ctx.look_ahead().field("edges").field("node");
+    let loaders = Loaders::of(ctx)?;
+    if node.field("owner").exists() {
+        loaders
+            .users
+            .load_many(rows.iter().filter_map(|r| r.owner_id))
+            .await
+            .map_err(load_error)?;
+    }
+    if node.field("team").exists() {
+        let teams = rows
+            .iter()
+            .filter_map(|r| r.team_id.as_deref())
+            .filter_map(|t| uuid::Uuid::parse_str(t).ok())
+            .map(crate::tenancy::teams::TeamId);
+        loaders.teams.load_many(teams).await.map_err(load_error)?;
+    }
+    if node.field("recentExecutions").exists() {
+        let recent = loaders
+            .recent
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+        let execs: Vec<_> = recent.values().flatten().collect();
+        let inner = node.field("recentExecutions");
+        if inner.field("steps").exists() {
+            loaders
+                .steps
+                .load_many(execs.iter().map(|e| e.id))
+                .await
+                .map_err(load_error)?;
+        }
+        if inner.field("startedBy").exists() {
+            loaders
+                .users
+                .load_many(execs.iter().filter_map(|e| e.started_by_user))
+                .await
+                .map_err(load_error)?;
+        }
+        if inner.field("workflow").exists() {
+            loaders
+                .workflows
+                .load_many(rows.iter().map(|r| r.id))
+                .await
+                .map_err(load_error)?;
+        }
+    }
+    if node.field("stats").exists() {
+        loaders
+            .stats
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+    }
+    if node.field("schedules").exists() {
+        loaders
+            .schedules
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+    }
+    if node.field("versions").exists() {
+        loaders
+            .versions
+            .load_many(rows.iter().map(|r| r.id))
+            .await
+            .map_err(load_error)?;
+    }
+    Ok(())
+}
+
+/// Workflow queries.
+#[derive(Default)]
+pub struct WorkflowQuery;
+
+#[Object]
+impl WorkflowQuery {
+    /// Workflows the caller may see, filtered and ordered (default: newest first).
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, last, child_complexity)",
+        guard = "Require(Permission::WorkflowsRead)"
+    )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument is a GraphQL argument of the field"
+    )]
+    async fn workflows(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkflowFilter>,
+        order_by: Option<WorkflowOrder>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<Workflow>> {
+        let p = principal(ctx)?;
+        let f = filter.unwrap_or_default();
+        let filter = Filter {
+            tag: f.tag.map(|t| t.trim().to_lowercase()),
+            environment: f.environment.map(|e| e.as_str().to_owned()),
+            name_contains: f.name_contains,
+        };
+        let order = match order_by {
+            None => Order::CreatedAt(false),
+            Some(o) => {
+                let asc = o.direction == OrderDirection::Asc;
+                match o.field {
+                    WorkflowOrderField::Name => Order::Name(asc),
+                    WorkflowOrderField::CreatedAt => Order::CreatedAt(asc),
+                    WorkflowOrderField::UpdatedAt => Order::UpdatedAt(asc),
+                }
+            }
+        };
+        let mut page = None;
+        let (rows, total) = store::list(
+            &app(ctx)?.db,
+            p.tenant_id,
+            &sight(p),
+            &filter,
+            order,
+            |total| {
+                let pg = OffsetPage::from_args(after, before, first, last, total)?;
+                page = Some(pg);
+                Ok((pg.offset, pg.limit))
+            },
+        )
+        .await?;
+        let page = page.ok_or_else(|| AppError::internal(anyhow::anyhow!("page not computed")))?;
+        prefetch(ctx, &rows).await?;
+        Ok(page.finish(rows.into_iter().map(Workflow).collect(), total))
+    }
+
+    /// One workflow by ID.
+    #[graphql(guard = "Require(Permission::WorkflowsRead)")]
+    async fn workflow(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Workflow> {
+        Ok(visible_workflow(ctx, decode_expecting(&id, NodeKind::Workflow, "workflow")?).await?)
+    }
+}
