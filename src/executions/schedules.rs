@@ -11,7 +11,7 @@
 
 use std::str::FromStr as _;
 
-use async_graphql::{Context, Enum, ID, InputObject, Json, Object, SimpleObject};
+use async_graphql::Enum;
 use chrono::{DateTime, NaiveDateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
@@ -20,15 +20,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::auth::principal;
 use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::schedules;
 use crate::error::{AppError, AppResult};
 use crate::executions::model::ExecutionId;
-use crate::graphql::app;
-use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
-use crate::rbac::{Permission, Require};
 use crate::tenancy::TenantId;
 use crate::workflows::model::WorkflowId;
 
@@ -120,7 +116,11 @@ impl CronSpec {
     }
 }
 
-async fn insert(db: &DbPool, row: &ScheduleRow, audit: &crate::audit::Entry) -> AppResult<()> {
+pub(crate) async fn insert(
+    db: &DbPool,
+    row: &ScheduleRow,
+    audit: &crate::audit::Entry,
+) -> AppResult<()> {
     crate::db_tx!(db, row.tenant_id, |conn| {
         diesel::insert_into(schedules::table)
             .values(row)
@@ -131,7 +131,11 @@ async fn insert(db: &DbPool, row: &ScheduleRow, audit: &crate::audit::Entry) -> 
     })
 }
 
-async fn find(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<Option<ScheduleRow>> {
+pub(crate) async fn find(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ScheduleId,
+) -> AppResult<Option<ScheduleRow>> {
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
         schedules::table
             .filter(schedules::tenant_id.eq(tenant))
@@ -143,7 +147,7 @@ async fn find(db: &DbPool, tenant: TenantId, id: ScheduleId) -> AppResult<Option
     }))
 }
 
-async fn set_state(
+pub(crate) async fn set_state(
     db: &DbPool,
     row: &ScheduleRow,
     status: ScheduleStatus,
@@ -169,7 +173,7 @@ async fn set_state(
     })
 }
 
-async fn delete(
+pub(crate) async fn delete(
     db: &DbPool,
     tenant: TenantId,
     id: ScheduleId,
@@ -186,27 +190,6 @@ async fn delete(
         crate::audit_append!(conn, audit)?;
         Ok(())
     })
-}
-
-/// The audit record of a schedule action.
-fn schedule_audit(
-    ctx: &Context<'_>,
-    action: &str,
-    row: &ScheduleRow,
-    at: NaiveDateTime,
-) -> AppResult<crate::audit::Entry> {
-    Ok(crate::audit::Entry::change(
-        &crate::audit::graphql::origin(ctx)?,
-        action,
-        "schedule",
-        row.id,
-        Some(serde_json::json!({
-            "workflowId": row.workflow_id.to_string(),
-            "cron": row.cron,
-            "timezone": row.timezone,
-        })),
-        at,
-    ))
 }
 
 /// Schedules of several workflows (dataloader).
@@ -230,7 +213,7 @@ pub async fn by_workflows(
 }
 
 /// Due schedules, any tenant (the scheduler).
-async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
+pub(crate) async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
     Ok(crate::db_run!(db, |conn| {
         schedules::table
             .filter(schedules::status.eq(ScheduleStatus::Active))
@@ -244,7 +227,7 @@ async fn due(db: &DbPool, now: NaiveDateTime) -> AppResult<Vec<ScheduleRow>> {
 }
 
 /// How a tick ended, written with the advance.
-enum TickResult<'a> {
+pub(crate) enum TickResult<'a> {
     /// Its execution exists.
     Started(ExecutionId),
     /// Refused for good (quota, suspended tenant, no published version): the reason.
@@ -254,7 +237,7 @@ enum TickResult<'a> {
 /// Moves `next_run_at` from `due` to `next` if nobody else did, recording how the tick
 /// ended (and, for a refusal, an audit record in the same transaction); `true` for the
 /// winner.
-async fn advance(
+pub(crate) async fn advance(
     db: &DbPool,
     s: &ScheduleRow,
     due: NaiveDateTime,
@@ -309,7 +292,7 @@ async fn advance(
 
 /// Whether a refusal to start a tick's execution is final (retrying cannot help), as
 /// opposed to a fault of the database or the process (the tick stays due and is retried).
-fn is_final(e: &AppError) -> bool {
+pub(crate) fn is_final(e: &AppError) -> bool {
     !matches!(
         e.code(),
         crate::error::ErrorCode::Internal | crate::error::ErrorCode::Unavailable
@@ -364,7 +347,11 @@ pub async fn fire_due(app: &App) -> AppResult<usize> {
 }
 
 /// Starts the tick's execution; its id, and whether this call created it.
-async fn fire(app: &App, s: &ScheduleRow, key: String) -> AppResult<(ExecutionId, bool)> {
+pub(crate) async fn fire(
+    app: &App,
+    s: &ScheduleRow,
+    key: String,
+) -> AppResult<(ExecutionId, bool)> {
     let wf = crate::workflows::store::find(&app.db, s.tenant_id, s.workflow_id)
         .await?
         .ok_or_else(|| AppError::not_found("workflow"))?;
@@ -414,239 +401,6 @@ crate::db_enum! {
         Active => "ACTIVE",
         /// Does not fire.
         Paused => "PAUSED",
-    }
-}
-
-/// A schedule.
-pub struct Schedule(pub ScheduleRow);
-
-#[Object]
-impl Schedule {
-    /// Opaque global ID.
-    async fn id(&self) -> ID {
-        to_global_id(NodeKind::Schedule, self.0.id.0)
-    }
-    /// The workflow's ID.
-    async fn workflow_id(&self) -> ID {
-        to_global_id(NodeKind::Workflow, self.0.workflow_id.0)
-    }
-    /// Cron expression.
-    async fn cron(&self) -> &str {
-        &self.0.cron
-    }
-    /// IANA time zone.
-    async fn timezone(&self) -> &str {
-        &self.0.timezone
-    }
-    /// ACTIVE or PAUSED.
-    async fn status(&self) -> ScheduleStatus {
-        self.0.status
-    }
-    /// Input of each execution.
-    async fn input(&self) -> Json<Value> {
-        Json(serde_json::from_str(&self.0.input).unwrap_or(Value::Null))
-    }
-    /// The next tick (null while paused).
-    async fn next_run_at(&self) -> Option<DateTime<Utc>> {
-        self.0.next_run_at.map(utc)
-    }
-    /// The next `count` ticks (1–20), from the next one (empty while paused).
-    async fn next_run_times(
-        &self,
-        #[graphql(default = 5)] count: i32,
-    ) -> async_graphql::Result<Vec<DateTime<Utc>>> {
-        if !(1..=20).contains(&count) {
-            return Err(AppError::bad_input("count", "count must be 1 to 20").into());
-        }
-        let Some(next) = self.0.next_run_at.map(utc) else {
-            return Ok(Vec::new());
-        };
-        let spec = CronSpec::parse(&self.0.cron, &self.0.timezone)?;
-        let mut out = vec![next];
-        out.extend(spec.upcoming(next, usize::try_from(count).unwrap_or(1) - 1));
-        Ok(out)
-    }
-    /// The last tick that fired.
-    async fn last_run_at(&self) -> Option<DateTime<Utc>> {
-        self.0.last_run_at.map(utc)
-    }
-    /// The execution the last tick started.
-    async fn last_execution_id(&self) -> Option<ID> {
-        self.0
-            .last_execution_id
-            .map(|e| to_global_id(NodeKind::Execution, e.0))
-    }
-    /// Why the last tick started no execution (quota exceeded, organization suspended, no
-    /// published version); null after a tick that started one.
-    async fn last_error(&self) -> Option<&str> {
-        self.0.last_error.as_deref()
-    }
-    /// Creation time.
-    async fn created_at(&self) -> DateTime<Utc> {
-        utc(self.0.created_at)
-    }
-}
-
-/// Input of `createSchedule`.
-#[derive(InputObject)]
-pub struct CreateScheduleInput {
-    /// The workflow (it needs a published version when a tick fires).
-    pub workflow_id: ID,
-    /// Cron expression: `min hour day month weekday`, or with seconds first.
-    pub cron: String,
-    /// IANA time zone, e.g. `Europe/Paris`.
-    #[graphql(default_with = "\"UTC\".to_owned()")]
-    pub timezone: String,
-    /// Input of each execution.
-    pub input: Option<Json<Value>>,
-}
-
-/// Input of `pauseSchedule`, `resumeSchedule` and `deleteSchedule`.
-#[derive(InputObject)]
-pub struct ScheduleIdInput {
-    /// The schedule's ID.
-    pub schedule_id: ID,
-}
-
-/// Result of schedule changes.
-#[derive(SimpleObject)]
-pub struct SchedulePayload {
-    /// The schedule after the change.
-    pub schedule: Schedule,
-}
-
-/// Result of `deleteSchedule`.
-#[derive(SimpleObject)]
-pub struct DeleteSchedulePayload {
-    /// The deleted schedule's ID.
-    pub deleted_schedule_id: ID,
-}
-
-/// Schedule mutations.
-#[derive(Default)]
-pub struct ScheduleMutation;
-
-async fn schedule_arg(ctx: &Context<'_>, id: &ID) -> AppResult<ScheduleRow> {
-    let uuid = decode_expecting(id, NodeKind::Schedule, "schedule")?;
-    let p = principal(ctx)?;
-    let row = find(&app(ctx)?.db, p.tenant_id, ScheduleId(uuid))
-        .await?
-        .ok_or_else(|| AppError::not_found("schedule"))?;
-    // The workflow's visibility covers its schedules.
-    crate::workflows::graphql::visible_workflow_row(ctx, row.workflow_id).await?;
-    Ok(row)
-}
-
-#[Object]
-impl ScheduleMutation {
-    /// Creates an ACTIVE schedule for a workflow.
-    #[graphql(guard = "Require(Permission::SchedulesManage)")]
-    async fn create_schedule(
-        &self,
-        ctx: &Context<'_>,
-        input: CreateScheduleInput,
-    ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let wf = crate::workflows::graphql::visible_workflow_row(
-            ctx,
-            WorkflowId(decode_expecting(
-                &input.workflow_id,
-                NodeKind::Workflow,
-                "workflow",
-            )?),
-        )
-        .await?;
-        let spec = CronSpec::parse(&input.cron, &input.timezone)?;
-        let now = a.clock.now();
-        let next = spec
-            .next_after(now)
-            .ok_or_else(|| AppError::bad_input("cron", "the expression never fires"))?;
-        let input_json = input
-            .input
-            .map_or(Value::Object(Default::default()), |j| j.0);
-        let row = ScheduleRow {
-            id: ScheduleId::new(),
-            tenant_id: p.tenant_id,
-            workflow_id: wf.id,
-            cron: input.cron.trim().to_owned(),
-            timezone: input.timezone.trim().to_owned(),
-            status: ScheduleStatus::Active,
-            input: input_json.to_string(),
-            next_run_at: Some(db_time(next)),
-            last_run_at: None,
-            last_execution_id: None,
-            created_by: p.actor_ref(),
-            created_at: db_time(now),
-            updated_at: db_time(now),
-            last_error: None,
-        };
-        let audit = schedule_audit(ctx, "schedule.created", &row, row.created_at)?;
-        insert(&a.db, &row, &audit).await?;
-        Ok(SchedulePayload {
-            schedule: Schedule(row),
-        })
-    }
-
-    /// Stops a schedule from firing.
-    #[graphql(guard = "Require(Permission::SchedulesManage)")]
-    async fn pause_schedule(
-        &self,
-        ctx: &Context<'_>,
-        input: ScheduleIdInput,
-    ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
-        let now = db_time(a.clock.now());
-        let audit = schedule_audit(ctx, "schedule.paused", &row, now)?;
-        set_state(&a.db, &row, ScheduleStatus::Paused, None, now, &audit).await?;
-        row.status = ScheduleStatus::Paused;
-        row.next_run_at = None;
-        Ok(SchedulePayload {
-            schedule: Schedule(row),
-        })
-    }
-
-    /// Makes a paused schedule fire again, from the next tick after now.
-    #[graphql(guard = "Require(Permission::SchedulesManage)")]
-    async fn resume_schedule(
-        &self,
-        ctx: &Context<'_>,
-        input: ScheduleIdInput,
-    ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
-        if row.status == ScheduleStatus::Active {
-            return Ok(SchedulePayload {
-                schedule: Schedule(row),
-            });
-        }
-        let spec = CronSpec::parse(&row.cron, &row.timezone)?;
-        let next = spec.next_after(a.clock.now()).map(db_time);
-        let now = db_time(a.clock.now());
-        let audit = schedule_audit(ctx, "schedule.resumed", &row, now)?;
-        set_state(&a.db, &row, ScheduleStatus::Active, next, now, &audit).await?;
-        row.status = ScheduleStatus::Active;
-        row.next_run_at = next;
-        Ok(SchedulePayload {
-            schedule: Schedule(row),
-        })
-    }
-
-    /// Deletes a schedule (its past executions stay).
-    #[graphql(guard = "Require(Permission::SchedulesManage)")]
-    async fn delete_schedule(
-        &self,
-        ctx: &Context<'_>,
-        input: ScheduleIdInput,
-    ) -> async_graphql::Result<DeleteSchedulePayload> {
-        let row = schedule_arg(ctx, &input.schedule_id).await?;
-        let a = app(ctx)?;
-        let audit = schedule_audit(ctx, "schedule.deleted", &row, db_time(a.clock.now()))?;
-        delete(&a.db, row.tenant_id, row.id, &audit).await?;
-        Ok(DeleteSchedulePayload {
-            deleted_schedule_id: input.schedule_id,
-        })
     }
 }
 

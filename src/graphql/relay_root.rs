@@ -16,7 +16,7 @@ pub enum Node {
     /// A user.
     User(User),
     /// A team.
-    Team(crate::tenancy::teams::Team),
+    Team(crate::tenancy::graphql::Team),
     /// A workflow.
     Workflow(crate::workflows::graphql::Workflow),
     /// An execution.
@@ -53,7 +53,7 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
             }
             Ok(Node::User(User(user)))
         }
-        NodeKind::Team => crate::tenancy::teams::visible_team(ctx, uuid)
+        NodeKind::Team => crate::tenancy::graphql::visible_team(ctx, uuid)
             .await
             .map(Node::Team),
         NodeKind::Workflow => crate::workflows::graphql::visible_workflow(ctx, uuid)

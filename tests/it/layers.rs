@@ -96,19 +96,11 @@ const UPWARD_DEBT: &[(&str, &str)] = &[
     ("db/mod.rs", "audit::chain"),
     ("events/mod.rs", "cluster"),
     ("events/mod.rs", "executions::model"),
-    ("executions/schedules.rs", "audit::graphql"),
-    ("executions/schedules.rs", "graphql::app"),
-    ("executions/schedules.rs", "graphql::relay"),
-    ("executions/schedules.rs", "workflows::graphql"),
     ("rbac/mod.rs", "audit::graphql"),
     ("rbac/mod.rs", "graphql::app"),
     ("secrets/mod.rs", "audit::graphql"),
     ("secrets/mod.rs", "graphql::app"),
     ("tenancy/mod.rs", "tenancy::graphql"),
-    ("tenancy/teams.rs", "audit::graphql"),
-    ("tenancy/teams.rs", "graphql::app"),
-    ("tenancy/teams.rs", "graphql::relay"),
-    ("tenancy/teams.rs", "tenancy::graphql"),
 ];
 
 /// Files below the API layer that still name `async_graphql`: debt. Mostly model enums
@@ -156,7 +148,6 @@ const DOMAIN_DEBT: &[(&str, &str)] = &[
     ("tenancy/mod.rs", "auth"),
     ("tenancy/service.rs", "auth"),
     ("tenancy/store.rs", "auth"),
-    ("tenancy/teams.rs", "auth"),
 ];
 
 /// Where a module path sits. A `graphql` module inside a domain is API (`config::graphql`,

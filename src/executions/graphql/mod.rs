@@ -30,11 +30,13 @@ use crate::workflows::store::Sight;
 mod inputs;
 mod mutation;
 mod query;
+mod schedules;
 mod subscription;
 mod types;
 pub use inputs::*;
 pub use mutation::*;
 pub use query::*;
+pub use schedules::*;
 pub use subscription::*;
 pub use types::*;
 

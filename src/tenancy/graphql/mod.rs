@@ -26,10 +26,12 @@ use crate::rbac::{BuiltinRole, Permission, PermissionSet, Require, parse_permiss
 mod inputs;
 mod mutation;
 mod query;
+mod teams;
 mod types;
 pub use inputs::*;
 pub use mutation::*;
 pub use query::*;
+pub use teams::*;
 pub use types::*;
 
 fn perm_names(set: &PermissionSet) -> Vec<String> {

@@ -173,11 +173,12 @@ async fn team_for(
             "TEAM visibility needs a team",
         )),
         (_, None) => Ok(None),
-        (_, Some(id)) => {
-            crate::tenancy::teams::visible_team(ctx, decode_expecting(id, NodeKind::Team, "team")?)
-                .await
-                .map(|t| Some(t.0.id.to_string()))
-        }
+        (_, Some(id)) => crate::tenancy::graphql::visible_team(
+            ctx,
+            decode_expecting(id, NodeKind::Team, "team")?,
+        )
+        .await
+        .map(|t| Some(t.0.id.to_string())),
     }
 }
 

@@ -85,7 +85,7 @@ impl Workflow {
     async fn team(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<Option<crate::tenancy::teams::Team>> {
+    ) -> async_graphql::Result<Option<crate::tenancy::graphql::Team>> {
         let Some(t) = &self.0.team_id else {
             return Ok(None);
         };
@@ -100,7 +100,7 @@ impl Workflow {
             .load_one(crate::tenancy::teams::TeamId(uuid))
             .await
             .map_err(load_error)?
-            .map(crate::tenancy::teams::Team))
+            .map(crate::tenancy::graphql::Team))
     }
     /// The draft definition (validated).
     async fn definition(&self) -> Json<Value> {
@@ -181,7 +181,7 @@ impl Workflow {
     async fn schedules(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<Vec<crate::executions::schedules::Schedule>> {
+    ) -> async_graphql::Result<Vec<crate::executions::graphql::Schedule>> {
         Ok(Loaders::of(ctx)?
             .schedules
             .load_one(self.0.id)
@@ -189,7 +189,7 @@ impl Workflow {
             .map_err(load_error)?
             .unwrap_or_default()
             .into_iter()
-            .map(crate::executions::schedules::Schedule)
+            .map(crate::executions::graphql::Schedule)
             .collect())
     }
 }
