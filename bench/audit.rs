@@ -180,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let now = agentplane::db::ids::db_time(Utc::now());
     let mut tenants = Vec::new();
     for slug in ["bench", "noise"] {
-        let t = agentplane::tenancy::graphql::new_tenant_row(
+        let t = agentplane::tenancy::model::new_tenant_row(
             slug,
             slug,
             agentplane::tenancy::model::Plan::Enterprise,

@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One tenant with room for the run, one published one-step workflow.
     let now = db_time(app.clock.now());
-    let mut tenant = agentplane::tenancy::graphql::new_tenant_row(
+    let mut tenant = agentplane::tenancy::model::new_tenant_row(
         "bench",
         "Bench",
         agentplane::tenancy::model::Plan::Enterprise,

@@ -9,8 +9,8 @@ use crate::app::App;
 use crate::db::ids::db_time;
 use crate::error::ErrorCode;
 use crate::rbac::BuiltinRole;
-use crate::tenancy::graphql::{new_tenant_row, new_user_row};
 use crate::tenancy::model::Plan;
+use crate::tenancy::model::{new_tenant_row, new_user_row};
 
 /// What bootstrap created.
 #[derive(Debug)]

@@ -127,7 +127,7 @@ async fn custom_role(ctx: &Context<'_>, id: &ID) -> AppResult<RoleRow> {
         .ok_or_else(|| AppError::not_found("role"))
 }
 
-pub use super::model::{new_tenant_row, new_user_row, plan_quotas, tenant_view};
+use super::model::{plan_quotas, tenant_view};
 
 async fn tenant_for_admin(ctx: &Context<'_>, id: &ID) -> AppResult<TenantRow> {
     let uuid = decode_expecting(id, NodeKind::Tenant, "tenant")?;

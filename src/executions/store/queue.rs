@@ -1,0 +1,135 @@
+//! The queue: the claim statement, lease renewal and release, running counts.
+
+use super::*;
+
+/// The claim statement. `$1` owner, `$2` lease end, `$3` now, `$4` the claiming node,
+/// `$5` QUEUED, `$6` RUNNING (statuses are bound, never written as literals).
+/// Takes the oldest QUEUED execution whose tenant is under its concurrency quota, or a
+/// RUNNING one whose lease lapsed or was released (its worker died or shut down), and
+/// leases it. Executions that need GPUs go only to the node the placer chose.
+pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
+    claims = claims + 1, updated_at = $3 \
+    WHERE id = (SELECT e.id FROM executions e \
+      WHERE ((e.status = $5 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
+             AND (SELECT COUNT(*) FROM executions r \
+                  WHERE r.tenant_id = e.tenant_id AND r.status = $6) \
+                 < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)) \
+         OR (e.status = $6 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3))) \
+        AND NOT EXISTS (SELECT 1 FROM execution_placements p WHERE p.execution_id = e.id \
+                        AND (p.node_id IS NULL OR p.node_id <> $4)) \
+      ORDER BY e.created_at, e.id LIMIT 1 {LOCK}) \
+    RETURNING *";
+
+/// Leases the next runnable execution to `owner` until `until`, or returns `None`.
+/// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other
+/// and never take the same row. SQLite: the single-statement UPDATE runs under the
+/// database's one writer lock, which gives the same guarantee.
+pub async fn claim(
+    db: &DbPool,
+    owner: &str,
+    node: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(match db {
+        DbPool::Postgres(pool) => {
+            let mut conn = pool.get().await?;
+            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED"))
+                .bind::<Text, _>(owner)
+                .bind::<Timestamp, _>(until)
+                .bind::<Timestamp, _>(now)
+                .bind::<Text, _>(node)
+                .bind::<Text, _>(ExecutionStatus::Queued)
+                .bind::<Text, _>(ExecutionStatus::Running)
+                .get_result::<ExecutionRow>(&mut *conn)
+                .await
+                .optional()?
+        }
+        DbPool::Sqlite(pool) => {
+            let mut conn = pool.get().await?;
+            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"))
+                .bind::<Text, _>(owner)
+                .bind::<Timestamp, _>(until)
+                .bind::<Timestamp, _>(now)
+                .bind::<Text, _>(node)
+                .bind::<Text, _>(ExecutionStatus::Queued)
+                .bind::<Text, _>(ExecutionStatus::Running)
+                .get_result::<ExecutionRow>(&mut *conn)
+                .await
+                .optional()?
+        }
+    })
+}
+
+/// Extends `owner`'s lease to `until`; `false` when it no longer holds it, the lease
+/// already ran out at `now` (another worker may have claimed it meanwhile: an expired
+/// lease is never revived), or the execution ended.
+pub async fn renew(
+    db: &DbPool,
+    id: ExecutionId,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> AppResult<bool> {
+    let n = crate::db_run!(db, |conn| {
+        diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::lease_owner.eq(owner))
+                .filter(executions::lease_expires_at.ge(now))
+                .filter(
+                    executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]),
+                ),
+        )
+        .set(executions::lease_expires_at.eq(until))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+/// Gives the lease back so another worker can resume the execution at once: idle
+/// workers of other processes are woken through `agentplane_queue` (PostgreSQL); the
+/// caller wakes its own process's.
+pub async fn release(db: &DbPool, id: ExecutionId, owner: &str) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        let n = diesel::update(
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::lease_owner.eq(owner)),
+        )
+        .set((
+            executions::lease_owner.eq(None::<String>),
+            executions::lease_expires_at.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .await?;
+        if n > 0 {
+            conn.notify(crate::events::QUEUE_CHANNEL, "").await?;
+        }
+    });
+    Ok(())
+}
+
+/// Executions of `tenant` currently RUNNING (for `waitingReason`).
+pub async fn running_count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::status.eq(ExecutionStatus::Running))
+            .count()
+            .get_result(conn)
+            .await?
+    }))
+}
+
+/// Every execution's id and status that is not finished (engine bookkeeping, tests).
+pub async fn active_ids(db: &DbPool) -> AppResult<Vec<(ExecutionId, String)>> {
+    Ok(crate::db_run!(db, |conn| {
+        executions::table
+            .filter(executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]))
+            .select((executions::id, executions::status))
+            .load(conn)
+            .await?
+    }))
+}

@@ -1,0 +1,243 @@
+//! Reads of executions, their steps and their stored events.
+
+use super::*;
+
+/// An execution of `tenant`.
+pub async fn find(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ExecutionId,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::id.eq(id))
+            .select(ExecutionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
+/// Step records of an execution (the engine's view).
+pub async fn steps_of(db: &DbPool, id: ExecutionId) -> AppResult<Vec<StepRunRow>> {
+    Ok(crate::db_run!(db, |conn| {
+        execution_steps::table
+            .filter(execution_steps::execution_id.eq(id))
+            .order(execution_steps::position.asc())
+            .select(StepRunRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Step records of several executions of `tenant` (dataloader).
+pub async fn steps_by_executions(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[ExecutionId],
+) -> AppResult<Vec<StepRunRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        execution_steps::table
+            .filter(execution_steps::tenant_id.eq(tenant))
+            .filter(execution_steps::execution_id.eq_any(ids))
+            .order((
+                execution_steps::execution_id.asc(),
+                execution_steps::position.asc(),
+            ))
+            .select(StepRunRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Executions of `tenant` by id (dataloader).
+pub async fn by_ids(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[ExecutionId],
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::id.eq_any(ids))
+            .select(ExecutionRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// Stored events of an execution after `after`, in order.
+pub async fn events_after(
+    db: &DbPool,
+    tenant: TenantId,
+    id: ExecutionId,
+    after: i64,
+) -> AppResult<Vec<ExecutionEvent>> {
+    let rows: Vec<String> = crate::db_run_tenant!(db, tenant, |conn| {
+        execution_events::table
+            .filter(execution_events::tenant_id.eq(tenant))
+            .filter(execution_events::execution_id.eq(id))
+            .filter(execution_events::seq.gt(after))
+            .order(execution_events::seq.asc())
+            .select(execution_events::payload)
+            .load(conn)
+            .await?
+    });
+    parse_events(&rows)
+}
+
+/// Stored event payloads back into events.
+pub(super) fn parse_events(rows: &[String]) -> AppResult<Vec<ExecutionEvent>> {
+    rows.iter()
+        .map(|p| serde_json::from_str(p).map_err(AppError::internal))
+        .collect()
+}
+
+/// Stored events of `tenant` written at or after `since`, oldest first (by time, then
+/// execution and sequence): how subscribers catch up after they fell behind, after the
+/// relay lost notifications, and when a client resumes a stream.
+pub async fn tenant_events_since(
+    db: &DbPool,
+    tenant: TenantId,
+    since: NaiveDateTime,
+) -> AppResult<Vec<ExecutionEvent>> {
+    let rows: Vec<String> = crate::db_run_tenant!(db, tenant, |conn| {
+        execution_events::table
+            .filter(execution_events::tenant_id.eq(tenant))
+            .filter(execution_events::created_at.ge(since))
+            .order((
+                execution_events::created_at.asc(),
+                execution_events::execution_id.asc(),
+                execution_events::seq.asc(),
+            ))
+            .limit(TENANT_EVENTS_LIMIT)
+            .select(execution_events::payload)
+            .load(conn)
+            .await?
+    });
+    parse_events(&rows)
+}
+
+/// Filters for `executions`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these workflows (the caller's visible ones, narrowed by the client's filter).
+    pub workflows: Option<Vec<WorkflowId>>,
+    /// Only this status.
+    pub status: Option<String>,
+}
+
+/// A keyset page of executions, newest first, and the total.
+pub async fn list(
+    db: &DbPool,
+    tenant: TenantId,
+    filter: &ListFilter,
+    before: Option<ExecutionId>,
+    limit: i64,
+) -> AppResult<(Vec<ExecutionRow>, i64)> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        let build = || {
+            let mut q = executions::table
+                .filter(executions::tenant_id.eq(tenant))
+                .into_boxed();
+            if let Some(w) = &filter.workflows {
+                q = q.filter(executions::workflow_id.eq_any(w.clone()));
+            }
+            if let Some(s) = &filter.status {
+                q = q.filter(executions::status.eq(s.clone()));
+            }
+            q
+        };
+        let total: i64 = build().count().get_result(conn).await?;
+        let mut q = build().select(ExecutionRow::as_select());
+        if let Some(b) = before {
+            q = q.filter(executions::id.lt(b));
+        }
+        let rows = q
+            .order(executions::id.desc())
+            .limit(limit + 1)
+            .load(conn)
+            .await?;
+        (rows, total)
+    }))
+}
+
+/// The `n` newest executions of each of several workflows, in one statement (a window
+/// function; SQLite ≥ 3.25 and PostgreSQL both have it).
+pub async fn recent_by_workflows(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+    n: i64,
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = ids
+        .iter()
+        .map(|i| format!("'{}'", i.0.hyphenated()))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Ids are UUIDs we formatted ourselves: safe to inline. The tenant is bound.
+    let sql = format!(
+        "SELECT * FROM (SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.workflow_id \
+         ORDER BY e.id DESC) AS rn FROM executions e WHERE e.tenant_id = $1 \
+         AND e.workflow_id IN ({list})) ranked WHERE rn <= {n} ORDER BY workflow_id, id DESC"
+    );
+    let rows: Vec<RecentRow> = crate::db_run_tenant!(db, tenant, |conn| {
+        diesel::sql_query(if matches!(db, DbPool::Sqlite(_)) {
+            sql.replace('$', "?")
+        } else {
+            sql.clone()
+        })
+        .bind::<Text, _>(tenant.to_string())
+        .load(conn)
+        .await?
+    });
+    Ok(rows.into_iter().map(|r| r.row).collect())
+}
+
+/// Finished executions of several workflows since `since` (for stats).
+pub async fn finished_since(
+    db: &DbPool,
+    tenant: TenantId,
+    ids: &[WorkflowId],
+    since: NaiveDateTime,
+) -> AppResult<Vec<ExecutionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::workflow_id.eq_any(ids))
+            .filter(executions::created_at.ge(since))
+            .select(ExecutionRow::as_select())
+            .load(conn)
+            .await?
+    }))
+}
+
+/// The execution holding an idempotency key.
+pub async fn find_by_key(
+    db: &DbPool,
+    tenant: TenantId,
+    key: &str,
+) -> AppResult<Option<ExecutionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::idempotency_key.eq(key))
+            .select(ExecutionRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
