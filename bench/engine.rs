@@ -144,9 +144,6 @@ async fn main() -> anyhow::Result<()> {
             now,
         )
     };
-    agentplane::workflows::store::insert(&app.db, &wf, i64::MAX, &audit("workflow.created"))
-        .await
-        .map_err(agentplane::error::AppError::into_anyhow)?;
     let version = WorkflowVersionRow {
         id: WorkflowVersionId::new(),
         tenant_id: tenant.id,
@@ -156,7 +153,16 @@ async fn main() -> anyhow::Result<()> {
         published_by: "bench".into(),
         created_at: now,
     };
-    agentplane::workflows::store::publish(&app.db, &wf, &version, &audit("workflow.published"))
+    // Seeded in one transaction, as the workflow service would write it.
+    app.db
+        .tx(tenant.id, async |conn| {
+            use agentplane::workflows::store;
+            store::insert(conn, &wf).await?;
+            agentplane::audit::append(conn, &audit("workflow.created")).await?;
+            store::add_version(conn, &version).await?;
+            agentplane::audit::append(conn, &audit("workflow.published")).await?;
+            Ok(())
+        })
         .await
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let request = |i: usize| StartRequest {

@@ -117,7 +117,7 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
             password,
         });
     }
-    crate::tenancy::teams::seed_team(&app.db, tenant.id, "demo-team", &members, now)
+    crate::tenancy::service::teams::seed(app, tenant.id, "demo-team", &members, now)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
     Ok(Some(accounts))

@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// Appends `entry` to its tenant's chain on the caller's connection, inside the caller's
+/// transaction ([`crate::db::DbPool::tx`]): the record commits with the change it
+/// describes, or neither does. Takes the tenant's chain lock (the head row) first thing,
+/// so writers in one tenant queue behind each other until the transaction ends.
+pub async fn append(conn: &mut crate::db::Conn<'_>, entry: &Entry) -> AppResult<RecordRow> {
+    let keys = conn.chain_keys();
+    chain::CURRENT
+        .scope(keys, async {
+            crate::on_conn!(conn, |c| crate::audit_append!(c, entry))
+        })
+        .await
+}
+
 /// Appends a record in a transaction of its own: for events that change nothing.
 pub async fn record(db: &DbPool, entry: &Entry) -> AppResult<RecordRow> {
     let tenant = entry.tenant_id.clone();

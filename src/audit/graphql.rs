@@ -6,31 +6,13 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::{Origin, Outcome, RecordRow, Severity};
-use crate::auth::{Actor, principal};
+use super::{Outcome, RecordRow, Severity};
+use crate::auth::principal;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{audit_actors, audit_log};
-use crate::error::AppResult;
+use crate::graphql::app;
 use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting};
-use crate::graphql::{ClientInfo, RequestId, app};
 use crate::rbac::{Permission, Require};
-
-/// Who is calling and from where, for records.
-pub fn origin(ctx: &Context<'_>) -> AppResult<Origin> {
-    let p = principal(ctx)?;
-    let client = ctx.data_opt::<ClientInfo>();
-    Ok(Origin {
-        tenant_id: p.tenant_id.to_string(),
-        actor_type: match p.actor {
-            Actor::User(_) => "USER",
-            Actor::ApiKey(_) => "API_KEY",
-        },
-        actor_ref: Some(p.actor_ref()),
-        ip: client.map(|c| c.ip.to_string()),
-        user_agent: client.and_then(|c| c.user_agent.clone()),
-        request_id: ctx.data_opt::<RequestId>().map(|r| r.0.clone()),
-    })
-}
 
 /// One audit record.
 pub struct AuditRecord(pub RecordRow);

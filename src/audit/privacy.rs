@@ -429,7 +429,7 @@ impl PrivacyMutation {
         let now = db_time(a.clock.now());
         let document = user_document(&a.db, p.tenant_id, &user, now).await?;
         let entry = Entry::change(
-            &super::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "user.data_exported",
             "user",
             user.id,
@@ -468,7 +468,7 @@ impl PrivacyMutation {
         crate::tenancy::graphql::may_change_user(a, p, &user).await?;
         let now = db_time(a.clock.now());
         let entry = Entry::change(
-            &super::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "user.erased",
             "user",
             user.id,

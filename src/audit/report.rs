@@ -281,7 +281,7 @@ pub async fn run(
     let now = db_time(a.clock.now());
     let id = uuid::Uuid::now_v7();
     let entry = super::Entry::change(
-        &super::graphql::origin(ctx)?,
+        &crate::graphql::origin(ctx)?,
         "audit.report_generated",
         "compliance_report",
         id,

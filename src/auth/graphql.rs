@@ -296,12 +296,7 @@ impl AuthMutation {
     /// Signs out: revokes this session and its access token.
     #[graphql(guard = "SignedIn")]
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<OkPayload> {
-        service::logout(
-            app(ctx)?,
-            principal(ctx)?,
-            &crate::audit::graphql::origin(ctx)?,
-        )
-        .await?;
+        service::logout(app(ctx)?, principal(ctx)?, &crate::graphql::origin(ctx)?).await?;
         Ok(OkPayload { ok: true })
     }
 
@@ -315,7 +310,7 @@ impl AuthMutation {
         service::change_password(
             app(ctx)?,
             principal(ctx)?,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             &input.current_password,
             &input.new_password,
         )
@@ -334,7 +329,7 @@ impl AuthMutation {
         service::revoke_own_session(
             app(ctx)?,
             principal(ctx)?,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             SessionId(id),
         )
         .await?;
@@ -353,7 +348,7 @@ impl AuthMutation {
         let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
         let (row, secret) = service::create_api_key(
             a,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             p,
             &input.name,
             &role,
@@ -378,7 +373,7 @@ impl AuthMutation {
         let id = decode_expecting(&input.api_key_id, NodeKind::ApiKey, "API key")?;
         let now = crate::db::ids::db_time(a.clock.now());
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "apikey.revoked",
             "api_key",
             id,

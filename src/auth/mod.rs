@@ -61,6 +61,26 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Who acts and from where, for audit records: this principal, calling from
+    /// `client` (when known) in request `request_id`.
+    pub fn origin(
+        &self,
+        client: Option<&crate::request::ClientInfo>,
+        request_id: Option<&crate::request::RequestId>,
+    ) -> crate::audit::Origin {
+        crate::audit::Origin {
+            tenant_id: self.tenant_id.to_string(),
+            actor_type: match self.actor {
+                Actor::User(_) => "USER",
+                Actor::ApiKey(_) => "API_KEY",
+            },
+            actor_ref: Some(self.actor_ref()),
+            ip: client.map(|c| c.ip.to_string()),
+            user_agent: client.and_then(|c| c.user_agent.clone()),
+            request_id: request_id.map(|r| r.0.clone()),
+        }
+    }
+
     /// Whether this caller may see tenant `id` at all.
     pub fn may_see_tenant(&self, id: TenantId) -> bool {
         self.platform_admin || self.tenant_id == id

@@ -6,6 +6,7 @@
 //! diesel expression type-checks against both. Where the dialects truly differ the two
 //! bodies stand side by side with a `match` on [`DbPool`].
 
+pub mod conn;
 pub mod ids;
 pub mod migrate;
 pub mod page;
@@ -29,6 +30,7 @@ use futures_util::FutureExt as _;
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseUrl;
+pub use conn::Conn;
 
 /// The async SQLite connection: diesel's sync connection run on a blocking thread.
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;

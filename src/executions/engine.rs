@@ -416,9 +416,7 @@ impl Engine {
         let deadline = row
             .deadline_at
             .unwrap_or(now + ChronoDuration::seconds(row.timeout_seconds));
-        let version = crate::workflows::store::find_version_any(&self.app.db, row.version_id)
-            .await?
-            .ok_or_else(|| crate::error::AppError::not_found("workflow version"))?;
+        let version = crate::workflows::service::version_by_id(&self.app, row.version_id).await?;
         let def: Definition =
             serde_json::from_str(&version.definition).map_err(crate::error::AppError::internal)?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);

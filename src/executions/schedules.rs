@@ -20,9 +20,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::schedules;
+use crate::db::{Conn, DbPool};
 use crate::error::{AppError, AppResult};
 use crate::executions::model::ExecutionId;
 use crate::tenancy::TenantId;
@@ -116,27 +116,24 @@ impl CronSpec {
     }
 }
 
-pub(crate) async fn insert(
-    db: &DbPool,
-    row: &ScheduleRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+/// Inserts a schedule.
+pub(crate) async fn insert(conn: &mut Conn<'_>, row: &ScheduleRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(schedules::table)
             .values(row)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
+/// A schedule of `tenant`.
 pub(crate) async fn find(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     id: ScheduleId,
 ) -> AppResult<Option<ScheduleRow>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(crate::on_conn!(conn, |conn| {
         schedules::table
             .filter(schedules::tenant_id.eq(tenant))
             .filter(schedules::id.eq(id))
@@ -147,15 +144,15 @@ pub(crate) async fn find(
     }))
 }
 
+/// Sets a schedule's status and next run.
 pub(crate) async fn set_state(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     row: &ScheduleRow,
     status: ScheduleStatus,
     next: Option<NaiveDateTime>,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+    crate::on_conn!(conn, |conn| {
         diesel::update(
             schedules::table
                 .filter(schedules::tenant_id.eq(row.tenant_id))
@@ -168,18 +165,13 @@ pub(crate) async fn set_state(
         ))
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-pub(crate) async fn delete(
-    db: &DbPool,
-    tenant: TenantId,
-    id: ScheduleId,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
+/// Deletes a schedule (its executions stay).
+pub(crate) async fn delete(conn: &mut Conn<'_>, tenant: TenantId, id: ScheduleId) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::delete(
             schedules::table
                 .filter(schedules::tenant_id.eq(tenant))
@@ -187,9 +179,8 @@ pub(crate) async fn delete(
         )
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Schedules of several workflows (dataloader).
@@ -352,14 +343,8 @@ pub(crate) async fn fire(
     s: &ScheduleRow,
     key: String,
 ) -> AppResult<(ExecutionId, bool)> {
-    let wf = crate::workflows::store::find(&app.db, s.tenant_id, s.workflow_id)
-        .await?
-        .ok_or_else(|| AppError::not_found("workflow"))?;
-    let version = crate::workflows::store::find_version(&app.db, s.tenant_id, s.workflow_id, None)
-        .await?
-        .ok_or_else(|| {
-            AppError::bad_input("workflowId", "the workflow has no published version")
-        })?;
+    let (wf, version) =
+        crate::workflows::service::latest_published(app, s.tenant_id, s.workflow_id).await?;
     let (row, existed) = super::service::start(
         app,
         &wf,

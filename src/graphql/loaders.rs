@@ -8,6 +8,7 @@ use async_graphql::Context;
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 
 use crate::auth::Principal;
+use crate::clock::Clock;
 use crate::db::DbPool;
 use crate::error::{AppError, AppResult};
 use crate::executions::model::{ExecutionId, ExecutionRow, StepRunRow};
@@ -84,7 +85,12 @@ impl Loader<WorkflowId> for VersionsByWorkflowLoader {
         &self,
         keys: &[WorkflowId],
     ) -> Result<HashMap<WorkflowId, Self::Value>, LoadError> {
-        let rows = crate::workflows::store::versions_by_workflows(&self.db, self.tenant, keys)
+        let tenant = self.tenant;
+        let rows = self
+            .db
+            .read(tenant, async |conn| {
+                crate::workflows::store::versions_by_workflows(conn, tenant, keys).await
+            })
             .await
             .map_err(failed)?;
         let mut out: HashMap<WorkflowId, Self::Value> =
@@ -148,7 +154,9 @@ macro_rules! by_id_loader {
 by_id_loader!(
     /// Workflows by id.
     WorkflowByIdLoader, WorkflowId => WorkflowRow,
-    |db, tenant, keys| crate::workflows::store::by_ids(db, tenant, keys)
+    |db, tenant, keys| db.read(tenant, async |conn| {
+        crate::workflows::store::by_ids(conn, tenant, keys).await
+    })
 );
 by_id_loader!(
     /// Executions by id.
@@ -173,17 +181,37 @@ grouped_loader!(
     |db, tenant, keys| crate::executions::schedules::by_workflows(db, tenant, keys),
     |r| r.workflow_id
 );
-grouped_loader!(
-    /// Executions of the last 30 days by workflow (for stats).
-    StatsRowsLoader, WorkflowId => ExecutionRow,
-    |db, tenant, keys| crate::executions::store::finished_since(
-        db,
-        tenant,
-        keys,
-        crate::db::ids::db_time(chrono::Utc::now() - chrono::Duration::days(30)),
-    ),
-    |r| r.workflow_id
-);
+/// Executions of the last 30 days by workflow (for stats), "now" read from the app's
+/// clock at each load (a websocket's loaders live as long as the connection).
+pub struct StatsRowsLoader {
+    db: DbPool,
+    tenant: TenantId,
+    clock: Arc<dyn Clock>,
+}
+
+impl Loader<WorkflowId> for StatsRowsLoader {
+    type Value = Vec<ExecutionRow>;
+    type Error = LoadError;
+
+    async fn load(
+        &self,
+        keys: &[WorkflowId],
+    ) -> Result<HashMap<WorkflowId, Self::Value>, LoadError> {
+        let since = crate::db::ids::db_time(self.clock.now() - chrono::Duration::days(STATS_DAYS));
+        let rows = crate::executions::store::finished_since(&self.db, self.tenant, keys, since)
+            .await
+            .map_err(failed)?;
+        let mut out: HashMap<WorkflowId, Self::Value> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for r in rows {
+            out.entry(r.workflow_id).or_default().push(r);
+        }
+        Ok(out)
+    }
+}
+
+/// How many days of executions workflow statistics cover.
+pub const STATS_DAYS: i64 = 30;
 
 /// Most executions `recentExecutions` returns per workflow.
 pub const RECENT_WINDOW: i64 = 20;
@@ -214,7 +242,7 @@ pub struct Loaders {
 
 impl Loaders {
     /// Loaders scoped to the principal's tenant.
-    pub fn for_principal(db: &DbPool, p: &Principal) -> Self {
+    pub fn for_principal(db: &DbPool, clock: &Arc<dyn Clock>, p: &Principal) -> Self {
         let tenant = p.tenant_id;
         Self {
             users: DataLoader::with_cache(
@@ -264,6 +292,7 @@ impl Loaders {
             stats: cached(StatsRowsLoader {
                 db: db.clone(),
                 tenant,
+                clock: clock.clone(),
             }),
         }
     }

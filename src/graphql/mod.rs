@@ -125,3 +125,9 @@ pub fn app<'a>(ctx: &Context<'a>) -> AppResult<&'a Arc<App>> {
 }
 
 pub use crate::request::{ClientInfo, RequestId};
+
+/// Who is calling and from where, for the audit records of this request.
+pub fn origin(ctx: &Context<'_>) -> AppResult<crate::audit::Origin> {
+    Ok(crate::auth::principal(ctx)?
+        .origin(ctx.data_opt::<ClientInfo>(), ctx.data_opt::<RequestId>()))
+}

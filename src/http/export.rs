@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use super::AppState;
 use super::caller::Caller;
 use crate::audit::export::{Format, Range};
-use crate::audit::{Entry, Origin, Severity};
-use crate::auth::{Actor, Principal};
+use crate::audit::{Entry, Severity};
+use crate::auth::Principal;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
 use crate::graphql::{ClientInfo, RequestId};
@@ -66,20 +66,6 @@ fn params(uri: &Uri) -> AppResult<Params> {
     Ok(p)
 }
 
-fn origin(p: &Principal, client: &ClientInfo, request_id: &RequestId) -> Origin {
-    Origin {
-        tenant_id: p.tenant_id.to_string(),
-        actor_type: match p.actor {
-            Actor::User(_) => "USER",
-            Actor::ApiKey(_) => "API_KEY",
-        },
-        actor_ref: Some(p.actor_ref()),
-        ip: Some(client.ip.to_string()),
-        user_agent: client.user_agent.clone(),
-        request_id: Some(request_id.0.clone()),
-    }
-}
-
 /// The handler.
 pub async fn export(State(state): State<AppState>, caller: Caller, uri: Uri) -> Response {
     let Caller {
@@ -105,7 +91,7 @@ async fn run(
     uri: &Uri,
 ) -> AppResult<Response> {
     let app = &state.app;
-    let origin = origin(p, client, request_id);
+    let origin = p.origin(Some(client), Some(request_id));
     let now = db_time(app.clock.now());
     if !p.permissions.contains(&Permission::AuditExport) {
         let denied = Entry::change(

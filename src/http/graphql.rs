@@ -173,6 +173,7 @@ async fn execute(
             Some(p) => r
                 .data(crate::graphql::loaders::Loaders::for_principal(
                     &state.app.db,
+                    &state.app.clock,
                     p,
                 ))
                 .data(p.clone()),

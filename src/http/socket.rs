@@ -241,7 +241,9 @@ impl SocketExecutor {
             ))));
         };
         let request = request
-            .data(crate::graphql::loaders::Loaders::for_principal(&app.db, &p))
+            .data(crate::graphql::loaders::Loaders::for_principal(
+                &app.db, &app.clock, &p,
+            ))
             .data(p);
         Ok((
             request,
@@ -483,7 +485,9 @@ async fn accept(
         actor,
     });
     let mut d = Data::default();
-    d.insert(crate::graphql::loaders::Loaders::for_principal(&app.db, &p));
+    d.insert(crate::graphql::loaders::Loaders::for_principal(
+        &app.db, &app.clock, &p,
+    ));
     d.insert(p);
     Ok(d)
 }

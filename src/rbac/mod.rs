@@ -265,8 +265,7 @@ impl DenialsSeen {
 /// Records `access.denied` (best effort: a failure to record is logged, and the caller
 /// gets its FORBIDDEN either way).
 async fn record_denial(ctx: &Context<'_>, permission: Permission) {
-    let (Ok(app), Ok(origin)) = (crate::graphql::app(ctx), crate::audit::graphql::origin(ctx))
-    else {
+    let (Ok(app), Ok(origin)) = (crate::graphql::app(ctx), crate::graphql::origin(ctx)) else {
         return;
     };
     // The field itself, not the alias the client gave it.

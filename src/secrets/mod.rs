@@ -480,7 +480,7 @@ impl SecretMutation {
         let p = principal(ctx)?;
         let row = set(
             app(ctx)?,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             p.tenant_id,
             &p.actor_ref(),
             &input.name,
@@ -502,7 +502,7 @@ impl SecretMutation {
         let name = check_name(&input.name)?;
         let a = app(ctx)?;
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "secret.deleted",
             "secret",
             &name,

@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::model::{TenantId, UserId, UserRow};
-use crate::db::DbPool;
 use crate::db::schema::{team_members, teams, users};
+use crate::db::{Conn, DbPool};
 use crate::error::AppResult;
 
 crate::id_type!(
@@ -64,8 +64,13 @@ crate::db_enum! {
 
 // ---- store ----
 
-pub(crate) async fn find(db: &DbPool, tenant: TenantId, id: TeamId) -> AppResult<Option<TeamRow>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+/// A team of `tenant`.
+pub(crate) async fn find(
+    conn: &mut Conn<'_>,
+    tenant: TenantId,
+    id: TeamId,
+) -> AppResult<Option<TeamRow>> {
+    Ok(crate::on_conn!(conn, |conn| {
         teams::table
             .filter(teams::tenant_id.eq(tenant))
             .filter(teams::id.eq(id))
@@ -107,27 +112,20 @@ pub(crate) async fn list(db: &DbPool, tenant: TenantId) -> AppResult<Vec<TeamRow
     }))
 }
 
-pub(crate) async fn insert(
-    db: &DbPool,
-    row: &TeamRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+/// Inserts a team.
+pub(crate) async fn insert(conn: &mut Conn<'_>, row: &TeamRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(teams::table)
             .values(row)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-pub(crate) async fn update(
-    db: &DbPool,
-    row: &TeamRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+/// Writes a team's name and description.
+pub(crate) async fn update(conn: &mut Conn<'_>, row: &TeamRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::update(
             teams::table
                 .filter(teams::tenant_id.eq(row.tenant_id))
@@ -140,18 +138,13 @@ pub(crate) async fn update(
         ))
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-pub(crate) async fn delete(
-    db: &DbPool,
-    tenant: TenantId,
-    id: TeamId,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
+/// Deletes a team and its memberships.
+pub(crate) async fn delete(conn: &mut Conn<'_>, tenant: TenantId, id: TeamId) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
@@ -166,17 +159,13 @@ pub(crate) async fn delete(
         )
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-pub(crate) async fn put_member(
-    db: &DbPool,
-    row: &TeamMemberRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+/// Adds a member, or changes the role of one.
+pub(crate) async fn put_member(conn: &mut Conn<'_>, row: &TeamMemberRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(team_members::table)
             .values(row)
             .on_conflict((team_members::team_id, team_members::user_id))
@@ -184,20 +173,19 @@ pub(crate) async fn put_member(
             .set(team_members::role.eq(&row.role))
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
+/// Removes a member; `false` when the user was not one.
 pub(crate) async fn remove_member(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     team: TeamId,
     user: UserId,
-    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    crate::db_tx!(db, tenant, |conn| {
-        let gone = diesel::delete(
+    Ok(crate::on_conn!(conn, |conn| {
+        diesel::delete(
             team_members::table
                 .filter(team_members::tenant_id.eq(tenant))
                 .filter(team_members::team_id.eq(team))
@@ -205,23 +193,8 @@ pub(crate) async fn remove_member(
         )
         .execute(conn)
         .await?
-            == 1;
-        if gone {
-            crate::audit_append!(conn, audit)?;
-        }
-        Ok(gone)
-    })
-}
-
-/// The audit record of a team action.
-pub(crate) fn team_audit(
-    origin: &crate::audit::Origin,
-    action: &str,
-    team: &TeamRow,
-    changes: Option<serde_json::Value>,
-    at: NaiveDateTime,
-) -> crate::audit::Entry {
-    crate::audit::Entry::change(origin, action, "team", team.id, changes, at)
+            == 1
+    }))
 }
 
 pub(crate) async fn members(
@@ -239,61 +212,4 @@ pub(crate) async fn members(
             .load(conn)
             .await?
     }))
-}
-
-/// Adds a member (used by demo seeding).
-pub async fn seed_team(
-    db: &DbPool,
-    tenant: TenantId,
-    name: &str,
-    members: &[(UserId, bool)],
-    now: NaiveDateTime,
-) -> AppResult<()> {
-    let row = TeamRow {
-        id: TeamId::new(),
-        tenant_id: tenant,
-        name: name.to_owned(),
-        description: String::new(),
-        created_at: now,
-        updated_at: now,
-    };
-    let origin = crate::audit::Origin::system(tenant);
-    insert(
-        db,
-        &row,
-        &team_audit(
-            &origin,
-            "team.created",
-            &row,
-            Some(serde_json::json!({ "name": row.name })),
-            now,
-        ),
-    )
-    .await?;
-    for (user, lead) in members {
-        let audit = team_audit(
-            &origin,
-            "team.member_added",
-            &row,
-            Some(serde_json::json!({ "userId": user.to_string(), "lead": lead })),
-            now,
-        );
-        put_member(
-            db,
-            &TeamMemberRow {
-                team_id: row.id,
-                user_id: *user,
-                tenant_id: tenant,
-                role: if *lead {
-                    TeamRole::Lead
-                } else {
-                    TeamRole::Member
-                },
-                created_at: now,
-            },
-            &audit,
-        )
-        .await?;
-    }
-    Ok(())
 }

@@ -4,4 +4,5 @@
 pub mod dag;
 pub mod graphql;
 pub mod model;
+pub mod service;
 pub mod store;

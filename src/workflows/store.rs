@@ -1,12 +1,15 @@
-//! Workflow queries, written once for both backends and scoped to a tenant.
+//! Workflow queries, written once for both backends and scoped to a tenant. Every
+//! function takes the caller's connection ([`Conn`]) and opens no transaction: the
+//! service ([`super::service`]) decides what commits together.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::model::{Visibility, WorkflowId, WorkflowRow, WorkflowVersionRow};
-use crate::db::DbPool;
+use super::model::{Visibility, WorkflowId, WorkflowRow, WorkflowVersionId, WorkflowVersionRow};
+use crate::db::Conn;
 use crate::db::schema::{team_members, workflow_versions, workflows};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
+use crate::on_conn;
 use crate::tenancy::{TenantId, UserId};
 
 diesel::define_sql_function!(
@@ -55,8 +58,8 @@ fn like_escape(s: &str) -> String {
 }
 
 /// Ids of the teams a user belongs to.
-async fn teams_of(db: &DbPool, tenant: TenantId, user: UserId) -> AppResult<Vec<String>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+async fn teams_of(conn: &mut Conn<'_>, tenant: TenantId, user: UserId) -> AppResult<Vec<String>> {
+    Ok(on_conn!(conn, |conn| {
         team_members::table
             .filter(team_members::tenant_id.eq(tenant))
             .filter(team_members::user_id.eq(user))
@@ -67,7 +70,7 @@ async fn teams_of(db: &DbPool, tenant: TenantId, user: UserId) -> AppResult<Vec<
 }
 
 /// Whether `row` is visible under `sight`.
-pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult<bool> {
+pub async fn can_see(conn: &mut Conn<'_>, sight: &Sight, row: &WorkflowRow) -> AppResult<bool> {
     Ok(match sight {
         Sight::All => true,
         Sight::Limited { user } => {
@@ -75,7 +78,7 @@ pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult
                 || (user.is_some() && row.owner_id == *user)
                 || match (user, &row.team_id, row.visibility) {
                     (Some(u), Some(team), Visibility::Team) => {
-                        teams_of(db, row.tenant_id, *u).await?.contains(team)
+                        teams_of(conn, row.tenant_id, *u).await?.contains(team)
                     }
                     _ => false,
                 }
@@ -83,40 +86,24 @@ pub async fn can_see(db: &DbPool, sight: &Sight, row: &WorkflowRow) -> AppResult
     })
 }
 
-/// Inserts a workflow and its audit record.
-pub async fn insert(
-    db: &DbPool,
-    row: &WorkflowRow,
-    max_workflows: i64,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
-        // The tenant's audit-chain lock first: concurrent creations in the tenant count
-        // one after the other, so the quota holds however many arrive at once.
-        crate::audit_append!(conn, audit)?;
-        let n: i64 = workflows::table
-            .filter(workflows::tenant_id.eq(row.tenant_id))
-            .count()
-            .get_result(&mut *conn)
-            .await?;
-        if n >= max_workflows {
-            return Err(crate::error::AppError::quota_exceeded(
-                "maxWorkflows",
-                max_workflows,
-                "workflows",
-            ));
-        }
+/// Inserts a workflow.
+pub async fn insert(conn: &mut Conn<'_>, row: &WorkflowRow) -> AppResult<()> {
+    on_conn!(conn, |conn| {
         diesel::insert_into(workflows::table)
             .values(row)
-            .execute(&mut *conn)
+            .execute(conn)
             .await?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Loads a workflow of `tenant`.
-pub async fn find(db: &DbPool, tenant: TenantId, id: WorkflowId) -> AppResult<Option<WorkflowRow>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+pub async fn find(
+    conn: &mut Conn<'_>,
+    tenant: TenantId,
+    id: WorkflowId,
+) -> AppResult<Option<WorkflowRow>> {
+    Ok(on_conn!(conn, |conn| {
         workflows::table
             .filter(workflows::tenant_id.eq(tenant))
             .filter(workflows::id.eq(id))
@@ -127,9 +114,9 @@ pub async fn find(db: &DbPool, tenant: TenantId, id: WorkflowId) -> AppResult<Op
     }))
 }
 
-/// Writes a workflow's editable columns and the audit record.
-pub async fn update(db: &DbPool, row: &WorkflowRow, audit: &crate::audit::Entry) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+/// Writes a workflow's editable columns.
+pub async fn update(conn: &mut Conn<'_>, row: &WorkflowRow) -> AppResult<()> {
+    on_conn!(conn, |conn| {
         diesel::update(
             workflows::table
                 .filter(workflows::tenant_id.eq(row.tenant_id))
@@ -147,19 +134,13 @@ pub async fn update(db: &DbPool, row: &WorkflowRow, audit: &crate::audit::Entry)
         ))
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-/// Deletes a workflow and its versions, with the audit record.
-pub async fn delete(
-    db: &DbPool,
-    tenant: TenantId,
-    id: WorkflowId,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
+/// Deletes a workflow and its versions.
+pub async fn delete(conn: &mut Conn<'_>, tenant: TenantId, id: WorkflowId) -> AppResult<()> {
+    on_conn!(conn, |conn| {
         diesel::delete(
             workflow_versions::table
                 .filter(workflow_versions::tenant_id.eq(tenant))
@@ -174,14 +155,13 @@ pub async fn delete(
         )
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Counts a tenant's workflows (quota).
-pub async fn count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+pub async fn count(conn: &mut Conn<'_>, tenant: TenantId) -> AppResult<i64> {
+    Ok(on_conn!(conn, |conn| {
         workflows::table
             .filter(workflows::tenant_id.eq(tenant))
             .count()
@@ -192,7 +172,7 @@ pub async fn count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
 
 /// One ordered, filtered page of visible workflows, and the total.
 pub async fn list(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     sight: &Sight,
     filter: &Filter,
@@ -200,10 +180,10 @@ pub async fn list(
     window: impl FnOnce(i64) -> AppResult<(i64, i64)> + Send,
 ) -> AppResult<(Vec<WorkflowRow>, i64)> {
     let teams = match sight {
-        Sight::Limited { user: Some(u) } => teams_of(db, tenant, *u).await?,
+        Sight::Limited { user: Some(u) } => teams_of(conn, tenant, *u).await?,
         _ => Vec::new(),
     };
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(on_conn!(conn, |conn| {
         // Boxed queries are backend-specific: build inside the per-backend body.
         let build = || {
             let mut q = workflows::table
@@ -263,49 +243,41 @@ pub async fn list(
     }))
 }
 
-/// Publishes the next version of a workflow. A concurrent publish of the same workflow
-/// loses with `CONFLICT` (the version number is unique and the bump is conditional).
-/// The version row, the bump and the audit record commit together or not at all.
-pub async fn publish(
-    db: &DbPool,
-    wf: &WorkflowRow,
-    version: &WorkflowVersionRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, wf.tenant_id, |conn| {
+/// Records the next version of a workflow: bumps `latest_version` from
+/// `version.version - 1` and inserts the version row. `false` when the bump found another
+/// number (a concurrent publish won); nothing is written then.
+pub async fn add_version(conn: &mut Conn<'_>, version: &WorkflowVersionRow) -> AppResult<bool> {
+    on_conn!(conn, |conn| {
         let updated = diesel::update(
             workflows::table
-                .filter(workflows::tenant_id.eq(wf.tenant_id))
-                .filter(workflows::id.eq(wf.id))
+                .filter(workflows::tenant_id.eq(version.tenant_id))
+                .filter(workflows::id.eq(version.workflow_id))
                 .filter(workflows::latest_version.eq(version.version - 1)),
         )
         .set(workflows::latest_version.eq(version.version))
         .execute(conn)
         .await?;
         if updated != 1 {
-            return Err(AppError::conflict(
-                "the workflow was published concurrently; retry",
-            ));
+            return Ok(false);
         }
         diesel::insert_into(workflow_versions::table)
             .values(version)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(true)
 }
 
 /// Versions of several workflows of `tenant`, newest first, in one statement (dataloader).
 pub async fn versions_by_workflows(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     ids: &[WorkflowId],
 ) -> AppResult<Vec<WorkflowVersionRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(on_conn!(conn, |conn| {
         workflow_versions::table
             .filter(workflow_versions::tenant_id.eq(tenant))
             .filter(workflow_versions::workflow_id.eq_any(ids))
@@ -321,10 +293,10 @@ pub async fn versions_by_workflows(
 
 /// A version by id, any tenant (the engine, which runs every tenant's work).
 pub async fn find_version_any(
-    db: &DbPool,
-    id: super::model::WorkflowVersionId,
+    conn: &mut Conn<'_>,
+    id: WorkflowVersionId,
 ) -> AppResult<Option<WorkflowVersionRow>> {
-    Ok(crate::db_run!(db, |conn| {
+    Ok(on_conn!(conn, |conn| {
         workflow_versions::table
             .filter(workflow_versions::id.eq(id))
             .select(WorkflowVersionRow::as_select())
@@ -336,12 +308,12 @@ pub async fn find_version_any(
 
 /// A workflow's version by number (latest when `version` is `None`).
 pub async fn find_version(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     workflow: WorkflowId,
     version: Option<i64>,
 ) -> AppResult<Option<WorkflowVersionRow>> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(on_conn!(conn, |conn| {
         let q = workflow_versions::table
             .filter(workflow_versions::tenant_id.eq(tenant))
             .filter(workflow_versions::workflow_id.eq(workflow))
@@ -357,14 +329,14 @@ pub async fn find_version(
 
 /// Workflows of `tenant` by id (dataloader).
 pub async fn by_ids(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     ids: &[WorkflowId],
 ) -> AppResult<Vec<WorkflowRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(on_conn!(conn, |conn| {
         workflows::table
             .filter(workflows::tenant_id.eq(tenant))
             .filter(workflows::id.eq_any(ids))
@@ -376,12 +348,12 @@ pub async fn by_ids(
 
 /// Ids of every workflow `sight` may see (filters executions by their workflow).
 pub async fn visible_ids(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     sight: &Sight,
 ) -> AppResult<Vec<WorkflowId>> {
     let (rows, _) = list(
-        db,
+        conn,
         tenant,
         sight,
         &Filter::default(),

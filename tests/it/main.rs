@@ -18,6 +18,7 @@ mod reliability;
 mod schema_file;
 mod secrets;
 mod security;
+mod services;
 mod socket_limits;
 mod step_limits;
 mod takeover;

@@ -75,7 +75,7 @@ impl ClusterMutation {
         let a = app(ctx)?;
         let now = db_time(wall_now());
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "node.drained",
             "node",
             &id,
@@ -100,7 +100,7 @@ impl ClusterMutation {
         let a = app(ctx)?;
         let now = db_time(wall_now());
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "node.undrained",
             "node",
             &id,
@@ -152,7 +152,7 @@ impl ClusterMutation {
         }
         let now = db_time(wall_now());
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "gpu.allocated",
             "gpu_allocation",
             "",
@@ -193,7 +193,7 @@ impl ClusterMutation {
         )?;
         let a = app(ctx)?;
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "gpu.released",
             "gpu_allocation",
             id,

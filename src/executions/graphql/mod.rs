@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::model::{
     EventKind, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow, StepStatus,
 };
-use super::service::{self, StartRequest};
+use super::service;
 use super::store::{self, ListFilter};
 use crate::app::App;
 use crate::auth::{Principal, principal};
@@ -23,9 +23,9 @@ use crate::graphql::loaders::{Loaders, load_error};
 use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting, to_global_id};
 use crate::rbac::{Permission, Require};
 use crate::tenancy::graphql::User;
-use crate::workflows::graphql::{Workflow, sight, visible_workflow_row};
+use crate::workflows::graphql::Workflow;
 use crate::workflows::model::WorkflowId;
-use crate::workflows::store::Sight;
+use crate::workflows::service::sight;
 
 mod inputs;
 mod mutation;
@@ -40,29 +40,20 @@ pub use schedules::*;
 pub use subscription::*;
 pub use types::*;
 
-/// Loads an execution the caller may see (its workflow is visible); else `NOT_FOUND`.
+/// Loads an execution the caller may read (`node` and `execution`); else `NOT_FOUND`.
 pub async fn visible_execution(ctx: &Context<'_>, id: uuid::Uuid) -> AppResult<Execution> {
-    let p = principal(ctx)?;
-    let row = service::find(app(ctx)?, p.tenant_id, ExecutionId(id)).await?;
-    visible_workflow_row(ctx, row.workflow_id)
-        .await
-        .map_err(|_| AppError::not_found("execution"))?;
-    if !p.permissions.contains(&Permission::ExecutionsRead) {
-        return Err(AppError::forbidden(
-            "this requires the executions.read permission",
-        ));
-    }
-    Ok(Execution(row))
+    Ok(Execution(
+        service::get(app(ctx)?, principal(ctx)?, ExecutionId(id)).await?,
+    ))
 }
 
-async fn execution_arg(ctx: &Context<'_>, id: &ID) -> AppResult<ExecutionRow> {
-    let uuid = decode_expecting(id, NodeKind::Execution, "execution")?;
-    let p = principal(ctx)?;
-    let row = service::find(app(ctx)?, p.tenant_id, ExecutionId(uuid)).await?;
-    visible_workflow_row(ctx, row.workflow_id)
-        .await
-        .map_err(|_| AppError::not_found("execution"))?;
-    Ok(row)
+/// The execution id of an argument.
+fn execution_id(id: &ID) -> AppResult<ExecutionId> {
+    Ok(ExecutionId(decode_expecting(
+        id,
+        NodeKind::Execution,
+        "execution",
+    )?))
 }
 
 fn json_of(s: Option<&str>) -> Option<Json<Value>> {

@@ -16,42 +16,24 @@ impl ExecutionMutation {
         ctx: &Context<'_>,
         input: StartExecutionInput,
     ) -> async_graphql::Result<StartExecutionPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let wid = WorkflowId(decode_expecting(
-            &input.workflow_id,
-            NodeKind::Workflow,
-            "workflow",
-        )?);
-        let wf = visible_workflow_row(ctx, wid).await?;
-        let version =
-            crate::workflows::store::find_version(&a.db, p.tenant_id, wf.id, input.version)
-                .await?
-                .ok_or_else(|| match input.version {
-                    Some(v) => {
-                        AppError::bad_input("version", format!("the workflow has no version {v}"))
-                    }
-                    None => AppError::bad_input(
-                        "workflowId",
-                        "the workflow has no published version; publish it first",
-                    ),
-                })?;
-        let (row, deduplicated) = service::start(
-            a,
-            &wf,
-            StartRequest {
-                version,
-                input: input
-                    .input
-                    .map_or(Value::Object(Default::default()), |j| j.0),
-                idempotency_key: input.idempotency_key,
-                started_by: p.actor_ref(),
-                started_by_user: p.user_id(),
-                retry_of: None,
-                schedule_id: None,
-                timeout_seconds: input.timeout_seconds,
-                origin: crate::audit::graphql::origin(ctx)?,
-            },
+        let start = service::StartInput {
+            workflow_id: WorkflowId(decode_expecting(
+                &input.workflow_id,
+                NodeKind::Workflow,
+                "workflow",
+            )?),
+            version: input.version,
+            input: input
+                .input
+                .map_or(Value::Object(Default::default()), |j| j.0),
+            idempotency_key: input.idempotency_key,
+            timeout_seconds: input.timeout_seconds,
+        };
+        let (row, deduplicated) = service::start_for(
+            app(ctx)?,
+            &crate::graphql::origin(ctx)?,
+            principal(ctx)?,
+            start,
         )
         .await?;
         Ok(StartExecutionPayload {
@@ -67,10 +49,14 @@ impl ExecutionMutation {
         ctx: &Context<'_>,
         input: ExecutionIdInput,
     ) -> async_graphql::Result<ExecutionPayload> {
-        let row = execution_arg(ctx, &input.execution_id).await?;
-        let p = principal(ctx)?;
-        let origin = crate::audit::graphql::origin(ctx)?;
-        let row = service::cancel(app(ctx)?, &row, &p.actor_ref(), &origin).await?;
+        let id = execution_id(&input.execution_id)?;
+        let row = service::cancel_for(
+            app(ctx)?,
+            &crate::graphql::origin(ctx)?,
+            principal(ctx)?,
+            id,
+        )
+        .await?;
         Ok(ExecutionPayload {
             execution: Execution(row),
         })
@@ -84,38 +70,12 @@ impl ExecutionMutation {
         ctx: &Context<'_>,
         input: ExecutionIdInput,
     ) -> async_graphql::Result<ExecutionPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let old = execution_arg(ctx, &input.execution_id).await?;
-        if !matches!(
-            old.status,
-            ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Cancelled
-        ) {
-            return Err(AppError::conflict(format!(
-                "only FAILED, TIMED_OUT or CANCELLED executions can be retried (this one is {})",
-                old.status
-            ))
-            .into());
-        }
-        let wf = visible_workflow_row(ctx, old.workflow_id).await?;
-        let version =
-            crate::workflows::store::find_version(&a.db, p.tenant_id, wf.id, Some(old.version))
-                .await?
-                .ok_or_else(|| AppError::not_found("workflow version"))?;
-        let (row, _) = service::start(
-            a,
-            &wf,
-            StartRequest {
-                version,
-                input: serde_json::from_str(&old.input).unwrap_or(Value::Null),
-                idempotency_key: None,
-                started_by: p.actor_ref(),
-                started_by_user: p.user_id(),
-                retry_of: Some(old.id),
-                schedule_id: None,
-                timeout_seconds: Some(old.timeout_seconds),
-                origin: crate::audit::graphql::origin(ctx)?,
-            },
+        let id = execution_id(&input.execution_id)?;
+        let row = service::retry(
+            app(ctx)?,
+            &crate::graphql::origin(ctx)?,
+            principal(ctx)?,
+            id,
         )
         .await?;
         Ok(ExecutionPayload {

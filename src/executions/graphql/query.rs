@@ -10,10 +10,7 @@ pub(super) async fn visible_workflow_ids(
     ctx: &Context<'_>,
     p: &Principal,
 ) -> AppResult<Option<Vec<WorkflowId>>> {
-    Ok(match sight(p) {
-        Sight::All => None,
-        s => Some(crate::workflows::store::visible_ids(&app(ctx)?.db, p.tenant_id, &s).await?),
-    })
+    crate::workflows::service::visible_ids(app(ctx)?, p).await
 }
 
 #[Object]

@@ -1,11 +1,12 @@
 //! Schedules over GraphQL: the Schedule type and the schedule mutations.
 
 use crate::auth::principal;
-use crate::db::ids::{db_time, utc};
+use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::executions::schedules::*;
-use crate::graphql::app;
+use crate::executions::service::schedules as service;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
+use crate::graphql::{app, origin};
 use crate::rbac::{Permission, Require};
 use crate::workflows::model::WorkflowId;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
@@ -121,15 +122,13 @@ pub struct DeleteSchedulePayload {
 #[derive(Default)]
 pub struct ScheduleMutation;
 
-async fn schedule_arg(ctx: &Context<'_>, id: &ID) -> AppResult<ScheduleRow> {
-    let uuid = decode_expecting(id, NodeKind::Schedule, "schedule")?;
-    let p = principal(ctx)?;
-    let row = find(&app(ctx)?.db, p.tenant_id, ScheduleId(uuid))
-        .await?
-        .ok_or_else(|| AppError::not_found("schedule"))?;
-    // The workflow's visibility covers its schedules.
-    crate::workflows::graphql::visible_workflow_row(ctx, row.workflow_id).await?;
-    Ok(row)
+/// The schedule id of an argument.
+fn schedule_id(id: &ID) -> AppResult<ScheduleId> {
+    Ok(ScheduleId(decode_expecting(
+        id,
+        NodeKind::Schedule,
+        "schedule",
+    )?))
 }
 
 #[Object]
@@ -141,43 +140,19 @@ impl ScheduleMutation {
         ctx: &Context<'_>,
         input: CreateScheduleInput,
     ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let wf = crate::workflows::graphql::visible_workflow_row(
-            ctx,
-            WorkflowId(decode_expecting(
+        let new = service::NewSchedule {
+            workflow_id: WorkflowId(decode_expecting(
                 &input.workflow_id,
                 NodeKind::Workflow,
                 "workflow",
             )?),
-        )
-        .await?;
-        let spec = CronSpec::parse(&input.cron, &input.timezone)?;
-        let now = a.clock.now();
-        let next = spec
-            .next_after(now)
-            .ok_or_else(|| AppError::bad_input("cron", "the expression never fires"))?;
-        let input_json = input
-            .input
-            .map_or(Value::Object(Default::default()), |j| j.0);
-        let row = ScheduleRow {
-            id: ScheduleId::new(),
-            tenant_id: p.tenant_id,
-            workflow_id: wf.id,
-            cron: input.cron.trim().to_owned(),
-            timezone: input.timezone.trim().to_owned(),
-            status: ScheduleStatus::Active,
-            input: input_json.to_string(),
-            next_run_at: Some(db_time(next)),
-            last_run_at: None,
-            last_execution_id: None,
-            created_by: p.actor_ref(),
-            created_at: db_time(now),
-            updated_at: db_time(now),
-            last_error: None,
+            cron: input.cron,
+            timezone: input.timezone,
+            input: input
+                .input
+                .map_or(Value::Object(Default::default()), |j| j.0),
         };
-        let audit = schedule_audit(ctx, "schedule.created", &row, row.created_at)?;
-        insert(&a.db, &row, &audit).await?;
+        let row = service::create(app(ctx)?, &origin(ctx)?, principal(ctx)?, new).await?;
         Ok(SchedulePayload {
             schedule: Schedule(row),
         })
@@ -190,13 +165,8 @@ impl ScheduleMutation {
         ctx: &Context<'_>,
         input: ScheduleIdInput,
     ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
-        let now = db_time(a.clock.now());
-        let audit = schedule_audit(ctx, "schedule.paused", &row, now)?;
-        set_state(&a.db, &row, ScheduleStatus::Paused, None, now, &audit).await?;
-        row.status = ScheduleStatus::Paused;
-        row.next_run_at = None;
+        let id = schedule_id(&input.schedule_id)?;
+        let row = service::pause(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
         Ok(SchedulePayload {
             schedule: Schedule(row),
         })
@@ -209,20 +179,8 @@ impl ScheduleMutation {
         ctx: &Context<'_>,
         input: ScheduleIdInput,
     ) -> async_graphql::Result<SchedulePayload> {
-        let a = app(ctx)?;
-        let mut row = schedule_arg(ctx, &input.schedule_id).await?;
-        if row.status == ScheduleStatus::Active {
-            return Ok(SchedulePayload {
-                schedule: Schedule(row),
-            });
-        }
-        let spec = CronSpec::parse(&row.cron, &row.timezone)?;
-        let next = spec.next_after(a.clock.now()).map(db_time);
-        let now = db_time(a.clock.now());
-        let audit = schedule_audit(ctx, "schedule.resumed", &row, now)?;
-        set_state(&a.db, &row, ScheduleStatus::Active, next, now, &audit).await?;
-        row.status = ScheduleStatus::Active;
-        row.next_run_at = next;
+        let id = schedule_id(&input.schedule_id)?;
+        let row = service::resume(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
         Ok(SchedulePayload {
             schedule: Schedule(row),
         })
@@ -235,33 +193,10 @@ impl ScheduleMutation {
         ctx: &Context<'_>,
         input: ScheduleIdInput,
     ) -> async_graphql::Result<DeleteSchedulePayload> {
-        let row = schedule_arg(ctx, &input.schedule_id).await?;
-        let a = app(ctx)?;
-        let audit = schedule_audit(ctx, "schedule.deleted", &row, db_time(a.clock.now()))?;
-        delete(&a.db, row.tenant_id, row.id, &audit).await?;
+        let id = schedule_id(&input.schedule_id)?;
+        service::remove(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
         Ok(DeleteSchedulePayload {
             deleted_schedule_id: input.schedule_id,
         })
     }
-}
-
-/// The audit record of a schedule action.
-fn schedule_audit(
-    ctx: &Context<'_>,
-    action: &str,
-    row: &ScheduleRow,
-    at: chrono::NaiveDateTime,
-) -> AppResult<crate::audit::Entry> {
-    Ok(crate::audit::Entry::change(
-        &crate::audit::graphql::origin(ctx)?,
-        action,
-        "schedule",
-        row.id,
-        Some(serde_json::json!({
-            "workflowId": row.workflow_id.to_string(),
-            "cron": row.cron,
-            "timezone": row.timezone,
-        })),
-        at,
-    ))
 }

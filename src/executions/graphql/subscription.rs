@@ -173,7 +173,7 @@ impl ExecutionSubscription {
             .map(|w| decode_expecting(w, NodeKind::Workflow, "workflow").map(WorkflowId))
             .transpose()?;
         if let Some(w) = wf_filter {
-            visible_workflow_row(ctx, w).await?;
+            crate::workflows::service::visible(&a, &p, w).await?;
         }
         let mut rx = a.bus.subscribe();
         let mut resync = a.bus.resync.subscribe();
@@ -241,10 +241,9 @@ impl ExecutionSubscription {
                         Some(v) => *v,
                         None => {
                             // A workflow created after the stream began.
-                            let ok = match crate::workflows::store::find(&a.db, tenant, ev.workflow_id).await {
-                                Ok(Some(row)) => crate::workflows::store::can_see(&a.db, &sight, &row).await.unwrap_or(false),
-                                _ => false,
-                            };
+                            let ok = crate::workflows::service::is_visible(&a, tenant, &sight, ev.workflow_id)
+                                .await
+                                .unwrap_or(false);
                             seen.insert(ev.workflow_id, ok);
                             ok
                         }

@@ -190,7 +190,7 @@ fn tenant_audit(
     before: &serde_json::Value,
     t: &TenantRow,
 ) -> AppResult<crate::audit::Entry> {
-    let mut origin = crate::audit::graphql::origin(ctx)?;
+    let mut origin = crate::graphql::origin(ctx)?;
     origin.tenant_id = t.id.to_string();
     Ok(crate::audit::Entry::change(
         &origin,
@@ -222,7 +222,7 @@ fn role_audit(
         None => role_view(r),
     };
     Ok(crate::audit::Entry::change(
-        &crate::audit::graphql::origin(ctx)?,
+        &crate::graphql::origin(ctx)?,
         action,
         "role",
         r.id,

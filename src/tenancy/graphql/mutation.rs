@@ -18,7 +18,7 @@ impl TenancyMutation {
         let a = app(ctx)?;
         let created = crate::tenancy::service::create_tenant(
             a,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             crate::tenancy::service::NewTenant {
                 slug: &input.slug,
                 name: &input.name,
@@ -104,7 +104,7 @@ impl TenancyMutation {
             .await?
             .ok_or_else(|| AppError::not_found("user"))?;
         let now = db_time(a.clock.now());
-        let mut origin = crate::audit::graphql::origin(ctx)?;
+        let mut origin = crate::graphql::origin(ctx)?;
         origin.tenant_id = t.id.to_string();
         let audit = crate::audit::Entry::change(
             &origin,
@@ -141,7 +141,7 @@ impl TenancyMutation {
             .ok_or_else(|| AppError::not_found("tenant"))?;
         let created = crate::tenancy::service::create_user(
             a,
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             &tenant,
             crate::tenancy::service::NewUser {
                 email: &input.email,
@@ -172,7 +172,7 @@ impl TenancyMutation {
         let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
         let now = db_time(a.clock.now());
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "user.role_changed",
             "user",
             user.id,
@@ -205,7 +205,7 @@ impl TenancyMutation {
         let now = db_time(a.clock.now());
         let keys = keys_created_by(a, p.tenant_id, user.id).await?;
         let audit = crate::audit::Entry::change(
-            &crate::audit::graphql::origin(ctx)?,
+            &crate::graphql::origin(ctx)?,
             "user.disabled",
             "user",
             user.id,

@@ -2,12 +2,13 @@
 
 use super::User;
 use crate::auth::principal;
-use crate::db::ids::{db_time, utc};
+use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
-use crate::graphql::app;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
+use crate::graphql::{app, origin};
 use crate::rbac::{Permission, Require};
 use crate::tenancy::model::UserId;
+use crate::tenancy::service::teams as service;
 use crate::tenancy::teams::*;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
@@ -127,31 +128,20 @@ pub struct DeleteTeamPayload {
     pub deleted_team_id: ID,
 }
 
-fn check_name(name: &str) -> AppResult<String> {
-    let n = name.trim();
-    if n.is_empty() || n.len() > 100 {
-        return Err(AppError::bad_input(
-            "name",
-            "the name must be 1 to 100 characters",
-        ));
-    }
-    Ok(n.to_owned())
+/// The team id of an argument.
+fn team_id(id: &ID) -> AppResult<TeamId> {
+    Ok(TeamId(decode_expecting(id, NodeKind::Team, "team")?))
 }
 
-async fn team_in_tenant(ctx: &Context<'_>, id: &ID) -> AppResult<TeamRow> {
-    let p = principal(ctx)?;
-    let uuid = decode_expecting(id, NodeKind::Team, "team")?;
-    find(&app(ctx)?.db, p.tenant_id, TeamId(uuid))
-        .await?
-        .ok_or_else(|| AppError::not_found("team"))
+/// The user id of an argument.
+fn user_id(id: &ID) -> AppResult<UserId> {
+    Ok(UserId(decode_expecting(id, NodeKind::User, "user")?))
 }
 
 /// Loads a team of the caller's tenant for `node(id:)`.
 pub async fn visible_team(ctx: &Context<'_>, uuid: uuid::Uuid) -> AppResult<Team> {
     let p = principal(ctx)?;
-    let t = find(&app(ctx)?.db, p.tenant_id, TeamId(uuid))
-        .await?
-        .ok_or_else(|| AppError::not_found("team"))?;
+    let t = service::get(app(ctx)?, p.tenant_id, TeamId(uuid)).await?;
     if !p.permissions.contains(&Permission::TeamsRead) {
         return Err(AppError::forbidden(
             "this requires the teams.read permission",
@@ -191,25 +181,15 @@ impl TeamMutation {
         ctx: &Context<'_>,
         input: CreateTeamInput,
     ) -> async_graphql::Result<TeamPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let now = db_time(a.clock.now());
-        let row = TeamRow {
-            id: TeamId::new(),
-            tenant_id: p.tenant_id,
-            name: check_name(&input.name)?,
-            description: input.description.trim().to_owned(),
-            created_at: now,
-            updated_at: now,
-        };
-        let audit = team_audit(
-            &crate::audit::graphql::origin(ctx)?,
-            "team.created",
-            &row,
-            Some(serde_json::json!({ "name": row.name })),
-            now,
-        );
-        insert(&a.db, &row, &audit).await?;
+        let tenant = principal(ctx)?.tenant_id;
+        let row = service::create(
+            app(ctx)?,
+            &origin(ctx)?,
+            tenant,
+            &input.name,
+            &input.description,
+        )
+        .await?;
         Ok(TeamPayload { team: Team(row) })
     }
 
@@ -220,25 +200,15 @@ impl TeamMutation {
         ctx: &Context<'_>,
         input: UpdateTeamInput,
     ) -> async_graphql::Result<TeamPayload> {
-        let a = app(ctx)?;
-        let mut row = team_in_tenant(ctx, &input.team_id).await?;
-        let before = serde_json::json!({ "name": row.name, "description": row.description });
-        if let Some(n) = input.name {
-            row.name = check_name(&n)?;
-        }
-        if let Some(d) = input.description {
-            row.description = d.trim().to_owned();
-        }
-        row.updated_at = db_time(a.clock.now());
-        let after = serde_json::json!({ "name": row.name, "description": row.description });
-        let audit = team_audit(
-            &crate::audit::graphql::origin(ctx)?,
-            "team.updated",
-            &row,
-            Some(crate::audit::diff(&before, &after)),
-            row.updated_at,
-        );
-        update(&a.db, &row, &audit).await?;
+        let row = service::rename(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            team_id(&input.team_id)?,
+            input.name.as_deref(),
+            input.description.as_deref(),
+        )
+        .await?;
         Ok(TeamPayload { team: Team(row) })
     }
 
@@ -249,16 +219,8 @@ impl TeamMutation {
         ctx: &Context<'_>,
         input: DeleteTeamInput,
     ) -> async_graphql::Result<DeleteTeamPayload> {
-        let row = team_in_tenant(ctx, &input.team_id).await?;
-        let a = app(ctx)?;
-        let audit = team_audit(
-            &crate::audit::graphql::origin(ctx)?,
-            "team.deleted",
-            &row,
-            Some(serde_json::json!({ "name": row.name })),
-            db_time(a.clock.now()),
-        );
-        delete(&a.db, row.tenant_id, row.id, &audit).await?;
+        let id = team_id(&input.team_id)?;
+        service::remove(app(ctx)?, &origin(ctx)?, principal(ctx)?.tenant_id, id).await?;
         Ok(DeleteTeamPayload {
             deleted_team_id: input.team_id,
         })
@@ -271,31 +233,13 @@ impl TeamMutation {
         ctx: &Context<'_>,
         input: AddTeamMemberInput,
     ) -> async_graphql::Result<TeamPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let team = team_in_tenant(ctx, &input.team_id).await?;
-        let uid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
-        let user = crate::tenancy::store::find_user(&a.db, p.tenant_id, UserId(uid))
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))?;
-        let now = db_time(a.clock.now());
-        let audit = team_audit(
-            &crate::audit::graphql::origin(ctx)?,
-            "team.member_added",
-            &team,
-            Some(serde_json::json!({ "userId": user.id.to_string(), "role": input.role.as_str() })),
-            now,
-        );
-        put_member(
-            &a.db,
-            &TeamMemberRow {
-                team_id: team.id,
-                user_id: user.id,
-                tenant_id: p.tenant_id,
-                role: input.role,
-                created_at: now,
-            },
-            &audit,
+        let team = service::add_member(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            team_id(&input.team_id)?,
+            user_id(&input.user_id)?,
+            input.role,
         )
         .await?;
         Ok(TeamPayload { team: Team(team) })
@@ -308,20 +252,14 @@ impl TeamMutation {
         ctx: &Context<'_>,
         input: RemoveTeamMemberInput,
     ) -> async_graphql::Result<TeamPayload> {
-        let p = principal(ctx)?;
-        let team = team_in_tenant(ctx, &input.team_id).await?;
-        let uid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
-        let a = app(ctx)?;
-        let audit = team_audit(
-            &crate::audit::graphql::origin(ctx)?,
-            "team.member_removed",
-            &team,
-            Some(serde_json::json!({ "userId": uid.to_string() })),
-            db_time(a.clock.now()),
-        );
-        if !remove_member(&a.db, p.tenant_id, team.id, UserId(uid), &audit).await? {
-            return Err(AppError::not_found("team member").into());
-        }
+        let team = service::remove_member_of(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            team_id(&input.team_id)?,
+            user_id(&input.user_id)?,
+        )
+        .await?;
         Ok(TeamPayload { team: Team(team) })
     }
 }

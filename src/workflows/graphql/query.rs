@@ -119,18 +119,11 @@ impl WorkflowQuery {
             }
         };
         let mut page = None;
-        let (rows, total) = store::list(
-            &app(ctx)?.db,
-            p.tenant_id,
-            &sight(p),
-            &filter,
-            order,
-            |total| {
-                let pg = OffsetPage::from_args(after, before, first, last, total)?;
-                page = Some(pg);
-                Ok((pg.offset, pg.limit))
-            },
-        )
+        let (rows, total) = service::list(app(ctx)?, p, &filter, order, |total| {
+            let pg = OffsetPage::from_args(after, before, first, last, total)?;
+            page = Some(pg);
+            Ok((pg.offset, pg.limit))
+        })
         .await?;
         let page = page.ok_or_else(|| AppError::internal(anyhow::anyhow!("page not computed")))?;
         prefetch(ctx, &rows).await?;

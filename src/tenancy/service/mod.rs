@@ -2,6 +2,8 @@
 //! `admin create-user`) and first-start bootstrap: the same validation, the same audit
 //! records, one transaction per creation.
 
+pub mod teams;
+
 use super::model::{Plan, TenantRow, UserRow};
 use super::model::{new_tenant_row, new_user_row};
 use crate::app::App;

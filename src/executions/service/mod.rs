@@ -1,5 +1,8 @@
 //! Execution rules: starting (version pinning, idempotency, quotas), the transition
 //! function, cancellation and retry. Every change publishes its events after commit.
+//! Schedules: [`schedules`].
+
+pub mod schedules;
 
 use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
 use serde_json::Value;
@@ -7,11 +10,14 @@ use serde_json::Value;
 use super::model::{ExecutionId, ExecutionRow, ExecutionStatus, StepRunId, StepRunRow, StepStatus};
 use super::store::{self, Enqueued, Guard, NewExecution, Patch, StepChange};
 use crate::app::App;
+use crate::audit::Origin;
+use crate::auth::Principal;
 use crate::db::ids::db_time;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::rbac::Permission;
 use crate::tenancy::TenantId;
 use crate::workflows::dag::Definition;
-use crate::workflows::model::{WorkflowRow, WorkflowVersionRow};
+use crate::workflows::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
 
 /// Largest execution input, bytes of JSON.
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
@@ -300,6 +306,128 @@ pub async fn cancel(
             "the execution ended before it could be cancelled",
         )),
     }
+}
+
+/// An execution the caller may see (its workflow is visible to it); `NOT_FOUND`
+/// otherwise, whether it is missing, in another tenant or behind a hidden workflow.
+pub async fn visible(app: &App, p: &Principal, id: ExecutionId) -> AppResult<ExecutionRow> {
+    let row = find(app, p.tenant_id, id).await?;
+    crate::workflows::service::visible(app, p, row.workflow_id)
+        .await
+        .map_err(|e| match e.code() {
+            ErrorCode::NotFound => AppError::not_found("execution"),
+            _ => e,
+        })?;
+    Ok(row)
+}
+
+/// An execution the caller may read: [`visible`], then `executions.read`.
+pub async fn get(app: &App, p: &Principal, id: ExecutionId) -> AppResult<ExecutionRow> {
+    let row = visible(app, p, id).await?;
+    if !p.permissions.contains(&Permission::ExecutionsRead) {
+        return Err(AppError::forbidden(
+            "this requires the executions.read permission",
+        ));
+    }
+    Ok(row)
+}
+
+/// What a caller asks for when it starts an execution.
+pub struct StartInput {
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// The version to pin (the latest published when `None`).
+    pub version: Option<i64>,
+    /// Input JSON.
+    pub input: Value,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Execution-level timeout (default from config).
+    pub timeout_seconds: Option<i64>,
+}
+
+/// Starts an execution of a workflow the caller may see, pinned to a published version.
+/// Returns the execution and whether it already existed (same idempotency key).
+pub async fn start_for(
+    app: &App,
+    origin: &Origin,
+    p: &Principal,
+    input: StartInput,
+) -> AppResult<(ExecutionRow, bool)> {
+    let (wf, version) =
+        crate::workflows::service::runnable_version(app, p, input.workflow_id, input.version)
+            .await?;
+    start(
+        app,
+        &wf,
+        StartRequest {
+            version,
+            input: input.input,
+            idempotency_key: input.idempotency_key,
+            started_by: p.actor_ref(),
+            started_by_user: p.user_id(),
+            retry_of: None,
+            schedule_id: None,
+            timeout_seconds: input.timeout_seconds,
+            origin: origin.clone(),
+        },
+    )
+    .await
+}
+
+/// Cancels an execution the caller may see (see [`cancel`]).
+pub async fn cancel_for(
+    app: &App,
+    origin: &Origin,
+    p: &Principal,
+    id: ExecutionId,
+) -> AppResult<ExecutionRow> {
+    let row = visible(app, p, id).await?;
+    cancel(app, &row, &p.actor_ref(), origin).await
+}
+
+/// Starts a new execution with the same version, input and timeout as a FAILED,
+/// TIMED_OUT or CANCELLED one the caller may see, linked to it through `retryOf`.
+pub async fn retry(
+    app: &App,
+    origin: &Origin,
+    p: &Principal,
+    id: ExecutionId,
+) -> AppResult<ExecutionRow> {
+    let old = visible(app, p, id).await?;
+    if !matches!(
+        old.status,
+        ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Cancelled
+    ) {
+        return Err(AppError::conflict(format!(
+            "only FAILED, TIMED_OUT or CANCELLED executions can be retried (this one is {})",
+            old.status
+        )));
+    }
+    let (wf, version) =
+        crate::workflows::service::runnable_version(app, p, old.workflow_id, Some(old.version))
+            .await
+            .map_err(|e| match e.code() {
+                ErrorCode::BadUserInput => AppError::not_found("workflow version"),
+                _ => e,
+            })?;
+    let (row, _) = start(
+        app,
+        &wf,
+        StartRequest {
+            version,
+            input: serde_json::from_str(&old.input).unwrap_or(Value::Null),
+            idempotency_key: None,
+            started_by: p.actor_ref(),
+            started_by_user: p.user_id(),
+            retry_of: Some(old.id),
+            schedule_id: None,
+            timeout_seconds: Some(old.timeout_seconds),
+            origin: origin.clone(),
+        },
+    )
+    .await?;
+    Ok(row)
 }
 
 /// Loads an execution of `tenant`, or `NOT_FOUND`.

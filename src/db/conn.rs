@@ -1,0 +1,210 @@
+//! Connection-passing storage: stores take a [`Conn`], services own the transaction.
+//!
+//! A store function is written once against `&mut Conn<'_>` and expands its diesel
+//! query for each backend with [`on_conn!`](crate::on_conn); it never opens a
+//! transaction of its own. A service takes a connection from the pool and decides the
+//! transaction's extent, so several stores and the audit append commit together:
+//!
+//! ```text
+//! a.db.tx(tenant, async |conn| {
+//!     let n = store::count(conn, tenant).await?;          // same transaction
+//!     store::insert(conn, &row).await?;
+//!     audit::append(conn, &entry).await?;
+//!     Ok(row)
+//! }).await
+//! ```
+//!
+//! [`DbPool::tx`] is a write transaction (PostgreSQL: with the tenant set for row-level
+//! security; SQLite: `BEGIN IMMEDIATE`, so concurrent writers queue on the busy timeout
+//! instead of failing on a lock upgrade). [`DbPool::read`] scopes reads to a tenant (a
+//! transaction on PostgreSQL only, for row-level security; none on SQLite).
+//! [`DbPool::run`] is a plain connection for platform-wide work such as the engine's.
+
+use std::sync::Arc;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::TransactionManager as _;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+
+use super::{DbPool, SqliteConn};
+use crate::audit::chain::ChainKeys;
+use crate::error::AppResult;
+
+/// A connection on one of the two backends, lent to store functions.
+pub struct Conn<'a> {
+    inner: Inner<'a>,
+    chain: Option<&'a Arc<ChainKeys>>,
+}
+
+/// The backend-specific connection inside a [`Conn`] (matched by [`on_conn!`](crate::on_conn)).
+#[doc(hidden)]
+pub enum Inner<'a> {
+    Postgres(&'a mut AsyncPgConnection),
+    Sqlite(&'a mut SqliteConn),
+}
+
+impl<'a> Conn<'a> {
+    /// The backend connection, for [`on_conn!`](crate::on_conn).
+    #[doc(hidden)]
+    pub fn inner(&mut self) -> &mut Inner<'a> {
+        &mut self.inner
+    }
+
+    /// The audit chain keys records appended on this connection are signed with.
+    pub fn chain_keys(&self) -> Option<Arc<ChainKeys>> {
+        self.chain.cloned()
+    }
+}
+
+/// Runs the same diesel-async body on whichever backend a [`Conn`] holds: `$c` is bound
+/// to a `&mut AsyncPgConnection` in one arm and a `&mut SqliteConn` in the other.
+///
+/// ```text
+/// on_conn!(conn, |c| workflows::table.count().get_result::<i64>(c).await)
+/// ```
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {{
+        match $crate::db::Conn::inner(&mut *$conn) {
+            $crate::db::conn::Inner::Postgres(pg) => {
+                let $c: &mut diesel_async::AsyncPgConnection = &mut **pg;
+                $body
+            }
+            $crate::db::conn::Inner::Sqlite(lite) => {
+                let $c: &mut $crate::db::SqliteConn = &mut **lite;
+                $body
+            }
+        }
+    }};
+}
+
+type SqliteTm = diesel_async::sync_connection_wrapper::SyncTransactionManagerWrapper<
+    diesel::connection::AnsiTransactionManager,
+>;
+type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
+type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
+
+/// A connection checked out of the pool.
+enum Pooled<'p> {
+    Postgres(bb8::PooledConnection<'p, PgManager>),
+    Sqlite(bb8::PooledConnection<'p, SqliteManager>),
+}
+
+impl Pooled<'_> {
+    fn conn<'a>(&'a mut self, chain: Option<&'a Arc<ChainKeys>>) -> Conn<'a> {
+        let inner = match self {
+            Self::Postgres(c) => Inner::Postgres(&mut **c),
+            Self::Sqlite(c) => Inner::Sqlite(&mut **c),
+        };
+        Conn { inner, chain }
+    }
+}
+
+/// How a checkout is wrapped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No transaction.
+    Plain,
+    /// A read scoped to a tenant: a transaction on PostgreSQL (row-level security), none
+    /// on SQLite.
+    Read,
+    /// A write transaction on both.
+    Write,
+}
+
+impl DbPool {
+    async fn checkout(&self) -> AppResult<Pooled<'_>> {
+        Ok(match self {
+            DbPool::Postgres(p) => Pooled::Postgres(p.get().await?),
+            DbPool::Sqlite(p) => Pooled::Sqlite(p.get().await?),
+        })
+    }
+
+    /// Runs `f` in one write transaction: committed when it returns `Ok`, rolled back
+    /// when it returns `Err`. On PostgreSQL the transaction first sets the tenant for
+    /// row-level security (`""` for platform-wide work); on SQLite it starts with
+    /// `BEGIN IMMEDIATE`. Wakes live audit tails after a commit.
+    pub async fn tx<T, F>(&self, tenant: impl ToString, f: F) -> AppResult<T>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
+    {
+        let out = self.within(Mode::Write, &tenant.to_string(), f).await;
+        if out.is_ok() {
+            self.committed();
+        }
+        out
+    }
+
+    /// Runs `f` on a connection scoped to `tenant`: inside a transaction that sets the
+    /// tenant on PostgreSQL (row-level security hides other tenants' rows), on a plain
+    /// connection on SQLite. For reads; a write belongs in [`DbPool::tx`].
+    pub async fn read<T, F>(&self, tenant: impl ToString, f: F) -> AppResult<T>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
+    {
+        self.within(Mode::Read, &tenant.to_string(), f).await
+    }
+
+    /// Runs `f` on a plain connection: no transaction, no tenant (platform-wide reads
+    /// such as the engine's, which serves every tenant).
+    pub async fn run<T, F>(&self, f: F) -> AppResult<T>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
+    {
+        self.within(Mode::Plain, "", f).await
+    }
+
+    async fn within<T, F>(&self, mode: Mode, tenant: &str, f: F) -> AppResult<T>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
+    {
+        let keys = self.chain_keys();
+        let mut pooled = self.checkout().await?;
+        let mut conn = pooled.conn(keys.as_ref());
+        let open = match (&mut conn.inner, mode) {
+            (_, Mode::Plain) | (Inner::Sqlite(_), Mode::Read) => false,
+            (Inner::Postgres(c), _) => {
+                diesel_async::AnsiTransactionManager::begin_transaction(&mut **c).await?;
+                super::set_tenant(c, tenant).await?;
+                true
+            }
+            (Inner::Sqlite(c), Mode::Write) => {
+                // As diesel-async's own `immediate_transaction` does it.
+                c.spawn_blocking(|c| {
+                    diesel::connection::AnsiTransactionManager::begin_transaction_sql(
+                        c,
+                        "BEGIN IMMEDIATE",
+                    )
+                })
+                .await?;
+                true
+            }
+        };
+        // If this future is dropped mid-way, the connection goes back with its
+        // transaction open; the pool sees a broken transaction state and discards it,
+        // so nothing half-done is ever committed.
+        let out = f(&mut conn).await;
+        if !open {
+            return out;
+        }
+        match (&mut conn.inner, out) {
+            (Inner::Postgres(c), Ok(v)) => {
+                diesel_async::AnsiTransactionManager::commit_transaction(&mut **c).await?;
+                Ok(v)
+            }
+            (Inner::Sqlite(c), Ok(v)) => {
+                SqliteTm::commit_transaction(&mut **c).await?;
+                Ok(v)
+            }
+            (Inner::Postgres(c), Err(e)) => {
+                // A failed rollback leaves the manager broken: the pool drops the connection.
+                let _ = diesel_async::AnsiTransactionManager::rollback_transaction(&mut **c).await;
+                Err(e)
+            }
+            (Inner::Sqlite(c), Err(e)) => {
+                let _ = SqliteTm::rollback_transaction(&mut **c).await;
+                Err(e)
+            }
+        }
+    }
+}
