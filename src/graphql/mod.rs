@@ -27,7 +27,7 @@ pub struct Query(
     crate::tenancy::graphql::TeamQuery,
     crate::workflows::graphql::WorkflowQuery,
     crate::executions::graphql::ExecutionQuery,
-    crate::secrets::SecretQuery,
+    crate::secrets::graphql::SecretQuery,
     crate::cluster::graphql::ClusterQuery,
     crate::audit::graphql::AuditQuery,
 );
@@ -41,7 +41,7 @@ pub struct Mutation(
     crate::workflows::graphql::WorkflowMutation,
     crate::executions::graphql::ExecutionMutation,
     crate::executions::graphql::ScheduleMutation,
-    crate::secrets::SecretMutation,
+    crate::secrets::graphql::SecretMutation,
     crate::cluster::graphql::ClusterMutation,
     crate::audit::privacy::PrivacyMutation,
 );

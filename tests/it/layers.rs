@@ -100,8 +100,6 @@ const UPWARD_DEBT: &[(&str, &str)] = &[
     ("events/mod.rs", "executions::model"),
     ("rbac/mod.rs", "graphql::app"),
     ("rbac/mod.rs", "graphql::origin"),
-    ("secrets/mod.rs", "graphql::app"),
-    ("secrets/mod.rs", "graphql::origin"),
     ("tenancy/mod.rs", "tenancy::graphql"),
 ];
 
@@ -119,7 +117,6 @@ const ASYNC_GRAPHQL_DEBT: &[&str] = &[
     "executions/model.rs",
     "executions/schedules.rs",
     "rbac/mod.rs",
-    "secrets/mod.rs",
     "tenancy/mod.rs",
     "tenancy/model.rs",
     "tenancy/teams.rs",
