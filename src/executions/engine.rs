@@ -677,16 +677,12 @@ impl Engine {
     ) -> crate::error::AppResult<bool> {
         state.insert(sid.to_owned(), StepStatus::Skipped);
         let change = StepChange {
-            step_id: sid.to_owned(),
-            status: StepStatus::Skipped,
-            attempt: attempts.get(sid).copied().unwrap_or(0),
-            started_at: None,
             finished_at: Some(self.now()),
-            output: None,
-            error: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: 0.0,
+            ..StepChange::new(
+                sid,
+                StepStatus::Skipped,
+                attempts.get(sid).copied().unwrap_or(0),
+            )
         };
         self.record(id, claim, token, &change).await
     }
@@ -811,16 +807,8 @@ impl Engine {
                 return StepEnd::LeaseLost;
             };
             let start = StepChange {
-                step_id: step.id.clone(),
-                status: StepStatus::Running,
-                attempt,
                 started_at: Some(self.now()),
-                finished_at: None,
-                output: None,
-                error: None,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cost_usd: 0.0,
+                ..StepChange::new(step.id.clone(), StepStatus::Running, attempt)
             };
             match self.record(id, claim, token, &start).await {
                 Ok(true) => {}

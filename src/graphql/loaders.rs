@@ -93,12 +93,7 @@ impl Loader<WorkflowId> for VersionsByWorkflowLoader {
             })
             .await
             .map_err(failed)?;
-        let mut out: HashMap<WorkflowId, Self::Value> =
-            keys.iter().map(|k| (*k, Vec::new())).collect();
-        for r in rows {
-            out.entry(r.workflow_id).or_default().push(r);
-        }
-        Ok(out)
+        Ok(group(keys, rows, |r| r.workflow_id))
     }
 }
 
@@ -118,15 +113,22 @@ macro_rules! grouped_loader {
             async fn load(&self, $keys: &[$key]) -> Result<HashMap<$key, Self::Value>, LoadError> {
                 let ($db, $tenant) = (&self.db, self.tenant);
                 let rows: Vec<$val> = $fetch.await.map_err(failed)?;
-                let mut out: HashMap<$key, Self::Value> =
-                    $keys.iter().map(|k| (*k, Vec::new())).collect();
-                for $row in rows {
-                    out.entry($key_of).or_default().push($row);
-                }
-                Ok(out)
+                Ok(group($keys, rows, |$row| $key_of))
             }
         }
     };
+}
+
+/// Rows grouped under their key; every asked key is present (empty when it has none).
+fn group<K, V>(keys: &[K], rows: Vec<V>, key_of: impl Fn(&V) -> K) -> HashMap<K, Vec<V>>
+where
+    K: Copy + Eq + std::hash::Hash,
+{
+    let mut out: HashMap<K, Vec<V>> = keys.iter().map(|k| (*k, Vec::new())).collect();
+    for r in rows {
+        out.entry(key_of(&r)).or_default().push(r);
+    }
+    out
 }
 
 /// Declares a loader of single rows by id.
@@ -201,12 +203,7 @@ impl Loader<WorkflowId> for StatsRowsLoader {
         let rows = crate::executions::store::finished_since(&self.db, self.tenant, keys, since)
             .await
             .map_err(failed)?;
-        let mut out: HashMap<WorkflowId, Self::Value> =
-            keys.iter().map(|k| (*k, Vec::new())).collect();
-        for r in rows {
-            out.entry(r.workflow_id).or_default().push(r);
-        }
-        Ok(out)
+        Ok(group(keys, rows, |r| r.workflow_id))
     }
 }
 

@@ -385,6 +385,25 @@ pub struct StepChange {
     pub cost_usd: f64,
 }
 
+impl StepChange {
+    /// A change of `step_id` to `status` in `attempt`, with no times, output, error,
+    /// tokens or cost yet (set the fields that apply).
+    pub fn new(step_id: impl Into<String>, status: StepStatus, attempt: i64) -> Self {
+        Self {
+            step_id: step_id.into(),
+            status,
+            attempt,
+            started_at: None,
+            finished_at: None,
+            output: None,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+        }
+    }
+}
+
 /// Records a step change while `owner` holds the lease of a RUNNING execution: step row,
 /// execution totals, seq and event in one transaction. `None` means the lease is lost
 /// (or the execution ended): the worker must stop.
