@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod graphql;
 pub mod host;
 pub mod model;
+pub mod service;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};

@@ -15,14 +15,15 @@ use futures_util::Stream;
 
 use super::gpu::GpuReading;
 use super::model::{NodeRow, NodeStatus, ReservationRow};
+use super::service::{self, require_platform, wall_now};
 use super::store::{self, SampleRow};
 use super::{ClusterEvent, NodeEventKind, view};
 use crate::app::App;
 use crate::auth::{Principal, principal};
 use crate::db::ids::{db_time, utc};
 use crate::error::{AppError, AppResult};
-use crate::graphql::app;
 use crate::graphql::relay::{Conn, NodeKind as RelayKind, Page, decode_expecting, to_global_id};
+use crate::graphql::{app, origin};
 use crate::rbac::{Permission, Require};
 
 mod mutation;
@@ -34,24 +35,8 @@ pub use query::*;
 pub use subscription::*;
 pub use types::*;
 
-fn wall_now() -> DateTime<Utc> {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
-}
-
 fn uuid_of(s: &str) -> uuid::Uuid {
     uuid::Uuid::parse_str(s).unwrap_or_default()
-}
-
-/// Nodes are visible to platform admins only; to everyone else they do not exist.
-fn require_platform(p: &Principal) -> AppResult<()> {
-    if p.platform_admin && p.permissions.contains(&Permission::ClusterManage) {
-        Ok(())
-    } else {
-        Err(AppError::forbidden(
-            "nodes are visible to platform administrators (cluster.manage) only",
-        )
-        .with_detail("permission", "cluster.manage"))
-    }
 }
 
 /// A cluster node for `node(id)`: `NOT_FOUND` unless the caller is a platform admin.

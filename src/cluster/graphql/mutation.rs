@@ -73,17 +73,7 @@ impl ClusterMutation {
     ) -> async_graphql::Result<NodePayload> {
         let id = node_arg(ctx, &input.node_id).await?;
         let a = app(ctx)?;
-        let now = db_time(wall_now());
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "node.drained",
-            "node",
-            &id,
-            None,
-            now,
-        );
-        let row = store::set_draining(&a.db, &id, true, now, &audit).await?;
-        tracing::info!(node = %row.id, name = %row.name, "node draining");
+        let row = service::set_draining(a, &origin(ctx)?, principal(ctx)?, &id, true).await?;
         Ok(NodePayload {
             node: ClusterNode::new(row, a),
         })
@@ -98,16 +88,7 @@ impl ClusterMutation {
     ) -> async_graphql::Result<NodePayload> {
         let id = node_arg(ctx, &input.node_id).await?;
         let a = app(ctx)?;
-        let now = db_time(wall_now());
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "node.undrained",
-            "node",
-            &id,
-            None,
-            now,
-        );
-        let row = store::set_draining(&a.db, &id, false, now, &audit).await?;
+        let row = service::set_draining(a, &origin(ctx)?, principal(ctx)?, &id, false).await?;
         Ok(NodePayload {
             node: ClusterNode::new(row, a),
         })
@@ -122,57 +103,18 @@ impl ClusterMutation {
         input: AllocateGpuInput,
     ) -> async_graphql::Result<AllocateGpuPayload> {
         let id = node_arg(ctx, &input.node_id).await?;
-        if input.memory_mb == 0 {
-            return Err(AppError::bad_input("memoryMb", "memoryMb must be positive").into());
-        }
-        let reason = input.reason.trim();
-        if reason.is_empty() || reason.len() > 500 {
-            return Err(
-                AppError::bad_input("reason", "give a reason of 1 to 500 characters").into(),
-            );
-        }
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        // A request larger than every GPU in the cluster is a mistake, not a wait.
-        let largest = store::all_nodes(&a.db)
-            .await?
-            .iter()
-            .flat_map(|n| n.gpus().into_iter().map(|g| g.memory_total_mb))
-            .max()
-            .unwrap_or(0);
-        if input.memory_mb > largest {
-            return Err(AppError::bad_input(
-                "memoryMb",
-                format!(
-                    "{} MiB is more than any GPU in the cluster has (largest: {largest} MiB)",
-                    input.memory_mb
-                ),
-            )
-            .into());
-        }
-        let now = db_time(wall_now());
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "gpu.allocated",
-            "gpu_allocation",
-            "",
-            None,
-            now,
-        );
-        let row = store::reserve_manual(
-            &a.db,
-            &store::ManualRequest {
+        let (row, name) = service::allocate(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            service::Allocation {
                 node_id: &id,
                 gpu_index: input.gpu_index,
                 memory_mb: input.memory_mb,
-                reason,
-                by: &p.actor_ref(),
-                now,
+                reason: &input.reason,
             },
-            &audit,
         )
         .await?;
-        let name = store::find_node(&a.db, &id).await?.map(|n| n.name);
         Ok(AllocateGpuPayload {
             allocation: GpuAllocation::new(row, name),
         })
@@ -191,16 +133,7 @@ impl ClusterMutation {
             RelayKind::GpuAllocation,
             "GPU allocation",
         )?;
-        let a = app(ctx)?;
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "gpu.released",
-            "gpu_allocation",
-            id,
-            None,
-            db_time(wall_now()),
-        );
-        let row = store::release_manual(&a.db, &id.to_string(), &audit).await?;
+        let row = service::release(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
         Ok(ReleaseGpuPayload {
             allocation_id: input.allocation_id,
             memory_mb: row.memory_mb,

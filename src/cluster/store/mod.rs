@@ -9,10 +9,10 @@ use diesel_async::RunQueryDsl;
 use super::model::{
     GpuCapacity, NodeRow, NodeStatus, PlacementRow, ReservationRow, fit_gpus, reserved_by_gpu,
 };
-use crate::db::DbPool;
 use crate::db::schema::{
     execution_placements, executions, gpu_reservations, node_telemetry, nodes, tenants,
 };
+use crate::db::{Conn, DbPool};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::executions::model::ExecutionStatus;
 use crate::tenancy::TenantId;

@@ -221,13 +221,12 @@ pub async fn samples(db: &DbPool, id: &str, last: i64) -> AppResult<Vec<SampleRo
 
 /// Sets or clears a node's drain flag. `CONFLICT` for an OFFLINE node.
 pub async fn set_draining(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     id: &str,
     draining: bool,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<NodeRow> {
-    crate::db_tx!(db, "", |conn| {
+    Ok(crate::on_conn!(conn, |conn| {
         let row: NodeRow = nodes::table
             .find(id)
             .select(NodeRow::as_select())
@@ -250,7 +249,7 @@ pub async fn set_draining(
         } else {
             NodeStatus::of(row.health_score, false)
         };
-        let row = diesel::update(nodes::table.find(id))
+        diesel::update(nodes::table.find(id))
             .set((
                 nodes::draining.eq(draining),
                 nodes::status.eq(status.as_str()),
@@ -258,8 +257,6 @@ pub async fn set_draining(
             ))
             .returning(NodeRow::as_returning())
             .get_result(conn)
-            .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(row)
-    })
+            .await?
+    }))
 }

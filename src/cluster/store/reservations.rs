@@ -215,11 +215,10 @@ pub struct ManualRequest<'a> {
 /// Reserves memory by hand. `NOT_FOUND` for an unknown node, `CONFLICT` for an OFFLINE
 /// one or when the memory is taken, `BAD_USER_INPUT` when larger than the GPU.
 pub async fn reserve_manual(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     req: &ManualRequest<'_>,
-    audit: &crate::audit::Entry,
 ) -> AppResult<ReservationRow> {
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         let node: NodeRow = nodes::table
             .find(req.node_id)
             .select(NodeRow::as_select())
@@ -283,23 +282,13 @@ pub async fn reserve_manual(
             .values(&r)
             .execute(conn)
             .await?;
-        let mut audit = audit.clone();
-        audit.resource_id = Some(r.id.clone());
-        audit.changes = Some(serde_json::json!({
-            "nodeId": r.node_id, "gpuIndex": r.gpu_index, "memoryMb": r.memory_mb, "reason": r.reason,
-        }));
-        crate::audit_append!(conn, &audit)?;
         Ok(r)
     })
 }
 
 /// Deletes a reservation; `NOT_FOUND` when there is none.
-pub async fn release_manual(
-    db: &DbPool,
-    id: &str,
-    audit: &crate::audit::Entry,
-) -> AppResult<ReservationRow> {
-    crate::db_tx!(db, "", |conn| {
+pub async fn release_manual(conn: &mut Conn<'_>, id: &str) -> AppResult<ReservationRow> {
+    crate::on_conn!(conn, |conn| {
         let r: ReservationRow = gpu_reservations::table
             .find(id)
             .select(ReservationRow::as_select())
@@ -310,7 +299,6 @@ pub async fn release_manual(
         diesel::delete(gpu_reservations::table.find(id))
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
         Ok(r)
     })
 }
