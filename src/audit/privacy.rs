@@ -12,14 +12,15 @@
 //! to those values, so it still verifies. Records written before that commitment
 //! existed (migration 000009) keep their IP and user agent.
 
-use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 
 use super::{Entry, RecordRow, Severity};
-use crate::auth::principal;
+use crate::app::App;
+use crate::audit::Origin;
+use crate::auth::Principal;
 use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
@@ -27,11 +28,8 @@ use crate::db::schema::{
     refresh_tokens, sessions, team_members, teams, users,
 };
 use crate::error::{AppError, AppResult};
-use crate::graphql::app;
-use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
-use crate::rbac::{Permission, Require};
+use crate::graphql::relay::{NodeKind, to_global_id};
 use crate::tenancy::TenantId;
-use crate::tenancy::graphql::User;
 use crate::tenancy::model::{UserId, UserRow, UserStatus};
 
 fn t(v: Option<NaiveDateTime>) -> Value {
@@ -364,130 +362,59 @@ pub async fn erase(
     })
 }
 
-/// `exportUserData` input.
-#[derive(InputObject)]
-pub struct ExportUserDataInput {
-    /// The person (global user ID).
-    pub user_id: ID,
-}
-
-/// `exportUserData` result.
-#[derive(SimpleObject)]
-pub struct ExportUserDataPayload {
-    /// The person.
-    pub user_id: ID,
-    /// When the document was made.
-    pub generated_at: DateTime<Utc>,
-    /// Profile, team memberships, sessions, API key metadata, and audit records where
-    /// the person is the actor.
-    pub document: Json<Value>,
-}
-
-/// `eraseUser` input.
-#[derive(InputObject)]
-pub struct EraseUserInput {
-    /// The person (global user ID).
-    pub user_id: ID,
-}
-
-/// `eraseUser` result.
-#[derive(SimpleObject)]
-pub struct EraseUserPayload {
-    /// The user as it is now (ERASED, no personal data).
-    pub user: User,
-    /// Audit records whose IP address and user agent were removed.
-    pub audit_records_pseudonymized: i64,
-    /// Sessions deleted.
-    pub sessions_deleted: i64,
-}
-
-/// Data-subject request mutations.
-#[derive(Default)]
-pub struct PrivacyMutation;
-
-async fn target(ctx: &Context<'_>, id: &ID) -> AppResult<UserRow> {
-    let p = principal(ctx)?;
-    let uuid = decode_expecting(id, NodeKind::User, "user")?;
-    crate::tenancy::store::find_user(&app(ctx)?.db, p.tenant_id, UserId(uuid))
+async fn target(app: &App, tenant: TenantId, id: UserId) -> AppResult<UserRow> {
+    crate::tenancy::store::find_user(&app.db, tenant, id)
         .await?
         .ok_or_else(|| AppError::not_found("user"))
 }
 
-#[Object]
-impl PrivacyMutation {
-    /// Everything stored about a person in the caller's tenant, as one JSON document
-    /// (a data-subject access request). Recorded as `user.data_exported`.
-    #[graphql(guard = "Require(Permission::UsersManage)")]
-    async fn export_user_data(
-        &self,
-        ctx: &Context<'_>,
-        input: ExportUserDataInput,
-    ) -> async_graphql::Result<ExportUserDataPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let user = target(ctx, &input.user_id).await?;
-        let now = db_time(a.clock.now());
-        let document = user_document(&a.db, p.tenant_id, &user, now).await?;
-        let entry = Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "user.data_exported",
-            "user",
-            user.id,
-            None,
-            now,
-        );
-        super::record(&a.db, &entry).await?;
-        Ok(ExportUserDataPayload {
-            user_id: to_global_id(NodeKind::User, user.id.0),
-            generated_at: utc(now),
-            document: Json(document),
-        })
-    }
+/// Everything stored about a person of `tenant` (a data-subject access request), and
+/// when it was gathered. Recorded as `user.data_exported`.
+pub async fn export_user_data(
+    app: &App,
+    origin: &Origin,
+    tenant: TenantId,
+    id: UserId,
+) -> AppResult<(Value, NaiveDateTime)> {
+    let user = target(app, tenant, id).await?;
+    let now = db_time(app.clock.now());
+    let document = user_document(&app.db, tenant, &user, now).await?;
+    let entry = Entry::change(origin, "user.data_exported", "user", user.id, None, now);
+    super::record(&app.db, &entry).await?;
+    Ok((document, now))
+}
 
-    /// Erases a person's personal data and pseudonymizes them in the audit trail; the
-    /// chain still verifies. Irreversible. Recorded as `user.erased` (CRITICAL).
-    #[graphql(guard = "Require(Permission::UsersManage)")]
-    async fn erase_user(
-        &self,
-        ctx: &Context<'_>,
-        input: EraseUserInput,
-    ) -> async_graphql::Result<EraseUserPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let mut user = target(ctx, &input.user_id).await?;
-        if p.user_id() == Some(user.id) {
-            return Err(AppError::bad_input("userId", "you cannot erase yourself").into());
-        }
-        if user.status == UserStatus::Erased {
-            return Err(AppError::new(
-                crate::error::ErrorCode::Conflict,
-                "this user has already been erased",
-            )
-            .into());
-        }
-        crate::tenancy::graphql::may_change_user(a, p, &user).await?;
-        let now = db_time(a.clock.now());
-        let entry = Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "user.erased",
-            "user",
-            user.id,
-            None,
-            now,
-        )
-        .severity(Severity::Critical);
-        let done = erase(&a.db, p.tenant_id, &user, now, &entry).await?;
-        a.rights_changed();
-        user.email = format!("erased-{}@erased.invalid", user.id);
-        user.display_name = "Erased user".into();
-        user.password_hash = None;
-        user.status = UserStatus::Erased;
-        user.last_login_at = None;
-        user.updated_at = now;
-        Ok(EraseUserPayload {
-            user: User(user),
-            audit_records_pseudonymized: done.records_pseudonymized,
-            sessions_deleted: done.sessions_deleted,
-        })
+/// Erases a person's personal data and pseudonymizes them in the trail (see the module
+/// docs). Not oneself, not twice, and not someone holding permissions the caller lacks.
+/// Recorded as `user.erased` (CRITICAL) in the erasure's transaction. Returns the user
+/// as it is now.
+pub async fn erase_user(
+    app: &App,
+    origin: &Origin,
+    p: &Principal,
+    id: UserId,
+) -> AppResult<(UserRow, Erased)> {
+    let mut user = target(app, p.tenant_id, id).await?;
+    if p.user_id() == Some(user.id) {
+        return Err(AppError::bad_input("userId", "you cannot erase yourself"));
     }
+    if user.status == UserStatus::Erased {
+        return Err(AppError::new(
+            crate::error::ErrorCode::Conflict,
+            "this user has already been erased",
+        ));
+    }
+    crate::auth::users::may_change_user(app, p, &user).await?;
+    let now = db_time(app.clock.now());
+    let entry = Entry::change(origin, "user.erased", "user", user.id, None, now)
+        .severity(Severity::Critical);
+    let done = erase(&app.db, p.tenant_id, &user, now, &entry).await?;
+    app.rights_changed();
+    user.email = format!("erased-{}@erased.invalid", user.id);
+    user.display_name = "Erased user".into();
+    user.password_hash = None;
+    user.status = UserStatus::Erased;
+    user.last_login_at = None;
+    user.updated_at = now;
+    Ok((user, done))
 }

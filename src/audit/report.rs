@@ -3,25 +3,24 @@
 
 use std::collections::HashMap;
 
-use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::graphql::ChainVerification;
+use crate::app::App;
+use crate::audit::Origin;
 use crate::db::DbPool;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{audit_actors, audit_log};
+use crate::error::AppError;
 use crate::error::AppResult;
-use crate::graphql::app;
-use crate::graphql::relay::{NodeKind, to_global_id};
 use crate::tenancy::TenantId;
 
 /// How many actors `topActors` lists.
 pub const TOP_ACTORS: usize = 10;
 
 /// Events of one action.
-#[derive(SimpleObject, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct ActionCount {
     /// The action (`workflow.created`, …).
     pub action: String,
@@ -30,14 +29,14 @@ pub struct ActionCount {
 }
 
 /// Events of one actor.
-#[derive(SimpleObject, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct ActorCount {
     /// The actor's pseudonym (as in `AuditRecord.actorId`).
     pub actor_id: String,
     /// USER or API_KEY.
     pub actor_type: String,
-    /// The user behind the pseudonym; null for API keys and erased people.
-    pub user_id: Option<ID>,
+    /// The user behind the pseudonym; none for API keys and erased people.
+    pub user_id: Option<uuid::Uuid>,
     /// Records by this actor in the period.
     pub count: i64,
 }
@@ -58,7 +57,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn of(&self, action: &str) -> i64 {
+    /// Records of one action.
+    pub fn of(&self, action: &str) -> i64 {
         self.by_action
             .iter()
             .find(|a| a.action == action)
@@ -149,8 +149,7 @@ pub async fn compute(
                 .get(&id)
                 .and_then(|r| r.as_deref())
                 .and_then(|r| r.strip_prefix("user:"))
-                .and_then(|u| uuid::Uuid::parse_str(u).ok())
-                .map(|u| to_global_id(NodeKind::User, u));
+                .and_then(|u| uuid::Uuid::parse_str(u).ok());
             ActorCount {
                 actor_id: id,
                 actor_type,
@@ -168,8 +167,9 @@ pub async fn compute(
     })
 }
 
-/// A compliance report over a period of the caller's tenant.
-pub struct ComplianceReport {
+/// A compliance report over a period of one tenant.
+#[derive(Debug, Clone)]
+pub struct Report {
     /// The report's id (the `resourceId` of its `audit.report_generated` record).
     pub id: uuid::Uuid,
     /// The tenant.
@@ -184,104 +184,24 @@ pub struct ComplianceReport {
     pub counts: Counts,
 }
 
-#[Object]
-impl ComplianceReport {
-    /// The report's id (the resource of its own `audit.report_generated` record).
-    async fn id(&self) -> ID {
-        ID(self.id.to_string())
-    }
-    /// Period start (inclusive).
-    async fn from(&self) -> DateTime<Utc> {
-        utc(self.from)
-    }
-    /// Period end (inclusive).
-    async fn to(&self) -> DateTime<Utc> {
-        utc(self.to)
-    }
-    /// When the report was computed.
-    async fn generated_at(&self) -> DateTime<Utc> {
-        utc(self.generated_at)
-    }
-    /// Records in the period.
-    async fn total_events(&self) -> i64 {
-        self.counts.by_action.iter().map(|a| a.count).sum()
-    }
-    /// Records per action, most frequent first.
-    async fn by_action(&self) -> &[ActionCount] {
-        &self.counts.by_action
-    }
-    /// Distinct users and API keys that acted.
-    async fn unique_actors(&self) -> i64 {
-        self.counts.unique_actors
-    }
-    /// Most active actors, most active first (at most 10).
-    async fn top_actors(&self) -> &[ActorCount] {
-        &self.counts.top_actors
-    }
-    /// Failed sign-ins (`auth.login_failed`).
-    async fn failed_logins(&self) -> i64 {
-        self.counts.of("auth.login_failed")
-    }
-    /// Refused requests (`access.denied`).
-    async fn access_denials(&self) -> i64 {
-        self.counts.of("access.denied")
-    }
-    /// Refresh-token reuse alarms (`auth.refresh_reuse_detected`).
-    async fn token_reuse_alarms(&self) -> i64 {
-        self.counts.of("auth.refresh_reuse_detected")
-    }
-    /// CRITICAL records.
-    async fn critical_events(&self) -> i64 {
-        self.counts.critical
-    }
-    /// Records with outcome FAILURE.
-    async fn failed_events(&self) -> i64 {
-        self.counts.failures
-    }
-    /// Audit exports performed (`audit.exported`).
-    async fn exports_performed(&self) -> i64 {
-        self.counts.of("audit.exported")
-    }
-    /// Compliance reports run before this one in the period (`audit.report_generated`).
-    async fn reports_generated(&self) -> i64 {
-        self.counts.of("audit.report_generated")
-    }
-    /// Chain verification over the period (reads every record in it; select only when
-    /// needed).
-    async fn chain(&self, ctx: &Context<'_>) -> async_graphql::Result<ChainVerification> {
-        let a = app(ctx)?;
-        let v = super::verify(
-            &a.db,
-            &self.tenant.to_string(),
-            Some(self.from),
-            Some(self.to),
-            &a.published
-                .last(&self.tenant.to_string())
-                .into_iter()
-                .collect::<Vec<_>>(),
-        )
-        .await?;
-        Ok(super::graphql::ChainVerification::new(v, None))
-    }
-}
-
-/// Validates the period, counts, and records `audit.report_generated`.
-pub async fn run(
-    ctx: &Context<'_>,
+/// Validates the period, counts `tenant`'s trail in it, and records
+/// `audit.report_generated` (running a report is itself an audited event).
+pub async fn generate(
+    app: &App,
+    origin: &Origin,
+    tenant: TenantId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> async_graphql::Result<ComplianceReport> {
-    let p = crate::auth::principal(ctx)?;
-    let a = app(ctx)?;
+) -> AppResult<Report> {
     if from > to {
-        return Err(crate::error::AppError::bad_input("to", "must not be before `from`").into());
+        return Err(AppError::bad_input("to", "must not be before `from`"));
     }
     let (from, to) = (db_time(from), db_time(to));
-    let counts = compute(&a.db, p.tenant_id, from, to).await?;
-    let now = db_time(a.clock.now());
+    let counts = compute(&app.db, tenant, from, to).await?;
+    let now = db_time(app.clock.now());
     let id = uuid::Uuid::now_v7();
     let entry = super::Entry::change(
-        &crate::graphql::origin(ctx)?,
+        origin,
         "audit.report_generated",
         "compliance_report",
         id,
@@ -291,10 +211,10 @@ pub async fn run(
         })),
         now,
     );
-    super::record(&a.db, &entry).await?;
-    Ok(ComplianceReport {
+    super::record(&app.db, &entry).await?;
+    Ok(Report {
         id,
-        tenant: p.tenant_id,
+        tenant,
         from,
         to,
         generated_at: now,

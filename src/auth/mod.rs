@@ -7,6 +7,7 @@ pub mod model;
 pub mod passwords;
 pub mod service;
 pub mod store;
+pub mod users;
 
 use async_graphql::Context;
 use chrono::{DateTime, Utc};

@@ -43,7 +43,7 @@ pub struct Mutation(
     crate::executions::graphql::ScheduleMutation,
     crate::secrets::graphql::SecretMutation,
     crate::cluster::graphql::ClusterMutation,
-    crate::audit::privacy::PrivacyMutation,
+    crate::audit::graphql::PrivacyMutation,
 );
 
 /// All subscription fields.

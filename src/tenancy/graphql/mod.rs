@@ -137,27 +137,7 @@ async fn tenant_for_admin(ctx: &Context<'_>, id: &ID) -> AppResult<TenantRow> {
         .ok_or_else(|| AppError::not_found("tenant"))
 }
 
-/// Refuses changes to a user who holds permissions the caller does not (an ADMIN cannot
-/// demote, disable or erase an OWNER). Platform admins may change anyone.
-pub async fn may_change_user(
-    app: &crate::app::App,
-    p: &Principal,
-    target: &UserRow,
-) -> AppResult<()> {
-    if p.platform_admin {
-        return Ok(());
-    }
-    let tenant = super::store::find(&app.db, target.tenant_id)
-        .await?
-        .ok_or_else(|| AppError::not_found("tenant"))?;
-    let (held, platform) = crate::auth::role_permissions(app, &tenant, &target.role).await?;
-    if platform || !held.is_subset(&p.permissions) {
-        return Err(AppError::forbidden(
-            "this user holds permissions you do not hold; ask someone with at least their role",
-        ));
-    }
-    Ok(())
-}
+pub use crate::auth::users::may_change_user;
 
 /// Ids of the unrevoked API keys `user` created (revoked with the user).
 pub async fn keys_created_by(

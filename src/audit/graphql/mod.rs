@@ -10,9 +10,14 @@ use super::{Outcome, RecordRow, Severity};
 use crate::auth::principal;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{audit_actors, audit_log};
-use crate::graphql::app;
+use crate::graphql::{app, origin};
+
+mod privacy;
+mod report;
 use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting};
 use crate::rbac::{Permission, Require};
+pub use privacy::*;
+pub use report::*;
 
 /// One audit record.
 pub struct AuditRecord(pub RecordRow);
@@ -420,8 +425,10 @@ impl AuditQuery {
         ctx: &Context<'_>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> async_graphql::Result<super::report::ComplianceReport> {
-        super::report::run(ctx, from, to).await
+    ) -> async_graphql::Result<report::ComplianceReport> {
+        let tenant = principal(ctx)?.tenant_id;
+        let r = crate::audit::report::generate(app(ctx)?, &origin(ctx)?, tenant, from, to).await?;
+        Ok(report::ComplianceReport(r))
     }
 }
 
