@@ -26,16 +26,13 @@ pub async fn reset_password(app: &App, email: &str, password: &str) -> anyhow::R
         now,
     )
     .severity(crate::audit::Severity::Warning);
-    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now, &audit)
-        .await
-        .map_err(crate::error::AppError::into_anyhow)?;
-    crate::auth::store::revoke_user_sessions(
-        &app.db,
+    crate::auth::service::store_password(
+        app,
         user.tenant_id,
         user.id,
-        None,
-        "password_reset",
-        now,
+        &hash,
+        &audit,
+        Some((None, "password_reset")),
     )
     .await
     .map_err(crate::error::AppError::into_anyhow)?;

@@ -404,7 +404,7 @@ pub async fn erase_user(
             "this user has already been erased",
         ));
     }
-    crate::auth::users::may_change_user(app, p, &user).await?;
+    crate::auth::admin::may_change_user(app, p, &user).await?;
     let now = db_time(app.clock.now());
     let entry = Entry::change(origin, "user.erased", "user", user.id, None, now)
         .severity(Severity::Critical);

@@ -1,13 +1,13 @@
 //! Authentication: who is calling. The [`Principal`] is attached to each GraphQL request
 //! (or websocket connection) and is the only source of the caller's tenant.
 
+pub mod admin;
 pub mod graphql;
 pub mod jwt;
 pub mod model;
 pub mod passwords;
 pub mod service;
 pub mod store;
-pub mod users;
 
 use async_graphql::Context;
 use chrono::{DateTime, Utc};

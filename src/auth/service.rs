@@ -384,18 +384,43 @@ pub async fn change_password(
     let audit =
         crate::audit::Entry::change(origin, "user.password_changed", "user", user_id, None, now)
             .severity(crate::audit::Severity::Warning);
-    crate::tenancy::store::set_password(&app.db, p.tenant_id, user_id, &new_hash, now, &audit)
-        .await?;
-    store::revoke_user_sessions(
-        &app.db,
+    store_password(
+        app,
         p.tenant_id,
         user_id,
-        Some(t.session_id),
-        "password_changed",
-        now,
+        &new_hash,
+        &audit,
+        Some((Some(t.session_id), "password_changed")),
     )
     .await?;
     Ok(())
+}
+
+/// Writes a user's new password hash and its audit record in one transaction; with
+/// `revoke` (a session to keep, and why), the user's other sessions end in it too, so a
+/// changed password never leaves an old session alive. `false` (nothing written) when
+/// there is no such user.
+pub async fn store_password(
+    app: &App,
+    tenant: crate::tenancy::TenantId,
+    user: UserId,
+    hash: &str,
+    audit: &crate::audit::Entry,
+    revoke: Option<(Option<SessionId>, &str)>,
+) -> AppResult<bool> {
+    let now = audit.at;
+    app.db
+        .tx(tenant, async |conn| {
+            if !crate::tenancy::store::set_password(conn, tenant, user, hash, now).await? {
+                return Ok(false);
+            }
+            crate::audit::append(conn, audit).await?;
+            if let Some((keep, reason)) = revoke {
+                store::revoke_user_sessions(conn, tenant, user, keep, reason, now).await?;
+            }
+            Ok(true)
+        })
+        .await
 }
 
 /// Hashes within the process's hashing bounds (API paths).
@@ -436,8 +461,7 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
         None,
         now,
     );
-    crate::tenancy::store::set_password(&app.db, user.tenant_id, user.id, &hash, now, &audit)
-        .await?;
+    store_password(app, user.tenant_id, user.id, &hash, &audit, None).await?;
     Ok(())
 }
 
@@ -510,7 +534,15 @@ pub async fn create_api_key(
         ),
         row.created_at,
     );
-    store::insert_api_key(&app.db, &row, &audit).await?;
+    app.db
+        .tx(p.tenant_id, async |conn| {
+            // The record first (the tenant's chain lock), then the role check: a custom
+            // role deleted concurrently is not handed out.
+            crate::audit::append(conn, &audit).await?;
+            crate::tenancy::store::role_still_exists(conn, p.tenant_id, &row.role).await?;
+            store::insert_api_key(conn, &row).await
+        })
+        .await?;
     Ok((row, secret))
 }
 

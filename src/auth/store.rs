@@ -260,7 +260,7 @@ pub async fn revoke_session(
 
 /// Revokes every live session of a user except `keep`.
 pub async fn revoke_user_sessions(
-    db: &DbPool,
+    conn: &mut crate::db::Conn<'_>,
     tenant: TenantId,
     user: UserId,
     keep: Option<SessionId>,
@@ -270,7 +270,7 @@ pub async fn revoke_user_sessions(
     let keep = keep
         .map(|k| k.0.hyphenated().to_string())
         .unwrap_or_default();
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(crate::on_conn!(conn, |conn| {
         diesel::update(
             sessions::table
                 .filter(sessions::tenant_id.eq(tenant))
@@ -446,19 +446,14 @@ pub async fn clear_login_attempts(db: &DbPool, key: &str) -> AppResult<()> {
 }
 
 /// Inserts an API key with its audit record.
-pub async fn insert_api_key(
-    db: &DbPool,
-    row: &ApiKeyRow,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+pub async fn insert_api_key(conn: &mut crate::db::Conn<'_>, row: &ApiKeyRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(api_keys::table)
             .values(row)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Ids of the unrevoked keys of `tenant` created by `creator` (`user:<id>`).

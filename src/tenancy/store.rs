@@ -5,10 +5,10 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::model::{RoleId, RoleRow, TenantId, TenantRow, UserId, UserRow};
-use crate::db::DbPool;
+use super::model::{RoleId, RoleRow, TenantId, TenantRow, UserId, UserRow, UserStatus};
 use crate::db::page::Page;
 use crate::db::schema::{roles, tenants, users};
+use crate::db::{Conn, DbPool};
 use crate::error::AppResult;
 
 /// Loads one tenant by id.
@@ -122,6 +122,19 @@ pub async fn create_with_token(
                 ));
             }
         }
+        if crate::rbac::BuiltinRole::parse(&user.role).is_none() {
+            // A custom role deleted since it was resolved is not granted (deleting a
+            // role takes the same chain lock, above, before counting its holders).
+            let n: i64 = roles::table
+                .filter(roles::tenant_id.eq(user.tenant_id))
+                .filter(roles::id.eq(&user.role))
+                .count()
+                .get_result(&mut *conn)
+                .await?;
+            if n == 0 {
+                return Err(crate::error::AppError::not_found("role"));
+            }
+        }
         if let Some(t) = tenant {
             diesel::insert_into(tenants::table)
                 .values(t)
@@ -145,9 +158,9 @@ pub async fn create_with_token(
     })
 }
 
-/// Replaces a tenant's mutable columns, with the audit record, in one transaction.
-pub async fn update(db: &DbPool, row: &TenantRow, audit: &crate::audit::Entry) -> AppResult<()> {
-    crate::db_tx!(db, "", |conn| {
+/// Replaces a tenant's mutable columns.
+pub async fn update(conn: &mut Conn<'_>, row: &TenantRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::update(tenants::table.filter(tenants::id.eq(row.id)))
             .set((
                 tenants::name.eq(&row.name),
@@ -167,9 +180,8 @@ pub async fn update(db: &DbPool, row: &TenantRow, audit: &crate::audit::Entry) -
             ))
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Inserts a user (a duplicate e-mail is `CONFLICT`).
@@ -294,67 +306,54 @@ macro_rules! revoke_keys_created_by {
 }
 pub(crate) use revoke_keys_created_by;
 
-/// Sets a user's role. The last active OWNER of a tenant keeps the role (`CONFLICT`).
-pub async fn set_user_role(
-    db: &DbPool,
-    tenant: TenantId,
-    id: UserId,
-    role: &str,
-    now: NaiveDateTime,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
-        crate::audit_append!(conn, audit)?;
-        let was_owner = is_active_owner!(conn, tenant, id)
-            .ok_or_else(|| crate::error::AppError::not_found("user"))?;
-        diesel::update(
-            users::table
-                .filter(users::tenant_id.eq(tenant))
-                .filter(users::id.eq(id)),
-        )
-        .set((users::role.eq(role), users::updated_at.eq(now)))
-        .execute(&mut *conn)
-        .await?;
-        if was_owner {
-            ensure_an_owner!(conn, tenant);
-        }
-        Ok(())
-    })
+/// What [`change_user`] changes.
+#[derive(Debug, Clone, Copy)]
+pub enum UserChange<'a> {
+    /// A new role (a built-in role name or a custom role's id).
+    Role(&'a str),
+    /// A new status.
+    Status(UserStatus),
 }
 
-/// Sets a user's status. Disabling also revokes the user's sessions and the API keys
-/// they created (returns how many keys), in the same transaction; the last active OWNER
-/// of a tenant cannot be disabled (`CONFLICT`).
-pub async fn set_user_status(
-    db: &DbPool,
+/// Changes a user's role or status, on the caller's transaction and after its audit
+/// append (which holds the tenant's chain lock, so concurrent changes of one tenant are
+/// checked one after the other). The last active OWNER of a tenant keeps the role and
+/// stays active (`CONFLICT`). Leaving ACTIVE also revokes the user's sessions and the API
+/// keys they created; returns how many keys.
+pub async fn change_user(
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     id: UserId,
-    status: &str,
+    change: UserChange<'_>,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<usize> {
-    let disabling = status != super::model::UserStatus::Active.as_str();
     let creator = format!("user:{id}");
-    crate::db_tx!(db, tenant, |conn| {
-        crate::audit_append!(conn, audit)?;
+    let deactivating = matches!(change, UserChange::Status(s) if s != UserStatus::Active);
+    Ok(crate::on_conn!(conn, |conn| {
         let was_owner = is_active_owner!(conn, tenant, id)
             .ok_or_else(|| crate::error::AppError::not_found("user"))?;
-        diesel::update(
-            users::table
-                .filter(users::tenant_id.eq(tenant))
-                .filter(users::id.eq(id)),
-        )
-        .set((users::status.eq(status), users::updated_at.eq(now)))
-        .execute(&mut *conn)
-        .await?;
-        if was_owner && disabling {
+        let user = users::table
+            .filter(users::tenant_id.eq(tenant))
+            .filter(users::id.eq(id));
+        match change {
+            UserChange::Role(role) => {
+                diesel::update(user)
+                    .set((users::role.eq(role), users::updated_at.eq(now)))
+                    .execute(&mut *conn)
+                    .await?
+            }
+            UserChange::Status(status) => {
+                diesel::update(user)
+                    .set((users::status.eq(status.as_str()), users::updated_at.eq(now)))
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
+        if was_owner && (deactivating || matches!(change, UserChange::Role(_))) {
             ensure_an_owner!(conn, tenant);
         }
-        if !disabling {
-            return Ok(0);
-        }
-        // Sessions and API keys end in the same transaction as the account.
-        {
+        if deactivating {
+            // Sessions and API keys end in the same transaction as the account.
             use crate::db::schema::sessions;
             diesel::update(
                 sessions::table
@@ -368,53 +367,52 @@ pub async fn set_user_status(
             ))
             .execute(&mut *conn)
             .await?;
+            revoke_keys_created_by!(conn, tenant, &creator, now)
+        } else {
+            0
         }
-        Ok(revoke_keys_created_by!(conn, tenant, &creator, now))
-    })
+    }))
 }
 
 /// Makes user `id` an active OWNER of `tenant` (platform repair of a tenant whose owners
-/// were all demoted or disabled).
+/// were all demoted or disabled). `NOT_FOUND` for an unknown or erased user.
 pub async fn restore_owner(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     id: UserId,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
-        crate::audit_append!(conn, audit)?;
-        let changed = diesel::update(
+    let changed = crate::on_conn!(conn, |conn| {
+        diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id))
-                .filter(users::status.ne(super::model::UserStatus::Erased.as_str())),
+                .filter(users::status.ne(UserStatus::Erased.as_str())),
         )
         .set((
             users::role.eq(crate::rbac::BuiltinRole::Owner.as_str()),
-            users::status.eq(super::model::UserStatus::Active.as_str()),
+            users::status.eq(UserStatus::Active.as_str()),
             users::updated_at.eq(now),
         ))
-        .execute(&mut *conn)
-        .await?;
-        if changed == 0 {
-            return Err(crate::error::AppError::not_found("user"));
-        }
-        Ok(())
-    })
+        .execute(conn)
+        .await?
+    });
+    if changed == 0 {
+        return Err(crate::error::AppError::not_found("user"));
+    }
+    Ok(())
 }
 
-/// Sets a user's password hash.
+/// Sets a user's password hash; `false` when there is no such user.
 pub async fn set_password(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     id: UserId,
     hash: &str,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<bool> {
-    crate::db_tx!(db, tenant, |conn| {
-        let changed = diesel::update(
+    Ok(crate::on_conn!(conn, |conn| {
+        diesel::update(
             users::table
                 .filter(users::tenant_id.eq(tenant))
                 .filter(users::id.eq(id)),
@@ -425,12 +423,8 @@ pub async fn set_password(
         ))
         .execute(conn)
         .await?
-            == 1;
-        if changed {
-            crate::audit_append!(conn, audit)?;
-        }
-        Ok(changed)
-    })
+            == 1
+    }))
 }
 
 /// Records a successful sign-in.
@@ -457,16 +451,37 @@ pub async fn find_role(db: &DbPool, tenant: TenantId, id: RoleId) -> AppResult<O
     }))
 }
 
+/// `NOT_FOUND` unless `role` (a stored role reference) is a built-in role or a custom role
+/// of `tenant` that exists now. Called inside the transaction that grants the role,
+/// after its audit append (the tenant's chain lock, which deleting a role also takes),
+/// so a role cannot be granted and deleted at once.
+pub async fn role_still_exists(conn: &mut Conn<'_>, tenant: TenantId, role: &str) -> AppResult<()> {
+    if crate::rbac::BuiltinRole::parse(role).is_some() {
+        return Ok(());
+    }
+    let n: i64 = crate::on_conn!(conn, |conn| {
+        roles::table
+            .filter(roles::tenant_id.eq(tenant))
+            .filter(roles::id.eq(role))
+            .count()
+            .get_result(conn)
+            .await?
+    });
+    if n == 0 {
+        return Err(crate::error::AppError::not_found("role"));
+    }
+    Ok(())
+}
+
 /// Inserts a custom role (a duplicate name in the tenant is `CONFLICT`).
-pub async fn insert_role(db: &DbPool, row: &RoleRow, audit: &crate::audit::Entry) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+pub async fn insert_role(conn: &mut Conn<'_>, row: &RoleRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(roles::table)
             .values(row)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// A tenant's custom roles, by name.
@@ -495,8 +510,8 @@ pub async fn find_user_any(db: &DbPool, id: UserId) -> AppResult<Option<UserRow>
 }
 
 /// Replaces a custom role's name, description and permissions.
-pub async fn update_role(db: &DbPool, row: &RoleRow, audit: &crate::audit::Entry) -> AppResult<()> {
-    crate::db_tx!(db, row.tenant_id, |conn| {
+pub async fn update_role(conn: &mut Conn<'_>, row: &RoleRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::update(
             roles::table
                 .filter(roles::tenant_id.eq(row.tenant_id))
@@ -510,15 +525,14 @@ pub async fn update_role(db: &DbPool, row: &RoleRow, audit: &crate::audit::Entry
         ))
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// How many users and live API keys hold a role.
-pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResult<i64> {
+pub async fn role_holders(conn: &mut Conn<'_>, tenant: TenantId, role: &str) -> AppResult<i64> {
     use crate::db::schema::api_keys;
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    Ok(crate::on_conn!(conn, |conn| {
         let u: i64 = users::table
             .filter(users::tenant_id.eq(tenant))
             .filter(users::role.eq(role))
@@ -537,13 +551,8 @@ pub async fn role_holders(db: &DbPool, tenant: TenantId, role: &str) -> AppResul
 }
 
 /// Deletes a custom role.
-pub async fn delete_role(
-    db: &DbPool,
-    tenant: TenantId,
-    id: RoleId,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    crate::db_tx!(db, tenant, |conn| {
+pub async fn delete_role(conn: &mut Conn<'_>, tenant: TenantId, id: RoleId) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::delete(
             roles::table
                 .filter(roles::tenant_id.eq(tenant))
@@ -551,9 +560,8 @@ pub async fn delete_role(
         )
         .execute(conn)
         .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Loads a tenant by slug (operator CLI).

@@ -1,6 +1,9 @@
 //! Tenancy mutations: tenants, users, roles.
 
 use super::*;
+use crate::auth::admin;
+use crate::graphql::origin;
+use crate::tenancy::service::tenants;
 
 /// Tenancy mutations.
 #[derive(Default)]
@@ -52,21 +55,14 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: SuspendTenantInput,
     ) -> async_graphql::Result<TenantPayload> {
-        let a = app(ctx)?;
-        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
-        if t.is_system {
-            return Err(
-                AppError::bad_input("tenantId", "the system tenant cannot be suspended").into(),
-            );
-        }
-        let before = tenant_view(&t);
-        t.status = TenantStatus::Suspended;
-        t.status_reason = Some(input.reason.trim().chars().take(500).collect());
-        t.updated_at = db_time(a.clock.now());
-        let audit = tenant_audit(ctx, "tenant.suspended", &before, &t)?
-            .severity(crate::audit::Severity::Critical);
-        crate::tenancy::store::update(&a.db, &t, &audit).await?;
-        a.rights_changed();
+        let t = tenants::set_status(
+            app(ctx)?,
+            &origin(ctx)?,
+            tenant_id(&input.tenant_id)?,
+            TenantStatus::Suspended,
+            &input.reason,
+        )
+        .await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -77,15 +73,14 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: ReactivateTenantInput,
     ) -> async_graphql::Result<TenantPayload> {
-        let a = app(ctx)?;
-        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
-        let before = tenant_view(&t);
-        t.status = TenantStatus::Active;
-        t.status_reason = None;
-        t.updated_at = db_time(a.clock.now());
-        let audit = tenant_audit(ctx, "tenant.reactivated", &before, &t)?
-            .severity(crate::audit::Severity::Warning);
-        crate::tenancy::store::update(&a.db, &t, &audit).await?;
+        let t = tenants::set_status(
+            app(ctx)?,
+            &origin(ctx)?,
+            tenant_id(&input.tenant_id)?,
+            TenantStatus::Active,
+            "",
+        )
+        .await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -97,32 +92,9 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: RestoreTenantOwnerInput,
     ) -> async_graphql::Result<UserPayload> {
-        let a = app(ctx)?;
-        let t = tenant_for_admin(ctx, &input.tenant_id).await?;
-        let uuid = decode_expecting(&input.user_id, NodeKind::User, "user")?;
-        let mut user = crate::tenancy::store::find_user(&a.db, t.id, UserId(uuid))
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))?;
-        let now = db_time(a.clock.now());
-        let mut origin = crate::graphql::origin(ctx)?;
-        origin.tenant_id = t.id.to_string();
-        let audit = crate::audit::Entry::change(
-            &origin,
-            "user.owner_restored",
-            "user",
-            user.id,
-            Some(serde_json::json!({
-                "role": { "before": user.role, "after": BuiltinRole::Owner.as_str() },
-                "status": { "before": user.status, "after": UserStatus::Active.as_str() },
-            })),
-            now,
-        )
-        .severity(crate::audit::Severity::Critical);
-        crate::tenancy::store::restore_owner(&a.db, t.id, user.id, now, &audit).await?;
-        a.rights_changed();
-        user.role = BuiltinRole::Owner.as_str().into();
-        user.status = UserStatus::Active;
-        user.updated_at = now;
+        let tenant = tenant_id(&input.tenant_id)?;
+        let user = user_id(&input.user_id)?;
+        let user = tenants::restore_owner(app(ctx)?, &origin(ctx)?, tenant, user).await?;
         Ok(UserPayload { user: User(user) })
     }
 
@@ -133,23 +105,13 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: CreateUserInput,
     ) -> async_graphql::Result<CreateUserPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
-        let tenant = crate::tenancy::store::find(&a.db, p.tenant_id)
-            .await?
-            .ok_or_else(|| AppError::not_found("tenant"))?;
-        let created = crate::tenancy::service::create_user(
-            a,
-            &crate::graphql::origin(ctx)?,
-            &tenant,
-            crate::tenancy::service::NewUser {
-                email: &input.email,
-                display_name: &input.display_name,
-                credential: crate::tenancy::service::Credential::SetPasswordToken,
-            },
-            &role,
-            true,
+        let created = admin::create_user(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            &input.email,
+            &input.display_name,
+            role_ref(&input.role_id, "roleId")?,
         )
         .await?;
         Ok(CreateUserPayload {
@@ -165,26 +127,14 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: UpdateUserRoleInput,
     ) -> async_graphql::Result<UserPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let mut user = user_in_tenant(ctx, &input.user_id).await?;
-        may_change_user(a, p, &user).await?;
-        let role = resolve_role_input(a, p, &input.role_id, "roleId").await?;
-        let now = db_time(a.clock.now());
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "user.role_changed",
-            "user",
-            user.id,
-            Some(serde_json::json!({ "role": { "before": user.role, "after": role } })),
-            now,
+        let user = admin::set_role(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            user_id(&input.user_id)?,
+            role_ref(&input.role_id, "roleId")?,
         )
-        .severity(crate::audit::Severity::Warning);
-        crate::tenancy::store::set_user_role(&a.db, p.tenant_id, user.id, &role, now, &audit)
-            .await?;
-        a.rights_changed();
-        user.role = role;
-        user.updated_at = now;
+        .await?;
         Ok(UserPayload { user: User(user) })
     }
 
@@ -195,39 +145,14 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: DisableUserInput,
     ) -> async_graphql::Result<UserPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let mut user = user_in_tenant(ctx, &input.user_id).await?;
-        if p.user_id() == Some(user.id) {
-            return Err(AppError::bad_input("userId", "you cannot disable yourself").into());
-        }
-        may_change_user(a, p, &user).await?;
-        let now = db_time(a.clock.now());
-        let keys = keys_created_by(a, p.tenant_id, user.id).await?;
-        let audit = crate::audit::Entry::change(
-            &crate::graphql::origin(ctx)?,
-            "user.disabled",
-            "user",
-            user.id,
-            Some(serde_json::json!({
-                "status": { "before": user.status, "after": UserStatus::Disabled.as_str() },
-                "apiKeysRevoked": keys,
-            })),
-            now,
-        )
-        .severity(crate::audit::Severity::Warning);
-        crate::tenancy::store::set_user_status(
-            &a.db,
-            p.tenant_id,
-            user.id,
-            UserStatus::Disabled.as_str(),
-            now,
-            &audit,
+        let user = admin::disable(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            user_id(&input.user_id)?,
+            key_ids,
         )
         .await?;
-        a.rights_changed();
-        user.status = UserStatus::Disabled;
-        user.updated_at = now;
         Ok(UserPayload { user: User(user) })
     }
 
@@ -238,22 +163,15 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: CreateRoleInput,
     ) -> async_graphql::Result<RolePayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let name = role_name(&input.name)?;
-        let perms = grantable(p, &input.permissions)?;
-        let now = db_time(a.clock.now());
-        let row = RoleRow {
-            id: RoleId::new(),
-            tenant_id: p.tenant_id,
-            name,
-            description: input.description.trim().to_owned(),
-            permissions: serde_json::to_string(&perm_names(&perms)).map_err(AppError::internal)?,
-            created_at: now,
-            updated_at: now,
-        };
-        let audit = role_audit(ctx, "role.created", &row, None)?;
-        crate::tenancy::store::insert_role(&a.db, &row, &audit).await?;
+        let row = admin::create_role(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            &input.name,
+            &input.description,
+            &input.permissions,
+        )
+        .await?;
         Ok(RolePayload {
             role: Role::custom(&row),
         })
@@ -266,25 +184,16 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: UpdateRoleInput,
     ) -> async_graphql::Result<RolePayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let mut row = custom_role(ctx, &input.role_id).await?;
-        let before = role_view(&row);
-        if let Some(n) = &input.name {
-            row.name = role_name(n)?;
-        }
-        if let Some(d) = &input.description {
-            row.description = d.trim().to_owned();
-        }
-        if let Some(ps) = &input.permissions {
-            row.permissions = serde_json::to_string(&perm_names(&grantable(p, ps)?))
-                .map_err(AppError::internal)?;
-        }
-        row.updated_at = db_time(a.clock.now());
-        let audit = role_audit(ctx, "role.updated", &row, Some(&before))?
-            .severity(crate::audit::Severity::Warning);
-        crate::tenancy::store::update_role(&a.db, &row, &audit).await?;
-        a.rights_changed();
+        let row = admin::update_role(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            role_id(&input.role_id)?,
+            input.name.as_deref(),
+            input.description.as_deref(),
+            input.permissions.as_deref(),
+        )
+        .await?;
         Ok(RolePayload {
             role: Role::custom(&row),
         })
@@ -297,20 +206,8 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: DeleteRoleInput,
     ) -> async_graphql::Result<DeleteRolePayload> {
-        let a = app(ctx)?;
-        let row = custom_role(ctx, &input.role_id).await?;
-        let holders =
-            crate::tenancy::store::role_holders(&a.db, row.tenant_id, &row.id.to_string()).await?;
-        if holders > 0 {
-            return Err(AppError::conflict(format!(
-                "{holders} users or API keys still hold this role"
-            ))
-            .into());
-        }
-        let mut audit = role_audit(ctx, "role.deleted", &row, None)?;
-        audit.at = db_time(a.clock.now());
-        crate::tenancy::store::delete_role(&a.db, row.tenant_id, row.id, &audit).await?;
-        a.rights_changed();
+        let id = role_id(&input.role_id)?;
+        admin::delete_role(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
         Ok(DeleteRolePayload {
             deleted_role_id: input.role_id,
         })
@@ -323,43 +220,22 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: UpdateTenantPlanInput,
     ) -> async_graphql::Result<TenantPayload> {
-        let a = app(ctx)?;
-        let mut t = tenant_for_admin(ctx, &input.tenant_id).await?;
-        let before = tenant_view(&t);
-        let (u, w, e, c, g) = plan_quotas(input.plan);
         let q = input.quotas.unwrap_or_default();
-        for (field, v) in [
-            ("maxUsers", q.max_users),
-            ("maxWorkflows", q.max_workflows),
-            ("maxExecutionsPerMonth", q.max_executions_per_month),
-            ("maxConcurrentExecutions", q.max_concurrent_executions),
-            ("maxGpuMemoryMb", q.max_gpu_memory_mb),
-        ] {
-            if v.is_some_and(|v| v < 0) {
-                return Err(AppError::bad_input(field, "quotas cannot be negative").into());
-            }
-        }
-        t.plan = input.plan;
-        t.max_users = q.max_users.unwrap_or(u);
-        t.max_workflows = q.max_workflows.unwrap_or(w);
-        t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);
-        t.max_concurrent_executions = q.max_concurrent_executions.unwrap_or(c);
-        t.max_gpu_memory_mb = q.max_gpu_memory_mb.unwrap_or(g);
-        if let Some(mut flags) = input.feature_flags {
-            if let Some(bad) = flags.iter().find(|f| !valid_flag(f)) {
-                return Err(AppError::bad_input(
-                    "featureFlags",
-                    format!("{bad:?} is not a flag name (a-z, 0-9, - _ .)"),
-                )
-                .into());
-            }
-            flags.sort();
-            flags.dedup();
-            t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
-        }
-        t.updated_at = db_time(a.clock.now());
-        let audit = tenant_audit(ctx, "tenant.plan_changed", &before, &t)?;
-        crate::tenancy::store::update(&a.db, &t, &audit).await?;
+        let t = tenants::change_plan(
+            app(ctx)?,
+            &origin(ctx)?,
+            tenant_id(&input.tenant_id)?,
+            input.plan,
+            tenants::Quotas {
+                max_users: q.max_users,
+                max_workflows: q.max_workflows,
+                max_executions_per_month: q.max_executions_per_month,
+                max_concurrent_executions: q.max_concurrent_executions,
+                max_gpu_memory_mb: q.max_gpu_memory_mb,
+            },
+            input.feature_flags,
+        )
+        .await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
@@ -370,37 +246,17 @@ impl TenancyMutation {
         ctx: &Context<'_>,
         input: UpdateTenantSettingsInput,
     ) -> async_graphql::Result<TenantPayload> {
-        let a = app(ctx)?;
-        let p = principal(ctx)?;
-        let mut t = crate::tenancy::store::find(&a.db, p.tenant_id)
-            .await?
-            .ok_or_else(|| AppError::not_found("tenant"))?;
-        let before = tenant_view(&t);
-        if let Some(d) = input.data_retention_days {
-            if !(1..=3650).contains(&d) {
-                return Err(
-                    AppError::bad_input("dataRetentionDays", "between 1 and 3650 days").into(),
-                );
-            }
-            t.data_retention_days = d;
-        }
-        if let Some(m) = input.require_mfa {
-            t.require_mfa = m;
-        }
-        if let Some(ranges) = input.allowed_ip_ranges {
-            if let Some(bad) = ranges.iter().find(|r| !valid_cidr(r.trim())) {
-                return Err(AppError::bad_input(
-                    "allowedIpRanges",
-                    format!("{bad:?} is not an IP range such as 10.0.0.0/8"),
-                )
-                .into());
-            }
-            let ranges: Vec<String> = ranges.iter().map(|r| r.trim().to_owned()).collect();
-            t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
-        }
-        t.updated_at = db_time(a.clock.now());
-        let audit = tenant_audit(ctx, "tenant.settings_changed", &before, &t)?;
-        crate::tenancy::store::update(&a.db, &t, &audit).await?;
+        let t = tenants::change_settings(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            tenants::Settings {
+                data_retention_days: input.data_retention_days,
+                require_mfa: input.require_mfa,
+                allowed_ip_ranges: input.allowed_ip_ranges,
+            },
+        )
+        .await?;
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 }

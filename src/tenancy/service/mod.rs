@@ -3,6 +3,7 @@
 //! records, one transaction per creation.
 
 pub mod teams;
+pub mod tenants;
 
 use super::model::{Plan, TenantRow, UserRow};
 use super::model::{new_tenant_row, new_user_row};

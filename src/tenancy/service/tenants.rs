@@ -1,0 +1,267 @@
+//! Tenant rules for platform administrators and tenant owners: status (the system tenant
+//! is never suspended), plan and quotas (never negative), feature flags and settings
+//! (well-formed names and IP ranges), and the repair of a tenant left without an owner.
+//! Every change is recorded in the changed tenant's own chain, in the change's
+//! transaction.
+
+use crate::app::App;
+use crate::audit::{Entry, Origin, Severity};
+use crate::db::ids::db_time;
+use crate::error::{AppError, AppResult};
+use crate::rbac::BuiltinRole;
+use crate::tenancy::model::{
+    Plan, TenantId, TenantRow, TenantStatus, UserId, UserRow, UserStatus, plan_quotas, tenant_view,
+};
+use crate::tenancy::store;
+
+/// A tenant by id, or `NOT_FOUND`.
+pub async fn get(app: &App, id: TenantId) -> AppResult<TenantRow> {
+    store::find(&app.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))
+}
+
+/// Suspends a tenant (every principal of it is then refused with `TENANT_SUSPENDED`)
+/// with a reason its users see, or reactivates it (`reason` is then ignored).
+pub async fn set_status(
+    app: &App,
+    origin: &Origin,
+    id: TenantId,
+    status: TenantStatus,
+    reason: &str,
+) -> AppResult<TenantRow> {
+    let mut t = get(app, id).await?;
+    let (action, severity) = match status {
+        TenantStatus::Suspended => {
+            if t.is_system {
+                return Err(AppError::bad_input(
+                    "tenantId",
+                    "the system tenant cannot be suspended",
+                ));
+            }
+            ("tenant.suspended", Severity::Critical)
+        }
+        TenantStatus::Active => ("tenant.reactivated", Severity::Warning),
+    };
+    let before = tenant_view(&t);
+    t.status = status;
+    t.status_reason =
+        (status == TenantStatus::Suspended).then(|| reason.trim().chars().take(500).collect());
+    t.updated_at = db_time(app.clock.now());
+    write(app, origin, action, &before, &t, severity).await?;
+    app.rights_changed();
+    Ok(t)
+}
+
+/// Quotas to set with a plan; `None` takes the plan's default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    /// Users.
+    pub max_users: Option<i64>,
+    /// Workflows.
+    pub max_workflows: Option<i64>,
+    /// Executions per calendar month.
+    pub max_executions_per_month: Option<i64>,
+    /// Executions running at once.
+    pub max_concurrent_executions: Option<i64>,
+    /// GPU memory held at once, MiB.
+    pub max_gpu_memory_mb: Option<i64>,
+}
+
+/// Changes a tenant's plan, its quotas (the plan's defaults where not given) and, when
+/// given, its feature flags.
+pub async fn change_plan(
+    app: &App,
+    origin: &Origin,
+    id: TenantId,
+    plan: Plan,
+    quotas: Quotas,
+    feature_flags: Option<Vec<String>>,
+) -> AppResult<TenantRow> {
+    let mut t = get(app, id).await?;
+    let before = tenant_view(&t);
+    let (u, w, e, c, g) = plan_quotas(plan);
+    let q = quotas;
+    for (field, v) in [
+        ("maxUsers", q.max_users),
+        ("maxWorkflows", q.max_workflows),
+        ("maxExecutionsPerMonth", q.max_executions_per_month),
+        ("maxConcurrentExecutions", q.max_concurrent_executions),
+        ("maxGpuMemoryMb", q.max_gpu_memory_mb),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(AppError::bad_input(field, "quotas cannot be negative"));
+        }
+    }
+    t.plan = plan;
+    t.max_users = q.max_users.unwrap_or(u);
+    t.max_workflows = q.max_workflows.unwrap_or(w);
+    t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);
+    t.max_concurrent_executions = q.max_concurrent_executions.unwrap_or(c);
+    t.max_gpu_memory_mb = q.max_gpu_memory_mb.unwrap_or(g);
+    if let Some(mut flags) = feature_flags {
+        if let Some(bad) = flags.iter().find(|f| !valid_flag(f)) {
+            return Err(AppError::bad_input(
+                "featureFlags",
+                format!("{bad:?} is not a flag name (a-z, 0-9, - _ .)"),
+            ));
+        }
+        flags.sort();
+        flags.dedup();
+        t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
+    }
+    t.updated_at = db_time(app.clock.now());
+    write(
+        app,
+        origin,
+        "tenant.plan_changed",
+        &before,
+        &t,
+        Severity::Info,
+    )
+    .await?;
+    Ok(t)
+}
+
+/// Changes to a tenant's own settings; `None` keeps a value.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Days execution data is kept (1 to 3650).
+    pub data_retention_days: Option<i64>,
+    /// Whether members must use a second factor.
+    pub require_mfa: Option<bool>,
+    /// The IP ranges members may sign in from.
+    pub allowed_ip_ranges: Option<Vec<String>>,
+}
+
+/// Changes a tenant's settings (its owners act on their own tenant).
+pub async fn change_settings(
+    app: &App,
+    origin: &Origin,
+    id: TenantId,
+    settings: Settings,
+) -> AppResult<TenantRow> {
+    let mut t = get(app, id).await?;
+    let before = tenant_view(&t);
+    if let Some(d) = settings.data_retention_days {
+        if !(1..=3650).contains(&d) {
+            return Err(AppError::bad_input(
+                "dataRetentionDays",
+                "between 1 and 3650 days",
+            ));
+        }
+        t.data_retention_days = d;
+    }
+    if let Some(m) = settings.require_mfa {
+        t.require_mfa = m;
+    }
+    if let Some(ranges) = settings.allowed_ip_ranges {
+        if let Some(bad) = ranges.iter().find(|r| !valid_cidr(r.trim())) {
+            return Err(AppError::bad_input(
+                "allowedIpRanges",
+                format!("{bad:?} is not an IP range such as 10.0.0.0/8"),
+            ));
+        }
+        let ranges: Vec<String> = ranges.iter().map(|r| r.trim().to_owned()).collect();
+        t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
+    }
+    t.updated_at = db_time(app.clock.now());
+    write(
+        app,
+        origin,
+        "tenant.settings_changed",
+        &before,
+        &t,
+        Severity::Info,
+    )
+    .await?;
+    Ok(t)
+}
+
+/// Platform repair: makes a user of a tenant an active OWNER again (for a tenant left
+/// without a usable owner). Recorded in that tenant's trail (CRITICAL).
+pub async fn restore_owner(
+    app: &App,
+    origin: &Origin,
+    tenant: TenantId,
+    user: UserId,
+) -> AppResult<UserRow> {
+    let t = get(app, tenant).await?;
+    let mut user = store::find_user(&app.db, t.id, user)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    let now = db_time(app.clock.now());
+    let mut origin = origin.clone();
+    origin.tenant_id = t.id.to_string();
+    let audit = Entry::change(
+        &origin,
+        "user.owner_restored",
+        "user",
+        user.id,
+        Some(serde_json::json!({
+            "role": { "before": user.role, "after": BuiltinRole::Owner.as_str() },
+            "status": { "before": user.status, "after": UserStatus::Active.as_str() },
+        })),
+        now,
+    )
+    .severity(Severity::Critical);
+    app.db
+        .tx(t.id, async |conn| {
+            crate::audit::append(conn, &audit).await?;
+            store::restore_owner(conn, t.id, user.id, now).await
+        })
+        .await?;
+    app.rights_changed();
+    user.role = BuiltinRole::Owner.as_str().into();
+    user.status = UserStatus::Active;
+    user.updated_at = now;
+    Ok(user)
+}
+
+/// Writes a tenant change and its record, in the tenant's own chain (a platform admin
+/// acting on a tenant shows up in the tenant's trail).
+async fn write(
+    app: &App,
+    origin: &Origin,
+    action: &str,
+    before: &serde_json::Value,
+    t: &TenantRow,
+    severity: Severity,
+) -> AppResult<()> {
+    let mut origin = origin.clone();
+    origin.tenant_id = t.id.to_string();
+    let audit = Entry::change(
+        &origin,
+        action,
+        "tenant",
+        t.id,
+        Some(crate::audit::diff(before, &tenant_view(t))),
+        t.updated_at,
+    )
+    .severity(severity);
+    app.db
+        .tx("", async |conn| {
+            store::update(conn, t).await?;
+            crate::audit::append(conn, &audit).await?;
+            Ok(())
+        })
+        .await
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (ip, bits) = s.split_once('/').unwrap_or((s, ""));
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 32),
+        Ok(std::net::IpAddr::V6(_)) => {
+            bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 128)
+        }
+        Err(_) => false,
+    }
+}
+
+fn valid_flag(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
