@@ -230,11 +230,12 @@ async fn main() -> anyhow::Result<()> {
         let schema = state.schema.clone();
         let p = principal.clone();
         let db = app.db.clone();
+        let clock = app.clock.clone();
         async move {
             let req = async_graphql::Request::new(query)
                 .variables(async_graphql::Variables::from_json(vars))
                 .data(agentplane::graphql::loaders::Loaders::for_principal(
-                    &db, &p,
+                    &db, &clock, &p,
                 ))
                 .data(p);
             let t = Instant::now();

@@ -85,6 +85,10 @@ type PgManager = AsyncDieselConnectionManager<AsyncPgConnection>;
 type SqliteManager = AsyncDieselConnectionManager<SqliteConn>;
 
 /// A connection checked out of the pool.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per checkout, held for one call; boxing would allocate per query"
+)]
 enum Pooled<'p> {
     Postgres(bb8::PooledConnection<'p, PgManager>),
     Sqlite(bb8::PooledConnection<'p, SqliteManager>),
@@ -93,8 +97,8 @@ enum Pooled<'p> {
 impl Pooled<'_> {
     fn conn<'a>(&'a mut self, chain: Option<&'a Arc<ChainKeys>>) -> Conn<'a> {
         let inner = match self {
-            Self::Postgres(c) => Inner::Postgres(&mut **c),
-            Self::Sqlite(c) => Inner::Sqlite(&mut **c),
+            Self::Postgres(c) => Inner::Postgres(c),
+            Self::Sqlite(c) => Inner::Sqlite(c),
         };
         Conn { inner, chain }
     }

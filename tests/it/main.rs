@@ -1,14 +1,19 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
 mod audit;
+mod audit_coverage;
 mod audit_forgery;
 mod cli;
 mod cluster;
 mod compliance;
+mod compliance_export;
 mod consistency;
 mod edge_auth;
+mod event_streams;
+mod execution_reads;
 mod executions;
 mod foundation;
+mod guards;
 mod helpers;
 mod identity;
 mod isolation;
@@ -25,4 +30,5 @@ mod takeover;
 mod tenancy;
 mod typed_columns;
 mod websocket;
+mod workers;
 mod workflows;

@@ -1,0 +1,143 @@
+//! Worker processes and schedules under load: two engines firing one tick once, a killed worker's execution finished by another, quotas holding executions back.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::executions::*;
+use crate::helpers::{TestApp, bin, first_error_code};
+
+/// Starts `agentplane worker` against the test's database.
+pub async fn worker_process(db_url: &str) -> tokio::process::Child {
+    worker_process_with(db_url, &[]).await
+}
+
+/// Starts `agentplane worker` with extra environment.
+pub async fn worker_process_with(db_url: &str, extra: &[(&str, &str)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("AGENTPLANE_LEASE_SECS", "2")
+        .env("AGENTPLANE_POLL_MS", "100")
+        .env("AGENTPLANE_WORKERS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.envs(extra.iter().copied());
+    let mut child = cmd.spawn().expect("worker starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("worker line within 30 s")
+        .expect("read")
+        .expect("a line");
+    assert!(line.contains("worker"), "{line}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_execution_is_finished_by_another_after_its_lease_lapses() {
+    // The API serves without workers; separate worker processes do the work.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "crash",
+        json!({ "steps": [
+            { "id": "first", "kind": "transform", "config": { "template": "{\"v\": 1}" } },
+            { "id": "slow", "kind": "delay", "dependsOn": ["first"], "config": { "ms": 2500 } },
+            { "id": "last", "kind": "transform", "dependsOn": ["slow"], "config": { "template": "{\"v\": {{ steps.first.output.v + 1 }}}" } },
+        ]}),
+    )
+    .await;
+    let mut a = worker_process(&app.db.url).await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &id, 20, step_status("slow", "RUNNING")).await;
+    a.kill().await.expect("SIGKILL");
+    let mut b = worker_process(&app.db.url).await;
+    let e = wait_for(&app, &owner, &id, 30, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    assert_eq!(
+        e["claims"], 2,
+        "claimed by the dead worker, then by the live one"
+    );
+    assert_eq!(step(&e, "first")["attempt"], 1, "finished steps are kept");
+    assert_eq!(
+        step(&e, "slow")["attempt"],
+        2,
+        "the interrupted step ran again"
+    );
+    assert_eq!(e["output"], json!({ "last": { "v": 2 } }));
+    b.kill().await.expect("kill");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
+    let app = TestApp::spawn().await;
+    let (tenant, owner) = app.tenant_with_owner("acme").await;
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM",
+                           "quotas": { "maxConcurrentExecutions": 1, "maxExecutionsPerMonth": 3 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let wf = published(
+        &app,
+        &owner,
+        "slow",
+        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 600 } } ]}),
+    )
+    .await;
+    let a = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let b = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let a_id = a["execution"]["id"].as_str().expect("id").to_owned();
+    let b_id = b["execution"]["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &owner, &a_id, 10, |e| e["status"] == "RUNNING").await;
+    // One slot: b waits, and says why.
+    let out = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { execution(id: $id) { status waitingReason } }",
+            json!({ "id": b_id }),
+        )
+        .await;
+    assert_eq!(out["data"]["execution"]["status"], "QUEUED", "{out}");
+    assert!(
+        out["data"]["execution"]["waitingReason"]
+            .as_str()
+            .expect("reason")
+            .contains("maxConcurrentExecutions"),
+        "{out}"
+    );
+    let e = wait_for(&app, &owner, &b_id, 10, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED");
+    let a_done = execution(&app, &owner, &a_id).await;
+    assert_eq!(a_done["status"], "SUCCEEDED");
+    // The third start is allowed, the fourth is over the monthly quota.
+    start(&app, &owner, json!({ "workflowId": wf })).await;
+    let out = app
+        .gql_as(&owner, START, json!({ "i": { "workflowId": wf } }))
+        .await;
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{out}"
+    );
+    assert_eq!(
+        out["errors"][0]["extensions"]["quota"],
+        "maxExecutionsPerMonth"
+    );
+}
