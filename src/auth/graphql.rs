@@ -8,7 +8,6 @@ use super::model::{ApiKeyRow, SessionRow};
 use super::service::{self, IssuedTokens};
 use super::{SessionId, principal};
 use crate::db::ids::utc;
-use crate::error::AppError;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{ClientInfo, app};
 use crate::rbac::{Permission, Require, SignedIn};
@@ -368,24 +367,14 @@ impl AuthMutation {
         ctx: &Context<'_>,
         input: RevokeApiKeyInput,
     ) -> async_graphql::Result<RevokeApiKeyPayload> {
-        let p = principal(ctx)?;
-        let a = app(ctx)?;
         let id = decode_expecting(&input.api_key_id, NodeKind::ApiKey, "API key")?;
-        let now = crate::db::ids::db_time(a.clock.now());
-        let audit = crate::audit::Entry::change(
+        let row = service::revoke_api_key(
+            app(ctx)?,
             &crate::graphql::origin(ctx)?,
-            "apikey.revoked",
-            "api_key",
-            id,
-            None,
-            now,
+            principal(ctx)?,
+            super::ApiKeyId(id),
         )
-        .severity(crate::audit::Severity::Warning);
-        let row =
-            super::store::revoke_api_key(&a.db, p.tenant_id, super::ApiKeyId(id), now, &audit)
-                .await?
-                .ok_or_else(|| AppError::not_found("API key"))?;
-        a.rights_changed();
+        .await?;
         Ok(RevokeApiKeyPayload {
             api_key: ApiKey(row),
         })

@@ -516,13 +516,12 @@ pub async fn list_api_keys(db: &DbPool, tenant: TenantId) -> AppResult<Vec<ApiKe
 
 /// Revokes a key of `tenant`; returns whether it exists there.
 pub async fn revoke_api_key(
-    db: &DbPool,
+    conn: &mut crate::db::Conn<'_>,
     tenant: TenantId,
     id: ApiKeyId,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
-) -> AppResult<Option<ApiKeyRow>> {
-    crate::db_tx!(db, tenant, |conn| {
+) -> AppResult<(bool, Option<ApiKeyRow>)> {
+    Ok(crate::on_conn!(conn, |conn| {
         let changed = diesel::update(
             api_keys::table
                 .filter(api_keys::tenant_id.eq(tenant))
@@ -532,17 +531,15 @@ pub async fn revoke_api_key(
         .set(api_keys::revoked_at.eq(Some(now)))
         .execute(conn)
         .await?;
-        if changed == 1 {
-            crate::audit_append!(conn, audit)?;
-        }
-        Ok(api_keys::table
+        let row = api_keys::table
             .filter(api_keys::tenant_id.eq(tenant))
             .filter(api_keys::id.eq(id))
             .select(ApiKeyRow::as_select())
             .first(conn)
             .await
-            .optional()?)
-    })
+            .optional()?;
+        (changed == 1, row)
+    }))
 }
 
 /// Stores a one-time set-password token.

@@ -168,3 +168,29 @@ async fn creator_rights(
     }
     Ok(None)
 }
+
+/// Revokes an API key of the caller's tenant; it stops working at once. Revoking a
+/// revoked key changes nothing and records nothing; an unknown key is `NOT_FOUND`.
+pub async fn revoke_api_key(
+    app: &App,
+    origin: &crate::audit::Origin,
+    p: &Principal,
+    id: ApiKeyId,
+) -> AppResult<ApiKeyRow> {
+    let now = db_time(app.clock.now());
+    let audit = crate::audit::Entry::change(origin, "apikey.revoked", "api_key", id, None, now)
+        .severity(crate::audit::Severity::Warning);
+    let row = app
+        .db
+        .tx(p.tenant_id, async |conn| {
+            let (changed, row) = store::revoke_api_key(conn, p.tenant_id, id, now).await?;
+            if changed {
+                crate::audit::append(conn, &audit).await?;
+            }
+            Ok(row)
+        })
+        .await?
+        .ok_or_else(|| AppError::not_found("API key"))?;
+    app.rights_changed();
+    Ok(row)
+}
