@@ -85,19 +85,16 @@ pub async fn pause(
     p: &Principal,
     id: ScheduleId,
 ) -> AppResult<ScheduleRow> {
-    let mut row = visible(app, p, id).await?;
-    let now = db_time(app.clock.now());
-    let audit = audit(origin, "schedule.paused", &row, now);
-    app.db
-        .tx(row.tenant_id, async |conn| {
-            set_state(conn, &row, ScheduleStatus::Paused, None, now).await?;
-            crate::audit::append(conn, &audit).await?;
-            Ok(())
-        })
-        .await?;
-    row.status = ScheduleStatus::Paused;
-    row.next_run_at = None;
-    Ok(row)
+    let row = visible(app, p, id).await?;
+    set_status(
+        app,
+        origin,
+        row,
+        ScheduleStatus::Paused,
+        None,
+        "schedule.paused",
+    )
+    .await
 }
 
 /// Makes a paused schedule fire again, from the next tick after now; an active one is
@@ -108,23 +105,44 @@ pub async fn resume(
     p: &Principal,
     id: ScheduleId,
 ) -> AppResult<ScheduleRow> {
-    let mut row = visible(app, p, id).await?;
+    let row = visible(app, p, id).await?;
     if row.status == ScheduleStatus::Active {
         return Ok(row);
     }
     let spec = CronSpec::parse(&row.cron, &row.timezone)?;
     let next = spec.next_after(app.clock.now()).map(db_time);
+    set_status(
+        app,
+        origin,
+        row,
+        ScheduleStatus::Active,
+        next,
+        "schedule.resumed",
+    )
+    .await
+}
+
+/// Writes a schedule's status and next run with its audit record.
+async fn set_status(
+    app: &App,
+    origin: &Origin,
+    mut row: ScheduleRow,
+    status: ScheduleStatus,
+    next: Option<chrono::NaiveDateTime>,
+    action: &str,
+) -> AppResult<ScheduleRow> {
     let now = db_time(app.clock.now());
-    let audit = audit(origin, "schedule.resumed", &row, now);
+    let audit = audit(origin, action, &row, now);
     app.db
         .tx(row.tenant_id, async |conn| {
-            set_state(conn, &row, ScheduleStatus::Active, next, now).await?;
+            set_state(conn, &row, status, next, now).await?;
             crate::audit::append(conn, &audit).await?;
             Ok(())
         })
         .await?;
-    row.status = ScheduleStatus::Active;
+    row.status = status;
     row.next_run_at = next;
+    row.updated_at = now;
     Ok(row)
 }
 
