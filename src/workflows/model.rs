@@ -64,7 +64,7 @@ pub struct WorkflowRow {
     /// `user:<id>` or `apikey:<id>`.
     pub created_by: String,
     /// The team, for TEAM visibility.
-    pub team_id: Option<String>,
+    pub team_id: Option<crate::tenancy::teams::TeamId>,
     /// The draft definition (validated JSON).
     pub definition: String,
     /// Newest published version number; 0 before the first publish.

@@ -303,14 +303,14 @@ pub async fn update(
                 "a workflow without an owning user cannot be PRIVATE",
             ));
         }
-        row.team_id =
-            match changes.team_id {
-                Some(t) => team_for(app, p, vis, Some(t)).await?,
-                None if vis == Visibility::Team => Some(row.team_id.clone().ok_or_else(|| {
-                    AppError::bad_input("teamId", "TEAM visibility needs a team")
-                })?),
-                None => row.team_id.clone(),
-            };
+        row.team_id = match changes.team_id {
+            Some(t) => team_for(app, p, vis, Some(t)).await?,
+            None if vis == Visibility::Team => Some(
+                row.team_id
+                    .ok_or_else(|| AppError::bad_input("teamId", "TEAM visibility needs a team"))?,
+            ),
+            None => row.team_id,
+        };
         row.visibility = vis;
     }
     row.updated_at = db_time(app.clock.now());
@@ -407,7 +407,7 @@ async fn team_for(
     p: &Principal,
     visibility: Visibility,
     team: Option<TeamId>,
-) -> AppResult<Option<String>> {
+) -> AppResult<Option<TeamId>> {
     match (visibility, team) {
         (Visibility::Team, None) => Err(AppError::bad_input(
             "teamId",
@@ -421,7 +421,7 @@ async fn team_for(
                     "this requires the teams.read permission",
                 ));
             }
-            Ok(Some(t.id.to_string()))
+            Ok(Some(t.id))
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::db::Conn;
 use crate::db::schema::{team_members, workflow_versions, workflows};
 use crate::error::AppResult;
 use crate::on_conn;
+use crate::tenancy::teams::TeamId;
 use crate::tenancy::{TenantId, UserId};
 
 diesel::define_sql_function!(
@@ -58,13 +59,13 @@ fn like_escape(s: &str) -> String {
 }
 
 /// Ids of the teams a user belongs to.
-async fn teams_of(conn: &mut Conn<'_>, tenant: TenantId, user: UserId) -> AppResult<Vec<String>> {
+async fn teams_of(conn: &mut Conn<'_>, tenant: TenantId, user: UserId) -> AppResult<Vec<TeamId>> {
     Ok(on_conn!(conn, |conn| {
         team_members::table
             .filter(team_members::tenant_id.eq(tenant))
             .filter(team_members::user_id.eq(user))
             .select(team_members::team_id)
-            .load::<String>(conn)
+            .load::<TeamId>(conn)
             .await?
     }))
 }

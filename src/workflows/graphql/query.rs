@@ -14,11 +14,7 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
             .map_err(load_error)?;
     }
     if node.field("team").exists() {
-        let teams = rows
-            .iter()
-            .filter_map(|r| r.team_id.as_deref())
-            .filter_map(|t| uuid::Uuid::parse_str(t).ok())
-            .map(crate::tenancy::teams::TeamId);
+        let teams = rows.iter().filter_map(|r| r.team_id);
         loaders.teams.load_many(teams).await.map_err(load_error)?;
     }
     if node.field("recentExecutions").exists() {

@@ -86,10 +86,7 @@ impl Workflow {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::tenancy::graphql::Team>> {
-        let Some(t) = &self.0.team_id else {
-            return Ok(None);
-        };
-        let Ok(uuid) = uuid::Uuid::parse_str(t) else {
+        let Some(team) = self.0.team_id else {
             return Ok(None);
         };
         if !principal(ctx)?.permissions.contains(&Permission::TeamsRead) {
@@ -97,7 +94,7 @@ impl Workflow {
         }
         Ok(Loaders::of(ctx)?
             .teams
-            .load_one(crate::tenancy::teams::TeamId(uuid))
+            .load_one(team)
             .await
             .map_err(load_error)?
             .map(crate::tenancy::graphql::Team))
