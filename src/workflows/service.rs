@@ -99,6 +99,20 @@ pub async fn get(app: &App, p: &Principal, id: WorkflowId) -> AppResult<Workflow
     Ok(row)
 }
 
+/// A published version of a workflow the caller is already known to see (the latest
+/// when `version` is `None`).
+pub async fn version_of(
+    app: &App,
+    wf: &WorkflowRow,
+    version: Option<i64>,
+) -> AppResult<Option<WorkflowVersionRow>> {
+    app.db
+        .read(wf.tenant_id, async |conn| {
+            store::find_version(conn, wf.tenant_id, wf.id, version).await
+        })
+        .await
+}
+
 /// A visible workflow and one of its published versions (the latest when `version` is
 /// `None`): what an execution runs.
 pub async fn runnable_version(

@@ -311,14 +311,23 @@ pub async fn cancel(
 /// An execution the caller may see (its workflow is visible to it); `NOT_FOUND`
 /// otherwise, whether it is missing, in another tenant or behind a hidden workflow.
 pub async fn visible(app: &App, p: &Principal, id: ExecutionId) -> AppResult<ExecutionRow> {
+    Ok(visible_with_workflow(app, p, id).await?.0)
+}
+
+/// [`visible`], with the workflow it proved visible.
+async fn visible_with_workflow(
+    app: &App,
+    p: &Principal,
+    id: ExecutionId,
+) -> AppResult<(ExecutionRow, WorkflowRow)> {
     let row = find(app, p.tenant_id, id).await?;
-    crate::workflows::service::visible(app, p, row.workflow_id)
+    let wf = crate::workflows::service::visible(app, p, row.workflow_id)
         .await
         .map_err(|e| match e.code() {
             ErrorCode::NotFound => AppError::not_found("execution"),
             _ => e,
         })?;
-    Ok(row)
+    Ok((row, wf))
 }
 
 /// An execution the caller may read: [`visible`], then `executions.read`.
@@ -394,7 +403,7 @@ pub async fn retry(
     p: &Principal,
     id: ExecutionId,
 ) -> AppResult<ExecutionRow> {
-    let old = visible(app, p, id).await?;
+    let (old, wf) = visible_with_workflow(app, p, id).await?;
     if !matches!(
         old.status,
         ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Cancelled
@@ -404,13 +413,9 @@ pub async fn retry(
             old.status
         )));
     }
-    let (wf, version) =
-        crate::workflows::service::runnable_version(app, p, old.workflow_id, Some(old.version))
-            .await
-            .map_err(|e| match e.code() {
-                ErrorCode::BadUserInput => AppError::not_found("workflow version"),
-                _ => e,
-            })?;
+    let version = crate::workflows::service::version_of(app, &wf, Some(old.version))
+        .await?
+        .ok_or_else(|| AppError::not_found("workflow version"))?;
     let (row, _) = start(
         app,
         &wf,
