@@ -187,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
             false,
             now,
         );
-        agentplane::tenancy::store::insert(&app.db, &t)
+        app.db
+            .tx("", async |c| {
+                agentplane::tenancy::store::insert(c, &t).await
+            })
             .await
             .map_err(agentplane::error::AppError::into_anyhow)?;
         tenants.push(t);

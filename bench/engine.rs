@@ -112,7 +112,10 @@ async fn main() -> anyhow::Result<()> {
         now,
     );
     tenant.max_concurrent_executions = 10_000;
-    agentplane::tenancy::store::insert(&app.db, &tenant)
+    app.db
+        .tx("", async |c| {
+            agentplane::tenancy::store::insert(c, &tenant).await
+        })
         .await
         .map_err(agentplane::error::AppError::into_anyhow)?;
     let definition = serde_json::json!({ "steps": [

@@ -10,7 +10,6 @@ use crate::db::ids::db_time;
 use crate::error::ErrorCode;
 use crate::rbac::BuiltinRole;
 use crate::tenancy::model::Plan;
-use crate::tenancy::model::{new_tenant_row, new_user_row};
 
 /// What bootstrap created.
 #[derive(Debug)]
@@ -91,25 +90,50 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
         return Ok(None);
     }
     let now = db_time(app.clock.now());
-    let tenant = new_tenant_row("demo", "Demo organization", Plan::Pro, false, now);
-    crate::tenancy::store::insert(&app.db, &tenant)
-        .await
-        .map_err(crate::error::AppError::into_anyhow)?;
+    let into = crate::error::AppError::into_anyhow;
+    let origin = crate::audit::Origin::system("");
     let mut accounts = Vec::new();
     let mut members = Vec::new();
+    let mut tenant = None;
+    // Through the same services as the API: each account is created (and recorded) in
+    // one transaction, the tenant with its owner.
     for role in BuiltinRole::TENANT_ROLES {
         let email = format!("{}@demo.agentplane.local", role.as_str().to_lowercase());
-        let mut user = new_user_row(tenant.id, &email, role.as_str(), role.as_str(), now)
-            .map_err(crate::error::AppError::into_anyhow)?;
         let password = crate::auth::passwords::random_secret(18);
-        user.password_hash = Some(
-            crate::auth::service::hash_blocking(&password)
+        let new = NewUser {
+            email: &email,
+            display_name: role.as_str(),
+            credential: Credential::Hash(
+                crate::auth::service::hash_blocking(&password)
+                    .await
+                    .map_err(into)?,
+            ),
+        };
+        let user = match &tenant {
+            None => {
+                let created = crate::tenancy::service::create_tenant(
+                    app,
+                    &origin,
+                    NewTenant {
+                        slug: "demo",
+                        name: "Demo organization",
+                        plan: Plan::Pro,
+                        is_system: false,
+                    },
+                    new,
+                )
                 .await
-                .map_err(crate::error::AppError::into_anyhow)?,
-        );
-        crate::tenancy::store::insert_user(&app.db, &user)
-            .await
-            .map_err(crate::error::AppError::into_anyhow)?;
+                .map_err(into)?;
+                tenant = created.tenant;
+                created.user
+            }
+            Some(t) => {
+                crate::tenancy::service::create_user(app, &origin, t, new, role.as_str(), false)
+                    .await
+                    .map_err(into)?
+                    .user
+            }
+        };
         members.push((user.id, *role == BuiltinRole::Owner));
         accounts.push(DemoAccount {
             email,
@@ -117,6 +141,9 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
             password,
         });
     }
+    let Some(tenant) = tenant else {
+        return Ok(Some(accounts));
+    };
     crate::tenancy::service::teams::seed(app, tenant.id, "demo-team", &members, now)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;

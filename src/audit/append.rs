@@ -1,6 +1,79 @@
-//! Appending outside a change's transaction: one record (`record`) or many (`append_many`, seeding).
+//! Appending to a chain: inside the caller's transaction (`append`), in one of its own
+//! (`record`, for events that change nothing), or many at once (`append_many`, seeding).
 
 use super::*;
+
+/// Appends an [`Entry`] to its tenant's chain on `$conn`, inside the caller's transaction
+/// (a `DbPool::tx`). Evaluates to `Result<RecordRow, AppError>`. A macro because the body is
+/// expanded once per backend. Serialization: the chain head row is locked first (a
+/// no-op UPDATE; SQLite's write transaction already serializes).
+macro_rules! audit_append {
+    ($conn:expr, $entry:expr) => {{
+        async {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            use $crate::db::schema::{audit_actors, audit_heads, audit_log};
+            let e: &$crate::audit::Entry = $entry;
+            diesel::insert_into(audit_heads::table)
+                .values((
+                    audit_heads::tenant_id.eq(&e.tenant_id),
+                    audit_heads::seq.eq(0i64),
+                    audit_heads::hash.eq($crate::audit::GENESIS),
+                    audit_heads::checkpoint_seq.eq(0i64),
+                    audit_heads::checkpoint_hash.eq($crate::audit::GENESIS),
+                ))
+                .on_conflict_do_nothing()
+                .execute(&mut *$conn)
+                .await?;
+            diesel::update(audit_heads::table.find(&e.tenant_id))
+                .set(audit_heads::seq.eq(audit_heads::seq))
+                .execute(&mut *$conn)
+                .await?;
+            let (seq, prev): (i64, String) = audit_heads::table
+                .find(&e.tenant_id)
+                .select((audit_heads::seq, audit_heads::hash))
+                .first(&mut *$conn)
+                .await?;
+            let pseudonym: Option<String> = match &e.actor_ref {
+                None => None,
+                Some(r) => {
+                    diesel::insert_into(audit_actors::table)
+                        .values((
+                            audit_actors::pseudonym.eq(uuid::Uuid::now_v7().to_string()),
+                            audit_actors::tenant_id.eq(&e.tenant_id),
+                            audit_actors::actor_ref.eq(r),
+                            audit_actors::created_at.eq(e.at),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(&mut *$conn)
+                        .await?;
+                    Some(
+                        audit_actors::table
+                            .filter(audit_actors::tenant_id.eq(&e.tenant_id))
+                            .filter(audit_actors::actor_ref.eq(r))
+                            .select(audit_actors::pseudonym)
+                            .first::<String>(&mut *$conn)
+                            .await?,
+                    )
+                }
+            };
+            let rec = $crate::audit::RecordRow::seal(e, pseudonym, seq + 1, prev);
+            diesel::insert_into(audit_log::table)
+                .values(&rec)
+                .execute(&mut *$conn)
+                .await?;
+            diesel::update(audit_heads::table.find(&e.tenant_id))
+                .set((
+                    audit_heads::seq.eq(rec.seq),
+                    audit_heads::hash.eq(&rec.hash),
+                ))
+                .execute(&mut *$conn)
+                .await?;
+            Ok::<_, $crate::error::AppError>(rec)
+        }
+        .await
+    }};
+}
 
 /// Appends `entry` to its tenant's chain on the caller's connection, inside the caller's
 /// transaction ([`crate::db::DbPool::tx`]): the record commits with the change it
@@ -10,15 +83,15 @@ pub async fn append(conn: &mut crate::db::Conn<'_>, entry: &Entry) -> AppResult<
     let keys = conn.chain_keys();
     chain::CURRENT
         .scope(keys, async {
-            crate::on_conn!(conn, |c| crate::audit_append!(c, entry))
+            crate::on_conn!(conn, |c| audit_append!(c, entry))
         })
         .await
 }
 
 /// Appends a record in a transaction of its own: for events that change nothing.
 pub async fn record(db: &DbPool, entry: &Entry) -> AppResult<RecordRow> {
-    let tenant = entry.tenant_id.clone();
-    crate::db_tx!(db, tenant, |conn| crate::audit_append!(conn, entry))
+    db.tx(&entry.tenant_id, async |conn| append(conn, entry).await)
+        .await
 }
 
 /// Appends many entries to one tenant's chain in a single transaction, in order: for

@@ -110,7 +110,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 tokio::task_local! {
-    /// The chain keys of the pool a transaction runs on (`db_tx!` sets it).
+    /// The chain keys of the pool a record is appended on (`audit::append` sets it).
     pub static CURRENT: Option<Arc<ChainKeys>>;
 }
 

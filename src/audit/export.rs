@@ -11,9 +11,9 @@ use futures_util::Stream;
 
 use super::RecordRow;
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::schema::audit_log;
 use crate::error::{AppError, AppResult};
-use crate::tenancy::TenantId;
 
 /// Records per read.
 pub const BATCH: i64 = 1000;

@@ -1,8 +1,8 @@
 //! The audit trail: append-only, one hash chain per tenant.
 //!
-//! A change and its record are written in one transaction: store functions that change
-//! something call [`audit_append!`] inside their `db_tx!` body, so there is no change
-//! without its record and no record of a change that rolled back. Security events that
+//! A change and its record are written in one transaction: a service that changes
+//! something calls [`append`] on the connection of its [`DbPool::tx`](crate::db::DbPool::tx),
+//! so there is no change without its record and no record of a change that rolled back. Security events that
 //! change nothing (failed sign-ins, refused requests, token reuse) are appended on their
 //! own with [`record`].
 //!
@@ -204,79 +204,6 @@ impl Origin {
             request_id: None,
         }
     }
-}
-
-/// Appends an [`Entry`] to its tenant's chain on `$conn`, inside the caller's transaction
-/// (`db_tx!`). Evaluates to `Result<RecordRow, AppError>`. A macro because the body is
-/// expanded once per backend. Serialization: the chain head row is locked first (a
-/// no-op UPDATE; SQLite's write transaction already serializes).
-#[macro_export]
-macro_rules! audit_append {
-    ($conn:expr, $entry:expr) => {{
-        async {
-            use diesel::prelude::*;
-            use diesel_async::RunQueryDsl;
-            use $crate::db::schema::{audit_actors, audit_heads, audit_log};
-            let e: &$crate::audit::Entry = $entry;
-            diesel::insert_into(audit_heads::table)
-                .values((
-                    audit_heads::tenant_id.eq(&e.tenant_id),
-                    audit_heads::seq.eq(0i64),
-                    audit_heads::hash.eq($crate::audit::GENESIS),
-                    audit_heads::checkpoint_seq.eq(0i64),
-                    audit_heads::checkpoint_hash.eq($crate::audit::GENESIS),
-                ))
-                .on_conflict_do_nothing()
-                .execute(&mut *$conn)
-                .await?;
-            diesel::update(audit_heads::table.find(&e.tenant_id))
-                .set(audit_heads::seq.eq(audit_heads::seq))
-                .execute(&mut *$conn)
-                .await?;
-            let (seq, prev): (i64, String) = audit_heads::table
-                .find(&e.tenant_id)
-                .select((audit_heads::seq, audit_heads::hash))
-                .first(&mut *$conn)
-                .await?;
-            let pseudonym: Option<String> = match &e.actor_ref {
-                None => None,
-                Some(r) => {
-                    diesel::insert_into(audit_actors::table)
-                        .values((
-                            audit_actors::pseudonym.eq(uuid::Uuid::now_v7().to_string()),
-                            audit_actors::tenant_id.eq(&e.tenant_id),
-                            audit_actors::actor_ref.eq(r),
-                            audit_actors::created_at.eq(e.at),
-                        ))
-                        .on_conflict_do_nothing()
-                        .execute(&mut *$conn)
-                        .await?;
-                    Some(
-                        audit_actors::table
-                            .filter(audit_actors::tenant_id.eq(&e.tenant_id))
-                            .filter(audit_actors::actor_ref.eq(r))
-                            .select(audit_actors::pseudonym)
-                            .first::<String>(&mut *$conn)
-                            .await?,
-                    )
-                }
-            };
-            let rec = $crate::audit::RecordRow::seal(e, pseudonym, seq + 1, prev);
-            diesel::insert_into(audit_log::table)
-                .values(&rec)
-                .execute(&mut *$conn)
-                .await?;
-            diesel::update(audit_heads::table.find(&e.tenant_id))
-                .set((
-                    audit_heads::seq.eq(rec.seq),
-                    audit_heads::hash.eq(&rec.hash),
-                ))
-                .execute(&mut *$conn)
-                .await?;
-            Ok::<_, $crate::error::AppError>(rec)
-        }
-        .await
-    }};
 }
 
 /// Replaces values of secret-looking keys with `"[REDACTED]"`, recursively.

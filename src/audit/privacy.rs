@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::audit::Origin;
 use crate::auth::Principal;
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
     api_keys, audit_actors, audit_heads, audit_log, login_attempts, password_tokens,
@@ -29,7 +30,6 @@ use crate::db::schema::{
 };
 use crate::error::{AppError, AppResult};
 use crate::graphql::relay::{NodeKind, to_global_id};
-use crate::tenancy::TenantId;
 use crate::tenancy::model::{UserId, UserRow, UserStatus};
 
 fn t(v: Option<NaiveDateTime>) -> Value {
@@ -222,102 +222,121 @@ pub async fn erase(
         crate::auth::service::throttle_account(&user.email.to_lowercase())
     );
     let erased_email = format!("erased-{uid}@erased.invalid");
-    crate::db_tx!(db, tenant, |conn| {
-        // The tenant's chain lock first (as audit appends take it), so concurrent
-        // erasures and demotions check the owner count one after the other.
-        diesel::update(audit_heads::table.find(&tid))
-            .set(audit_heads::seq.eq(audit_heads::seq))
+    db.tx(tenant, async |conn| {
+        let (pseudonymized, sessions_deleted, keys_revoked) = crate::on_conn!(conn, |conn| {
+            // The tenant's chain lock first (as audit appends take it), so concurrent
+            // erasures and demotions check the owner count one after the other.
+            diesel::update(audit_heads::table.find(&tid))
+                .set(audit_heads::seq.eq(audit_heads::seq))
+                .execute(&mut *conn)
+                .await?;
+            let was_owner = crate::tenancy::store::is_active_owner!(conn, &tid, &uid)
+                .ok_or_else(|| AppError::not_found("user"))?;
+            let keys_revoked =
+                crate::tenancy::store::revoke_keys_created_by!(conn, &tid, &actor_ref, now);
+            diesel::update(
+                users::table
+                    .filter(users::tenant_id.eq(&tid))
+                    .filter(users::id.eq(&uid)),
+            )
+            .set((
+                users::email.eq(&erased_email),
+                users::display_name.eq("Erased user"),
+                users::password_hash.eq(None::<String>),
+                users::status.eq(UserStatus::Erased),
+                users::last_login_at.eq(None::<NaiveDateTime>),
+                users::updated_at.eq(now),
+            ))
             .execute(&mut *conn)
             .await?;
-        let was_owner = crate::tenancy::store::is_active_owner!(conn, &tid, &uid)
-            .ok_or_else(|| AppError::not_found("user"))?;
-        let keys_revoked =
-            crate::tenancy::store::revoke_keys_created_by!(conn, &tid, &actor_ref, now);
-        diesel::update(
-            users::table
-                .filter(users::tenant_id.eq(&tid))
-                .filter(users::id.eq(&uid)),
-        )
-        .set((
-            users::email.eq(&erased_email),
-            users::display_name.eq("Erased user"),
-            users::password_hash.eq(None::<String>),
-            users::status.eq(UserStatus::Erased),
-            users::last_login_at.eq(None::<NaiveDateTime>),
-            users::updated_at.eq(now),
-        ))
-        .execute(&mut *conn)
-        .await?;
-        if was_owner {
-            crate::tenancy::store::ensure_an_owner!(conn, &tid);
-        }
-        diesel::delete(
-            team_members::table
-                .filter(team_members::tenant_id.eq(&tid))
-                .filter(team_members::user_id.eq(&uid)),
-        )
-        .execute(&mut *conn)
-        .await?;
-        let session_ids: Vec<String> = sessions::table
-            .filter(sessions::tenant_id.eq(&tid))
-            .filter(sessions::user_id.eq(&uid))
-            .select(sessions::id)
-            .load(&mut *conn)
-            .await?;
-        diesel::delete(
-            refresh_tokens::table.filter(refresh_tokens::session_id.eq_any(&session_ids)),
-        )
-        .execute(&mut *conn)
-        .await?;
-        let sessions_deleted = diesel::delete(
-            sessions::table
-                .filter(sessions::tenant_id.eq(&tid))
-                .filter(sessions::user_id.eq(&uid)),
-        )
-        .execute(&mut *conn)
-        .await?;
-        diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
-            .execute(&mut *conn)
-            .await?;
-        diesel::delete(login_attempts::table.filter(login_attempts::key.like(&throttle_keys)))
-            .execute(&mut *conn)
-            .await?;
-        let pseudonymized: usize = if pg {
-            // Only the guarded function may touch audit records on PostgreSQL.
-            #[derive(diesel::QueryableByName)]
-            struct Cleared {
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                n: i64,
+            if was_owner {
+                crate::tenancy::store::ensure_an_owner!(conn, &tid);
             }
-            let cleared: Cleared =
-                diesel::sql_query("SELECT agentplane_audit_erase($1, $2, $3) AS n")
-                    .bind::<diesel::sql_types::Text, _>(&tid)
-                    .bind::<diesel::sql_types::Text, _>(&uid)
-                    .bind::<diesel::sql_types::Timestamp, _>(now)
-                    .get_result(&mut *conn)
-                    .await?;
-            usize::try_from(cleared.n).unwrap_or(0)
-        } else {
-            let pseudonym: Option<String> = audit_actors::table
-                .filter(audit_actors::tenant_id.eq(&tid))
-                .filter(audit_actors::actor_ref.eq(&actor_ref))
-                .select(audit_actors::pseudonym)
-                .first(&mut *conn)
-                .await
-                .optional()?;
-            let mut pseudonymized = 0;
-            if let Some(ps) = &pseudonym {
-                diesel::update(audit_actors::table.find(ps))
+            diesel::delete(
+                team_members::table
+                    .filter(team_members::tenant_id.eq(&tid))
+                    .filter(team_members::user_id.eq(&uid)),
+            )
+            .execute(&mut *conn)
+            .await?;
+            let session_ids: Vec<String> = sessions::table
+                .filter(sessions::tenant_id.eq(&tid))
+                .filter(sessions::user_id.eq(&uid))
+                .select(sessions::id)
+                .load(&mut *conn)
+                .await?;
+            diesel::delete(
+                refresh_tokens::table.filter(refresh_tokens::session_id.eq_any(&session_ids)),
+            )
+            .execute(&mut *conn)
+            .await?;
+            let sessions_deleted = diesel::delete(
+                sessions::table
+                    .filter(sessions::tenant_id.eq(&tid))
+                    .filter(sessions::user_id.eq(&uid)),
+            )
+            .execute(&mut *conn)
+            .await?;
+            diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
+                .execute(&mut *conn)
+                .await?;
+            diesel::delete(login_attempts::table.filter(login_attempts::key.like(&throttle_keys)))
+                .execute(&mut *conn)
+                .await?;
+            let pseudonymized: usize = if pg {
+                // Only the guarded function may touch audit records on PostgreSQL.
+                #[derive(diesel::QueryableByName)]
+                struct Cleared {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let cleared: Cleared =
+                    diesel::sql_query("SELECT agentplane_audit_erase($1, $2, $3) AS n")
+                        .bind::<diesel::sql_types::Text, _>(&tid)
+                        .bind::<diesel::sql_types::Text, _>(&uid)
+                        .bind::<diesel::sql_types::Timestamp, _>(now)
+                        .get_result(&mut *conn)
+                        .await?;
+                usize::try_from(cleared.n).unwrap_or(0)
+            } else {
+                let pseudonym: Option<String> = audit_actors::table
+                    .filter(audit_actors::tenant_id.eq(&tid))
+                    .filter(audit_actors::actor_ref.eq(&actor_ref))
+                    .select(audit_actors::pseudonym)
+                    .first(&mut *conn)
+                    .await
+                    .optional()?;
+                let mut pseudonymized = 0;
+                if let Some(ps) = &pseudonym {
+                    diesel::update(audit_actors::table.find(ps))
+                        .set((
+                            audit_actors::actor_ref.eq(None::<String>),
+                            audit_actors::erased_at.eq(Some(now)),
+                        ))
+                        .execute(&mut *conn)
+                        .await?;
+                    pseudonymized += diesel::update(
+                        audit_log::table
+                            .filter(audit_log::tenant_id.eq(&tid))
+                            .filter(audit_log::actor_id.eq(ps))
+                            .filter(audit_log::context_hash.is_not_null())
+                            .filter(audit_log::context_salt.is_not_null()),
+                    )
                     .set((
-                        audit_actors::actor_ref.eq(None::<String>),
-                        audit_actors::erased_at.eq(Some(now)),
+                        audit_log::ip.eq(None::<String>),
+                        audit_log::user_agent.eq(None::<String>),
+                        audit_log::context_salt.eq(None::<String>),
                     ))
                     .execute(&mut *conn)
                     .await?;
+                }
+                // Failed sign-ins against the account carry the client's address too.
                 pseudonymized += diesel::update(
                     audit_log::table
                         .filter(audit_log::tenant_id.eq(&tid))
-                        .filter(audit_log::actor_id.eq(ps))
+                        .filter(audit_log::actor_type.eq("ANONYMOUS"))
+                        .filter(audit_log::resource_type.eq("user"))
+                        .filter(audit_log::resource_id.eq(&uid))
                         .filter(audit_log::context_hash.is_not_null())
                         .filter(audit_log::context_salt.is_not_null()),
                 )
@@ -328,38 +347,23 @@ pub async fn erase(
                 ))
                 .execute(&mut *conn)
                 .await?;
-            }
-            // Failed sign-ins against the account carry the client's address too.
-            pseudonymized += diesel::update(
-                audit_log::table
-                    .filter(audit_log::tenant_id.eq(&tid))
-                    .filter(audit_log::actor_type.eq("ANONYMOUS"))
-                    .filter(audit_log::resource_type.eq("user"))
-                    .filter(audit_log::resource_id.eq(&uid))
-                    .filter(audit_log::context_hash.is_not_null())
-                    .filter(audit_log::context_salt.is_not_null()),
-            )
-            .set((
-                audit_log::ip.eq(None::<String>),
-                audit_log::user_agent.eq(None::<String>),
-                audit_log::context_salt.eq(None::<String>),
-            ))
-            .execute(&mut *conn)
-            .await?;
-            pseudonymized
-        };
+                pseudonymized
+            };
+            (pseudonymized, sessions_deleted, keys_revoked)
+        });
         let mut audit = audit.clone();
         audit.changes = Some(json!({
             "auditRecordsPseudonymized": pseudonymized,
             "sessionsDeleted": sessions_deleted,
             "apiKeysRevoked": keys_revoked,
         }));
-        crate::audit_append!(conn, &audit)?;
+        super::append(conn, &audit).await?;
         Ok(Erased {
             records_pseudonymized: i64::try_from(pseudonymized).unwrap_or(0),
             sessions_deleted: i64::try_from(sessions_deleted).unwrap_or(0),
         })
     })
+    .await
 }
 
 async fn target(app: &App, tenant: TenantId, id: UserId) -> AppResult<UserRow> {

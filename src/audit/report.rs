@@ -10,11 +10,11 @@ use diesel_async::RunQueryDsl;
 use crate::app::App;
 use crate::audit::Origin;
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{audit_actors, audit_log};
 use crate::error::AppError;
 use crate::error::AppResult;
-use crate::tenancy::TenantId;
 
 /// How many actors `topActors` lists.
 pub const TOP_ACTORS: usize = 10;

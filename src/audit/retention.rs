@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::ids::db_time;
 use crate::db::schema::{audit_heads, audit_log, executions, tenants};
 use crate::error::AppResult;
 use crate::executions::model::ExecutionStatus;
-use crate::tenancy::TenantId;
 
 /// Audit records deleted per transaction.
 pub const AUDIT_BATCH: i64 = 1000;
@@ -51,78 +51,81 @@ async fn audit_batch(
     let pg = matches!(db, DbPool::Postgres(_));
     let t = tenant.to_string();
     let keys = db.chain_keys();
-    crate::db_tx!(db, tenant, |conn| {
-        // Lock the chain head: appends and other retention runs wait for this batch.
-        let locked = diesel::update(audit_heads::table.find(&t))
-            .set(audit_heads::seq.eq(audit_heads::seq))
-            .execute(&mut *conn)
-            .await?;
-        if locked == 0 {
-            return Ok((0, 0));
-        }
-        let checkpoint: i64 = audit_heads::table
-            .find(&t)
-            .select(audit_heads::checkpoint_seq)
-            .first(&mut *conn)
-            .await?;
-        let rows: Vec<(i64, NaiveDateTime, String)> = audit_log::table
-            .filter(audit_log::tenant_id.eq(&t))
-            .filter(audit_log::seq.gt(checkpoint))
-            .order(audit_log::seq.asc())
-            .limit(AUDIT_BATCH)
-            .select((audit_log::seq, audit_log::created_at, audit_log::hash))
-            .load(&mut *conn)
-            .await?;
-        // The expired prefix, in chain order, with no gap.
-        let mut last: Option<(i64, String)> = None;
-        for (expect, (seq, at, hash)) in (checkpoint + 1..).zip(rows) {
-            if at >= cutoff || seq != expect {
-                break;
+    db.tx(tenant, async |conn| {
+        crate::on_conn!(conn, |conn| {
+            // Lock the chain head: appends and other retention runs wait for this batch.
+            let locked = diesel::update(audit_heads::table.find(&t))
+                .set(audit_heads::seq.eq(audit_heads::seq))
+                .execute(&mut *conn)
+                .await?;
+            if locked == 0 {
+                return Ok((0, 0));
             }
-            last = Some((seq, hash));
-        }
-        let Some((last_seq, last_hash)) = last else {
-            return Ok((0, checkpoint));
-        };
-        // The new checkpoint is signed: moving it without the chain key is detected.
-        let sig = keys
-            .as_deref()
-            .and_then(super::chain::ChainKeys::current)
-            .map(|k| k.tag(&super::chain::checkpoint_message(&t, last_seq, &last_hash)));
-        if pg {
-            // Only the guarded function may delete audit records on PostgreSQL.
-            #[derive(diesel::QueryableByName)]
-            struct Pruned {
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                n: i64,
-            }
-            let pruned: Pruned =
-                diesel::sql_query("SELECT agentplane_audit_prune($1, $2, $3) AS n")
-                    .bind::<diesel::sql_types::Text, _>(&t)
-                    .bind::<diesel::sql_types::BigInt, _>(last_seq)
-                    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(&sig)
-                    .get_result(&mut *conn)
-                    .await?;
-            return Ok((pruned.n, last_seq));
-        }
-        let deleted = diesel::delete(
-            audit_log::table
+            let checkpoint: i64 = audit_heads::table
+                .find(&t)
+                .select(audit_heads::checkpoint_seq)
+                .first(&mut *conn)
+                .await?;
+            let rows: Vec<(i64, NaiveDateTime, String)> = audit_log::table
                 .filter(audit_log::tenant_id.eq(&t))
                 .filter(audit_log::seq.gt(checkpoint))
-                .filter(audit_log::seq.le(last_seq)),
-        )
-        .execute(&mut *conn)
-        .await?;
-        diesel::update(audit_heads::table.find(&t))
-            .set((
-                audit_heads::checkpoint_seq.eq(last_seq),
-                audit_heads::checkpoint_hash.eq(&last_hash),
-                audit_heads::checkpoint_sig.eq(&sig),
-            ))
+                .order(audit_log::seq.asc())
+                .limit(AUDIT_BATCH)
+                .select((audit_log::seq, audit_log::created_at, audit_log::hash))
+                .load(&mut *conn)
+                .await?;
+            // The expired prefix, in chain order, with no gap.
+            let mut last: Option<(i64, String)> = None;
+            for (expect, (seq, at, hash)) in (checkpoint + 1..).zip(rows) {
+                if at >= cutoff || seq != expect {
+                    break;
+                }
+                last = Some((seq, hash));
+            }
+            let Some((last_seq, last_hash)) = last else {
+                return Ok((0, checkpoint));
+            };
+            // The new checkpoint is signed: moving it without the chain key is detected.
+            let sig = keys
+                .as_deref()
+                .and_then(super::chain::ChainKeys::current)
+                .map(|k| k.tag(&super::chain::checkpoint_message(&t, last_seq, &last_hash)));
+            if pg {
+                // Only the guarded function may delete audit records on PostgreSQL.
+                #[derive(diesel::QueryableByName)]
+                struct Pruned {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let pruned: Pruned =
+                    diesel::sql_query("SELECT agentplane_audit_prune($1, $2, $3) AS n")
+                        .bind::<diesel::sql_types::Text, _>(&t)
+                        .bind::<diesel::sql_types::BigInt, _>(last_seq)
+                        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(&sig)
+                        .get_result(&mut *conn)
+                        .await?;
+                return Ok((pruned.n, last_seq));
+            }
+            let deleted = diesel::delete(
+                audit_log::table
+                    .filter(audit_log::tenant_id.eq(&t))
+                    .filter(audit_log::seq.gt(checkpoint))
+                    .filter(audit_log::seq.le(last_seq)),
+            )
             .execute(&mut *conn)
             .await?;
-        Ok((i64::try_from(deleted).unwrap_or(0), last_seq))
+            diesel::update(audit_heads::table.find(&t))
+                .set((
+                    audit_heads::checkpoint_seq.eq(last_seq),
+                    audit_heads::checkpoint_hash.eq(&last_hash),
+                    audit_heads::checkpoint_sig.eq(&sig),
+                ))
+                .execute(&mut *conn)
+                .await?;
+            Ok((i64::try_from(deleted).unwrap_or(0), last_seq))
+        })
     })
+    .await
 }
 
 /// Deletes one batch of `tenant`'s finished executions older than `cutoff` and created
@@ -134,33 +137,36 @@ async fn execution_batch(
     keep_from: NaiveDateTime,
 ) -> AppResult<i64> {
     let t = tenant.to_string();
-    crate::db_tx!(db, tenant, |conn| {
-        let ids: Vec<String> = executions::table
-            .filter(executions::tenant_id.eq(&t))
-            .filter(executions::finished_at.lt(cutoff))
-            .filter(executions::created_at.lt(keep_from))
-            .filter(executions::status.eq_any([
-                ExecutionStatus::Succeeded,
-                ExecutionStatus::Failed,
-                ExecutionStatus::Cancelled,
-                ExecutionStatus::TimedOut,
-            ]))
-            .select(executions::id)
-            .limit(EXECUTION_BATCH)
-            .load(&mut *conn)
-            .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let n = diesel::delete(
-            executions::table
+    db.tx(tenant, async |conn| {
+        crate::on_conn!(conn, |conn| {
+            let ids: Vec<String> = executions::table
                 .filter(executions::tenant_id.eq(&t))
-                .filter(executions::id.eq_any(&ids)),
-        )
-        .execute(&mut *conn)
-        .await?;
-        Ok(i64::try_from(n).unwrap_or(0))
+                .filter(executions::finished_at.lt(cutoff))
+                .filter(executions::created_at.lt(keep_from))
+                .filter(executions::status.eq_any([
+                    ExecutionStatus::Succeeded,
+                    ExecutionStatus::Failed,
+                    ExecutionStatus::Cancelled,
+                    ExecutionStatus::TimedOut,
+                ]))
+                .select(executions::id)
+                .limit(EXECUTION_BATCH)
+                .load(&mut *conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let n = diesel::delete(
+                executions::table
+                    .filter(executions::tenant_id.eq(&t))
+                    .filter(executions::id.eq_any(&ids)),
+            )
+            .execute(&mut *conn)
+            .await?;
+            Ok(i64::try_from(n).unwrap_or(0))
+        })
     })
+    .await
 }
 
 fn month_start(now: NaiveDateTime) -> NaiveDateTime {

@@ -3,7 +3,7 @@
 //! A tail follows one tenant's chain by sequence number, which is gap-free and in commit
 //! order (appends serialize on the chain head), so a tail never skips a record and never
 //! shows one whose transaction rolled back. It reads new records when a transaction on
-//! the pool commits (`DbPool::committed`, called by `db_tx!`) and at least every
+//! the pool commits (`DbPool::committed`, called when a `DbPool::tx` commits) and at least every
 //! [`POLL`] otherwise, which covers records written by other processes sharing the
 //! database (other `serve` replicas, `worker` processes).
 
@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::RecordRow;
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::schema::{audit_heads, audit_log};
 use crate::error::AppResult;
-use crate::tenancy::TenantId;
 
 /// Upper bound on how late a tail sees a record another process wrote.
 pub const POLL: Duration = Duration::from_millis(1000);

@@ -3,19 +3,12 @@
 
 use chrono::NaiveDateTime;
 
+use crate::db::ids::{TenantId, UserId};
 use crate::db::schema::{
     api_keys, login_attempts, password_tokens, refresh_tokens, revoked_access_tokens, sessions,
 };
-use crate::tenancy::{TenantId, UserId};
 
-crate::id_type!(
-    /// Identifies a session (a refresh-token family).
-    SessionId
-);
-crate::id_type!(
-    /// Identifies an API key.
-    ApiKeyId
-);
+pub use crate::db::ids::{ApiKeyId, SessionId};
 
 /// One row of `sessions`.
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]

@@ -9,21 +9,20 @@ use super::model::{
     ApiKeyId, ApiKeyRow, LoginAttemptRow, PasswordTokenRow, RefreshTokenRow, RevokedTokenRow,
     SessionId, SessionRow,
 };
-use crate::db::DbPool;
 use crate::db::schema::{
     api_keys, login_attempts, password_tokens, refresh_tokens, revoked_access_tokens, sessions,
 };
+use crate::db::{Conn, DbPool};
 use crate::error::AppResult;
 use crate::tenancy::{TenantId, TenantRow, UserId, UserRow};
 
 /// Creates a session with its first refresh token.
 pub async fn insert_session(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     s: &SessionRow,
     t: &RefreshTokenRow,
-    audit: &crate::audit::Entry,
 ) -> AppResult<()> {
-    crate::db_tx!(db, s.tenant_id, |conn| {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(sessions::table)
             .values(s)
             .execute(conn)
@@ -32,9 +31,8 @@ pub async fn insert_session(
             .values(t)
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
 /// Everything an access token's principal rests on, read in one statement: the session,
@@ -201,12 +199,11 @@ pub async fn mark_refresh_used(db: &DbPool, hash: &str, now: NaiveDateTime) -> A
 
 /// Adds the next refresh token of a session and bumps its idle clock.
 pub async fn rotate_refresh(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     t: &RefreshTokenRow,
     now: NaiveDateTime,
-    audit: &crate::audit::Entry,
 ) -> AppResult<()> {
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(refresh_tokens::table)
             .values(t)
             .execute(conn)
@@ -215,22 +212,21 @@ pub async fn rotate_refresh(
             .set(sessions::last_used_at.eq(now))
             .execute(conn)
             .await?;
-        crate::audit_append!(conn, audit)?;
-        Ok(())
-    })
+    });
+    Ok(())
 }
 
-/// Revokes a session of `tenant` (idempotent); returns whether it exists.
+/// Revokes a live session of `tenant`; returns whether this call revoked it (`false`
+/// when it is missing or was already revoked).
 pub async fn revoke_session(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     tenant: TenantId,
     id: SessionId,
     reason: &str,
     now: NaiveDateTime,
-    audit: Option<&crate::audit::Entry>,
 ) -> AppResult<bool> {
-    crate::db_tx!(db, tenant, |conn| {
-        let exists = diesel::update(
+    Ok(crate::on_conn!(conn, |conn| {
+        diesel::update(
             sessions::table
                 .filter(sessions::tenant_id.eq(tenant))
                 .filter(sessions::id.eq(id))
@@ -241,21 +237,8 @@ pub async fn revoke_session(
             sessions::revoked_reason.eq(Some(reason)),
         ))
         .execute(conn)
-        .await?;
-        if exists == 1 {
-            if let Some(a) = audit {
-                crate::audit_append!(conn, a)?;
-            }
-            return Ok(true);
-        }
-        Ok(sessions::table
-            .filter(sessions::tenant_id.eq(tenant))
-            .filter(sessions::id.eq(id))
-            .count()
-            .get_result::<i64>(conn)
-            .await?
-            == 1)
-    })
+        .await?
+    }) == 1)
 }
 
 /// Revokes every live session of a user except `keep`.
@@ -306,8 +289,8 @@ pub async fn list_sessions(
 }
 
 /// Refuses an access token until it would expire anyway.
-pub async fn revoke_access_token(db: &DbPool, row: &RevokedTokenRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+pub async fn revoke_access_token(conn: &mut Conn<'_>, row: &RevokedTokenRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(revoked_access_tokens::table)
             .values(row)
             .on_conflict_do_nothing()
@@ -334,14 +317,14 @@ pub async fn login_attempts_for(db: &DbPool, keys: &[String]) -> AppResult<Vec<L
 /// reaches its threshold is locked until `lock(failures, threshold)` from `now`. Returns
 /// the counters after the increment, in `keys` order.
 pub async fn count_login_attempt(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     keys: &[(String, i64)],
     now: NaiveDateTime,
     window: chrono::Duration,
     lock: fn(i64, i64) -> Option<i64>,
 ) -> AppResult<Vec<LoginAttemptRow>> {
     let cutoff = now - window;
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         let mut out = Vec::with_capacity(keys.len());
         for (key, threshold) in keys {
             diesel::update(
@@ -391,11 +374,11 @@ pub async fn count_login_attempt(
 /// success: `clear` keys are deleted, the others go down by one and lose a lock that
 /// attempt set.
 pub async fn uncount_login_attempt(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     clear: &[String],
     decrement: &[(String, i64)],
 ) -> AppResult<()> {
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         diesel::delete(login_attempts::table.filter(login_attempts::key.eq_any(clear)))
             .execute(conn)
             .await?;
@@ -543,8 +526,8 @@ pub async fn revoke_api_key(
 }
 
 /// Stores a one-time set-password token.
-pub async fn insert_password_token(db: &DbPool, row: &PasswordTokenRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+pub async fn insert_password_token(conn: &mut Conn<'_>, row: &PasswordTokenRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(password_tokens::table)
             .values(row)
             .execute(conn)

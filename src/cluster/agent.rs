@@ -17,7 +17,7 @@ use super::store::{self, Beat, SampleRow};
 use super::{ClusterEvent, NodeEventKind, inputs_of, view};
 use crate::app::App;
 use crate::db::DbPool;
-use crate::db::ids::db_time;
+use crate::db::ids::{ExecutionId, TenantId, db_time};
 use crate::error::AppResult;
 use crate::executions::model::ExecutionStatus;
 
@@ -221,25 +221,25 @@ impl Agent {
         let (sample, memory_total_mb, gpus, score, step_error_rate) = self.measure(at);
         let keep = cfg.heartbeat * u32::try_from(cfg.telemetry_samples).unwrap_or(u32::MAX);
         let keep_after = at - ChronoDuration::from_std(keep).unwrap_or(ChronoDuration::days(1));
-        let row = store::heartbeat(
-            &self.db,
-            &self.app.node.id,
-            Beat {
-                status: NodeStatus::of(score, false),
-                health_score: score,
-                sample,
-                memory_total_mb,
-                step_error_rate,
-                gpus,
-                keep_after,
-            },
-        )
-        .await?;
+        let beat = Beat {
+            status: NodeStatus::of(score, false),
+            health_score: score,
+            sample,
+            memory_total_mb,
+            step_error_rate,
+            gpus,
+            keep_after,
+        };
+        let id = &self.app.node.id;
+        let row = self
+            .db
+            .tx("", async |c| store::heartbeat(c, id, beat).await)
+            .await?;
         if let Some(r) = &row {
             self.app.node.draining.store(r.draining, Ordering::Relaxed);
         }
         let cutoff = at - ChronoDuration::from_std(cfg.offline_after).unwrap_or_default();
-        let reaped = store::reap(&self.db, at, cutoff, at - ChronoDuration::hours(24)).await?;
+        let reaped = self.reap(at, cutoff).await?;
         for n in &reaped {
             tracing::warn!(node = %n.id, name = %n.name, "node missed its heartbeats: OFFLINE; its leases and GPU reservations were released");
         }
@@ -299,8 +299,23 @@ impl Agent {
         });
         // Only a heartbeat older than a second after the epoch is due: this node's.
         let cutoff = epoch + ChronoDuration::seconds(1);
-        store::reap(&self.db, at, cutoff, at - ChronoDuration::hours(24)).await?;
+        self.reap(at, cutoff).await?;
         Ok(())
+    }
+
+    /// Marks nodes silent since `cutoff` OFFLINE (releasing their work) and forgets those
+    /// OFFLINE for a day, in one transaction.
+    async fn reap(
+        &self,
+        at: chrono::NaiveDateTime,
+        cutoff: chrono::NaiveDateTime,
+    ) -> AppResult<Vec<super::model::NodeRow>> {
+        let forget_before = at - ChronoDuration::hours(24);
+        self.db
+            .tx("", async |c| {
+                store::reap(c, at, cutoff, forget_before).await
+            })
+            .await
     }
 }
 
@@ -384,10 +399,8 @@ pub async fn place_pending(
         })
         .collect();
     let live: HashSet<String> = candidates.iter().map(|c| c.node_id.clone()).collect();
-    let holding: HashSet<&str> = reservations
-        .iter()
-        .filter_map(|r| r.execution_id.as_deref())
-        .collect();
+    let holding: HashSet<ExecutionId> =
+        reservations.iter().filter_map(|r| r.execution_id).collect();
     // Placed but not yet holding memory: count their need so one tick does not pile
     // everything onto one node.
     let virtual_reserve = |cands: &mut Vec<Candidate>, node: &str, mb: u64, count: usize| {
@@ -401,7 +414,7 @@ pub async fn place_pending(
     };
     for (p, _) in &open {
         if let Some(n) = &p.node_id {
-            if live.contains(n) && !holding.contains(p.execution_id.as_str()) {
+            if live.contains(n) && !holding.contains(&p.execution_id) {
                 virtual_reserve(
                     &mut candidates,
                     n,
@@ -411,9 +424,9 @@ pub async fn place_pending(
             }
         }
     }
-    let tenant_ids: Vec<String> = open
+    let tenant_ids: Vec<TenantId> = open
         .iter()
-        .map(|(p, _)| p.tenant_id.clone())
+        .map(|(p, _)| p.tenant_id)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -449,7 +462,7 @@ pub async fn place_pending(
             Ok((node, _)) => {
                 if store::set_placement(
                     db,
-                    &p.execution_id,
+                    p.execution_id,
                     p.node_id.as_deref(),
                     Some(&node),
                     None,
@@ -469,7 +482,7 @@ pub async fn place_pending(
                 if p.waiting_reason.as_deref() != Some(reason.as_str()) || p.node_id.is_some() {
                     store::set_placement(
                         db,
-                        &p.execution_id,
+                        p.execution_id,
                         p.node_id.as_deref(),
                         None,
                         Some(&reason),

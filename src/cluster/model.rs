@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use chrono::NaiveDateTime;
 
 use super::gpu::GpuReading;
+use crate::db::ids::{ExecutionId, TenantId};
 use crate::db::schema::{execution_placements, gpu_reservations, nodes};
 
 /// What a node runs.
@@ -128,9 +129,9 @@ pub struct ReservationRow {
     /// The GPU's index on the node.
     pub gpu_index: i64,
     /// The tenant it counts against (none for maintenance reservations).
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     /// The execution whose step holds it.
-    pub execution_id: Option<String>,
+    pub execution_id: Option<ExecutionId>,
     /// The step holding it.
     pub step_id: Option<String>,
     /// Reserved memory, MiB.
@@ -149,9 +150,9 @@ pub struct ReservationRow {
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct PlacementRow {
     /// The execution.
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     /// Its tenant.
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     /// Largest per-GPU memory any one step needs, MiB.
     pub gpu_memory_mb: i64,
     /// GPUs that step needs.

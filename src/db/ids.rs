@@ -70,6 +70,57 @@ macro_rules! id_type {
     };
 }
 
+// The ids of every domain live here, below the domains, so any layer can name them
+// without depending on the domain that owns the table.
+crate::id_type!(
+    /// Identifies a team.
+    TeamId
+);
+crate::id_type!(
+    /// Identifies a tenant (organization).
+    TenantId
+);
+crate::id_type!(
+    /// Identifies a user.
+    UserId
+);
+crate::id_type!(
+    /// Identifies a custom role.
+    RoleId
+);
+crate::id_type!(
+    /// Identifies a session (a refresh-token family).
+    SessionId
+);
+crate::id_type!(
+    /// Identifies an API key.
+    ApiKeyId
+);
+crate::id_type!(
+    /// Identifies a workflow.
+    WorkflowId
+);
+crate::id_type!(
+    /// Identifies a published workflow version.
+    WorkflowVersionId
+);
+crate::id_type!(
+    /// Identifies a secret.
+    SecretId
+);
+crate::id_type!(
+    /// Identifies an execution.
+    ExecutionId
+);
+crate::id_type!(
+    /// Identifies one step record of an execution.
+    StepRunId
+);
+crate::id_type!(
+    /// Identifies a schedule.
+    ScheduleId
+);
+
 /// Truncates to the microsecond precision PostgreSQL keeps, as a naive UTC value.
 pub fn db_time(t: DateTime<Utc>) -> NaiveDateTime {
     t.trunc_subsecs(6).naive_utc()

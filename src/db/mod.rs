@@ -216,49 +216,6 @@ macro_rules! db_run_tenant {
     }};
 }
 
-/// Runs `body` (which evaluates to `Result<T, AppError>`) in one transaction on either
-/// backend: on PostgreSQL after setting `agentplane.tenant_id` to `$tenant` (an empty
-/// string for platform-wide work such as the engine's), on SQLite with `BEGIN IMMEDIATE`
-/// so the write lock is taken up front and concurrent writers wait (`busy_timeout`)
-/// instead of failing on a lock upgrade. An `Err` rolls everything back.
-#[macro_export]
-macro_rules! db_tx {
-    ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
-        let pool: &$crate::db::DbPool = &$pool;
-        let keys = pool.chain_keys();
-        let committed = $crate::audit::chain::CURRENT
-            .scope(keys, async {
-                match pool {
-                    $crate::db::DbPool::Postgres(pool) => {
-                        use diesel_async::AsyncConnection as _;
-                        let mut pooled = pool.get().await?;
-                        let tenant_setting: String = $tenant.to_string();
-                        let tx: &mut diesel_async::AsyncPgConnection = &mut *pooled;
-                        tx.transaction(async |$conn| -> Result<_, $crate::error::AppError> {
-                            $crate::db::set_tenant($conn, &tenant_setting).await?;
-                            $body
-                        })
-                        .await
-                    }
-                    $crate::db::DbPool::Sqlite(pool) => {
-                        let mut pooled = pool.get().await?;
-                        let tx: &mut $crate::db::SqliteConn = &mut *pooled;
-                        tx.immediate_transaction(
-                            async |$conn| -> Result<_, $crate::error::AppError> { $body },
-                        )
-                        .await
-                    }
-                }
-            })
-            .await;
-        if committed.is_ok() {
-            // Wakes live audit tails: the transaction may have appended records.
-            pool.committed();
-        }
-        committed
-    }};
-}
-
 // Query and pool errors become `AppError`s here, next to `outage_kind`, so the error
 // type itself knows nothing of the database.
 impl From<diesel::result::Error> for AppError {
@@ -329,13 +286,16 @@ pub async fn write_probe(db: &DbPool, now: chrono::DateTime<chrono::Utc>) -> Res
     async fn write(db: &DbPool, now: chrono::NaiveDateTime) -> crate::error::AppResult<()> {
         use diesel::{ExpressionMethods as _, QueryDsl as _};
         use schema::health_probe;
-        crate::db_tx!(db, "", |conn| {
-            diesel::update(health_probe::table.filter(health_probe::id.eq(1)))
-                .set(health_probe::checked_at.eq(now))
-                .execute(conn)
-                .await?;
-            Ok(())
+        db.tx("", async |conn| {
+            crate::on_conn!(conn, |conn| {
+                diesel::update(health_probe::table.filter(health_probe::id.eq(1)))
+                    .set(health_probe::checked_at.eq(now))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
         })
+        .await
     }
     write(db, ids::db_time(now)).await.map_err(|e| {
         let reason = format!("the database takes no writes: {}", e.message());
@@ -389,7 +349,7 @@ impl DbPool {
         }
     }
 
-    /// Called after every committed write transaction on this pool (`db_tx!`).
+    /// Called after every committed write transaction on this pool ([`DbPool::tx`]).
     pub fn committed(&self) {
         self.commits_sender()
             .send_modify(|n| *n = n.wrapping_add(1));

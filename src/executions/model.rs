@@ -3,18 +3,11 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::db::ids::TenantId;
+use crate::db::ids::{WorkflowId, WorkflowVersionId};
 use crate::db::schema::{execution_events, execution_steps, executions};
-use crate::tenancy::TenantId;
-use crate::workflows::model::{WorkflowId, WorkflowVersionId};
 
-crate::id_type!(
-    /// Identifies an execution.
-    ExecutionId
-);
-crate::id_type!(
-    /// Identifies one step record of an execution.
-    StepRunId
-);
+pub use crate::db::ids::{ExecutionId, StepRunId};
 
 crate::db_enum! {
     /// Lifecycle of an execution.

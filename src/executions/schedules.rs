@@ -20,18 +20,15 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::db::ids::ExecutionId;
+use crate::db::ids::TenantId;
+use crate::db::ids::WorkflowId;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::schedules;
 use crate::db::{Conn, DbPool};
 use crate::error::{AppError, AppResult};
-use crate::executions::model::ExecutionId;
-use crate::tenancy::TenantId;
-use crate::workflows::model::WorkflowId;
 
-crate::id_type!(
-    /// Identifies a schedule.
-    ScheduleId
-);
+pub use crate::db::ids::ScheduleId;
 
 /// One row of `schedules`.
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
@@ -255,30 +252,32 @@ pub(crate) async fn advance(
         .failed(reason.clone())
         .severity(crate::audit::Severity::Warning)
     });
-    let tenant = s.tenant_id;
-    crate::db_tx!(db, tenant, |conn| {
-        let n = diesel::update(
-            schedules::table
-                .filter(schedules::id.eq(s.id))
-                .filter(schedules::status.eq(ScheduleStatus::Active))
-                .filter(schedules::next_run_at.eq(due)),
-        )
-        .set((
-            schedules::next_run_at.eq(next),
-            schedules::last_run_at.eq(due),
-            schedules::last_execution_id.eq(&exec),
-            schedules::last_error.eq(&error),
-            schedules::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
+    db.tx(s.tenant_id, async |conn| {
+        let n = crate::on_conn!(conn, |conn| {
+            diesel::update(
+                schedules::table
+                    .filter(schedules::id.eq(s.id))
+                    .filter(schedules::status.eq(ScheduleStatus::Active))
+                    .filter(schedules::next_run_at.eq(due)),
+            )
+            .set((
+                schedules::next_run_at.eq(next),
+                schedules::last_run_at.eq(due),
+                schedules::last_execution_id.eq(&exec),
+                schedules::last_error.eq(&error),
+                schedules::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?
+        });
         if n == 1 {
             if let Some(a) = &audit {
-                crate::audit_append!(conn, a)?;
+                crate::audit::append(conn, a).await?;
             }
         }
         Ok(n == 1)
     })
+    .await
 }
 
 /// Whether a refusal to start a tick's execution is final (retrying cannot help), as

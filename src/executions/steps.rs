@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::egress;
 use super::templates::{self, render, render_json};
 use crate::app::App;
-use crate::tenancy::TenantId;
+use crate::db::ids::TenantId;
 use crate::workflows::dag::Step;
 
 /// Default largest response an `http` step reads.

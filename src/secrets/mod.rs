@@ -13,20 +13,17 @@ use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::config::MasterKey;
+use crate::db::ids::TenantId;
 use crate::db::schema::secrets;
 use crate::error::{AppError, AppResult};
-use crate::tenancy::TenantId;
+
+pub use crate::db::ids::SecretId;
 
 pub mod graphql;
 pub mod service;
 mod store;
 
 pub use service::{reveal, reveal_for_host, rotate};
-
-crate::id_type!(
-    /// Identifies a secret.
-    SecretId
-);
 
 /// One row of `secrets`.
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]

@@ -8,9 +8,9 @@ use super::store::{find, list as list_rows, remove, stale, upsert};
 use super::{SecretId, SecretRow, check_hosts, check_name, disabled, open, seal};
 use crate::app::App;
 use crate::audit::{Entry, Origin};
+use crate::db::ids::TenantId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
-use crate::tenancy::TenantId;
 
 /// The secrets of `tenant` (metadata; values stay sealed).
 pub async fn list(app: &App, tenant: TenantId) -> AppResult<Vec<SecretRow>> {

@@ -5,9 +5,9 @@ use diesel_async::RunQueryDsl;
 
 use super::SecretRow;
 use crate::db::Conn;
+use crate::db::ids::TenantId;
 use crate::db::schema::secrets;
 use crate::error::AppResult;
-use crate::tenancy::TenantId;
 
 /// A secret of `tenant` by name.
 pub(super) async fn find(

@@ -5,10 +5,7 @@ use chrono::NaiveDateTime;
 use crate::db::schema::tenants;
 use crate::error::{AppError, AppResult};
 
-crate::id_type!(
-    /// Identifies a tenant (organization).
-    TenantId
-);
+pub use crate::db::ids::{RoleId, TenantId, UserId};
 
 crate::db_enum! {
     /// Subscription plan.
@@ -78,15 +75,6 @@ pub struct TenantRow {
     /// Last change (UTC).
     pub updated_at: NaiveDateTime,
 }
-
-crate::id_type!(
-    /// Identifies a user.
-    UserId
-);
-crate::id_type!(
-    /// Identifies a custom role.
-    RoleId
-);
 
 crate::db_enum! {
     /// Whether a user may sign in.

@@ -36,8 +36,8 @@ pub async fn find_system(db: &DbPool) -> AppResult<Option<TenantRow>> {
 }
 
 /// Inserts a tenant (a duplicate slug is `CONFLICT`).
-pub async fn insert(db: &DbPool, row: &TenantRow) -> AppResult<()> {
-    crate::db_run!(db, |conn| {
+pub async fn insert(conn: &mut Conn<'_>, row: &TenantRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(tenants::table)
             .values(row)
             .execute(conn)
@@ -93,71 +93,6 @@ pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<O
     }))
 }
 
-/// Creates a user (and, with `tenant`, the tenant it owns) with its one-time
-/// set-password token and the audit record, all or nothing: a duplicate slug or e-mail
-/// (`CONFLICT`) leaves no tenant, user, token or record behind. With `max_users`, the
-/// tenant's user count is checked in the same transaction (`QUOTA_EXCEEDED`).
-pub async fn create_with_token(
-    db: &DbPool,
-    tenant: Option<&TenantRow>,
-    user: &UserRow,
-    token: Option<&crate::auth::model::PasswordTokenRow>,
-    max_users: Option<i64>,
-    audit: &crate::audit::Entry,
-) -> AppResult<()> {
-    use crate::db::schema::password_tokens;
-    crate::db_tx!(db, user.tenant_id, |conn| {
-        if let Some(max) = max_users {
-            // The tenant's audit-chain lock first: concurrent creations count one after
-            // the other, so the quota holds however many arrive at once.
-            crate::audit_append!(conn, audit)?;
-            let n: i64 = users::table
-                .filter(users::tenant_id.eq(user.tenant_id))
-                .count()
-                .get_result(&mut *conn)
-                .await?;
-            if n >= max {
-                return Err(crate::error::AppError::quota_exceeded(
-                    "maxUsers", max, "users",
-                ));
-            }
-        }
-        if crate::rbac::BuiltinRole::parse(&user.role).is_none() {
-            // A custom role deleted since it was resolved is not granted (deleting a
-            // role takes the same chain lock, above, before counting its holders).
-            let n: i64 = roles::table
-                .filter(roles::tenant_id.eq(user.tenant_id))
-                .filter(roles::id.eq(&user.role))
-                .count()
-                .get_result(&mut *conn)
-                .await?;
-            if n == 0 {
-                return Err(crate::error::AppError::not_found("role"));
-            }
-        }
-        if let Some(t) = tenant {
-            diesel::insert_into(tenants::table)
-                .values(t)
-                .execute(conn)
-                .await?;
-        }
-        diesel::insert_into(users::table)
-            .values(user)
-            .execute(conn)
-            .await?;
-        if let Some(token) = token {
-            diesel::insert_into(password_tokens::table)
-                .values(token)
-                .execute(conn)
-                .await?;
-        }
-        if max_users.is_none() {
-            crate::audit_append!(conn, audit)?;
-        }
-        Ok(())
-    })
-}
-
 /// Replaces a tenant's mutable columns.
 pub async fn update(conn: &mut Conn<'_>, row: &TenantRow) -> AppResult<()> {
     crate::on_conn!(conn, |conn| {
@@ -185,8 +120,8 @@ pub async fn update(conn: &mut Conn<'_>, row: &TenantRow) -> AppResult<()> {
 }
 
 /// Inserts a user (a duplicate e-mail is `CONFLICT`).
-pub async fn insert_user(db: &DbPool, row: &UserRow) -> AppResult<()> {
-    crate::db_run_tenant!(db, row.tenant_id, |conn| {
+pub async fn insert_user(conn: &mut Conn<'_>, row: &UserRow) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(users::table)
             .values(row)
             .execute(conn)
@@ -196,8 +131,8 @@ pub async fn insert_user(db: &DbPool, row: &UserRow) -> AppResult<()> {
 }
 
 /// Counts a tenant's users.
-pub async fn count_users(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+pub async fn count_users(conn: &mut Conn<'_>, tenant: TenantId) -> AppResult<i64> {
+    Ok(crate::on_conn!(conn, |conn| {
         users::table
             .filter(users::tenant_id.eq(tenant))
             .count()

@@ -10,10 +10,7 @@ use crate::db::schema::{team_members, teams, users};
 use crate::db::{Conn, DbPool};
 use crate::error::AppResult;
 
-crate::id_type!(
-    /// Identifies a team.
-    TeamId
-);
+pub use crate::db::ids::TeamId;
 
 /// One row of `teams`.
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]

@@ -2,17 +2,10 @@
 
 use chrono::NaiveDateTime;
 
+use crate::db::ids::{TenantId, UserId};
 use crate::db::schema::{workflow_versions, workflows};
-use crate::tenancy::{TenantId, UserId};
 
-crate::id_type!(
-    /// Identifies a workflow.
-    WorkflowId
-);
-crate::id_type!(
-    /// Identifies a published workflow version.
-    WorkflowVersionId
-);
+pub use crate::db::ids::{WorkflowId, WorkflowVersionId};
 
 crate::db_enum! {
     /// Where a workflow is meant to run.

@@ -11,10 +11,10 @@ use crate::app::App;
 use crate::audit::{Entry, Origin};
 use crate::auth::Principal;
 use crate::db::Conn;
+use crate::db::ids::TenantId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
 use crate::rbac::Permission;
-use crate::tenancy::TenantId;
 use crate::tenancy::teams::TeamId;
 
 /// What a principal may see: user managers see every workflow of the tenant; others see

@@ -7,11 +7,11 @@ use diesel_async::RunQueryDsl;
 
 use super::model::{Visibility, WorkflowId, WorkflowRow, WorkflowVersionId, WorkflowVersionRow};
 use crate::db::Conn;
+use crate::db::ids::{TenantId, UserId};
 use crate::db::schema::{team_members, workflow_versions, workflows};
 use crate::error::AppResult;
 use crate::on_conn;
 use crate::tenancy::teams::TeamId;
-use crate::tenancy::{TenantId, UserId};
 
 diesel::define_sql_function!(
     /// SQL `lower()`, the same on SQLite and PostgreSQL.

@@ -256,16 +256,21 @@ async fn the_application_role_cannot_delete_or_edit_audit_records() {
                 q(&t)
             ),
         ] {
-            let res: Result<(), agentplane::error::AppError> =
-                agentplane::db_tx!(db, tenant, |conn| {
-                    diesel::sql_query(format!("SELECT set_config('{setting}', '{value}', true)"))
+            let res: Result<(), agentplane::error::AppError> = db
+                .tx(tenant, async |conn| {
+                    agentplane::on_conn!(conn, |conn| {
+                        diesel::sql_query(format!(
+                            "SELECT set_config('{setting}', '{value}', true)"
+                        ))
                         .execute(&mut *conn)
                         .await?;
-                    diesel::sql_query(statement.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                });
+                        diesel::sql_query(statement.as_str())
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .await;
             assert!(
                 res.is_err(),
                 "{setting}={value}: {statement} must be refused"
@@ -273,16 +278,20 @@ async fn the_application_role_cannot_delete_or_edit_audit_records() {
         }
     }
     // The guarded erasure refuses a person who was not erased.
-    let res: Result<(), agentplane::error::AppError> = agentplane::db_tx!(db, tenant, |conn| {
-        let me = "00000000-0000-0000-0000-000000000000";
-        diesel::sql_query(format!(
-            "SELECT agentplane_audit_erase({}, '{me}', now()::timestamp)",
-            q(&t)
-        ))
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    });
+    let res: Result<(), agentplane::error::AppError> = db
+        .tx(tenant, async |conn| {
+            agentplane::on_conn!(conn, |conn| {
+                let me = "00000000-0000-0000-0000-000000000000";
+                diesel::sql_query(format!(
+                    "SELECT agentplane_audit_erase({}, '{me}', now()::timestamp)",
+                    q(&t)
+                ))
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await;
     assert!(res.is_err(), "only erased people are erased");
     assert_eq!(verify(&app, &owner, Value::Null).await["intact"], true);
     assert_eq!(

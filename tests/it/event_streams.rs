@@ -194,15 +194,18 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
     let unpublished = |id: String, to: ExecutionStatus| {
         let (a, envelope) = (&a, &envelope);
         async move {
-            agentplane::executions::store::transition(
-                &a.db,
-                exec_uuid(&id),
-                to,
-                Guard::Any,
-                Patch::default(),
-                now(),
-                envelope,
-            )
+            a.db.tx("", async |conn| {
+                agentplane::executions::store::transition(
+                    conn,
+                    exec_uuid(&id),
+                    to,
+                    Guard::Any,
+                    Patch::default(),
+                    now(),
+                    envelope,
+                )
+                .await
+            })
             .await
             .expect("transition")
             .expect("applied");

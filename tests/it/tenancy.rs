@@ -273,6 +273,19 @@ async fn demo_seed_has_one_user_per_role_and_a_team() {
                     .map(Vec::len),
                 Some(6)
             );
+            // Seeded through the same services as the API: every account is on record.
+            let log = app
+                .gql_as(
+                    &token,
+                    "{ auditLog(first: 50, filter: { actionPrefix: \"user.created\" }) { totalCount } \
+                       tenant: auditLog(filter: { actionPrefix: \"tenant.created\" }) { totalCount } \
+                       verifyAuditChain { intact } }",
+                    json!({}),
+                )
+                .await;
+            assert_eq!(log["data"]["auditLog"]["totalCount"], 5, "{log}");
+            assert_eq!(log["data"]["tenant"]["totalCount"], 1, "{log}");
+            assert_eq!(log["data"]["verifyAuditChain"]["intact"], true, "{log}");
         }
     }
     assert!(

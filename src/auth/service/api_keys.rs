@@ -8,9 +8,9 @@ use super::super::passwords;
 use super::super::{Actor, Principal, check_tenant_active, role_permissions, store};
 use super::*;
 use crate::app::App;
+use crate::db::ids::UserId;
 use crate::db::ids::{db_time, utc};
 use crate::error::{AppError, AppResult};
-use crate::tenancy::UserId;
 use crate::tenancy::model::UserStatus;
 
 /// Creates an API key acting with `role` in the caller's tenant; returns the row and the

@@ -5,9 +5,9 @@ use super::super::passwords;
 use super::super::{Principal, store};
 use super::*;
 use crate::app::App;
+use crate::db::ids::UserId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
-use crate::tenancy::UserId;
 
 /// Changes the caller's password and revokes every other session.
 pub async fn change_password(
@@ -128,7 +128,9 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
 /// Creates a one-time set-password token valid for 7 days; returns the secret.
 pub async fn create_password_token(app: &App, user: UserId) -> AppResult<String> {
     let (secret, row) = new_password_token(app, user);
-    store::insert_password_token(&app.db, &row).await?;
+    app.db
+        .run(async |conn| store::insert_password_token(conn, &row).await)
+        .await?;
     Ok(secret)
 }
 

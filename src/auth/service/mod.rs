@@ -99,14 +99,19 @@ pub async fn login(
     }
     // Count this attempt before checking the password, atomically: of N concurrent
     // guesses only those within the threshold are checked at all.
-    let counted = store::count_login_attempt(
-        &app.db,
-        &keys,
-        db_time(now),
-        Duration::seconds(THROTTLE_WINDOW_SECS),
-        lock_secs,
-    )
-    .await?;
+    let counted = app
+        .db
+        .tx("", async |conn| {
+            store::count_login_attempt(
+                conn,
+                &keys,
+                db_time(now),
+                Duration::seconds(THROTTLE_WINDOW_SECS),
+                lock_secs,
+            )
+            .await
+        })
+        .await?;
     if counted
         .iter()
         .zip(&keys)
@@ -171,7 +176,11 @@ pub async fn login(
     check_tenant_active(&tenant)?;
     // A success is no failure: take the attempt back (and the account's counter for this
     // address is cleared).
-    store::uncount_login_attempt(&app.db, std::slice::from_ref(&acct_key), &keys[1..]).await?;
+    app.db
+        .tx("", async |conn| {
+            store::uncount_login_attempt(conn, std::slice::from_ref(&acct_key), &keys[1..]).await
+        })
+        .await?;
     crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
 
     let session = SessionRow {
@@ -197,18 +206,19 @@ pub async fn login(
         None,
         db_time(now),
     );
-    store::insert_session(
-        &app.db,
-        &session,
-        &RefreshTokenRow {
-            token_hash: passwords::sha256_hex(&refresh),
-            session_id: session.id,
-            created_at: db_time(now),
-            used_at: None,
-        },
-        &audit,
-    )
-    .await?;
+    let first = RefreshTokenRow {
+        token_hash: passwords::sha256_hex(&refresh),
+        session_id: session.id,
+        created_at: db_time(now),
+        used_at: None,
+    };
+    app.db
+        .tx(user.tenant_id, async |conn| {
+            store::insert_session(conn, &session, &first).await?;
+            crate::audit::append(conn, &audit).await?;
+            Ok(())
+        })
+        .await?;
     issue(app, user, session.id, refresh, now)
 }
 
@@ -254,15 +264,6 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         return Err(invalid());
     }
     if row.used_at.is_some() || !store::mark_refresh_used(&app.db, &hash, db_time(now)).await? {
-        store::revoke_session(
-            &app.db,
-            session.tenant_id,
-            session.id,
-            "refresh_token_reuse",
-            db_time(now),
-            None,
-        )
-        .await?;
         let entry = crate::audit::Entry::change(
             &crate::audit::Origin::system(session.tenant_id),
             "auth.refresh_reuse_detected",
@@ -273,7 +274,21 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         )
         .severity(crate::audit::Severity::Critical)
         .failed("a refresh token was presented twice; the session was revoked");
-        crate::audit::record(&app.db, &entry).await?;
+        // The revocation and its record commit together.
+        app.db
+            .tx(session.tenant_id, async |conn| {
+                store::revoke_session(
+                    conn,
+                    session.tenant_id,
+                    session.id,
+                    "refresh_token_reuse",
+                    db_time(now),
+                )
+                .await?;
+                crate::audit::append(conn, &entry).await?;
+                Ok(())
+            })
+            .await?;
         tracing::warn!(
             event = "auth.refresh_reuse_detected",
             session.id = %session.id,
@@ -307,18 +322,19 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         None,
         db_time(now),
     );
-    store::rotate_refresh(
-        &app.db,
-        &RefreshTokenRow {
-            token_hash: passwords::sha256_hex(&next),
-            session_id: session.id,
-            created_at: db_time(now),
-            used_at: None,
-        },
-        db_time(now),
-        &audit,
-    )
-    .await?;
+    let rotated = RefreshTokenRow {
+        token_hash: passwords::sha256_hex(&next),
+        session_id: session.id,
+        created_at: db_time(now),
+        used_at: None,
+    };
+    app.db
+        .tx("", async |conn| {
+            store::rotate_refresh(conn, &rotated, db_time(now)).await?;
+            crate::audit::append(conn, &audit).await?;
+            Ok(())
+        })
+        .await?;
     issue(app, user, session.id, next, now)
 }
 
@@ -333,23 +349,20 @@ pub async fn logout(app: &App, p: &Principal, origin: &crate::audit::Origin) -> 
     let now = db_time(app.clock.now());
     let audit =
         crate::audit::Entry::change(origin, "auth.logout", "session", t.session_id, None, now);
-    store::revoke_session(
-        &app.db,
-        p.tenant_id,
-        t.session_id,
-        "logout",
-        now,
-        Some(&audit),
-    )
-    .await?;
-    store::revoke_access_token(
-        &app.db,
-        &RevokedTokenRow {
-            jti: t.jti.clone(),
-            expires_at: db_time(t.expires_at),
-        },
-    )
-    .await
+    let revoked = RevokedTokenRow {
+        jti: t.jti.clone(),
+        expires_at: db_time(t.expires_at),
+    };
+    // The session, the access token and the record go together: a sign-out that fails
+    // half-way leaves the token working and says so.
+    app.db
+        .tx(p.tenant_id, async |conn| {
+            if store::revoke_session(conn, p.tenant_id, t.session_id, "logout", now).await? {
+                crate::audit::append(conn, &audit).await?;
+            }
+            store::revoke_access_token(conn, &revoked).await
+        })
+        .await
 }
 
 /// Revokes a session of the caller's (own) user.
@@ -367,14 +380,12 @@ pub async fn revoke_own_session(
     let now = db_time(app.clock.now());
     let audit =
         crate::audit::Entry::change(origin, "session.revoked", "session", session.id, None, now);
-    store::revoke_session(
-        &app.db,
-        p.tenant_id,
-        session.id,
-        "revoked",
-        now,
-        Some(&audit),
-    )
-    .await?;
-    Ok(())
+    app.db
+        .tx(p.tenant_id, async |conn| {
+            if store::revoke_session(conn, p.tenant_id, session.id, "revoked", now).await? {
+                crate::audit::append(conn, &audit).await?;
+            }
+            Ok(())
+        })
+        .await
 }

@@ -280,8 +280,7 @@ impl GpuAllocation {
     async fn execution_id(&self) -> Option<ID> {
         self.row
             .execution_id
-            .as_deref()
-            .map(|e| to_global_id(RelayKind::Execution, uuid_of(e)))
+            .map(|e| to_global_id(RelayKind::Execution, e.0))
     }
     /// The step holding it.
     async fn step_id(&self) -> Option<&str> {

@@ -9,13 +9,13 @@ use diesel_async::RunQueryDsl;
 use super::model::{
     GpuCapacity, NodeRow, NodeStatus, PlacementRow, ReservationRow, fit_gpus, reserved_by_gpu,
 };
+use crate::db::ids::{ExecutionId, TenantId};
 use crate::db::schema::{
     execution_placements, executions, gpu_reservations, node_telemetry, nodes, tenants,
 };
 use crate::db::{Conn, DbPool};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::executions::model::ExecutionStatus;
-use crate::tenancy::TenantId;
 
 /// The placement row of an execution of `tenant`, if it needs GPUs.
 pub async fn placement(
@@ -71,7 +71,7 @@ pub async fn open_placements(db: &DbPool) -> AppResult<Vec<(PlacementRow, Execut
 /// Moves a placement from `from` to `to` (compare-and-set, so concurrent placers agree).
 pub async fn set_placement(
     db: &DbPool,
-    execution: &str,
+    execution: ExecutionId,
     from: Option<&str>,
     to: Option<&str>,
     reason: Option<&str>,

@@ -62,8 +62,12 @@ pub struct Beat {
 
 /// Writes a heartbeat and its sample; returns the row after the write. A node the reaper
 /// marked OFFLINE comes back with its new status (its released work stays released).
-pub async fn heartbeat(db: &DbPool, id: &str, beat: Beat) -> AppResult<Option<NodeRow>> {
-    crate::db_tx!(db, "", |conn| {
+pub async fn heartbeat(
+    conn: &mut crate::db::Conn<'_>,
+    id: &str,
+    beat: Beat,
+) -> AppResult<Option<NodeRow>> {
+    crate::on_conn!(conn, |conn| {
         let draining: Option<bool> = nodes::table
             .find(id)
             .select(nodes::draining)
@@ -118,12 +122,12 @@ pub async fn heartbeat(db: &DbPool, id: &str, beat: Beat) -> AppResult<Option<No
 /// node). Nodes OFFLINE since before `forget_before` are deleted. Returns the nodes
 /// marked OFFLINE now.
 pub async fn reap(
-    db: &DbPool,
+    conn: &mut crate::db::Conn<'_>,
     now: NaiveDateTime,
     cutoff: NaiveDateTime,
     forget_before: NaiveDateTime,
 ) -> AppResult<Vec<NodeRow>> {
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         let dead: Vec<NodeRow> = diesel::update(
             nodes::table
                 .filter(nodes::status.ne(NodeStatus::Offline))

@@ -48,7 +48,7 @@ pub struct StepRequest<'a> {
     /// Tenant.
     pub tenant: TenantId,
     /// Execution.
-    pub execution: &'a str,
+    pub execution: ExecutionId,
     /// Step.
     pub step: &'a str,
     /// Per GPU, MiB.
@@ -62,11 +62,11 @@ pub struct StepRequest<'a> {
 /// Reserves GPU memory on the node for a step, best fit across its GPUs, within the
 /// tenant's `maxGpuMemoryMb`. `Ok(Err(reason))` when it must wait (nothing written).
 pub async fn reserve_for_step(
-    db: &DbPool,
+    conn: &mut crate::db::Conn<'_>,
     req: &StepRequest<'_>,
 ) -> AppResult<Result<Vec<ReservationRow>, String>> {
     let tenant = req.tenant.to_string();
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         if !(lock_node!(conn, req.node_id)) {
             return Ok(Err("this node is OFFLINE".to_owned()));
         }
@@ -126,8 +126,8 @@ pub async fn reserve_for_step(
                 id: uuid::Uuid::now_v7().to_string(),
                 node_id: req.node_id.to_owned(),
                 gpu_index: i64::from(i),
-                tenant_id: Some(tenant.clone()),
-                execution_id: Some(req.execution.to_owned()),
+                tenant_id: Some(req.tenant),
+                execution_id: Some(req.execution),
                 step_id: Some(req.step.to_owned()),
                 memory_mb: req.memory_mb as i64,
                 reason: None,
@@ -154,7 +154,7 @@ pub async fn reserve_for_step(
 /// Records why a placed execution's step waits (shown as `waitingReason`).
 pub async fn set_waiting(
     db: &DbPool,
-    execution: &str,
+    execution: ExecutionId,
     reason: Option<&str>,
     now: NaiveDateTime,
 ) -> AppResult<()> {
@@ -171,7 +171,7 @@ pub async fn set_waiting(
 }
 
 /// Releases a step's reservations.
-pub async fn release_step(db: &DbPool, execution: &str, step: &str) -> AppResult<()> {
+pub async fn release_step(db: &DbPool, execution: ExecutionId, step: &str) -> AppResult<()> {
     crate::db_run!(db, |conn| {
         diesel::delete(
             gpu_reservations::table
@@ -185,7 +185,7 @@ pub async fn release_step(db: &DbPool, execution: &str, step: &str) -> AppResult
 }
 
 /// Releases every reservation an execution holds (it ended, or moved to another node).
-pub async fn release_execution(db: &DbPool, execution: &str) -> AppResult<()> {
+pub async fn release_execution(db: &DbPool, execution: ExecutionId) -> AppResult<()> {
     crate::db_run!(db, |conn| {
         diesel::delete(
             gpu_reservations::table.filter(gpu_reservations::execution_id.eq(execution)),
@@ -306,13 +306,13 @@ pub async fn release_manual(conn: &mut Conn<'_>, id: &str) -> AppResult<Reservat
 /// GPU quota and current hold per tenant with open placements.
 pub async fn tenant_gpu_state(
     db: &DbPool,
-    tenants_of: &[String],
-) -> AppResult<HashMap<String, (i64, i64)>> {
+    tenants_of: &[TenantId],
+) -> AppResult<HashMap<TenantId, (i64, i64)>> {
     if tenants_of.is_empty() {
         return Ok(HashMap::new());
     }
-    type Held = Vec<(Option<String>, i64)>;
-    let (quotas, held): (Vec<(String, i64)>, Held) = crate::db_run!(db, |conn| {
+    type Held = Vec<(Option<TenantId>, i64)>;
+    let (quotas, held): (Vec<(TenantId, i64)>, Held) = crate::db_run!(db, |conn| {
         let q = tenants::table
             .filter(tenants::id.eq_any(tenants_of))
             .select((tenants::id, tenants::max_gpu_memory_mb))
@@ -325,7 +325,7 @@ pub async fn tenant_gpu_state(
             .await?;
         (q, h)
     });
-    let mut out: HashMap<String, (i64, i64)> =
+    let mut out: HashMap<TenantId, (i64, i64)> =
         quotas.into_iter().map(|(t, q)| (t, (q, 0))).collect();
     for (t, mb) in held {
         if let Some(e) = t.and_then(|t| out.get_mut(&t)) {

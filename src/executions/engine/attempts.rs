@@ -44,9 +44,7 @@ impl Engine {
             .run_attempts(id, claim, token, tenant, step, ctx, first_attempt)
             .await;
         if gpu.is_some() {
-            if let Err(e) =
-                crate::cluster::store::release_step(&self.app.db, &id.to_string(), &step.id).await
-            {
+            if let Err(e) = crate::cluster::store::release_step(&self.app.db, id, &step.id).await {
                 tracing::warn!(execution = %id, step = %step.id, error = ?e, "releasing GPU memory failed");
             }
         }
@@ -68,19 +66,25 @@ impl Engine {
         mb: u64,
         count: usize,
     ) -> Option<StepEnd> {
-        let exec = id.to_string();
         let mut shown: Option<String> = None;
         loop {
             let req = crate::cluster::store::StepRequest {
                 node_id: &self.app.node.id,
                 tenant,
-                execution: &exec,
+                execution: id,
                 step: step_id,
                 memory_mb: mb,
                 count,
                 now: self.now(),
             };
-            match crate::cluster::store::reserve_for_step(&self.app.db, &req).await {
+            let reserved = self
+                .app
+                .db
+                .tx("", async |c| {
+                    crate::cluster::store::reserve_for_step(c, &req).await
+                })
+                .await;
+            match reserved {
                 Ok(Ok(_)) => {
                     if let Ok(mut h) = self.gpu_held.lock() {
                         h.insert(id);
@@ -92,7 +96,7 @@ impl Engine {
                         tracing::info!(execution = %id, step = step_id, %reason, "step waits for GPU memory");
                         let _ = crate::cluster::store::set_waiting(
                             &self.app.db,
-                            &exec,
+                            id,
                             Some(&format!("step {step_id:?}: {reason}")),
                             self.now(),
                         )

@@ -213,9 +213,7 @@ impl Engine {
         self.app.node.in_flight.fetch_add(1, Ordering::Relaxed);
         if row.claims > 1 {
             // Resumed after a crash elsewhere: whatever the last holder reserved is stale.
-            if let Err(e) =
-                crate::cluster::store::release_execution(&self.app.db, &id.to_string()).await
-            {
+            if let Err(e) = crate::cluster::store::release_execution(&self.app.db, id).await {
                 tracing::warn!(execution = %id, error = ?e, "releasing stale GPU reservations failed");
             }
         }
@@ -232,9 +230,7 @@ impl Engine {
             .map(|mut h| h.remove(&id))
             .unwrap_or(false);
         if held {
-            if let Err(e) =
-                crate::cluster::store::release_execution(&self.app.db, &id.to_string()).await
-            {
+            if let Err(e) = crate::cluster::store::release_execution(&self.app.db, id).await {
                 tracing::warn!(execution = %id, error = ?e, "releasing GPU reservations failed");
             }
         }

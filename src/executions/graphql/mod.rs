@@ -16,6 +16,7 @@ use super::service;
 use super::store::{self, ListFilter};
 use crate::app::App;
 use crate::auth::{Principal, principal};
+use crate::db::ids::WorkflowId;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::graphql::app;
@@ -24,7 +25,6 @@ use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting, to_global_id
 use crate::rbac::{Permission, Require};
 use crate::tenancy::graphql::User;
 use crate::workflows::graphql::Workflow;
-use crate::workflows::model::WorkflowId;
 use crate::workflows::service::sight;
 
 mod inputs;

@@ -1,6 +1,7 @@
 //! Schedules over GraphQL: the Schedule type and the schedule mutations.
 
 use crate::auth::principal;
+use crate::db::ids::WorkflowId;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::executions::schedules::*;
@@ -8,7 +9,6 @@ use crate::executions::service::schedules as service;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
 use crate::rbac::{Permission, Require};
-use crate::workflows::model::WorkflowId;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use serde_json::Value;

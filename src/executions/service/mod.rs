@@ -12,10 +12,10 @@ use super::store::{self, Enqueued, Guard, NewExecution, Patch, StepChange};
 use crate::app::App;
 use crate::audit::Origin;
 use crate::auth::Principal;
+use crate::db::ids::TenantId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::rbac::Permission;
-use crate::tenancy::TenantId;
 use crate::workflows::dag::Definition;
 use crate::workflows::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
 
@@ -149,8 +149,8 @@ pub async fn start(
         .map(|r| (r.gpu_memory_mb, r.gpu_count))
         .max_by_key(|(mb, n)| (mb.saturating_mul(u64::from(*n)), *n));
     let placement = gpu.map(|(mb, n)| crate::cluster::model::PlacementRow {
-        execution_id: id.to_string(),
-        tenant_id: wf.tenant_id.to_string(),
+        execution_id: id,
+        tenant_id: wf.tenant_id,
         gpu_memory_mb: i64::try_from(mb).unwrap_or(i64::MAX),
         gpu_count: i64::from(n),
         node_id: None,
@@ -198,7 +198,14 @@ pub async fn start(
     };
     let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
     let key_for_retry = new.row.idempotency_key.clone();
-    let result = match store::enqueue(&app.db, new, now, &envelope).await {
+    let tenant = new.row.tenant_id;
+    let result = match app
+        .db
+        .tx(tenant, async |conn| {
+            store::enqueue(conn, new, now, &envelope).await
+        })
+        .await
+    {
         Ok(r) => r,
         // Two concurrent starts with one key: the loser returns the winner's execution.
         Err(e) if e.code() == crate::error::ErrorCode::Conflict && key_for_retry.is_some() => {
@@ -235,8 +242,12 @@ pub async fn transition(
 ) -> AppResult<Option<ExecutionRow>> {
     let now = db_time(app.clock.now());
     let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
-    let Some((row, events)) =
-        store::transition(&app.db, id, to, guard, patch, now, &envelope).await?
+    let Some((row, events)) = app
+        .db
+        .tx("", async |conn| {
+            store::transition(conn, id, to, guard, patch, now, &envelope).await
+        })
+        .await?
     else {
         return Ok(None);
     };
@@ -256,7 +267,13 @@ pub async fn record_step(
 ) -> AppResult<bool> {
     let now = db_time(app.clock.now());
     let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
-    match store::record_step(&app.db, id, owner, change, now, &envelope).await? {
+    match app
+        .db
+        .tx("", async |conn| {
+            store::record_step(conn, id, owner, change, now, &envelope).await
+        })
+        .await?
+    {
         Some(ev) => {
             app.bus.publish(ev);
             Ok(true)

@@ -7,12 +7,12 @@ use serde_json::Value;
 use crate::app::App;
 use crate::audit::{Entry, Origin};
 use crate::auth::Principal;
+use crate::db::ids::WorkflowId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
 use crate::executions::schedules::{
     CronSpec, ScheduleId, ScheduleRow, ScheduleStatus, delete, find, insert, set_state,
 };
-use crate::workflows::model::WorkflowId;
 
 /// A new schedule, as asked for.
 pub struct NewSchedule {

@@ -11,11 +11,11 @@ use super::model::{
     EventKind, EventRow, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow,
     StepStatus,
 };
+use crate::db::ids::TenantId;
+use crate::db::ids::WorkflowId;
 use crate::db::schema::{execution_events, execution_steps, executions};
-use crate::db::{DbPool, ids::utc};
+use crate::db::{Conn, DbPool, ids::utc};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::tenancy::TenantId;
-use crate::workflows::model::WorkflowId;
 
 mod queue;
 mod reads;
@@ -61,7 +61,7 @@ fn event_row(ev: &ExecutionEvent) -> AppResult<EventRow> {
 /// matches an execution created in the last 24 hours (then that one is returned).
 /// Enforces the monthly quota in the same transaction.
 pub async fn enqueue(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     new: NewExecution,
     now: NaiveDateTime,
     envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
@@ -84,7 +84,7 @@ pub async fn enqueue(
     let mut row = new.row;
     row.seq = 1;
     let payload = envelope(&ev);
-    crate::db_tx!(db, tenant, |conn| {
+    crate::on_conn!(conn, |conn| {
         if let Some(key) = &row.idempotency_key {
             let existing = executions::table
                 .filter(executions::tenant_id.eq(tenant))
@@ -137,17 +137,16 @@ pub async fn enqueue(
                 .execute(conn)
                 .await?;
         }
-        crate::audit_append!(conn, &new.audit)?;
+    });
+    crate::audit::append(conn, &new.audit).await?;
+    crate::on_conn!(conn, |conn| {
         diesel::insert_into(execution_events::table)
             .values(&event_row(&ev)?)
             .execute(conn)
             .await?;
         notify_pg(conn, &payload).await?;
-        Ok(Enqueued::Created(
-            Box::new(row.clone()),
-            Box::new(ev.clone()),
-        ))
-    })
+    });
+    Ok(Enqueued::Created(Box::new(row), Box::new(ev)))
 }
 
 /// `CONFLICT` for an idempotency key that started another workflow's execution.
@@ -218,7 +217,7 @@ pub struct Patch {
 /// SKIPPED) with their own events, and the lease is dropped. Returns the events written,
 /// or `None` when the transition did not apply (already moved on, or lease lost).
 pub async fn transition(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     id: ExecutionId,
     to: ExecutionStatus,
     guard: Guard<'_>,
@@ -234,7 +233,7 @@ pub async fn transition(
         Guard::Lease(o) => Some(o.to_owned()),
         Guard::Any => None,
     };
-    crate::db_tx!(db, "", |conn| {
+    let (row, events) = crate::on_conn!(conn, |conn| {
         // Lock the row and check the guard first (the write lock comes with it).
         let q = diesel::update(
             executions::table
@@ -350,14 +349,17 @@ pub async fn transition(
                 .execute(conn)
                 .await?;
         }
-        if let Some(a) = &patch.audit {
-            crate::audit_append!(conn, a)?;
-        }
+        (row, events)
+    });
+    if let Some(a) = &patch.audit {
+        crate::audit::append(conn, a).await?;
+    }
+    crate::on_conn!(conn, |conn| {
         for e in &events {
             notify_pg(conn, &envelope(e)).await?;
         }
-        Ok(Some((row, events)))
-    })
+    });
+    Ok(Some((row, events)))
 }
 
 /// A step's new state, written by the worker that holds the lease.
@@ -408,14 +410,14 @@ impl StepChange {
 /// execution totals, seq and event in one transaction. `None` means the lease is lost
 /// (or the execution ended): the worker must stop.
 pub async fn record_step(
-    db: &DbPool,
+    conn: &mut Conn<'_>,
     id: ExecutionId,
     owner: &str,
     change: &StepChange,
     now: NaiveDateTime,
     envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
 ) -> AppResult<Option<ExecutionEvent>> {
-    crate::db_tx!(db, "", |conn| {
+    crate::on_conn!(conn, |conn| {
         let row = diesel::update(
             executions::table
                 .filter(executions::id.eq(id))

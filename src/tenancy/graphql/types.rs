@@ -85,7 +85,12 @@ impl Tenant {
             .map(|r| r.memory_mb)
             .sum();
         Ok(TenantUsage {
-            users: crate::tenancy::store::count_users(&a.db, self.0.id).await?,
+            users: a
+                .db
+                .read(self.0.id, async |c| {
+                    crate::tenancy::store::count_users(c, self.0.id).await
+                })
+                .await?,
             max_users: self.0.max_users,
             running_executions: crate::executions::store::running_count(&a.db, self.0.id).await?,
             max_concurrent_executions: self.0.max_concurrent_executions,

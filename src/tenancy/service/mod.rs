@@ -137,15 +137,7 @@ pub async fn create_tenant(
         })),
         now,
     );
-    super::store::create_with_token(
-        &app.db,
-        Some(&tenant),
-        &owner,
-        token_row.as_ref(),
-        None,
-        &audit,
-    )
-    .await?;
+    create_with_token(app, Some(&tenant), &owner, token_row.as_ref(), None, &audit).await?;
     Ok(Created {
         tenant: Some(tenant),
         user: owner,
@@ -185,8 +177,8 @@ pub async fn create_user(
         Some(serde_json::json!({ "role": role })),
         now,
     );
-    super::store::create_with_token(
-        &app.db,
+    create_with_token(
+        app,
         None,
         &user,
         token_row.as_ref(),
@@ -199,4 +191,47 @@ pub async fn create_user(
         user,
         set_password_token: token,
     })
+}
+
+/// Creates a user (and, with `tenant`, the tenant it owns) with its one-time
+/// set-password token and the audit record, all or nothing: a duplicate slug or e-mail
+/// (`CONFLICT`) leaves no tenant, user, token or record behind. With `max_users`, the
+/// tenant's user count is checked in the same transaction (`QUOTA_EXCEEDED`).
+async fn create_with_token(
+    app: &App,
+    tenant: Option<&TenantRow>,
+    user: &UserRow,
+    token: Option<&crate::auth::model::PasswordTokenRow>,
+    max_users: Option<i64>,
+    audit: &Entry,
+) -> AppResult<()> {
+    app.db
+        .tx(user.tenant_id, async |conn| {
+            // In an existing tenant, its audit-chain lock comes first: concurrent
+            // creations count users one after the other (the quota holds however many
+            // arrive at once), and a custom role deleted since it was resolved (deleting
+            // takes the same lock before counting holders) is not granted. A new
+            // tenant's chain can only start once the tenant row exists.
+            if tenant.is_none() {
+                crate::audit::append(conn, audit).await?;
+            }
+            if let Some(max) = max_users {
+                if super::store::count_users(conn, user.tenant_id).await? >= max {
+                    return Err(AppError::quota_exceeded("maxUsers", max, "users"));
+                }
+            }
+            super::store::role_still_exists(conn, user.tenant_id, &user.role).await?;
+            if let Some(t) = tenant {
+                super::store::insert(conn, t).await?;
+            }
+            super::store::insert_user(conn, user).await?;
+            if let Some(token) = token {
+                crate::auth::store::insert_password_token(conn, token).await?;
+            }
+            if tenant.is_some() {
+                crate::audit::append(conn, audit).await?;
+            }
+            Ok(())
+        })
+        .await
 }
