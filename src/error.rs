@@ -4,13 +4,11 @@
 //! inside store code; [`AppError`] at the API boundary. `AppError` deliberately does **not**
 //! implement `Display`: async-graphql converts any `Display` type into an error *without*
 //! `extensions.code`, so leaving `Display` out forces every resolver error through our own
-//! `From<AppError> for async_graphql::Error`, which always sets the code. Internal errors
+//! `From<AppError> for async_graphql::Error` (in `graphql::errors`), which always sets the code. Internal errors
 //! are logged once, with their cause chain, at that conversion; the client sees only
 //! "internal error" and the request id.
 
 use std::fmt;
-
-use async_graphql::ErrorExtensions;
 
 /// The stable, client-visible error codes (`extensions.code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,7 +71,7 @@ pub struct AppError {
     code: ErrorCode,
     message: String,
     /// Extra client-safe extensions, e.g. `field` for input errors or `reason`.
-    details: Vec<(&'static str, async_graphql::Value)>,
+    details: Vec<(&'static str, serde_json::Value)>,
     /// Hidden cause: logged, never returned.
     source: Option<anyhow::Error>,
 }
@@ -147,18 +145,14 @@ impl AppError {
             message: format!("{what}; retry in {RETRY_AFTER_SECONDS} s"),
             details: vec![(
                 "retryAfterSeconds",
-                async_graphql::Value::from(RETRY_AFTER_SECONDS),
+                serde_json::Value::from(RETRY_AFTER_SECONDS),
             )],
             source: Some(cause.into()),
         }
     }
 
     /// Adds a client-safe extension value.
-    pub fn with_detail(
-        mut self,
-        key: &'static str,
-        value: impl Into<async_graphql::Value>,
-    ) -> Self {
+    pub fn with_detail(mut self, key: &'static str, value: impl Into<serde_json::Value>) -> Self {
         self.details.push((key, value.into()));
         self
     }
@@ -176,7 +170,7 @@ impl AppError {
     /// The `field` an input error concerns, if any.
     pub fn field(&self) -> Option<String> {
         self.details.iter().find_map(|(k, v)| match (*k, v) {
-            ("field", async_graphql::Value::String(f)) => Some(f.clone()),
+            ("field", serde_json::Value::String(f)) => Some(f.clone()),
             _ => None,
         })
     }
@@ -185,6 +179,13 @@ impl AppError {
     pub fn into_anyhow(self) -> anyhow::Error {
         self.log_if_internal();
         anyhow::anyhow!("{}", self.message)
+    }
+
+    /// Where the error leaves the process (an API response): logs an internal cause once
+    /// and returns what a client may see: the code, the message and the extensions.
+    pub fn into_client_parts(self) -> (ErrorCode, String, Vec<(&'static str, serde_json::Value)>) {
+        self.log_if_internal();
+        (self.code, self.message, self.details)
     }
 
     /// Logs an internal cause once; called where the error leaves the process.
@@ -204,47 +205,5 @@ impl fmt::Debug for AppError {
             d.field("source", &format_args!("{src:#}"));
         }
         d.finish()
-    }
-}
-
-impl From<AppError> for async_graphql::Error {
-    fn from(e: AppError) -> Self {
-        e.log_if_internal();
-        let AppError {
-            code,
-            message,
-            details,
-            ..
-        } = e;
-        async_graphql::Error::new(message).extend_with(|_, ext| {
-            ext.set("code", code.as_str());
-            for (k, v) in details {
-                ext.set(k, v);
-            }
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn code_survives_into_graphql_error() {
-        let e: async_graphql::Error = AppError::bad_input("email", "bad email").into();
-        let ext = e.extensions.expect("extensions");
-        assert_eq!(
-            ext.get("code"),
-            Some(&async_graphql::Value::from("BAD_USER_INPUT"))
-        );
-        assert_eq!(ext.get("field"), Some(&async_graphql::Value::from("email")));
-    }
-
-    #[test]
-    fn internal_detail_is_not_returned() {
-        let e: async_graphql::Error =
-            AppError::internal(anyhow::anyhow!("password=hunter2 connection refused")).into();
-        assert_eq!(e.message, "internal error");
-        assert!(!format!("{:?}", e.extensions).contains("hunter2"));
     }
 }

@@ -39,8 +39,7 @@ pub use verify::*;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// How serious an event is.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[graphql(name = "AuditSeverity")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     /// Routine change.
     Info,
@@ -62,8 +61,7 @@ impl Severity {
 }
 
 /// Whether the action succeeded.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[graphql(name = "AuditOutcome")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// It happened.
     Success,

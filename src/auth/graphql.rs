@@ -4,13 +4,15 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::SessionId;
 use super::model::{ApiKeyRow, SessionRow};
 use super::service::{self, IssuedTokens};
-use super::{SessionId, principal};
 use crate::db::ids::utc;
+use crate::graphql::guards::{Require, SignedIn};
+use crate::graphql::principal;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{ClientInfo, app};
-use crate::rbac::{Permission, Require, SignedIn};
+use crate::rbac::Permission;
 use crate::tenancy::graphql::{Role, User, resolve_role_input};
 
 /// Credentials for `login`.

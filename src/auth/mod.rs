@@ -9,7 +9,6 @@ pub mod passwords;
 pub mod service;
 pub mod store;
 
-use async_graphql::Context;
 use chrono::{DateTime, Utc};
 
 use crate::app::App;
@@ -102,12 +101,6 @@ impl Principal {
             Actor::ApiKey(k) => format!("apikey:{k}"),
         }
     }
-}
-
-/// The caller of the current request, or `UNAUTHENTICATED`.
-pub fn principal<'a>(ctx: &Context<'a>) -> AppResult<&'a Principal> {
-    ctx.data_opt::<Principal>()
-        .ok_or_else(|| AppError::unauthenticated("sign in to use this field"))
 }
 
 /// Resolves a role reference (built-in name or custom role id) to permissions. A

@@ -51,7 +51,7 @@ impl NodeState {
 }
 
 /// What kind of node event.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeEventKind {
     /// A new heartbeat (at most one per node per heartbeat interval).
     Heartbeat,

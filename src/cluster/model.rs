@@ -10,8 +10,7 @@ use crate::db::ids::{ExecutionId, TenantId};
 use crate::db::schema::{execution_placements, gpu_reservations, nodes};
 
 /// What a node runs.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[graphql(name = "ClusterNodeKind")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     /// `serve`: the API (and its embedded workers, if any).
     Api,
@@ -31,7 +30,7 @@ impl NodeKind {
 
 crate::db_enum! {
     /// A node's condition.
-    #[derive(async_graphql::Enum, PartialOrd, Ord)]
+    #[derive(PartialOrd, Ord)]
     pub enum NodeStatus {
         /// Score ≥ 0.8.
         Healthy => "HEALTHY",

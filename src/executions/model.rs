@@ -11,7 +11,6 @@ pub use crate::db::ids::{ExecutionId, StepRunId};
 
 crate::db_enum! {
     /// Lifecycle of an execution.
-    #[derive(async_graphql::Enum)]
     pub enum ExecutionStatus {
         /// Waiting for a worker.
         Queued => "QUEUED",
@@ -58,7 +57,6 @@ impl ExecutionStatus {
 
 crate::db_enum! {
     /// Lifecycle of one step of an execution.
-    #[derive(async_graphql::Enum)]
     pub enum StepStatus {
         /// Its dependencies are not done yet.
         Pending => "PENDING",
@@ -214,7 +212,7 @@ pub struct EventRow {
 }
 
 /// What happened.
-#[derive(async_graphql::Enum, Copy, Clone, Eq, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Copy, Clone, Eq, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
     /// The current state, sent first to every subscriber (not stored).

@@ -11,7 +11,6 @@
 
 use std::str::FromStr as _;
 
-use async_graphql::Enum;
 use chrono::{DateTime, NaiveDateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use diesel::prelude::*;
@@ -379,7 +378,6 @@ pub async fn scheduler_loop(app: &App, stop: &CancellationToken) {
 
 crate::db_enum! {
     /// Whether a schedule fires.
-    #[derive(Enum)]
     pub enum ScheduleStatus {
         /// Fires at each tick.
         Active => "ACTIVE",

@@ -1,7 +1,10 @@
 //! The GraphQL schema root: each domain contributes its own Query/Mutation/Subscription
 //! objects, merged here. Also the request-scoped context every resolver reads.
 
+pub mod enums;
+pub mod errors;
 pub mod extensions;
+pub mod guards;
 pub mod limits;
 pub mod loaders;
 pub mod relay;
@@ -126,8 +129,13 @@ pub fn app<'a>(ctx: &Context<'a>) -> AppResult<&'a Arc<App>> {
 
 pub use crate::request::{ClientInfo, RequestId};
 
+/// The caller of the current request, or `UNAUTHENTICATED`.
+pub fn principal<'a>(ctx: &Context<'a>) -> AppResult<&'a crate::auth::Principal> {
+    ctx.data_opt::<crate::auth::Principal>()
+        .ok_or_else(|| AppError::unauthenticated("sign in to use this field"))
+}
+
 /// Who is calling and from where, for the audit records of this request.
 pub fn origin(ctx: &Context<'_>) -> AppResult<crate::audit::Origin> {
-    Ok(crate::auth::principal(ctx)?
-        .origin(ctx.data_opt::<ClientInfo>(), ctx.data_opt::<RequestId>()))
+    Ok(principal(ctx)?.origin(ctx.data_opt::<ClientInfo>(), ctx.data_opt::<RequestId>()))
 }

@@ -4,8 +4,9 @@ use async_graphql::{Context, ID, Interface, Object};
 
 use super::relay::{NodeKind, decode_global_id};
 use crate::error::{AppError, AppResult};
+use crate::tenancy::UserId;
+use crate::tenancy::graphql::Tenant;
 use crate::tenancy::graphql::User;
-use crate::tenancy::{Tenant, UserId};
 
 /// An object with a globally unique, opaque ID.
 #[derive(Interface)]
@@ -36,11 +37,11 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
     let (kind, uuid) = decode_global_id(id)?;
     let app = super::app(ctx)?;
     match kind {
-        NodeKind::Tenant => crate::tenancy::visible_tenant(ctx, app, uuid)
+        NodeKind::Tenant => crate::tenancy::graphql::visible_tenant(ctx, app, uuid)
             .await
             .map(Node::Tenant),
         NodeKind::User => {
-            let p = crate::auth::principal(ctx)?;
+            let p = crate::graphql::principal(ctx)?;
             let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, UserId(uuid))
                 .await?
                 .ok_or_else(|| AppError::not_found("user"))?;
@@ -78,13 +79,13 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
 impl RelayQuery {
     /// Fetches any object by its global ID. Objects the caller may not see are `NOT_FOUND`,
     /// exactly like missing ones.
-    #[graphql(guard = "crate::rbac::SignedIn")]
+    #[graphql(guard = "crate::graphql::guards::SignedIn")]
     async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Node> {
         Ok(load(ctx, &id).await?)
     }
 
     /// Fetches several objects by global ID, in order; a missing or hidden one is `null`.
-    #[graphql(guard = "crate::rbac::SignedIn")]
+    #[graphql(guard = "crate::graphql::guards::SignedIn")]
     async fn nodes(
         &self,
         ctx: &Context<'_>,

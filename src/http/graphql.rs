@@ -159,7 +159,7 @@ async fn execute(
     }
     // One set of denials and one complexity budget for the whole HTTP request, batched
     // operations included.
-    let denials = Arc::new(crate::rbac::DenialsSeen::default());
+    let denials = Arc::new(crate::graphql::guards::DenialsSeen::default());
     let budget = Arc::new(crate::graphql::limits::SharedBudget::new(
         limits.max_complexity,
     ));

@@ -561,7 +561,7 @@ async fn serve_socket(
     let mut data = Data::default();
     data.insert(request_id.clone());
     data.insert(client);
-    data.insert(Arc::new(crate::rbac::DenialsSeen::default()));
+    data.insert(Arc::new(crate::graphql::guards::DenialsSeen::default()));
     let (init_app, init_socket) = (app.clone(), me.clone());
     let protocol_stream =
         async_graphql::http::WebSocket::from_message_stream(executor, Box::pin(input), protocol)

@@ -1,12 +1,7 @@
-//! Roles and permissions: the one place the permission matrix lives, and the guards that
-//! every GraphQL field declares.
+//! Roles and permissions: the one place the permission matrix lives. The guards every
+//! GraphQL field declares (`graphql::guards`) check a principal's set against it.
 
 use std::collections::BTreeSet;
-
-use async_graphql::{Context, Guard};
-
-use crate::auth::principal;
-use crate::error::AppError;
 
 macro_rules! permissions {
     ($($variant:ident => $name:literal, $doc:literal;)*) => {
@@ -64,7 +59,7 @@ pub type PermissionSet = BTreeSet<Permission>;
 
 /// Built-in roles. Tenant roles apply inside one tenant; `PlatformAdmin` exists only in the
 /// reserved system tenant.
-#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinRole {
     /// Everything in the tenant.
     Owner,
@@ -225,80 +220,6 @@ pub const SELF_FIELDS: &[&str] = &[
     "sessions",
     "revokeSession",
 ];
-
-/// Guard: the caller must hold `permission`.
-pub struct Require(pub Permission);
-
-impl Guard for Require {
-    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        let p = principal(ctx)?;
-        if p.permissions.contains(&self.0) {
-            Ok(())
-        } else {
-            record_denial(ctx, self.0).await;
-            Err(
-                AppError::forbidden(format!("this requires the {} permission", self.0.as_str()))
-                    .with_detail("permission", self.0.as_str())
-                    .into(),
-            )
-        }
-    }
-}
-
-/// The denials already recorded for one request (an HTTP request, batched or not, or
-/// one websocket): `access.denied` is written once per (field, permission), however many
-/// aliases or operations repeat it, so a caller cannot grow the trail (and hold the
-/// chain lock) with one request.
-#[derive(Default)]
-pub struct DenialsSeen(std::sync::Mutex<std::collections::HashSet<(String, Permission)>>);
-
-impl DenialsSeen {
-    /// `true` the first time a (field, permission) pair is seen.
-    fn first(&self, field: &str, permission: Permission) -> bool {
-        self.0
-            .lock()
-            .map(|mut s| s.insert((field.to_owned(), permission)))
-            .unwrap_or(true)
-    }
-}
-
-/// Records `access.denied` (best effort: a failure to record is logged, and the caller
-/// gets its FORBIDDEN either way).
-async fn record_denial(ctx: &Context<'_>, permission: Permission) {
-    let (Ok(app), Ok(origin)) = (crate::graphql::app(ctx), crate::graphql::origin(ctx)) else {
-        return;
-    };
-    // The field itself, not the alias the client gave it.
-    let field = ctx.item.node.name.node.to_string();
-    if let Some(seen) = ctx.data_opt::<std::sync::Arc<DenialsSeen>>() {
-        if !seen.first(&field, permission) {
-            return;
-        }
-    }
-    let entry = crate::audit::Entry::change(
-        &origin,
-        "access.denied",
-        "field",
-        field,
-        Some(serde_json::json!({ "permission": permission.as_str() })),
-        crate::db::ids::db_time(app.clock.now()),
-    )
-    .severity(crate::audit::Severity::Warning)
-    .failed(format!("missing the {} permission", permission.as_str()));
-    if let Err(e) = crate::audit::record(&app.db, &entry).await {
-        tracing::warn!(error = ?e, "could not record a denied request");
-    }
-}
-
-/// Guard: any authenticated principal.
-pub struct SignedIn;
-
-impl Guard for SignedIn {
-    async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        principal(ctx)?;
-        Ok(())
-    }
-}
 
 /// The permission matrix as a Markdown table (printed in README).
 pub fn matrix_markdown() -> String {

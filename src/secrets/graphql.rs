@@ -5,10 +5,11 @@ use chrono::{DateTime, Utc};
 
 use super::SecretRow;
 use super::service;
-use crate::auth::principal;
 use crate::db::ids::utc;
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 
 /// A secret's metadata. The value is write-only.
 #[derive(SimpleObject)]

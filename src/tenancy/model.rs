@@ -9,7 +9,6 @@ pub use crate::db::ids::{RoleId, TenantId, UserId};
 
 crate::db_enum! {
     /// Subscription plan.
-    #[derive(async_graphql::Enum)]
     pub enum Plan {
         /// Free tier.
         Free => "FREE",
@@ -24,7 +23,6 @@ crate::db_enum! {
 
 crate::db_enum! {
     /// Whether a tenant may act.
-    #[derive(async_graphql::Enum)]
     pub enum TenantStatus {
         /// Normal operation.
         Active => "ACTIVE",
@@ -78,7 +76,6 @@ pub struct TenantRow {
 
 crate::db_enum! {
     /// Whether a user may sign in.
-    #[derive(async_graphql::Enum)]
     pub enum UserStatus {
         /// May sign in.
         Active => "ACTIVE",

@@ -1,6 +1,5 @@
 //! Teams: named groups of a tenant's users with a team role (LEAD, MEMBER).
 
-use async_graphql::Enum;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -50,7 +49,6 @@ pub struct TeamMemberRow {
 
 crate::db_enum! {
     /// A member's role in a team.
-    #[derive(Enum)]
     pub enum TeamRole {
         /// Leads the team.
         Lead => "LEAD",

@@ -9,7 +9,6 @@ pub use crate::db::ids::{WorkflowId, WorkflowVersionId};
 
 crate::db_enum! {
     /// Where a workflow is meant to run.
-    #[derive(async_graphql::Enum)]
     pub enum Environment {
         /// Work in progress.
         Development => "DEVELOPMENT",
@@ -22,7 +21,6 @@ crate::db_enum! {
 
 crate::db_enum! {
     /// Who may see a workflow inside its tenant.
-    #[derive(async_graphql::Enum)]
     pub enum Visibility {
         /// Its owner (and user managers).
         Private => "PRIVATE",

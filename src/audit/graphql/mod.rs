@@ -6,16 +6,18 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::{Outcome, RecordRow, Severity};
-use crate::auth::principal;
+use super::RecordRow;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{audit_actors, audit_log};
+use crate::graphql::enums::{Outcome, Severity};
+use crate::graphql::principal;
 use crate::graphql::{app, origin};
 
 mod privacy;
 mod report;
+use crate::graphql::guards::Require;
 use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 pub use privacy::*;
 pub use report::*;
 
@@ -285,10 +287,10 @@ pub async fn list(
                 q = q.filter(audit_log::resource_id.eq(r.clone()));
             }
             if let Some(s) = f.severity {
-                q = q.filter(audit_log::severity.eq(s.as_str()));
+                q = q.filter(audit_log::severity.eq(super::Severity::from(s).as_str()));
             }
             if let Some(o) = f.outcome {
-                q = q.filter(audit_log::outcome.eq(o.as_str()));
+                q = q.filter(audit_log::outcome.eq(super::Outcome::from(o).as_str()));
             }
             if let Some(from) = f.from {
                 q = q.filter(audit_log::created_at.ge(db_time(from)));
@@ -463,10 +465,12 @@ mod live {
     use futures_util::{Stream, StreamExt as _};
 
     use super::AuditRecord;
-    use crate::audit::{Outcome, RecordRow, Severity};
-    use crate::auth::principal;
+    use crate::audit::RecordRow;
     use crate::graphql::app;
-    use crate::rbac::{Permission, Require};
+    use crate::graphql::enums::{Outcome, Severity};
+    use crate::graphql::guards::Require;
+    use crate::graphql::principal;
+    use crate::rbac::Permission;
 
     /// `auditEvents` filter (applied to each record as it arrives).
     #[derive(InputObject, Default)]
@@ -496,8 +500,12 @@ mod live {
                     .resource_id
                     .as_ref()
                     .is_none_or(|t| r.resource_id.as_ref() == Some(t))
-                && self.severity.is_none_or(|s| r.severity == s.as_str())
-                && self.outcome.is_none_or(|o| r.outcome == o.as_str())
+                && self
+                    .severity
+                    .is_none_or(|s| r.severity == crate::audit::Severity::from(s).as_str())
+                && self
+                    .outcome
+                    .is_none_or(|o| r.outcome == crate::audit::Outcome::from(o).as_str())
         }
     }
 

@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::audit::privacy;
-use crate::auth::principal;
 use crate::db::ids::utc;
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 use crate::tenancy::graphql::User;
 use crate::tenancy::model::UserId;
 

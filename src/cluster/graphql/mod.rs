@@ -14,17 +14,20 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 
 use super::gpu::GpuReading;
-use super::model::{NodeRow, NodeStatus, ReservationRow};
+use super::model::{NodeRow, ReservationRow};
 use super::service::{self, require_platform, wall_now};
 use super::store::{self, SampleRow};
-use super::{ClusterEvent, NodeEventKind, view};
+use super::{ClusterEvent, view};
 use crate::app::App;
-use crate::auth::{Principal, principal};
+use crate::auth::Principal;
 use crate::db::ids::{db_time, utc};
 use crate::error::{AppError, AppResult};
+use crate::graphql::enums::{NodeEventKind, NodeKind as ClusterNodeKind, NodeStatus};
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::relay::{Conn, NodeKind as RelayKind, Page, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 
 mod mutation;
 mod query;

@@ -8,7 +8,7 @@ pub struct NodeFilter {
     /// Only this status.
     pub status: Option<NodeStatus>,
     /// Only this kind.
-    pub kind: Option<crate::cluster::model::NodeKind>,
+    pub kind: Option<ClusterNodeKind>,
     /// Only nodes with at least one GPU.
     pub has_gpus: Option<bool>,
 }
@@ -36,8 +36,11 @@ impl Cluster {
             .await?
             .into_iter()
             .map(|r| ClusterNode::new(r, a))
-            .filter(|n| f.status.is_none_or(|s| n.status == s))
-            .filter(|n| f.kind.is_none_or(|k| n.row.kind == k.as_str()))
+            .filter(|n| f.status.is_none_or(|s| n.status == s.into()))
+            .filter(|n| {
+                f.kind
+                    .is_none_or(|k| n.row.kind == crate::cluster::model::NodeKind::from(k).as_str())
+            })
             .filter(|n| f.has_gpus.is_none_or(|g| g != n.row.gpus().is_empty()))
             .collect();
         let total = all.len() as i64;

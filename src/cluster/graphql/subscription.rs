@@ -49,8 +49,8 @@ impl ClusterSubscription {
                                 continue;
                             }
                             yield NodeHealthEvent {
-                                kind: *kind,
-                                previous_status: *previous,
+                                kind: (*kind).into(),
+                                previous_status: previous.map(Into::into),
                                 node: ClusterNode::new(node.clone(), &a),
                             };
                         }

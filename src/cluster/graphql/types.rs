@@ -6,7 +6,7 @@ use super::*;
 pub struct ClusterNode {
     pub(super) row: NodeRow,
     pub(super) score: f64,
-    pub(super) status: NodeStatus,
+    pub(super) status: crate::cluster::model::NodeStatus,
 }
 
 impl ClusterNode {
@@ -121,11 +121,11 @@ impl ClusterNode {
         &self.row.name
     }
     /// API or WORKER.
-    async fn kind(&self) -> crate::cluster::model::NodeKind {
+    async fn kind(&self) -> ClusterNodeKind {
         if self.row.kind == "API" {
-            crate::cluster::model::NodeKind::Api
+            ClusterNodeKind::Api
         } else {
-            crate::cluster::model::NodeKind::Worker
+            ClusterNodeKind::Worker
         }
     }
     /// agentplane version.
@@ -154,7 +154,7 @@ impl ClusterNode {
     }
     /// Status as seen now (a silent node degrades before it goes OFFLINE).
     async fn status(&self) -> NodeStatus {
-        self.status
+        self.status.into()
     }
     /// Health score 0..1 as seen now.
     async fn health_score(&self) -> f64 {
@@ -347,7 +347,7 @@ pub async fn summary(
     let mut counts: HashMap<NodeStatus, i64> = HashMap::new();
     let (mut gpus, mut total, mut used) = (0i64, 0i64, 0i64);
     for n in &nodes {
-        let (_, st) = view(n, now, &app.config.cluster);
+        let st = NodeStatus::from(view(n, now, &app.config.cluster).1);
         *counts.entry(st).or_insert(0) += 1;
         if st != NodeStatus::Offline {
             for g in n.gpus() {
@@ -359,11 +359,12 @@ pub async fn summary(
     }
     let app_now = app.clock.now();
     Ok(ClusterSummary {
-        nodes_by_status: NodeStatus::ALL
+        nodes_by_status: crate::cluster::model::NodeStatus::ALL
             .iter()
+            .map(|s| NodeStatus::from(*s))
             .map(|s| NodeStatusCount {
-                status: *s,
-                count: counts.get(s).copied().unwrap_or(0),
+                status: s,
+                count: counts.get(&s).copied().unwrap_or(0),
             })
             .collect(),
         gpus_total: gpus,
@@ -388,7 +389,12 @@ pub async fn recommend(app: &App) -> AppResult<ScalingRecommendation> {
         .iter()
         .filter(|n| {
             let (_, st) = view(n, now, &app.config.cluster);
-            n.worker_slots > 0 && !matches!(st, NodeStatus::Offline | NodeStatus::Draining)
+            n.worker_slots > 0
+                && !matches!(
+                    st,
+                    crate::cluster::model::NodeStatus::Offline
+                        | crate::cluster::model::NodeStatus::Draining
+                )
         })
         .collect();
     let current = live.len() as i64;

@@ -1,6 +1,7 @@
 //! Inputs, filters and payloads of the execution fields.
 
 use super::*;
+use crate::graphql::enums::ExecutionStatus;
 
 /// Filters for `executions`.
 #[derive(InputObject, Default)]

@@ -10,19 +10,21 @@ use futures_util::Stream;
 use serde_json::Value;
 
 use super::model::{
-    EventKind, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow, StepStatus,
+    EventKind, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow,
 };
 use super::service;
 use super::store::{self, ListFilter};
 use crate::app::App;
-use crate::auth::{Principal, principal};
+use crate::auth::Principal;
 use crate::db::ids::WorkflowId;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::graphql::app;
+use crate::graphql::guards::Require;
 use crate::graphql::loaders::{Loaders, load_error};
+use crate::graphql::principal;
 use crate::graphql::relay::{Conn, NodeKind, Page, decode_expecting, to_global_id};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 use crate::tenancy::graphql::User;
 use crate::workflows::graphql::Workflow;
 use crate::workflows::service::sight;

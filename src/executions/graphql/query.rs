@@ -43,7 +43,11 @@ impl ExecutionQuery {
             p.tenant_id,
             &ListFilter {
                 workflows,
-                status: f.status.map(|s| s.as_str().to_owned()),
+                status: f.status.map(|s| {
+                    super::super::model::ExecutionStatus::from(s)
+                        .as_str()
+                        .to_owned()
+                }),
             },
             page.after.map(ExecutionId),
             page.limit,

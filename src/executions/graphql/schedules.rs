@@ -1,14 +1,15 @@
 //! Schedules over GraphQL: the Schedule type and the schedule mutations.
 
-use crate::auth::principal;
 use crate::db::ids::WorkflowId;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::executions::schedules::*;
 use crate::executions::service::schedules as service;
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -35,8 +36,8 @@ impl Schedule {
         &self.0.timezone
     }
     /// ACTIVE or PAUSED.
-    async fn status(&self) -> ScheduleStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::ScheduleStatus {
+        self.0.status.into()
     }
     /// Input of each execution.
     async fn input(&self) -> Json<Value> {

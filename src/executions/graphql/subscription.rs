@@ -13,8 +13,8 @@ impl ExecutionUpdate {
         self.0.seq
     }
     /// SNAPSHOT first, then STATUS_CHANGED and STEP_CHANGED.
-    async fn kind(&self) -> EventKind {
-        self.0.kind
+    async fn kind(&self) -> crate::graphql::enums::EventKind {
+        self.0.kind.into()
     }
     /// The execution's ID.
     async fn execution_id(&self) -> ID {
@@ -25,16 +25,16 @@ impl ExecutionUpdate {
         to_global_id(NodeKind::Workflow, self.0.workflow_id.0)
     }
     /// The execution's status after this event.
-    async fn status(&self) -> ExecutionStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::ExecutionStatus {
+        self.0.status.into()
     }
     /// The step, for STEP_CHANGED.
     async fn step_id(&self) -> Option<&str> {
         self.0.step_id.as_deref()
     }
     /// The step's new status.
-    async fn step_status(&self) -> Option<StepStatus> {
-        self.0.step_status
+    async fn step_status(&self) -> Option<crate::graphql::enums::StepStatus> {
+        self.0.step_status.map(Into::into)
     }
     /// The step's attempt.
     async fn attempt(&self) -> Option<i64> {
@@ -233,7 +233,7 @@ impl ExecutionSubscription {
                         continue;
                     }
                     if wf_filter.is_some_and(|w| w != ev.workflow_id)
-                        || status_filter.is_some_and(|s| s != ev.status)
+                        || status_filter.is_some_and(|s| ExecutionStatus::from(s) != ev.status)
                     {
                         continue;
                     }

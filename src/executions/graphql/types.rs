@@ -19,8 +19,8 @@ impl ExecutionStep {
         &self.0.kind
     }
     /// Status.
-    async fn status(&self) -> StepStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::StepStatus {
+        self.0.status.into()
     }
     /// Attempts started (0 before the first).
     async fn attempt(&self) -> i64 {
@@ -65,7 +65,7 @@ impl Execution {
     /// Audit records about this execution, newest first (audit.read).
     #[graphql(
         complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
-        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+        guard = "crate::graphql::guards::Require(crate::rbac::Permission::AuditRead)"
     )]
     async fn audit_trail(
         &self,
@@ -91,8 +91,8 @@ impl Execution {
         self.0.version
     }
     /// Status.
-    async fn status(&self) -> ExecutionStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::ExecutionStatus {
+        self.0.status.into()
     }
     /// Input JSON.
     async fn input(&self) -> Json<Value> {

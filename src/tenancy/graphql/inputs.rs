@@ -1,6 +1,7 @@
 //! Inputs and payloads of the tenancy mutations.
 
 use super::*;
+use crate::graphql::enums::Plan;
 
 /// A new user's owner details for `createTenant`.
 #[derive(InputObject)]

@@ -3,7 +3,7 @@
 use async_graphql::{ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::model::{Plan, TenantRow, TenantStatus};
+use super::model::{TenantRow, TenantStatus};
 use crate::db::ids::utc;
 use crate::graphql::relay::{NodeKind, to_global_id};
 
@@ -15,13 +15,15 @@ fn json_list(s: &str) -> Vec<String> {
 
 use async_graphql::{Context, InputObject};
 
-use super::model::{RoleId, RoleRow, UserId, UserRow, UserStatus};
+use super::model::{RoleId, RoleRow, UserId, UserRow};
+use crate::auth::Principal;
 use crate::auth::admin::RoleRef;
-use crate::auth::{Principal, principal};
 use crate::error::{AppError, AppResult};
 use crate::graphql::app;
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::relay::{Conn, Page, decode_expecting};
-use crate::rbac::{BuiltinRole, Permission, Require, parse_permission_list};
+use crate::rbac::{BuiltinRole, Permission, parse_permission_list};
 
 mod inputs;
 mod mutation;
@@ -82,4 +84,22 @@ fn key_ids(keys: &[crate::auth::ApiKeyId]) -> Vec<String> {
     keys.iter()
         .map(|k| to_global_id(NodeKind::ApiKey, k.0).0)
         .collect()
+}
+
+/// Loads a tenant the caller may see: its own, or any for a platform admin. Everything
+/// else is `NOT_FOUND`, indistinguishable from a missing tenant.
+pub async fn visible_tenant(
+    ctx: &Context<'_>,
+    app: &crate::app::App,
+    id: uuid::Uuid,
+) -> AppResult<Tenant> {
+    let principal = principal(ctx)?;
+    let id = crate::db::ids::TenantId(id);
+    if !principal.may_see_tenant(id) {
+        return Err(AppError::not_found("tenant"));
+    }
+    crate::tenancy::store::find(&app.db, id)
+        .await?
+        .map(Tenant)
+        .ok_or_else(|| AppError::not_found("tenant"))
 }

@@ -25,7 +25,7 @@ impl TenancyMutation {
             crate::tenancy::service::NewTenant {
                 slug: &input.slug,
                 name: &input.name,
-                plan: input.plan,
+                plan: input.plan.into(),
                 is_system: false,
             },
             crate::tenancy::service::NewUser {
@@ -225,7 +225,7 @@ impl TenancyMutation {
             app(ctx)?,
             &origin(ctx)?,
             tenant_id(&input.tenant_id)?,
-            input.plan,
+            input.plan.into(),
             tenants::Quotas {
                 max_users: q.max_users,
                 max_workflows: q.max_workflows,

@@ -1,12 +1,14 @@
 //! Teams over GraphQL: Team, TeamMember, the team queries and mutations.
 
 use super::User;
-use crate::auth::principal;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
+use crate::graphql::enums::TeamRole;
+use crate::graphql::guards::Require;
+use crate::graphql::principal;
 use crate::graphql::relay::{NodeKind, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 use crate::tenancy::model::UserId;
 use crate::tenancy::service::teams as service;
 use crate::tenancy::teams::*;
@@ -50,7 +52,7 @@ impl Team {
             .into_iter()
             .map(|(m, u)| TeamMember {
                 user: User(u),
-                role: m.role,
+                role: m.role.into(),
                 added_at: utc(m.created_at),
             })
             .collect())
@@ -239,7 +241,7 @@ impl TeamMutation {
             principal(ctx)?.tenant_id,
             team_id(&input.team_id)?,
             user_id(&input.user_id)?,
-            input.role,
+            input.role.into(),
         )
         .await?;
         Ok(TeamPayload { team: Team(team) })

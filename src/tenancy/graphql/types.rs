@@ -47,12 +47,12 @@ impl Tenant {
         &self.0.name
     }
     /// Subscription plan.
-    async fn plan(&self) -> Plan {
-        self.0.plan
+    async fn plan(&self) -> crate::graphql::enums::Plan {
+        self.0.plan.into()
     }
     /// Whether the tenant may act.
-    async fn status(&self) -> TenantStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::TenantStatus {
+        self.0.status.into()
     }
     /// Why the tenant is suspended, if it is.
     async fn status_reason(&self) -> Option<&str> {
@@ -125,7 +125,7 @@ impl User {
     /// Audit records about this user and of what they did, newest first (audit.read).
     #[graphql(
         complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
-        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+        guard = "crate::graphql::guards::Require(crate::rbac::Permission::AuditRead)"
     )]
     async fn audit_trail(
         &self,
@@ -157,8 +157,8 @@ impl User {
         Ok(Role::resolve(ctx, &self.0.role).await?)
     }
     /// Whether the user may sign in.
-    async fn status(&self) -> UserStatus {
-        self.0.status
+    async fn status(&self) -> crate::graphql::enums::UserStatus {
+        self.0.status.into()
     }
     /// Last successful sign-in.
     async fn last_login_at(&self) -> Option<DateTime<Utc>> {

@@ -1,6 +1,7 @@
 //! Inputs, filters, ordering and payloads of the workflow fields.
 
 use super::*;
+use crate::graphql::enums::{Environment, Visibility};
 
 /// Filters for `workflows`.
 #[derive(InputObject, Default)]

@@ -5,16 +5,17 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::dag::{Definition, DefinitionError};
-use super::model::{Environment, Visibility, WorkflowId, WorkflowRow, WorkflowVersionRow};
+use super::model::{WorkflowId, WorkflowRow, WorkflowVersionRow};
 use super::service;
 use super::store::{Filter, Order};
-use crate::auth::principal;
 use crate::db::ids::utc;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::graphql::guards::Require;
 use crate::graphql::loaders::{Loaders, load_error};
+use crate::graphql::principal;
 use crate::graphql::relay::{Conn, NodeKind, OffsetPage, decode_expecting, to_global_id};
 use crate::graphql::{app, origin};
-use crate::rbac::{Permission, Require};
+use crate::rbac::Permission;
 use crate::tenancy::graphql::User;
 
 mod inputs;
@@ -52,25 +53,14 @@ fn definition_error(errors: &[DefinitionError]) -> AppError {
             None => format!("{}: {}", e.field, e.message),
         },
     );
-    let list: Vec<async_graphql::Value> = errors
+    let list: Vec<serde_json::Value> = errors
         .iter()
         .map(|e| {
-            let mut m = async_graphql::indexmap::IndexMap::new();
-            m.insert(
-                async_graphql::Name::new("step"),
-                e.step
-                    .clone()
-                    .map_or(async_graphql::Value::Null, Into::into),
-            );
-            m.insert(
-                async_graphql::Name::new("field"),
-                format!("definition.{}", e.field).into(),
-            );
-            m.insert(
-                async_graphql::Name::new("message"),
-                e.message.clone().into(),
-            );
-            async_graphql::Value::Object(m)
+            serde_json::json!({
+                "step": e.step,
+                "field": format!("definition.{}", e.field),
+                "message": e.message,
+            })
         })
         .collect();
     let mut err = AppError::new(ErrorCode::BadUserInput, message).with_detail("errors", list);

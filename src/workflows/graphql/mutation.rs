@@ -21,8 +21,8 @@ impl WorkflowMutation {
             name: input.name,
             description: input.description,
             tags: input.tags,
-            environment: input.environment,
-            visibility: input.visibility,
+            environment: input.environment.into(),
+            visibility: input.visibility.into(),
         };
         let row = service::create(app(ctx)?, &origin(ctx)?, principal(ctx)?, new).await?;
         Ok(WorkflowPayload {
@@ -48,8 +48,8 @@ impl WorkflowMutation {
             name: input.name,
             description: input.description,
             tags: input.tags,
-            environment: input.environment,
-            visibility: input.visibility,
+            environment: input.environment.map(Into::into),
+            visibility: input.visibility.map(Into::into),
         };
         let row = service::update(app(ctx)?, &origin(ctx)?, principal(ctx)?, id, changes).await?;
         Ok(WorkflowPayload {

@@ -100,7 +100,11 @@ impl WorkflowQuery {
         let f = filter.unwrap_or_default();
         let filter = Filter {
             tag: f.tag.map(|t| t.trim().to_lowercase()),
-            environment: f.environment.map(|e| e.as_str().to_owned()),
+            environment: f.environment.map(|e| {
+                crate::workflows::model::Environment::from(e)
+                    .as_str()
+                    .to_owned()
+            }),
             name_contains: f.name_contains,
         };
         let order = match order_by {

@@ -37,7 +37,7 @@ impl Workflow {
     /// Audit records about this workflow, newest first (audit.read).
     #[graphql(
         complexity = "crate::graphql::relay::page_cost(first, None, child_complexity)",
-        guard = "crate::rbac::Require(crate::rbac::Permission::AuditRead)"
+        guard = "crate::graphql::guards::Require(crate::rbac::Permission::AuditRead)"
     )]
     async fn audit_trail(
         &self,
@@ -62,12 +62,12 @@ impl Workflow {
         serde_json::from_str(&self.0.tags).unwrap_or_default()
     }
     /// Where it is meant to run.
-    async fn environment(&self) -> Environment {
-        self.0.environment
+    async fn environment(&self) -> crate::graphql::enums::Environment {
+        self.0.environment.into()
     }
     /// Who may see it.
-    async fn visibility(&self) -> Visibility {
-        self.0.visibility
+    async fn visibility(&self) -> crate::graphql::enums::Visibility {
+        self.0.visibility.into()
     }
     /// The owning user (null when an API key created it).
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
