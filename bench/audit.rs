@@ -80,7 +80,7 @@ impl Rng {
 
 async fn seed(
     db: &agentplane::db::DbPool,
-    tenant: &str,
+    tenant: agentplane::db::ids::TenantId,
     n: usize,
     users: &[UserId],
     rng: &mut Rng,
@@ -198,16 +198,9 @@ async fn main() -> anyhow::Result<()> {
     let users: Vec<UserId> = (0..200).map(|_| UserId::new()).collect();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     eprintln!("seeding {n} records into the bench tenant …");
-    let secs = seed(&app.db, &tenants[0].id.to_string(), n, &users, &mut rng).await?;
+    let secs = seed(&app.db, tenants[0].id, n, &users, &mut rng).await?;
     eprintln!("seeding {} records into a second tenant …", n / 10);
-    seed(
-        &app.db,
-        &tenants[1].id.to_string(),
-        n / 10,
-        &users,
-        &mut rng,
-    )
-    .await?;
+    seed(&app.db, tenants[1].id, n / 10, &users, &mut rng).await?;
     if pg_schema.is_some() {
         exec_pg(&url, "ANALYZE").await?;
     }

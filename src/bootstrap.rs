@@ -40,7 +40,7 @@ pub async fn ensure_platform_admin(app: &App) -> anyhow::Result<Option<Bootstrap
     // One transaction, recorded as the first record of the system tenant's chain.
     let created = match crate::tenancy::service::create_tenant(
         app,
-        &crate::audit::Origin::system(""),
+        &crate::audit::Origin::operator(),
         NewTenant {
             slug: "system",
             name: "Platform operators",
@@ -91,7 +91,7 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
     }
     let now = db_time(app.clock.now());
     let into = crate::error::AppError::into_anyhow;
-    let origin = crate::audit::Origin::system("");
+    let origin = crate::audit::Origin::operator();
     let mut accounts = Vec::new();
     let mut members = Vec::new();
     let mut tenant = None;
@@ -166,7 +166,7 @@ pub async fn create_tenant(
         .map_err(crate::error::AppError::into_anyhow)?;
     crate::tenancy::service::create_tenant(
         app,
-        &crate::audit::Origin::system(""),
+        &crate::audit::Origin::operator(),
         NewTenant {
             slug,
             name,
@@ -206,7 +206,7 @@ pub async fn create_user(
         .map_err(crate::error::AppError::into_anyhow)?;
     crate::tenancy::service::create_user(
         app,
-        &crate::audit::Origin::system(""),
+        &crate::audit::Origin::operator(),
         &tenant,
         NewUser {
             email,

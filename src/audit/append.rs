@@ -98,7 +98,11 @@ pub async fn record(db: &DbPool, entry: &Entry) -> AppResult<RecordRow> {
 /// bulk imports and for seeding benchmarks and tests. Rows go in multi-row inserts of
 /// 1000 on PostgreSQL and one statement each on SQLite (same transaction). Returns the
 /// new head sequence number.
-pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppResult<i64> {
+pub async fn append_many(
+    db: &DbPool,
+    tenant: crate::db::ids::TenantId,
+    entries: &[Entry],
+) -> AppResult<i64> {
     use crate::db::schema::{audit_actors, audit_heads};
     use diesel::prelude::*;
     use diesel_async::{AsyncConnection as _, RunQueryDsl};
@@ -208,7 +212,7 @@ pub async fn append_many(db: &DbPool, tenant: &str, entries: &[Entry]) -> AppRes
                 let mut pooled = pool.get().await?;
                 let conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
                 conn.transaction(async |conn| -> AppResult<i64> {
-                    crate::db::set_tenant(conn, &t).await?;
+                    crate::db::set_tenant(conn, &t.to_string()).await?;
                     let rows = prepare!(&mut *conn);
                     for chunk in rows.chunks(1000) {
                         diesel::insert_into(audit_log::table)

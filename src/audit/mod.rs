@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::db::DbPool;
+use crate::db::ids::TenantId;
 use crate::db::schema::audit_log;
 use crate::error::AppResult;
 
@@ -83,7 +84,7 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The tenant whose chain it joins (the system tenant for platform events).
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     /// `USER`, `API_KEY`, `SYSTEM` or `ANONYMOUS`.
     pub actor_type: &'static str,
     /// `user:<id>` / `apikey:<id>`; stored only as a pseudonym.
@@ -123,7 +124,7 @@ impl Entry {
         at: NaiveDateTime,
     ) -> Self {
         Self {
-            tenant_id: origin.tenant_id.clone(),
+            tenant_id: origin.tenant_id,
             actor_type: origin.actor_type,
             actor_ref: origin.actor_ref.clone(),
             action: action.to_owned(),
@@ -159,8 +160,8 @@ impl Entry {
 /// Who acts and from where: built from the request (see [`graphql::origin`]).
 #[derive(Debug, Clone)]
 pub struct Origin {
-    /// The caller's tenant.
-    pub tenant_id: String,
+    /// The caller's tenant (the tenant whose chain its records join).
+    pub tenant_id: TenantId,
     /// `USER`, `API_KEY`, `SYSTEM` or `ANONYMOUS`.
     pub actor_type: &'static str,
     /// `user:<id>` / `apikey:<id>`.
@@ -176,13 +177,13 @@ pub struct Origin {
 impl Origin {
     /// A user acting in their tenant, from `client`.
     pub fn user(
-        tenant: impl ToString,
+        tenant: TenantId,
         user: impl ToString,
         client: Option<&crate::request::ClientInfo>,
         request_id: Option<&str>,
     ) -> Self {
         Self {
-            tenant_id: tenant.to_string(),
+            tenant_id: tenant,
             actor_type: "USER",
             actor_ref: Some(format!("user:{}", user.to_string())),
             ip: client.map(|c| c.ip.to_string()),
@@ -191,10 +192,16 @@ impl Origin {
         }
     }
 
+    /// An operator at the command line (`bootstrap`, `agentplane admin …`), acting as
+    /// SYSTEM: the service it calls names the tenant whose chain records the change.
+    pub fn operator() -> Self {
+        Self::system(TenantId(uuid::Uuid::nil()))
+    }
+
     /// The platform itself acting in `tenant` (engine, scheduler, retention).
-    pub fn system(tenant: impl ToString) -> Self {
+    pub fn system(tenant: TenantId) -> Self {
         Self {
-            tenant_id: tenant.to_string(),
+            tenant_id: tenant,
             actor_type: "SYSTEM",
             actor_ref: None,
             ip: None,
@@ -271,7 +278,7 @@ mod tests {
     #[test]
     fn sealing_hashes_the_canonical_form() {
         let e = Entry {
-            tenant_id: "t".into(),
+            tenant_id: TenantId(uuid::Uuid::nil()),
             actor_type: "SYSTEM",
             actor_ref: None,
             action: "x.y".into(),
@@ -296,7 +303,7 @@ mod tests {
     #[test]
     fn erasing_the_client_context_keeps_the_hash_but_editing_it_does_not() {
         let e = Entry {
-            tenant_id: "t".into(),
+            tenant_id: TenantId(uuid::Uuid::nil()),
             actor_type: "USER",
             actor_ref: Some("user:u".into()),
             action: "auth.login".into(),

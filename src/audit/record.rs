@@ -10,7 +10,7 @@ pub struct RecordRow {
     /// UUIDv7 (time-ordered).
     pub id: String,
     /// The chain.
-    pub tenant_id: String,
+    pub tenant_id: crate::db::ids::TenantId,
     /// Position in the chain (1, 2, …).
     pub seq: i64,
     /// Actor kind.
@@ -73,7 +73,7 @@ impl RecordRow {
         };
         Value::Array(vec![
             self.id.clone().into(),
-            self.tenant_id.clone().into(),
+            self.tenant_id.to_string().into(),
             self.seq.into(),
             self.actor_type.clone().into(),
             self.actor_id.clone().into(),
@@ -126,7 +126,7 @@ impl RecordRow {
         let context_hash = context_digest(&salt, e.ip.as_deref(), user_agent.as_deref());
         let mut r = Self {
             id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: e.tenant_id.clone(),
+            tenant_id: e.tenant_id,
             seq,
             actor_type: e.actor_type.to_owned(),
             actor_id: pseudonym,

@@ -69,7 +69,7 @@ impl Principal {
         request_id: Option<&crate::request::RequestId>,
     ) -> crate::audit::Origin {
         crate::audit::Origin {
-            tenant_id: self.tenant_id.to_string(),
+            tenant_id: self.tenant_id,
             actor_type: match self.actor {
                 Actor::User(_) => "USER",
                 Actor::ApiKey(_) => "API_KEY",

@@ -160,7 +160,7 @@ async fn run(
     // it to `verifyAuditChain(checkpoint:)` later to prove nothing up to it changed.
     let checkpoint = crate::audit::chain::Checkpoint::sign(
         app.db.chain_keys().as_deref(),
-        &rec.tenant_id,
+        &rec.tenant_id.to_string(),
         rec.seq,
         &rec.hash,
         app.clock.now().to_rfc3339(),

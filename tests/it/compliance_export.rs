@@ -29,11 +29,10 @@ async fn exporting_100k_records_streams_in_bounded_memory() {
         .await
         .expect("query")
         .expect("system tenant")
-        .id
-        .to_string();
+        .id;
     let padding = "x".repeat(900);
     let at = agentplane::db::ids::db_time(chrono::Utc::now());
-    let origin = agentplane::audit::Origin::system(&system);
+    let origin = agentplane::audit::Origin::system(system);
     for chunk in 0..(RECORDS / 10_000) {
         let entries: Vec<agentplane::audit::Entry> = (0..10_000)
             .map(|i| {
@@ -47,7 +46,7 @@ async fn exporting_100k_records_streams_in_bounded_memory() {
                 )
             })
             .collect();
-        agentplane::audit::append_many(&db, &system, &entries)
+        agentplane::audit::append_many(&db, system, &entries)
             .await
             .expect("seed");
     }

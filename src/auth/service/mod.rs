@@ -140,10 +140,10 @@ pub async fn login(
             // Recorded in the account's tenant when the address belongs to one, else in
             // the platform's chain. The attempt is anonymous: nobody proved who they are.
             let tenant = match &user {
-                Some(u) => Some(u.tenant_id.to_string()),
+                Some(u) => Some(u.tenant_id),
                 None => crate::tenancy::store::find_system(&app.db)
                     .await?
-                    .map(|t| t.id.to_string()),
+                    .map(|t| t.id),
             };
             if let Some(tenant) = tenant {
                 let mut origin = crate::audit::Origin::system(tenant);

@@ -125,7 +125,7 @@ pub async fn create_tenant(
     }
     let (token, token_row) = token_for(app, &owner, &credential);
     let mut origin = origin.clone();
-    origin.tenant_id = tenant.id.to_string();
+    origin.tenant_id = tenant.id;
     let audit = Entry::change(
         &origin,
         "tenant.created",
@@ -168,7 +168,7 @@ pub async fn create_user(
     }
     let (token, token_row) = token_for(app, &user, &credential);
     let mut origin = origin.clone();
-    origin.tenant_id = tenant.id.to_string();
+    origin.tenant_id = tenant.id;
     let audit = Entry::change(
         &origin,
         "user.created",

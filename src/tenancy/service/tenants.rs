@@ -192,7 +192,7 @@ pub async fn restore_owner(
         .ok_or_else(|| AppError::not_found("user"))?;
     let now = db_time(app.clock.now());
     let mut origin = origin.clone();
-    origin.tenant_id = t.id.to_string();
+    origin.tenant_id = t.id;
     let audit = Entry::change(
         &origin,
         "user.owner_restored",
@@ -229,7 +229,7 @@ async fn write(
     severity: Severity,
 ) -> AppResult<()> {
     let mut origin = origin.clone();
-    origin.tenant_id = t.id.to_string();
+    origin.tenant_id = t.id;
     let audit = Entry::change(
         &origin,
         action,
