@@ -57,7 +57,7 @@ impl App {
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let statements = Arc::new(AtomicU64::new(0));
         let db = DbPool::connect_counted(&config.database_url, statements.clone()).await?;
-        db.set_chain_keys(Arc::new(crate::audit::chain::ChainKeys::from_master(
+        db.set_signer(Arc::new(crate::audit::chain::ChainKeys::from_master(
             &config.master_keys,
         )));
         let keys = KeyRing::load(&db, &config.auth, &config.master_keys)

@@ -2,6 +2,7 @@
 //! (`record`, for events that change nothing), or many at once (`append_many`, seeding).
 
 use super::*;
+use crate::audit::chain::KeysOf as _;
 
 /// Appends an [`Entry`] to its tenant's chain on `$conn`, inside the caller's transaction
 /// (a `DbPool::tx`). Evaluates to `Result<RecordRow, AppError>`. A macro because the body is

@@ -109,6 +109,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The chain keys kept with a pool (`App` sets them as the pool's `db::Signer`), read
+/// back from the pool or from a connection it lent.
+pub trait KeysOf {
+    /// The chain keys, if set.
+    fn chain_keys(&self) -> Option<Arc<ChainKeys>>;
+}
+
+impl KeysOf for crate::db::DbPool {
+    fn chain_keys(&self) -> Option<Arc<ChainKeys>> {
+        self.signer()?.downcast::<ChainKeys>().ok()
+    }
+}
+
+impl KeysOf for crate::db::Conn<'_> {
+    fn chain_keys(&self) -> Option<Arc<ChainKeys>> {
+        self.signer()?.downcast::<ChainKeys>().ok()
+    }
+}
+
 tokio::task_local! {
     /// The chain keys of the pool a record is appended on (`audit::append` sets it).
     pub static CURRENT: Option<Arc<ChainKeys>>;

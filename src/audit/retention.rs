@@ -13,6 +13,7 @@
 //! Executions of the current calendar month are kept whatever the setting, because the
 //! monthly execution quota counts them.
 
+use crate::audit::chain::KeysOf as _;
 use chrono::{Datelike as _, Duration, NaiveDate, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

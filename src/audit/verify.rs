@@ -1,6 +1,7 @@
 //! Verifying a tenant's chain: hashes, signatures, sequence, checkpoints.
 
 use super::*;
+use crate::audit::chain::KeysOf as _;
 
 /// The result of checking a chain.
 #[derive(Debug, Clone, Default)]

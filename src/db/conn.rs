@@ -20,20 +20,17 @@
 //! transaction on PostgreSQL only, for row-level security; none on SQLite).
 //! [`DbPool::run`] is a plain connection for platform-wide work such as the engine's.
 
-use std::sync::Arc;
-
 use diesel_async::AsyncPgConnection;
 use diesel_async::TransactionManager as _;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 
 use super::{DbPool, SqliteConn};
-use crate::audit::chain::ChainKeys;
 use crate::error::AppResult;
 
 /// A connection on one of the two backends, lent to store functions.
 pub struct Conn<'a> {
     inner: Inner<'a>,
-    chain: Option<&'a Arc<ChainKeys>>,
+    chain: Option<&'a super::Signer>,
 }
 
 /// The backend-specific connection inside a [`Conn`] (matched by [`on_conn!`](crate::on_conn)).
@@ -50,8 +47,9 @@ impl<'a> Conn<'a> {
         &mut self.inner
     }
 
-    /// The audit chain keys records appended on this connection are signed with.
-    pub fn chain_keys(&self) -> Option<Arc<ChainKeys>> {
+    /// The pool's [`Signer`](super::Signer): what records appended on this connection
+    /// are signed with.
+    pub fn signer(&self) -> Option<super::Signer> {
         self.chain.cloned()
     }
 }
@@ -95,7 +93,7 @@ enum Pooled<'p> {
 }
 
 impl Pooled<'_> {
-    fn conn<'a>(&'a mut self, chain: Option<&'a Arc<ChainKeys>>) -> Conn<'a> {
+    fn conn<'a>(&'a mut self, chain: Option<&'a super::Signer>) -> Conn<'a> {
         let inner = match self {
             Self::Postgres(c) => Inner::Postgres(c),
             Self::Sqlite(c) => Inner::Sqlite(c),
@@ -162,7 +160,7 @@ impl DbPool {
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
     {
-        let keys = self.chain_keys();
+        let keys = self.signer();
         let mut pooled = self.checkout().await?;
         let mut conn = pooled.conn(keys.as_ref());
         let open = match (&mut conn.inner, mode) {

@@ -62,8 +62,8 @@ pub enum DbPool {
 pub struct FastPool<M: bb8::ManageConnection> {
     pool: bb8::Pool<M>,
     refused: Arc<Refusals>,
-    /// The audit chain keys transactions on this pool sign records with.
-    chain: Arc<std::sync::OnceLock<Arc<crate::audit::chain::ChainKeys>>>,
+    /// What the audit layer keeps with the pool (see [`Signer`]).
+    chain: Arc<std::sync::OnceLock<Signer>>,
     /// Bumped after every committed write transaction (wakes live audit tails).
     commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -324,18 +324,23 @@ pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::Q
         .map(|_| ())
 }
 
+/// An opaque value the audit layer keeps with a pool (its chain keys), so that every
+/// connection the pool lends can sign the records appended on it. `db` never looks
+/// inside: it knows no domain.
+pub type Signer = Arc<dyn std::any::Any + Send + Sync>;
+
 impl DbPool {
-    /// Sets the audit chain keys of this pool (and its clones); the first call wins.
-    pub fn set_chain_keys(&self, keys: Arc<crate::audit::chain::ChainKeys>) {
-        let _ = self.chain_cell().set(keys);
+    /// Sets the signer of this pool (and its clones); the first call wins.
+    pub fn set_signer(&self, signer: Signer) {
+        let _ = self.chain_cell().set(signer);
     }
 
-    /// The audit chain keys records written through this pool are signed with.
-    pub fn chain_keys(&self) -> Option<Arc<crate::audit::chain::ChainKeys>> {
+    /// The signer set on this pool, if any.
+    pub fn signer(&self) -> Option<Signer> {
         self.chain_cell().get().cloned()
     }
 
-    fn chain_cell(&self) -> &std::sync::OnceLock<Arc<crate::audit::chain::ChainKeys>> {
+    fn chain_cell(&self) -> &std::sync::OnceLock<Signer> {
         match self {
             Self::Postgres(p) => &p.chain,
             Self::Sqlite(p) => &p.chain,
@@ -363,8 +368,8 @@ impl DbPool {
     /// A second pool to the same database (the cluster agent's) signs audit records with
     /// `main`'s keys and wakes `main`'s audit tails when it commits.
     pub fn share_with(&mut self, main: &DbPool) {
-        if let Some(keys) = main.chain_keys() {
-            self.set_chain_keys(keys);
+        if let Some(keys) = main.signer() {
+            self.set_signer(keys);
         }
         let sender = main.commits_sender().clone();
         match self {

@@ -3,6 +3,7 @@
 //! access token or an API key) and by the `audit.export` permission; every export is
 //! itself recorded (`audit.exported`) before the first byte is sent.
 
+use crate::audit::chain::KeysOf as _;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri, header};

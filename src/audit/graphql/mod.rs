@@ -1,6 +1,7 @@
 //! GraphQL for the audit trail: `auditLog`, `verifyAuditChain`, `complianceReport`,
 //! the `auditEvents` live tail, and the `auditTrail` fields of other types.
 
+use crate::audit::chain::KeysOf as _;
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
