@@ -14,6 +14,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::DbPool;
 
+/// The process's event bus: execution events (stored, relayed between processes) and
+/// cluster notices (each process derives its own).
+pub type Bus =
+    crate::events::EventBus<crate::executions::model::ExecutionEvent, crate::cluster::ClusterEvent>;
+
 /// Everything a request may need, shared by reference. Built once; never global.
 pub struct App {
     /// The validated configuration.
@@ -33,7 +38,7 @@ pub struct App {
     /// SQL statements run so far by this process's pool.
     pub statements: Arc<AtomicU64>,
     /// Execution events (and queue wake-ups) for subscribers and workers.
-    pub bus: Arc<crate::events::EventBus>,
+    pub bus: Arc<Bus>,
     /// This process as a cluster node (its id is the bus origin).
     pub node: Arc<crate::cluster::NodeState>,
     /// Bounds concurrent password hashing (memory and CPU per sign-in).
@@ -63,7 +68,7 @@ impl App {
         let keys = KeyRing::load(&db, &config.auth, &config.master_keys)
             .await
             .context("loading signing keys")?;
-        let bus = Arc::new(crate::events::EventBus::new());
+        let bus = Arc::new(Bus::new());
         let node = Arc::new(crate::cluster::NodeState::new(bus.origin.clone()));
         Ok(App {
             db,

@@ -49,7 +49,7 @@ impl Background {
                 )))
             }
             crate::config::DatabaseUrl::Sqlite(_) => {
-                Some(tokio::spawn(crate::events::follow_sqlite(
+                Some(tokio::spawn(crate::executions::relay::follow_sqlite(
                     app.config.database_url.clone(),
                     app.bus.clone(),
                     app.shutdown.child_token(),

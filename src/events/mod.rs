@@ -1,11 +1,13 @@
 //! The event bus: every execution event goes through here on its way to subscribers.
+//! The bus is generic over its two event types (it knows no domain): `App` instantiates
+//! it with the executions' and the cluster's events ([`crate::app::Bus`]).
 //!
 //! In-process it is a tokio broadcast channel. Between processes (several `serve`
 //! replicas and `worker` processes on one PostgreSQL) the writer also sends the event with
 //! `pg_notify('agentplane_events', …)` in the transaction that stores it, and every process
 //! relays what it hears into its own bus ([`relay_postgres`]), skipping its own events.
 //! On SQLite, where there is no NOTIFY, every process follows the stored event log by
-//! row order instead ([`follow_sqlite`]), so a `serve` and a separate `worker` on one file
+//! row order instead (`executions::relay::follow_sqlite`), so a `serve` and a separate `worker` on one file
 //! see each other's events (and QUEUED events wake idle workers).
 //! A Redis fan-out can later replace the relay without touching publishers or
 //! subscribers. Events are also stored (`execution_events`), so a subscriber that falls
@@ -20,11 +22,17 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::executions::model::ExecutionEvent;
+/// What the bus carries between processes: serializable, and identified by a stream
+/// (one execution) and a gap-free sequence number in it.
+pub trait BusEvent: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
+    /// `(stream, sequence)`: a follower skips the events its own process published.
+    fn key(&self) -> (uuid::Uuid, i64);
+}
 
 /// PostgreSQL channel that carries events between processes.
 pub const EVENTS_CHANNEL: &str = "agentplane_events";
@@ -33,16 +41,17 @@ pub const QUEUE_CHANNEL: &str = "agentplane_queue";
 
 /// An event as sent between processes.
 #[derive(Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Envelope<E> {
     /// The sending process (its node id), so it can skip its own events.
     pub origin: String,
     /// The event.
-    pub event: ExecutionEvent,
+    pub event: E,
 }
 
-/// The process's bus.
-pub struct EventBus {
-    tx: broadcast::Sender<Arc<ExecutionEvent>>,
+/// The process's bus: events `E` (stored, relayed between processes) and notices `C`
+/// (process-local: every process derives them itself).
+pub struct EventBus<E, C> {
+    tx: broadcast::Sender<Arc<E>>,
     /// This process's id (also its node id in the engine).
     pub origin: String,
     /// Woken when work is enqueued (locally, or by NOTIFY from another process).
@@ -50,7 +59,7 @@ pub struct EventBus {
     /// Node health changes and cluster ticks. Every process reads the shared `nodes`
     /// table on each heartbeat and publishes what changed, so no cross-process relay is
     /// needed for these.
-    cluster: broadcast::Sender<Arc<crate::cluster::ClusterEvent>>,
+    cluster: broadcast::Sender<Arc<C>>,
     /// Bumped when events from other processes may have been missed (the relay lost its
     /// connection): subscribers then re-read the stored log.
     pub resync: tokio::sync::watch::Sender<u64>,
@@ -63,19 +72,19 @@ pub struct EventBus {
 /// A bounded memory of `(execution, seq)` published here.
 #[derive(Default)]
 struct LocalEvents {
-    set: HashSet<(crate::executions::model::ExecutionId, i64)>,
-    order: VecDeque<(crate::executions::model::ExecutionId, i64)>,
+    set: HashSet<(uuid::Uuid, i64)>,
+    order: VecDeque<(uuid::Uuid, i64)>,
 }
 
 const LOCAL_EVENTS_KEPT: usize = 65_536;
 
-impl Default for EventBus {
+impl<E: BusEvent, C> Default for EventBus<E, C> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl EventBus {
+impl<E: BusEvent, C> EventBus<E, C> {
     /// A bus with room for 4096 undelivered events per subscriber.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(4096);
@@ -97,20 +106,20 @@ impl EventBus {
     }
 
     /// Delivers a cluster event to this process's subscribers.
-    pub fn publish_cluster(&self, ev: crate::cluster::ClusterEvent) {
+    pub fn publish_cluster(&self, ev: C) {
         let _ = self.cluster.send(Arc::new(ev));
     }
 
     /// A new cluster subscription.
-    pub fn subscribe_cluster(&self) -> broadcast::Receiver<Arc<crate::cluster::ClusterEvent>> {
+    pub fn subscribe_cluster(&self) -> broadcast::Receiver<Arc<C>> {
         self.cluster.subscribe()
     }
 
     /// Delivers an event to this process's subscribers.
-    pub fn publish(&self, ev: ExecutionEvent) {
+    pub fn publish(&self, ev: E) {
         if AtomicBool::load(&self.track_local, Ordering::Relaxed) {
             if let Ok(mut l) = self.local.lock() {
-                let key = (ev.execution_id, ev.seq);
+                let key = ev.key();
                 if l.set.insert(key) {
                     l.order.push_back(key);
                 }
@@ -126,25 +135,31 @@ impl EventBus {
     }
 
     /// Delivers an event read from another process (not remembered as local).
-    fn publish_relayed(&self, ev: ExecutionEvent) {
+    pub fn publish_relayed(&self, ev: E) {
         let _ = self.tx.send(Arc::new(ev));
     }
 
     /// Whether this process published `ev` itself (forgetting it: each is seen once).
-    fn was_local(&self, ev: &ExecutionEvent) -> bool {
+    pub fn was_local(&self, ev: &E) -> bool {
         self.local
             .lock()
-            .map(|mut l| l.set.remove(&(ev.execution_id, ev.seq)))
+            .map(|mut l| l.set.remove(&ev.key()))
             .unwrap_or(false)
     }
 
+    /// Starts remembering the events this process publishes, for a follower of the
+    /// stored log that must tell them from other processes' ([`EventBus::was_local`]).
+    pub fn track_local(&self) {
+        AtomicBool::store(&self.track_local, true, Ordering::Relaxed);
+    }
+
     /// A new subscription (sees events published from now on).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ExecutionEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<E>> {
         self.tx.subscribe()
     }
 
     /// The JSON payload for `pg_notify`.
-    pub fn envelope(&self, ev: &ExecutionEvent) -> String {
+    pub fn envelope(&self, ev: &E) -> String {
         serde_json::to_string(&Envelope {
             origin: self.origin.clone(),
             event: ev.clone(),
@@ -155,7 +170,11 @@ impl EventBus {
 
 /// Listens on PostgreSQL for other processes' events and enqueue wake-ups and relays
 /// them into `bus`, reconnecting with backoff until `stop`.
-pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationToken) {
+pub async fn relay_postgres<E: BusEvent, C>(
+    url: String,
+    bus: Arc<EventBus<E, C>>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut connected_before = false;
     loop {
@@ -208,7 +227,7 @@ pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationT
             };
             match n {
                 Some(Ok(n)) if n.channel == QUEUE_CHANNEL => bus.queue_wake.notify_waiters(),
-                Some(Ok(n)) => match serde_json::from_str::<Envelope>(&n.payload) {
+                Some(Ok(n)) => match serde_json::from_str::<Envelope<E>>(&n.payload) {
                     Ok(env) if env.origin != bus.origin => bus.publish(env.event),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed event notification"),
@@ -219,103 +238,6 @@ pub async fn relay_postgres(url: String, bus: Arc<EventBus>, stop: CancellationT
                 }
                 None => break,
             }
-        }
-    }
-}
-
-/// How often [`follow_sqlite`] reads the event log.
-pub const SQLITE_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
-
-/// SQLite's cross-process path: follows `execution_events` in row order (rows are
-/// numbered in commit order under SQLite's single writer) and publishes the events other
-/// processes wrote into `bus`; a QUEUED event wakes idle workers. Starts at the end of
-/// the log; stops with `stop`.
-pub async fn follow_sqlite(
-    url: crate::config::DatabaseUrl,
-    bus: Arc<EventBus>,
-    stop: CancellationToken,
-) {
-    use diesel::sql_types::{BigInt, Text};
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        pos: i64,
-        #[diesel(sql_type = Text)]
-        payload: String,
-    }
-    // Its own pool, so polling neither queues behind requests nor counts in
-    // `App::statements`.
-    let db = loop {
-        match crate::db::DbPool::connect(&url).await {
-            Ok(db) => break db,
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "event-log follower cannot open the database; retrying"
-                );
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
-    let crate::db::DbPool::Sqlite(pool) = &db else {
-        return;
-    };
-    AtomicBool::store(&bus.track_local, true, Ordering::Relaxed);
-    let mut last: Option<i64> = None;
-    loop {
-        let read = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            let rows: Vec<Row> = match last {
-                None => diesel::sql_query(
-                    "SELECT COALESCE(MAX(rowid), 0) AS pos, '' AS payload FROM execution_events",
-                )
-                .load(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())?,
-                Some(after) => diesel::sql_query(
-                    "SELECT rowid AS pos, payload FROM execution_events WHERE rowid > ? \
-                     ORDER BY rowid LIMIT 1000",
-                )
-                .bind::<BigInt, _>(after)
-                .load(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())?,
-            };
-            Ok::<_, String>(rows)
-        };
-        match read.await {
-            Ok(rows) if last.is_none() => {
-                last = Some(rows.as_slice().first().map_or(0, |r| r.pos));
-                // Work enqueued before this position is found by claiming: wake once.
-                bus.queue_wake.notify_waiters();
-            }
-            Ok(rows) => {
-                let full = rows.len() == 1000;
-                for r in rows {
-                    last = Some(r.pos);
-                    let Ok(ev) = serde_json::from_str::<ExecutionEvent>(&r.payload) else {
-                        continue;
-                    };
-                    if bus.was_local(&ev) {
-                        continue;
-                    }
-                    if ev.status == crate::executions::model::ExecutionStatus::Queued {
-                        bus.queue_wake.notify_waiters();
-                    }
-                    bus.publish_relayed(ev);
-                }
-                if full {
-                    continue;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading the event log failed; retrying"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(SQLITE_FOLLOW_INTERVAL) => {}
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod egress;
 pub mod engine;
 pub mod graphql;
 pub mod model;
+pub mod relay;
 pub mod schedules;
 pub mod service;
 pub mod steps;

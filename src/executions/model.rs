@@ -211,6 +211,12 @@ pub struct EventRow {
     pub created_at: NaiveDateTime,
 }
 
+impl crate::events::BusEvent for ExecutionEvent {
+    fn key(&self) -> (uuid::Uuid, i64) {
+        (self.execution_id.0, self.seq)
+    }
+}
+
 /// What happened.
 #[derive(Copy, Clone, Eq, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
