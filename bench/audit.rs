@@ -98,10 +98,10 @@ async fn seed(
                 let action = ACTIONS[rng.below(ACTIONS.len())];
                 let mut origin = Origin::system(tenant);
                 if rng.below(10) == 0 {
-                    origin.actor_type = "API_KEY";
+                    origin.actor_type = agentplane::audit::ActorType::ApiKey;
                     origin.actor_ref = Some(format!("apikey:{}", keys[rng.below(keys.len())]));
                 } else {
-                    origin.actor_type = "USER";
+                    origin.actor_type = agentplane::audit::ActorType::User;
                     origin.actor_ref = Some(format!("user:{}", users[rng.below(users.len())]));
                 }
                 origin.ip = Some(format!("10.0.{}.{}", rng.below(256), rng.below(256)));

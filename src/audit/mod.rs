@@ -80,13 +80,57 @@ impl Outcome {
     }
 }
 
+/// Who acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorType {
+    /// A signed-in user.
+    User,
+    /// An API key.
+    ApiKey,
+    /// The platform itself (engine, scheduler, retention, the CLI).
+    System,
+    /// Nobody proved who they are (a failed sign-in).
+    Anonymous,
+}
+
+impl ActorType {
+    /// Stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "USER",
+            Self::ApiKey => "API_KEY",
+            Self::System => "SYSTEM",
+            Self::Anonymous => "ANONYMOUS",
+        }
+    }
+}
+
+impl Severity {
+    /// Parses a stored name; `None` for anything else (the verifier reports such a
+    /// record, it does not fail to read it: records are kept as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Info, Self::Warning, Self::Critical]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl Outcome {
+    /// Parses a stored name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Success, Self::Failure]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
 /// One event to record.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The tenant whose chain it joins (the system tenant for platform events).
     pub tenant_id: TenantId,
-    /// `USER`, `API_KEY`, `SYSTEM` or `ANONYMOUS`.
-    pub actor_type: &'static str,
+    /// Who acted.
+    pub actor_type: ActorType,
     /// `user:<id>` / `apikey:<id>`; stored only as a pseudonym.
     pub actor_ref: Option<String>,
     /// `workflow.created`, `auth.login_failed`, …
@@ -162,8 +206,8 @@ impl Entry {
 pub struct Origin {
     /// The caller's tenant (the tenant whose chain its records join).
     pub tenant_id: TenantId,
-    /// `USER`, `API_KEY`, `SYSTEM` or `ANONYMOUS`.
-    pub actor_type: &'static str,
+    /// Who acted.
+    pub actor_type: ActorType,
     /// `user:<id>` / `apikey:<id>`.
     pub actor_ref: Option<String>,
     /// Client address.
@@ -184,7 +228,7 @@ impl Origin {
     ) -> Self {
         Self {
             tenant_id: tenant,
-            actor_type: "USER",
+            actor_type: ActorType::User,
             actor_ref: Some(format!("user:{}", user.to_string())),
             ip: client.map(|c| c.ip.to_string()),
             user_agent: client.and_then(|c| c.user_agent.clone()),
@@ -202,7 +246,7 @@ impl Origin {
     pub fn system(tenant: TenantId) -> Self {
         Self {
             tenant_id: tenant,
-            actor_type: "SYSTEM",
+            actor_type: ActorType::System,
             actor_ref: None,
             ip: None,
             user_agent: None,
@@ -279,7 +323,7 @@ mod tests {
     fn sealing_hashes_the_canonical_form() {
         let e = Entry {
             tenant_id: TenantId(uuid::Uuid::nil()),
-            actor_type: "SYSTEM",
+            actor_type: ActorType::System,
             actor_ref: None,
             action: "x.y".into(),
             resource_type: None,
@@ -304,7 +348,7 @@ mod tests {
     fn erasing_the_client_context_keeps_the_hash_but_editing_it_does_not() {
         let e = Entry {
             tenant_id: TenantId(uuid::Uuid::nil()),
-            actor_type: "USER",
+            actor_type: ActorType::User,
             actor_ref: Some("user:u".into()),
             action: "auth.login".into(),
             resource_type: None,

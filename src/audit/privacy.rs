@@ -334,7 +334,7 @@ pub async fn erase(
                 pseudonymized += diesel::update(
                     audit_log::table
                         .filter(audit_log::tenant_id.eq(&tid))
-                        .filter(audit_log::actor_type.eq("ANONYMOUS"))
+                        .filter(audit_log::actor_type.eq(super::ActorType::Anonymous.as_str()))
                         .filter(audit_log::resource_type.eq("user"))
                         .filter(audit_log::resource_id.eq(&uid))
                         .filter(audit_log::context_hash.is_not_null())

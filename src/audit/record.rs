@@ -13,7 +13,9 @@ pub struct RecordRow {
     pub tenant_id: crate::db::ids::TenantId,
     /// Position in the chain (1, 2, …).
     pub seq: i64,
-    /// Actor kind.
+    /// Actor kind ([`ActorType`] as stored). The record's columns stay the strings that
+    /// were stored, so that the verifier can read, and report, any record, forged ones
+    /// included; the typed values are what the application writes ([`Entry`]).
     pub actor_type: String,
     /// Actor pseudonym.
     pub actor_id: Option<String>,
@@ -128,7 +130,7 @@ impl RecordRow {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: e.tenant_id,
             seq,
-            actor_type: e.actor_type.to_owned(),
+            actor_type: e.actor_type.as_str().to_owned(),
             actor_id: pseudonym,
             action: e.action.clone(),
             resource_type: e.resource_type.clone(),

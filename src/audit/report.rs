@@ -106,13 +106,13 @@ pub async fn compute(
                 .await?;
             let critical: i64 = audit_log::table
                 .filter(in_range)
-                .filter(audit_log::severity.eq("CRITICAL"))
+                .filter(audit_log::severity.eq(super::Severity::Critical.as_str()))
                 .count()
                 .get_result(conn)
                 .await?;
             let failures: i64 = audit_log::table
                 .filter(in_range)
-                .filter(audit_log::outcome.eq("FAILURE"))
+                .filter(audit_log::outcome.eq(super::Outcome::Failure.as_str()))
                 .count()
                 .get_result(conn)
                 .await?;

@@ -71,8 +71,8 @@ impl Principal {
         crate::audit::Origin {
             tenant_id: self.tenant_id,
             actor_type: match self.actor {
-                Actor::User(_) => "USER",
-                Actor::ApiKey(_) => "API_KEY",
+                Actor::User(_) => crate::audit::ActorType::User,
+                Actor::ApiKey(_) => crate::audit::ActorType::ApiKey,
             },
             actor_ref: Some(self.actor_ref()),
             ip: client.map(|c| c.ip.to_string()),

@@ -82,9 +82,7 @@ const MACROS: &[(&str, &str)] = &[
 /// Known upward arrows (file → module path it refers to): debt, to be removed. The
 /// data-subject export document spells ids as global IDs (the encoding lives with the
 /// relay types in the API layer).
-const UPWARD_DEBT: &[(&str, &str)] = &[
-    ("audit/privacy.rs", "graphql::relay"),
-];
+const UPWARD_DEBT: &[(&str, &str)] = &[("audit/privacy.rs", "graphql::relay")];
 
 /// Files below the API layer that still name `async_graphql`: debt (none left: the
 /// domain enums get their GraphQL types in `graphql::enums`, guards live in

@@ -65,11 +65,9 @@ impl AuditRecord {
     }
     /// SUCCESS or FAILURE.
     async fn outcome(&self) -> Outcome {
-        if self.0.outcome == "FAILURE" {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        }
+        super::Outcome::parse(&self.0.outcome)
+            .unwrap_or(super::Outcome::Success)
+            .into()
     }
     /// Why it failed.
     async fn reason(&self) -> Option<&str> {
@@ -77,10 +75,9 @@ impl AuditRecord {
     }
     /// INFO, WARNING or CRITICAL.
     async fn severity(&self) -> Severity {
-        match self.0.severity.as_str() {
-            "CRITICAL" => Severity::Critical,
-            "WARNING" => Severity::Warning,
-            _ => Severity::Info,
+        match super::Severity::parse(&self.0.severity) {
+            Some(s) => s.into(),
+            None => Severity::Info,
         }
     }
     /// Client address.
