@@ -8,6 +8,7 @@
 //! compared across processes, so they need a shared notion of now.
 
 pub mod agent;
+pub mod capacity;
 pub mod gpu;
 pub mod graphql;
 pub mod host;

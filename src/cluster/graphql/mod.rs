@@ -20,7 +20,7 @@ use super::store::{self, SampleRow};
 use super::{ClusterEvent, view};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::db::ids::{db_time, utc};
+use crate::db::ids::utc;
 use crate::error::{AppError, AppResult};
 use crate::graphql::enums::{NodeEventKind, NodeKind as ClusterNodeKind, NodeStatus};
 use crate::graphql::guards::Require;

@@ -335,111 +335,46 @@ pub struct ScalingRecommendation {
     pub reason: String,
 }
 
-/// Computes the summary for `scope` (a tenant, or everything).
+impl From<crate::cluster::capacity::Summary> for ClusterSummary {
+    fn from(s: crate::cluster::capacity::Summary) -> Self {
+        Self {
+            nodes_by_status: s
+                .nodes_by_status
+                .into_iter()
+                .map(|(status, count)| NodeStatusCount {
+                    status: status.into(),
+                    count,
+                })
+                .collect(),
+            gpus_total: s.gpus_total,
+            gpu_memory_total_mb: s.gpu_memory_total_mb,
+            gpu_memory_used_mb: s.gpu_memory_used_mb,
+            gpu_memory_reserved_mb: s.gpu_memory_reserved_mb,
+            queue_depth: s.queue_depth,
+            oldest_queued_seconds: s.oldest_queued_seconds,
+        }
+    }
+}
+
+impl From<crate::cluster::capacity::Recommendation> for ScalingRecommendation {
+    fn from(r: crate::cluster::capacity::Recommendation) -> Self {
+        Self {
+            current_workers: r.current_workers,
+            desired_workers: r.desired_workers,
+            reason: r.reason,
+        }
+    }
+}
+
+/// The summary for `scope` (a tenant, or everything), as GraphQL.
 pub async fn summary(
     app: &App,
     scope: Option<crate::tenancy::TenantId>,
 ) -> AppResult<ClusterSummary> {
-    let nodes = store::all_nodes(&app.db).await?;
-    let res = store::all_reservations(&app.db).await?;
-    let (depth, oldest) = store::queue_stats(&app.db, scope).await?;
-    let now = wall_now();
-    let mut counts: HashMap<NodeStatus, i64> = HashMap::new();
-    let (mut gpus, mut total, mut used) = (0i64, 0i64, 0i64);
-    for n in &nodes {
-        let st = NodeStatus::from(view(n, now, &app.config.cluster).1);
-        *counts.entry(st).or_insert(0) += 1;
-        if st != NodeStatus::Offline {
-            for g in n.gpus() {
-                gpus += 1;
-                total += g.memory_total_mb as i64;
-                used += g.memory_used_mb as i64;
-            }
-        }
-    }
-    let app_now = app.clock.now();
-    Ok(ClusterSummary {
-        nodes_by_status: crate::cluster::model::NodeStatus::ALL
-            .iter()
-            .map(|s| NodeStatus::from(*s))
-            .map(|s| NodeStatusCount {
-                status: s,
-                count: counts.get(&s).copied().unwrap_or(0),
-            })
-            .collect(),
-        gpus_total: gpus,
-        gpu_memory_total_mb: total,
-        gpu_memory_used_mb: used,
-        gpu_memory_reserved_mb: res.iter().map(|r| r.memory_mb).sum(),
-        queue_depth: depth,
-        oldest_queued_seconds: oldest
-            .map(|o| (db_time(app_now) - o).num_seconds().max(0))
-            .unwrap_or(0),
-    })
+    Ok(crate::cluster::capacity::summary(app, scope).await?.into())
 }
 
-/// The scaling rule: enough worker nodes for everything running and queued at the
-/// current slots per node; one more when work has waited over a minute; one fewer when
-/// under a third of the slots are busy and nothing waits. GPU work that no node can fit
-/// is called out, since more of the same nodes would not help.
+/// The scaling recommendation, as GraphQL.
 pub async fn recommend(app: &App) -> AppResult<ScalingRecommendation> {
-    let nodes = store::all_nodes(&app.db).await?;
-    let now = wall_now();
-    let live: Vec<&NodeRow> = nodes
-        .iter()
-        .filter(|n| {
-            let (_, st) = view(n, now, &app.config.cluster);
-            n.worker_slots > 0
-                && !matches!(
-                    st,
-                    crate::cluster::model::NodeStatus::Offline
-                        | crate::cluster::model::NodeStatus::Draining
-                )
-        })
-        .collect();
-    let current = live.len() as i64;
-    let slots: i64 = live.iter().map(|n| n.worker_slots).sum();
-    let per_node = if current > 0 {
-        (slots / current).max(1)
-    } else {
-        4
-    };
-    let (queued, oldest) = store::queue_stats(&app.db, None).await?;
-    let running = store::running_total(&app.db).await?;
-    let wait = oldest
-        .map(|o| (db_time(app.clock.now()) - o).num_seconds().max(0))
-        .unwrap_or(0);
-    let demand = running + queued;
-    let mut desired = ((demand + per_node - 1) / per_node).max(1);
-    let mut reason = format!(
-        "{running} running and {queued} queued executions at {per_node} per node need {desired} worker node(s)"
-    );
-    if queued > 0 && wait > 60 && desired <= current {
-        desired = current + 1;
-        reason =
-            format!("{queued} execution(s) queued, the oldest for {wait} s: add a worker node");
-    } else if queued == 0 && current > 1 && slots > 0 && running * 3 < slots {
-        desired = desired.max(current - 1);
-        reason = format!("{running} of {slots} slots busy and nothing queued: one node can go");
-    }
-    let unfit = store::open_placements(&app.db)
-        .await?
-        .into_iter()
-        .filter(|(p, _)| {
-            p.node_id.is_none()
-                && p.waiting_reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("no node can fit"))
-        })
-        .count();
-    if unfit > 0 {
-        reason.push_str(&format!(
-            "; {unfit} execution(s) need more GPU memory than any node has: add larger GPU nodes"
-        ));
-    }
-    Ok(ScalingRecommendation {
-        current_workers: current,
-        desired_workers: desired,
-        reason,
-    })
+    Ok(crate::cluster::capacity::recommend(app).await?.into())
 }
