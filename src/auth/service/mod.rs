@@ -206,12 +206,7 @@ pub async fn login(
         None,
         db_time(now),
     );
-    let first = RefreshTokenRow {
-        token_hash: passwords::sha256_hex(&refresh),
-        session_id: session.id,
-        created_at: db_time(now),
-        used_at: None,
-    };
+    let first = refresh_row(&refresh, session.id, now);
     app.db
         .tx(user.tenant_id, async |conn| {
             store::insert_session(conn, &session, &first).await?;
@@ -220,6 +215,16 @@ pub async fn login(
         })
         .await?;
     issue(app, user, session.id, refresh, now)
+}
+
+/// The stored form of a new refresh token: its hash, unused.
+fn refresh_row(secret: &str, session: SessionId, now: DateTime<Utc>) -> RefreshTokenRow {
+    RefreshTokenRow {
+        token_hash: passwords::sha256_hex(secret),
+        session_id: session,
+        created_at: db_time(now),
+        used_at: None,
+    }
 }
 
 fn issue(
@@ -322,12 +327,7 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         None,
         db_time(now),
     );
-    let rotated = RefreshTokenRow {
-        token_hash: passwords::sha256_hex(&next),
-        session_id: session.id,
-        created_at: db_time(now),
-        used_at: None,
-    };
+    let rotated = refresh_row(&next, session.id, now);
     app.db
         .tx("", async |conn| {
             store::rotate_refresh(conn, &rotated, db_time(now)).await?;
