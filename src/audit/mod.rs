@@ -39,88 +39,39 @@ pub use verify::*;
 /// `prev_hash` of a chain's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// How serious an event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// Routine change.
-    Info,
-    /// Worth a look (failed sign-in, refused request).
-    Warning,
-    /// Needs attention (token reuse, lockout, erasure).
-    Critical,
-}
-
-impl Severity {
-    /// Stored name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Info => "INFO",
-            Self::Warning => "WARNING",
-            Self::Critical => "CRITICAL",
-        }
+crate::db_enum! {
+    /// How serious an event is.
+    pub enum Severity {
+        /// Routine change.
+        Info => "INFO",
+        /// Worth a look (failed sign-in, refused request).
+        Warning => "WARNING",
+        /// Needs attention (token reuse, lockout, erasure).
+        Critical => "CRITICAL",
     }
 }
 
-/// Whether the action succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It happened.
-    Success,
-    /// It was refused or failed (see `reason`).
-    Failure,
-}
-
-impl Outcome {
-    /// Stored name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "SUCCESS",
-            Self::Failure => "FAILURE",
-        }
+crate::db_enum! {
+    /// Whether the action succeeded.
+    pub enum Outcome {
+        /// It happened.
+        Success => "SUCCESS",
+        /// It was refused or failed (see `reason`).
+        Failure => "FAILURE",
     }
 }
 
-/// Who acted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorType {
-    /// A signed-in user.
-    User,
-    /// An API key.
-    ApiKey,
-    /// The platform itself (engine, scheduler, retention, the CLI).
-    System,
-    /// Nobody proved who they are (a failed sign-in).
-    Anonymous,
-}
-
-impl ActorType {
-    /// Stored name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "USER",
-            Self::ApiKey => "API_KEY",
-            Self::System => "SYSTEM",
-            Self::Anonymous => "ANONYMOUS",
-        }
-    }
-}
-
-impl Severity {
-    /// Parses a stored name; `None` for anything else (the verifier reports such a
-    /// record, it does not fail to read it: records are kept as stored).
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Info, Self::Warning, Self::Critical]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-    }
-}
-
-impl Outcome {
-    /// Parses a stored name; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Failure]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+crate::db_enum! {
+    /// Who acted.
+    pub enum ActorType {
+        /// A signed-in user.
+        User => "USER",
+        /// An API key.
+        ApiKey => "API_KEY",
+        /// The platform itself (engine, scheduler, retention, the CLI).
+        System => "SYSTEM",
+        /// Nobody proved who they are (a failed sign-in).
+        Anonymous => "ANONYMOUS",
     }
 }
 
