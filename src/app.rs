@@ -51,9 +51,9 @@ pub struct App {
     pub templates: crate::executions::templates::Templates,
     /// The audit checkpoints this process published last.
     pub published: crate::audit::chain::Published,
-    /// Bumped when someone's rights may have changed (role, status, custom role, key
-    /// revoked, tenant suspended): open websockets re-check at once.
-    pub rights_epoch: tokio::sync::watch::Sender<u64>,
+    /// Resolved principals, and the feed of authentication changes that keeps them (and
+    /// open websockets) current.
+    pub auth_cache: Arc<crate::auth::cache::PrincipalCache>,
 }
 
 impl App {
@@ -61,7 +61,8 @@ impl App {
     /// and builds the shared state.
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let statements = Arc::new(AtomicU64::new(0));
-        let db = DbPool::connect_counted(&config.database_url, statements.clone()).await?;
+        let db = DbPool::connect_counted(&config.database_url, statements.clone(), &config.db_pool)
+            .await?;
         db.set_signer(Arc::new(crate::audit::chain::ChainKeys::from_master(
             &config.master_keys,
         )));
@@ -89,14 +90,21 @@ impl App {
             audit_tails: Arc::default(),
             templates: crate::executions::templates::Templates::new(&config.engine),
             published: crate::audit::chain::Published::default(),
-            rights_epoch: tokio::sync::watch::channel(0).0,
+            auth_cache: Arc::new(crate::auth::cache::PrincipalCache::new(
+                config.auth.principal_cache_ttl,
+                config.auth.principal_cache_entries,
+            )),
             config,
         })
     }
 
-    /// Tells open websockets in this process to re-check their credential now (other
-    /// processes' sockets notice within `websocket.recheck_interval`).
-    pub fn rights_changed(&self) {
-        self.rights_epoch.send_modify(|n| *n = n.wrapping_add(1));
+    /// Announces, in this process and at once, that someone's rights in `tenant` may have
+    /// changed (role, status, custom role, session or key revoked, tenant suspended):
+    /// cached principals of the tenant are dropped and its open websockets re-check.
+    /// Other processes hear the same change from the database's triggers
+    /// (`auth::cache`).
+    pub fn rights_changed(&self, tenant: crate::db::ids::TenantId) {
+        self.auth_cache
+            .invalidate(crate::auth::cache::AuthChange::Tenant(tenant));
     }
 }

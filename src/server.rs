@@ -23,6 +23,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub struct Background {
     engine: Option<crate::executions::engine::EngineHandle>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    /// Hears authentication changes, so cached principals can be used.
+    auth_changes: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
     checkpoints: tokio::task::JoinHandle<()>,
     agent: (CancellationToken, tokio::task::JoinHandle<()>),
@@ -56,6 +58,23 @@ impl Background {
                 )))
             }
         };
+        let auth_changes = match &app.config.database_url {
+            crate::config::DatabaseUrl::Postgres(url) => {
+                use secrecy::ExposeSecret as _;
+                tokio::spawn(crate::auth::cache::follow_postgres(
+                    url.expose_secret().to_owned(),
+                    app.auth_cache.clone(),
+                    app.shutdown.child_token(),
+                ))
+            }
+            crate::config::DatabaseUrl::Sqlite(_) => {
+                tokio::spawn(crate::auth::cache::follow_sqlite(
+                    app.config.database_url.clone(),
+                    app.auth_cache.clone(),
+                    app.shutdown.child_token(),
+                ))
+            }
+        };
         let engine = crate::executions::engine::start(app.clone(), workers)?;
         let retention = tokio::spawn(crate::audit::retention::retention_loop(
             app.clone(),
@@ -78,6 +97,7 @@ impl Background {
         Ok(Self {
             engine,
             relay,
+            auth_changes,
             retention,
             checkpoints,
             agent: (stop, agent),
@@ -97,6 +117,7 @@ impl Background {
         if let Some(r) = self.relay {
             r.abort();
         }
+        self.auth_changes.abort();
         self.retention.abort();
         self.checkpoints.abort();
         let (stop, agent) = self.agent;

@@ -413,7 +413,7 @@ pub async fn erase_user(
     let entry = Entry::change(origin, "user.erased", "user", user.id, None, now)
         .severity(Severity::Critical);
     let done = erase(&app.db, p.tenant_id, &user, now, &entry).await?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     user.email = format!("erased-{}@erased.invalid", user.id);
     user.display_name = "Erased user".into();
     user.password_hash = None;

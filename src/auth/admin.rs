@@ -123,7 +123,7 @@ pub async fn set_role(
                 .await
         })
         .await?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     user.role = role;
     user.updated_at = now;
     Ok(user)
@@ -173,7 +173,7 @@ pub async fn disable(
             .await
         })
         .await?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     user.status = UserStatus::Disabled;
     user.updated_at = now;
     Ok(user)
@@ -250,7 +250,7 @@ pub async fn update_role(
             Ok(())
         })
         .await?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     Ok(row)
 }
 
@@ -279,7 +279,7 @@ pub async fn delete_role(
             tenancy_store::delete_role(conn, row.tenant_id, row.id).await
         })
         .await?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     Ok(row)
 }
 

@@ -2,6 +2,7 @@
 //! (or websocket connection) and is the only source of the caller's tenant.
 
 pub mod admin;
+pub mod cache;
 pub mod graphql;
 pub mod jwt;
 pub mod model;
@@ -182,6 +183,17 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     let session_id = uuid::Uuid::parse_str(&claims.sid)
         .map(SessionId)
         .map_err(|_| invalid_credentials())?;
+    let key = format!("t:{}", claims.jti);
+    if let Some(p) = app.auth_cache.get(&key, now) {
+        // The jti is unique; the rest of the claims must still be the ones cached.
+        if p.tenant_id == tenant_id
+            && p.user_id() == Some(user_id)
+            && p.token.as_ref().is_some_and(|t| t.session_id == session_id)
+        {
+            return Ok(p);
+        }
+    }
+    let generation = app.auth_cache.generation();
     // One statement: session, user, tenant, custom role and the revocation list.
     let subject = store::token_subject(&app.db, tenant_id, session_id, user_id, &claims.jti)
         .await?
@@ -202,7 +214,7 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     check_tenant_active(&tenant)?;
     let (permissions, platform_admin) =
         permissions_of(&tenant, &user.role, custom_role_permissions.as_deref());
-    Ok(Principal {
+    let principal = Principal {
         actor: Actor::User(user.id),
         tenant_id,
         role: user.role,
@@ -214,7 +226,15 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
             expires_at: DateTime::from_timestamp(claims.exp, 0)
                 .unwrap_or_else(|| utc(session.expires_at)),
         }),
-    })
+    };
+    // The session's own end bounds the entry too (the token's expiry is checked anyway).
+    app.auth_cache.insert(
+        key,
+        principal.clone(),
+        Some(utc(session.expires_at)),
+        generation,
+    );
+    Ok(principal)
 }
 
 /// Parses an `Authorization` header value into the bearer credential.

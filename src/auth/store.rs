@@ -63,7 +63,9 @@ pub async fn token_subject(
     jti: &str,
 ) -> AppResult<Option<TokenSubject>> {
     use crate::db::schema::{roles, tenants, users};
-    let row = crate::db_run_tenant!(db, tenant, |conn| {
+    // A platform lookup, outside a row-level-security transaction: one statement on
+    // PostgreSQL too (the tenant is filtered by the query itself).
+    let row = crate::db_run!(db, |conn| {
         sessions::table
             .inner_join(users::table.inner_join(tenants::table))
             .left_join(
@@ -133,7 +135,8 @@ pub async fn user_with_role(
     user: UserId,
 ) -> AppResult<Option<(UserRow, Option<String>)>> {
     use crate::db::schema::{roles, users};
-    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+    // A platform lookup on the authentication path: no transaction (see `token_subject`).
+    Ok(crate::db_run!(db, |conn| {
         users::table
             .left_join(
                 roles::table.on(roles::id

@@ -45,6 +45,11 @@ pub struct AuthConfig {
     pub hash_queue: usize,
     /// Password checks in flight from one client address.
     pub max_hashes_per_address: usize,
+    /// How long a resolved principal is reused without reading the database (zero: never).
+    /// Changes drop entries at once; this bounds only what no change announces.
+    pub principal_cache_ttl: Duration,
+    /// Principals cached at most.
+    pub principal_cache_entries: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +67,8 @@ pub(super) struct FileAuth {
     pub(super) max_concurrent_hashes: Option<toml::Value>,
     pub(super) hash_queue: Option<toml::Value>,
     pub(super) max_hashes_per_address: Option<toml::Value>,
+    pub(super) principal_cache_secs: Option<toml::Value>,
+    pub(super) principal_cache_entries: Option<toml::Value>,
 }
 
 /// Reads the section from its layers.
@@ -243,6 +250,28 @@ pub(super) fn load(
             1,
             10_000,
             "a number between 1 and 10000",
+        )?,
+        principal_cache_ttl: Duration::from_secs(parse_num(
+            layers.pick(
+                "AGENTPLANE_AUTH_CACHE_SECS",
+                "auth.principal_cache_secs",
+                toml_scalar(file.principal_cache_secs),
+            ),
+            30u64,
+            0,
+            3600,
+            "seconds between 0 (no cache) and 3600",
+        )?),
+        principal_cache_entries: parse_num(
+            layers.pick(
+                "AGENTPLANE_AUTH_CACHE_ENTRIES",
+                "auth.principal_cache_entries",
+                toml_scalar(file.principal_cache_entries),
+            ),
+            100_000usize,
+            1,
+            10_000_000,
+            "a number of principals between 1 and 10000000",
         )?,
     };
 

@@ -17,6 +17,10 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub shutdown_grace: Duration,
+    /// Requests (GraphQL over HTTP, exports) served at once; more wait in line.
+    pub max_in_flight: usize,
+    /// How long a request waits in line before it is answered 503 with `Retry-After`.
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +30,8 @@ pub(super) struct FileHttp {
     pub(super) request_timeout_secs: Option<toml::Value>,
     pub(super) cors_origins: Option<Vec<String>>,
     pub(super) shutdown_grace_secs: Option<toml::Value>,
+    pub(super) max_in_flight: Option<toml::Value>,
+    pub(super) queue_timeout_ms: Option<toml::Value>,
 }
 
 /// Reads the section from its layers.
@@ -96,6 +102,28 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             1,
             9,
             "seconds between 1 and 9 (shutdown must finish within 10 s)",
+        )?),
+        max_in_flight: parse_num(
+            layers.pick(
+                "AGENTPLANE_MAX_IN_FLIGHT",
+                "http.max_in_flight",
+                toml_scalar(file.max_in_flight),
+            ),
+            64usize,
+            1,
+            100_000,
+            "a number of requests between 1 and 100000",
+        )?,
+        queue_timeout: Duration::from_millis(parse_num(
+            layers.pick(
+                "AGENTPLANE_QUEUE_TIMEOUT_MS",
+                "http.queue_timeout_ms",
+                toml_scalar(file.queue_timeout_ms),
+            ),
+            2000u64,
+            0,
+            60_000,
+            "milliseconds between 0 and 60000",
         )?),
     };
 

@@ -145,6 +145,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directives (`RUST_LOG`).
     pub log_filter: String,
+    /// Database connection pool.
+    pub db_pool: PoolConfig,
     /// HTTP limits.
     pub http: HttpConfig,
     /// GraphQL limits.
@@ -160,6 +162,24 @@ pub struct Config {
     /// Keys that encrypt tenant secrets at rest; the first encrypts, all decrypt. Empty:
     /// secrets are disabled.
     pub master_keys: Vec<MasterKey>,
+}
+
+/// The database connection pool of a process.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connections at most (default: 16 on PostgreSQL, 8 on SQLite).
+    pub max_size: Option<u32>,
+    /// How long a request waits for a connection before it fails with `UNAVAILABLE`.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: None,
+            timeout: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// A 256-bit key that encrypts tenant secrets, with the id stored beside each ciphertext.
@@ -211,6 +231,8 @@ struct FileConfig {
     listen: Option<String>,
     log_format: Option<String>,
     log_filter: Option<String>,
+    db_pool_size: Option<toml::Value>,
+    db_pool_timeout_ms: Option<toml::Value>,
     #[serde(default)]
     http: FileHttp,
     #[serde(default)]
@@ -364,6 +386,33 @@ impl Config {
             }
         };
 
+        let db_pool = PoolConfig {
+            max_size: match layers.pick(
+                "AGENTPLANE_DB_POOL_SIZE",
+                "db_pool_size",
+                layers::toml_scalar(file.db_pool_size),
+            ) {
+                None => None,
+                raw => Some(layers::parse_num(
+                    raw,
+                    16u32,
+                    1,
+                    1000,
+                    "a number of connections between 1 and 1000",
+                )?),
+            },
+            timeout: std::time::Duration::from_millis(layers::parse_num(
+                layers.pick(
+                    "AGENTPLANE_DB_POOL_TIMEOUT_MS",
+                    "db_pool_timeout_ms",
+                    layers::toml_scalar(file.db_pool_timeout_ms),
+                ),
+                10_000u64,
+                100,
+                600_000,
+                "milliseconds between 100 and 600000",
+            )?),
+        };
         let http = http::load(&layers, file.http)?;
         let graphql = graphql::load(&layers, file.graphql)?;
         let websocket = websocket::load(&layers, file.websocket)?;
@@ -413,6 +462,7 @@ impl Config {
             listen,
             log_format,
             log_filter,
+            db_pool,
             http,
             graphql,
             websocket,

@@ -16,8 +16,9 @@ pub struct WebsocketConfig {
     pub max_subscriptions_per_socket: usize,
     /// Operations running at once for one user or API key, over all its sockets.
     pub max_subscriptions_per_principal: usize,
-    /// How often an open socket re-checks its credential and rights (at once when they
-    /// change in this process).
+    /// How often an open socket re-checks its credential and rights while this process
+    /// does not hear authentication changes (`auth::cache`'s follower is down). While it
+    /// does, a socket re-checks only when its tenant's authentication changes.
     pub recheck_interval: Duration,
 }
 

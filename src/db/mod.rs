@@ -14,7 +14,6 @@ pub mod schema;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use crate::error::AppError;
 use anyhow::Context as _;
@@ -381,7 +380,7 @@ impl DbPool {
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
-        Self::connect_counted(url, Arc::default()).await
+        Self::connect_counted(url, Arc::default(), &crate::config::PoolConfig::default()).await
     }
 
     /// Like [`DbPool::connect`], counting every SQL statement any pooled connection runs
@@ -389,6 +388,7 @@ impl DbPool {
     pub async fn connect_counted(
         url: &DatabaseUrl,
         statements: Arc<AtomicU64>,
+        sizing: &crate::config::PoolConfig,
     ) -> anyhow::Result<Self> {
         match url {
             DatabaseUrl::Sqlite(path) => {
@@ -427,8 +427,8 @@ impl DbPool {
                 let refused = Arc::new(Refusals::default());
                 let pool = Pool::builder()
                     .error_sink(Box::new(RefusalSink(refused.clone())))
-                    .max_size(8)
-                    .connection_timeout(Duration::from_secs(10))
+                    .max_size(sizing.max_size.unwrap_or(8))
+                    .connection_timeout(sizing.timeout)
                     // A database that refuses connections fails requests at once
                     // (UNAVAILABLE) instead of after the whole connection timeout.
                     .retry_connection(false)
@@ -464,8 +464,8 @@ impl DbPool {
                 let refused = Arc::new(Refusals::default());
                 let pool = Pool::builder()
                     .error_sink(Box::new(RefusalSink(refused.clone())))
-                    .max_size(16)
-                    .connection_timeout(Duration::from_secs(10))
+                    .max_size(sizing.max_size.unwrap_or(16))
+                    .connection_timeout(sizing.timeout)
                     .retry_connection(false)
                     .build(mgr)
                     .await

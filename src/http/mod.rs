@@ -31,14 +31,18 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let http = &state.app.config.http;
-    let mut router = Router::new()
+    // Work that reads or writes the database waits for an admission slot.
+    let admitted = Router::new()
         .route(
             "/graphql",
             get(graphql::get_handler).post(graphql::post_handler),
         )
+        .route("/audit/export", get(export::export))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission));
+    let mut router = Router::new()
+        .merge(admitted)
         .route("/graphql/ws", get(socket::ws_handler))
         .route("/graphql/assets/{file}", get(graphiql::asset))
-        .route("/audit/export", get(export::export))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/.well-known/jwks.json", get(health::jwks))
@@ -77,6 +81,42 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers([REQUEST_ID_HEADER])
             .max_age(Duration::from_secs(600)),
     )
+}
+
+/// Admission control: at most `http.max_in_flight` requests are served at once; the rest
+/// wait in line up to `http.queue_timeout` and are then answered 503 with `Retry-After`
+/// at once, instead of queueing on the database pool until its timeout (overload becomes
+/// back-pressure a client can act on, not a 10-second wait and an internal error).
+async fn admission(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let wait = state.app.config.http.queue_timeout;
+    let permit = match state.in_flight.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) if wait.is_zero() => None,
+        Err(_) => tokio::time::timeout(wait, state.in_flight.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    let Some(_permit) = permit else {
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(uuid::Uuid::now_v7().to_string()));
+        tracing::warn!("overloaded: a request waited its queue timeout for a slot");
+        return caller::refusal(
+            crate::error::AppError::unavailable(
+                "the server is at capacity",
+                anyhow::anyhow!("no admission slot within the queue timeout"),
+            ),
+            &request_id,
+        );
+    };
+    next.run(req).await
 }
 
 /// Accepts a client's `x-request-id` if it is short and plain, otherwise makes one.

@@ -57,7 +57,7 @@ const UNAVAILABLE_REASON: &str = "unavailable";
 /// What a principal may do; a socket keeps the rights it was accepted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rights {
-    tenant: String,
+    tenant: crate::db::ids::TenantId,
     role: String,
     permissions: crate::rbac::PermissionSet,
     platform_admin: bool,
@@ -66,7 +66,7 @@ struct Rights {
 impl Rights {
     fn of(p: &Principal) -> Self {
         Self {
-            tenant: p.tenant_id.to_string(),
+            tenant: p.tenant_id,
             role: p.role.clone(),
             permissions: p.permissions.clone(),
             platform_admin: p.platform_admin,
@@ -375,17 +375,26 @@ pub async fn ws_handler(
 
 /// Ends the socket when the accepted credential expires on the app clock (checked every
 /// second), stops authenticating (revoked, user disabled, tenant suspended), or now
-/// carries other rights: re-checked every `websocket.recheck_interval`, and at once when
-/// this process changed someone's rights (`App::rights_changed`).
+/// carries other rights. Re-checked when an authentication change of the socket's tenant
+/// is announced (`auth::cache`: this process at once, other processes through the
+/// database), so an idle socket costs no statement; only while this process cannot hear
+/// changes does it fall back to re-checking every `websocket.recheck_interval`.
 async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
+    use tokio::sync::broadcast::error::RecvError;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut rights = app.rights_epoch.subscribe();
+    let mut changes = app.auth_cache.subscribe();
     let recheck = app.config.websocket.recheck_interval;
     let mut last_check = tokio::time::Instant::now();
+    // A check the database could not answer is retried on the next tick.
+    let mut retry = false;
     loop {
-        let changed = tokio::select! {
-            _ = tick.tick() => false,
-            r = rights.changed() => r.is_ok(),
+        let change = tokio::select! {
+            _ = tick.tick() => None,
+            c = changes.recv() => match c {
+                Ok(c) => Some(c),
+                Err(RecvError::Lagged(_)) => Some(crate::auth::cache::AuthChange::All),
+                Err(RecvError::Closed) => return,
+            },
         };
         let Some(accepted) = socket.accepted() else {
             continue;
@@ -394,10 +403,16 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
             socket.close(CLOSE_UNAUTHORIZED, "credentials expired");
             return;
         }
-        if !changed && last_check.elapsed() < recheck {
+        let due = match change {
+            Some(c) => c.touches(accepted.rights.tenant),
+            // Nobody announces changes to this process now: poll.
+            None => retry || (!app.auth_cache.is_live() && last_check.elapsed() >= recheck),
+        };
+        if !due {
             continue;
         }
         last_check = tokio::time::Instant::now();
+        retry = false;
         match crate::auth::authenticate(&app, &accepted.bearer).await {
             Ok(p) if Rights::of(&p) != accepted.rights => {
                 socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
@@ -412,6 +427,7 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
                 return;
             }
             Err(e) => {
+                retry = true;
                 tracing::warn!(
                     code = e.code().as_str(),
                     "websocket credential check could not run; keeping the socket"

@@ -16,6 +16,8 @@ pub struct AppState {
     pub schema: AppSchema,
     /// The same schema for requests without credentials (see `graphql.anonymous_*`).
     pub anonymous_schema: AppSchema,
+    /// Admission: requests served at once (`http.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -29,7 +31,9 @@ impl AppState {
         let app = Arc::new(App::connect(config, clock).await?);
         let schema = build_schema(Some(app.clone()));
         let anonymous_schema = crate::graphql::build_anonymous_schema(app.clone());
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(app.config.http.max_in_flight));
         Ok(Self {
+            in_flight,
             app,
             schema,
             anonymous_schema,

@@ -15,6 +15,7 @@ mod executions;
 mod foundation;
 mod guards;
 mod helpers;
+mod hot_path;
 mod identity;
 mod isolation;
 mod layers;

@@ -82,8 +82,14 @@ pub async fn create_api_key(
 pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principal> {
     let invalid = || AppError::unauthenticated("invalid or expired credentials");
     let now = app.clock.now();
+    let hash = passwords::sha256_hex(secret);
+    let cache_key = format!("k:{hash}");
+    if let Some(p) = app.auth_cache.get(&cache_key, now) {
+        return Ok(p);
+    }
+    let generation = app.auth_cache.generation();
     // One statement for the key, its tenant and its custom role; one for its creator.
-    let (key, tenant, custom) = store::api_key_subject(&app.db, &passwords::sha256_hex(secret))
+    let (key, tenant, custom) = store::api_key_subject(&app.db, &hash)
         .await?
         .ok_or_else(invalid)?;
     if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| utc(e) <= now) {
@@ -107,14 +113,21 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
     {
         store::touch_api_key(&app.db, key.id, db_time(now)).await?;
     }
-    Ok(Principal {
+    let principal = Principal {
         actor: Actor::ApiKey(key.id),
         tenant_id: key.tenant_id,
         role: key.role,
         permissions,
         platform_admin,
         token: None,
-    })
+    };
+    app.auth_cache.insert(
+        cache_key,
+        principal.clone(),
+        key.expires_at.map(utc),
+        generation,
+    );
+    Ok(principal)
 }
 
 /// How many keys-created-by-keys are followed back to a person.
@@ -191,6 +204,6 @@ pub async fn revoke_api_key(
         })
         .await?
         .ok_or_else(|| AppError::not_found("API key"))?;
-    app.rights_changed();
+    app.rights_changed(p.tenant_id);
     Ok(row)
 }

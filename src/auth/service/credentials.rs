@@ -69,7 +69,8 @@ pub async fn store_password(
     revoke: Option<(Option<SessionId>, &str)>,
 ) -> AppResult<bool> {
     let now = audit.at;
-    app.db
+    let stored = app
+        .db
         .tx(tenant, async |conn| {
             if !crate::tenancy::store::set_password(conn, tenant, user, hash, now).await? {
                 return Ok(false);
@@ -80,7 +81,11 @@ pub async fn store_password(
             }
             Ok(true)
         })
-        .await
+        .await?;
+    if stored && revoke.is_some() {
+        app.rights_changed(tenant);
+    }
+    Ok(stored)
 }
 
 /// Hashes within the process's hashing bounds (API paths).

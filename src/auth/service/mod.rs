@@ -294,6 +294,7 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
                 Ok(())
             })
             .await?;
+        app.rights_changed(session.tenant_id);
         tracing::warn!(
             event = "auth.refresh_reuse_detected",
             session.id = %session.id,
@@ -362,7 +363,9 @@ pub async fn logout(app: &App, p: &Principal, origin: &crate::audit::Origin) -> 
             }
             store::revoke_access_token(conn, &revoked).await
         })
-        .await
+        .await?;
+    app.rights_changed(p.tenant_id);
+    Ok(())
 }
 
 /// Revokes a session of the caller's (own) user.
@@ -387,5 +390,7 @@ pub async fn revoke_own_session(
             }
             Ok(())
         })
-        .await
+        .await?;
+    app.rights_changed(p.tenant_id);
+    Ok(())
 }

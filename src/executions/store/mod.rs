@@ -57,6 +57,23 @@ fn event_row(ev: &ExecutionEvent) -> AppResult<EventRow> {
     })
 }
 
+/// Inside `on_conn!`: counts one more execution of `$tenant` in `$month` unless that
+/// reaches `$max`; evaluates to 1 when counted, 0 when the month is full or has no
+/// counter row yet. (`$N` placeholders: SQLite reads them as numbered names too.)
+macro_rules! count_start {
+    ($conn:expr, $tenant:expr, $month:expr, $max:expr) => {
+        diesel::sql_query(
+            "UPDATE tenant_usage SET executions = executions + 1 \
+             WHERE tenant_id = $1 AND month = $2 AND executions < $3",
+        )
+        .bind::<Text, _>($tenant)
+        .bind::<Text, _>($month)
+        .bind::<diesel::sql_types::BigInt, _>($max)
+        .execute($conn)
+        .await?
+    };
+}
+
 /// Inserts an execution, its step rows and its first event, unless the idempotency key
 /// matches an execution created in the last 24 hours (then that one is returned).
 /// Enforces the monthly quota in the same transaction.
@@ -107,13 +124,25 @@ pub async fn enqueue(
                     .await?;
             }
         }
-        let this_month: i64 = executions::table
-            .filter(executions::tenant_id.eq(tenant))
-            .filter(executions::created_at.ge(new.month_start))
-            .count()
-            .get_result(conn)
+        // The month's counter, taken under its row lock; seeded from the month's
+        // executions the first time (then read, never counted again).
+        let month = new.month_start.format("%Y-%m").to_string();
+        let mut counted = count_start!(&mut *conn, tenant, &month, new.max_per_month);
+        if counted == 0 {
+            diesel::sql_query(
+                "INSERT INTO tenant_usage (tenant_id, month, executions) \
+                 SELECT $1, $2, COUNT(*) FROM executions \
+                 WHERE tenant_id = $1 AND created_at >= $3 \
+                 ON CONFLICT (tenant_id, month) DO NOTHING",
+            )
+            .bind::<Text, _>(tenant)
+            .bind::<Text, _>(&month)
+            .bind::<Timestamp, _>(new.month_start)
+            .execute(&mut *conn)
             .await?;
-        if this_month >= new.max_per_month {
+            counted = count_start!(&mut *conn, tenant, &month, new.max_per_month);
+        }
+        if counted == 0 {
             return Err(AppError::new(
                 ErrorCode::QuotaExceeded,
                 format!("the plan allows {} executions per month", new.max_per_month),

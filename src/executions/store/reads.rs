@@ -169,39 +169,64 @@ pub async fn list(
     }))
 }
 
-/// The `n` newest executions of each of several workflows, in one statement (a window
-/// function; SQLite ≥ 3.25 and PostgreSQL both have it).
+/// The `n` newest executions of each of several workflows, in one statement whose cost
+/// depends on the page, not on history: each workflow's rows are read newest-first from
+/// the `(tenant_id, workflow_id, id)` index and the read stops after `n` (PostgreSQL:
+/// `CROSS JOIN LATERAL … LIMIT n`; SQLite, which has no LATERAL: one `LIMIT n` arm per
+/// workflow under `UNION ALL`).
 pub async fn recent_by_workflows(
     db: &DbPool,
     tenant: TenantId,
     ids: &[WorkflowId],
     n: i64,
 ) -> AppResult<Vec<ExecutionRow>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    // SQLite allows 500 arms in one compound SELECT.
+    const ARMS: usize = 400;
+    let mut out = Vec::new();
+    for chunk in ids.chunks(ARMS) {
+        // Ids are UUIDs we formatted ourselves: safe to inline. The tenant is bound.
+        let quoted = chunk
+            .iter()
+            .map(|i| format!("'{}'", i.0.hyphenated()))
+            .collect::<Vec<_>>();
+        let rows: Vec<RecentRow> = match db {
+            DbPool::Postgres(_) => {
+                let sql = format!(
+                    "SELECT e.* FROM (VALUES ({})) AS w(id) CROSS JOIN LATERAL \
+                     (SELECT * FROM executions x WHERE x.tenant_id = $1 AND x.workflow_id = w.id \
+                     ORDER BY x.id DESC LIMIT {n}) e ORDER BY e.workflow_id, e.id DESC",
+                    quoted.join("), (")
+                );
+                crate::db_run_tenant!(db, tenant, |conn| {
+                    diesel::sql_query(sql)
+                        .bind::<Text, _>(tenant.to_string())
+                        .load(conn)
+                        .await?
+                })
+            }
+            DbPool::Sqlite(_) => {
+                let sql = quoted
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "SELECT * FROM (SELECT * FROM executions WHERE tenant_id = ?1 \
+                             AND workflow_id = {w} ORDER BY id DESC LIMIT {n})"
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ");
+                crate::db_run!(db, |conn| {
+                    diesel::sql_query(sql)
+                        .bind::<Text, _>(tenant.to_string())
+                        .load(conn)
+                        .await?
+                })
+            }
+        };
+        out.extend(rows.into_iter().map(|r| r.row));
     }
-    let list = ids
-        .iter()
-        .map(|i| format!("'{}'", i.0.hyphenated()))
-        .collect::<Vec<_>>()
-        .join(",");
-    // Ids are UUIDs we formatted ourselves: safe to inline. The tenant is bound.
-    let sql = format!(
-        "SELECT * FROM (SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.workflow_id \
-         ORDER BY e.id DESC) AS rn FROM executions e WHERE e.tenant_id = $1 \
-         AND e.workflow_id IN ({list})) ranked WHERE rn <= {n} ORDER BY workflow_id, id DESC"
-    );
-    let rows: Vec<RecentRow> = crate::db_run_tenant!(db, tenant, |conn| {
-        diesel::sql_query(if matches!(db, DbPool::Sqlite(_)) {
-            sql.replace('$', "?")
-        } else {
-            sql.clone()
-        })
-        .bind::<Text, _>(tenant.to_string())
-        .load(conn)
-        .await?
-    });
-    Ok(rows.into_iter().map(|r| r.row).collect())
+    out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
+    Ok(out)
 }
 
 /// Finished executions of several workflows since `since` (for stats).

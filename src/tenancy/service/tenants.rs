@@ -49,7 +49,7 @@ pub async fn set_status(
         (status == TenantStatus::Suspended).then(|| reason.trim().chars().take(500).collect());
     t.updated_at = db_time(app.clock.now());
     write(app, origin, action, &before, &t, severity).await?;
-    app.rights_changed();
+    app.rights_changed(t.id);
     Ok(t)
 }
 
@@ -211,7 +211,7 @@ pub async fn restore_owner(
             store::restore_owner(conn, t.id, user.id, now).await
         })
         .await?;
-    app.rights_changed();
+    app.rights_changed(t.id);
     user.role = BuiltinRole::Owner.as_str().into();
     user.status = UserStatus::Active;
     user.updated_at = now;

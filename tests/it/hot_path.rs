@@ -1,0 +1,179 @@
+//! Authentication off the database hot path (#15): statement counts of an authenticated
+//! request and of idle authenticated websockets, and the change feed that keeps cached
+//! principals honest when another process writes.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Background work slowed down, so the statements counted are the requests'.
+const QUIET: &[(&str, &str)] = &[
+    ("AGENTPLANE_WORKERS", "0"),
+    ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
+    ("AGENTPLANE_HEARTBEAT_MS", "60000"),
+    ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
+    // The old per-socket polling, at its most eager: a socket that polls shows up.
+    ("AGENTPLANE_WS_RECHECK_SECS", "1"),
+];
+
+async fn cache_live(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.state.app.auth_cache.is_live() {
+        assert!(
+            Instant::now() < deadline,
+            "the auth change follower never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn statements(app: &TestApp) -> u64 {
+    app.state.app.statements.load(Ordering::SeqCst)
+}
+
+/// Runs `sql` on a connection of its own, as another process would.
+async fn write_elsewhere(db: &TestDb, sql: &str) {
+    if TestDb::is_postgres() {
+        use diesel_async::RunQueryDsl;
+        let mut c = AsyncPgConnection::establish(&db.url)
+            .await
+            .expect("connect");
+        diesel::sql_query(sql).execute(&mut c).await.expect("write");
+    } else {
+        let path = db.url.trim_start_matches("sqlite://").to_owned();
+        let sql = sql.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use diesel::{Connection, RunQueryDsl};
+            let mut c = diesel::SqliteConnection::establish(&path).expect("open");
+            diesel::sql_query("PRAGMA busy_timeout = 5000")
+                .execute(&mut c)
+                .expect("pragma");
+            diesel::sql_query(sql).execute(&mut c).expect("write");
+        })
+        .await
+        .expect("join");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authenticated_request_costs_one_statement_on_a_miss_and_none_on_a_hit() {
+    let app = TestApp::spawn_with(QUIET).await;
+    let (_tenant, owner) = app.tenant_with_owner("hotpath").await;
+    let key = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }",
+            json!({ "i": { "name": "ci", "roleId": "VIEWER" } }),
+        )
+        .await;
+    let key = key["data"]["createApiKey"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("createApiKey: {key}"))
+        .to_owned();
+    cache_live(&app).await;
+    for (what, credential) in [("access token", &owner), ("API key", &key)] {
+        // A change in the tenant empties its cache entries: the next request misses.
+        app.state
+            .app
+            .auth_cache
+            .invalidate(agentplane::auth::cache::AuthChange::All);
+        let before = statements(&app);
+        let out = app.gql_as(credential, "{ __typename }", json!({})).await;
+        assert_eq!(out["data"]["__typename"], "Query", "{out}");
+        let miss = statements(&app) - before;
+        let before = statements(&app);
+        for _ in 0..20 {
+            let out = app.gql_as(credential, "{ __typename }", json!({})).await;
+            assert_eq!(out["data"]["__typename"], "Query", "{out}");
+        }
+        let hits = statements(&app) - before;
+        eprintln!("{what}: {miss} statements on a miss, {hits} on 20 hits");
+        // An API key's first use also records `lastUsedAt` (once a minute).
+        let allowed_miss = if what == "API key" { 3 } else { 1 };
+        assert!(miss <= allowed_miss, "{what}: {miss} statements on a miss");
+        assert_eq!(hits, 0, "{what}: {hits} statements on 20 cached requests");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_written_by_another_process_refuses_a_cached_principal_within_a_second() {
+    let app = TestApp::spawn_with(QUIET).await;
+    let (_tenant, owner) = app.tenant_with_owner("elsewhere").await;
+    cache_live(&app).await;
+    // Cached now.
+    for _ in 0..2 {
+        let out = app.gql_as(&owner, "{ me { email } }", json!({})).await;
+        assert!(out["errors"].is_null(), "{out}");
+    }
+    assert!(!app.state.app.auth_cache.is_empty());
+    // Another process (here: a connection of the test's own) disables the user.
+    write_elsewhere(
+        &app.db,
+        "UPDATE users SET status = 'DISABLED' WHERE email = 'owner@elsewhere.example'",
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let (status, _, body) = app
+            .post_raw(&json!({ "query": "{ me { email } }" }), Some(&owner))
+            .await;
+        if status == 401 {
+            break;
+        }
+        assert!(body["errors"].is_null(), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a disabled user was still served from the cache after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "refused {} ms after the write",
+        started.elapsed().as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_authenticated_websockets_cost_no_statements_and_close_at_once_on_sign_out() {
+    let app = TestApp::spawn_with(QUIET).await;
+    let (_tenant, owner) = app.tenant_with_owner("idlews").await;
+    let (_other, other_owner) = app.tenant_with_owner("idlews-other").await;
+    cache_live(&app).await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await);
+    }
+    // Idle for several re-check periods of the old polling.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = statements(&app);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = statements(&app) - before;
+    assert_eq!(idle, 0, "20 idle sockets ran {idle} statements in 3 s");
+
+    // A change in another tenant does not make these sockets re-check.
+    let before = statements(&app);
+    let out = app
+        .gql_as(&other_owner, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
+    let logout_cost = statements(&app) - before;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_other = statements(&app) - before - logout_cost;
+    assert_eq!(
+        after_other, 0,
+        "another tenant's sign-out made these sockets run {after_other} statements"
+    );
+
+    // Signing out closes every socket of the token at once.
+    let out = app
+        .gql_as(&owner, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
+    for ws in &mut sockets {
+        assert_eq!(ws_close_code(ws, 2).await, Some(4401));
+    }
+}
