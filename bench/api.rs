@@ -817,6 +817,7 @@ async fn minimal_nested(
             .map(|w| {
                 format!(
                     "SELECT * FROM (SELECT id, workflow_id, status, created_at FROM executions \
+                     INDEXED BY executions_tenant_workflow_id_idx \
                      WHERE tenant_id = $1 AND workflow_id = {w} ORDER BY id DESC LIMIT 10)"
                 )
             })

@@ -165,6 +165,13 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     }
     let cfg = &app.config.auth;
     let now = app.clock.now();
+    // A token seen before (the same bytes, by digest) skips even the signature check:
+    // its claims were verified when it was cached, and its expiry bounds the entry.
+    let key = format!("t:{}", passwords::sha256_hex(bearer));
+    if let Some(p) = app.auth_cache.get(&key, now) {
+        return Ok(p);
+    }
+    let generation = app.auth_cache.generation();
     if app.keys.should_reload_for(bearer) {
         if let Err(e) = app.keys.reload(&app.db, cfg, &app.config.master_keys).await {
             tracing::warn!(error = format!("{e:#}"), "reloading signing keys failed");
@@ -183,17 +190,6 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     let session_id = uuid::Uuid::parse_str(&claims.sid)
         .map(SessionId)
         .map_err(|_| invalid_credentials())?;
-    let key = format!("t:{}", claims.jti);
-    if let Some(p) = app.auth_cache.get(&key, now) {
-        // The jti is unique; the rest of the claims must still be the ones cached.
-        if p.tenant_id == tenant_id
-            && p.user_id() == Some(user_id)
-            && p.token.as_ref().is_some_and(|t| t.session_id == session_id)
-        {
-            return Ok(p);
-        }
-    }
-    let generation = app.auth_cache.generation();
     // One statement: session, user, tenant, custom role and the revocation list.
     let subject = store::token_subject(&app.db, tenant_id, session_id, user_id, &claims.jti)
         .await?
@@ -227,11 +223,15 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
                 .unwrap_or_else(|| utc(session.expires_at)),
         }),
     };
-    // The session's own end bounds the entry too (the token's expiry is checked anyway).
+    // The entry ends with the token (its expiry plus the leeway `verify` allows) or the
+    // session, whichever comes first.
+    let token_end = DateTime::from_timestamp(claims.exp, 0)
+        .map(|t| t + chrono::Duration::seconds(jwt::LEEWAY_SECS));
+    let session_end = utc(session.expires_at);
     app.auth_cache.insert(
         key,
         principal.clone(),
-        Some(utc(session.expires_at)),
+        Some(token_end.map_or(session_end, |t| t.min(session_end))),
         generation,
     );
     Ok(principal)

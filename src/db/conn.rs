@@ -114,11 +114,47 @@ enum Mode {
     Write,
 }
 
+impl Pooled<'static> {
+    /// Rolls back the open transaction; a connection whose rollback fails stays broken
+    /// and the pool discards it.
+    async fn rollback(mut self) {
+        let _ = match &mut self {
+            Self::Postgres(c) => {
+                diesel_async::AnsiTransactionManager::rollback_transaction(&mut **c).await
+            }
+            Self::Sqlite(c) => SqliteTm::rollback_transaction(&mut **c).await,
+        };
+    }
+}
+
+/// A checkout holding an open transaction. Dropped before the transaction ended (the
+/// request was cancelled: its client went away, a timeout fired), it rolls back on a
+/// task of its own, so the connection returns to the pool clean instead of being
+/// discarded and reopened.
+struct OpenTx {
+    pooled: Option<Pooled<'static>>,
+    /// A transaction was begun and has not ended.
+    open: bool,
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Some(pooled) = self.pooled.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(pooled.rollback());
+            }
+        }
+    }
+}
+
 impl DbPool {
-    async fn checkout(&self) -> AppResult<Pooled<'_>> {
+    async fn checkout(&self) -> AppResult<Pooled<'static>> {
         Ok(match self {
-            DbPool::Postgres(p) => Pooled::Postgres(p.get().await?),
-            DbPool::Sqlite(p) => Pooled::Sqlite(p.get().await?),
+            DbPool::Postgres(p) => Pooled::Postgres(p.get_owned().await?),
+            DbPool::Sqlite(p) => Pooled::Sqlite(p.get_owned().await?),
         })
     }
 
@@ -161,13 +197,25 @@ impl DbPool {
         F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
     {
         let keys = self.signer();
-        let mut pooled = self.checkout().await?;
+        let rls = matches!(self, DbPool::Postgres(p) if p.row_security());
+        let mut guard = OpenTx {
+            pooled: Some(self.checkout().await?),
+            open: false,
+        };
+        let Some(pooled) = guard.pooled.as_mut() else {
+            unreachable!("the checkout was just stored");
+        };
         let mut conn = pooled.conn(keys.as_ref());
         let open = match (&mut conn.inner, mode) {
             (_, Mode::Plain) | (Inner::Sqlite(_), Mode::Read) => false,
+            // Without row-level security in force a read needs no transaction.
+            (Inner::Postgres(_), Mode::Read) if !rls => false,
             (Inner::Postgres(c), _) => {
                 diesel_async::AnsiTransactionManager::begin_transaction(&mut **c).await?;
-                super::set_tenant(c, tenant).await?;
+                guard.open = true;
+                if rls {
+                    super::set_tenant(c, tenant).await?;
+                }
                 true
             }
             (Inner::Sqlite(c), Mode::Write) => {
@@ -179,17 +227,17 @@ impl DbPool {
                     )
                 })
                 .await?;
+                guard.open = true;
                 true
             }
         };
-        // If this future is dropped mid-way, the connection goes back with its
-        // transaction open; the pool sees a broken transaction state and discards it,
-        // so nothing half-done is ever committed.
+        // If this future is dropped mid-way, `guard` rolls the transaction back before
+        // the connection returns to the pool: nothing half-done is ever committed.
         let out = f(&mut conn).await;
         if !open {
             return out;
         }
-        match (&mut conn.inner, out) {
+        let end = match (&mut conn.inner, out) {
             (Inner::Postgres(c), Ok(v)) => {
                 diesel_async::AnsiTransactionManager::commit_transaction(&mut **c).await?;
                 Ok(v)
@@ -207,6 +255,9 @@ impl DbPool {
                 let _ = SqliteTm::rollback_transaction(&mut **c).await;
                 Err(e)
             }
-        }
+        };
+        // Ended (committed or rolled back): the connection goes back as it is.
+        guard.open = false;
+        end
     }
 }

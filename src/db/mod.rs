@@ -65,6 +65,11 @@ pub struct FastPool<M: bb8::ManageConnection> {
     chain: Arc<std::sync::OnceLock<Signer>>,
     /// Bumped after every committed write transaction (wakes live audit tails).
     commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether row-level security applies to this pool's role (PostgreSQL, a role that
+    /// neither owns the tables nor bypasses RLS). Only then do tenant-scoped reads need
+    /// their `BEGIN; set_config(…); …; COMMIT` wrapper: for an owner it changes nothing
+    /// and costs three statements.
+    rls: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -74,7 +79,15 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
             refused: self.refused.clone(),
             chain: self.chain.clone(),
             commits: self.commits.clone(),
+            rls: self.rls.clone(),
         }
+    }
+}
+
+impl<M: bb8::ManageConnection> FastPool<M> {
+    /// Whether row-level security applies to this pool's connections.
+    pub fn row_security(&self) -> bool {
+        std::sync::atomic::AtomicBool::load(&self.rls, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -97,6 +110,28 @@ where
         tokio::select! {
             biased;
             conn = self.pool.get() => conn,
+            () = &mut refused => Err(bb8::RunError::User(
+                diesel_async::pooled_connection::PoolError::ConnectionError(
+                    diesel::ConnectionError::BadConnection(self.refused.last()),
+                ),
+            )),
+        }
+    }
+}
+
+impl<M> FastPool<M>
+where
+    M: bb8::ManageConnection<Error = diesel_async::pooled_connection::PoolError>,
+{
+    /// Like [`FastPool::get`], for a connection that may outlive the borrow of the pool
+    /// (a transaction rolled back on a task of its own when its request is cancelled).
+    pub async fn get_owned(&self) -> Result<bb8::PooledConnection<'static, M>, PoolError> {
+        let refused = self.refused.notify.notified();
+        tokio::pin!(refused);
+        refused.as_mut().enable();
+        tokio::select! {
+            biased;
+            conn = self.pool.get_owned() => conn,
             () = &mut refused => Err(bb8::RunError::User(
                 diesel_async::pooled_connection::PoolError::ConnectionError(
                     diesel::ConnectionError::BadConnection(self.refused.last()),
@@ -195,6 +230,11 @@ pub(crate) fn prepare_sqlite_path(path: &std::path::Path) -> anyhow::Result<Stri
 macro_rules! db_run_tenant {
     ($pool:expr, $tenant:expr, |$conn:ident| $body:expr) => {{
         match $pool {
+            $crate::db::DbPool::Postgres(pool) if !pool.row_security() => {
+                let mut pooled = pool.get().await?;
+                let $conn: &mut diesel_async::AsyncPgConnection = &mut *pooled;
+                $body
+            }
             $crate::db::DbPool::Postgres(pool) => {
                 use diesel_async::AsyncConnection as _;
                 let mut pooled = pool.get().await?;
@@ -323,6 +363,37 @@ pub async fn set_tenant(conn: &mut AsyncPgConnection, tenant: &str) -> diesel::Q
         .map(|_| ())
 }
 
+/// Whether row-level security binds this pool's role on the tenant tables: they have
+/// RLS enabled and the role is neither a superuser, nor `BYPASSRLS`, nor (without
+/// `FORCE ROW LEVEL SECURITY`) a holder of the owner's privileges. When unsure (tables
+/// not there yet, the catalog unreadable), it answers `true`: the wrapper is kept.
+async fn row_security_applies(
+    pool: &FastPool<AsyncDieselConnectionManager<AsyncPgConnection>>,
+) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Applies {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
+        applies: Option<bool>,
+    }
+    let Ok(mut conn) = pool.get().await else {
+        return true;
+    };
+    let row = diesel::sql_query(
+        "SELECT c.relrowsecurity \
+                AND NOT r.rolsuper AND NOT r.rolbypassrls \
+                AND (c.relforcerowsecurity OR NOT pg_has_role(r.oid, c.relowner, 'USAGE')) \
+                AS applies \
+         FROM pg_class c, pg_roles r \
+         WHERE c.oid = to_regclass('users') AND r.rolname = current_user",
+    )
+    .get_result::<Applies>(&mut *conn)
+    .await;
+    match row {
+        Ok(Applies { applies: Some(a) }) => a,
+        _ => true,
+    }
+}
+
 /// An opaque value the audit layer keeps with a pool (its chain keys), so that every
 /// connection the pool lends can sign the records appended on it. `db` never looks
 /// inside: it knows no domain.
@@ -440,6 +511,7 @@ impl DbPool {
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
+                    rls: Arc::default(),
                 });
                 pool.ping().await?;
                 Ok(pool)
@@ -470,15 +542,21 @@ impl DbPool {
                     .build(mgr)
                     .await
                     .context("building the PostgreSQL pool")?;
-                let pool = Self::Postgres(FastPool {
+                let fast = FastPool {
                     pool,
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
-                });
+                    rls: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                };
+                let pool = Self::Postgres(fast.clone());
                 pool.ping()
                     .await
                     .with_context(|| unreachable_message(url))?;
+                fast.rls.store(
+                    row_security_applies(&fast).await,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 Ok(pool)
             }
         }

@@ -317,6 +317,9 @@ fn requested_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
         })
 }
 
+/// Read and write buffer of one websocket.
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
 /// `GET /graphql/ws`: upgrades to a GraphQL websocket.
 pub async fn ws_handler(
     State(state): State<AppState>,
@@ -359,6 +362,11 @@ pub async fn ws_handler(
     // request body, before authentication or not.
     let max_message = state.app.config.http.body_limit_bytes;
     upgrade
+        // Small buffers: an idle subscriber should cost kilobytes, not tungstenite's
+        // default 128 KiB read + 128 KiB write buffers. Both grow while a large message
+        // passes and messages are flushed one by one anyway.
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)

@@ -177,3 +177,109 @@ async fn idle_authenticated_websockets_cost_no_statements_and_close_at_once_on_s
         assert_eq!(ws_close_code(ws, 2).await, Some(4401));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_answered_at_once_with_503_and_retry_after_and_a_waiting_request_is_served() {
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_MAX_IN_FLIGHT", "1"),
+        ("AGENTPLANE_QUEUE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let body = json!({ "query": "{ __typename }" });
+    // Every admission slot is taken (as by a long request).
+    let slot = app
+        .state
+        .in_flight
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("slot");
+    let started = Instant::now();
+    let (status, headers, out) = app.post_raw(&body, None).await;
+    assert_eq!(status, 503, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("UNAVAILABLE"),
+        "{out}"
+    );
+    // Health checks are not behind the line.
+    let ready = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(ready.status(), 200);
+
+    // A request that waits less than the queue timeout is served once a slot frees.
+    let waiting = {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/graphql"))
+                .json(&json!({ "query": "{ __typename }" }))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(slot);
+    assert_eq!(waiting.await.expect("joined"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_cancelled_mid_transaction_rolls_back_and_returns_its_connection() {
+    if !TestDb::is_postgres() {
+        return;
+    }
+    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+    let app = TestApp::spawn_with(&[("AGENTPLANE_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let (_tenant, owner) = app.tenant_with_owner("cancelled").await;
+    let agentplane::db::DbPool::Postgres(pool) = &app.state.app.db else {
+        unreachable!("PostgreSQL run");
+    };
+    let broken_before = pool.state().statistics.connections_closed_broken;
+    // Another session holds the tenant's audit chain head: the next audited write waits
+    // inside its transaction until the request times out and is dropped.
+    let mut blocker = AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect");
+    blocker
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM audit_heads WHERE tenant_id = \
+             (SELECT id FROM tenants WHERE slug = 'cancelled') FOR UPDATE",
+        )
+        .await
+        .expect("lock the chain head");
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.base))
+        .bearer_auth(&owner)
+        .json(&json!({ "query": "mutation { createTeam(input: { name: \"never\" }) { team { id } } }" }))
+        .send()
+        .await
+        .expect("sent");
+    let (status, out) = (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    );
+    assert_eq!(status, 408, "{out}");
+    blocker.batch_execute("COMMIT").await.expect("release");
+    // The server's connection finishes its statement, rolls back and goes back to the
+    // pool: not discarded, and nothing of the write is left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        pool.state().statistics.connections_closed_broken,
+        broken_before,
+        "a cancelled request's connection was discarded instead of rolled back"
+    );
+    let teams = app.gql_as(&owner, "{ teams { name } }", json!({})).await;
+    assert!(!teams.to_string().contains("never"), "{teams}");
+}

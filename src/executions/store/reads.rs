@@ -209,7 +209,8 @@ pub async fn recent_by_workflows(
                     .iter()
                     .map(|w| {
                         format!(
-                            "SELECT * FROM (SELECT * FROM executions WHERE tenant_id = ?1 \
+                            "SELECT * FROM (SELECT * FROM executions \
+                             INDEXED BY executions_tenant_workflow_id_idx WHERE tenant_id = ?1 \
                              AND workflow_id = {w} ORDER BY id DESC LIMIT {n})"
                         )
                     })
