@@ -117,11 +117,6 @@ enum AdminCommand {
     },
 }
 
-/// mimalloc: GraphQL execution allocates a great deal of small, short-lived objects (one
-/// future and one JSON value per resolved field); measured in `bench/api.rs`.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Schema = cli.command {
