@@ -549,7 +549,9 @@ async fn run(
     for _ in 0..subscribers {
         sockets.push(subscribe(&server.ws, &small.token).await?);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let every subscription finish starting (each reads what it may see once) before
+    // the idle window.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let held = server.rss_kib();
     let per_sub = (held.saturating_sub(before)) as f64 / subscribers as f64;
     let tx0 = pg_transactions(&db).await;

@@ -31,6 +31,11 @@ pub struct DocumentLimits {
     pub max_fragments: usize,
     /// Most fragment spreads written in a document.
     pub max_spreads: usize,
+    /// Deepest field nesting of an operation, fragments expanded, not counting what is
+    /// under `__schema` / `__type`: introspection is as deep as the type system it
+    /// describes, and the standard query tools send (graphql-js'
+    /// `getIntrospectionQuery`, 13 levels) must pass the default.
+    pub max_depth: usize,
 }
 
 /// What [`measure`] found.
@@ -42,6 +47,8 @@ pub struct Measure {
     pub spreads: usize,
     /// Field selections of the largest operation with fragments expanded (saturating).
     pub selections: u64,
+    /// Field nesting of the deepest operation, introspection subtrees not counted.
+    pub depth: u64,
 }
 
 /// Measures `doc` in time linear in its size; `Err` names a fragment that spreads
@@ -53,16 +60,54 @@ pub fn measure(doc: &ExecutableDocument) -> Result<Measure, String> {
         spreads += count_spreads(&f.node.selection_set.node);
     }
     let mut selections = 0;
+    let mut depth = 0;
+    let mut depths: HashMap<Name, u64> = HashMap::new();
     for (_, op) in doc.operations.iter() {
         spreads += count_spreads(&op.node.selection_set.node);
         let size = expanded(&op.node.selection_set.node, doc, &mut memo, &mut Vec::new())?;
         selections = selections.max(size);
+        // No fragment cycle past `expanded`: the walk below ends.
+        depth = depth.max(nesting(&op.node.selection_set.node, doc, &mut depths));
     }
     Ok(Measure {
         fragments: doc.fragments.len(),
         spreads,
         selections,
+        depth,
     })
+}
+
+/// Field nesting under `set`, fragments expanded (each sized once); an introspection
+/// root field (`__schema`, `__type`) counts one level, whatever it selects.
+fn nesting(set: &SelectionSet, doc: &ExecutableDocument, memo: &mut HashMap<Name, u64>) -> u64 {
+    let mut deepest = 0;
+    for s in &set.items {
+        let d = match &s.node {
+            Selection::Field(f) => {
+                let name = f.node.name.node.as_str();
+                if name == "__schema" || name == "__type" {
+                    1
+                } else {
+                    1 + nesting(&f.node.selection_set.node, doc, memo)
+                }
+            }
+            Selection::InlineFragment(i) => nesting(&i.node.selection_set.node, doc, memo),
+            Selection::FragmentSpread(sp) => {
+                let name = &sp.node.fragment_name.node;
+                if let Some(n) = memo.get(name) {
+                    *n
+                } else if let Some(def) = doc.fragments.get(name) {
+                    let n = nesting(&def.node.selection_set.node, doc, memo);
+                    memo.insert(name.clone(), n);
+                    n
+                } else {
+                    0
+                }
+            }
+        };
+        deepest = deepest.max(d);
+    }
+    deepest
 }
 
 fn count_spreads(set: &SelectionSet) -> usize {
@@ -136,6 +181,16 @@ impl DocumentLimits {
                 "maxSpreads",
             ));
         }
+        if m.depth > self.max_depth as u64 {
+            return Err((
+                format!(
+                    "the query is nested too deep: {} levels; at most {} are accepted \
+                     (introspection under __schema and __type is not counted)",
+                    m.depth, self.max_depth
+                ),
+                "maxDepth",
+            ));
+        }
         if m.selections > self.max_selections {
             return Err((
                 format!(
@@ -157,6 +212,7 @@ impl DocumentLimits {
             max_selections: c.max_selections,
             max_fragments: c.max_fragments,
             max_spreads: c.max_spreads,
+            max_depth: c.max_depth,
         }
     }
 
@@ -314,6 +370,18 @@ mod tests {
         assert_eq!(m.spreads, 1);
         // a b c, the spread, e f, the inline fragment, d
         assert_eq!(m.selections, 8);
+        // a { b }, and e { f } through the fragment
+        assert_eq!(m.depth, 2);
+    }
+
+    #[test]
+    fn introspection_subtrees_do_not_count_towards_depth() {
+        let m = measure(&doc(
+            "query { __schema { types { fields { type { ofType { ofType { name } } } } } } \
+             a { b { c } } }",
+        ))
+        .expect("acyclic");
+        assert_eq!(m.depth, 3);
     }
 
     #[test]

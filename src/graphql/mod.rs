@@ -67,6 +67,7 @@ const DEFAULT_DOCUMENT_LIMITS: limits::DocumentLimits = limits::DocumentLimits {
     max_selections: 10_000,
     max_fragments: 100,
     max_spreads: 500,
+    max_depth: DEFAULT_DEPTH,
 };
 
 /// Builds the schema. With `app`, limits come from its config and resolvers can reach
@@ -84,11 +85,12 @@ pub fn build_anonymous_schema(app: Arc<App>) -> AppSchema {
 }
 
 fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
-    let (depth, complexity) = app
+    // Depth is checked with the other document limits (`limits::DocumentLimits`), which
+    // leave introspection subtrees out; async-graphql's own depth limit would refuse the
+    // standard introspection query GraphiQL and code generators send.
+    let complexity = app
         .as_ref()
-        .map_or((DEFAULT_DEPTH, DEFAULT_COMPLEXITY), |a| {
-            (a.config.graphql.max_depth, a.config.graphql.max_complexity)
-        });
+        .map_or(DEFAULT_COMPLEXITY, |a| a.config.graphql.max_complexity);
     let document_limits = app.as_ref().map_or(DEFAULT_DOCUMENT_LIMITS, |a| {
         limits::DocumentLimits::from_config(&a.config.graphql)
     });
@@ -97,7 +99,6 @@ fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
         Mutation::default(),
         Subscription::default(),
     )
-    .limit_depth(depth)
     .limit_complexity(complexity)
     .extension(document_limits)
     .extension(limits::BatchBudget)

@@ -163,6 +163,48 @@ async fn too_deep_queries_get_a_clear_error() {
     assert!(msg.contains("nested too deep"), "{msg}");
 }
 
+/// The exact query graphql-js 16 (`getIntrospectionQuery` with descriptions,
+/// specifiedByUrl, directiveIsRepeatable, schemaDescription and inputValueDeprecation)
+/// produces: what GraphiQL, GraphQL Code Generator, Postman and Insomnia send.
+const GRAPHQL_JS_INTROSPECTION: &str = include_str!("fixtures/graphql-js-16-introspection.graphql");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standard_introspection_query_passes_the_default_limits() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("introspect").await;
+    for token in [None, Some(owner.as_str())] {
+        let (status, _, body) = app
+            .post_raw(
+                &json!({ "query": GRAPHQL_JS_INTROSPECTION, "operationName": "IntrospectionQuery" }),
+                token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["errors"].is_null(),
+            "signed in: {}: {body}",
+            token.is_some()
+        );
+        let types = body["data"]["__schema"]["types"].as_array().expect("types");
+        assert!(
+            types.iter().any(|t| t["name"] == "Workflow"),
+            "the schema's own types are listed"
+        );
+    }
+    // Outside introspection the default depth still applies (12 levels).
+    let mut deep = String::from("{ tenant ");
+    for _ in 0..12 {
+        deep.push_str("{ teams ");
+    }
+    deep.push_str("{ name }");
+    for _ in 0..13 {
+        deep.push('}');
+    }
+    let out = app.gql_as(&owner, &deep, json!({})).await;
+    let msg = out["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("nested too deep"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_bodies_and_wrong_media_types_are_refused() {
     let app = TestApp::spawn_with(&[("AGENTPLANE_BODY_LIMIT_BYTES", "2048")]).await;
