@@ -410,16 +410,27 @@ async fn worker(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
+    // The port first: a start that cannot listen (address taken) must stop before the
+    // one-time bootstrap, or the generated admin password would be printed by a process
+    // that dies and never shown again.
+    let listener = app::bind(config.listen).await?;
     let applied = migrate::run_pending(&config.database_url)
         .await
         .context("running migrations")?;
     if !applied.is_empty() {
         tracing::info!(versions = applied.join(","), "migrations applied");
     }
-    let listen = config.listen;
     let backend = config.database_url.redacted();
     let state = AppState::new(config).await?;
-    if let Some(b) = agentplane::bootstrap::ensure_platform_admin(&state.app).await? {
+    let bootstrapped = agentplane::bootstrap::ensure_platform_admin(&state.app).await?;
+    if bootstrapped.is_none() {
+        let email = &state.app.config.auth.bootstrap_admin_email;
+        println!(
+            "platform admin {email} exists; lost its password? \
+             `agentplane admin reset-password --email {email}` prints a new one"
+        );
+    }
+    if let Some(b) = bootstrapped {
         match b.generated_password {
             Some(p) => println!(
                 "created platform admin {} with generated password (shown once): {p}",
@@ -439,7 +450,6 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let listener = app::bind(listen).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, database = %backend, "agentplane listening");
     {

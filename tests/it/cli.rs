@@ -139,3 +139,76 @@ async fn sigterm_finishes_in_flight_requests_closes_sockets_and_exits() {
             .is_err()
     );
 }
+
+/// Starts `serve` without a bootstrap password on `db`, returns its stdout up to the
+/// listen line (then stops it).
+async fn first_lines(db: &TestDb) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(bin())
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("listening on"))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .expect("read")
+            .expect("stdout open");
+        seen.push(line);
+    }
+    let _ = child.kill().await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_that_cannot_listen_leaves_the_one_time_admin_password_for_the_next() {
+    let db = TestDb::create().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("AGENTPLANE_LISTEN", &addr),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("password"),
+        "a start that could not listen bootstrapped: {stdout}"
+    );
+    drop(taken);
+
+    // The next start bootstraps and shows the generated password once.
+    let first = first_lines(&db).await;
+    assert!(
+        first
+            .iter()
+            .any(|l| l.contains("generated password (shown once)")),
+        "{first:?}"
+    );
+    // Later starts say how to get a new one.
+    let later = first_lines(&db).await;
+    assert!(
+        later.iter().all(|l| !l.contains("shown once"))
+            && later
+                .iter()
+                .any(|l| l
+                    .contains("agentplane admin reset-password --email admin@agentplane.local")),
+        "{later:?}"
+    );
+}
