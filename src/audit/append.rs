@@ -6,8 +6,8 @@ use crate::audit::chain::KeysOf as _;
 
 /// Appends an [`Entry`] to its tenant's chain on `$conn`, inside the caller's transaction
 /// (a `DbPool::tx`). Evaluates to `Result<RecordRow, AppError>`. A macro because the body is
-/// expanded once per backend. Serialization: the chain head row is locked first (a
-/// no-op UPDATE; SQLite's write transaction already serializes).
+/// expanded once per backend. Serialization: the chain head row is locked first (an
+/// upsert whose update is a no-op; SQLite's write transaction already serializes).
 macro_rules! audit_append {
     ($conn:expr, $entry:expr) => {{
         async {
@@ -15,7 +15,9 @@ macro_rules! audit_append {
             use diesel_async::RunQueryDsl;
             use $crate::db::schema::{audit_actors, audit_heads, audit_log};
             let e: &$crate::audit::Entry = $entry;
-            diesel::insert_into(audit_heads::table)
+            // One statement creates the head on a tenant's first record, or takes the
+            // existing head's row lock (a no-op update), and reads it.
+            let (seq, prev): (i64, String) = diesel::insert_into(audit_heads::table)
                 .values((
                     audit_heads::tenant_id.eq(&e.tenant_id),
                     audit_heads::seq.eq(0i64),
@@ -23,17 +25,11 @@ macro_rules! audit_append {
                     audit_heads::checkpoint_seq.eq(0i64),
                     audit_heads::checkpoint_hash.eq($crate::audit::GENESIS),
                 ))
-                .on_conflict_do_nothing()
-                .execute(&mut *$conn)
-                .await?;
-            diesel::update(audit_heads::table.find(&e.tenant_id))
+                .on_conflict(audit_heads::tenant_id)
+                .do_update()
                 .set(audit_heads::seq.eq(audit_heads::seq))
-                .execute(&mut *$conn)
-                .await?;
-            let (seq, prev): (i64, String) = audit_heads::table
-                .find(&e.tenant_id)
-                .select((audit_heads::seq, audit_heads::hash))
-                .first(&mut *$conn)
+                .returning((audit_heads::seq, audit_heads::hash))
+                .get_result(&mut *$conn)
                 .await?;
             let pseudonym: Option<String> = match &e.actor_ref {
                 None => None,
