@@ -89,6 +89,13 @@ pub struct KeyRing {
 #[derive(Debug)]
 pub struct Rejected(pub &'static str);
 
+impl Rejected {
+    /// The token is well-formed and signed by us, only past its expiry.
+    pub fn is_expiry(&self) -> bool {
+        self.0 == "expired"
+    }
+}
+
 fn hs_kid(secret: &str) -> String {
     format!("hs256-{}", &super::passwords::sha256_hex(secret)[..12])
 }

@@ -154,8 +154,38 @@ pub fn check_tenant_active(tenant: &TenantRow) -> AppResult<()> {
     }
 }
 
+/// Why a credential is refused, sent as `extensions.reason` so a client knows what to
+/// do: refresh (`TOKEN_EXPIRED`) or sign in again (`TOKEN_INVALID`, `TOKEN_REVOKED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Past its expiry (an access token: refresh it; an API key: make a new one).
+    Expired,
+    /// Not a credential this server issued, or its subject is gone or disabled.
+    Invalid,
+    /// Signed out, or revoked by an administrator.
+    Revoked,
+}
+
+impl Refused {
+    /// The `UNAUTHENTICATED` error with its reason and what to do.
+    pub fn error(self) -> AppError {
+        let (reason, message) = match self {
+            Self::Expired => (
+                "TOKEN_EXPIRED",
+                "the credential has expired: refresh the session (refreshSession) or sign in again",
+            ),
+            Self::Invalid => (
+                "TOKEN_INVALID",
+                "the credential is not valid: sign in again",
+            ),
+            Self::Revoked => ("TOKEN_REVOKED", "the credential was revoked: sign in again"),
+        };
+        AppError::unauthenticated(message).with_detail("reason", reason)
+    }
+}
+
 fn invalid_credentials() -> AppError {
-    AppError::unauthenticated("invalid or expired credentials")
+    Refused::Invalid.error()
 }
 
 /// Turns a bearer credential (access token or API key) into a principal.
@@ -179,7 +209,11 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
     }
     let claims = app.keys.verify(bearer, cfg, now).map_err(|r| {
         tracing::debug!(reason = r.0, "access token refused");
-        invalid_credentials()
+        if r.is_expiry() {
+            Refused::Expired.error()
+        } else {
+            invalid_credentials()
+        }
     })?;
     let tenant_id = uuid::Uuid::parse_str(&claims.tid)
         .map(TenantId)
@@ -201,8 +235,11 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
         custom_role_permissions,
         token_revoked,
     } = subject;
-    if token_revoked || session.revoked_at.is_some() || session.user_id != user_id {
+    if session.user_id != user_id {
         return Err(invalid_credentials());
+    }
+    if token_revoked || session.revoked_at.is_some() {
+        return Err(Refused::Revoked.error());
     }
     if user.status != UserStatus::Active {
         return Err(invalid_credentials());

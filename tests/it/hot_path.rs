@@ -283,3 +283,72 @@ async fn a_request_cancelled_mid_transaction_rolls_back_and_returns_its_connecti
     let teams = app.gql_as(&owner, "{ teams { name } }", json!({})).await;
     assert!(!teams.to_string().contains("never"), "{teams}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_credential_says_whether_to_refresh_or_sign_in_again() {
+    let app = TestApp::spawn().await;
+    let (_tenant, owner) = app.tenant_with_owner("reasons").await;
+    let reason = |body: &serde_json::Value| {
+        body["errors"][0]["extensions"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ask = |token: String| {
+        let app = &app;
+        async move {
+            let (status, _, body) = app
+                .post_raw(&json!({ "query": "{ __typename }" }), Some(&token))
+                .await;
+            assert_eq!(status, 401, "{body}");
+            assert_eq!(
+                first_error_code(&body).as_deref(),
+                Some("UNAUTHENTICATED"),
+                "{body}"
+            );
+            body
+        }
+    };
+    // Not ours.
+    let body = ask("eyJhbGciOiJFZERTQSJ9.e30.c2ln".into()).await;
+    assert_eq!(reason(&body), "TOKEN_INVALID", "{body}");
+
+    // An API key revoked.
+    let key = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret apiKey { id } } }",
+            json!({ "i": { "name": "ci", "roleId": "VIEWER" } }),
+        )
+        .await;
+    let secret = key["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($i: RevokeApiKeyInput!) { revokeApiKey(input: $i) { apiKey { id } } }",
+            json!({ "i": { "apiKeyId": key["data"]["createApiKey"]["apiKey"]["id"] } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let body = ask(secret).await;
+    assert_eq!(reason(&body), "TOKEN_REVOKED", "{body}");
+
+    // Expired (past the access-token lifetime and the clock leeway): refresh.
+    let (other, _) = app.login("owner@reasons.example", OWNER_PASSWORD).await;
+    app.clock.advance(chrono::Duration::minutes(17));
+    let body = ask(other).await;
+    assert_eq!(reason(&body), "TOKEN_EXPIRED", "{body}");
+
+    // Signed out: revoked.
+    let (fresh, _) = app.login("owner@reasons.example", OWNER_PASSWORD).await;
+    let out = app
+        .gql_as(&fresh, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
+    let body = ask(fresh).await;
+    assert_eq!(reason(&body), "TOKEN_REVOKED", "{body}");
+    drop(owner);
+}

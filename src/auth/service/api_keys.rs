@@ -80,7 +80,7 @@ pub async fn create_api_key(
 
 /// Authenticates an `agp_…` key.
 pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principal> {
-    let invalid = || AppError::unauthenticated("invalid or expired credentials");
+    let invalid = || crate::auth::Refused::Invalid.error();
     let now = app.clock.now();
     let hash = passwords::sha256_hex(secret);
     let cache_key = format!("k:{hash}");
@@ -92,8 +92,11 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
     let (key, tenant, custom) = store::api_key_subject(&app.db, &hash)
         .await?
         .ok_or_else(invalid)?;
-    if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| utc(e) <= now) {
-        return Err(invalid());
+    if key.revoked_at.is_some() {
+        return Err(crate::auth::Refused::Revoked.error());
+    }
+    if key.expires_at.is_some_and(|e| utc(e) <= now) {
+        return Err(crate::auth::Refused::Expired.error());
     }
     check_tenant_active(&tenant)?;
     let (mut permissions, mut platform_admin) =
