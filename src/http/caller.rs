@@ -57,10 +57,43 @@ pub fn refusal(e: AppError, request_id: &RequestId) -> Response {
     resp
 }
 
+/// A [`Caller`] whose refused credential (401) does not end the request yet: `POST
+/// /graphql` still serves the sign-in mutations (`login`, `refreshSession`,
+/// `setPassword`) to a client that holds a stale token, and refuses everything else.
+pub struct LenientCaller {
+    /// The caller (anonymous when the credential was refused).
+    pub caller: Caller,
+    /// The refusal of the credential the request carried, if it was refused.
+    pub refused: Option<AppError>,
+}
+
+impl FromRequestParts<AppState> for LenientCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let (caller, refused) = resolve(parts, state).await?;
+        Ok(Self { caller, refused })
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match resolve(parts, state).await? {
+            (caller, None) => Ok(caller),
+            (caller, Some(e)) => Err(refusal(e, &caller.request_id)),
+        }
+    }
+}
+
+/// Resolves the caller; a refused credential (401) comes back beside an anonymous caller,
+/// anything else that stops the request (403, 503) as the response.
+async fn resolve(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<(Caller, Option<AppError>), Response> {
+    {
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -75,27 +108,37 @@ impl FromRequestParts<AppState> for Caller {
             ));
         };
         let client = client_info(*addr, &parts.headers);
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Ok(Self {
-                principal: None,
-                client,
-                request_id,
-                bearer: None,
-            });
+        let anonymous = |client, request_id| Caller {
+            principal: None,
+            client,
+            request_id,
+            bearer: None,
         };
-        let bearer = value
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok((anonymous(client, request_id), None));
+        };
+        let bearer = match value
             .to_str()
             .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
             .and_then(crate::auth::bearer_from_header)
-            .map_err(|e| refusal(e, &request_id))?;
-        let principal = crate::auth::authenticate(&state.app, bearer)
-            .await
-            .map_err(|e| refusal(e, &request_id))?;
-        Ok(Self {
-            principal: Some(principal),
-            client,
-            request_id,
-            bearer: Some(bearer.to_owned()),
-        })
+        {
+            Ok(b) => b,
+            Err(e) => return Ok((anonymous(client, request_id), Some(e))),
+        };
+        match crate::auth::authenticate(&state.app, bearer).await {
+            Ok(principal) => Ok((
+                Caller {
+                    principal: Some(principal),
+                    client,
+                    request_id,
+                    bearer: Some(bearer.to_owned()),
+                },
+                None,
+            )),
+            Err(e) if e.code() == crate::error::ErrorCode::Unauthenticated => {
+                Ok((anonymous(client, request_id), Some(e)))
+            }
+            Err(e) => Err(refusal(e, &request_id)),
+        }
     }
 }

@@ -212,13 +212,55 @@ async fn execute(
     respond(resp, media_graphql, &request_id.0)
 }
 
+/// Root fields a client may call with a stale `Authorization` header: they exist to get
+/// a new credential, so a refused one is ignored for them (the request runs anonymous).
+const CREDENTIAL_FREE: [&str; 4] = ["login", "refreshSession", "setPassword", "__typename"];
+
+/// Whether every operation of `batch` is a mutation that only selects
+/// [`CREDENTIAL_FREE`] root fields.
+fn only_sign_in(batch: &BatchRequest) -> bool {
+    let one = |req: &GqlRequest| {
+        let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
+            return false;
+        };
+        let op = match &doc.operations {
+            DocumentOperations::Single(op) => Some(op),
+            DocumentOperations::Multiple(ops) => match &req.operation_name {
+                Some(name) => ops.get(name.as_str()),
+                None if ops.len() == 1 => ops.values().next(),
+                None => None,
+            },
+        };
+        op.is_some_and(|op| {
+            op.node.ty == OperationType::Mutation
+                && op
+                    .node
+                    .selection_set
+                    .node
+                    .items
+                    .iter()
+                    .all(|s| match &s.node {
+                        async_graphql::parser::types::Selection::Field(f) => {
+                            CREDENTIAL_FREE.contains(&f.node.name.node.as_str())
+                        }
+                        _ => false,
+                    })
+        })
+    };
+    match batch {
+        BatchRequest::Single(r) => one(r),
+        BatchRequest::Batch(rs) => !rs.is_empty() && rs.iter().all(one),
+    }
+}
+
 /// `POST /graphql` with an `application/json` body (single or batched).
 pub async fn post_handler(
     State(state): State<AppState>,
-    caller: Caller,
+    lenient: super::caller::LenientCaller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let super::caller::LenientCaller { caller, refused } = lenient;
     let request_id = &caller.request_id;
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -245,6 +287,11 @@ pub async fn post_handler(
             );
         }
     };
+    if let Some(e) = refused {
+        if !only_sign_in(&batch) {
+            return super::caller::refusal(e, request_id);
+        }
+    }
     execute(&state, batch, caller, &headers).await
 }
 

@@ -352,3 +352,64 @@ async fn a_refused_credential_says_whether_to_refresh_or_sign_in_again() {
     assert_eq!(reason(&body), "TOKEN_REVOKED", "{body}");
     drop(owner);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_mutations_ignore_a_stale_authorization_header() {
+    let app = TestApp::spawn().await;
+    let (_tenant, owner) = app.tenant_with_owner("stale").await;
+    let (_, refresh) = app.login("owner@stale.example", OWNER_PASSWORD).await;
+    let out = app
+        .gql_as(&owner, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
+    // `owner` is now revoked: sign-in still works with it in the header…
+    let (status, _, body) = app
+        .post_raw(
+            &json!({
+                "query": "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+                "variables": { "i": { "email": "owner@stale.example", "password": OWNER_PASSWORD } }
+            }),
+            Some(&owner),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
+    let (status, _, body) = app
+        .post_raw(
+            &json!({
+                "query": "mutation($i: RefreshSessionInput!) { refreshSession(input: $i) { accessToken } }",
+                "variables": { "i": { "refreshToken": refresh } }
+            }),
+            Some("not-even-a-jwt"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["data"]["refreshSession"]["accessToken"].is_string(),
+        "{body}"
+    );
+    // …and anything else is refused with the reason.
+    for query in [
+        "{ me { email } }",
+        "mutation { logout { ok } }",
+        "mutation($i: LoginInput!) { login(input: $i) { accessToken } } ",
+    ] {
+        let q = if query.contains("login") {
+            // A sign-in next to another field is not a sign-in only.
+            "mutation($i: LoginInput!) { login(input: $i) { accessToken } logout { ok } }"
+        } else {
+            query
+        };
+        let (status, _, body) = app
+            .post_raw(
+                &json!({ "query": q, "variables": { "i": { "email": "x@y.z", "password": "p" } } }),
+                Some(&owner),
+            )
+            .await;
+        assert_eq!(status, 401, "{q}: {body}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["reason"], "TOKEN_REVOKED",
+            "{body}"
+        );
+    }
+}
