@@ -562,6 +562,30 @@ impl DbPool {
         }
     }
 
+    /// Opens a pool of its own for a background follower (`who` names it in the log),
+    /// retrying every second until it opens; `None` once `stop` is cancelled.
+    pub async fn connect_until(
+        url: &DatabaseUrl,
+        stop: &tokio_util::sync::CancellationToken,
+        who: &str,
+    ) -> Option<Self> {
+        loop {
+            match Self::connect(url).await {
+                Ok(db) => return Some(db),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "{who} cannot open the database; retrying"
+                    );
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// The engine behind this pool.
     pub fn backend(&self) -> Backend {
         match self {

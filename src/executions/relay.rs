@@ -30,20 +30,9 @@ pub async fn follow_sqlite(
     }
     // Its own pool, so polling neither queues behind requests nor counts in
     // `App::statements`.
-    let db = loop {
-        match crate::db::DbPool::connect(&url).await {
-            Ok(db) => break db,
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "event-log follower cannot open the database; retrying"
-                );
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(db) = crate::db::DbPool::connect_until(&url, &stop, "the event-log follower").await
+    else {
+        return;
     };
     let crate::db::DbPool::Sqlite(pool) = &db else {
         return;
