@@ -440,7 +440,12 @@ async fn run(
     let _ = load(
         concurrency,
         secs,
-        post_op(client.clone(), gql_url.clone(), Some(deep.token.clone()), nested.clone()),
+        post_op(
+            client.clone(),
+            gql_url.clone(),
+            Some(deep.token.clone()),
+            nested.clone(),
+        ),
     )
     .await;
     let (small_rate, e3, small_lat) = load(
