@@ -73,8 +73,6 @@ pub struct PrincipalCache {
     generation: AtomicU64,
     entries: Mutex<HashMap<String, Entry>>,
     changes: broadcast::Sender<AuthChange>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 impl PrincipalCache {
@@ -87,8 +85,6 @@ impl PrincipalCache {
             generation: AtomicU64::new(0),
             entries: Mutex::default(),
             changes: broadcast::channel(1024).0,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
@@ -111,16 +107,10 @@ impl PrincipalCache {
             return None;
         }
         let entries = self.entries.lock().ok()?;
-        let hit = entries
+        entries
             .get(key)
-            .filter(|e| e.fresh_until > Instant::now() && e.not_after.is_none_or(|t| t > now));
-        if let Some(e) = hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            Some(e.principal.clone())
-        } else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            None
-        }
+            .filter(|e| e.fresh_until > Instant::now() && e.not_after.is_none_or(|t| t > now))
+            .map(|e| e.principal.clone())
     }
 
     /// The generation to pass to [`PrincipalCache::insert`]: read it before the
@@ -178,14 +168,6 @@ impl PrincipalCache {
     /// The change feed (a lagging receiver must treat the gap as [`AuthChange::All`]).
     pub fn subscribe(&self) -> broadcast::Receiver<AuthChange> {
         self.changes.subscribe()
-    }
-
-    /// `(hits, misses)` so far.
-    pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
     }
 
     /// Entries held now.

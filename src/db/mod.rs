@@ -69,7 +69,7 @@ pub struct FastPool<M: bb8::ManageConnection> {
     /// neither owns the tables nor bypasses RLS). Only then do tenant-scoped reads need
     /// their `BEGIN; set_config(…); …; COMMIT` wrapper: for an owner it changes nothing
     /// and costs three statements.
-    rls: Arc<std::sync::atomic::AtomicBool>,
+    rls: bool,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -79,7 +79,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
             refused: self.refused.clone(),
             chain: self.chain.clone(),
             commits: self.commits.clone(),
-            rls: self.rls.clone(),
+            rls: self.rls,
         }
     }
 }
@@ -87,7 +87,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
 impl<M: bb8::ManageConnection> FastPool<M> {
     /// Whether row-level security applies to this pool's connections.
     pub fn row_security(&self) -> bool {
-        std::sync::atomic::AtomicBool::load(&self.rls, std::sync::atomic::Ordering::Relaxed)
+        self.rls
     }
 }
 
@@ -104,34 +104,26 @@ where
 {
     /// A connection from the pool; `Err` at once when opening one was just refused.
     pub async fn get(&self) -> Result<bb8::PooledConnection<'_, M>, PoolError> {
-        let refused = self.refused.notify.notified();
-        tokio::pin!(refused);
-        refused.as_mut().enable();
-        tokio::select! {
-            biased;
-            conn = self.pool.get() => conn,
-            () = &mut refused => Err(bb8::RunError::User(
-                diesel_async::pooled_connection::PoolError::ConnectionError(
-                    diesel::ConnectionError::BadConnection(self.refused.last()),
-                ),
-            )),
-        }
+        self.or_refused(self.pool.get()).await
     }
-}
 
-impl<M> FastPool<M>
-where
-    M: bb8::ManageConnection<Error = diesel_async::pooled_connection::PoolError>,
-{
     /// Like [`FastPool::get`], for a connection that may outlive the borrow of the pool
     /// (a transaction rolled back on a task of its own when its request is cancelled).
     pub async fn get_owned(&self) -> Result<bb8::PooledConnection<'static, M>, PoolError> {
+        self.or_refused(self.pool.get_owned()).await
+    }
+
+    /// Waits for `checkout`, or fails as soon as the database refuses a new connection.
+    async fn or_refused<T>(
+        &self,
+        checkout: impl std::future::Future<Output = Result<T, PoolError>>,
+    ) -> Result<T, PoolError> {
         let refused = self.refused.notify.notified();
         tokio::pin!(refused);
         refused.as_mut().enable();
         tokio::select! {
             biased;
-            conn = self.pool.get_owned() => conn,
+            conn = checkout => conn,
             () = &mut refused => Err(bb8::RunError::User(
                 diesel_async::pooled_connection::PoolError::ConnectionError(
                     diesel::ConnectionError::BadConnection(self.refused.last()),
@@ -511,7 +503,7 @@ impl DbPool {
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
-                    rls: Arc::default(),
+                    rls: false,
                 });
                 pool.ping().await?;
                 Ok(pool)
@@ -547,17 +539,14 @@ impl DbPool {
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
-                    rls: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                    rls: true,
                 };
-                let pool = Self::Postgres(fast.clone());
-                pool.ping()
+                Self::Postgres(fast.clone())
+                    .ping()
                     .await
                     .with_context(|| unreachable_message(url))?;
-                fast.rls.store(
-                    row_security_applies(&fast).await,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                Ok(pool)
+                let rls = row_security_applies(&fast).await;
+                Ok(Self::Postgres(FastPool { rls, ..fast }))
             }
         }
     }

@@ -93,52 +93,50 @@ async fn resolve(
     parts: &mut Parts,
     state: &AppState,
 ) -> Result<(Caller, Option<AppError>), Response> {
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(|| RequestId(uuid::Uuid::now_v7().to_string()));
+    // The server is always run with connect info (`App::serve`); without it there is
+    // no address for audit records and per-address limits, so refuse.
+    let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+        return Err(refusal(
+            AppError::internal(anyhow::anyhow!("the router runs without connect info")),
+            &request_id,
+        ));
+    };
+    let client = client_info(*addr, &parts.headers);
+    let anonymous = |client, request_id| Caller {
+        principal: None,
+        client,
+        request_id,
+        bearer: None,
+    };
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok((anonymous(client, request_id), None));
+    };
+    let bearer = match value
+        .to_str()
+        .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
+        .and_then(crate::auth::bearer_from_header)
     {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId(uuid::Uuid::now_v7().to_string()));
-        // The server is always run with connect info (`App::serve`); without it there is
-        // no address for audit records and per-address limits, so refuse.
-        let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
-            return Err(refusal(
-                AppError::internal(anyhow::anyhow!("the router runs without connect info")),
-                &request_id,
-            ));
-        };
-        let client = client_info(*addr, &parts.headers);
-        let anonymous = |client, request_id| Caller {
-            principal: None,
-            client,
-            request_id,
-            bearer: None,
-        };
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Ok((anonymous(client, request_id), None));
-        };
-        let bearer = match value
-            .to_str()
-            .map_err(|_| AppError::unauthenticated("use Authorization: Bearer <token>"))
-            .and_then(crate::auth::bearer_from_header)
-        {
-            Ok(b) => b,
-            Err(e) => return Ok((anonymous(client, request_id), Some(e))),
-        };
-        match crate::auth::authenticate(&state.app, bearer).await {
-            Ok(principal) => Ok((
-                Caller {
-                    principal: Some(principal),
-                    client,
-                    request_id,
-                    bearer: Some(bearer.to_owned()),
-                },
-                None,
-            )),
-            Err(e) if e.code() == crate::error::ErrorCode::Unauthenticated => {
-                Ok((anonymous(client, request_id), Some(e)))
-            }
-            Err(e) => Err(refusal(e, &request_id)),
+        Ok(b) => b,
+        Err(e) => return Ok((anonymous(client, request_id), Some(e))),
+    };
+    match crate::auth::authenticate(&state.app, bearer).await {
+        Ok(principal) => Ok((
+            Caller {
+                principal: Some(principal),
+                client,
+                request_id,
+                bearer: Some(bearer.to_owned()),
+            },
+            None,
+        )),
+        Err(e) if e.code() == crate::error::ErrorCode::Unauthenticated => {
+            Ok((anonymous(client, request_id), Some(e)))
         }
+        Err(e) => Err(refusal(e, &request_id)),
     }
 }

@@ -220,32 +220,16 @@ const CREDENTIAL_FREE: [&str; 4] = ["login", "refreshSession", "setPassword", "_
 /// [`CREDENTIAL_FREE`] root fields.
 fn only_sign_in(batch: &BatchRequest) -> bool {
     let one = |req: &GqlRequest| {
-        let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
-            return false;
-        };
-        let op = match &doc.operations {
-            DocumentOperations::Single(op) => Some(op),
-            DocumentOperations::Multiple(ops) => match &req.operation_name {
-                Some(name) => ops.get(name.as_str()),
-                None if ops.len() == 1 => ops.values().next(),
-                None => None,
-            },
-        };
-        op.is_some_and(|op| {
-            op.node.ty == OperationType::Mutation
-                && op
-                    .node
-                    .selection_set
-                    .node
-                    .items
-                    .iter()
-                    .all(|s| match &s.node {
-                        async_graphql::parser::types::Selection::Field(f) => {
-                            CREDENTIAL_FREE.contains(&f.node.name.node.as_str())
-                        }
-                        _ => false,
-                    })
+        chosen_operation(req, |op| {
+            op.ty == OperationType::Mutation
+                && op.selection_set.node.items.iter().all(|s| match &s.node {
+                    async_graphql::parser::types::Selection::Field(f) => {
+                        CREDENTIAL_FREE.contains(&f.node.name.node.as_str())
+                    }
+                    _ => false,
+                })
         })
+        .unwrap_or(false)
     };
     match batch {
         BatchRequest::Single(r) => one(r),
@@ -295,17 +279,26 @@ pub async fn post_handler(
     execute(&state, batch, caller, &headers).await
 }
 
-/// The operation type a request would run, if its document parses.
-fn operation_type(req: &GqlRequest) -> Option<OperationType> {
+/// `f` of the operation a request would run, if its document parses and names one.
+fn chosen_operation<T>(
+    req: &GqlRequest,
+    f: impl FnOnce(&async_graphql::parser::types::OperationDefinition) -> T,
+) -> Option<T> {
     let doc = async_graphql::parser::parse_query(&req.query).ok()?;
-    match doc.operations {
-        DocumentOperations::Single(op) => Some(op.node.ty),
+    let op = match &doc.operations {
+        DocumentOperations::Single(op) => Some(op),
         DocumentOperations::Multiple(ops) => match &req.operation_name {
-            Some(name) => ops.get(name.as_str()).map(|op| op.node.ty),
-            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+            Some(name) => ops.get(name.as_str()),
+            None if ops.len() == 1 => ops.values().next(),
             None => None,
         },
-    }
+    }?;
+    Some(f(&op.node))
+}
+
+/// The operation type a request would run, if its document parses.
+fn operation_type(req: &GqlRequest) -> Option<OperationType> {
+    chosen_operation(req, |op| op.ty)
 }
 
 /// `GET /graphql`: GraphiQL for browsers (`Accept: text/html`), otherwise a query from
