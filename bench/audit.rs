@@ -13,6 +13,10 @@
 //! measured in the same run: the trivial query `{ serverInfo { version } }`. On
 //! PostgreSQL the bench works in a fresh schema it drops.
 
+#[path = "common.rs"]
+mod common;
+
+use common::{env_num, exec_pg, percentile};
 use std::time::Instant;
 
 use agentplane::audit::{Entry, Origin, Outcome, Severity};
@@ -21,21 +25,6 @@ use agentplane::config::{CliOverrides, Config};
 use agentplane::server::AppState;
 use agentplane::tenancy::model::UserId;
 use chrono::{Duration, Utc};
-
-fn env_num(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
-}
 
 const ACTIONS: [&str; 24] = [
     "workflow.created",
@@ -144,23 +133,8 @@ async fn seed(
 async fn main() -> anyhow::Result<()> {
     let n = env_num("BENCH_AUDIT_RECORDS", 1_000_000);
     let samples = env_num("BENCH_SAMPLES", 50);
-    let tmp = tempfile::tempdir()?;
-    let (url, pg_schema) = match std::env::var("DATABASE_URL") {
-        Ok(u) if u.starts_with("postgres") => {
-            let schema = format!("bench_audit_{}", std::process::id());
-            (
-                format!("{u}?options=-c%20search_path%3D{schema}"),
-                Some((u, schema)),
-            )
-        }
-        _ => (
-            format!("sqlite://{}", tmp.path().join("bench.db").display()),
-            None,
-        ),
-    };
-    if let Some((base, schema)) = &pg_schema {
-        exec_pg(base, &format!("CREATE SCHEMA {schema}")).await?;
-    }
+    let bench_db = common::BenchDb::create("bench_audit").await?;
+    let url = bench_db.url.clone();
     let vars: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), url.clone()),
         ("AGENTPLANE_WORKERS".into(), "0".into()),
@@ -201,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let secs = seed(&app.db, tenants[0].id, n, &users, &mut rng).await?;
     eprintln!("seeding {} records into a second tenant …", n / 10);
     seed(&app.db, tenants[1].id, n / 10, &users, &mut rng).await?;
-    if pg_schema.is_some() {
+    if bench_db.pg.is_some() {
         exec_pg(&url, "ANALYZE").await?;
     }
 
@@ -301,16 +275,6 @@ async fn main() -> anyhow::Result<()> {
     }
     app.shutdown.cancel();
     drop(state);
-    if let Some((base, schema)) = &pg_schema {
-        exec_pg(base, &format!("DROP SCHEMA {schema} CASCADE")).await?;
-    }
-    Ok(())
-}
-
-/// Runs statements on PostgreSQL through a plain diesel-async connection.
-async fn exec_pg(url: &str, sql: &str) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
-    let mut conn = diesel_async::AsyncPgConnection::establish(url).await?;
-    conn.batch_execute(sql).await?;
+    bench_db.drop_schema().await?;
     Ok(())
 }

@@ -15,6 +15,10 @@
 //! Results are printed with the ratio of execution rate to enqueue rate, so numbers from
 //! different machines compare. On PostgreSQL the bench works in a fresh schema it drops.
 
+#[path = "common.rs"]
+mod common;
+
+use common::{env_num, percentile};
 use std::time::{Duration, Instant};
 
 use agentplane::app::App;
@@ -26,13 +30,6 @@ use agentplane::server::AppState;
 use agentplane::workflows::model::{
     WorkflowId, WorkflowRow, WorkflowVersionId, WorkflowVersionRow,
 };
-
-fn env_num(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn wait_all_done(
     app: &App,
@@ -54,36 +51,13 @@ async fn wait_all_done(
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let n = env_num("BENCH_EXECUTIONS", 1000);
     let workers = env_num("BENCH_WORKERS", 8);
     let samples = env_num("BENCH_LATENCY_SAMPLES", 50);
-    let tmp = tempfile::tempdir()?;
-    let (url, pg_schema) = match std::env::var("DATABASE_URL") {
-        Ok(u) if u.starts_with("postgres") => {
-            let schema = format!("bench_{}", std::process::id());
-            (
-                format!("{u}?options=-c%20search_path%3D{schema}"),
-                Some((u, schema)),
-            )
-        }
-        _ => (
-            format!("sqlite://{}", tmp.path().join("bench.db").display()),
-            None,
-        ),
-    };
-    if let Some((base, schema)) = &pg_schema {
-        exec_pg(base, &format!("CREATE SCHEMA {schema}")).await?;
-    }
+    let bench_db = common::BenchDb::create("bench_engine").await?;
+    let url = bench_db.url.clone();
     let vars: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), url.clone()),
         ("AGENTPLANE_WORKERS".into(), "0".into()),
@@ -248,16 +222,6 @@ async fn main() -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or(f64::NAN)
     );
     drop(state);
-    if let Some((base, schema)) = &pg_schema {
-        exec_pg(base, &format!("DROP SCHEMA {schema} CASCADE")).await?;
-    }
-    Ok(())
-}
-
-/// Runs one statement on PostgreSQL through a plain diesel-async connection.
-async fn exec_pg(url: &str, sql: &str) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
-    let mut conn = diesel_async::AsyncPgConnection::establish(url).await?;
-    conn.batch_execute(sql).await?;
+    bench_db.drop_schema().await?;
     Ok(())
 }
