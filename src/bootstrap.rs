@@ -79,16 +79,137 @@ pub struct DemoAccount {
     pub password: String,
 }
 
+/// The demo workflow's name.
+pub const DEMO_WORKFLOW: &str = "demo pipeline";
+
+/// What `serve --demo` found or made.
+#[derive(Debug)]
+pub enum Demo {
+    /// Seeded now: the accounts, the published workflow and an OPERATOR API key that can
+    /// start it (all secrets shown once).
+    Created {
+        /// One account per built-in role.
+        accounts: Vec<DemoAccount>,
+        /// The published demo workflow's global ID.
+        workflow_id: String,
+        /// An API key (OPERATOR) of the demo tenant.
+        api_key: String,
+    },
+    /// Seeded by an earlier start.
+    Exists {
+        /// The demo workflow's global ID, unless someone deleted it.
+        workflow_id: Option<String>,
+    },
+}
+
+/// The demo workflow: no network needed. A transform shapes the input, a condition picks
+/// a branch (the other is SKIPPED), one branch waits, and a last transform joins them.
+pub fn demo_definition() -> serde_json::Value {
+    serde_json::json!({ "steps": [
+        { "id": "greet", "kind": "transform", "config": {
+            "template": "{\"greeting\": \"Hello, {{ input.name | default('agentplane') }}!\", \"items\": {{ input.items | default(3) }}}" } },
+        { "id": "check", "kind": "condition", "dependsOn": ["greet"], "config": {
+            "expression": "steps.greet.output.items > 2",
+            "ifTrue": ["wait"], "ifFalse": ["shortcut"] } },
+        { "id": "wait", "kind": "delay", "dependsOn": ["check"], "config": { "ms": 1500 } },
+        { "id": "shortcut", "kind": "transform", "dependsOn": ["check"], "config": {
+            "template": "{\"note\": \"few items, no wait\"}" } },
+        { "id": "done", "kind": "transform", "dependsOn": ["wait", "shortcut"], "config": {
+            "template": "{\"message\": \"{{ steps.greet.output.greeting }}\", \"items\": {{ steps.greet.output.items }}}" } }
+    ] })
+}
+
+fn workflow_global_id(id: crate::workflows::model::WorkflowId) -> String {
+    crate::graphql::relay::to_global_id(crate::graphql::relay::NodeKind::Workflow, id.0).0
+}
+
 /// `serve --demo`: a `demo` tenant with one user per built-in tenant role (generated
-/// passwords) and a team holding them all. `None` if the tenant already exists.
-pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
-    if crate::tenancy::store::find_by_slug(&app.db, "demo")
+/// passwords), a team holding them all, a published workflow that runs without network,
+/// and an API key to start it. An existing demo tenant is left as it is.
+pub async fn seed_demo(app: &App) -> anyhow::Result<Demo> {
+    let into = crate::error::AppError::into_anyhow;
+    if let Some(t) = crate::tenancy::store::find_by_slug(&app.db, "demo")
         .await
-        .map_err(crate::error::AppError::into_anyhow)?
-        .is_some()
+        .map_err(into)?
     {
-        return Ok(None);
+        let wf = app
+            .db
+            .run(async |conn| {
+                crate::workflows::store::find_by_name(conn, t.id, DEMO_WORKFLOW).await
+            })
+            .await
+            .map_err(into)?;
+        return Ok(Demo::Exists {
+            workflow_id: wf.map(|w| workflow_global_id(w.id)),
+        });
     }
+    let accounts = seed_demo_accounts(app).await?;
+    let tenant = crate::tenancy::store::find_by_slug(&app.db, "demo")
+        .await
+        .map_err(into)?
+        .ok_or_else(|| anyhow::anyhow!("the demo tenant vanished while it was seeded"))?;
+    let owner_email = format!(
+        "{}@demo.agentplane.local",
+        BuiltinRole::Owner.as_str().to_lowercase()
+    );
+    let owner = crate::tenancy::store::find_user_by_email(&app.db, &owner_email)
+        .await
+        .map_err(into)?
+        .ok_or_else(|| anyhow::anyhow!("the demo owner vanished while it was seeded"))?;
+    let (permissions, platform_admin) =
+        crate::auth::role_permissions(app, &tenant, BuiltinRole::Owner.as_str())
+            .await
+            .map_err(into)?;
+    let principal = crate::auth::Principal {
+        actor: crate::auth::Actor::User(owner.id),
+        tenant_id: tenant.id,
+        role: BuiltinRole::Owner.as_str().to_owned(),
+        permissions,
+        platform_admin,
+        token: None,
+    };
+    let origin = principal.origin(None, None);
+    let definition = crate::workflows::dag::Definition::parse(&demo_definition())
+        .map_err(|e| anyhow::anyhow!("the demo workflow does not validate: {e:?}"))?;
+    let wf = crate::workflows::service::create(
+        app,
+        &origin,
+        &principal,
+        crate::workflows::service::NewWorkflow {
+            name: DEMO_WORKFLOW.to_owned(),
+            description: "transform → condition → delay or shortcut → transform; needs no network"
+                .to_owned(),
+            tags: vec!["demo".to_owned()],
+            environment: crate::workflows::model::Environment::Development,
+            visibility: crate::workflows::model::Visibility::Tenant,
+            team_id: None,
+            definition,
+        },
+    )
+    .await
+    .map_err(into)?;
+    crate::workflows::service::publish(app, &origin, &principal, wf.id)
+        .await
+        .map_err(into)?;
+    let (_, api_key) = crate::auth::service::create_api_key(
+        app,
+        &origin,
+        &principal,
+        "demo operator",
+        BuiltinRole::Operator.as_str(),
+        None,
+    )
+    .await
+    .map_err(into)?;
+    Ok(Demo::Created {
+        accounts,
+        workflow_id: workflow_global_id(wf.id),
+        api_key,
+    })
+}
+
+/// The demo tenant's accounts, one per built-in tenant role, and their team.
+async fn seed_demo_accounts(app: &App) -> anyhow::Result<Vec<DemoAccount>> {
     let now = db_time(app.clock.now());
     let into = crate::error::AppError::into_anyhow;
     let origin = crate::audit::Origin::operator();
@@ -142,12 +263,12 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Option<Vec<DemoAccount>>> {
         });
     }
     let Some(tenant) = tenant else {
-        return Ok(Some(accounts));
+        return Ok(accounts);
     };
     crate::tenancy::service::teams::seed(app, tenant.id, "demo-team", &members, now)
         .await
         .map_err(crate::error::AppError::into_anyhow)?;
-    Ok(Some(accounts))
+    Ok(accounts)
 }
 
 /// `admin create-tenant`: a tenant with an OWNER whose password is generated; the same

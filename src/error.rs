@@ -169,8 +169,17 @@ impl AppError {
 
     /// The `field` an input error concerns, if any.
     pub fn field(&self) -> Option<String> {
+        self.detail_str("field").map(str::to_owned)
+    }
+
+    /// The `reason` a refusal carries (e.g. `TOKEN_EXPIRED`), if any.
+    pub fn reason(&self) -> Option<&str> {
+        self.detail_str("reason")
+    }
+
+    fn detail_str(&self, key: &str) -> Option<&str> {
         self.details.iter().find_map(|(k, v)| match (*k, v) {
-            ("field", serde_json::Value::String(f)) => Some(f.clone()),
+            (k, serde_json::Value::String(f)) if k == key => Some(f.as_str()),
             _ => None,
         })
     }

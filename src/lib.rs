@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -55,6 +55,53 @@ enum Command {
     /// Print what NVML sees on this machine (or why it sees nothing). Exits 1 when NVML
     /// cannot be loaded.
     GpuInfo,
+    /// Start a published workflow (the latest version); prints the execution's ID, or
+    /// with --watch follows it like `watch`.
+    Start {
+        /// The workflow's ID.
+        workflow_id: String,
+        /// The execution's input (JSON).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Starts within 24 hours with the same key return the same execution.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow the execution until it ends (exit 0 only when it SUCCEEDED).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: print each event as a JSON line.
+        #[arg(long)]
+        json: bool,
+        /// The server.
+        #[arg(
+            long,
+            env = "AGENTPLANE_SERVER",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        server: String,
+        /// An access token or API key.
+        #[arg(long, env = "AGENTPLANE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Follow one execution live over the websocket: one line per event until it ends.
+    /// Exits 0 when it SUCCEEDED, 1 when it FAILED or was CANCELLED.
+    Watch {
+        /// The execution's ID (from startExecution).
+        execution_id: String,
+        /// The server.
+        #[arg(
+            long,
+            env = "AGENTPLANE_SERVER",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        server: String,
+        /// An access token or API key.
+        #[arg(long, env = "AGENTPLANE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print each event as a JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -126,6 +173,9 @@ fn main() -> ExitCode {
     if let Command::GpuInfo = cli.command {
         return gpu_info();
     }
+    if matches!(cli.command, Command::Watch { .. } | Command::Start { .. }) {
+        return client(cli.command);
+    }
     if let Command::Admin {
         command: AdminCommand::Permissions,
     } = cli.command
@@ -180,6 +230,114 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `serve --demo` seeded (secrets once), and the one command that runs the demo.
+fn print_demo(demo: agentplane::bootstrap::Demo, server: &str) {
+    use agentplane::bootstrap::Demo;
+    // The command names this very binary, so it pastes as it is.
+    let me = std::env::current_exe()
+        .ok()
+        .map_or_else(|| "agentplane".to_owned(), |p| p.display().to_string());
+    match demo {
+        Demo::Created {
+            accounts,
+            workflow_id,
+            api_key,
+        } => {
+            println!("seeded demo tenant `demo` (passwords and the API key are shown once):");
+            for a in accounts {
+                println!("  {:<10} {:<36} {}", a.role, a.email, a.password);
+            }
+            println!("  API key (OPERATOR): {api_key}");
+            println!(
+                "demo workflow `{}` ({workflow_id}) is published; run it and watch it live:",
+                agentplane::bootstrap::DEMO_WORKFLOW
+            );
+            println!(
+                "  {me} start {workflow_id} --server {server} --token {api_key} \\\n    --input '{{\"name\": \"you\", \"items\": 5}}' --watch"
+            );
+        }
+        Demo::Exists { workflow_id } => {
+            println!(
+                "demo tenant `demo` exists (seeded by an earlier start; its passwords were shown \
+                 then: `{me} admin reset-password --email owner@demo.agentplane.local` prints a new one)"
+            );
+            if let Some(id) = workflow_id {
+                println!(
+                    "  run its workflow with a token of the tenant (sign in, or createApiKey):\n  \
+                     {me} start {id} --server {server} --token $TOKEN --watch"
+                );
+            }
+        }
+    }
+}
+
+/// `agentplane start` / `watch`: need no configuration or database, only the server.
+fn client(command: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentplane: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    let result = rt.block_on(async {
+        let (server, token, id, json) = match command {
+            Command::Watch {
+                execution_id,
+                server,
+                token,
+                json,
+            } => (server, token, execution_id, json),
+            Command::Start {
+                workflow_id,
+                input,
+                idempotency_key,
+                watch,
+                json,
+                server,
+                token,
+            } => {
+                let input: serde_json::Value = serde_json::from_str(&input)
+                    .map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;
+                let id = agentplane::client::start(
+                    &server,
+                    &token,
+                    &workflow_id,
+                    input,
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+                if !watch {
+                    println!("{id}");
+                    return Ok(None);
+                }
+                eprintln!("started execution {id}");
+                (server, token, id, json)
+            }
+            _ => unreachable!("only client commands come here"),
+        };
+        agentplane::client::watch(&server, &token, &id, json, &mut out)
+            .await
+            .map(Some)
+    });
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(f)) if f.status == "SUCCEEDED" => ExitCode::SUCCESS,
+        Ok(Some(f)) => {
+            eprintln!("agentplane: the execution ended {}", f.status);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("agentplane: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Schema => {
@@ -187,6 +345,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::GpuInfo => Ok(gpu_info()),
+        Command::Watch { .. } | Command::Start { .. } => {
+            unreachable!("client commands run before configuration is loaded")
+        }
         Command::Serve { demo, .. } => serve(config, demo).await,
         Command::Worker { .. } => worker(config).await,
         Command::Migrate { check: true } => {
@@ -442,15 +603,13 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    if demo {
-        if let Some(accounts) = agentplane::bootstrap::seed_demo(&state.app).await? {
-            println!("seeded demo tenant `demo` (passwords shown once):");
-            for a in accounts {
-                println!("  {:<10} {:<36} {}", a.role, a.email, a.password);
-            }
-        }
-    }
     let addr = listener.local_addr().context("reading the bound address")?;
+    if demo {
+        print_demo(
+            agentplane::bootstrap::seed_demo(&state.app).await?,
+            &format!("http://{addr}"),
+        );
+    }
     tracing::info!(%addr, database = %backend, "agentplane listening");
     {
         let mut out = std::io::stdout().lock();

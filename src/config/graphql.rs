@@ -1,8 +1,30 @@
 //! `graphql`: document limits and what anonymous callers may see.
 
 use super::ConfigError;
-use super::layers::{Layers, parse_bool, parse_num, toml_scalar};
+use super::layers::{Layers, Raw, err, parse_bool, parse_num, toml_scalar};
 use serde::Deserialize;
+
+/// Who may run `__schema` / `__type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Introspection {
+    /// Everyone, callers without credentials included (GraphiQL before sign-in).
+    All,
+    /// Signed-in callers only.
+    Authenticated,
+    /// Nobody: `schema.graphql` is the published contract.
+    Off,
+}
+
+impl Introspection {
+    /// Whether a caller (signed in or not) may introspect.
+    pub fn allows(self, signed_in: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::Authenticated => signed_in,
+            Self::Off => false,
+        }
+    }
+}
 
 /// GraphQL execution limits.
 #[derive(Debug, Clone)]
@@ -20,8 +42,8 @@ pub struct GraphqlConfig {
     pub max_spreads: usize,
     /// Most operations in one batched HTTP request (they share one complexity budget).
     pub max_batch: usize,
-    /// Whether callers without credentials may introspect the schema (GraphiQL needs it).
-    pub anonymous_introspection: bool,
+    /// Who may introspect the schema (GraphiQL and code generators need it).
+    pub introspection: Introspection,
     /// Whether validation errors to callers without credentials suggest names ("Did you
     /// mean …?"); signed-in callers always get suggestions.
     pub anonymous_suggestions: bool,
@@ -36,6 +58,8 @@ pub(super) struct FileGraphql {
     pub(super) max_fragments: Option<toml::Value>,
     pub(super) max_spreads: Option<toml::Value>,
     pub(super) max_batch: Option<toml::Value>,
+    pub(super) introspection: Option<toml::Value>,
+    /// Before `introspection`: `false` meant `authenticated`.
     pub(super) anonymous_introspection: Option<toml::Value>,
     pub(super) anonymous_suggestions: Option<toml::Value>,
 }
@@ -109,13 +133,17 @@ pub(super) fn load(layers: &Layers<'_>, file: FileGraphql) -> Result<GraphqlConf
             1000,
             "a number of operations between 1 and 1000",
         )?,
-        anonymous_introspection: parse_bool(
+        introspection: parse_introspection(
+            layers.pick(
+                "AGENTPLANE_GRAPHQL_INTROSPECTION",
+                "graphql.introspection",
+                toml_scalar(file.introspection),
+            ),
             layers.pick(
                 "AGENTPLANE_GRAPHQL_ANONYMOUS_INTROSPECTION",
                 "graphql.anonymous_introspection",
                 toml_scalar(file.anonymous_introspection),
             ),
-            true,
         )?,
         anonymous_suggestions: parse_bool(
             layers.pick(
@@ -128,4 +156,29 @@ pub(super) fn load(layers: &Layers<'_>, file: FileGraphql) -> Result<GraphqlConf
     };
 
     Ok(graphql)
+}
+
+/// `all | authenticated | off`; without it, the older yes/no
+/// `anonymous_introspection` (no = `authenticated`).
+fn parse_introspection(
+    raw: Option<Raw>,
+    legacy: Option<Raw>,
+) -> Result<Introspection, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(if parse_bool(legacy, true)? {
+            Introspection::All
+        } else {
+            Introspection::Authenticated
+        });
+    };
+    match raw.value.trim().to_ascii_lowercase().as_str() {
+        "all" => Ok(Introspection::All),
+        "authenticated" => Ok(Introspection::Authenticated),
+        "off" | "none" => Ok(Introspection::Off),
+        _ => Err(err(
+            &raw.key,
+            format!("{:?} is not an introspection mode", raw.value),
+            "all, authenticated or off",
+        )),
+    }
 }

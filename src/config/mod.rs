@@ -27,7 +27,7 @@ pub use cluster::{ClusterConfig, parse_fake_gpus};
 pub use engine::EngineConfig;
 use engine::FileEngine;
 use graphql::FileGraphql;
-pub use graphql::GraphqlConfig;
+pub use graphql::{GraphqlConfig, Introspection};
 use http::FileHttp;
 pub use http::HttpConfig;
 use layers::{Layers, Raw, err};

@@ -1,5 +1,5 @@
-//! Public system fields: `serverInfo` and the `heartbeat` subscription that dashboards use
-//! to tell a live connection from a dead one.
+//! System fields: the public `serverInfo` and the `heartbeat` subscription that dashboards
+//! use to tell a live connection from a dead one.
 
 use std::time::Duration;
 
@@ -67,14 +67,15 @@ impl SystemQuery {
     }
 }
 
-/// Public system subscriptions.
+/// System subscriptions.
 #[derive(Default)]
 pub struct SystemSubscription;
 
 #[Subscription]
 impl SystemSubscription {
-    /// A beat every `intervalSeconds` (1–300), the first at once. Public; lets a
-    /// dashboard tell a live connection from a dead one.
+    /// A beat every `intervalSeconds` (1–300), the first at once; lets a dashboard tell
+    /// a live connection from a dead one. Any signed-in caller (websockets authenticate
+    /// in `connection_init`, so no subscription is anonymous).
     async fn heartbeat(
         &self,
         ctx: &Context<'_>,

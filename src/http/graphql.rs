@@ -43,7 +43,7 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     match &mut batch {
         BatchResponse::Single(r) => {
             finish_errors(r, request_id);
-            request_error = r.data == Value::Null && r.is_err();
+            request_error = is_request_error(r);
             unavailable = failed_for_outage(r);
         }
         BatchResponse::Batch(rs) => {
@@ -59,7 +59,27 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     } else {
         StatusCode::OK
     };
-    let body = match serde_json::to_vec(&batch) {
+    // A request error (the document did not parse or validate, or a limit refused it)
+    // carries no `data` entry at all: execution never began (GraphQL spec, "Response";
+    // GraphQL over HTTP, application/graphql-response+json).
+    let without_data = |r: &async_graphql::Response| {
+        let mut v = serde_json::to_value(r)?;
+        if is_request_error(r)
+            && let Some(map) = v.as_object_mut()
+        {
+            map.remove("data");
+        }
+        Ok::<_, serde_json::Error>(v)
+    };
+    let body = match &batch {
+        BatchResponse::Single(r) => without_data(r).and_then(|v| serde_json::to_vec(&v)),
+        BatchResponse::Batch(rs) => rs
+            .iter()
+            .map(without_data)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|vs| serde_json::to_vec(&vs)),
+    };
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "serializing GraphQL response");
@@ -79,6 +99,13 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
             .insert(header::RETRY_AFTER, retry_after());
     }
     resp
+}
+
+/// Whether the response answers a request that never executed: no data and only errors
+/// without a path (parse, validation and document-limit errors). A field error that
+/// nulled the whole result has a path: execution began, so `data: null` stays.
+fn is_request_error(r: &async_graphql::Response) -> bool {
+    r.data == Value::Null && r.is_err() && r.errors.iter().all(|e| e.path.is_empty())
 }
 
 pub(super) fn retry_after() -> HeaderValue {
@@ -183,9 +210,9 @@ async fn execute(
     // Document limits before async-graphql sees the document (its pre-validation walk
     // follows fragment spreads as written, exponential in a crafted document).
     let document_limits = crate::graphql::limits::DocumentLimits::from_config(limits);
-    let anonymous_introspection = limits.anonymous_introspection;
+    let introspection = limits.introspection.allows(principal.is_some());
     let run = |r: GqlRequest| {
-        let r = if principal.is_none() && !anonymous_introspection {
+        let r = if !introspection {
             r.disable_introspection()
         } else {
             r

@@ -9,6 +9,13 @@
 //! caller's rights from the database (a demoted user gets no more than their new role,
 //! and the socket is closed with 4403 when the rights it was opened with changed), and
 //! holds a slot per socket and per principal while it runs.
+//!
+//! Credentials: a socket ends (4401, the reason naming `TOKEN_EXPIRED`, `TOKEN_REVOKED` or
+//! `TOKEN_INVALID` first) when its token expires — with the same leeway HTTP allows — or
+//! is revoked. A graphql-transport-ws client keeps a socket past its token's life by
+//! sending `{"type":"ping","payload":{"Authorization":"Bearer <fresh token>"}}` before it
+//! expires: the pong's payload says `{"credentials":"ACCEPTED","expiresAt":…}`. The fresh
+//! token must be the same principal with the same rights (otherwise 4403: reconnect).
 
 use std::collections::HashSet;
 use std::str::FromStr as _;
@@ -53,6 +60,19 @@ pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
 pub const CLOSE_DUPLICATE_ID: u16 = 4409;
 const UNAUTHENTICATED_REASON: &str = "unauthenticated";
 const UNAVAILABLE_REASON: &str = "unavailable";
+const FORBIDDEN_REASON: &str = "forbidden";
+
+/// The close reason for a refused credential: the refusal's reason code first (as HTTP's
+/// `extensions.reason`), then what to do. At most 123 bytes.
+fn refused_reason(e: &AppError) -> String {
+    let reason = e.reason().unwrap_or("TOKEN_INVALID");
+    let todo = match reason {
+        "TOKEN_EXPIRED" => "refresh the session, then reconnect",
+        "TENANT_SUSPENDED" => "the organization is suspended",
+        _ => "sign in again, then reconnect",
+    };
+    format!("{reason}: {todo}")
+}
 
 /// What a principal may do; a socket keeps the rights it was accepted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,8 +215,13 @@ fn server_error(e: AppError) -> ServerError {
 impl SocketExecutor {
     /// Checks the document, re-resolves the caller and takes the operation's slots.
     async fn admit(&self, request: GqlRequest) -> Result<(GqlRequest, Held), ServerError> {
-        let request = self.limits.admit(request)?;
         let app = &self.state.app;
+        let request = if app.config.graphql.introspection.allows(true) {
+            request
+        } else {
+            request.disable_introspection()
+        };
+        let request = self.limits.admit(request)?;
         let Some(accepted) = self.socket.accepted() else {
             return Err(server_error(AppError::unauthenticated(
                 "send connection_init with credentials first",
@@ -206,8 +231,7 @@ impl SocketExecutor {
             Ok(p) => p,
             Err(e) => {
                 if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) {
-                    self.socket
-                        .close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
+                    self.socket.close(CLOSE_UNAUTHORIZED, refused_reason(&e));
                 }
                 return Err(server_error(e));
             }
@@ -392,6 +416,7 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut changes = app.auth_cache.subscribe();
     let recheck = app.config.websocket.recheck_interval;
+    let leeway = chrono::Duration::seconds(crate::auth::jwt::LEEWAY_SECS);
     let mut last_check = tokio::time::Instant::now();
     // A check the database could not answer is retried on the next tick.
     let mut retry = false;
@@ -407,8 +432,13 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
         let Some(accepted) = socket.accepted() else {
             continue;
         };
-        if app.clock.now() > accepted.expires_at {
-            socket.close(CLOSE_UNAUTHORIZED, "credentials expired");
+        // The same leeway as HTTP: a token HTTP still takes keeps its socket.
+        if app.clock.now() > accepted.expires_at + leeway {
+            socket.close(
+                CLOSE_UNAUTHORIZED,
+                "TOKEN_EXPIRED: refresh the session, then reconnect (or send the new token \
+                 in a ping before expiry)",
+            );
             return;
         }
         let due = match change {
@@ -431,7 +461,7 @@ async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
             // not answer says nothing about it: keep the socket and check again on
             // the next round (clients treat 4401 as final and never reconnect).
             Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
-                socket.close(CLOSE_UNAUTHORIZED, "credentials expired or revoked");
+                socket.close(CLOSE_UNAUTHORIZED, refused_reason(&e));
                 return;
             }
             Err(e) => {
@@ -491,14 +521,8 @@ async fn accept(
                 crate::error::RETRY_AFTER_SECONDS
             )),
         })?;
-    let expires_at = p.token.as_ref().map_or_else(
-        || app.clock.now() + chrono::Duration::days(3650),
-        |t| t.expires_at,
-    );
-    let actor = match p.actor {
-        crate::auth::Actor::User(u) => format!("user:{u}"),
-        crate::auth::Actor::ApiKey(k) => format!("key:{k}"),
-    };
+    let expires_at = expiry(&app, &p);
+    let actor = actor_key(&p);
     *socket
         .accepted
         .lock()
@@ -516,6 +540,80 @@ async fn accept(
     Ok(d)
 }
 
+/// When a principal's credential stops working on its own (API keys without expiry: never,
+/// for practical purposes).
+fn expiry(app: &App, p: &Principal) -> chrono::DateTime<chrono::Utc> {
+    p.token.as_ref().map_or_else(
+        || app.clock.now() + chrono::Duration::days(3650),
+        |t| t.expires_at,
+    )
+}
+
+fn actor_key(p: &Principal) -> String {
+    match p.actor {
+        crate::auth::Actor::User(u) => format!("user:{u}"),
+        crate::auth::Actor::ApiKey(k) => format!("key:{k}"),
+    }
+}
+
+/// graphql-transport-ws `ping`: a payload with `Authorization` swaps the socket's
+/// credential for a fresh one of the same principal and rights, so a client refreshes
+/// its session without reconnecting. Other pings are answered with an empty pong.
+async fn refresh_on_ping(
+    app: Arc<App>,
+    socket: Arc<SocketState>,
+    payload: Option<serde_json::Value>,
+) -> async_graphql::Result<Option<serde_json::Value>> {
+    let Some(header) = payload.as_ref().and_then(|p| {
+        p.get("Authorization")
+            .or_else(|| p.get("authorization"))
+            .and_then(|v| v.as_str())
+    }) else {
+        return Ok(None);
+    };
+    let Some(accepted) = socket.accepted() else {
+        // Before the acknowledgement there is nothing to refresh.
+        return Ok(None);
+    };
+    let refuse =
+        |why: String| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
+    let bearer = crate::auth::bearer_from_header(header)
+        .map_err(|e| refuse(format!("TOKEN_INVALID: {}", e.message())))?
+        .to_owned();
+    let p = match crate::auth::authenticate(&app, &bearer).await {
+        Ok(p) => p,
+        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+            return Err(refuse(refused_reason(&e)));
+        }
+        // The database did not answer: the socket keeps its current credential.
+        Err(_) => {
+            return Ok(Some(serde_json::json!({
+                "credentials": "UNCHANGED",
+                "retryAfterSeconds": crate::error::RETRY_AFTER_SECONDS,
+            })));
+        }
+    };
+    if actor_key(&p) != accepted.actor || Rights::of(&p) != accepted.rights {
+        return Err(async_graphql::Error::new(format!(
+            "{FORBIDDEN_REASON}: another principal or other rights; reconnect with this token"
+        )));
+    }
+    let expires_at = expiry(&app, &p);
+    if let Some(a) = socket
+        .accepted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        a.bearer = bearer;
+        a.expires_at = expires_at;
+    }
+    Ok(Some(serde_json::json!({
+        "credentials": "ACCEPTED",
+        "expiresAt": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })))
+}
+
 /// The frame for a close async-graphql decided on. graphql-transport-ws closes a refused
 /// init with 1002; this server says 4401 for a bad credential and 1013 (try again later)
 /// when it could not be checked.
@@ -523,6 +621,7 @@ fn protocol_close(code: u16, reason: String) -> Message {
     let code = match code {
         1002 if reason.starts_with(UNAUTHENTICATED_REASON) => CLOSE_UNAUTHORIZED,
         1002 if reason.starts_with(UNAVAILABLE_REASON) => CLOSE_TRY_AGAIN_LATER,
+        1002 if reason.starts_with(FORBIDDEN_REASON) => CLOSE_FORBIDDEN,
         other => other,
     };
     Message::Close(Some(CloseFrame {
@@ -587,10 +686,12 @@ async fn serve_socket(
     data.insert(client);
     data.insert(Arc::new(crate::graphql::guards::DenialsSeen::default()));
     let (init_app, init_socket) = (app.clone(), me.clone());
+    let (ping_app, ping_socket) = (app.clone(), me.clone());
     let protocol_stream =
         async_graphql::http::WebSocket::from_message_stream(executor, Box::pin(input), protocol)
             .connection_data(data)
-            .on_connection_init(move |payload| accept(init_app, init_socket, payload, edge_bearer));
+            .on_connection_init(move |payload| accept(init_app, init_socket, payload, edge_bearer))
+            .on_ping(move |_, payload| refresh_on_ping(ping_app, ping_socket, payload));
     futures_util::pin_mut!(protocol_stream);
     let mut closed_by_protocol = false;
     while let Some(msg) = protocol_stream.next().await {

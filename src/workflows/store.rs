@@ -115,6 +115,24 @@ pub async fn find(
     }))
 }
 
+/// The oldest workflow of `tenant` with exactly this name (the demo finds its own).
+pub async fn find_by_name(
+    conn: &mut Conn<'_>,
+    tenant: TenantId,
+    name: &str,
+) -> AppResult<Option<WorkflowRow>> {
+    Ok(on_conn!(conn, |conn| {
+        workflows::table
+            .filter(workflows::tenant_id.eq(tenant))
+            .filter(workflows::name.eq(name))
+            .order(workflows::created_at.asc())
+            .select(WorkflowRow::as_select())
+            .first(conn)
+            .await
+            .optional()?
+    }))
+}
+
 /// Writes a workflow's editable columns.
 pub async fn update(conn: &mut Conn<'_>, row: &WorkflowRow) -> AppResult<()> {
     on_conn!(conn, |conn| {

@@ -212,3 +212,128 @@ async fn a_start_that_cannot_listen_leaves_the_one_time_admin_password_for_the_n
         "{later:?}"
     );
 }
+
+/// `serve --demo` on `db` with info logs on a pipe: its stdout up to the listen line, and
+/// the running child (stderr piped, for the log checks).
+async fn demo_server(
+    db: &TestDb,
+) -> (
+    Vec<String>,
+    tokio::process::Child,
+    tokio::task::JoinHandle<String>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(bin())
+        .args(["serve", "--demo"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
+        .env(
+            "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
+            crate::helpers::ADMIN_PASSWORD,
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve starts");
+    // Read the log as it comes, so the server never blocks on a full pipe.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let log = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log).await;
+        log
+    });
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("listening on"))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .expect("read")
+            .expect("stdout open");
+        seen.push(line);
+    }
+    // Keep draining stdout too.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (seen, child, log)
+}
+
+/// The demo: a published workflow that needs no network and one printed command that
+/// runs it and follows it live; a second start says the demo exists. The server's log
+/// (a pipe, not a terminal) has no colour codes and one INFO line per lifecycle change.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_demo_prints_one_command_that_runs_the_demo_workflow_live() {
+    let db = TestDb::create().await;
+    let (lines, mut server, log) = demo_server(&db).await;
+    let command = lines
+        .iter()
+        .find(|l| l.contains(" start ") && l.contains("--token agp_"))
+        .unwrap_or_else(|| panic!("no run command in {lines:#?}"));
+    let continued = lines
+        .iter()
+        .skip_while(|l| *l != command)
+        .nth(1)
+        .expect("the command's second line");
+    // Run it as printed (the line ends with a shell continuation).
+    let script = format!("{}\n{continued}\n", command.trim());
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("step wait: SUCCEEDED"), "{stdout}");
+    assert!(stdout.contains("step shortcut: SKIPPED"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("SUCCEEDED")),
+        "{stdout}"
+    );
+
+    // Its log: plain text on a pipe, one line per lifecycle change with the ids.
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &server.id().expect("pid").to_string()])
+        .status()
+        .await;
+    let _ = server.wait().await;
+    let log = log.await.expect("log reader");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log}"
+    );
+    for want in [
+        "execution QUEUED",
+        "execution RUNNING",
+        "step SUCCEEDED",
+        "execution SUCCEEDED",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(want) && l.contains("tenant=") && l.contains("workflow=")),
+            "no `{want}` line with tenant and workflow:\n{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("execution SUCCEEDED") && l.contains("duration_ms=")),
+        "{log}"
+    );
+
+    // A second --demo start seeds nothing and says so.
+    let (again, _server, _log) = demo_server(&db).await;
+    assert!(
+        again
+            .iter()
+            .any(|l| l.contains("demo tenant `demo` exists")),
+        "{again:#?}"
+    );
+    assert!(again.iter().all(|l| !l.contains("agp_")), "{again:#?}");
+}

@@ -440,6 +440,44 @@ pub async fn ws_close_code(ws: &mut Ws, secs: u64) -> Option<u16> {
     }
 }
 
+/// The close frame (code, reason), waiting up to `secs`.
+pub async fn ws_close_frame(ws: &mut Ws, secs: u64) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match msg {
+            Ok(Message::Close(Some(frame))) => {
+                return Some((frame.code.into(), frame.reason.to_string()));
+            }
+            Ok(Message::Close(None)) => return Some((1005, String::new())),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The next JSON message of type `ty` (others skipped); panics after 10 s.
+pub async fn ws_next_of_type(ws: &mut Ws, ty: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("no ws error");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("json message");
+                if v["type"] == ty {
+                    return v;
+                }
+            }
+            Message::Close(frame) => panic!("unexpected close: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
 /// A server process started from the real binary.
 pub struct ServerProcess {
     /// The child.

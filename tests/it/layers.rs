@@ -55,6 +55,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("server", Layer::Wiring),
     ("bootstrap", Layer::Wiring),
     ("admin", Layer::Wiring),
+    ("client", Layer::Wiring),
 ];
 
 /// Domain modules, lowest first: a domain may use those before it, never those after.

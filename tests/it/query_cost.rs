@@ -92,7 +92,7 @@ async fn batches_are_capped_and_share_one_complexity_budget() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn anonymous_callers_get_no_suggestions_and_introspection_is_a_setting() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_GRAPHQL_ANONYMOUS_INTROSPECTION", "false")]).await;
+    let app = TestApp::spawn_with(&[("AGENTPLANE_GRAPHQL_INTROSPECTION", "authenticated")]).await;
     let admin = app.admin_token().await;
     let typo = "{ serverInf { version } }";
     let anonymous = app.gql(typo, json!({})).await;
@@ -119,6 +119,24 @@ async fn anonymous_callers_get_no_suggestions_and_introspection_is_a_setting() {
         signed_in["data"]["__schema"]["queryType"]["name"], "Query",
         "{signed_in}"
     );
+
+    // `off`: nobody introspects, signed in or not; ordinary fields still answer.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_GRAPHQL_INTROSPECTION", "off")]).await;
+    let admin = app.admin_token().await;
+    let signed_in = app.gql_as(&admin, introspect, json!({})).await;
+    assert!(signed_in["data"]["__schema"].is_null(), "{signed_in}");
+    let typename = app
+        .gql_as(&admin, "{ serverInfo { version } }", json!({}))
+        .await;
+    assert!(
+        typename["data"]["serverInfo"]["version"].is_string(),
+        "{typename}"
+    );
+
+    // The older yes/no setting still reads: no = authenticated.
+    let app = TestApp::spawn_with(&[("AGENTPLANE_GRAPHQL_ANONYMOUS_INTROSPECTION", "false")]).await;
+    let anonymous = app.gql(introspect, json!({})).await;
+    assert!(anonymous["data"]["__schema"].is_null(), "{anonymous}");
 
     // By default anonymous introspection is on: GraphiQL needs it before sign-in.
     let app = TestApp::spawn().await;

@@ -251,11 +251,26 @@ async fn change_password_signs_out_other_sessions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_seed_has_one_user_per_role_and_a_team() {
     let app = TestApp::spawn().await;
-    let accounts = agentplane::bootstrap::seed_demo(&app.state.app)
+    let agentplane::bootstrap::Demo::Created {
+        accounts,
+        workflow_id,
+        api_key,
+    } = agentplane::bootstrap::seed_demo(&app.state.app)
         .await
         .expect("seed")
-        .expect("first time");
+    else {
+        panic!("the first seed creates the demo");
+    };
     assert_eq!(accounts.len(), 6);
+    // The demo workflow is published, and the printed API key can see it.
+    let wf = app
+        .gql_as(
+            &api_key,
+            "query($id: ID!) { workflow(id: $id) { name latestVersion } }",
+            json!({ "id": workflow_id }),
+        )
+        .await;
+    assert_eq!(wf["data"]["workflow"]["latestVersion"], 1, "{wf}");
     for a in &accounts {
         let token = app.login(&a.email, &a.password).await.0;
         let me = app
@@ -288,13 +303,15 @@ async fn demo_seed_has_one_user_per_role_and_a_team() {
             assert_eq!(log["data"]["verifyAuditChain"]["intact"], true, "{log}");
         }
     }
-    assert!(
-        agentplane::bootstrap::seed_demo(&app.state.app)
-            .await
-            .expect("seed")
-            .is_none(),
-        "seeding twice is a no-op"
-    );
+    match agentplane::bootstrap::seed_demo(&app.state.app)
+        .await
+        .expect("seed")
+    {
+        agentplane::bootstrap::Demo::Exists {
+            workflow_id: Some(again),
+        } => assert_eq!(again, workflow_id, "seeding twice is a no-op"),
+        other => panic!("seeding twice is a no-op: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

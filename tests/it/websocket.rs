@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{TestApp, ws_authed, ws_close_code, ws_next_json, ws_send};
+use crate::helpers::{
+    TestApp, ws_authed, ws_close_code, ws_close_frame, ws_next_json, ws_next_of_type, ws_send,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graphql_transport_ws_streams_a_subscription() {
@@ -99,7 +101,100 @@ async fn an_expiring_token_closes_its_socket() {
     let token = app.admin_token().await;
     let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &token).await;
     app.clock.advance(chrono::Duration::minutes(20));
-    assert_eq!(ws_close_code(&mut ws, 5).await, Some(4401));
+    let (code, reason) = ws_close_frame(&mut ws, 5).await.expect("closed");
+    assert_eq!(code, 4401);
+    assert!(reason.starts_with("TOKEN_EXPIRED"), "{reason}");
+}
+
+const REFRESH: &str =
+    "mutation($i: RefreshSessionInput!) { refreshSession(input: $i) { accessToken refreshToken } }";
+
+/// A socket keeps going past its first token when the client sends a fresh one in a
+/// `ping`; it gets HTTP's leeway, and closes with `TOKEN_EXPIRED` when the last token ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_takes_a_fresh_token_by_ping_and_gets_the_http_leeway() {
+    let app = TestApp::spawn().await;
+    let (email, password) = (crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD);
+    let (access, refresh) = app.login(email, password).await;
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &access).await;
+
+    // Ten minutes on, the client refreshes its session and hands the socket the new token.
+    app.clock.advance(chrono::Duration::minutes(10));
+    let out = app
+        .gql(REFRESH, json!({ "i": { "refreshToken": refresh } }))
+        .await;
+    let fresh = out["data"]["refreshSession"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    ws_send(
+        &mut ws,
+        json!({ "type": "ping", "payload": { "Authorization": format!("Bearer {fresh}") } }),
+    )
+    .await;
+    let pong = ws_next_of_type(&mut ws, "pong").await;
+    assert_eq!(pong["payload"]["credentials"], "ACCEPTED", "{pong}");
+    assert!(pong["payload"]["expiresAt"].is_string(), "{pong}");
+    // A plain ping still gets a plain pong.
+    ws_send(&mut ws, json!({ "type": "ping" })).await;
+    let pong = ws_next_of_type(&mut ws, "pong").await;
+    assert!(pong["payload"].is_null(), "{pong}");
+
+    // Twenty minutes after the first token was issued it has expired; the socket lives on
+    // the fresh one and still runs operations.
+    app.clock.advance(chrono::Duration::minutes(10));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe",
+                "payload": { "query": "subscription { heartbeat(intervalSeconds: 30) { at } }" } }),
+    )
+    .await;
+    assert_eq!(ws_next_json(&mut ws).await["type"], "next");
+    ws_send(&mut ws, json!({ "id": "1", "type": "complete" })).await;
+
+    // The fresh token ends 15 minutes after it was issued. Within HTTP's 60 s leeway both
+    // HTTP and the socket still take it.
+    app.clock.advance(chrono::Duration::seconds(5 * 60 + 30));
+    let http = app.gql_as(&fresh, "{ me { email } }", json!({})).await;
+    assert_eq!(http["data"]["me"]["email"], email, "{http}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    ws_send(&mut ws, json!({ "type": "ping" })).await;
+    ws_next_of_type(&mut ws, "pong").await;
+
+    // Past the leeway: closed, and the reason says what to do.
+    app.clock.advance(chrono::Duration::seconds(60));
+    let (code, reason) = ws_close_frame(&mut ws, 5).await.expect("closed");
+    assert_eq!(code, 4401);
+    assert!(reason.starts_with("TOKEN_EXPIRED"), "{reason}");
+}
+
+/// A refresh by ping must be the same principal with the same rights; a bad token ends
+/// the socket with the reason HTTP would give.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ping_refresh_refuses_other_principals_and_bad_tokens() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (_, owner) = app.tenant_with_owner("pingco").await;
+
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &admin).await;
+    ws_send(
+        &mut ws,
+        json!({ "type": "ping", "payload": { "Authorization": format!("Bearer {owner}") } }),
+    )
+    .await;
+    let (code, _) = ws_close_frame(&mut ws, 5).await.expect("closed");
+    assert_eq!(code, 4403);
+
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &admin).await;
+    ws_send(
+        &mut ws,
+        json!({ "type": "ping", "payload": { "Authorization": "Bearer not-a-token" } }),
+    )
+    .await;
+    let (code, reason) = ws_close_frame(&mut ws, 5).await.expect("closed");
+    assert_eq!(code, 4401);
+    assert!(reason.contains("TOKEN_INVALID"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,5 +206,7 @@ async fn a_revoked_token_closes_its_socket() {
         .gql_as(&token, "mutation { logout { ok } }", json!({}))
         .await;
     assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
-    assert_eq!(ws_close_code(&mut ws, 10).await, Some(4401));
+    let (code, reason) = ws_close_frame(&mut ws, 10).await.expect("closed");
+    assert_eq!(code, 4401);
+    assert!(reason.starts_with("TOKEN_REVOKED"), "{reason}");
 }

@@ -223,9 +223,46 @@ pub async fn start(
     match result {
         Enqueued::Existing(row) => Ok((*row, true)),
         Enqueued::Created(row, ev) => {
+            log_event(&ev, Some(&row));
             app.bus.publish(*ev);
             app.bus.queue_wake.notify_one();
             Ok((*row, false))
+        }
+    }
+}
+
+/// One INFO line per lifecycle change, after it committed, so an operator can follow work
+/// in the log: execution, workflow, tenant, status (and for a finished execution its
+/// duration; for a step its id, status and attempt).
+fn log_event(ev: &super::model::ExecutionEvent, row: Option<&ExecutionRow>) {
+    use super::model::EventKind;
+    match ev.kind {
+        EventKind::StepChanged => tracing::info!(
+            execution = %ev.execution_id,
+            workflow = %ev.workflow_id,
+            tenant = %ev.tenant_id,
+            step = ev.step_id.as_deref().unwrap_or(""),
+            step_status = ev.step_status.map_or("", |s| s.as_str()),
+            attempt = ev.attempt.unwrap_or(0),
+            error = ev.error.as_deref(),
+            "step {}",
+            ev.step_status.map_or("changed", |s| s.as_str())
+        ),
+        _ => {
+            let duration_ms = row.filter(|_| ev.status.is_terminal()).map(|r| {
+                let end = r.finished_at.unwrap_or(r.updated_at);
+                (end - r.started_at.unwrap_or(r.created_at)).num_milliseconds()
+            });
+            tracing::info!(
+                execution = %ev.execution_id,
+                workflow = %ev.workflow_id,
+                tenant = %ev.tenant_id,
+                status = ev.status.as_str(),
+                duration_ms,
+                error = ev.error.as_deref(),
+                "execution {}",
+                ev.status.as_str()
+            );
         }
     }
 }
@@ -252,6 +289,7 @@ pub async fn transition(
         return Ok(None);
     };
     for ev in events {
+        log_event(&ev, Some(&row));
         app.bus.publish(ev);
     }
     Ok(Some(row))
@@ -275,6 +313,17 @@ pub async fn record_step(
         .await?
     {
         Some(ev) => {
+            log_event(&ev, None);
+            if change.finished_at.is_some() {
+                tracing::info!(
+                    execution = %ev.execution_id,
+                    step = %change.step_id,
+                    prompt_tokens = change.prompt_tokens,
+                    completion_tokens = change.completion_tokens,
+                    cost_usd = change.cost_usd,
+                    "step usage"
+                );
+            }
             app.bus.publish(ev);
             Ok(true)
         }
