@@ -224,6 +224,7 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         finished_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        unpriced_calls -> BigInt,
     }
 }
 
@@ -244,6 +245,7 @@ diesel::table! {
         prompt_tokens -> BigInt,
         completion_tokens -> BigInt,
         cost_usd -> Double,
+        unpriced_calls -> BigInt,
     }
 }
 

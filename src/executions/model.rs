@@ -149,6 +149,8 @@ pub struct ExecutionRow {
     pub finished_at: Option<NaiveDateTime>,
     /// Last change.
     pub updated_at: NaiveDateTime,
+    /// LLM calls of its steps whose model has no price: the cost is unknown.
+    pub unpriced_calls: i64,
 }
 
 /// One row of `execution_steps`.
@@ -189,6 +191,8 @@ pub struct StepRunRow {
     pub completion_tokens: i64,
     /// Cost, USD.
     pub cost_usd: f64,
+    /// LLM calls whose model has no price: the cost is unknown.
+    pub unpriced_calls: i64,
 }
 
 /// One row of `execution_events`: the durable log behind subscriptions.

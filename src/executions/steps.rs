@@ -28,8 +28,10 @@ pub struct Outcome {
     pub prompt_tokens: i64,
     /// LLM completion tokens.
     pub completion_tokens: i64,
-    /// Cost in USD from the price table.
+    /// Cost in USD from the price table (0 when the model has no price: see `unpriced`).
     pub cost_usd: f64,
+    /// LLM calls whose model has no price, so their cost is unknown.
+    pub unpriced_calls: i64,
     /// Steps a condition turned off.
     pub skip: Vec<String>,
 }
@@ -419,6 +421,7 @@ async fn call_llm(
     };
     let (prompt, completion) = (tokens("prompt_tokens"), tokens("completion_tokens"));
     let answered_model = v.get("model").and_then(Value::as_str).unwrap_or(model);
+    // A model without a price has an unknown cost, never $0.
     let cost = input
         .app
         .config
@@ -426,7 +429,7 @@ async fn call_llm(
         .llm_prices
         .get(model)
         .or_else(|| input.app.config.engine.llm_prices.get(answered_model))
-        .map_or(0.0, |(p, c)| {
+        .map(|(p, c)| {
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "token counts are far below 2^52"
@@ -434,16 +437,25 @@ async fn call_llm(
             let (pt, ct) = (prompt as f64, completion as f64);
             (pt * p + ct * c) / 1_000_000.0
         });
+    let cost_note = cost.is_none().then(|| {
+        format!(
+            "no price for model {answered_model:?}: the cost is unknown; add it to \
+             AGENTPLANE_LLM_PRICES (model=input:output USD per million tokens)"
+        )
+    });
     Ok(Outcome {
         output: json!({
             "content": content,
             "model": answered_model,
             "finishReason": choice.and_then(|c| c.get("finish_reason")).cloned().unwrap_or(Value::Null),
             "usage": { "promptTokens": prompt, "completionTokens": completion },
+            "costUsd": cost,
+            "costNote": cost_note,
         }),
         prompt_tokens: prompt,
         completion_tokens: completion,
-        cost_usd: cost,
+        cost_usd: cost.unwrap_or(0.0),
+        unpriced_calls: i64::from(cost.is_none()),
         skip: Vec::new(),
     })
 }

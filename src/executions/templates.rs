@@ -99,6 +99,9 @@ fn bounded_range(
 fn env(limits: &Limits) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_fuel(Some(FUEL));
+    // Printing an undefined value is an error that names it (see `undefined_detail`),
+    // never a silent empty string; `default(…)`, `is defined` and `if` still see it.
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
     env.add_function("range", bounded_range(limits.deadline));
     env
 }
@@ -143,6 +146,64 @@ pub fn too_large(field: &str, limits_max: usize) -> StepError {
     ))
 }
 
+/// For an undefined-value error: the first variable the source reads that the context
+/// does not have, and what is there instead (the known steps, the input's keys).
+fn undefined_detail(vars: std::collections::HashSet<String>, ctx: &Value) -> Option<String> {
+    let mut vars: Vec<String> = vars.into_iter().collect();
+    vars.sort();
+    let keys = |v: &Value| {
+        v.as_object().map_or_else(String::new, |o| {
+            let mut k: Vec<&str> = o.keys().map(String::as_str).collect();
+            k.sort_unstable();
+            k.join(", ")
+        })
+    };
+    for var in vars {
+        let mut cur = ctx;
+        let mut walked: Vec<&str> = Vec::new();
+        for part in var.split('.') {
+            if let Some(next) = cur.get(part) {
+                cur = next;
+                walked.push(part);
+                continue;
+            }
+            let missing = walked
+                .iter()
+                .copied()
+                .chain(std::iter::once(part))
+                .collect::<Vec<_>>()
+                .join(".");
+            let here = match walked.as_slice() {
+                [] => format!("templates see {}", keys(ctx)),
+                ["steps"] => match keys(cur) {
+                    k if k.is_empty() => "no step has finished yet".to_owned(),
+                    k => format!("finished steps: {k}"),
+                },
+                _ => match keys(cur) {
+                    k if k.is_empty() => format!("`{}` has no fields", walked.join(".")),
+                    k => format!("`{}` has: {k}", walked.join(".")),
+                },
+            };
+            return Some(format!("`{missing}` is undefined; {here}"));
+        }
+    }
+    None
+}
+
+fn template_error(
+    field: &str,
+    e: &minijinja::Error,
+    vars: impl FnOnce() -> std::collections::HashSet<String>,
+    ctx: &Value,
+) -> StepError {
+    if e.kind() == minijinja::ErrorKind::UndefinedError
+        && let Some(detail) = undefined_detail(vars(), ctx)
+    {
+        return StepError::fatal(format!("{field}: {detail}"));
+    }
+    StepError::fatal(format!("{field}: template error: {e}"))
+}
+
 /// Renders a template against the context.
 pub fn render(
     template: &str,
@@ -168,7 +229,7 @@ pub fn render(
     if Instant::now() > limits.deadline {
         return Err(over_time(limits));
     }
-    rendered.map_err(|e| StepError::fatal(format!("{field}: template error: {e}")))?;
+    rendered.map_err(|e| template_error(field, &e, || tmpl.undeclared_variables(true), ctx))?;
     Ok(String::from_utf8_lossy(&w.out).into_owned())
 }
 
@@ -201,9 +262,14 @@ pub fn eval(expr: &str, ctx: &Value, limits: &Limits) -> Result<bool, StepError>
     let compiled = env
         .compile_expression(expr)
         .map_err(|e| StepError::fatal(format!("config.expression: invalid expression: {e}")))?;
-    let result = compiled
-        .eval(ctx)
-        .map_err(|e| StepError::fatal(format!("config.expression: {e}")));
+    let result = compiled.eval(ctx).map_err(|e| {
+        template_error(
+            "config.expression",
+            &e,
+            || compiled.undeclared_variables(true),
+            ctx,
+        )
+    });
     if Instant::now() > limits.deadline {
         return Err(over_time(limits));
     }
@@ -243,6 +309,35 @@ mod tests {
             &limits(usize::MAX, 60_000),
         );
         assert!(e.is_err(), "fuel stops runaway templates");
+    }
+
+    #[test]
+    fn an_undefined_variable_names_itself_and_what_is_there() {
+        let mut outs = std::collections::HashMap::new();
+        outs.insert("greet".to_owned(), serde_json::json!({ "text": "hi" }));
+        let ctx = super::super::steps::context("e1", &serde_json::json!({ "name": "Ada" }), &outs);
+        let l = limits(1024, 2000);
+        let e =
+            render("{{ steps.gret.output }}", &ctx, "config.template", &l).expect_err("undefined");
+        assert_eq!(
+            e.message,
+            "config.template: `steps.gret` is undefined; finished steps: greet"
+        );
+        let e = render("Hello {{ input.nme }}", &ctx, "config.url", &l).expect_err("undefined");
+        assert_eq!(
+            e.message,
+            "config.url: `input.nme` is undefined; `input` has: name"
+        );
+        let e = eval("steps.greet.output.txt == 'hi'", &ctx, &l).expect_err("undefined");
+        assert_eq!(
+            e.message,
+            "config.expression: `steps.greet.output.txt` is undefined; `steps.greet.output` has: text"
+        );
+        // Testing for it is how a condition reads an optional field.
+        assert!(!eval("steps.greet.output.txt is defined", &ctx, &l).expect("test"));
+        // A default still applies.
+        let ok = render("{{ input.nme | default('you') }}", &ctx, "t", &l).expect("default");
+        assert_eq!(ok, "you");
     }
 
     #[test]

@@ -54,9 +54,20 @@ pub struct Resources {
     pub gpu_count: u32,
 }
 
+/// The keys a step may have.
+const STEP_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "config",
+    "dependsOn",
+    "retry",
+    "timeoutSeconds",
+    "resources",
+];
+
 /// One step as written by the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
     /// Unique within the workflow: 1–64 of `A-Za-z0-9_-`.
     pub id: String,
@@ -97,6 +108,146 @@ impl Errors {
             message: message.into(),
         });
     }
+}
+
+/// Whether `step` runs after `other`: `other` is among its dependencies, directly or
+/// through theirs. (A cycle is reported elsewhere; the walk visits each step once.)
+fn runs_after(by_id: &HashMap<&str, &Step>, step: &str, other: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<&str> = vec![step];
+    while let Some(id) = todo.pop() {
+        let Some(s) = by_id.get(id) else { continue };
+        for d in &s.depends_on {
+            if d == other {
+                return true;
+            }
+            if seen.insert(d.as_str()) {
+                todo.push(d.as_str());
+            }
+        }
+    }
+    false
+}
+
+/// "did you mean …?" for a key that differs from a known one only in case, `_` or `-`.
+fn suggest(key: &str, known: &[&str]) -> String {
+    let norm = |k: &str| {
+        k.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    known.iter().find(|k| norm(k) == norm(key)).map_or_else(
+        || format!("; known: {}", known.join(", ")),
+        |k| format!("; did you mean `{k}`?"),
+    )
+}
+
+/// The minijinja environment templates are checked with at save time: the same syntax
+/// as at run time (filters and functions are resolved when rendering).
+fn syntax_env() -> minijinja::Environment<'static> {
+    minijinja::Environment::new()
+}
+
+fn describe_template_error(e: &minijinja::Error) -> String {
+    let detail = e.detail().unwrap_or("invalid syntax");
+    match e.line() {
+        Some(line) => format!("does not compile: {detail} (line {line})"),
+        None => format!("does not compile: {detail}"),
+    }
+}
+
+/// A template (or, with `expression`, a minijinja expression) found in a step's config:
+/// where it is and what it says.
+struct Source {
+    field: String,
+    text: String,
+    expression: bool,
+}
+
+/// The templates of a step's config, for the checks at save time.
+fn sources(kind: &str, cfg: &Value, at: &str) -> Vec<Source> {
+    let mut out = Vec::new();
+    let field = |name: &str| format!("{at}.config.{name}");
+    let mut push = |field: String, v: Option<&Value>, expression: bool| {
+        if let Some(Value::String(text)) = v {
+            out.push(Source {
+                field,
+                text: text.clone(),
+                expression,
+            });
+        }
+    };
+    match kind {
+        "transform" => push(field("template"), cfg.get("template"), false),
+        "condition" => push(field("expression"), cfg.get("expression"), true),
+        "http" => {
+            push(field("url"), cfg.get("url"), false);
+            if let Some(h) = cfg.get("headers").and_then(Value::as_object) {
+                for (k, v) in h {
+                    push(field(&format!("headers.{k}")), Some(v), false);
+                }
+            }
+            fn walk(v: &Value, path: String, push: &mut dyn FnMut(String, Option<&Value>, bool)) {
+                match v {
+                    Value::String(_) => push(path, Some(v), false),
+                    Value::Array(a) => {
+                        for (i, x) in a.iter().enumerate() {
+                            walk(x, format!("{path}[{i}]"), push);
+                        }
+                    }
+                    Value::Object(o) => {
+                        for (k, x) in o {
+                            walk(x, format!("{path}.{k}"), push);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(body) = cfg.get("body") {
+                walk(body, field("body"), &mut push);
+            }
+        }
+        "llm" => {
+            for (i, m) in cfg
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                push(
+                    format!("{at}.config.messages[{i}].content"),
+                    m.get("content"),
+                    false,
+                );
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The step ids a template or expression reads as `steps.<id>`.
+fn referenced_steps(env: &minijinja::Environment<'static>, src: &Source) -> Vec<String> {
+    let vars = if src.expression {
+        env.compile_expression(&src.text)
+            .map(|e| e.undeclared_variables(true))
+            .unwrap_or_default()
+    } else {
+        env.template_from_str(&src.text)
+            .map(|t| t.undeclared_variables(true))
+            .unwrap_or_default()
+    };
+    let mut ids: Vec<String> = vars
+        .iter()
+        .filter_map(|v| v.strip_prefix("steps."))
+        .filter_map(|rest| rest.split('.').next())
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 fn valid_step_id(id: &str) -> bool {
@@ -144,13 +295,15 @@ fn check_config(kind: &str, cfg: &Value, step: &str, at: &str, errs: &mut Errors
         "delay" => &["ms"],
         _ => &[],
     };
-    for k in obj.keys() {
-        if !known.contains(&k.as_str()) {
-            errs.push(
-                Some(step),
-                field(k),
-                format!("unknown field for a {kind} step"),
-            );
+    if !known.is_empty() {
+        for k in obj.keys() {
+            if !known.contains(&k.as_str()) {
+                errs.push(
+                    Some(step),
+                    field(k),
+                    format!("unknown field for a {kind} step{}", suggest(k, known)),
+                );
+            }
         }
     }
     let non_empty_str = |name: &str, errs: &mut Errors| match obj.get(name) {
@@ -187,6 +340,18 @@ fn check_config(kind: &str, cfg: &Value, step: &str, at: &str, errs: &mut Errors
             match obj.get("messages") {
                 Some(Value::Array(ms)) if !ms.is_empty() => {
                     for (i, m) in ms.iter().enumerate() {
+                        for k in m.as_object().into_iter().flat_map(|o| o.keys()) {
+                            if k != "role" && k != "content" {
+                                errs.push(
+                                    Some(step),
+                                    format!("{at}.config.messages[{i}].{k}"),
+                                    format!(
+                                        "unknown field in a message{}",
+                                        suggest(k, &["role", "content"])
+                                    ),
+                                );
+                            }
+                        }
                         let role_ok = m
                             .get("role")
                             .and_then(Value::as_str)
@@ -296,7 +461,25 @@ impl Definition {
         for (i, s) in steps_raw.iter().enumerate() {
             let at = format!("steps[{i}]");
             let step_name = s.get("id").and_then(Value::as_str).map(str::to_owned);
-            match serde_json::from_value::<Step>(s.clone()) {
+            // Unknown keys are named one by one (a `depends_on` typo must not silently
+            // drop the dependency), then left out of the parse so each is said once.
+            let mut s = s.clone();
+            if let Some(obj) = s.as_object_mut() {
+                let unknown: Vec<String> = obj
+                    .keys()
+                    .filter(|k| !STEP_KEYS.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                for k in unknown {
+                    errs.push(
+                        step_name.as_deref(),
+                        format!("{at}.{k}"),
+                        format!("unknown field in a step{}", suggest(&k, STEP_KEYS)),
+                    );
+                    obj.remove(&k);
+                }
+            }
+            match serde_json::from_value::<Step>(s) {
                 Ok(step) => steps.push((i, step)),
                 Err(e) => errs.push(step_name.as_deref(), at, format!("not a step: {e}")),
             }
@@ -402,6 +585,46 @@ impl Definition {
                             Some(&s.id),
                             format!("steps[{i}].config.{name}[{j}]"),
                             format!("{t:?} must be a step that depends on {:?}", s.id),
+                        );
+                    }
+                }
+            }
+        }
+        // Every template and expression compiles, and reads only steps it runs after.
+        let env = syntax_env();
+        let by_id: HashMap<&str, &Step> = steps.iter().map(|(_, s)| (s.id.as_str(), s)).collect();
+        let mut all_ids: Vec<&str> = by_id.keys().copied().collect();
+        all_ids.sort_unstable();
+        for (i, s) in &steps {
+            let at = format!("steps[{i}]");
+            for src in sources(&s.kind, &s.config, &at) {
+                let compiled = if src.expression {
+                    env.compile_expression(&src.text).map(|_| ())
+                } else {
+                    env.template_from_str(&src.text).map(|_| ())
+                };
+                if let Err(e) = compiled {
+                    errs.push(Some(&s.id), src.field.clone(), describe_template_error(&e));
+                    continue;
+                }
+                for id in referenced_steps(&env, &src) {
+                    if !by_id.contains_key(id.as_str()) {
+                        errs.push(
+                            Some(&s.id),
+                            src.field.clone(),
+                            format!(
+                                "reads `steps.{id}`, but there is no step {id:?} (steps: {})",
+                                all_ids.join(", ")
+                            ),
+                        );
+                    } else if !runs_after(&by_id, &s.id, &id) {
+                        errs.push(
+                            Some(&s.id),
+                            src.field.clone(),
+                            format!(
+                                "reads `steps.{id}`, but {id:?} is not among this step's \
+                                 dependencies (direct or indirect): add it to dependsOn"
+                            ),
                         );
                     }
                 }
@@ -516,6 +739,93 @@ mod tests {
             .collect();
         assert_eq!(order.first(), Some(&"a"));
         assert_eq!(order.last(), Some(&"d"));
+    }
+
+    fn errors_of(def: Value) -> Vec<(Option<String>, String, String)> {
+        Definition::parse(&def)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| (e.step, e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_everywhere_with_a_suggestion() {
+        let errs = errors_of(json!({ "steps": [
+            delay("a", &[]),
+            { "id": "b", "kind": "delay", "config": { "ms": 1 }, "depends_on": ["a"] },
+            { "id": "c", "kind": "llm", "config": { "baseUrl": "https://x", "model": "m",
+              "messages": [{ "role": "user", "content": "hi", "text": "?" }], "api_key_secret": "K" } },
+        ]}));
+        let find = |field: &str| {
+            errs.iter()
+                .find(|e| e.1 == field)
+                .unwrap_or_else(|| panic!("no error at {field}: {errs:?}"))
+        };
+        let dep = find("steps[1].depends_on");
+        assert_eq!(dep.0.as_deref(), Some("b"));
+        assert!(dep.2.contains("did you mean `dependsOn`"), "{dep:?}");
+        assert!(
+            find("steps[2].config.messages[0].text")
+                .2
+                .contains("unknown field")
+        );
+        assert!(
+            find("steps[2].config.api_key_secret")
+                .2
+                .contains("`apiKeySecret`")
+        );
+    }
+
+    #[test]
+    fn templates_and_expressions_compile_when_saved() {
+        let errs = errors_of(json!({ "steps": [
+            { "id": "t", "kind": "transform", "config": { "template": "{{ input.x " } },
+            { "id": "c", "kind": "condition", "dependsOn": ["t"],
+              "config": { "expression": "steps.t.output >", "ifTrue": [] } },
+            { "id": "h", "kind": "http", "config": { "method": "POST", "url": "https://x/{% if %}",
+              "body": { "a": ["{{ ok }}", "{{ }}"] } } },
+        ]}));
+        let fields: Vec<&str> = errs.iter().map(|e| e.1.as_str()).collect();
+        for f in [
+            "steps[0].config.template",
+            "steps[1].config.expression",
+            "steps[2].config.url",
+            "steps[2].config.body.a[1]",
+        ] {
+            assert!(fields.contains(&f), "{f} not reported: {errs:?}");
+        }
+        assert!(
+            errs.iter().all(|e| e.2.starts_with("does not compile")),
+            "{errs:?}"
+        );
+        assert!(!fields.contains(&"steps[2].config.body.a[0]"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_template_reads_only_steps_it_runs_after() {
+        let errs = errors_of(json!({ "steps": [
+            delay("a", &[]),
+            delay("b", &["a"]),
+            { "id": "t", "kind": "transform", "dependsOn": ["b"],
+              "config": { "template": "{{ steps.a.output }} {{ steps.fetc.output }}" } },
+            { "id": "u", "kind": "transform", "dependsOn": ["a"],
+              "config": { "template": "{{ steps.t.output }}" } },
+        ]}));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].2.contains("no step \"fetc\" (steps: a, b, t, u)"),
+            "{errs:?}"
+        );
+        assert!(errs[1].2.contains("add it to dependsOn"), "{errs:?}");
+        // Through a dependency's dependency is fine.
+        Definition::parse(&json!({ "steps": [
+            delay("a", &[]),
+            delay("b", &["a"]),
+            { "id": "t", "kind": "transform", "dependsOn": ["b"],
+              "config": { "template": "{{ steps.a.output.waitedMs }}" } },
+        ]}))
+        .expect("indirect dependencies are visible");
     }
 
     #[test]

@@ -475,11 +475,12 @@ async fn an_llm_step_calls_an_openai_compatible_server_with_the_tenant_secret() 
             .unwrap_or("")
             .to_owned();
         let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let model = req["model"].clone();
         s2.lock().expect("lock").push((auth, req));
         (
             200,
             json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "model": "tiny-model",
+                "id": "chatcmpl-1", "object": "chat.completion", "model": model,
                 "choices": [{ "index": 0, "finish_reason": "stop",
                               "message": { "role": "assistant", "content": "Bonjour, Ada" } }],
                 "usage": { "prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500 }
@@ -537,6 +538,35 @@ async fn an_llm_step_calls_an_openai_compatible_server_with_the_tenant_secret() 
     let out = app.gql_as(&owner, "{ secrets { name } }", json!({})).await;
     assert!(!out.to_string().contains("sk-test-123"));
     assert!(!e.to_string().contains("sk-test-123"));
+
+    // A model without a price: tokens are counted, the cost is unknown (null), never $0,
+    // and the step's output says why.
+    let wf = published(
+        &app,
+        &owner,
+        "unpriced",
+        json!({ "steps": [
+            { "id": "ask", "kind": "llm", "config": {
+                "baseUrl": format!("{base}/v1"), "model": "mystery-model", "apiKeySecret": "openai",
+                "messages": [ { "role": "user", "content": "Hi" } ] } },
+        ]}),
+    )
+    .await;
+    let started = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id");
+    let e = wait_for(&app, &owner, id, 20, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    let s = step(&e, "ask");
+    assert_eq!(s["promptTokens"], 1200, "{e}");
+    assert!(s["costUsd"].is_null(), "{e}");
+    assert!(e["costUsd"].is_null(), "{e}");
+    assert!(s["output"]["costUsd"].is_null(), "{e}");
+    assert!(
+        s["output"]["costNote"]
+            .as_str()
+            .is_some_and(|n| n.contains("mystery-model") && n.contains("AGENTPLANE_LLM_PRICES")),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

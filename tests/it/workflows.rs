@@ -84,6 +84,113 @@ async fn invalid_definitions_name_the_step_and_field() {
     assert_eq!(list["data"]["workflows"]["totalCount"], 0);
 }
 
+/// Saved definitions are checked as far as they can be before they run: unknown keys
+/// (a `depends_on` typo), templates that do not compile, and a read of a step that does
+/// not run first are errors naming the step and field; a secret that does not exist is
+/// a warning in the payload. At run time an undefined value names itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn definitions_are_checked_when_saved_and_undefined_values_name_themselves() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let out = create(
+        &app,
+        &owner,
+        json!({ "name": "typo", "definition": { "steps": [
+            { "id": "a", "kind": "delay", "config": { "ms": 1 } },
+            { "id": "b", "kind": "transform", "depends_on": ["a"],
+              "config": { "template": "{{ steps.a.output.waitedMs }" } },
+        ]}}),
+    )
+    .await;
+    assert_eq!(
+        first_error_code(&out).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{out}"
+    );
+    let ext = &out["errors"][0]["extensions"];
+    assert_eq!(ext["step"], "b", "{out}");
+    assert_eq!(ext["field"], "definition.steps[1].depends_on", "{out}");
+    let errors: Vec<(&str, &str)> = ext["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|(f, m)| *f == "definition.steps[1].depends_on"
+                && m.contains("did you mean `dependsOn`")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(f, m)| *f == "definition.steps[1].config.template"
+                && m.starts_with("does not compile")),
+        "{errors:?}"
+    );
+
+    // Valid, but the LLM key it names is not there yet: saved, with a warning.
+    const CREATE_WARN: &str = "mutation($i: CreateWorkflowInput!) { createWorkflow(input: $i) { workflow { id } warnings { step field message } } }";
+    let out = app
+        .gql_as(
+            &owner,
+            CREATE_WARN,
+            json!({ "i": { "name": "ask", "definition": { "steps": [
+                { "id": "ask", "kind": "llm", "config": { "baseUrl": "https://llm.example/v1",
+                  "model": "m", "apiKeySecret": "LLM_KEY",
+                  "messages": [{ "role": "user", "content": "hi" }] } },
+            ]}}}),
+        )
+        .await;
+    let warnings = &out["data"]["createWorkflow"]["warnings"];
+    assert_eq!(warnings[0]["step"], "ask", "{out}");
+    assert_eq!(
+        warnings[0]["field"], "definition.steps[0].config.apiKeySecret",
+        "{out}"
+    );
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("LLM_KEY") && m.contains("setSecret")),
+        "{out}"
+    );
+
+    // At run time: the misspelt input field is named, with what the input has.
+    let id = crate::executions::published(
+        &app,
+        &owner,
+        "greet",
+        json!({ "steps": [
+            { "id": "greet", "kind": "transform", "config": { "template": "Hello {{ input.nme }}" } },
+        ]}),
+    )
+    .await;
+    let started = crate::executions::start(
+        &app,
+        &owner,
+        json!({ "workflowId": id, "input": { "name": "Ada" } }),
+    )
+    .await;
+    let exec_id = started["execution"]["id"].as_str().expect("id").to_owned();
+    let done =
+        crate::executions::wait_for(&app, &owner, &exec_id, 20, crate::executions::finished).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let error = crate::executions::step(&done, "greet")["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("`input.nme` is undefined; `input` has: name"),
+        "{done}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn drafts_change_but_published_versions_do_not() {
     let app = TestApp::spawn().await;

@@ -192,6 +192,7 @@ impl Engine {
                     change.prompt_tokens = outcome.prompt_tokens;
                     change.completion_tokens = outcome.completion_tokens;
                     change.cost_usd = outcome.cost_usd;
+                    change.unpriced_calls = outcome.unpriced_calls;
                     Some(StepEnd::Done(outcome))
                 }
                 Err((st, e)) if !e.retryable || attempt >= max_attempts => {

@@ -50,9 +50,10 @@ impl ExecutionStep {
     async fn completion_tokens(&self) -> i64 {
         self.0.completion_tokens
     }
-    /// Cost in USD (from the configured price table).
-    async fn cost_usd(&self) -> f64 {
-        self.0.cost_usd
+    /// Cost in USD (from the configured price table); null when a call's model has no
+    /// price (`AGENTPLANE_LLM_PRICES`), so the cost is unknown rather than $0.
+    async fn cost_usd(&self) -> Option<f64> {
+        (self.0.unpriced_calls == 0).then_some(self.0.cost_usd)
     }
 }
 
@@ -170,9 +171,10 @@ impl Execution {
     async fn completion_tokens(&self) -> i64 {
         self.0.completion_tokens
     }
-    /// Cost over all steps, USD.
-    async fn cost_usd(&self) -> f64 {
-        self.0.cost_usd
+    /// Cost over all steps, USD; null when any LLM call's model has no price (the
+    /// total is unknown, not $0).
+    async fn cost_usd(&self) -> Option<f64> {
+        (self.0.unpriced_calls == 0).then_some(self.0.cost_usd)
     }
     /// Why a QUEUED execution has not started, or a RUNNING one's GPU step waits (null
     /// otherwise).
@@ -254,7 +256,8 @@ pub struct WorkflowStats {
     pub prompt_tokens: i64,
     /// Completion tokens.
     pub completion_tokens: i64,
-    /// Cost, USD.
+    /// Cost of the priced LLM calls, USD (calls to a model without a price are not in
+    /// it; their executions show a null `costUsd`).
     pub cost_usd: f64,
 }
 

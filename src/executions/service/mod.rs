@@ -117,6 +117,7 @@ pub async fn start(
         started_at: None,
         finished_at: None,
         updated_at: now,
+        unpriced_calls: 0,
     };
     let steps = def
         .steps
@@ -138,6 +139,7 @@ pub async fn start(
             prompt_tokens: 0,
             completion_tokens: 0,
             cost_usd: 0.0,
+            unpriced_calls: 0,
         })
         .collect();
     // The largest GPU need of any one step decides where the execution may run.

@@ -414,6 +414,8 @@ pub struct StepChange {
     pub completion_tokens: i64,
     /// USD.
     pub cost_usd: f64,
+    /// LLM calls without a price (their cost is unknown).
+    pub unpriced_calls: i64,
 }
 
 impl StepChange {
@@ -431,6 +433,7 @@ impl StepChange {
             prompt_tokens: 0,
             completion_tokens: 0,
             cost_usd: 0.0,
+            unpriced_calls: 0,
         }
     }
 }
@@ -459,6 +462,7 @@ pub async fn record_step(
             executions::completion_tokens
                 .eq(executions::completion_tokens + change.completion_tokens),
             executions::cost_usd.eq(executions::cost_usd + change.cost_usd),
+            executions::unpriced_calls.eq(executions::unpriced_calls + change.unpriced_calls),
             executions::updated_at.eq(now),
         ))
         .returning(ExecutionRow::as_returning())
@@ -496,6 +500,8 @@ pub async fn record_step(
                     execution_steps::completion_tokens
                         .eq(execution_steps::completion_tokens + change.completion_tokens),
                     execution_steps::cost_usd.eq(execution_steps::cost_usd + change.cost_usd),
+                    execution_steps::unpriced_calls
+                        .eq(execution_steps::unpriced_calls + change.unpriced_calls),
                 ))
                 .execute(conn)
                 .await?;

@@ -100,6 +100,21 @@ pub struct WorkflowIdInput {
 pub struct WorkflowPayload {
     /// The workflow after the change.
     pub workflow: Workflow,
+    /// What was saved but will not work as it is yet (e.g. an `apiKeySecret` that does
+    /// not exist); empty when nothing is amiss.
+    pub warnings: Vec<DefinitionWarning>,
+}
+
+/// Something in a saved definition that is valid but will fail when it runs unless it
+/// changes (the definition is saved anyway).
+#[derive(SimpleObject, Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionWarning {
+    /// The step.
+    pub step: String,
+    /// The field, e.g. `definition.steps[1].config.apiKeySecret`.
+    pub field: String,
+    /// What is amiss and what to do.
+    pub message: String,
 }
 
 /// Result of `publishWorkflow`.
@@ -109,6 +124,8 @@ pub struct PublishWorkflowPayload {
     pub workflow: Workflow,
     /// The new version.
     pub version: WorkflowVersion,
+    /// What the published version will trip over when it runs (see `WorkflowPayload`).
+    pub warnings: Vec<DefinitionWarning>,
 }
 
 /// Result of `deleteWorkflow`.

@@ -73,6 +73,51 @@ fn definition_error(errors: &[DefinitionError]) -> AppError {
     err
 }
 
+/// Warnings about a saved definition: `llm` steps whose `apiKeySecret` the tenant does
+/// not have (yet). One read of the tenant's secret names, only when a step names one.
+async fn definition_warnings(
+    app: &crate::app::App,
+    tenant: crate::db::ids::TenantId,
+    def: &Definition,
+) -> AppResult<Vec<DefinitionWarning>> {
+    let wanted: Vec<(usize, &str, &str)> = def
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.config
+                .get("apiKeySecret")
+                .and_then(Value::as_str)
+                .map(|name| (i, s.id.as_str(), name))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let have: std::collections::HashSet<String> = crate::secrets::service::list(app, tenant)
+        .await?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    Ok(wanted
+        .into_iter()
+        .filter(|(_, _, name)| !have.contains(*name))
+        .map(|(i, step, name)| DefinitionWarning {
+            step: step.to_owned(),
+            field: format!("definition.steps[{i}].config.apiKeySecret"),
+            message: format!(
+                "there is no secret {name:?} in this organization: the step fails until \
+                 one is set (setSecret)"
+            ),
+        })
+        .collect())
+}
+
+/// The stored definition of a workflow or version, for warnings.
+fn stored_definition(text: &str) -> Option<Definition> {
+    serde_json::from_str(text).ok()
+}
+
 fn parse_definition(raw: &Value) -> AppResult<Definition> {
     Definition::parse(raw).map_err(|e| definition_error(&e))
 }

@@ -24,9 +24,15 @@ impl WorkflowMutation {
             environment: input.environment.into(),
             visibility: input.visibility.into(),
         };
-        let row = service::create(app(ctx)?, &origin(ctx)?, principal(ctx)?, new).await?;
+        let app = app(ctx)?;
+        let row = service::create(app, &origin(ctx)?, principal(ctx)?, new).await?;
+        let warnings = match stored_definition(&row.definition) {
+            Some(d) => definition_warnings(app, row.tenant_id, &d).await?,
+            None => Vec::new(),
+        };
         Ok(WorkflowPayload {
             workflow: Workflow(row),
+            warnings,
         })
     }
 
@@ -51,9 +57,15 @@ impl WorkflowMutation {
             environment: input.environment.map(Into::into),
             visibility: input.visibility.map(Into::into),
         };
-        let row = service::update(app(ctx)?, &origin(ctx)?, principal(ctx)?, id, changes).await?;
+        let app = app(ctx)?;
+        let row = service::update(app, &origin(ctx)?, principal(ctx)?, id, changes).await?;
+        let warnings = match stored_definition(&row.definition) {
+            Some(d) => definition_warnings(app, row.tenant_id, &d).await?,
+            None => Vec::new(),
+        };
         Ok(WorkflowPayload {
             workflow: Workflow(row),
+            warnings,
         })
     }
 
@@ -79,11 +91,16 @@ impl WorkflowMutation {
         input: WorkflowIdInput,
     ) -> async_graphql::Result<PublishWorkflowPayload> {
         let id = workflow_id(&input.workflow_id)?;
-        let (row, version) =
-            service::publish(app(ctx)?, &origin(ctx)?, principal(ctx)?, id).await?;
+        let app = app(ctx)?;
+        let (row, version) = service::publish(app, &origin(ctx)?, principal(ctx)?, id).await?;
+        let warnings = match stored_definition(&version.definition) {
+            Some(d) => definition_warnings(app, row.tenant_id, &d).await?,
+            None => Vec::new(),
+        };
         Ok(PublishWorkflowPayload {
             workflow: Workflow(row),
             version: WorkflowVersion(version),
+            warnings,
         })
     }
 }
