@@ -238,6 +238,15 @@ pub struct Loaders {
 }
 
 impl Loaders {
+    /// Forgets what was read of executions and their steps. A subscription resolves
+    /// every event with the loaders of its one request, so an event that reads the
+    /// execution "as it is now" must not be answered from an earlier event's read.
+    pub fn forget_executions(&self) {
+        self.executions
+            .clear::<crate::executions::model::ExecutionId>();
+        self.steps.clear::<crate::executions::model::ExecutionId>();
+    }
+
     /// Loaders scoped to the principal's tenant.
     pub fn for_principal(db: &DbPool, clock: &Arc<dyn Clock>, p: &Principal) -> Self {
         let tenant = p.tenant_id;

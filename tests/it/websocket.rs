@@ -210,3 +210,48 @@ async fn a_revoked_token_closes_its_socket() {
     assert_eq!(code, 4401);
     assert!(reason.starts_with("TOKEN_REVOKED"), "{reason}");
 }
+
+/// Every event of a subscription reads the execution as it is at that event: nested
+/// fields (steps) are not answered from what an earlier event of the same subscription
+/// read (the request's loaders cache).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_subscription_event_reads_the_execution_afresh() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("fresh").await;
+    let wf = crate::executions::published(
+        &app,
+        &owner,
+        "two",
+        json!({ "steps": [
+            { "id": "a", "kind": "delay", "config": { "ms": 200 } },
+            { "id": "b", "kind": "delay", "dependsOn": ["a"], "config": { "ms": 200 } },
+        ]}),
+    )
+    .await;
+    let started = crate::executions::start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+            "query": "subscription($id: ID!) { executionUpdated(id: $id) { kind status execution { status steps { stepId status } } } }",
+            "variables": { "id": id } } }),
+    )
+    .await;
+    let last = loop {
+        let msg = ws_next_json(&mut ws).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        let u = msg["payload"]["data"]["executionUpdated"].clone();
+        if u["kind"] == "STATUS_CHANGED" && u["status"] == "SUCCEEDED" {
+            break u;
+        }
+    };
+    assert_eq!(last["execution"]["status"], "SUCCEEDED", "{last}");
+    let steps: Vec<&str> = last["execution"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["status"].as_str())
+        .collect();
+    assert_eq!(steps, ["SUCCEEDED", "SUCCEEDED"], "{last}");
+}

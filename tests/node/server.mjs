@@ -20,10 +20,10 @@ export function binary() {
 }
 
 /** Starts a server; resolves to { url, stop(), output() } once it listens. */
-export async function startServer({ args = [], env = {}, dir } = {}) {
+export async function startServer({ args = [], env = {}, dir, listen = '127.0.0.1:0' } = {}) {
   const work = dir || mkdtempSync(join(tmpdir(), 'agentplane-node-'));
   let out = '';
-  const child = spawn(binary(), ['serve', '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(binary(), ['serve', '--listen', listen, ...args], {
     cwd: work,
     env: {
       ...process.env,
