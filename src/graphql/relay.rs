@@ -72,6 +72,47 @@ impl NodeKind {
     }
 }
 
+impl NodeKind {
+    /// The kind an audit record's `resource_type` names, when it is a node.
+    pub fn of_resource_type(t: &str) -> Option<Self> {
+        Some(match t {
+            "tenant" => Self::Tenant,
+            "user" => Self::User,
+            "role" => Self::Role,
+            "api_key" | "apikey" => Self::ApiKey,
+            "session" => Self::Session,
+            "team" => Self::Team,
+            "workflow" => Self::Workflow,
+            "execution" => Self::Execution,
+            "schedule" => Self::Schedule,
+            "node" => Self::ClusterNode,
+            "gpu_allocation" => Self::GpuAllocation,
+            _ => return None,
+        })
+    }
+
+    /// What an ID of this kind looks like, for error messages.
+    fn example(self) -> String {
+        let full = to_global_id(self, Uuid::nil()).0;
+        format!("{}…", &full[..full.len().min(14)])
+    }
+}
+
+/// The global ID inside a stored reference such as `user:<uuid>` or `schedule:<uuid>`
+/// (what `Execution.trigger` and audit actors hold), if it names a node.
+pub fn global_id_of_ref(reference: &str) -> Option<ID> {
+    let (kind, raw) = reference.split_once(':')?;
+    let kind = NodeKind::of_resource_type(kind)?;
+    Uuid::parse_str(raw).ok().map(|u| to_global_id(kind, u))
+}
+
+/// A filter value given as either form: a global ID becomes the raw id stored in
+/// records; anything else is taken as written.
+pub fn raw_id(value: &str) -> String {
+    decode_global_id(&ID(value.to_owned()))
+        .map_or_else(|_| value.to_owned(), |(_, u)| u.hyphenated().to_string())
+}
+
 /// Encodes a global ID.
 pub fn to_global_id(kind: NodeKind, id: Uuid) -> ID {
     ID(URL_SAFE_NO_PAD.encode(format!("{}:{}", kind.name(), id.hyphenated())))
@@ -79,7 +120,13 @@ pub fn to_global_id(kind: NodeKind, id: Uuid) -> ID {
 
 /// Decodes any global ID into its kind and uuid.
 pub fn decode_global_id(id: &ID) -> AppResult<(NodeKind, Uuid)> {
-    let invalid = || AppError::bad_input("id", "not a valid ID");
+    let invalid = || {
+        AppError::bad_input(
+            "id",
+            "not a valid ID: pass an `id` as the API returned it (an opaque string such as \
+             V29ya2Zsb3c6…, base64url of `Type:uuid`)",
+        )
+    };
     let bytes = URL_SAFE_NO_PAD
         .decode(id.as_bytes())
         .map_err(|_| invalid())?;
@@ -96,8 +143,24 @@ pub fn decode_global_id(id: &ID) -> AppResult<(NodeKind, Uuid)> {
 
 /// Decodes a global ID that must be of `kind`. An ID of another kind is `NOT_FOUND`
 /// (it cannot name an object of the expected type).
+///
+/// The raw UUID inside a global ID is accepted as well (audit records and triggers show
+/// both forms, so either can be pasted back).
 pub fn decode_expecting(id: &ID, kind: NodeKind, what: &str) -> AppResult<Uuid> {
-    let (k, uuid) = decode_global_id(id)?;
+    if let Ok(uuid) = Uuid::parse_str(id.as_str()) {
+        return Ok(uuid);
+    }
+    let (k, uuid) = decode_global_id(id).map_err(|_| {
+        AppError::bad_input(
+            "id",
+            format!(
+                "not a valid {what} ID: pass the `id` the API returned for a {} (an opaque \
+                 string such as {}) or the UUID inside it",
+                kind.name(),
+                kind.example()
+            ),
+        )
+    })?;
     if k != kind {
         return Err(AppError::not_found(what));
     }

@@ -355,3 +355,112 @@ async fn keys_secrets_and_executions_are_recorded_without_secret_values() {
     assert_eq!(out["data"]["verifyAuditChain"]["intact"], true, "{out}");
     assert_eq!(out["data"]["verifyAuditChain"]["checked"], 11, "{out}");
 }
+
+/// One ID format on the surface: audit records and triggers carry global IDs beside the
+/// stored ones, filters and ID arguments take either form, and a malformed ID says what
+/// an ID looks like.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_and_triggers_show_global_ids_and_arguments_take_either_form() {
+    let app = TestApp::spawn().await;
+    let (_, owner) = app.tenant_with_owner("ids").await;
+    let wf = crate::executions::published(
+        &app,
+        &owner,
+        "ids",
+        json!({ "steps": [{ "id": "a", "kind": "delay", "config": { "ms": 1 } }] }),
+    )
+    .await;
+    let started = crate::executions::start(&app, &owner, json!({ "workflowId": wf })).await;
+    let exec = started["execution"]["id"].as_str().expect("id").to_owned();
+
+    // The record of the creation names the workflow both ways.
+    let q = "query($f: AuditFilter) { auditLog(filter: $f) { totalCount edges { node { action resourceId resourceGlobalId } } } }";
+    let by_global = app
+        .gql_as(
+            &owner,
+            q,
+            json!({ "f": { "resourceId": wf, "actionPrefix": "workflow.created" } }),
+        )
+        .await;
+    assert_eq!(
+        by_global["data"]["auditLog"]["totalCount"], 1,
+        "{by_global}"
+    );
+    let node = &by_global["data"]["auditLog"]["edges"][0]["node"];
+    assert_eq!(node["resourceGlobalId"], wf.as_str(), "{by_global}");
+    let raw = node["resourceId"].as_str().expect("raw id").to_owned();
+    assert!(uuid::Uuid::parse_str(&raw).is_ok(), "{raw}");
+    let by_raw = app
+        .gql_as(
+            &owner,
+            q,
+            json!({ "f": { "resourceId": raw, "actionPrefix": "workflow.created" } }),
+        )
+        .await;
+    assert_eq!(by_raw["data"]["auditLog"]["totalCount"], 1, "{by_raw}");
+
+    // The raw id works wherever the global one does.
+    let out = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { workflow(id: $id) { id } }",
+            json!({ "id": raw }),
+        )
+        .await;
+    assert_eq!(out["data"]["workflow"]["id"], wf.as_str(), "{out}");
+
+    // The trigger's global ID is the starter's.
+    let me = app.gql_as(&owner, "{ me { id } }", json!({})).await;
+    let e = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { execution(id: $id) { trigger triggerId } }",
+            json!({ "id": exec }),
+        )
+        .await;
+    assert_eq!(
+        e["data"]["execution"]["triggerId"], me["data"]["me"]["id"],
+        "{e}"
+    );
+    assert!(
+        e["data"]["execution"]["trigger"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("user:")),
+        "{e}"
+    );
+
+    // A malformed ID says what is expected.
+    let bad = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { workflow(id: $id) { id } }",
+            json!({ "id": "wf-123" }),
+        )
+        .await;
+    assert_eq!(
+        crate::helpers::first_error_code(&bad).as_deref(),
+        Some("BAD_USER_INPUT")
+    );
+    let message = bad["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not a valid workflow ID") && message.contains("V29ya2Zsb3c6"),
+        "{bad}"
+    );
+
+    // Another tenant's object stays invisible in either form.
+    let (_, other) = app.tenant_with_owner("ids-other").await;
+    for id in [wf.as_str(), raw.as_str()] {
+        let out = app
+            .gql_as(
+                &other,
+                "query($id: ID!) { workflow(id: $id) { id } }",
+                json!({ "id": id }),
+            )
+            .await;
+        assert_eq!(
+            crate::helpers::first_error_code(&out).as_deref(),
+            Some("NOT_FOUND"),
+            "{out}"
+        );
+    }
+}

@@ -51,9 +51,17 @@ impl AuditRecord {
     async fn resource_type(&self) -> Option<&str> {
         self.0.resource_type.as_deref()
     }
-    /// Resource id.
+    /// Resource id as stored (a UUID for most resources, a name for secrets).
     async fn resource_id(&self) -> Option<&str> {
         self.0.resource_id.as_deref()
+    }
+    /// The resource's global ID (what `node(id:)` and the API's other fields take), when
+    /// the resource is a node; null for others (secrets, reports).
+    async fn resource_global_id(&self) -> Option<ID> {
+        let kind =
+            crate::graphql::relay::NodeKind::of_resource_type(self.0.resource_type.as_deref()?)?;
+        let uuid = uuid::Uuid::parse_str(self.0.resource_id.as_deref()?).ok()?;
+        Some(crate::graphql::relay::to_global_id(kind, uuid))
     }
     /// Before/after of what changed, secrets redacted.
     async fn changes(&self) -> Option<Json<serde_json::Value>> {
@@ -115,7 +123,7 @@ pub struct AuditFilter {
     pub action_prefix: Option<String>,
     /// Resource type.
     pub resource_type: Option<String>,
-    /// Resource id.
+    /// Resource id: its global ID or the stored id (`resourceId` of a record).
     pub resource_id: Option<String>,
     /// Severity.
     pub severity: Option<Severity>,
@@ -282,7 +290,7 @@ pub async fn list(
                 q = q.filter(audit_log::resource_type.eq(t.clone()));
             }
             if let Some(r) = &f.resource_id {
-                q = q.filter(audit_log::resource_id.eq(r.clone()));
+                q = q.filter(audit_log::resource_id.eq(crate::graphql::relay::raw_id(r)));
             }
             if let Some(s) = f.severity {
                 q = q.filter(audit_log::severity.eq(super::Severity::from(s).as_str()));
@@ -477,7 +485,7 @@ mod live {
         pub action_prefix: Option<String>,
         /// Resource type.
         pub resource_type: Option<String>,
-        /// Resource id.
+        /// Resource id: its global ID or the stored id.
         pub resource_id: Option<String>,
         /// Only this severity.
         pub severity: Option<Severity>,
@@ -494,10 +502,9 @@ mod live {
                     .resource_type
                     .as_ref()
                     .is_none_or(|t| r.resource_type.as_ref() == Some(t))
-                && self
-                    .resource_id
-                    .as_ref()
-                    .is_none_or(|t| r.resource_id.as_ref() == Some(t))
+                && self.resource_id.as_ref().is_none_or(|t| {
+                    r.resource_id.as_deref() == Some(crate::graphql::relay::raw_id(t).as_str())
+                })
                 && self
                     .severity
                     .is_none_or(|s| r.severity == crate::audit::Severity::from(s).as_str())

@@ -111,9 +111,14 @@ impl Execution {
     async fn idempotency_key(&self) -> Option<&str> {
         self.0.idempotency_key.as_deref()
     }
-    /// What started it: `user:<id>`, `apikey:<id>` or `schedule:<id>`.
+    /// What started it: `user:<uuid>`, `apikey:<uuid>` or `schedule:<uuid>` (the
+    /// global ID of the same object is `triggerId`).
     async fn trigger(&self) -> &str {
         &self.0.started_by
+    }
+    /// The global ID of the user, API key or schedule that started it.
+    async fn trigger_id(&self) -> Option<ID> {
+        crate::graphql::relay::global_id_of_ref(&self.0.started_by)
     }
     /// The user who started it (null for API keys and schedules).
     async fn started_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
