@@ -42,7 +42,7 @@ try {
   ]) {
     const out = spawnSync(cmd, args, { env, encoding: 'utf8', timeout: 60_000 });
     const text = `${out.stdout}${out.stderr}`;
-    const ok = out.status === 0 && text.includes('finished SUCCEEDED') && text.includes('greet=SUCCEEDED');
+    const ok = out.status === 0 && text.includes('finished SUCCEEDED') && text.includes('STATUS_CHANGED SUCCEEDED');
     console.log(`${ok ? 'ok' : 'FAIL'} ${name}${ok ? '' : `\n${text}`}`);
     failed ||= !ok;
   }
