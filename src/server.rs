@@ -44,6 +44,32 @@ impl Background {
         let relay = match &app.config.database_url {
             crate::config::DatabaseUrl::Postgres(url) => {
                 use secrecy::ExposeSecret as _;
+                if let Some(redis_url) = &app.config.redis_url {
+                    let db = app.db.clone();
+                    let fallback: crate::events::redis::Fallback = Arc::new(move |payload| {
+                        let db = db.clone();
+                        Box::pin(async move {
+                            if let Err(e) =
+                                crate::executions::store::notify_committed(&db, &payload).await
+                            {
+                                tracing::warn!(
+                                    code = e.code().as_str(),
+                                    "an event reached neither Redis nor NOTIFY; \
+                                     subscribers find it in the stored log"
+                                );
+                            }
+                        })
+                    });
+                    let fanout = crate::events::redis::start(
+                        redis_url.expose_secret(),
+                        &app.config.redis_key_prefix,
+                        app.bus.clone(),
+                        fallback,
+                        app.shutdown.child_token(),
+                    )?;
+                    app.bus.use_redis(fanout);
+                }
+                // NOTIFY stays: the path while Redis is down (or not configured).
                 Some(tokio::spawn(crate::events::relay_postgres(
                     url.expose_secret().to_owned(),
                     app.bus.clone(),

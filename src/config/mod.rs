@@ -137,8 +137,12 @@ pub enum LogFormat {
 pub struct Config {
     /// Storage backend and location.
     pub database_url: DatabaseUrl,
-    /// Optional Redis for cross-replica fan-out (used by later features).
+    /// Optional Redis: the cross-replica event fan-out on PostgreSQL (`redis://` or
+    /// `rediss://` for TLS, password in the URL).
     pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key this deployment uses (several deployments, or test
+    /// runs, can share one Redis).
+    pub redis_key_prefix: String,
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
     /// Log output format.
@@ -228,6 +232,7 @@ fn parse_master_key(id: &str, b64: &str) -> Option<MasterKey> {
 struct FileConfig {
     database_url: Option<String>,
     redis_url: Option<String>,
+    redis_key_prefix: Option<String>,
     listen: Option<String>,
     log_format: Option<String>,
     log_filter: Option<String>,
@@ -330,6 +335,30 @@ impl Config {
                     ));
                 }
                 Some(SecretString::from(raw.value.trim().to_owned()))
+            }
+        };
+
+        let redis_key_prefix = match layers.pick(
+            "AGENTPLANE_REDIS_KEY_PREFIX",
+            "redis_key_prefix",
+            file.redis_key_prefix,
+        ) {
+            None => "agentplane".to_owned(),
+            Some(raw) => {
+                let v = raw.value.trim();
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                {
+                    return Err(err(
+                        &raw.key,
+                        format!("{v:?} is not a usable key prefix"),
+                        "1-64 of A-Z a-z 0-9 - _ . :",
+                    ));
+                }
+                v.to_owned()
             }
         };
 
@@ -459,6 +488,7 @@ impl Config {
         Ok(Self {
             database_url,
             redis_url,
+            redis_key_prefix,
             listen,
             log_format,
             log_filter,

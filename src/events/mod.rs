@@ -9,8 +9,8 @@
 //! On SQLite, where there is no NOTIFY, every process follows the stored event log by
 //! row order instead (`executions::relay::follow_sqlite`), so a `serve` and a separate `worker` on one file
 //! see each other's events (and QUEUED events wake idle workers).
-//! A Redis fan-out can later replace the relay without touching publishers or
-//! subscribers. Events are also stored (`execution_events`), so a subscriber that falls
+//! With `REDIS_URL` on PostgreSQL, a Redis Stream carries them instead ([`redis`]), and
+//! NOTIFY is the fallback while Redis is down. Events are also stored (`execution_events`), so a subscriber that falls
 //! behind re-reads what it missed instead of losing it; after the relay reconnects
 //! (notifications may have been lost meanwhile) the bus signals `resync`, and
 //! subscribers re-read the log.
@@ -19,6 +19,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub mod redis;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt as _;
@@ -32,6 +34,11 @@ use tokio_util::sync::CancellationToken;
 pub trait BusEvent: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
     /// `(stream, sequence)`: a follower skips the events its own process published.
     fn key(&self) -> (uuid::Uuid, i64);
+
+    /// Whether it means new work (wakes idle workers of every process).
+    fn wakes_workers(&self) -> bool {
+        false
+    }
 }
 
 /// PostgreSQL channel that carries events between processes.
@@ -67,6 +74,8 @@ pub struct EventBus<E, C> {
     /// not publish them twice.
     local: Mutex<LocalEvents>,
     track_local: AtomicBool,
+    /// The Redis fan-out, when `REDIS_URL` is set on PostgreSQL.
+    redis: std::sync::OnceLock<Arc<redis::RedisFanout>>,
 }
 
 /// A bounded memory of `(execution, seq)` published here.
@@ -97,6 +106,7 @@ impl<E: BusEvent, C> EventBus<E, C> {
             resync: tokio::sync::watch::Sender::new(0),
             local: Mutex::default(),
             track_local: AtomicBool::new(false),
+            redis: std::sync::OnceLock::new(),
         }
     }
 
@@ -130,8 +140,28 @@ impl<E: BusEvent, C> EventBus<E, C> {
                 }
             }
         }
+        if let Some(r) = self.redis.get()
+            && r.is_live()
+        {
+            r.send(self.envelope(&ev));
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// Attaches the Redis fan-out (once, at start-up).
+    pub fn use_redis(&self, fanout: Arc<redis::RedisFanout>) {
+        let _ = self.redis.set(fanout);
+    }
+
+    /// The Redis fan-out's state: `None` without Redis, else whether it is live.
+    pub fn redis_live(&self) -> Option<bool> {
+        self.redis.get().map(|r| r.is_live())
+    }
+
+    /// The Redis fan-out, if any.
+    pub fn redis(&self) -> Option<&Arc<redis::RedisFanout>> {
+        self.redis.get()
     }
 
     /// Delivers an event read from another process (not remembered as local).
@@ -158,7 +188,16 @@ impl<E: BusEvent, C> EventBus<E, C> {
         self.tx.subscribe()
     }
 
-    /// The JSON payload for `pg_notify`.
+    /// The payload a writer sends with `pg_notify` in its transaction: empty (send
+    /// nothing) while Redis carries events.
+    pub fn pg_envelope(&self, ev: &E) -> String {
+        if self.redis.get().is_some_and(|r| r.is_live()) {
+            return String::new();
+        }
+        self.envelope(ev)
+    }
+
+    /// The JSON an event travels in between processes.
     pub fn envelope(&self, ev: &E) -> String {
         serde_json::to_string(&Envelope {
             origin: self.origin.clone(),
@@ -228,7 +267,7 @@ pub async fn relay_postgres<E: BusEvent, C>(
             match n {
                 Some(Ok(n)) if n.channel == QUEUE_CHANNEL => bus.queue_wake.notify_waiters(),
                 Some(Ok(n)) => match serde_json::from_str::<Envelope<E>>(&n.payload) {
-                    Ok(env) if env.origin != bus.origin => bus.publish(env.event),
+                    Ok(env) if env.origin != bus.origin => bus.publish_relayed(env.event),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed event notification"),
                 },

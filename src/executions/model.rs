@@ -219,6 +219,10 @@ impl crate::events::BusEvent for ExecutionEvent {
     fn key(&self) -> (uuid::Uuid, i64) {
         (self.execution_id.0, self.seq)
     }
+
+    fn wakes_workers(&self) -> bool {
+        self.status == ExecutionStatus::Queued
+    }
 }
 
 /// What happened.

@@ -26,6 +26,7 @@ fn unavailable(reason: String) -> Response {
 /// `GET /readyz`: 200 only when the database answers, accepts a write (a full disk or a
 /// read-only database fails it) and carries exactly the migrations this binary knows;
 /// 503 with a JSON reason otherwise (also while shutting down, so balancers drain us).
+/// With Redis configured the body also says `"redis": "ok"` or `"degraded"`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let app = &state.app;
     if app.shutdown.is_cancelled() {
@@ -49,7 +50,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             tracing::warn!(reason = %problem, "not ready");
             unavailable(problem)
         }
-        Ok(Ok(None)) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Ok(Ok(None)) => {
+            // Redis is an accelerator, never a dependency: its outage degrades (events
+            // go by NOTIFY) but the replica stays ready.
+            let body = match app.bus.redis() {
+                None => json!({ "status": "ready" }),
+                Some(r) => {
+                    let ok = r.is_live() && r.ping().await;
+                    json!({ "status": "ready", "redis": if ok { "ok" } else { "degraded" } })
+                }
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::helpers::{
 
 /// Subscribes `executionUpdated` and `executionEvents` (graphql-transport-ws) for one
 /// execution; returns the socket after both are registered.
-async fn watch(app: &TestApp, token: &str, id: &str, wf: &str) -> crate::helpers::Ws {
+pub(crate) async fn watch(app: &TestApp, token: &str, id: &str, wf: &str) -> crate::helpers::Ws {
     let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", token).await;
     ws_send(
         &mut ws,
@@ -36,7 +36,11 @@ async fn watch(app: &TestApp, token: &str, id: &str, wf: &str) -> crate::helpers
 
 /// Collects both subscriptions' events until `executionUpdated` completes and
 /// `executionEvents` has delivered `id`'s terminal event; returns (updated, events).
-async fn collect(ws: &mut crate::helpers::Ws, id: &str, secs: u64) -> (Vec<Value>, Vec<Value>) {
+pub(crate) async fn collect(
+    ws: &mut crate::helpers::Ws,
+    id: &str,
+    secs: u64,
+) -> (Vec<Value>, Vec<Value>) {
     let mut updated = Vec::new();
     let mut events = Vec::new();
     let mut updated_done = false;
@@ -72,7 +76,7 @@ async fn collect(ws: &mut crate::helpers::Ws, id: &str, secs: u64) -> (Vec<Value
 }
 
 /// The sequence number a stream's first live event must carry.
-fn first_live(evs: &[Value]) -> i64 {
+pub(crate) fn first_live(evs: &[Value]) -> i64 {
     let first = &evs[0];
     let seq = first["sequence"].as_i64().expect("sequence");
     if first["kind"] == "SNAPSHOT" {
@@ -83,7 +87,7 @@ fn first_live(evs: &[Value]) -> i64 {
 }
 
 /// Sequence numbers of a stream, checked to run without holes or repeats.
-fn assert_in_order(evs: &[Value], from: i64) {
+pub(crate) fn assert_in_order(evs: &[Value], from: i64) {
     let seqs: Vec<i64> = evs
         .iter()
         .filter(|e| e["kind"] != "SNAPSHOT")

@@ -21,6 +21,7 @@ mod isolation;
 mod layers;
 mod query_cost;
 mod reliability;
+mod scale_out;
 mod schema_file;
 mod secrets;
 mod security;

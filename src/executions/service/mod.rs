@@ -198,7 +198,7 @@ pub async fn start(
         max_per_month: tenant.max_executions_per_month,
         month_start: month_start(now),
     };
-    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
     let key_for_retry = new.row.idempotency_key.clone();
     let tenant = new.row.tenant_id;
     let result = match app
@@ -280,7 +280,7 @@ pub async fn transition(
     patch: Patch,
 ) -> AppResult<Option<ExecutionRow>> {
     let now = db_time(app.clock.now());
-    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
     let Some((row, events)) = app
         .db
         .tx("", async |conn| {
@@ -306,7 +306,7 @@ pub async fn record_step(
     change: &StepChange,
 ) -> AppResult<bool> {
     let now = db_time(app.clock.now());
-    let envelope = |e: &super::model::ExecutionEvent| app.bus.envelope(e);
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
     match app
         .db
         .tx("", async |conn| {

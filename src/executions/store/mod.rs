@@ -211,10 +211,21 @@ impl Notifier for crate::db::SqliteConn {
 
 /// Relays an event (and a queue wake-up when it is a QUEUED event) to other processes.
 async fn notify_pg<C: Notifier>(conn: &mut C, envelope: &str) -> QueryResult<()> {
+    // Empty: Redis carries this event (after the commit), not NOTIFY.
+    if envelope.is_empty() {
+        return Ok(());
+    }
     conn.notify(crate::events::EVENTS_CHANNEL, envelope).await?;
     if envelope.contains("\"status\":\"QUEUED\"") {
         conn.notify(crate::events::QUEUE_CHANNEL, "").await?;
     }
+    Ok(())
+}
+
+/// Sends an event by NOTIFY outside any transaction: the path of an event the Redis
+/// fan-out could not take (it was committed already, so this only tells other processes).
+pub async fn notify_committed(db: &crate::db::DbPool, envelope: &str) -> AppResult<()> {
+    crate::db_run!(db, |conn| notify_pg(conn, envelope).await?);
     Ok(())
 }
 

@@ -1,0 +1,285 @@
+//! Scale-out on PostgreSQL + Redis: two API replicas and a worker process behave as one.
+//! Events cross processes through a Redis Stream; when Redis goes away they fall back to
+//! PostgreSQL NOTIFY without losing any, `/readyz` says `redis: degraded`, and when it
+//! returns they go through Redis again.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::event_streams::{assert_in_order, collect, first_live, watch};
+use crate::executions::{published, worker_process_with};
+use crate::helpers::{TestApp, TestDb, bin};
+
+/// A private `redis-server` on a free loopback port, so the test can stop and restart it.
+struct RedisServer {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    async fn start_on(port: u16) -> Self {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts (apt-get install redis-server)");
+        let me = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..100 {
+            if me.xlen("ping-probe").await.is_some() {
+                return me;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on {port} did not answer");
+    }
+
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Self::start_on(port).await
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// `XLEN key`, or `None` when Redis does not answer.
+    async fn xlen(&self, key: &str) -> Option<i64> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .ok()
+    }
+}
+
+/// `agentplane serve --workers 0` on `db_url`; returns the child and its base URL.
+async fn replica(db_url: &str, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args(["serve", "--workers", "0", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("replica starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("listen line within 30 s")
+            .expect("read")
+            .expect("a line");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let base = rest.split_whitespace().next().expect("url").to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, base);
+        }
+    }
+}
+
+async fn gql_at(base: &str, token: &str, query: &str, variables: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn readyz(base: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("readyz");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `base`'s `/readyz` reports `redis` as `want` (it stays 200 either way).
+async fn wait_redis(base: &str, want: &str, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, body) = readyz(base).await;
+        assert_eq!(status, 200, "{body}");
+        if body["redis"] == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never became {want}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts an execution through replica B and checks a subscriber on replica A receives
+/// every event of it, in order, to SUCCEEDED.
+async fn run_across(a: &TestApp, b_base: &str, token: &str, wf: &str) {
+    let out = gql_at(
+        b_base,
+        token,
+        "mutation($i: StartExecutionInput!) { startExecution(input: $i) { execution { id } } }",
+        json!({ "i": { "workflowId": wf } }),
+    )
+    .await;
+    let id = out["data"]["startExecution"]["execution"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let mut ws = watch(a, token, &id, wf).await;
+    let (updated, events) = collect(&mut ws, &id, 30).await;
+    assert_eq!(
+        updated.last().expect("events")["status"],
+        "SUCCEEDED",
+        "{updated:?}"
+    );
+    assert_in_order(&updated, first_live(&updated));
+    assert_in_order(&events, first_live(&events));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_and_a_worker_share_events_through_redis_and_survive_its_outage() {
+    if !TestDb::is_postgres() {
+        // The Redis fan-out serves PostgreSQL deployments; on SQLite the stored log
+        // carries events between processes.
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let stream = format!("{prefix}:events");
+    let url = redis.url();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("REDIS_URL", url.as_str()),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+    ])
+    .await;
+    let (_b, b_base) = replica(&a.db.url, &env).await;
+    // A long poll interval: the worker must be woken through Redis, not find work by
+    // polling.
+    let mut worker_env = env.to_vec();
+    worker_env.push(("AGENTPLANE_POLL_MS", "30000"));
+    let mut worker = worker_process_with(&a.db.url, &worker_env).await;
+    wait_redis(&a.base, "ok", 10).await;
+    wait_redis(&b_base, "ok", 10).await;
+
+    let (_, owner) = a.tenant_with_owner("scale").await;
+    let wf = published(
+        &a,
+        &owner,
+        "across",
+        json!({ "steps": [
+            { "id": "a", "kind": "transform", "config": { "template": "{\"v\": 1}" } },
+            { "id": "b", "kind": "delay", "dependsOn": ["a"], "config": { "ms": 200 } },
+            { "id": "c", "kind": "transform", "dependsOn": ["b"], "config": { "template": "{\"v\": 2}" } },
+        ]}),
+    )
+    .await;
+
+    // 1. Through Redis: started on B, run by the worker, watched on A.
+    run_across(&a, &b_base, &owner, &wf).await;
+    let carried = redis.xlen(&stream).await.expect("redis answers");
+    assert!(carried >= 8, "the stream carried {carried} events");
+
+    // 2. An API key revoked through A is refused by B within a second.
+    let out = a
+        .gql_as(
+            &owner,
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { apiKey { id } secret } }",
+            json!({ "i": { "name": "svc", "roleId": "VIEWER" } }),
+        )
+        .await;
+    let key = out["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let key_id = out["data"]["createApiKey"]["apiKey"]["id"].clone();
+    let me = gql_at(&b_base, &key, "{ workflows { totalCount } }", json!({})).await;
+    assert_eq!(me["data"]["workflows"]["totalCount"], 1, "{me}");
+    let out = a
+        .gql_as(
+            &owner,
+            "mutation($i: RevokeApiKeyInput!) { revokeApiKey(input: $i) { apiKey { id } } }",
+            json!({ "i": { "apiKeyId": key_id } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let revoked_at = tokio::time::Instant::now();
+    loop {
+        let r = gql_at(&b_base, &key, "{ workflows { totalCount } }", json!({})).await;
+        if crate::helpers::first_error_code(&r).as_deref() == Some("UNAUTHENTICATED") {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "B still accepts the revoked key: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 3. Redis goes away: requests keep working, events go by NOTIFY, none is lost, and
+    //    /readyz stays 200 saying redis is degraded.
+    redis.stop().await;
+    run_across(&a, &b_base, &owner, &wf).await;
+    wait_redis(&a.base, "degraded", 10).await;
+    wait_redis(&b_base, "degraded", 10).await;
+    run_across(&a, &b_base, &owner, &wf).await;
+
+    // 4. It comes back (empty, on the same port): everything returns to Redis by itself.
+    let redis = RedisServer::start_on(redis.port).await;
+    wait_redis(&a.base, "ok", 15).await;
+    wait_redis(&b_base, "ok", 15).await;
+    // The worker's follower reconnects too (its wake-ups come through Redis again).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run_across(&a, &b_base, &owner, &wf).await;
+    let carried = redis.xlen(&stream).await.expect("redis answers");
+    assert!(
+        carried >= 8,
+        "after the outage the stream carried {carried} events"
+    );
+    worker.kill().await.expect("kill worker");
+}
