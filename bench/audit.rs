@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let vars: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), url.clone()),
         ("AGENTPLANE_WORKERS".into(), "0".into()),
+        ("AGENTPLANE_RATE_LIMIT_PER_MINUTE".into(), "0".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
     let config = Config::load_with(&CliOverrides::default(), &|k| {

@@ -54,6 +54,8 @@ pub struct App {
     /// Resolved principals, and the feed of authentication changes that keeps them (and
     /// open websockets) current.
     pub auth_cache: Arc<crate::auth::cache::PrincipalCache>,
+    /// Request rate limits per principal (shared through Redis when configured).
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 impl App {
@@ -94,6 +96,21 @@ impl App {
                 config.auth.principal_cache_ttl,
                 config.auth.principal_cache_entries,
             )),
+            rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(
+                crate::ratelimit::Quota {
+                    per_minute: config.http.rate_limit_per_minute,
+                    burst: config.http.rate_limit_burst,
+                },
+                {
+                    use secrecy::ExposeSecret as _;
+                    config
+                        .redis_url
+                        .as_ref()
+                        .map(|u| u.expose_secret().to_owned())
+                }
+                .as_deref(),
+                &config.redis_key_prefix,
+            )?),
             config,
         })
     }

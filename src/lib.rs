@@ -20,6 +20,7 @@ pub mod graphql;
 pub mod http;
 pub mod net;
 pub mod policy;
+pub mod ratelimit;
 pub mod rbac;
 pub mod request;
 pub mod secrets;

@@ -21,6 +21,11 @@ pub struct HttpConfig {
     pub max_in_flight: usize,
     /// How long a request waits in line before it is answered 503 with `Retry-After`.
     pub queue_timeout: Duration,
+    /// GraphQL requests per minute per principal (anonymous callers: per address) in the
+    /// long run; 0 turns the limit off. Shared by every replica through Redis.
+    pub rate_limit_per_minute: u32,
+    /// Requests allowed at once above that rate.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +37,8 @@ pub(super) struct FileHttp {
     pub(super) shutdown_grace_secs: Option<toml::Value>,
     pub(super) max_in_flight: Option<toml::Value>,
     pub(super) queue_timeout_ms: Option<toml::Value>,
+    pub(super) rate_limit_per_minute: Option<toml::Value>,
+    pub(super) rate_limit_burst: Option<toml::Value>,
 }
 
 /// Reads the section from its layers.
@@ -125,6 +132,28 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             60_000,
             "milliseconds between 0 and 60000",
         )?),
+        rate_limit_per_minute: parse_num(
+            layers.pick(
+                "AGENTPLANE_RATE_LIMIT_PER_MINUTE",
+                "http.rate_limit_per_minute",
+                toml_scalar(file.rate_limit_per_minute),
+            ),
+            1200u32,
+            0,
+            60_000,
+            "requests per minute between 0 (off) and 60000",
+        )?,
+        rate_limit_burst: parse_num(
+            layers.pick(
+                "AGENTPLANE_RATE_LIMIT_BURST",
+                "http.rate_limit_burst",
+                toml_scalar(file.rate_limit_burst),
+            ),
+            200u32,
+            1,
+            100_000,
+            "a number of requests between 1 and 100000",
+        )?,
     };
 
     Ok(http)

@@ -130,6 +130,40 @@ fn failed_for_outage(r: &async_graphql::Response) -> bool {
     all_unavailable && no_data
 }
 
+/// 429 `RATE_LIMITED` with `Retry-After`, the IETF `RateLimit-*` headers and
+/// `extensions.retryAfterSeconds`.
+fn rate_limited(
+    quota: &crate::ratelimit::Quota,
+    limited: crate::ratelimit::Limited,
+    request_id: &str,
+) -> Response {
+    let secs = limited.retry_after.as_millis().div_ceil(1000).max(1);
+    let secs = u64::try_from(secs).unwrap_or(u64::MAX);
+    let mut resp = app_error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        AppError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many requests: at most {} a minute (bursts of {}); try again in {secs} s",
+                quota.per_minute, quota.burst
+            ),
+        )
+        .with_detail("retryAfterSeconds", secs),
+        request_id,
+    );
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    h.insert("ratelimit-limit", HeaderValue::from(quota.burst));
+    h.insert("ratelimit-remaining", HeaderValue::from(0));
+    h.insert("ratelimit-reset", HeaderValue::from(secs));
+    h.insert(
+        "ratelimit-policy",
+        HeaderValue::from_str(&format!("{};w=60;burst={}", quota.per_minute, quota.burst))
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+    );
+    resp
+}
+
 /// A GraphQL-shaped error response for requests rejected before execution.
 fn request_error(status: StatusCode, code: ErrorCode, message: &str, request_id: &str) -> Response {
     app_error_response(status, AppError::new(code, message), request_id)
@@ -166,6 +200,14 @@ async fn execute(
     } = caller;
     let request_id = &request_id;
     let media_graphql = wants_graphql_response_json(headers);
+    // Per principal (anonymous callers: per address), shared across replicas.
+    let key = match &principal {
+        Some(p) => format!("{}:{}", p.tenant_id, p.actor_ref()),
+        None => format!("ip:{}", client.ip),
+    };
+    if let Err(limited) = state.app.rate_limiter.check(&key).await {
+        return rate_limited(&state.app.rate_limiter.quota(), limited, &request_id.0);
+    }
     let limits = &state.app.config.graphql;
     if let BatchRequest::Batch(rs) = &batch {
         if rs.len() > limits.max_batch {

@@ -41,6 +41,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("policy", Layer::Base),
     ("db", Layer::Storage),
     ("events", Layer::Storage),
+    ("ratelimit", Layer::Storage),
     ("rbac", Layer::Domain),
     ("audit", Layer::Domain),
     ("tenancy", Layer::Domain),

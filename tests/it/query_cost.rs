@@ -146,3 +146,58 @@ async fn anonymous_callers_get_no_suggestions_and_introspection_is_a_setting() {
         "{anonymous}"
     );
 }
+
+/// Per-principal rate limits: a burst, then 429 `RATE_LIMITED` with `Retry-After` and
+/// the `RateLimit-*` headers; another principal keeps its own budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_over_its_rate_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "60"),
+        ("AGENTPLANE_RATE_LIMIT_BURST", "6"),
+    ])
+    .await;
+    // Set-up: four anonymous requests (one address's budget) and one by the admin.
+    let (_, owner) = app.tenant_with_owner("rate").await;
+    let ask = |token: String| {
+        let http = app.http.clone();
+        let url = format!("{}/graphql", app.base);
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({ "query": "{ me { email } }" }))
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    for _ in 0..6 {
+        assert_eq!(ask(owner.clone()).await.status(), 200);
+    }
+    let refused = ask(owner.clone()).await;
+    assert_eq!(refused.status(), 429);
+    let h = refused.headers().clone();
+    let retry: u64 = h["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert_eq!(retry, 1, "one request a second refills the bucket");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    assert_eq!(h["ratelimit-policy"], "60;w=60;burst=6");
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["retryAfterSeconds"], 1,
+        "{body}"
+    );
+
+    // Another principal is not held back by the first one's budget.
+    let admin = app
+        .login(crate::helpers::ADMIN_EMAIL, crate::helpers::ADMIN_PASSWORD)
+        .await
+        .0;
+    assert_eq!(ask(admin).await.status(), 200);
+}

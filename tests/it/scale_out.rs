@@ -283,3 +283,58 @@ async fn replicas_and_a_worker_share_events_through_redis_and_survive_its_outage
     );
     worker.kill().await.expect("kill worker");
 }
+
+/// A rate limit is one budget across replicas: requests of one principal split across A
+/// and B are counted together in Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_is_one_budget_across_replicas() {
+    if !TestDb::is_postgres() {
+        return;
+    }
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let env = [
+        ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "6"),
+        ("AGENTPLANE_RATE_LIMIT_BURST", "4"),
+    ];
+    let a = TestApp::spawn_with(&env).await;
+    let (_b, b_base) = replica(&a.db.url, &env).await;
+    let admin = a.admin_token().await;
+    let mut allowed = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 {
+            a.base.as_str()
+        } else {
+            b_base.as_str()
+        };
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/graphql"))
+            .bearer_auth(&admin)
+            .json(&json!({ "query": "{ me { email } }" }))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let body: Value = resp.json().await.expect("json");
+        if status == 200 {
+            allowed.push(i);
+        } else {
+            assert_eq!(status, 429, "{body}");
+            assert!(retry_after.is_some(), "429 without Retry-After");
+            assert_eq!(
+                body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+                "{body}"
+            );
+            assert!(
+                body["errors"][0]["extensions"]["retryAfterSeconds"]
+                    .as_u64()
+                    .is_some(),
+                "{body}"
+            );
+        }
+    }
+    // A burst of 4 in all, not 4 per replica.
+    assert_eq!(allowed, [0, 1, 2, 3], "allowed requests: {allowed:?}");
+}
