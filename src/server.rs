@@ -30,6 +30,17 @@ pub struct Background {
     agent: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
+/// Where `LISTEN` connections go: `AGENTPLANE_DATABASE_LISTEN_URL`, else the pool's URL.
+fn listen_url(app: &App, pool_url: &secrecy::SecretString) -> String {
+    use secrecy::ExposeSecret as _;
+    app.config
+        .database_listen_url
+        .as_ref()
+        .unwrap_or(pool_url)
+        .expose_secret()
+        .to_owned()
+}
+
 impl Background {
     /// Starts `workers` engine workers (none when 0), the relay, and the node agent that
     /// registers this process in the cluster. The engine and relay stop when
@@ -71,7 +82,7 @@ impl Background {
                 }
                 // NOTIFY stays: the path while Redis is down (or not configured).
                 Some(tokio::spawn(crate::events::relay_postgres(
-                    url.expose_secret().to_owned(),
+                    listen_url(app, url),
                     app.bus.clone(),
                     app.shutdown.child_token(),
                 )))
@@ -86,9 +97,8 @@ impl Background {
         };
         let auth_changes = match &app.config.database_url {
             crate::config::DatabaseUrl::Postgres(url) => {
-                use secrecy::ExposeSecret as _;
                 tokio::spawn(crate::auth::cache::follow_postgres(
-                    url.expose_secret().to_owned(),
+                    listen_url(app, url),
                     app.auth_cache.clone(),
                     app.shutdown.child_token(),
                 ))

@@ -137,6 +137,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Storage backend and location.
     pub database_url: DatabaseUrl,
+    /// Where the `LISTEN` connections (event relay, credential-change follower) go on
+    /// PostgreSQL: `DATABASE_URL` unless set. Behind a transaction-mode pooler such as
+    /// PgBouncer, point this at PostgreSQL itself (LISTEN needs a session).
+    pub database_listen_url: Option<SecretString>,
     /// Optional Redis: the cross-replica event fan-out on PostgreSQL (`redis://` or
     /// `rediss://` for TLS, password in the URL).
     pub redis_url: Option<SecretString>,
@@ -231,6 +235,7 @@ fn parse_master_key(id: &str, b64: &str) -> Option<MasterKey> {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database_url: Option<String>,
+    database_listen_url: Option<String>,
     redis_url: Option<String>,
     redis_key_prefix: Option<String>,
     listen: Option<String>,
@@ -314,6 +319,33 @@ impl Config {
                     "sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
                 )
             })?
+        };
+
+        let database_listen_url = match layers.pick(
+            "AGENTPLANE_DATABASE_LISTEN_URL",
+            "database_listen_url",
+            file.database_listen_url,
+        ) {
+            None => None,
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => {
+                let expected = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (PostgreSQL itself, not a transaction pooler)";
+                match DatabaseUrl::parse(raw.value.trim()) {
+                    Ok(DatabaseUrl::Postgres(_))
+                        if matches!(database_url, DatabaseUrl::Postgres(_)) =>
+                    {
+                        Some(SecretString::from(raw.value.trim().to_owned()))
+                    }
+                    Ok(_) => {
+                        return Err(err(
+                            &raw.key,
+                            "only PostgreSQL deployments LISTEN",
+                            expected,
+                        ));
+                    }
+                    Err(p) => return Err(err(&raw.key, p, expected)),
+                }
+            }
         };
 
         let redis_url = match layers.pick("REDIS_URL", "redis_url", file.redis_url) {
@@ -487,6 +519,7 @@ impl Config {
 
         Ok(Self {
             database_url,
+            database_listen_url,
             redis_url,
             redis_key_prefix,
             listen,
@@ -549,5 +582,28 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         let c = load(&[("REDIS_URL", "redis://:hunter2@r:6379")]).expect("valid");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_separate_listen_url_is_for_postgres_only() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u@pgbouncer:6432/app"),
+            (
+                "AGENTPLANE_DATABASE_LISTEN_URL",
+                "postgres://u:hunter2@db:5432/app",
+            ),
+        ])
+        .expect("valid");
+        assert!(c.database_listen_url.is_some());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = load(&[("AGENTPLANE_DATABASE_LISTEN_URL", "postgres://u@db/app")])
+            .expect_err("SQLite does not LISTEN");
+        assert_eq!(e.key, "AGENTPLANE_DATABASE_LISTEN_URL");
+        let e = load(&[
+            ("DATABASE_URL", "postgres://u@db/app"),
+            ("AGENTPLANE_DATABASE_LISTEN_URL", "sqlite://x.db"),
+        ])
+        .expect_err("not PostgreSQL");
+        assert_eq!(e.key, "AGENTPLANE_DATABASE_LISTEN_URL");
     }
 }
