@@ -72,41 +72,40 @@ enum Command {
         /// With --watch: print each event as a JSON line.
         #[arg(long)]
         json: bool,
-        /// The server.
-        #[arg(
-            long,
-            env = "AGENTPLANE_SERVER",
-            default_value = "http://127.0.0.1:8000"
-        )]
-        server: String,
-        /// An access token or API key.
-        #[arg(long, env = "AGENTPLANE_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Follow one execution live over the websocket: one line per event until it ends.
     /// Exits 0 when it SUCCEEDED, 1 when it FAILED or was CANCELLED.
     Watch {
         /// The execution's ID (from startExecution).
         execution_id: String,
-        /// The server.
-        #[arg(
-            long,
-            env = "AGENTPLANE_SERVER",
-            default_value = "http://127.0.0.1:8000"
-        )]
-        server: String,
-        /// An access token or API key.
-        #[arg(long, env = "AGENTPLANE_TOKEN", hide_env_values = true)]
-        token: String,
         /// Print each event as a JSON line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+/// Where a client command talks to, and as whom.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The server.
+    #[arg(
+        long,
+        env = "AGENTPLANE_SERVER",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    server: String,
+    /// An access token or API key.
+    #[arg(long, env = "AGENTPLANE_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,9 +287,8 @@ fn client(command: Command) -> ExitCode {
         let (server, token, id, json) = match command {
             Command::Watch {
                 execution_id,
-                server,
-                token,
                 json,
+                remote: Remote { server, token },
             } => (server, token, execution_id, json),
             Command::Start {
                 workflow_id,
@@ -298,8 +296,7 @@ fn client(command: Command) -> ExitCode {
                 idempotency_key,
                 watch,
                 json,
-                server,
-                token,
+                remote: Remote { server, token },
             } => {
                 let input: serde_json::Value = serde_json::from_str(&input)
                     .map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))?;

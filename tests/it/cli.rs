@@ -143,31 +143,7 @@ async fn sigterm_finishes_in_flight_requests_closes_sockets_and_exits() {
 /// Starts `serve` without a bootstrap password on `db`, returns its stdout up to the
 /// listen line (then stops it).
 async fn first_lines(db: &TestDb) -> Vec<String> {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut child = tokio::process::Command::new(bin())
-        .arg("serve")
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve starts");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
-    while !seen
-        .last()
-        .is_some_and(|l: &String| l.contains("listening on"))
-    {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a line within 30 s")
-            .expect("read")
-            .expect("stdout open");
-        seen.push(line);
-    }
+    let (seen, mut child, _log) = start_serve(db, &["serve"], &[("RUST_LOG", "warn")]).await;
     let _ = child.kill().await;
     seen
 }
@@ -213,8 +189,7 @@ async fn a_start_that_cannot_listen_leaves_the_one_time_admin_password_for_the_n
     );
 }
 
-/// `serve --demo` on `db` with info logs on a pipe: its stdout up to the listen line, and
-/// the running child (stderr piped, for the log checks).
+/// `serve --demo` on `db` with info logs on a pipe.
 async fn demo_server(
     db: &TestDb,
 ) -> (
@@ -222,23 +197,44 @@ async fn demo_server(
     tokio::process::Child,
     tokio::task::JoinHandle<String>,
 ) {
+    start_serve(
+        db,
+        &["serve", "--demo"],
+        &[
+            (
+                "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
+                crate::helpers::ADMIN_PASSWORD,
+            ),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await
+}
+
+/// Starts the binary with `args` on `db` (plus `env`): its stdout up to the listen line,
+/// the running child, and its log (stderr, read as it comes so the server never blocks
+/// on a full pipe; complete once the child exits).
+async fn start_serve(
+    db: &TestDb,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    Vec<String>,
+    tokio::process::Child,
+    tokio::task::JoinHandle<String>,
+) {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = tokio::process::Command::new(bin())
-        .args(["serve", "--demo"])
+        .args(args)
         .env_clear()
         .env("DATABASE_URL", &db.url)
         .env("AGENTPLANE_LISTEN", "127.0.0.1:0")
-        .env(
-            "AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD",
-            crate::helpers::ADMIN_PASSWORD,
-        )
-        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("serve starts");
-    // Read the log as it comes, so the server never blocks on a full pipe.
     let mut stderr = child.stderr.take().expect("stderr");
     let log = tokio::spawn(async move {
         let mut log = String::new();
