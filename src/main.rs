@@ -206,15 +206,8 @@ fn main() -> ExitCode {
         }
     };
     agentplane::telemetry::init(config.log_format, &config.log_filter);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("agentplane: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let result = rt.block_on(run(cli.command, config));
     // Do not wait on stray blocking tasks: shutdown must finish within 10 s.
@@ -270,17 +263,19 @@ fn print_demo(demo: agentplane::bootstrap::Demo, server: &str) {
     }
 }
 
-/// `agentplane start` / `watch`: need no configuration or database, only the server.
-fn client(command: Command) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// Builds the async runtime, or says why it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("agentplane: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("agentplane: cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// `agentplane start` / `watch`: need no configuration or database, only the server.
+fn client(command: Command) -> ExitCode {
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let mut out = std::io::stdout();
     let result = rt.block_on(async {

@@ -403,10 +403,11 @@ pub async fn ws_send(ws: &mut Ws, msg: Value) {
         .expect("ws send");
 }
 
-/// The next JSON text message, skipping pings; panics after 10 s.
-pub async fn ws_next_json(ws: &mut Ws) -> Value {
+/// The next JSON text message for which `keep` holds; panics after 10 s or on a close.
+async fn ws_next_matching(ws: &mut Ws, keep: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("message within 10 s")
             .expect("stream open")
@@ -414,11 +415,9 @@ pub async fn ws_next_json(ws: &mut Ws) -> Value {
         match msg {
             Message::Text(t) => {
                 let v: Value = serde_json::from_str(&t).expect("json message");
-                // Skip protocol keep-alives.
-                if v["type"] == "ka" || v["type"] == "ping" || v["type"] == "pong" {
-                    continue;
+                if keep(&v) {
+                    return v;
                 }
-                return v;
             }
             Message::Close(frame) => panic!("unexpected close: {frame:?}"),
             _ => continue,
@@ -426,18 +425,17 @@ pub async fn ws_next_json(ws: &mut Ws) -> Value {
     }
 }
 
+/// The next JSON text message, skipping protocol keep-alives; panics after 10 s.
+pub async fn ws_next_json(ws: &mut Ws) -> Value {
+    ws_next_matching(ws, |v| {
+        !matches!(v["type"].as_str(), Some("ka" | "ping" | "pong"))
+    })
+    .await
+}
+
 /// The close frame's code, waiting up to `secs`.
 pub async fn ws_close_code(ws: &mut Ws, secs: u64) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
-        match msg {
-            Ok(Message::Close(Some(frame))) => return Some(frame.code.into()),
-            Ok(Message::Close(None)) => return Some(1005),
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
+    ws_close_frame(ws, secs).await.map(|(code, _)| code)
 }
 
 /// The close frame (code, reason), waiting up to `secs`.
@@ -458,24 +456,7 @@ pub async fn ws_close_frame(ws: &mut Ws, secs: u64) -> Option<(u16, String)> {
 
 /// The next JSON message of type `ty` (others skipped); panics after 10 s.
 pub async fn ws_next_of_type(ws: &mut Ws, ty: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("message within 10 s")
-            .expect("stream open")
-            .expect("no ws error");
-        match msg {
-            Message::Text(t) => {
-                let v: Value = serde_json::from_str(&t).expect("json message");
-                if v["type"] == ty {
-                    return v;
-                }
-            }
-            Message::Close(frame) => panic!("unexpected close: {frame:?}"),
-            _ => continue,
-        }
-    }
+    ws_next_matching(ws, |v| v["type"] == ty).await
 }
 
 /// A server process started from the real binary.

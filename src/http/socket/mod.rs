@@ -33,12 +33,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::AppState;
-use crate::app::App;
-use crate::auth::Principal;
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::limits::DocumentLimits;
 use crate::graphql::{ClientInfo, RequestId};
 use crate::slots::{KeyedSlots, Slot};
+
+mod credentials;
+use credentials::{
+    Accepted, FORBIDDEN_REASON, Rights, UNAUTHENTICATED_REASON, UNAVAILABLE_REASON, accept,
+    refresh_on_ping, refused_reason, watch_credentials,
+};
 
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -58,52 +62,6 @@ pub const CLOSE_FORBIDDEN: u16 = 4403;
 pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
 /// A `subscribe` with the id of an operation that is still running.
 pub const CLOSE_DUPLICATE_ID: u16 = 4409;
-const UNAUTHENTICATED_REASON: &str = "unauthenticated";
-const UNAVAILABLE_REASON: &str = "unavailable";
-const FORBIDDEN_REASON: &str = "forbidden";
-
-/// The close reason for a refused credential: the refusal's reason code first (as HTTP's
-/// `extensions.reason`), then what to do. At most 123 bytes.
-fn refused_reason(e: &AppError) -> String {
-    let reason = e.reason().unwrap_or("TOKEN_INVALID");
-    let todo = match reason {
-        "TOKEN_EXPIRED" => "refresh the session, then reconnect",
-        "TENANT_SUSPENDED" => "the organization is suspended",
-        _ => "sign in again, then reconnect",
-    };
-    format!("{reason}: {todo}")
-}
-
-/// What a principal may do; a socket keeps the rights it was accepted with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Rights {
-    tenant: crate::db::ids::TenantId,
-    role: String,
-    permissions: crate::rbac::PermissionSet,
-    platform_admin: bool,
-}
-
-impl Rights {
-    fn of(p: &Principal) -> Self {
-        Self {
-            tenant: p.tenant_id,
-            role: p.role.clone(),
-            permissions: p.permissions.clone(),
-            platform_admin: p.platform_admin,
-        }
-    }
-}
-
-/// The credential a socket was accepted with.
-#[derive(Clone)]
-struct Accepted {
-    bearer: String,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    rights: Rights,
-    /// The user or API key, for the per-principal operation count.
-    actor: String,
-}
-
 /// One socket's state, shared by the gate, the executor and the watchers.
 #[derive(Default)]
 struct SocketState {
@@ -405,76 +363,6 @@ pub async fn ws_handler(
         })
 }
 
-/// Ends the socket when the accepted credential expires on the app clock (checked every
-/// second), stops authenticating (revoked, user disabled, tenant suspended), or now
-/// carries other rights. Re-checked when an authentication change of the socket's tenant
-/// is announced (`auth::cache`: this process at once, other processes through the
-/// database), so an idle socket costs no statement; only while this process cannot hear
-/// changes does it fall back to re-checking every `websocket.recheck_interval`.
-async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
-    use tokio::sync::broadcast::error::RecvError;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut changes = app.auth_cache.subscribe();
-    let recheck = app.config.websocket.recheck_interval;
-    let leeway = chrono::Duration::seconds(crate::auth::jwt::LEEWAY_SECS);
-    let mut last_check = tokio::time::Instant::now();
-    // A check the database could not answer is retried on the next tick.
-    let mut retry = false;
-    loop {
-        let change = tokio::select! {
-            _ = tick.tick() => None,
-            c = changes.recv() => match c {
-                Ok(c) => Some(c),
-                Err(RecvError::Lagged(_)) => Some(crate::auth::cache::AuthChange::All),
-                Err(RecvError::Closed) => return,
-            },
-        };
-        let Some(accepted) = socket.accepted() else {
-            continue;
-        };
-        // The same leeway as HTTP: a token HTTP still takes keeps its socket.
-        if app.clock.now() > accepted.expires_at + leeway {
-            socket.close(
-                CLOSE_UNAUTHORIZED,
-                "TOKEN_EXPIRED: refresh the session, then reconnect (or send the new token \
-                 in a ping before expiry)",
-            );
-            return;
-        }
-        let due = match change {
-            Some(c) => c.touches(accepted.rights.tenant),
-            // Nobody announces changes to this process now: poll.
-            None => retry || (!app.auth_cache.is_live() && last_check.elapsed() >= recheck),
-        };
-        if !due {
-            continue;
-        }
-        last_check = tokio::time::Instant::now();
-        retry = false;
-        match crate::auth::authenticate(&app, &accepted.bearer).await {
-            Ok(p) if Rights::of(&p) != accepted.rights => {
-                socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
-                return;
-            }
-            Ok(_) => {}
-            // Only a verdict on the credential ends the socket. A database that does
-            // not answer says nothing about it: keep the socket and check again on
-            // the next round (clients treat 4401 as final and never reconnect).
-            Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
-                socket.close(CLOSE_UNAUTHORIZED, refused_reason(&e));
-                return;
-            }
-            Err(e) => {
-                retry = true;
-                tracing::warn!(
-                    code = e.code().as_str(),
-                    "websocket credential check could not run; keeping the socket"
-                );
-            }
-        }
-    }
-}
-
 /// Closes the socket with 4408 unless `connection_init` arrives within the timeout.
 async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
     tokio::time::sleep(timeout).await;
@@ -484,134 +372,6 @@ async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
     {
         socket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout");
     }
-}
-
-/// Checks the credential in `connection_init`'s payload (or, when the payload has none,
-/// the one the upgrade request carried, already verified at the edge).
-async fn accept(
-    app: Arc<App>,
-    socket: Arc<SocketState>,
-    payload: serde_json::Value,
-    edge_bearer: Option<String>,
-) -> async_graphql::Result<Data> {
-    let header = payload
-        .get("Authorization")
-        .or_else(|| payload.get("authorization"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    let refuse = |why: &str| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
-    let bearer = match (header, edge_bearer) {
-        (Some(header), _) => crate::auth::bearer_from_header(&header)
-            .map_err(|e| refuse(e.message()))?
-            .to_owned(),
-        (None, Some(edge)) => edge,
-        (None, None) => {
-            return Err(refuse(
-                "send {\"Authorization\": \"Bearer <token>\"} in connection_init",
-            ));
-        }
-    };
-    let p = crate::auth::authenticate(&app, &bearer)
-        .await
-        .map_err(|e| match e.code() {
-            ErrorCode::Unauthenticated | ErrorCode::Forbidden => refuse(e.message()),
-            // A close reason holds at most 123 bytes: keep it short.
-            _ => async_graphql::Error::new(format!(
-                "{UNAVAILABLE_REASON}: database unavailable; reconnect in {} s",
-                crate::error::RETRY_AFTER_SECONDS
-            )),
-        })?;
-    let expires_at = expiry(&app, &p);
-    let actor = actor_key(&p);
-    *socket
-        .accepted
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(Accepted {
-        bearer,
-        expires_at,
-        rights: Rights::of(&p),
-        actor,
-    });
-    let mut d = Data::default();
-    d.insert(crate::graphql::loaders::Loaders::for_principal(
-        &app.db, &app.clock, &p,
-    ));
-    d.insert(p);
-    Ok(d)
-}
-
-/// When a principal's credential stops working on its own (API keys without expiry: never,
-/// for practical purposes).
-fn expiry(app: &App, p: &Principal) -> chrono::DateTime<chrono::Utc> {
-    p.token.as_ref().map_or_else(
-        || app.clock.now() + chrono::Duration::days(3650),
-        |t| t.expires_at,
-    )
-}
-
-fn actor_key(p: &Principal) -> String {
-    match p.actor {
-        crate::auth::Actor::User(u) => format!("user:{u}"),
-        crate::auth::Actor::ApiKey(k) => format!("key:{k}"),
-    }
-}
-
-/// graphql-transport-ws `ping`: a payload with `Authorization` swaps the socket's
-/// credential for a fresh one of the same principal and rights, so a client refreshes
-/// its session without reconnecting. Other pings are answered with an empty pong.
-async fn refresh_on_ping(
-    app: Arc<App>,
-    socket: Arc<SocketState>,
-    payload: Option<serde_json::Value>,
-) -> async_graphql::Result<Option<serde_json::Value>> {
-    let Some(header) = payload.as_ref().and_then(|p| {
-        p.get("Authorization")
-            .or_else(|| p.get("authorization"))
-            .and_then(|v| v.as_str())
-    }) else {
-        return Ok(None);
-    };
-    let Some(accepted) = socket.accepted() else {
-        // Before the acknowledgement there is nothing to refresh.
-        return Ok(None);
-    };
-    let refuse =
-        |why: String| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
-    let bearer = crate::auth::bearer_from_header(header)
-        .map_err(|e| refuse(format!("TOKEN_INVALID: {}", e.message())))?
-        .to_owned();
-    let p = match crate::auth::authenticate(&app, &bearer).await {
-        Ok(p) => p,
-        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
-            return Err(refuse(refused_reason(&e)));
-        }
-        // The database did not answer: the socket keeps its current credential.
-        Err(_) => {
-            return Ok(Some(serde_json::json!({
-                "credentials": "UNCHANGED",
-                "retryAfterSeconds": crate::error::RETRY_AFTER_SECONDS,
-            })));
-        }
-    };
-    if actor_key(&p) != accepted.actor || Rights::of(&p) != accepted.rights {
-        return Err(async_graphql::Error::new(format!(
-            "{FORBIDDEN_REASON}: another principal or other rights; reconnect with this token"
-        )));
-    }
-    let expires_at = expiry(&app, &p);
-    if let Some(a) = socket
-        .accepted
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-    {
-        a.bearer = bearer;
-        a.expires_at = expires_at;
-    }
-    Ok(Some(serde_json::json!({
-        "credentials": "ACCEPTED",
-        "expiresAt": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    })))
 }
 
 /// The frame for a close async-graphql decided on. graphql-transport-ws closes a refused

@@ -1,0 +1,256 @@
+//! The credential side of a GraphQL websocket: accepting `connection_init`, refreshing by
+//! `ping`, and watching the accepted credential until it expires, is revoked or carries
+//! other rights (the transport and the protocol gate are in the parent module).
+
+use std::sync::{Arc, PoisonError};
+
+use async_graphql::Data;
+
+use super::{CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, SocketState};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{AppError, ErrorCode};
+
+pub(super) const UNAUTHENTICATED_REASON: &str = "unauthenticated";
+pub(super) const UNAVAILABLE_REASON: &str = "unavailable";
+pub(super) const FORBIDDEN_REASON: &str = "forbidden";
+
+/// The close reason for a refused credential: the refusal's reason code first (as HTTP's
+/// `extensions.reason`), then what to do. At most 123 bytes.
+pub(super) fn refused_reason(e: &AppError) -> String {
+    let reason = e.reason().unwrap_or("TOKEN_INVALID");
+    let todo = match reason {
+        "TOKEN_EXPIRED" => "refresh the session, then reconnect",
+        "TENANT_SUSPENDED" => "the organization is suspended",
+        _ => "sign in again, then reconnect",
+    };
+    format!("{reason}: {todo}")
+}
+
+/// What a principal may do; a socket keeps the rights it was accepted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rights {
+    tenant: crate::db::ids::TenantId,
+    role: String,
+    permissions: crate::rbac::PermissionSet,
+    platform_admin: bool,
+}
+
+impl Rights {
+    pub(super) fn of(p: &Principal) -> Self {
+        Self {
+            tenant: p.tenant_id,
+            role: p.role.clone(),
+            permissions: p.permissions.clone(),
+            platform_admin: p.platform_admin,
+        }
+    }
+}
+
+/// The credential a socket was accepted with.
+#[derive(Clone)]
+pub(super) struct Accepted {
+    pub(super) bearer: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    pub(super) rights: Rights,
+    /// The user or API key, for the per-principal operation count.
+    pub(super) actor: String,
+}
+
+/// Ends the socket when the accepted credential expires on the app clock (checked every
+/// second), stops authenticating (revoked, user disabled, tenant suspended), or now
+/// carries other rights. Re-checked when an authentication change of the socket's tenant
+/// is announced (`auth::cache`: this process at once, other processes through the
+/// database), so an idle socket costs no statement; only while this process cannot hear
+/// changes does it fall back to re-checking every `websocket.recheck_interval`.
+pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut changes = app.auth_cache.subscribe();
+    let recheck = app.config.websocket.recheck_interval;
+    let leeway = chrono::Duration::seconds(crate::auth::jwt::LEEWAY_SECS);
+    let mut last_check = tokio::time::Instant::now();
+    // A check the database could not answer is retried on the next tick.
+    let mut retry = false;
+    loop {
+        let change = tokio::select! {
+            _ = tick.tick() => None,
+            c = changes.recv() => match c {
+                Ok(c) => Some(c),
+                Err(RecvError::Lagged(_)) => Some(crate::auth::cache::AuthChange::All),
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let Some(accepted) = socket.accepted() else {
+            continue;
+        };
+        // The same leeway as HTTP: a token HTTP still takes keeps its socket.
+        if app.clock.now() > accepted.expires_at + leeway {
+            socket.close(
+                CLOSE_UNAUTHORIZED,
+                "TOKEN_EXPIRED: refresh the session, then reconnect (or send the new token \
+                 in a ping before expiry)",
+            );
+            return;
+        }
+        let due = match change {
+            Some(c) => c.touches(accepted.rights.tenant),
+            // Nobody announces changes to this process now: poll.
+            None => retry || (!app.auth_cache.is_live() && last_check.elapsed() >= recheck),
+        };
+        if !due {
+            continue;
+        }
+        last_check = tokio::time::Instant::now();
+        retry = false;
+        match crate::auth::authenticate(&app, &accepted.bearer).await {
+            Ok(p) if Rights::of(&p) != accepted.rights => {
+                socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
+                return;
+            }
+            Ok(_) => {}
+            // Only a verdict on the credential ends the socket. A database that does
+            // not answer says nothing about it: keep the socket and check again on
+            // the next round (clients treat 4401 as final and never reconnect).
+            Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                socket.close(CLOSE_UNAUTHORIZED, refused_reason(&e));
+                return;
+            }
+            Err(e) => {
+                retry = true;
+                tracing::warn!(
+                    code = e.code().as_str(),
+                    "websocket credential check could not run; keeping the socket"
+                );
+            }
+        }
+    }
+}
+
+/// Checks the credential in `connection_init`'s payload (or, when the payload has none,
+/// the one the upgrade request carried, already verified at the edge).
+pub(super) async fn accept(
+    app: Arc<App>,
+    socket: Arc<SocketState>,
+    payload: serde_json::Value,
+    edge_bearer: Option<String>,
+) -> async_graphql::Result<Data> {
+    let header = authorization(&payload).map(str::to_owned);
+    let refuse = |why: &str| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
+    let bearer = match (header, edge_bearer) {
+        (Some(header), _) => crate::auth::bearer_from_header(&header)
+            .map_err(|e| refuse(e.message()))?
+            .to_owned(),
+        (None, Some(edge)) => edge,
+        (None, None) => {
+            return Err(refuse(
+                "send {\"Authorization\": \"Bearer <token>\"} in connection_init",
+            ));
+        }
+    };
+    let p = crate::auth::authenticate(&app, &bearer)
+        .await
+        .map_err(|e| match e.code() {
+            ErrorCode::Unauthenticated | ErrorCode::Forbidden => refuse(e.message()),
+            // A close reason holds at most 123 bytes: keep it short.
+            _ => async_graphql::Error::new(format!(
+                "{UNAVAILABLE_REASON}: database unavailable; reconnect in {} s",
+                crate::error::RETRY_AFTER_SECONDS
+            )),
+        })?;
+    let expires_at = expiry(&app, &p);
+    let actor = actor_key(&p);
+    *socket
+        .accepted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(Accepted {
+        bearer,
+        expires_at,
+        rights: Rights::of(&p),
+        actor,
+    });
+    let mut d = Data::default();
+    d.insert(crate::graphql::loaders::Loaders::for_principal(
+        &app.db, &app.clock, &p,
+    ));
+    d.insert(p);
+    Ok(d)
+}
+
+/// When a principal's credential stops working on its own (API keys without expiry: never,
+/// for practical purposes).
+/// The `Authorization` entry of a `connection_init` or `ping` payload.
+fn authorization(payload: &serde_json::Value) -> Option<&str> {
+    payload
+        .get("Authorization")
+        .or_else(|| payload.get("authorization"))
+        .and_then(|v| v.as_str())
+}
+
+pub(super) fn expiry(app: &App, p: &Principal) -> chrono::DateTime<chrono::Utc> {
+    p.token.as_ref().map_or_else(
+        || app.clock.now() + chrono::Duration::days(3650),
+        |t| t.expires_at,
+    )
+}
+
+pub(super) fn actor_key(p: &Principal) -> String {
+    match p.actor {
+        crate::auth::Actor::User(u) => format!("user:{u}"),
+        crate::auth::Actor::ApiKey(k) => format!("key:{k}"),
+    }
+}
+
+/// graphql-transport-ws `ping`: a payload with `Authorization` swaps the socket's
+/// credential for a fresh one of the same principal and rights, so a client refreshes
+/// its session without reconnecting. Other pings are answered with an empty pong.
+pub(super) async fn refresh_on_ping(
+    app: Arc<App>,
+    socket: Arc<SocketState>,
+    payload: Option<serde_json::Value>,
+) -> async_graphql::Result<Option<serde_json::Value>> {
+    let Some(header) = payload.as_ref().and_then(authorization) else {
+        return Ok(None);
+    };
+    let Some(accepted) = socket.accepted() else {
+        // Before the acknowledgement there is nothing to refresh.
+        return Ok(None);
+    };
+    let refuse =
+        |why: String| async_graphql::Error::new(format!("{UNAUTHENTICATED_REASON}: {why}"));
+    let bearer = crate::auth::bearer_from_header(header)
+        .map_err(|e| refuse(format!("TOKEN_INVALID: {}", e.message())))?
+        .to_owned();
+    let p = match crate::auth::authenticate(&app, &bearer).await {
+        Ok(p) => p,
+        Err(e) if matches!(e.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+            return Err(refuse(refused_reason(&e)));
+        }
+        // The database did not answer: the socket keeps its current credential.
+        Err(_) => {
+            return Ok(Some(serde_json::json!({
+                "credentials": "UNCHANGED",
+                "retryAfterSeconds": crate::error::RETRY_AFTER_SECONDS,
+            })));
+        }
+    };
+    if actor_key(&p) != accepted.actor || Rights::of(&p) != accepted.rights {
+        return Err(async_graphql::Error::new(format!(
+            "{FORBIDDEN_REASON}: another principal or other rights; reconnect with this token"
+        )));
+    }
+    let expires_at = expiry(&app, &p);
+    if let Some(a) = socket
+        .accepted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        a.bearer = bearer;
+        a.expires_at = expires_at;
+    }
+    Ok(Some(serde_json::json!({
+        "credentials": "ACCEPTED",
+        "expiresAt": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })))
+}
