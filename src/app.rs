@@ -37,6 +37,8 @@ pub struct App {
     pub keys: KeyRing,
     /// SQL statements run so far by this process's pool.
     pub statements: Arc<AtomicU64>,
+    /// Transactions committed so far by this process's pool.
+    pub commits: Arc<AtomicU64>,
     /// Execution events (and queue wake-ups) for subscribers and workers.
     pub bus: Arc<Bus>,
     /// This process as a cluster node (its id is the bus origin).
@@ -62,8 +64,9 @@ impl App {
     /// Connects to storage (migrations must already be applied), loads the signing keys
     /// and builds the shared state.
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let statements = Arc::new(AtomicU64::new(0));
-        let db = DbPool::connect_counted(&config.database_url, statements.clone(), &config.db_pool)
+        crate::metrics::install();
+        let counters = crate::db::DbCounters::default();
+        let db = DbPool::connect_counted(&config.database_url, counters.clone(), &config.db_pool)
             .await?;
         db.set_signer(Arc::new(crate::audit::chain::ChainKeys::from_master(
             &config.master_keys,
@@ -80,7 +83,8 @@ impl App {
             connections: TaskTracker::new(),
             clock,
             keys,
-            statements,
+            statements: counters.statements,
+            commits: counters.commits,
             bus,
             node,
             password_slots: crate::auth::passwords::HashSlots::new(

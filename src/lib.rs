@@ -18,6 +18,7 @@ pub mod events;
 pub mod executions;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod ratelimit;

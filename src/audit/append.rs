@@ -78,6 +78,7 @@ macro_rules! audit_append {
 /// so writers in one tenant queue behind each other until the transaction ends.
 pub async fn append(conn: &mut crate::db::Conn<'_>, entry: &Entry) -> AppResult<RecordRow> {
     let keys = conn.chain_keys();
+    crate::metrics::audit_appended(entry.severity.as_str(), 1);
     chain::CURRENT
         .scope(keys, async {
             crate::on_conn!(conn, |c| audit_append!(c, entry))

@@ -26,6 +26,20 @@ pub async fn verify(
     to: Option<NaiveDateTime>,
     pinned: &[chain::Checkpoint],
 ) -> AppResult<Verification> {
+    let out = verify_chain(db, tenant, from, to, pinned).await?;
+    if out.first_broken.is_some() {
+        crate::metrics::audit_verification_failed();
+    }
+    Ok(out)
+}
+
+async fn verify_chain(
+    db: &DbPool,
+    tenant: &str,
+    from: Option<NaiveDateTime>,
+    to: Option<NaiveDateTime>,
+    pinned: &[chain::Checkpoint],
+) -> AppResult<Verification> {
     use crate::db::schema::audit_heads;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;

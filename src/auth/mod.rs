@@ -180,6 +180,7 @@ impl Refused {
             ),
             Self::Revoked => ("TOKEN_REVOKED", "the credential was revoked: sign in again"),
         };
+        crate::metrics::auth_failure(reason);
         AppError::unauthenticated(message).with_detail("reason", reason)
     }
 }

@@ -26,6 +26,18 @@ pub struct HttpConfig {
     pub rate_limit_per_minute: u32,
     /// Requests allowed at once above that rate.
     pub rate_limit_burst: u32,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`.
+    pub metrics_token: Option<ScrapeToken>,
+}
+
+/// The token `/metrics` asks for (never printed: its `Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScrapeToken(pub String);
+
+impl std::fmt::Debug for ScrapeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeToken(<hidden>)")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +51,7 @@ pub(super) struct FileHttp {
     pub(super) queue_timeout_ms: Option<toml::Value>,
     pub(super) rate_limit_per_minute: Option<toml::Value>,
     pub(super) rate_limit_burst: Option<toml::Value>,
+    pub(super) metrics_token: Option<String>,
 }
 
 /// Reads the section from its layers.
@@ -154,6 +167,22 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             100_000,
             "a number of requests between 1 and 100000",
         )?,
+        metrics_token: match layers.pick(
+            "AGENTPLANE_METRICS_TOKEN",
+            "http.metrics_token",
+            file.metrics_token,
+        ) {
+            None => None,
+            Some(raw) if raw.value.is_empty() => None,
+            Some(raw) if raw.value.len() < 16 || raw.value.chars().any(char::is_whitespace) => {
+                return Err(err(
+                    &raw.key,
+                    "too short or contains whitespace",
+                    "a random token of at least 16 characters, e.g. `openssl rand -hex 24`",
+                ));
+            }
+            Some(raw) => Some(ScrapeToken(raw.value)),
+        },
     };
 
     Ok(http)

@@ -60,6 +60,8 @@ pub enum DbPool {
 /// to its error sink; this pool listens there). Everything else derefs to the bb8 pool.
 pub struct FastPool<M: bb8::ManageConnection> {
     pool: bb8::Pool<M>,
+    /// The most connections it opens.
+    max: u32,
     refused: Arc<Refusals>,
     /// What the audit layer keeps with the pool (see [`Signer`]).
     chain: Arc<std::sync::OnceLock<Signer>>,
@@ -76,6 +78,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            max: self.max,
             refused: self.refused.clone(),
             chain: self.chain.clone(),
             commits: self.commits.clone(),
@@ -121,7 +124,8 @@ where
         let refused = self.refused.notify.notified();
         tokio::pin!(refused);
         refused.as_mut().enable();
-        tokio::select! {
+        let started = std::time::Instant::now();
+        let out = tokio::select! {
             biased;
             conn = checkout => conn,
             () = &mut refused => Err(bb8::RunError::User(
@@ -129,7 +133,9 @@ where
                     diesel::ConnectionError::BadConnection(self.refused.last()),
                 ),
             )),
-        }
+        };
+        crate::metrics::pool_wait(started.elapsed(), out.is_ok());
+        out
     }
 }
 
@@ -190,15 +196,27 @@ macro_rules! db_run {
     }};
 }
 
-/// An instrumentation that counts statements started on a connection.
-fn statement_counter(counter: Arc<AtomicU64>) -> impl diesel::connection::Instrumentation {
-    move |event: diesel::connection::InstrumentationEvent<'_>| {
-        if matches!(
-            event,
-            diesel::connection::InstrumentationEvent::StartQuery { .. }
-        ) {
-            counter.fetch_add(1, Ordering::Relaxed);
+/// What a pool's connections count: statements started and transactions committed.
+#[derive(Clone, Default)]
+pub struct DbCounters {
+    /// SQL statements started (BEGIN and COMMIT included).
+    pub statements: Arc<AtomicU64>,
+    /// Transactions committed (the outermost level: each one a durable write).
+    pub commits: Arc<AtomicU64>,
+}
+
+/// An instrumentation that counts statements started and transactions committed on a
+/// connection.
+fn statement_counter(counters: DbCounters) -> impl diesel::connection::Instrumentation {
+    use diesel::connection::InstrumentationEvent;
+    move |event: InstrumentationEvent<'_>| match event {
+        InstrumentationEvent::StartQuery { .. } => {
+            counters.statements.fetch_add(1, Ordering::Relaxed);
         }
+        InstrumentationEvent::CommitTransaction { depth, .. } if depth.get() == 1 => {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
     }
 }
 
@@ -443,14 +461,20 @@ impl DbPool {
     /// Connects (creating the SQLite file and its folder if missing) and checks one
     /// connection works.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
-        Self::connect_counted(url, Arc::default(), &crate::config::PoolConfig::default()).await
+        Self::connect_counted(
+            url,
+            DbCounters::default(),
+            &crate::config::PoolConfig::default(),
+        )
+        .await
     }
 
     /// Like [`DbPool::connect`], counting every SQL statement any pooled connection runs
-    /// into `statements` (the statement-count tests and `/metrics`-style reporting read it).
+    /// and every transaction it commits into `counters` (the statement-count tests and
+    /// `/metrics` read them).
     pub async fn connect_counted(
         url: &DatabaseUrl,
-        statements: Arc<AtomicU64>,
+        counters: DbCounters,
         sizing: &crate::config::PoolConfig,
     ) -> anyhow::Result<Self> {
         match url {
@@ -469,7 +493,7 @@ impl DbPool {
                 // No `SELECT 1` on every checkout: a broken connection fails its first
                 // query and bb8 drops it. Halves the round trips of short requests.
                 cfg.recycling_method = RecyclingMethod::Fast;
-                let counter = statements.clone();
+                let counter = counters.clone();
                 cfg.custom_setup = Box::new(move |url| {
                     let url = url.to_owned();
                     let counter = counter.clone();
@@ -500,6 +524,7 @@ impl DbPool {
                     .context("building the SQLite pool")?;
                 let pool = Self::Sqlite(FastPool {
                     pool,
+                    max: sizing.max_size.unwrap_or(8),
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
@@ -513,7 +538,7 @@ impl DbPool {
                 cfg.recycling_method = RecyclingMethod::Fast;
                 cfg.custom_setup = Box::new(move |url| {
                     let url = url.to_owned();
-                    let counter = statements.clone();
+                    let counter = counters.clone();
                     async move {
                         let mut conn = AsyncPgConnection::establish(&url).await?;
                         conn.set_instrumentation(statement_counter(counter));
@@ -536,6 +561,7 @@ impl DbPool {
                     .context("building the PostgreSQL pool")?;
                 let fast = FastPool {
                     pool,
+                    max: sizing.max_size.unwrap_or(16),
                     refused,
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
@@ -573,6 +599,19 @@ impl DbPool {
                 }
             }
         }
+    }
+
+    /// The pool's connections: `(idle, in use, most it opens)`.
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let (state, max) = match self {
+            Self::Postgres(p) => (p.state(), p.max),
+            Self::Sqlite(p) => (p.state(), p.max),
+        };
+        (
+            state.idle_connections,
+            state.connections.saturating_sub(state.idle_connections),
+            max,
+        )
     }
 
     /// The engine behind this pool.

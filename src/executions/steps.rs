@@ -437,6 +437,18 @@ async fn call_llm(
             let (pt, ct) = (prompt as f64, completion as f64);
             (pt * p + ct * c) / 1_000_000.0
         });
+    // Labelled by the price table's name for the model (a bounded set), else `other`.
+    let prices = &input.app.config.engine.llm_prices;
+    let priced_as = [model, answered_model]
+        .into_iter()
+        .find(|m| prices.contains_key(*m));
+    crate::metrics::llm_usage(
+        priced_as.unwrap_or("other"),
+        priced_as.is_some(),
+        prompt,
+        completion,
+        cost.unwrap_or(0.0),
+    );
     let cost_note = cost.is_none().then(|| {
         format!(
             "no price for model {answered_model:?}: the cost is unknown; add it to \

@@ -1,28 +1,123 @@
-//! Schema extensions: a tracing span and a log line per GraphQL operation.
+//! Schema extensions: a tracing span, a log line and metrics per GraphQL operation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
-use async_graphql::{Response, async_trait};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextSubscribe,
+};
+use async_graphql::futures_util::stream::BoxStream;
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection};
+use async_graphql::{Response, ServerResult, Variables, async_trait};
 use tracing::Instrument as _;
 
 use super::RequestId;
 
-/// Wraps each operation in a `graphql.operation` span (request id, operation name) and
-/// logs its duration and error count.
+/// Wraps each operation in a `graphql.operation` span (request id, operation name), logs
+/// its duration and error count, and counts it in `/metrics` (queries and mutations by
+/// type, name and outcome; subscriptions as running, by root field).
 pub struct OperationLog;
 
 impl ExtensionFactory for OperationLog {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(OperationLogExtension)
+        Arc::new(OperationLogExtension::default())
     }
 }
 
-struct OperationLogExtension;
+/// One request's operation, as parsed.
+#[derive(Default)]
+struct Parsed {
+    /// Each operation of the document: its name and type.
+    ops: Vec<(Option<String>, &'static str)>,
+    /// A subscription's root field.
+    field: Option<String>,
+    /// The running subscription's gauge, dropped with the stream.
+    gauge: Option<crate::metrics::SubscriptionGauge>,
+}
+
+#[derive(Default)]
+struct OperationLogExtension {
+    parsed: Arc<Mutex<Parsed>>,
+}
+
+fn operation_kind(t: OperationType) -> &'static str {
+    match t {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    }
+}
+
+/// Holds the subscription's gauge until the stream is dropped.
+struct Counted<'s> {
+    inner: BoxStream<'s, Response>,
+    _parsed: Arc<Mutex<Parsed>>,
+}
+
+impl async_graphql::futures_util::Stream for Counted<'_> {
+    type Item = Response;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Response>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
 
 #[async_trait::async_trait]
 impl Extension for OperationLogExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        if let Ok(mut p) = self.parsed.lock() {
+            p.ops = doc
+                .operations
+                .iter()
+                .map(|(name, op)| (name.map(|n| n.to_string()), operation_kind(op.node.ty)))
+                .collect();
+            // A subscription document runs its one operation (websocket transports
+            // refuse anything else before it starts).
+            let sub = doc
+                .operations
+                .iter()
+                .map(|(_, op)| op)
+                .find(|op| op.node.ty == OperationType::Subscription);
+            if let Some(op) = sub {
+                p.field = op
+                    .node
+                    .selection_set
+                    .node
+                    .items
+                    .iter()
+                    .find_map(|s| match &s.node {
+                        Selection::Field(f) => Some(f.node.name.node.to_string()),
+                        _ => None,
+                    });
+                if let Some(f) = p.field.clone() {
+                    p.gauge = Some(crate::metrics::SubscriptionGauge::start(f));
+                }
+            }
+        }
+        Ok(doc)
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        Box::pin(Counted {
+            inner: next.run(ctx, stream),
+            _parsed: self.parsed.clone(),
+        })
+    }
+
     async fn execute(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -37,9 +132,31 @@ impl Extension for OperationLogExtension {
         let span = tracing::info_span!("graphql.operation", request_id, operation = op);
         let started = Instant::now();
         let resp = next.run(ctx, operation_name).instrument(span.clone()).await;
+        let took = started.elapsed();
+        let kind = self
+            .parsed
+            .lock()
+            .ok()
+            .and_then(|p| {
+                p.ops
+                    .iter()
+                    .find(|(n, _)| n.as_deref() == operation_name)
+                    .or(p.ops.first())
+                    .map(|(_, k)| *k)
+            })
+            .unwrap_or("query");
+        // A subscription's events are executed one by one: its gauge counts it instead.
+        if kind != "subscription" {
+            crate::metrics::graphql_operation(
+                kind,
+                &crate::metrics::operation_label(operation_name),
+                resp.errors.is_empty(),
+                took,
+            );
+        }
         let _g = span.enter();
         tracing::info!(
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = took.as_secs_f64() * 1000.0,
             errors = resp.errors.len(),
             "graphql operation finished"
         );

@@ -137,6 +137,7 @@ fn rate_limited(
     limited: crate::ratelimit::Limited,
     request_id: &str,
 ) -> Response {
+    crate::metrics::rate_limited("requests_per_principal");
     let secs = limited.retry_after.as_millis().div_ceil(1000).max(1);
     let secs = u64::try_from(secs).unwrap_or(u64::MAX);
     let mut resp = app_error_response(

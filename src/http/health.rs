@@ -75,3 +75,98 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     );
     resp
 }
+
+/// `GET /metrics`: Prometheus text format. With `http.metrics_token` set, only requests
+/// carrying `Authorization: Bearer <token>` are answered (401 otherwise).
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let app = &state.app;
+    if let Some(token) = &app.config.http.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            crate::auth::passwords::sha256_hex(g) == crate::auth::passwords::sha256_hex(&token.0)
+        });
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                "the metrics endpoint needs the scrape token: Authorization: Bearer <AGENTPLANE_METRICS_TOKEN>\n",
+            )
+                .into_response();
+        }
+    }
+    if crate::metrics::refresh_due() {
+        refresh_shared_gauges(app).await;
+    }
+    let (idle, in_use, max) = app.db.pool_state();
+    crate::metrics::database(
+        idle,
+        in_use,
+        max,
+        app.statements.load(std::sync::atomic::Ordering::Relaxed),
+        app.commits.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Reads the gauges that describe shared state (the queue, nodes, GPUs) from the
+/// database; a failed read leaves the previous values (and is logged).
+async fn refresh_shared_gauges(app: &crate::app::App) {
+    let now = crate::db::ids::db_time(app.clock.now());
+    match crate::cluster::store::queue_by_plan(&app.db).await {
+        Ok(rows) => {
+            let mut seen = std::collections::HashSet::new();
+            for (plan, depth, oldest) in rows {
+                let age = oldest
+                    .and_then(|o| (now - o).to_std().ok())
+                    .unwrap_or_default();
+                crate::metrics::queue(&plan, depth, age);
+                seen.insert(plan);
+            }
+            for plan in crate::tenancy::model::Plan::ALL {
+                if !seen.contains(plan.as_str()) {
+                    crate::metrics::queue(plan.as_str(), 0, Duration::ZERO);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = ?e, "reading the queue for /metrics failed"),
+    }
+    match crate::cluster::store::running_total(&app.db).await {
+        Ok(n) => crate::metrics::running(n),
+        Err(e) => tracing::warn!(error = ?e, "reading running executions for /metrics failed"),
+    }
+    let nodes = crate::cluster::store::all_nodes(&app.db).await;
+    let reservations = crate::cluster::store::all_reservations(&app.db).await;
+    match (nodes, reservations) {
+        (Ok(nodes), Ok(reservations)) => {
+            let reserved = crate::cluster::model::reserved_by_gpu(&reservations);
+            for n in &nodes {
+                crate::metrics::node(&n.name, n.status.as_str(), n.health_score, n.in_flight);
+                for g in n.gpus() {
+                    crate::metrics::gpu(
+                        &n.name,
+                        g.index,
+                        g.memory_total_mb,
+                        g.memory_used_mb,
+                        reserved.get(&(n.id.clone(), g.index)).copied().unwrap_or(0),
+                        g.utilization_percent,
+                        g.temperature_c,
+                    );
+                }
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = ?e, "reading nodes for /metrics failed");
+        }
+    }
+}

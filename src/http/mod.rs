@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql/assets/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/.well-known/jwks.json", get(health::jwks))
         .layer(RequestBodyLimitLayer::new(http.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -108,6 +109,7 @@ async fn admission(
             .cloned()
             .unwrap_or_else(|| RequestId(uuid::Uuid::now_v7().to_string()));
         tracing::warn!("overloaded: a request waited its queue timeout for a slot");
+        crate::metrics::overloaded();
         return caller::refusal(
             crate::error::AppError::unavailable(
                 "the server is at capacity",
@@ -145,8 +147,15 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         path = %req.uri().path(),
     );
     let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
+    crate::metrics::http_request(&route, &method, status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             status,

@@ -35,6 +35,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("clock", Layer::Base),
     ("slots", Layer::Base),
     ("telemetry", Layer::Base),
+    ("metrics", Layer::Base),
     ("config", Layer::Base),
     ("request", Layer::Base),
     ("net", Layer::Base),

@@ -19,6 +19,7 @@ mod hot_path;
 mod identity;
 mod isolation;
 mod layers;
+mod observability;
 mod query_cost;
 mod reliability;
 mod scale_out;

@@ -137,6 +137,7 @@ pub async fn login(
         _ => {
             // Already counted before the check.
             tracing::info!(event = "auth.login_failed", "sign-in failed");
+            crate::metrics::auth_failure("BAD_LOGIN");
             // Recorded in the account's tenant when the address belongs to one, else in
             // the platform's chain. The attempt is anonymous: nobody proved who they are.
             let tenant = match &user {

@@ -130,6 +130,24 @@ pub async fn queue_stats(
     }))
 }
 
+/// Queued executions by the plan of their tenant: `(plan, depth, oldest enqueue time)`
+/// (for `/metrics`; plans are a fixed set, so the answer is a handful of rows).
+pub async fn queue_by_plan(db: &DbPool) -> AppResult<Vec<(String, i64, Option<NaiveDateTime>)>> {
+    Ok(crate::db_run!(db, |conn| {
+        executions::table
+            .inner_join(tenants::table.on(tenants::id.eq(executions::tenant_id)))
+            .filter(executions::status.eq(ExecutionStatus::Queued))
+            .group_by(tenants::plan)
+            .select((
+                tenants::plan,
+                diesel::dsl::count_star(),
+                diesel::dsl::min(executions::created_at),
+            ))
+            .load::<(String, i64, Option<NaiveDateTime>)>(conn)
+            .await?
+    }))
+}
+
 /// RUNNING executions over the whole platform (scaling).
 pub async fn running_total(db: &DbPool) -> AppResult<i64> {
     Ok(crate::db_run!(db, |conn| {

@@ -131,7 +131,6 @@ impl Engine {
         first_attempt: i64,
     ) -> StepEnd {
         let max_attempts = i64::from(step.retry.as_ref().map_or(1, |r| r.max_attempts.max(1)));
-        let timeout = Duration::from_secs(u64::from(step.timeout_seconds.unwrap_or(300)));
         let mut attempt = first_attempt;
         let ctx = std::sync::Arc::new(ctx);
         loop {
@@ -150,63 +149,9 @@ impl Engine {
                     return StepEnd::LeaseLost;
                 }
             }
-            let input = StepInput {
-                app: &self.app,
-                http: &self.http,
-                policy: &self.policy,
-                tenant,
-                context: &ctx,
-            };
-            let result = match tokio::time::timeout(timeout, steps::run(step, &input)).await {
-                Ok(r) => r.map_err(|e| (StepStatus::Failed, e)),
-                Err(_) => Err((
-                    StepStatus::TimedOut,
-                    StepError {
-                        message: format!("the attempt exceeded {} s", timeout.as_secs()),
-                        retryable: true,
-                    },
-                )),
-            };
-            let mut change = StepChange {
-                finished_at: Some(self.now()),
-                started_at: None,
-                ..start
-            };
-            // An output larger than the limit is not stored, evented or passed on.
-            let max_output = self.app.config.engine.max_step_output_bytes;
-            let result = result.and_then(|outcome| {
-                let text = outcome.output.to_string();
-                if text.len() > max_output {
-                    Err((
-                        StepStatus::Failed,
-                        crate::executions::templates::too_large("output", max_output),
-                    ))
-                } else {
-                    Ok((outcome, text))
-                }
-            });
-            let end = match result {
-                Ok((outcome, text)) => {
-                    change.status = StepStatus::Succeeded;
-                    change.output = Some(text);
-                    change.prompt_tokens = outcome.prompt_tokens;
-                    change.completion_tokens = outcome.completion_tokens;
-                    change.cost_usd = outcome.cost_usd;
-                    change.unpriced_calls = outcome.unpriced_calls;
-                    Some(StepEnd::Done(outcome))
-                }
-                Err((st, e)) if !e.retryable || attempt >= max_attempts => {
-                    change.status = st;
-                    change.error = Some(truncate(&e.message));
-                    Some(StepEnd::Failed(st))
-                }
-                Err((_, e)) => {
-                    change.status = StepStatus::Retrying;
-                    change.error = Some(truncate(&e.message));
-                    change.finished_at = None;
-                    None
-                }
-            };
+            let (change, end) = self
+                .attempt(tenant, step, &ctx, start, attempt >= max_attempts)
+                .await;
             match self.record(id, claim, token, &change).await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return StepEnd::LeaseLost,
@@ -223,6 +168,89 @@ impl Engine {
             tokio::time::sleep(backoff).await;
             attempt += 1;
         }
+    }
+
+    /// Runs one attempt of `step` (started by `start`) and returns the change that
+    /// finishes it, with how the step ended; `None` when another attempt follows (the
+    /// change is then RETRYING). `last` says no attempt follows this one.
+    pub(super) async fn attempt(
+        &self,
+        tenant: crate::tenancy::TenantId,
+        step: &Step,
+        ctx: &std::sync::Arc<Value>,
+        start: StepChange,
+        last: bool,
+    ) -> (StepChange, Option<StepEnd>) {
+        let timeout = Duration::from_secs(u64::from(step.timeout_seconds.unwrap_or(300)));
+        let input = StepInput {
+            app: &self.app,
+            http: &self.http,
+            policy: &self.policy,
+            tenant,
+            context: ctx,
+        };
+        let began = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, steps::run(step, &input)).await {
+            Ok(r) => r.map_err(|e| (StepStatus::Failed, e)),
+            Err(_) => Err((
+                StepStatus::TimedOut,
+                StepError {
+                    message: format!("the attempt exceeded {} s", timeout.as_secs()),
+                    retryable: true,
+                },
+            )),
+        };
+        let mut change = StepChange {
+            finished_at: Some(self.now()),
+            started_at: None,
+            ..start
+        };
+        // An output larger than the limit is not stored, evented or passed on.
+        let max_output = self.app.config.engine.max_step_output_bytes;
+        let result = result.and_then(|outcome| {
+            let text = outcome.output.to_string();
+            if text.len() > max_output {
+                Err((
+                    StepStatus::Failed,
+                    crate::executions::templates::too_large("output", max_output),
+                ))
+            } else {
+                Ok((outcome, text))
+            }
+        });
+        let end = match result {
+            Ok((outcome, text)) => {
+                change.status = StepStatus::Succeeded;
+                change.output = Some(text);
+                change.prompt_tokens = outcome.prompt_tokens;
+                change.completion_tokens = outcome.completion_tokens;
+                change.cost_usd = outcome.cost_usd;
+                change.unpriced_calls = outcome.unpriced_calls;
+                Some(StepEnd::Done(outcome))
+            }
+            Err((st, e)) if !e.retryable || last => {
+                change.status = st;
+                change.error = Some(truncate(&e.message));
+                Some(StepEnd::Failed(st))
+            }
+            Err((_, e)) => {
+                change.status = StepStatus::Retrying;
+                change.error = Some(truncate(&e.message));
+                change.finished_at = None;
+                None
+            }
+        };
+        crate::metrics::step_attempt(
+            &step.kind,
+            match change.status {
+                StepStatus::Succeeded => "succeeded",
+                StepStatus::TimedOut => "timed_out",
+                StepStatus::Retrying => "retrying",
+                _ => "failed",
+            },
+            began.elapsed(),
+        );
+        (change, end)
     }
 }
 

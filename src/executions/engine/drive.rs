@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
@@ -13,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::attempts::step_rows_error;
 use super::{Engine, StepEnd};
 use crate::executions::model::{ExecutionId, ExecutionRow, ExecutionStatus, StepStatus};
+use crate::executions::service;
 use crate::executions::steps::{self};
 use crate::executions::store::{self, Patch, StepChange};
-use crate::workflows::dag::{Definition, Step};
+use crate::workflows::dag::Step;
 
 impl Engine {
     pub(super) async fn drive(
@@ -27,38 +29,45 @@ impl Engine {
         let id = row.id;
         let now = self.now();
         let mut row = row;
+        // Writes are held back while every step so far ran inline (see `Writer`): an
+        // execution of only inline steps is written in one transaction at its end.
+        let mut w = Writer::new(self, id, claim, token);
+        let fresh = row.status == ExecutionStatus::Queued && row.claims == 1;
         if row.status == ExecutionStatus::Queued {
             let deadline = now + ChronoDuration::seconds(row.timeout_seconds);
-            match self
-                .transition(
-                    id,
-                    claim,
-                    token,
-                    ExecutionStatus::Running,
-                    Patch {
-                        deadline_at: Some(deadline),
-                        ..Patch::default()
-                    },
-                )
-                .await?
-            {
-                Some(r) => row = r,
-                None => return Ok(()),
-            }
+            w.transition(
+                ExecutionStatus::Running,
+                Patch {
+                    deadline_at: Some(deadline),
+                    ..Patch::default()
+                },
+            )
+            .await?;
+            row.deadline_at = Some(deadline);
         } else {
             tracing::info!(execution = %id, claims = row.claims, "resuming an execution whose lease lapsed");
         }
         let deadline = row
             .deadline_at
             .unwrap_or(now + ChronoDuration::seconds(row.timeout_seconds));
-        let version = crate::workflows::service::version_by_id(&self.app, row.version_id).await?;
-        let def: Definition =
-            serde_json::from_str(&version.definition).map_err(crate::error::AppError::internal)?;
+        let def = self.definition(row.version_id).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
-        let step_rows = store::steps_of(&self.app.db, id).await?;
         let mut state: HashMap<String, StepStatus> = HashMap::new();
         let mut attempts: HashMap<String, i64> = HashMap::new();
         let mut outputs: HashMap<String, Value> = HashMap::new();
+        // Errors of steps that failed inline (not in the database yet).
+        let mut errors: HashMap<String, String> = HashMap::new();
+        // Claimed for the first time while QUEUED: every step is still PENDING at attempt
+        // 0 (written so at enqueue), so there is nothing to read.
+        let step_rows = if fresh {
+            Vec::new()
+        } else {
+            store::steps_of(&self.app.db, id).await?
+        };
+        for s in &def.steps {
+            state.insert(s.id.clone(), StepStatus::Pending);
+            attempts.insert(s.id.clone(), 0);
+        }
         for s in &step_rows {
             let st = match s.status {
                 // Interrupted by a crash or shutdown: run again (at-least-once).
@@ -99,10 +108,7 @@ impl Engine {
                 }
             }
             for sid in newly_skipped {
-                if !self
-                    .skip(id, claim, token, &sid, &mut state, &attempts)
-                    .await?
-                {
+                if !self.skip(&mut w, &sid, &mut state, &attempts).await? {
                     return self.abandon(inflight, id, claim, false).await;
                 }
             }
@@ -119,11 +125,11 @@ impl Engine {
                 } else {
                     "failed"
                 };
-                let detail = step_rows_error(&self.app, id, &sid).await;
-                self.transition(
-                    id,
-                    claim,
-                    token,
+                let detail = match errors.get(&sid) {
+                    Some(e) => format!(": {e}"),
+                    None => step_rows_error(&self.app, id, &sid).await,
+                };
+                w.transition(
                     ExecutionStatus::Failed,
                     Patch {
                         error: Some(format!("step {sid:?} {what}{detail}")),
@@ -133,7 +139,9 @@ impl Engine {
                 .await?;
                 return Ok(());
             }
-            // Start what is ready.
+            // Start what is ready: while writes are held back, an inline step at once
+            // (then look again), else each as a task of its own.
+            let mut ran_inline = false;
             if !self.stop.is_cancelled() {
                 for s in &def.steps {
                     if in_flight_ids.len() >= max_parallel {
@@ -147,12 +155,45 @@ impl Engine {
                                 Some(StepStatus::Succeeded | StepStatus::Skipped)
                             )
                         });
-                    if ready {
+                    if !ready {
+                        continue;
+                    }
+                    let first_attempt = attempts.get(&s.id).copied().unwrap_or(0) + 1;
+                    if w.holding() && runs_inline(s) {
+                        let ctx = Arc::new(steps::context(&id.to_string(), &input, &outputs));
+                        let (end, error) = self
+                            .run_inline(&mut w, row.tenant_id, s, &ctx, first_attempt)
+                            .await?;
+                        attempts.insert(s.id.clone(), first_attempt);
+                        if let Some(e) = error {
+                            errors.insert(s.id.clone(), e);
+                        }
+                        if !self
+                            .settle(
+                                &mut w,
+                                &s.id,
+                                end,
+                                &mut state,
+                                &mut outputs,
+                                &attempts,
+                                &by_id,
+                            )
+                            .await?
+                        {
+                            return self.abandon(inflight, id, claim, false).await;
+                        }
+                        ran_inline = true;
+                        break;
+                    }
+                    // What this step waits on becomes visible before it starts.
+                    if !w.flush().await? {
+                        return self.abandon(inflight, id, claim, false).await;
+                    }
+                    {
                         in_flight_ids.insert(s.id.clone());
                         let ctx = steps::context(&id.to_string(), &input, &outputs);
                         let engine = self.clone();
                         let step = s.clone();
-                        let first_attempt = attempts.get(&s.id).copied().unwrap_or(0) + 1;
                         let tenant = row.tenant_id;
                         let claim = claim.clone();
                         let token = token.clone();
@@ -165,8 +206,13 @@ impl Engine {
                     }
                 }
             }
+            if ran_inline {
+                continue;
+            }
             if inflight.is_empty() {
                 if self.stop.is_cancelled() {
+                    // Held-back writes are dropped: the next claim runs those steps again.
+                    drop(w);
                     store::release(&self.app.db, id, claim).await?;
                     self.app.bus.queue_wake.notify_one();
                     return Ok(());
@@ -210,7 +256,7 @@ impl Engine {
                         },
                     )
                 };
-                self.transition(id, claim, token, to, patch).await?;
+                w.transition(to, patch).await?;
                 return Ok(());
             }
             tokio::select! {
@@ -225,23 +271,11 @@ impl Engine {
                         }
                     };
                     in_flight_ids.remove(&sid);
-                    match end {
-                        StepEnd::Done(outcome) => {
-                            state.insert(sid.clone(), StepStatus::Succeeded);
-                            outputs.insert(sid.clone(), outcome.output);
-                            for skip in outcome.skip {
-                                if state.get(&skip) == Some(&StepStatus::Pending)
-                                    && by_id.contains_key(skip.as_str())
-                                    && !self.skip(id, claim, token, &skip, &mut state, &attempts).await?
-                                {
-                                    return self.abandon(inflight, id, claim, false).await;
-                                }
-                            }
-                        }
-                        StepEnd::Failed(st) => {
-                            state.insert(sid, st);
-                        }
-                        StepEnd::LeaseLost => return self.abandon(inflight, id, claim, false).await,
+                    if !self
+                        .settle(&mut w, &sid, end, &mut state, &mut outputs, &attempts, &by_id)
+                        .await?
+                    {
+                        return self.abandon(inflight, id, claim, false).await;
                     }
                 }
                 () = token.cancelled() => {
@@ -250,10 +284,7 @@ impl Engine {
                 }
                 () = tokio::time::sleep_until(timeout_at) => {
                     inflight.abort_all();
-                    self.transition(
-                        id,
-                        claim,
-                        token,
+                    w.transition(
                         ExecutionStatus::TimedOut,
                         Patch {
                             error: Some(format!(
@@ -303,9 +334,7 @@ impl Engine {
 
     pub(super) async fn skip(
         &self,
-        id: ExecutionId,
-        claim: &str,
-        token: &CancellationToken,
+        w: &mut Writer<'_>,
         sid: &str,
         state: &mut HashMap<String, StepStatus>,
         attempts: &HashMap<String, i64>,
@@ -319,6 +348,170 @@ impl Engine {
                 attempts.get(sid).copied().unwrap_or(0),
             )
         };
-        self.record(id, claim, token, &change).await
+        w.step(change).await
+    }
+
+    /// Takes a finished step into the walk's state (its output, the steps a condition
+    /// turned off); `false` when the lease is lost.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the walk's state, borrowed for one step"
+    )]
+    async fn settle(
+        &self,
+        w: &mut Writer<'_>,
+        sid: &str,
+        end: StepEnd,
+        state: &mut HashMap<String, StepStatus>,
+        outputs: &mut HashMap<String, Value>,
+        attempts: &HashMap<String, i64>,
+        by_id: &HashMap<&str, &Step>,
+    ) -> crate::error::AppResult<bool> {
+        match end {
+            StepEnd::Done(outcome) => {
+                state.insert(sid.to_owned(), StepStatus::Succeeded);
+                outputs.insert(sid.to_owned(), outcome.output);
+                for skip in outcome.skip {
+                    if state.get(&skip) == Some(&StepStatus::Pending)
+                        && by_id.contains_key(skip.as_str())
+                        && !self.skip(w, &skip, state, attempts).await?
+                    {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            StepEnd::Failed(st) => {
+                state.insert(sid.to_owned(), st);
+                Ok(true)
+            }
+            StepEnd::LeaseLost => Ok(false),
+        }
+    }
+
+    /// Runs an inline step's one attempt in the driver, holding back its start and end;
+    /// returns how it ended and, when it failed, its error.
+    async fn run_inline(
+        &self,
+        w: &mut Writer<'_>,
+        tenant: crate::tenancy::TenantId,
+        step: &Step,
+        ctx: &Arc<Value>,
+        attempt: i64,
+    ) -> crate::error::AppResult<(StepEnd, Option<String>)> {
+        let Ok(_permit) = self.step_slots.clone().acquire_owned().await else {
+            return Ok((StepEnd::LeaseLost, None));
+        };
+        let start = StepChange {
+            started_at: Some(self.now()),
+            ..StepChange::new(step.id.clone(), StepStatus::Running, attempt)
+        };
+        w.step(start.clone()).await?;
+        let (change, end) = self.attempt(tenant, step, ctx, start, true).await;
+        let error = change.error.clone();
+        w.step(change).await?;
+        let end = end.unwrap_or(StepEnd::LeaseLost);
+        match &end {
+            StepEnd::Done(_) => self.app.node.steps_ok.fetch_add(1, Ordering::Relaxed),
+            StepEnd::Failed(_) => self.app.node.steps_failed.fetch_add(1, Ordering::Relaxed),
+            StepEnd::LeaseLost => 0,
+        };
+        Ok((end, error))
+    }
+}
+
+/// Whether a step runs in its driver rather than as a task of its own: a template step
+/// (no I/O, bounded by the template limits) with one attempt and no GPU.
+fn runs_inline(s: &Step) -> bool {
+    matches!(s.kind.as_str(), "transform" | "condition")
+        && s.retry.as_ref().is_none_or(|r| r.max_attempts <= 1)
+        && s.resources.as_ref().is_none_or(|r| r.gpu_count == 0)
+}
+
+/// A driver's writes. While every step so far ran inline, they are held back and applied
+/// together in one transaction: before the first step that runs as a task of its own (so
+/// what it waits on is visible meanwhile), or at the execution's end. Holding back loses
+/// nothing: a driver that stops before applying leaves the execution as it was claimed,
+/// and the next claim runs those steps again (at-least-once; inline steps have no side
+/// effects).
+pub(super) struct Writer<'a> {
+    engine: &'a Engine,
+    id: ExecutionId,
+    claim: &'a str,
+    token: &'a CancellationToken,
+    held: Option<Vec<store::Write>>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        engine: &'a Engine,
+        id: ExecutionId,
+        claim: &'a str,
+        token: &'a CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            id,
+            claim,
+            token,
+            held: Some(Vec::new()),
+        }
+    }
+
+    fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// A status change; a terminal one applies what is held back with it. `false` when
+    /// refused.
+    async fn transition(
+        &mut self,
+        to: ExecutionStatus,
+        patch: Patch,
+    ) -> crate::error::AppResult<bool> {
+        let at = self.engine.now();
+        if let Some(held) = &mut self.held {
+            held.push(store::Write::Transition { to, patch, at });
+            return if to.is_terminal() {
+                self.flush().await
+            } else {
+                Ok(true)
+            };
+        }
+        Ok(self
+            .engine
+            .transition(self.id, self.claim, self.token, to, patch)
+            .await?
+            .is_some())
+    }
+
+    /// A step change; `false` when refused.
+    async fn step(&mut self, change: StepChange) -> crate::error::AppResult<bool> {
+        let at = self.engine.now();
+        if let Some(held) = &mut self.held {
+            held.push(store::Write::Step { change, at });
+            return Ok(true);
+        }
+        self.engine
+            .record(self.id, self.claim, self.token, &change)
+            .await
+    }
+
+    /// Applies what is held back and stops holding; `false` when refused.
+    async fn flush(&mut self) -> crate::error::AppResult<bool> {
+        let Some(writes) = self.held.take() else {
+            return Ok(true);
+        };
+        if writes.is_empty() {
+            return Ok(true);
+        }
+        let app = &self.engine.app;
+        let ok = self
+            .engine
+            .persist(self.token, || {
+                service::apply(app, self.id, self.claim, &writes)
+            })
+            .await?;
+        Ok(ok == Some(true))
     }
 }

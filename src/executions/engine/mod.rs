@@ -31,7 +31,11 @@ use super::service;
 use super::steps::Outcome;
 use super::store::{self, Guard, Patch, StepChange};
 use crate::app::App;
-use crate::db::ids::db_time;
+use crate::db::ids::{WorkflowVersionId, db_time};
+use crate::workflows::dag::Definition;
+
+/// Most parsed definitions an engine keeps (the cache starts over when full).
+const DEFINITIONS_KEPT: usize = 1024;
 
 /// A running engine: `workers` claim loops plus a scheduler, in this process.
 pub struct Engine {
@@ -44,6 +48,8 @@ pub struct Engine {
     running: Mutex<HashMap<ExecutionId, Driver>>,
     /// Executions whose steps reserved GPU memory here (released when they stop here).
     gpu_held: Mutex<HashSet<ExecutionId>>,
+    /// Parsed definitions of the versions this engine ran (versions never change).
+    definitions: Mutex<HashMap<WorkflowVersionId, Arc<Definition>>>,
     stop: CancellationToken,
 }
 
@@ -85,6 +91,7 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
         step_slots: Arc::new(Semaphore::new(app.config.engine.worker_max_steps)),
         running: Mutex::new(HashMap::new()),
         gpu_held: Mutex::new(HashSet::new()),
+        definitions: Mutex::new(HashMap::new()),
         stop: app.shutdown.child_token(),
         app,
     });
@@ -343,6 +350,32 @@ impl Engine {
                 other => return other.map(Some),
             }
         }
+    }
+
+    /// A version's parsed definition, from this engine's cache or read once.
+    async fn definition(
+        &self,
+        version: WorkflowVersionId,
+    ) -> crate::error::AppResult<Arc<Definition>> {
+        if let Some(d) = self
+            .definitions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&version).cloned())
+        {
+            return Ok(d);
+        }
+        let row = crate::workflows::service::version_by_id(&self.app, version).await?;
+        let def: Arc<Definition> = Arc::new(
+            serde_json::from_str(&row.definition).map_err(crate::error::AppError::internal)?,
+        );
+        if let Ok(mut m) = self.definitions.lock() {
+            if m.len() >= DEFINITIONS_KEPT {
+                m.clear();
+            }
+            m.insert(version, def.clone());
+        }
+        Ok(def)
     }
 
     async fn transition(

@@ -251,6 +251,7 @@ fn log_event(ev: &super::model::ExecutionEvent, row: Option<&ExecutionRow>) {
             ev.step_status.map_or("changed", |s| s.as_str())
         ),
         _ => {
+            record_metrics(ev, row);
             let duration_ms = row.filter(|_| ev.status.is_terminal()).map(|r| {
                 let end = r.finished_at.unwrap_or(r.updated_at);
                 (end - r.started_at.unwrap_or(r.created_at)).num_milliseconds()
@@ -266,6 +267,34 @@ fn log_event(ev: &super::model::ExecutionEvent, row: Option<&ExecutionRow>) {
                 ev.status.as_str()
             );
         }
+    }
+}
+
+/// Counts a committed status change in `/metrics`.
+fn record_metrics(ev: &super::model::ExecutionEvent, row: Option<&ExecutionRow>) {
+    use super::model::ExecutionStatus as S;
+    let Some(r) = row else { return };
+    match ev.status {
+        S::Queued => crate::metrics::execution_enqueued(if r.schedule_id.is_some() {
+            "schedule"
+        } else if r.retry_of.is_some() {
+            "retry"
+        } else {
+            "api"
+        }),
+        S::Running if r.claims <= 1 => {
+            if let Some(s) = r.started_at {
+                crate::metrics::execution_started((s - r.created_at).to_std().unwrap_or_default());
+            }
+        }
+        st if st.is_terminal() => {
+            let ran = r
+                .started_at
+                .zip(r.finished_at)
+                .and_then(|(s, f)| (f - s).to_std().ok());
+            crate::metrics::execution_finished(st.as_str(), ran);
+        }
+        _ => {}
     }
 }
 
@@ -331,6 +360,32 @@ pub async fn record_step(
         }
         None => Ok(false),
     }
+}
+
+/// Applies a driver's held-back writes in one transaction under its lease and publishes
+/// their events; `false` when the lease is lost or the execution moved on (nothing
+/// written).
+pub async fn apply(
+    app: &App,
+    id: ExecutionId,
+    owner: &str,
+    writes: &[store::Write],
+) -> AppResult<bool> {
+    let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
+    let Some(applied) = app
+        .db
+        .tx("", async |conn| {
+            store::apply(conn, id, owner, writes, &envelope).await
+        })
+        .await?
+    else {
+        return Ok(false);
+    };
+    for (ev, row) in applied {
+        log_event(&ev, row.as_ref());
+        app.bus.publish(ev);
+    }
+    Ok(true)
 }
 
 /// Cancels a QUEUED or RUNNING execution; running steps are interrupted (the worker

@@ -484,38 +484,52 @@ pub async fn record_step(
         let target = execution_steps::table
             .filter(execution_steps::execution_id.eq(id))
             .filter(execution_steps::step_id.eq(&change.step_id));
-        diesel::update(target)
-            .set((
-                execution_steps::status.eq(change.status.as_str()),
-                execution_steps::attempt.eq(change.attempt),
-                execution_steps::error.eq(&change.error),
-            ))
-            .execute(conn)
-            .await?;
-        if let Some(t) = change.started_at {
-            diesel::update(target)
-                .set((
-                    execution_steps::started_at.eq(t),
-                    execution_steps::finished_at.eq(None::<NaiveDateTime>),
-                ))
-                .execute(conn)
-                .await?;
-        }
-        if let Some(t) = change.finished_at {
-            diesel::update(target)
-                .set((
-                    execution_steps::finished_at.eq(t),
-                    execution_steps::output.eq(&change.output),
-                    execution_steps::prompt_tokens
-                        .eq(execution_steps::prompt_tokens + change.prompt_tokens),
-                    execution_steps::completion_tokens
-                        .eq(execution_steps::completion_tokens + change.completion_tokens),
-                    execution_steps::cost_usd.eq(execution_steps::cost_usd + change.cost_usd),
-                    execution_steps::unpriced_calls
-                        .eq(execution_steps::unpriced_calls + change.unpriced_calls),
-                ))
-                .execute(conn)
-                .await?;
+        // One UPDATE per change: its columns depend on whether it starts or finishes an
+        // attempt (a change that does both takes two).
+        let status = execution_steps::status.eq(change.status.as_str());
+        let attempt = execution_steps::attempt.eq(change.attempt);
+        let error = execution_steps::error.eq(&change.error);
+        let finish = |t: NaiveDateTime| {
+            (
+                execution_steps::finished_at.eq(t),
+                execution_steps::output.eq(&change.output),
+                execution_steps::prompt_tokens
+                    .eq(execution_steps::prompt_tokens + change.prompt_tokens),
+                execution_steps::completion_tokens
+                    .eq(execution_steps::completion_tokens + change.completion_tokens),
+                execution_steps::cost_usd.eq(execution_steps::cost_usd + change.cost_usd),
+                execution_steps::unpriced_calls
+                    .eq(execution_steps::unpriced_calls + change.unpriced_calls),
+            )
+        };
+        match (change.started_at, change.finished_at) {
+            (Some(start), finished) => {
+                diesel::update(target)
+                    .set((
+                        status,
+                        attempt,
+                        error,
+                        execution_steps::started_at.eq(start),
+                        execution_steps::finished_at.eq(None::<NaiveDateTime>),
+                    ))
+                    .execute(conn)
+                    .await?;
+                if let Some(t) = finished {
+                    diesel::update(target).set(finish(t)).execute(conn).await?;
+                }
+            }
+            (None, Some(t)) => {
+                diesel::update(target)
+                    .set((status, attempt, error, finish(t)))
+                    .execute(conn)
+                    .await?;
+            }
+            (None, None) => {
+                diesel::update(target)
+                    .set((status, attempt, error))
+                    .execute(conn)
+                    .await?;
+            }
         }
         let ev = ExecutionEvent {
             tenant_id: row.tenant_id,
@@ -537,6 +551,76 @@ pub async fn record_step(
         notify_pg(conn, &envelope(&ev)).await?;
         Ok(Some(ev))
     })
+}
+
+/// One of a driver's writes, held back to be applied with others in one transaction
+/// (see [`apply`]).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A status change (see [`transition`]), at `at`.
+    Transition {
+        /// The new status.
+        to: ExecutionStatus,
+        /// Its extra columns.
+        patch: Patch,
+        /// When it happened.
+        at: NaiveDateTime,
+    },
+    /// A step change (see [`record_step`]), at `at`.
+    Step {
+        /// The change.
+        change: StepChange,
+        /// When it happened.
+        at: NaiveDateTime,
+    },
+}
+
+/// What [`apply`] wrote: each event with the execution row of the transition that wrote
+/// it (`None` for step events).
+pub type Applied = Vec<(ExecutionEvent, Option<ExecutionRow>)>;
+
+/// Applies `writes` in order, all under `owner`'s lease, in the caller's transaction: the
+/// same rows and events as applying each on its own, in one commit. `None` when the first
+/// is refused (lease lost, execution moved on: nothing is written); a later refusal cannot
+/// happen, since the first write holds the execution's row lock, and is an error that
+/// rolls everything back.
+pub async fn apply(
+    conn: &mut Conn<'_>,
+    id: ExecutionId,
+    owner: &str,
+    writes: &[Write],
+    envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
+) -> AppResult<Option<Applied>> {
+    let mut out = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        let done = match w {
+            Write::Transition { to, patch, at } => transition(
+                conn,
+                id,
+                *to,
+                Guard::Lease(owner),
+                patch.clone(),
+                *at,
+                envelope,
+            )
+            .await?
+            .map(|(row, events)| {
+                out.extend(events.into_iter().map(|e| (e, Some(row.clone()))));
+            }),
+            Write::Step { change, at } => record_step(conn, id, owner, change, *at, envelope)
+                .await?
+                .map(|e| out.push((e, None))),
+        };
+        if done.is_none() {
+            if i == 0 {
+                return Ok(None);
+            }
+            return Err(AppError::internal(anyhow::anyhow!(
+                "a held-back write of execution {id} was refused after the first applied"
+            )));
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Most events one [`tenant_events_since`] read returns.

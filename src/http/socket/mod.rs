@@ -398,6 +398,10 @@ async fn serve_socket(
     client: ClientInfo,
     edge_bearer: Option<String>,
 ) {
+    let _open = crate::metrics::SocketGauge::open(match protocol {
+        WebSocketProtocols::GraphQLWS => "graphql-transport-ws",
+        WebSocketProtocols::SubscriptionsTransportWS => "graphql-ws",
+    });
     let (mut sink, stream) = socket.split();
     let app = state.app.clone();
     let shutdown = app.shutdown.clone();
