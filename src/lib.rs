@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod executions;
 pub mod graphql;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod net;

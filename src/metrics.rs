@@ -394,8 +394,14 @@ pub fn audit_appended(severity: &'static str, n: u64) {
     counter!("agentplane_audit_records_total", "severity" => severity).increment(n);
 }
 
+/// Audit verifications that found a broken chain since this process started (also read
+/// by `systemHealth`).
+pub static AUDIT_VERIFICATION_FAILURES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// An audit verification found the chain broken.
 pub fn audit_verification_failed() {
+    AUDIT_VERIFICATION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     counter!("agentplane_audit_verification_failures_total").increment(1);
 }
 

@@ -80,7 +80,15 @@ impl Background {
                     )?;
                     app.bus.use_redis(fanout);
                 }
-                // NOTIFY stays: the path while Redis is down (or not configured).
+                // NOTIFY stays: the path while Redis is down (or not configured), sent
+                // after commit by one task.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                app.bus.use_pg_notifier(tx);
+                tokio::spawn(crate::executions::store::pg_notify_loop(
+                    app.db.clone(),
+                    rx,
+                    app.shutdown.child_token(),
+                ));
                 Some(tokio::spawn(crate::events::relay_postgres(
                     listen_url(app, url),
                     app.bus.clone(),

@@ -153,6 +153,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directives (`RUST_LOG`).
     pub log_filter: String,
+    /// Where OpenTelemetry traces go (OTLP over HTTP, e.g. `http://collector:4318`);
+    /// `None` exports nothing.
+    pub otlp_endpoint: Option<url::Url>,
     /// Database connection pool.
     pub db_pool: PoolConfig,
     /// HTTP limits.
@@ -241,6 +244,7 @@ struct FileConfig {
     listen: Option<String>,
     log_format: Option<String>,
     log_filter: Option<String>,
+    otlp_endpoint: Option<String>,
     db_pool_size: Option<toml::Value>,
     db_pool_timeout_ms: Option<toml::Value>,
     #[serde(default)]
@@ -431,6 +435,27 @@ impl Config {
             },
         };
 
+        let otlp_endpoint = match layers.pick(
+            "AGENTPLANE_OTLP_ENDPOINT",
+            "otlp_endpoint",
+            file.otlp_endpoint,
+        ) {
+            None => None,
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => Some(
+                url::Url::parse(raw.value.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        err(
+                            &raw.key,
+                            format!("{:?} is not an http(s) URL", raw.value),
+                            "the OTLP/HTTP endpoint of a collector, e.g. http://otel-collector:4318",
+                        )
+                    })?,
+            ),
+        };
+
         let log_filter = match layers.pick("RUST_LOG", "log_filter", file.log_filter) {
             None => "info".to_owned(),
             Some(raw) => {
@@ -525,6 +550,7 @@ impl Config {
             listen,
             log_format,
             log_filter,
+            otlp_endpoint,
             db_pool,
             http,
             graphql,

@@ -76,6 +76,8 @@ pub struct EventBus<E, C> {
     track_local: AtomicBool,
     /// The Redis fan-out, when `REDIS_URL` is set on PostgreSQL.
     redis: std::sync::OnceLock<Arc<redis::RedisFanout>>,
+    /// PostgreSQL: the sender of NOTIFYs after commit (see [`EventBus::use_pg_notifier`]).
+    pg_notifier: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A bounded memory of `(execution, seq)` published here.
@@ -107,6 +109,7 @@ impl<E: BusEvent, C> EventBus<E, C> {
             local: Mutex::default(),
             track_local: AtomicBool::new(false),
             redis: std::sync::OnceLock::new(),
+            pg_notifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -144,9 +147,24 @@ impl<E: BusEvent, C> EventBus<E, C> {
             && r.is_live()
         {
             r.send(self.envelope(&ev));
+        } else if let Some(n) = self.pg_notifier.get() {
+            let _ = n.send(self.envelope(&ev));
         }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// Attaches the NOTIFY sender (once, at start-up, PostgreSQL): events published here
+    /// go to other processes by NOTIFY *after* their transaction committed, batched, from
+    /// a transaction of their own that does not wait for its commit to reach disk. A
+    /// NOTIFY inside a writer's transaction holds PostgreSQL's global notify lock through
+    /// that transaction's commit and WAL flush, so every notifying writer of the cluster
+    /// commits one after another (measured: the engine stopped at ~310 executions/s, its
+    /// commits waiting on that lock). The stored log stays the source of truth: a
+    /// notification lost to a crash between commit and send leaves a gap that
+    /// subscribers fill from the log, as they do for Redis.
+    pub fn use_pg_notifier(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        let _ = self.pg_notifier.set(tx);
     }
 
     /// Attaches the Redis fan-out (once, at start-up).
@@ -189,9 +207,9 @@ impl<E: BusEvent, C> EventBus<E, C> {
     }
 
     /// The payload a writer sends with `pg_notify` in its transaction: empty (send
-    /// nothing) while Redis carries events.
+    /// nothing) while Redis carries events, or the NOTIFY sender sends them after commit.
     pub fn pg_envelope(&self, ev: &E) -> String {
-        if self.redis.get().is_some_and(|r| r.is_live()) {
+        if self.redis.get().is_some_and(|r| r.is_live()) || self.pg_notifier.get().is_some() {
             return String::new();
         }
         self.envelope(ev)

@@ -41,6 +41,50 @@ pub struct ServerInfo {
     pub uptime_seconds: i64,
 }
 
+/// How bad a health check is.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum HealthLevel {
+    /// Nothing to do.
+    Ok,
+    /// Look soon (the alert would be a warning).
+    Warning,
+    /// Act now (the alert would page).
+    Critical,
+}
+
+impl From<crate::health::Level> for HealthLevel {
+    fn from(l: crate::health::Level) -> Self {
+        match l {
+            crate::health::Level::Ok => Self::Ok,
+            crate::health::Level::Warning => Self::Warning,
+            crate::health::Level::Critical => Self::Critical,
+        }
+    }
+}
+
+/// One condition the Prometheus alert rules watch, as seen now.
+#[derive(SimpleObject, Debug)]
+pub struct HealthCheck {
+    /// The alert rule it mirrors (`deploy/observability/alerts.yml`), e.g.
+    /// `AgentplaneNodeOffline`.
+    pub name: String,
+    /// Its level now.
+    pub status: HealthLevel,
+    /// What was seen, in words.
+    pub detail: String,
+}
+
+/// The platform's health: what the alerts watch, without Prometheus.
+#[derive(SimpleObject, Debug)]
+pub struct SystemHealth {
+    /// The worst level of any check.
+    pub status: HealthLevel,
+    /// When it was computed.
+    pub checked_at: DateTime<Utc>,
+    /// Each check, in a fixed order.
+    pub checks: Vec<HealthCheck>,
+}
+
 /// One heartbeat on a subscription.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct Heartbeat {
@@ -63,6 +107,27 @@ impl SystemQuery {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             backend: app.db.backend().into(),
             uptime_seconds: i64::try_from(app.started_at.elapsed().as_secs()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The platform's health (platform admins): nodes, GPU memory, queue age, recent
+    /// failure rate and LLM spend, audit verification and the database pool, each named
+    /// after the alert rule that watches it in Prometheus.
+    async fn system_health(&self, ctx: &Context<'_>) -> async_graphql::Result<SystemHealth> {
+        crate::cluster::service::require_platform(super::principal(ctx)?)?;
+        let r = crate::health::report(super::app(ctx)?).await?;
+        Ok(SystemHealth {
+            status: r.level.into(),
+            checked_at: r.checked_at.and_utc(),
+            checks: r
+                .checks
+                .into_iter()
+                .map(|c| HealthCheck {
+                    name: c.name.to_owned(),
+                    status: c.level.into(),
+                    detail: c.detail,
+                })
+                .collect(),
         })
     }
 }

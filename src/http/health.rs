@@ -150,8 +150,11 @@ async fn refresh_shared_gauges(app: &crate::app::App) {
     match (nodes, reservations) {
         (Ok(nodes), Ok(reservations)) => {
             let reserved = crate::cluster::model::reserved_by_gpu(&reservations);
+            let wall = crate::cluster::service::wall_now();
             for n in &nodes {
-                crate::metrics::node(&n.name, n.status.as_str(), n.health_score, n.in_flight);
+                // As seen now: a node that went silent degrades before the reaper runs.
+                let (score, status) = crate::cluster::view(n, wall, &app.config.cluster);
+                crate::metrics::node(&n.name, status.as_str(), score, n.in_flight);
                 for g in n.gpus() {
                     crate::metrics::gpu(
                         &n.name,

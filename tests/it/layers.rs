@@ -52,6 +52,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("cluster", Layer::Domain),
     ("executions", Layer::Domain),
     ("app", Layer::Domain),
+    ("health", Layer::Domain),
     ("graphql", Layer::Api),
     ("http", Layer::Api),
     ("server", Layer::Wiring),
@@ -71,6 +72,7 @@ const DOMAIN_ORDER: &[&str] = &[
     "workflows",
     "cluster",
     "executions",
+    "health",
 ];
 
 /// Macros exported at the crate root, by the module that defines them.

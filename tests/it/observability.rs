@@ -160,3 +160,78 @@ fn regex_lite_uuid() -> impl Fn(&str) -> bool {
         })
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_health_shows_what_the_alerts_watch_to_platform_admins_only() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    const Q: &str = "{ systemHealth { status checkedAt checks { name status detail } } }";
+    let refused = app.gql_as(&owner, Q, json!({})).await;
+    assert_eq!(
+        first_error_code(&refused).as_deref(),
+        Some("FORBIDDEN"),
+        "{refused}"
+    );
+
+    let check = |body: &serde_json::Value, name: &str| {
+        body["data"]["systemHealth"]["checks"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name} in {body}"))
+    };
+    let body = app.gql_as(&admin, Q, json!({})).await;
+    let h = &body["data"]["systemHealth"];
+    // (The report's overall status may already be CRITICAL: the audit check counts this
+    // test process's verifications, and other tests break chains on purpose.)
+    for name in [
+        "AgentplaneQueueBacklog",
+        "AgentplaneNodeOffline",
+        "AgentplaneLlmSpendHigh",
+    ] {
+        assert_eq!(check(&body, name)["status"], "OK", "{body}");
+    }
+    let names: Vec<&str> = h["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    // Every check is an alert of deploy/observability/alerts.yml.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability/alerts.yml"),
+    )
+    .expect("alerts.yml");
+    for n in &names {
+        assert!(
+            rules.contains(&format!("alert: {n}")),
+            "{n} is not an alert rule"
+        );
+    }
+    assert!(names.contains(&"AgentplaneQueueBacklog"), "{names:?}");
+
+    // Work waits with no worker to run it: once it is older than the limit, the queue
+    // check (and so the whole report) says WARNING.
+    let wf = published(
+        &app,
+        &owner,
+        "waits",
+        json!({ "steps": [{ "id": "t", "kind": "transform", "config": { "template": "1" } }] }),
+    )
+    .await;
+    start(&app, &owner, json!({ "workflowId": wf })).await;
+    app.clock.advance(chrono::Duration::minutes(10));
+    let body = app.gql_as(&admin, Q, json!({})).await;
+    let h = &body["data"]["systemHealth"];
+    assert_ne!(h["status"], "OK", "{body}");
+    let queue = check(&body, "AgentplaneQueueBacklog");
+    assert_eq!(queue["status"], "WARNING", "{queue}");
+    assert!(
+        queue["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 executions queued"),
+        "{queue}"
+    );
+}

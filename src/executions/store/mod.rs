@@ -229,6 +229,64 @@ pub async fn notify_committed(db: &crate::db::DbPool, envelope: &str) -> AppResu
     Ok(())
 }
 
+/// Sends events to other processes by NOTIFY after they committed (PostgreSQL): drains
+/// `rx`, up to 500 envelopes per statement, in publish order, each statement a
+/// transaction of its own that does not wait for its commit record to reach disk (it
+/// changes no data). A failed send is logged and dropped: the stored log has the events.
+pub async fn pg_notify_loop(
+    db: crate::db::DbPool,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use diesel::sql_types::Array;
+    let crate::db::DbPool::Postgres(pool) = &db else {
+        return;
+    };
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < 500 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut channels = Vec::new();
+        let mut payloads = Vec::new();
+        for envelope in batch {
+            if envelope.contains("\"status\":\"QUEUED\"") {
+                channels.push(crate::events::QUEUE_CHANNEL);
+                payloads.push(String::new());
+            }
+            channels.push(crate::events::EVENTS_CHANNEL);
+            payloads.push(envelope);
+        }
+        let sent: AppResult<()> = async {
+            let mut conn = pool.get().await?;
+            diesel::sql_query(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p) \
+                 FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+            )
+            .bind::<Array<Text>, _>(&channels)
+            .bind::<Array<Text>, _>(&payloads)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(
+                code = e.code().as_str(),
+                events = payloads.len(),
+                "NOTIFY of committed events failed; other processes read them from the stored log"
+            );
+        }
+    }
+}
+
 /// Who may write: a worker holding the lease, or anyone (users cancelling).
 #[derive(Clone, Copy, Debug)]
 pub enum Guard<'a> {

@@ -42,17 +42,32 @@ pub async fn claim(
 ) -> AppResult<Option<ExecutionRow>> {
     Ok(match db {
         DbPool::Postgres(pool) => {
+            use diesel_async::AsyncConnection as _;
             let mut conn = pool.get().await?;
-            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED"))
-                .bind::<Text, _>(owner)
-                .bind::<Timestamp, _>(until)
-                .bind::<Timestamp, _>(now)
-                .bind::<Text, _>(node)
-                .bind::<Text, _>(ExecutionStatus::Queued)
-                .bind::<Text, _>(ExecutionStatus::Running)
-                .get_result::<ExecutionRow>(&mut *conn)
-                .await
-                .optional()?
+            let sql = CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED");
+            conn.transaction::<_, diesel::result::Error, _>(async |c| {
+                // Walk the claim index in order and stop at the first runnable row, even
+                // when the statistics are stale (a queue that just grew looks nearly
+                // empty to the planner, which then sorts every queued row and runs the
+                // quota check on each: 11 ms per claim at 3,000 queued, measured).
+                diesel::sql_query(
+                    "SELECT set_config('enable_sort', 'off', true), \
+                     set_config('enable_bitmapscan', 'off', true)",
+                )
+                .execute(c)
+                .await?;
+                diesel::sql_query(sql)
+                    .bind::<Text, _>(owner)
+                    .bind::<Timestamp, _>(until)
+                    .bind::<Timestamp, _>(now)
+                    .bind::<Text, _>(node)
+                    .bind::<Text, _>(ExecutionStatus::Queued)
+                    .bind::<Text, _>(ExecutionStatus::Running)
+                    .get_result::<ExecutionRow>(c)
+                    .await
+                    .optional()
+            })
+            .await?
         }
         DbPool::Sqlite(pool) => {
             let mut conn = pool.get().await?;
