@@ -205,13 +205,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    agentplane::telemetry::init(config.log_format, &config.log_filter);
+    let telemetry = agentplane::telemetry::init(
+        config.log_format,
+        &config.log_filter,
+        config.otlp_endpoint.as_ref(),
+    );
     let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
     let result = rt.block_on(run(cli.command, config));
     // Do not wait on stray blocking tasks: shutdown must finish within 10 s.
     rt.shutdown_timeout(Duration::from_millis(500));
+    // Exports the last spans (bounded by the exporter's own timeout).
+    drop(telemetry);
     match result {
         Ok(code) => code,
         Err(e) => {

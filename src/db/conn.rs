@@ -196,6 +196,24 @@ impl DbPool {
     where
         F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
     {
+        use tracing::Instrument as _;
+        // Exported with traces (per statement too, on PostgreSQL: see `statement_counter`).
+        let span = tracing::debug_span!(
+            target: crate::telemetry::SQL_TARGET,
+            "db.transaction",
+            db.mode = match mode {
+                Mode::Read => "read",
+                Mode::Write => "write",
+                Mode::Plain => "plain",
+            },
+        );
+        self.within_traced(mode, tenant, f).instrument(span).await
+    }
+
+    async fn within_traced<T, F>(&self, mode: Mode, tenant: &str, f: F) -> AppResult<T>
+    where
+        F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
+    {
         let keys = self.signer();
         let rls = matches!(self, DbPool::Postgres(p) if p.row_security());
         let mut guard = OpenTx {

@@ -206,18 +206,70 @@ pub struct DbCounters {
 }
 
 /// An instrumentation that counts statements started and transactions committed on a
-/// connection.
-fn statement_counter(counters: DbCounters) -> impl diesel::connection::Instrumentation {
+/// connection and, while traces are exported and `spans` is set, opens a `db.statement`
+/// span per statement (its kind only: never its text or values). Only PostgreSQL's driver
+/// runs statements in the caller's task, where the span finds its parent; SQLite's run on
+/// a blocking thread, so there the caller's `db.transaction` span stands for them.
+fn statement_counter(
+    counters: DbCounters,
+    spans: bool,
+) -> impl diesel::connection::Instrumentation {
     use diesel::connection::InstrumentationEvent;
+    let mut statement: Option<tracing::Span> = None;
     move |event: InstrumentationEvent<'_>| match event {
-        InstrumentationEvent::StartQuery { .. } => {
+        InstrumentationEvent::StartQuery { query, .. } => {
             counters.statements.fetch_add(1, Ordering::Relaxed);
+            if spans
+                && tracing::enabled!(target: crate::telemetry::SQL_TARGET, tracing::Level::DEBUG)
+            {
+                let text = query.to_string();
+                let kind = statement_kind(&text);
+                // Open until the statement finishes (dropped below).
+                drop(statement.replace(tracing::debug_span!(
+                    target: crate::telemetry::SQL_TARGET,
+                    "db.statement",
+                    db.operation = kind,
+                )));
+            }
+        }
+        InstrumentationEvent::FinishQuery { .. } => {
+            drop(statement.take());
         }
         InstrumentationEvent::CommitTransaction { depth, .. } if depth.get() == 1 => {
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
     }
+}
+
+/// The first keyword of a statement (`SELECT`, `INSERT`, `BEGIN`, …), or `OTHER`.
+fn statement_kind(sql: &str) -> &'static str {
+    let word = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    const KINDS: &[&str] = &[
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "WITH",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "SET",
+        "LISTEN",
+        "NOTIFY",
+        "PRAGMA",
+    ];
+    KINDS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 /// Creates the SQLite file's folder if missing and returns the path as a string.
@@ -499,7 +551,7 @@ impl DbPool {
                     let counter = counter.clone();
                     async move {
                         let mut conn = SqliteConn::establish(&url).await?;
-                        conn.set_instrumentation(statement_counter(counter));
+                        conn.set_instrumentation(statement_counter(counter, false));
                         conn.batch_execute(
                             "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
                              PRAGMA synchronous = NORMAL;",
@@ -541,7 +593,7 @@ impl DbPool {
                     let counter = counters.clone();
                     async move {
                         let mut conn = AsyncPgConnection::establish(&url).await?;
-                        conn.set_instrumentation(statement_counter(counter));
+                        conn.set_instrumentation(statement_counter(counter, true));
                         Ok(conn)
                     }
                     .boxed()

@@ -225,6 +225,7 @@ diesel::table! {
         finished_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
         unpriced_calls -> BigInt,
+        trace_context -> Nullable<Text>,
     }
 }
 

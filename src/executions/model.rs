@@ -151,6 +151,9 @@ pub struct ExecutionRow {
     pub updated_at: NaiveDateTime,
     /// LLM calls of its steps whose model has no price: the cost is unknown.
     pub unpriced_calls: i64,
+    /// The W3C trace context of the request that queued it (`traceparent[;tracestate]`),
+    /// continued by the worker that runs it; `None` when traces are off.
+    pub trace_context: Option<String>,
 }
 
 /// One row of `execution_steps`.

@@ -129,7 +129,14 @@ impl Extension for OperationLogExtension {
             .map(|r| r.0.as_str())
             .unwrap_or("-");
         let op = operation_name.unwrap_or("anonymous");
-        let span = tracing::info_span!("graphql.operation", request_id, operation = op);
+        let span = tracing::info_span!(
+            "graphql.operation",
+            request_id,
+            operation = op,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        crate::telemetry::record_ids(&span);
         let started = Instant::now();
         let resp = next.run(ctx, operation_name).instrument(span.clone()).await;
         let took = started.elapsed();

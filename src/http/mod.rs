@@ -145,7 +145,17 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         request_id = %request_id,
         method = %req.method(),
         path = %req.uri().path(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    // A client's W3C trace context continues here (`traceparent`, `tracestate`).
+    {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        match header("traceparent") {
+            Some(tp) => crate::telemetry::extract(&span, tp, header("tracestate")),
+            None => crate::telemetry::record_ids(&span),
+        }
+    }
     let started = Instant::now();
     let route = req
         .extensions()

@@ -190,7 +190,20 @@ impl Engine {
             context: ctx,
         };
         let began = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, steps::run(step, &input)).await {
+        let span = tracing::info_span!(
+            "step.run",
+            step = %step.id,
+            kind = %step.kind,
+            attempt = start.attempt,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        crate::telemetry::record_ids(&span);
+        let run = {
+            use tracing::Instrument as _;
+            tokio::time::timeout(timeout, steps::run(step, &input)).instrument(span)
+        };
+        let result = match run.await {
             Ok(r) => r.map_err(|e| (StepStatus::Failed, e)),
             Err(_) => Err((
                 StepStatus::TimedOut,

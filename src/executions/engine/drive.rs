@@ -10,6 +10,7 @@ use chrono::Duration as ChronoDuration;
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::attempts::step_rows_error;
 use super::{Engine, StepEnd};
@@ -197,12 +198,15 @@ impl Engine {
                         let tenant = row.tenant_id;
                         let claim = claim.clone();
                         let token = token.clone();
-                        inflight.spawn(async move {
-                            let end = engine
-                                .run_step(id, &claim, &token, tenant, &step, ctx, first_attempt)
-                                .await;
-                            (step.id, end)
-                        });
+                        inflight.spawn(
+                            async move {
+                                let end = engine
+                                    .run_step(id, &claim, &token, tenant, &step, ctx, first_attempt)
+                                    .await;
+                                (step.id, end)
+                            }
+                            .in_current_span(),
+                        );
                     }
                 }
             }

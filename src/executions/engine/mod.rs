@@ -225,7 +225,23 @@ impl Engine {
             }
         }
         let renewal = self.spawn_renewal(id, claim.clone(), token.clone());
-        if let Err(e) = self.drive(row, &claim, &token).await {
+        // Continues the trace of the request that queued it (across processes).
+        let span = tracing::info_span!(
+            "execution.run",
+            execution = %id,
+            claims = row.claims,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        match &row.trace_context {
+            Some(stored) => crate::telemetry::continue_stored(&span, stored),
+            None => crate::telemetry::record_ids(&span),
+        }
+        let driven = {
+            use tracing::Instrument as _;
+            self.drive(row, &claim, &token).instrument(span).await
+        };
+        if let Err(e) = driven {
             tracing::error!(execution = %id, error = ?e, "execution driver failed; releasing");
             let _ = store::release(&self.app.db, id, &claim).await;
             self.app.bus.queue_wake.notify_one();

@@ -6,6 +6,7 @@ pub mod schedules;
 
 use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::model::{ExecutionId, ExecutionRow, ExecutionStatus, StepRunId, StepRunRow, StepStatus};
 use super::store::{self, Enqueued, Guard, NewExecution, Patch, StepChange};
@@ -89,7 +90,16 @@ pub async fn start(
     crate::auth::check_tenant_active(&tenant)?;
     let now = db_time(app.clock.now());
     let id = ExecutionId::new();
+    let span = tracing::info_span!(
+        "execution.enqueue",
+        execution = %id,
+        workflow = %wf.id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::record_ids(&span);
     let row = ExecutionRow {
+        trace_context: crate::telemetry::inject(&span),
         id,
         tenant_id: wf.tenant_id,
         workflow_id: wf.id,
@@ -206,6 +216,7 @@ pub async fn start(
         .tx(tenant, async |conn| {
             store::enqueue(conn, new, now, &envelope).await
         })
+        .instrument(span.clone())
         .await
     {
         Ok(r) => r,
