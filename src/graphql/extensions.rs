@@ -4,11 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextResolve,
+    NextSubscribe, ResolveInfo,
 };
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection};
-use async_graphql::{Response, ServerResult, Variables, async_trait};
+use async_graphql::{Response, ServerResult, Value, Variables, async_trait};
 use tracing::Instrument as _;
 
 use super::RequestId;
@@ -23,6 +24,11 @@ impl ExtensionFactory for OperationLog {
         Arc::new(OperationLogExtension::default())
     }
 }
+
+/// A resolver slower than this is reported: an event on the operation's span (a span
+/// event in its trace) and a log line, with its path and duration. Faster resolvers get
+/// no span of their own, so a trace stays the size of its operation, not of its result.
+pub const SLOW_RESOLVER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One request's operation, as parsed.
 #[derive(Default)]
@@ -116,6 +122,28 @@ impl Extension for OperationLogExtension {
             inner: next.run(ctx, stream),
             _parsed: self.parsed.clone(),
         })
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        let started = Instant::now();
+        let path = info.path_node;
+        let parent = info.parent_type;
+        let out = next.run(ctx, info).await;
+        let took = started.elapsed();
+        if took >= SLOW_RESOLVER {
+            tracing::info!(
+                field = %path,
+                parent_type = parent,
+                duration_ms = took.as_secs_f64() * 1000.0,
+                "slow resolver"
+            );
+        }
+        out
     }
 
     async fn execute(
