@@ -31,23 +31,43 @@ use agentplane::workflows::model::{
     WorkflowId, WorkflowRow, WorkflowVersionId, WorkflowVersionRow,
 };
 
+/// Waits until every execution of `ids` ended. Listens to the process's event bus (the
+/// engine runs in this process), so waiting costs the database nothing; reads the
+/// database only at the start, when the bus lagged, and after 500 ms of silence.
 async fn wait_all_done(
     app: &App,
     ids: &[agentplane::executions::model::ExecutionId],
     tenant: agentplane::tenancy::TenantId,
 ) {
-    loop {
-        let mut done = 0;
-        for chunk in ids.chunks(500) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = app.bus.subscribe();
+    let mut left: std::collections::HashSet<_> = ids.iter().copied().collect();
+    let check = |left: std::collections::HashSet<agentplane::executions::model::ExecutionId>| async move {
+        let pending: Vec<_> = left.into_iter().collect();
+        let mut still = std::collections::HashSet::new();
+        for chunk in pending.chunks(500) {
             let rows = agentplane::executions::store::by_ids(&app.db, tenant, chunk)
                 .await
                 .expect("load");
-            done += rows.iter().filter(|r| r.status.is_terminal()).count();
+            still.extend(
+                rows.iter()
+                    .filter(|r| !r.status.is_terminal())
+                    .map(|r| r.id),
+            );
         }
-        if done == ids.len() {
-            return;
+        still
+    };
+    left = check(left).await;
+    while !left.is_empty() {
+        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            Ok(Ok(ev)) => {
+                if ev.step_id.is_none() && ev.status.is_terminal() {
+                    left.remove(&ev.execution_id);
+                }
+            }
+            Ok(Err(RecvError::Closed)) => return,
+            Ok(Err(RecvError::Lagged(_))) | Err(_) => left = check(left).await,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

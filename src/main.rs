@@ -542,6 +542,7 @@ async fn worker(config: Config) -> anyhow::Result<ExitCode> {
             migrations.pending.join(", ")
         );
     }
+    let metrics = app::serve_metrics(&state).await?;
     let background = app::Background::start(
         &state.app,
         workers,
@@ -556,8 +557,9 @@ async fn worker(config: Config) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "agentplane {} worker {owner} running {workers} worker(s)",
-            env!("CARGO_PKG_VERSION")
+            "agentplane {} worker {owner} running {workers} worker(s){}",
+            env!("CARGO_PKG_VERSION"),
+            metrics.map_or_else(String::new, |a| format!("; metrics on http://{a}/metrics"))
         );
         let _ = out.flush();
     }
@@ -619,6 +621,7 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
         let _ = out.flush();
     }
     app::cancel_on_signal(state.app.shutdown.clone());
+    app::serve_metrics(&state).await?;
     app::serve(state, listener).await?;
     Ok(ExitCode::SUCCESS)
 }

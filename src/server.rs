@@ -18,6 +18,28 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
+/// Serves `/metrics` and `/healthz` on `http.metrics_listen` when it is set, until
+/// shutdown; the bound address, or `None`.
+pub async fn serve_metrics(state: &AppState) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = state.app.config.http.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let router = crate::http::metrics_router(state.clone());
+    let stop = state.app.shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    tracing::info!(address = %bound, "serving /metrics");
+    Ok(Some(bound))
+}
+
 /// Work a process runs besides HTTP: the engine's workers and scheduler, and on
 /// PostgreSQL the LISTEN relay that carries other processes' events and wake-ups.
 pub struct Background {

@@ -28,6 +28,10 @@ pub struct HttpConfig {
     pub rate_limit_burst: u32,
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`.
     pub metrics_token: Option<ScrapeToken>,
+    /// A listener of its own for `/metrics` (and `/healthz`): the only HTTP a worker
+    /// process (`agentplane worker`) serves; `serve` also keeps `/metrics` on its main
+    /// listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The token `/metrics` asks for (never printed: its `Debug` hides it).
@@ -52,6 +56,7 @@ pub(super) struct FileHttp {
     pub(super) rate_limit_per_minute: Option<toml::Value>,
     pub(super) rate_limit_burst: Option<toml::Value>,
     pub(super) metrics_token: Option<String>,
+    pub(super) metrics_listen: Option<String>,
 }
 
 /// Reads the section from its layers.
@@ -182,6 +187,21 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
                 ));
             }
             Some(raw) => Some(ScrapeToken(raw.value)),
+        },
+        metrics_listen: match layers.pick(
+            "AGENTPLANE_METRICS_LISTEN",
+            "http.metrics_listen",
+            file.metrics_listen,
+        ) {
+            None => None,
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => Some(raw.value.trim().parse().map_err(|_| {
+                err(
+                    &raw.key,
+                    format!("{:?} is not a socket address", raw.value),
+                    "HOST:PORT such as 0.0.0.0:9100",
+                )
+            })?),
         },
     };
 

@@ -28,6 +28,16 @@ use crate::graphql::RequestId;
 /// The response (and accepted request) header carrying the request id.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The router of the metrics-only listener (`AGENTPLANE_METRICS_LISTEN`): `/metrics` and
+/// `/healthz`, with the same request metrics and spans as the main router.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let http = &state.app.config.http;

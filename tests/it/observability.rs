@@ -300,7 +300,14 @@ async fn one_trace_follows_an_execution_from_the_api_process_through_the_queue_t
     env.push(("AGENTPLANE_WORKERS", "0"));
     let api = ServerProcess::start(&env).await;
     let worker_env = traced("worker");
-    let wenv: Vec<(&str, &str)> = worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut wenv: Vec<(&str, &str)> = worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The worker serves no API: its metrics have a listener of their own.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    wenv.push(("AGENTPLANE_METRICS_LISTEN", metrics_addr.as_str()));
     let _worker = crate::executions::worker_process_with(&api.db.url, &wenv).await;
 
     let login = gql_at(
@@ -464,6 +471,17 @@ async fn one_trace_follows_an_execution_from_the_api_process_through_the_queue_t
             "no {n} span of the trace from the worker process: {worker_spans:?}"
         );
     }
+    // The worker's own metrics: the steps it ran.
+    let scrape = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("worker metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        scrape.contains("agentplane_step_attempts_total{kind=\"transform\",outcome=\"succeeded\"}"),
+        "the worker's scrape has no step attempts:\n{scrape}"
+    );
     // No statement text or bound value travels in a span.
     let all = bodies.lock().expect("lock").join("\n");
     assert!(!all.contains(ADMIN_PASSWORD), "a secret in the traces");
