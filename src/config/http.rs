@@ -32,6 +32,9 @@ pub struct HttpConfig {
     /// process (`agentplane worker`) serves; `serve` also keeps `/metrics` on its main
     /// listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` is believed (load balancers, ingress
+    /// controllers); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 /// The token `/metrics` asks for (never printed: its `Debug` hides it).
@@ -57,6 +60,7 @@ pub(super) struct FileHttp {
     pub(super) rate_limit_burst: Option<toml::Value>,
     pub(super) metrics_token: Option<String>,
     pub(super) metrics_listen: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 /// Reads the section from its layers.
@@ -187,6 +191,31 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
                 ));
             }
             Some(raw) => Some(ScrapeToken(raw.value)),
+        },
+        trusted_proxies: match layers.pick(
+            "AGENTPLANE_TRUSTED_PROXIES",
+            "http.trusted_proxies",
+            file.trusted_proxies.map(|v| v.join(",")),
+        ) {
+            None => Vec::new(),
+            Some(raw) => {
+                let mut out = Vec::new();
+                for part in raw
+                    .value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    out.push(crate::net::Cidr::parse(part).ok_or_else(|| {
+                        err(
+                            &raw.key,
+                            format!("{part:?} is not an address range"),
+                            "comma-separated CIDR ranges of your proxies, e.g. 10.0.0.0/8",
+                        )
+                    })?);
+                }
+                out
+            }
         },
         metrics_listen: match layers.pick(
             "AGENTPLANE_METRICS_LISTEN",

@@ -6,7 +6,7 @@
 //! database did not answer. A credential that is present and invalid never becomes an
 //! anonymous request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -17,6 +17,7 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::error::AppError;
 use crate::graphql::{ClientInfo, RequestId};
+use crate::net::Cidr;
 
 /// Who calls and from where, resolved before the handler runs.
 pub struct Caller {
@@ -30,15 +31,91 @@ pub struct Caller {
     pub bearer: Option<String>,
 }
 
-/// Client address and user agent of a request.
-pub fn client_info(addr: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+/// Client address and user agent of a request. The address is the TCP peer's, unless the
+/// peer is a trusted proxy: then it is the right-most address of `Forwarded` (or, without
+/// it, `X-Forwarded-For`) that is not itself a trusted proxy. A header a client wrote
+/// itself can only add addresses on the left, so it never decides. A malformed header
+/// from a trusted proxy is not believed (the peer's address is used).
+pub fn client_info(addr: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> ClientInfo {
     ClientInfo {
-        ip: addr.ip(),
+        ip: client_ip(addr.ip(), headers, trusted),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
     }
+}
+
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops = match forwarded_for(headers, "forwarded") {
+        Some(h) => h,
+        None => match forwarded_for(headers, "x-forwarded-for") {
+            Some(h) => h,
+            None => return peer,
+        },
+    };
+    let Some(hops) = hops else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !is_trusted(hop) {
+            break;
+        }
+    }
+    client
+}
+
+/// The addresses a proxy header lists, left to right: `None` when the header is absent,
+/// `Some(None)` when it is malformed (or names an obfuscated or unknown node).
+fn forwarded_for(headers: &HeaderMap, name: &str) -> Option<Option<Vec<IpAddr>>> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for element in values.iter().flat_map(|v| v.split(',')) {
+        let element = element.trim();
+        let raw = if name == "forwarded" {
+            // `for=192.0.2.60;proto=https` or `for="[2001:db8::1]:4711"`
+            let Some(v) = element.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+            }) else {
+                return Some(None);
+            };
+            v
+        } else {
+            element
+        };
+        match parse_node(raw.trim_matches('"')) {
+            Some(ip) => out.push(ip),
+            None => return Some(None),
+        }
+    }
+    Some(Some(out))
+}
+
+/// `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1` or `[2001:db8::1]:4711`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
 }
 
 /// The HTTP answer to an error before GraphQL runs: a refused credential (401 with
@@ -106,7 +183,11 @@ async fn resolve(
             &request_id,
         ));
     };
-    let client = client_info(*addr, &parts.headers);
+    let client = client_info(
+        *addr,
+        &parts.headers,
+        &state.app.config.http.trusted_proxies,
+    );
     let anonymous = |client, request_id| Caller {
         principal: None,
         client,

@@ -4,6 +4,7 @@ mod audit;
 mod audit_coverage;
 mod audit_forgery;
 mod cli;
+mod client_address;
 mod cluster;
 mod compliance;
 mod compliance_export;
