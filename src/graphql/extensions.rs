@@ -161,9 +161,14 @@ impl Extension for OperationLogExtension {
             "graphql.operation",
             request_id,
             operation = op,
+            tenant = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        // The caller's tenant, on every log line of the operation.
+        if let Some(p) = ctx.data_opt::<crate::auth::Principal>() {
+            span.record("tenant", tracing::field::display(p.tenant_id));
+        }
         crate::telemetry::record_ids(&span);
         let started = Instant::now();
         let resp = next.run(ctx, operation_name).instrument(span.clone()).await;

@@ -639,4 +639,10 @@ async fn debug_logs_carry_trace_ids_and_never_a_secret() {
         "no log line carries the request's trace id:\n{}",
         &log[..log.len().min(4000)]
     );
+    // The operation's lines name the caller's tenant (the platform admin's).
+    assert!(
+        log.lines()
+            .any(|l| l.contains(trace_id) && l.contains("\"tenant\":")),
+        "no line of the traced operation names its tenant"
+    );
 }
