@@ -1,7 +1,7 @@
 //! `engine`: workers, leases, timeouts, egress, LLM prices, step limits, audit jobs.
 
 use super::ConfigError;
-use super::layers::{Layers, err, parse_num, toml_scalar};
+use super::layers::{Layers, err, parse_cidrs, parse_num, toml_scalar};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -131,26 +131,14 @@ pub(super) fn load(layers: &Layers<'_>, fe: FileEngine) -> Result<EngineConfig, 
                 7 * 86_400,
                 "seconds between 1 and 604800",
             )?),
-            egress_allow: match layers.pick(
-                "AGENTPLANE_EGRESS_ALLOW_CIDRS",
-                "engine.egress_allow_cidrs",
-                fe.egress_allow_cidrs.map(|v| v.join(",")),
-            ) {
-                None => Vec::new(),
-                Some(raw) => {
-                    let mut out = Vec::new();
-                    for part in raw.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                        out.push(crate::net::Cidr::parse(part).ok_or_else(|| {
-                            err(
-                                &raw.key,
-                                format!("{part:?} is not an address range"),
-                                "comma-separated CIDR ranges such as 10.0.0.0/8,127.0.0.1/32",
-                            )
-                        })?);
-                    }
-                    out
-                }
-            },
+            egress_allow: parse_cidrs(
+                layers.pick(
+                    "AGENTPLANE_EGRESS_ALLOW_CIDRS",
+                    "engine.egress_allow_cidrs",
+                    fe.egress_allow_cidrs.map(|v| v.join(",")),
+                ),
+                "comma-separated CIDR ranges such as 10.0.0.0/8,127.0.0.1/32",
+            )?,
             llm_prices: match layers.pick("AGENTPLANE_LLM_PRICES", "engine.llm_prices", fe.llm_prices) {
                 None => std::collections::HashMap::new(),
                 Some(raw) => parse_prices(&raw.value).ok_or_else(|| {

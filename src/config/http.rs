@@ -1,7 +1,7 @@
 //! `http`: body size, timeouts, CORS, shutdown grace.
 
 use super::ConfigError;
-use super::layers::{Layers, err, parse_num, toml_scalar};
+use super::layers::{Layers, err, parse_cidrs, parse_num, toml_scalar};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -192,31 +192,14 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             }
             Some(raw) => Some(ScrapeToken(raw.value)),
         },
-        trusted_proxies: match layers.pick(
-            "AGENTPLANE_TRUSTED_PROXIES",
-            "http.trusted_proxies",
-            file.trusted_proxies.map(|v| v.join(",")),
-        ) {
-            None => Vec::new(),
-            Some(raw) => {
-                let mut out = Vec::new();
-                for part in raw
-                    .value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                {
-                    out.push(crate::net::Cidr::parse(part).ok_or_else(|| {
-                        err(
-                            &raw.key,
-                            format!("{part:?} is not an address range"),
-                            "comma-separated CIDR ranges of your proxies, e.g. 10.0.0.0/8",
-                        )
-                    })?);
-                }
-                out
-            }
-        },
+        trusted_proxies: parse_cidrs(
+            layers.pick(
+                "AGENTPLANE_TRUSTED_PROXIES",
+                "http.trusted_proxies",
+                file.trusted_proxies.map(|v| v.join(",")),
+            ),
+            "comma-separated CIDR ranges of your proxies, e.g. 10.0.0.0/8",
+        )?,
         metrics_listen: match layers.pick(
             "AGENTPLANE_METRICS_LISTEN",
             "http.metrics_listen",

@@ -86,6 +86,30 @@ where
     Ok(v)
 }
 
+/// A comma-separated list of CIDR ranges (empty when unset).
+pub(super) fn parse_cidrs(
+    raw: Option<Raw>,
+    expected: &str,
+) -> Result<Vec<crate::net::Cidr>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            crate::net::Cidr::parse(part).ok_or_else(|| {
+                err(
+                    &raw.key,
+                    format!("{part:?} is not an address range"),
+                    expected,
+                )
+            })
+        })
+        .collect()
+}
+
 pub(super) fn parse_bool(raw: Option<Raw>, default: bool) -> Result<bool, ConfigError> {
     let Some(raw) = raw else { return Ok(default) };
     match raw.value.trim().to_ascii_lowercase().as_str() {

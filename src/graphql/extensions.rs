@@ -35,9 +35,7 @@ pub const SLOW_RESOLVER: std::time::Duration = std::time::Duration::from_millis(
 struct Parsed {
     /// Each operation of the document: its name and type.
     ops: Vec<(Option<String>, &'static str)>,
-    /// A subscription's root field.
-    field: Option<String>,
-    /// The running subscription's gauge, dropped with the stream.
+    /// The running subscription's gauge (by its root field), dropped with the stream.
     gauge: Option<crate::metrics::SubscriptionGauge>,
 }
 
@@ -94,7 +92,7 @@ impl Extension for OperationLogExtension {
                 .map(|(_, op)| op)
                 .find(|op| op.node.ty == OperationType::Subscription);
             if let Some(op) = sub {
-                p.field = op
+                p.gauge = op
                     .node
                     .selection_set
                     .node
@@ -103,10 +101,8 @@ impl Extension for OperationLogExtension {
                     .find_map(|s| match &s.node {
                         Selection::Field(f) => Some(f.node.name.node.to_string()),
                         _ => None,
-                    });
-                if let Some(f) = p.field.clone() {
-                    p.gauge = Some(crate::metrics::SubscriptionGauge::start(f));
-                }
+                    })
+                    .map(crate::metrics::SubscriptionGauge::start);
             }
         }
         Ok(doc)

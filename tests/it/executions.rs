@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestDb, first_error_code};
+use crate::helpers::{TestApp, first_error_code};
 
 pub use crate::workers::worker_process_with;
 
@@ -605,113 +605,4 @@ async fn a_condition_skips_the_branch_it_does_not_choose() {
         "all its dependencies were skipped"
     );
     assert_eq!(step(&e, "done")["status"], "SUCCEEDED");
-}
-
-/// #15: an execution whose steps all run inline (template steps) is written in one
-/// transaction at its end, with every event the step-by-step path writes, in order; a
-/// step that waits (a delay) makes what ran before it visible first.
-#[tokio::test(flavor = "multi_thread")]
-async fn inline_steps_are_written_in_one_transaction_with_every_event() {
-    let app = TestApp::spawn_with(&[
-        ("AGENTPLANE_WORKERS", "0"),
-        ("AGENTPLANE_POLL_MS", "60000"),
-        ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
-        ("AGENTPLANE_HEARTBEAT_MS", "60000"),
-        ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
-    ])
-    .await;
-    let (_, owner) = app.tenant_with_owner("acme").await;
-    let inline = published(
-        &app,
-        &owner,
-        "inline",
-        json!({ "steps": [
-            { "id": "a", "kind": "transform", "config": { "template": "{\"n\": {{ input.n }}}" } },
-            { "id": "c", "kind": "condition", "dependsOn": ["a"],
-              "config": { "expression": "steps.a.output.n > 1", "ifTrue": ["big"], "ifFalse": ["small"] } },
-            { "id": "big", "kind": "transform", "dependsOn": ["c"], "config": { "template": "\"big\"" } },
-            { "id": "small", "kind": "transform", "dependsOn": ["c"], "config": { "template": "\"small\"" } },
-        ]}),
-    )
-    .await;
-    let waits = published(
-        &app,
-        &owner,
-        "waits",
-        json!({ "steps": [
-            { "id": "a", "kind": "transform", "config": { "template": "\"first\"" } },
-            { "id": "w", "kind": "delay", "dependsOn": ["a"], "config": { "ms": 1500 } },
-        ]}),
-    )
-    .await;
-    let started = start(
-        &app,
-        &owner,
-        json!({ "workflowId": inline, "input": { "n": 2 } }),
-    )
-    .await;
-    let id = started["execution"]["id"].as_str().expect("id").to_owned();
-    let mut events = app.state.app.bus.subscribe();
-    let commits = || app.state.app.commits.load(Ordering::SeqCst);
-    let before = commits();
-    let engine = agentplane::executions::engine::start(app.state.app.clone(), 1)
-        .expect("engine")
-        .expect("started");
-    let mut seen = Vec::new();
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(20), events.recv())
-            .await
-            .expect("the execution never finished")
-            .expect("bus");
-        if ev.execution_id != exec_uuid(&id) {
-            continue;
-        }
-        seen.push(ev.clone());
-        if ev.status.is_terminal() && ev.step_id.is_none() {
-            break;
-        }
-    }
-    // The execution's writes in one transaction; on PostgreSQL the claim is one more.
-    let spent = commits() - before;
-    let claim = u64::from(TestDb::is_postgres());
-    assert_eq!(spent, 1 + claim, "the execution took {spent} commits");
-    let e = execution(&app, &owner, &id).await;
-    assert_eq!(e["status"], "SUCCEEDED", "{e}");
-    assert_eq!(e["output"], json!({ "big": "big" }), "{e}");
-    let described: Vec<String> = seen
-        .iter()
-        .map(|ev| match (&ev.step_id, ev.step_status) {
-            (Some(s), Some(st)) => format!("{s}:{}", st.as_str()),
-            _ => ev.status.as_str().to_owned(),
-        })
-        .collect();
-    assert_eq!(
-        described,
-        [
-            "RUNNING",
-            "a:RUNNING",
-            "a:SUCCEEDED",
-            "c:RUNNING",
-            "c:SUCCEEDED",
-            "small:SKIPPED",
-            "big:RUNNING",
-            "big:SUCCEEDED",
-            "SUCCEEDED"
-        ],
-        "{seen:?}"
-    );
-    let seqs: Vec<i64> = seen.iter().map(|ev| ev.seq).collect();
-    assert_eq!(seqs, (2..=10).collect::<Vec<_>>(), "gapless, in order");
-    assert_eq!(e["sequence"], 10, "{e}");
-
-    // A step that waits: the transform before it and RUNNING are visible while it waits.
-    let started = start(&app, &owner, json!({ "workflowId": waits })).await;
-    let id = started["execution"]["id"].as_str().expect("id").to_owned();
-    let e = wait_for(&app, &owner, &id, 20, step_status("w", "RUNNING")).await;
-    assert_eq!(e["status"], "RUNNING", "{e}");
-    assert_eq!(step(&e, "a")["status"], "SUCCEEDED", "{e}");
-    assert_eq!(step(&e, "a")["output"], "first", "{e}");
-    let e = wait_for(&app, &owner, &id, 20, finished).await;
-    assert_eq!(e["status"], "SUCCEEDED", "{e}");
-    engine.shutdown(Duration::from_secs(1)).await;
 }

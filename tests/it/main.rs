@@ -10,6 +10,7 @@ mod compliance;
 mod compliance_export;
 mod consistency;
 mod edge_auth;
+mod engine_writes;
 mod event_streams;
 mod execution_reads;
 mod executions;

@@ -48,12 +48,17 @@ impl Engine {
                 tracing::warn!(execution = %id, step = %step.id, error = ?e, "releasing GPU memory failed");
             }
         }
-        match &end {
+        self.count_step(&end);
+        end
+    }
+
+    /// Counts a finished step in this node's telemetry (its step error rate).
+    pub(super) fn count_step(&self, end: &StepEnd) {
+        match end {
             StepEnd::Done(_) => self.app.node.steps_ok.fetch_add(1, Ordering::Relaxed),
             StepEnd::Failed(_) => self.app.node.steps_failed.fetch_add(1, Ordering::Relaxed),
             StepEnd::LeaseLost => 0,
         };
-        end
     }
 
     /// Waits until this node can reserve the step's GPU memory within the tenant's quota,

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
@@ -415,11 +414,7 @@ impl Engine {
         let error = change.error.clone();
         w.step(change).await?;
         let end = end.unwrap_or(StepEnd::LeaseLost);
-        match &end {
-            StepEnd::Done(_) => self.app.node.steps_ok.fetch_add(1, Ordering::Relaxed),
-            StepEnd::Failed(_) => self.app.node.steps_failed.fetch_add(1, Ordering::Relaxed),
-            StepEnd::LeaseLost => 0,
-        };
+        self.count_step(&end);
         Ok((end, error))
     }
 }
