@@ -187,6 +187,8 @@ async fn main() -> anyhow::Result<()> {
         permissions: agentplane::rbac::BuiltinRole::Owner.permissions(),
         platform_admin: false,
         token: None,
+        allowed_ips: std::sync::Arc::new([]),
+        second_factor_missing: false,
     };
     let user_gid = agentplane::graphql::relay::to_global_id(
         agentplane::graphql::relay::NodeKind::User,

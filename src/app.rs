@@ -58,6 +58,9 @@ pub struct App {
     pub auth_cache: Arc<crate::auth::cache::PrincipalCache>,
     /// Request rate limits per principal (shared through Redis when configured).
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Refusals by `allowedIpRanges` recorded in the last minute (one record per
+    /// principal and address).
+    pub ip_denials: crate::auth::DenialLog,
 }
 
 impl App {
@@ -115,6 +118,7 @@ impl App {
                 .as_deref(),
                 &config.redis_key_prefix,
             )?),
+            ip_denials: crate::auth::DenialLog::default(),
             config,
         })
     }

@@ -167,6 +167,8 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Demo> {
         permissions,
         platform_admin,
         token: None,
+        allowed_ips: crate::auth::allowed_ranges(&tenant),
+        second_factor_missing: false,
     };
     let origin = principal.origin(None, None);
     let definition = crate::workflows::dag::Definition::parse(&demo_definition())

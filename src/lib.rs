@@ -25,6 +25,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod rbac;
 pub mod request;
+pub mod seal;
 pub mod secrets;
 pub mod server;
 pub mod slots;

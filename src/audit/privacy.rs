@@ -25,8 +25,8 @@ use crate::db::DbPool;
 use crate::db::ids::TenantId;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
-    api_keys, audit_actors, audit_heads, audit_log, login_attempts, password_tokens,
-    refresh_tokens, sessions, team_members, teams, users,
+    api_keys, audit_actors, audit_heads, audit_log, login_attempts, mfa_challenges, mfa_factors,
+    mfa_recovery_codes, password_tokens, refresh_tokens, sessions, team_members, teams, users,
 };
 use crate::error::{AppError, AppResult};
 use crate::graphql::relay::{NodeKind, to_global_id};
@@ -278,6 +278,16 @@ pub async fn erase(
             .execute(&mut *conn)
             .await?;
             diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
+                .execute(&mut *conn)
+                .await?;
+            // The second factor goes with the person: secret, recovery codes, challenges.
+            diesel::delete(mfa_factors::table.filter(mfa_factors::user_id.eq(&uid)))
+                .execute(&mut *conn)
+                .await?;
+            diesel::delete(mfa_recovery_codes::table.filter(mfa_recovery_codes::user_id.eq(&uid)))
+                .execute(&mut *conn)
+                .await?;
+            diesel::delete(mfa_challenges::table.filter(mfa_challenges::user_id.eq(&uid)))
                 .execute(&mut *conn)
                 .await?;
             diesel::delete(login_attempts::table.filter(login_attempts::key.like(&throttle_keys)))

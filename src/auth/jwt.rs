@@ -56,6 +56,9 @@ pub struct Claims {
     pub jti: String,
     /// Session (refresh-token family) id.
     pub sid: String,
+    /// Whether the sign-in behind the session passed a second factor (absent: no).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa: bool,
 }
 
 #[derive(Queryable, Selectable, Insertable)]
@@ -100,8 +103,7 @@ fn hs_kid(secret: &str) -> String {
     format!("hs256-{}", &super::passwords::sha256_hex(secret)[..12])
 }
 
-/// How a sealed private key starts: `sealed:v1:<master key id>:<nonce>:<ciphertext>`.
-const SEALED: &str = "sealed:v1:";
+use crate::seal::SEALED;
 
 fn sealing_aad(kid: &str) -> Vec<u8> {
     format!("agentplane-signing-key:{kid}").into_bytes()
@@ -110,11 +112,7 @@ fn sealing_aad(kid: &str) -> Vec<u8> {
 /// The stored form of a private key: sealed under the current master key when one is
 /// configured, else the PEM itself.
 fn stored_form(kid: &str, pem: &str, master: &[MasterKey]) -> anyhow::Result<String> {
-    let Some(key) = master.first() else {
-        return Ok(pem.to_owned());
-    };
-    let (nonce, ct) = crate::secrets::seal_bytes(key, &sealing_aad(kid), pem.as_bytes())?;
-    Ok(format!("{SEALED}{}:{nonce}:{ct}", key.id))
+    crate::seal::seal_text(master, &sealing_aad(kid), pem)
 }
 
 /// The master key a stored private key is sealed under (`None`: unsealed).
@@ -128,22 +126,12 @@ fn sealed_under(stored: &str) -> Option<&str> {
 
 /// The PEM of a stored private key.
 fn open_pem(kid: &str, stored: &str, master: &[MasterKey]) -> anyhow::Result<String> {
-    let Some(rest) = stored.strip_prefix(SEALED) else {
-        return Ok(stored.to_owned());
-    };
-    let mut parts = rest.rsplitn(3, ':');
-    let (Some(ct), Some(nonce), Some(key_id)) = (parts.next(), parts.next(), parts.next()) else {
-        anyhow::bail!("signing key {kid} is sealed in an unknown form");
-    };
-    let pem = crate::secrets::open_bytes(
+    crate::seal::open_text(
         master,
-        key_id,
         &sealing_aad(kid),
-        nonce,
-        ct,
+        stored,
         &format!("signing key {kid}"),
-    )?;
-    String::from_utf8(pem).context("a sealed signing key is not text")
+    )
 }
 
 /// Seals every private key not yet sealed under the current master key; returns how

@@ -59,6 +59,13 @@ pub struct Principal {
     pub platform_admin: bool,
     /// Present for users signed in with an access token.
     pub token: Option<TokenInfo>,
+    /// The tenant's `allowedIpRanges` when the principal was resolved (empty: any
+    /// address). Enforced by [`check_client_address`] on every use of the credential.
+    pub allowed_ips: std::sync::Arc<[crate::net::Cidr]>,
+    /// The tenant requires a second factor and this sign-in had none: the principal holds
+    /// no permission (it may only enrol, sign out, read itself) until it signs in again
+    /// with a code.
+    pub second_factor_missing: bool,
 }
 
 impl Principal {
@@ -142,6 +149,106 @@ pub fn permissions_of(
         || (PermissionSet::new(), false),
         |list| (parse_permission_list(list), false),
     )
+}
+
+/// A tenant's `allowedIpRanges`, parsed (values were validated when saved; one that no
+/// longer parses is skipped, never widened to "any").
+pub fn allowed_ranges(tenant: &TenantRow) -> std::sync::Arc<[crate::net::Cidr]> {
+    serde_json::from_str::<Vec<String>>(&tenant.allowed_ip_ranges)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| crate::net::Cidr::parse(r))
+        .collect()
+}
+
+/// Whether a caller from `ip` may use a credential of a tenant whose ranges are
+/// `ranges` (empty: any address). Platform admins are held to the system tenant's list
+/// like everyone else, unless `AGENTPLANE_PLATFORM_ADMINS_BYPASS_IP_ALLOWLIST` is set.
+pub fn address_allowed(
+    app: &App,
+    ranges: &[crate::net::Cidr],
+    platform_admin: bool,
+    ip: std::net::IpAddr,
+) -> bool {
+    ranges.is_empty()
+        || (platform_admin && app.config.auth.platform_admins_bypass_ip_allowlist)
+        || ranges.iter().any(|r| r.contains(ip))
+}
+
+/// The refusal of a caller outside its tenant's `allowedIpRanges`: `FORBIDDEN` with
+/// reason `IP_NOT_ALLOWED`.
+pub fn ip_not_allowed(ip: std::net::IpAddr) -> AppError {
+    crate::metrics::auth_failure("IP_NOT_ALLOWED");
+    AppError::forbidden(format!(
+        "your address {ip} is not in this organization's allowed IP ranges: \
+         connect from an allowed network, or ask an owner to add it (allowedIpRanges)"
+    ))
+    .with_detail("reason", "IP_NOT_ALLOWED")
+}
+
+/// Enforces the principal's tenant `allowedIpRanges` for a caller at `client`, and
+/// records a refusal as `auth.ip_denied` (once per principal and address a minute, so
+/// a rejected client cannot grow the trail with every request).
+pub async fn check_client_address(
+    app: &App,
+    p: &Principal,
+    client: &crate::request::ClientInfo,
+    request_id: Option<&crate::request::RequestId>,
+) -> AppResult<()> {
+    if address_allowed(app, &p.allowed_ips, p.platform_admin, client.ip) {
+        return Ok(());
+    }
+    if app
+        .ip_denials
+        .first(&format!("{}|{}", p.actor_ref(), client.ip), app.clock.now())
+    {
+        let origin = p.origin(Some(client), request_id);
+        record_ip_denial(app, &origin, client.ip).await;
+    }
+    Err(ip_not_allowed(client.ip))
+}
+
+/// Writes `auth.ip_denied` (best effort: a failure is logged; the caller is refused
+/// either way).
+pub async fn record_ip_denial(app: &App, origin: &crate::audit::Origin, ip: std::net::IpAddr) {
+    tracing::warn!(event = "auth.ip_denied", client.ip = %ip, "refused: address not allowed");
+    let entry = crate::audit::Entry::change(
+        origin,
+        "auth.ip_denied",
+        "tenant",
+        origin.tenant_id,
+        Some(serde_json::json!({ "ip": ip.to_string() })),
+        crate::db::ids::db_time(app.clock.now()),
+    )
+    .severity(crate::audit::Severity::Warning)
+    .failed("the client address is not in allowedIpRanges");
+    if let Err(e) = crate::audit::record(&app.db, &entry).await {
+        tracing::warn!(error = ?e, "could not record a refused address");
+    }
+}
+
+/// Remembers which (principal, address) refusals were recorded in the last minute.
+#[derive(Default)]
+pub struct DenialLog(std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>);
+
+impl DenialLog {
+    /// `true` when `key` was not recorded in the last minute (and remembers it now).
+    pub fn first(&self, key: &str, now: DateTime<Utc>) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return true;
+        };
+        let window = chrono::Duration::seconds(60);
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now - *at < window);
+        }
+        match seen.get(key) {
+            Some(at) if now - *at < window => false,
+            _ => {
+                seen.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
 }
 
 /// Refuses principals of a suspended tenant with `FORBIDDEN` and reason `TENANT_SUSPENDED`.
@@ -246,14 +353,21 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
         return Err(invalid_credentials());
     }
     check_tenant_active(&tenant)?;
-    let (permissions, platform_admin) =
+    let (mut permissions, mut platform_admin) =
         permissions_of(&tenant, &user.role, custom_role_permissions.as_deref());
+    let second_factor_missing = tenant.require_mfa && !claims.mfa;
+    if second_factor_missing {
+        permissions = PermissionSet::new();
+        platform_admin = false;
+    }
     let principal = Principal {
         actor: Actor::User(user.id),
         tenant_id,
         role: user.role,
         permissions,
         platform_admin,
+        allowed_ips: allowed_ranges(&tenant),
+        second_factor_missing,
         token: Some(TokenInfo {
             session_id,
             jti: claims.jti,

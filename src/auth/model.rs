@@ -35,6 +35,8 @@ pub struct SessionRow {
     pub ip: Option<String>,
     /// User agent at sign-in.
     pub user_agent: Option<String>,
+    /// Whether the sign-in passed a second factor (its tokens carry `mfa: true`).
+    pub mfa: bool,
 }
 
 /// One row of `refresh_tokens`.

@@ -1,7 +1,7 @@
 //! `auth`: token algorithm and keys, lifetimes, the first admin, password hashing limits.
 
 use super::ConfigError;
-use super::layers::{Layers, Raw, err, parse_num, toml_scalar};
+use super::layers::{Layers, Raw, err, parse_bool, parse_num, toml_scalar};
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::time::Duration;
@@ -50,6 +50,9 @@ pub struct AuthConfig {
     pub principal_cache_ttl: Duration,
     /// Principals cached at most.
     pub principal_cache_entries: usize,
+    /// Whether platform admins may act from addresses outside their own (the system
+    /// tenant's) `allowedIpRanges`: a break-glass setting, off unless set.
+    pub platform_admins_bypass_ip_allowlist: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +72,7 @@ pub(super) struct FileAuth {
     pub(super) max_hashes_per_address: Option<toml::Value>,
     pub(super) principal_cache_secs: Option<toml::Value>,
     pub(super) principal_cache_entries: Option<toml::Value>,
+    pub(super) platform_admins_bypass_ip_allowlist: Option<toml::Value>,
 }
 
 /// Reads the section from its layers.
@@ -272,6 +276,14 @@ pub(super) fn load(
             1,
             10_000_000,
             "a number of principals between 1 and 10000000",
+        )?,
+        platform_admins_bypass_ip_allowlist: parse_bool(
+            layers.pick(
+                "AGENTPLANE_PLATFORM_ADMINS_BYPASS_IP_ALLOWLIST",
+                "auth.platform_admins_bypass_ip_allowlist",
+                toml_scalar(file.platform_admins_bypass_ip_allowlist),
+            ),
+            false,
         )?,
     };
 

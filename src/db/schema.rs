@@ -84,6 +84,7 @@ diesel::table! {
         revoked_reason -> Nullable<Text>,
         ip -> Nullable<Text>,
         user_agent -> Nullable<Text>,
+        mfa -> Bool,
     }
 }
 
@@ -137,6 +138,39 @@ diesel::table! {
         failures -> BigInt,
         locked_until -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    mfa_factors (user_id) {
+        user_id -> Text,
+        tenant_id -> Text,
+        secret -> Text,
+        confirmed_at -> Nullable<Timestamp>,
+        last_step -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    mfa_recovery_codes (code_hash) {
+        code_hash -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        created_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    mfa_challenges (token_hash) {
+        token_hash -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        attempts -> Integer,
+        used_at -> Nullable<Timestamp>,
     }
 }
 
@@ -420,6 +454,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     login_attempts,
     password_tokens,
+    mfa_factors,
+    mfa_recovery_codes,
+    mfa_challenges,
     workflows,
     workflow_versions,
     secrets,

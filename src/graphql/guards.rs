@@ -16,6 +16,13 @@ impl Guard for Require {
         let p = principal(ctx)?;
         if p.permissions.contains(&self.0) {
             Ok(())
+        } else if p.second_factor_missing {
+            Err(AppError::forbidden(
+                "your organization requires multi-factor sign-in: turn it on (enrollTotp, \
+                 then confirmTotp with a code) if you have not, then sign in again with a code",
+            )
+            .with_detail("reason", "MFA_REQUIRED_BY_TENANT")
+            .into())
         } else {
             record_denial(ctx, self.0).await;
             Err(

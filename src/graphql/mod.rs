@@ -39,6 +39,7 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     crate::auth::graphql::AuthMutation,
+    crate::auth::graphql::mfa::MfaMutation,
     crate::tenancy::graphql::TenancyMutation,
     crate::tenancy::graphql::TeamMutation,
     crate::workflows::graphql::WorkflowMutation,

@@ -206,15 +206,28 @@ async fn resolve(
         Err(e) => return Ok((anonymous(client, request_id), Some(e))),
     };
     match crate::auth::authenticate(&state.app, bearer).await {
-        Ok(principal) => Ok((
-            Caller {
-                principal: Some(principal),
-                client,
-                request_id,
-                bearer: Some(bearer.to_owned()),
-            },
-            None,
-        )),
+        Ok(principal) => {
+            // The tenant's allowedIpRanges hold for every use of the credential.
+            if let Err(e) = crate::auth::check_client_address(
+                &state.app,
+                &principal,
+                &client,
+                Some(&request_id),
+            )
+            .await
+            {
+                return Err(refusal(e, &request_id));
+            }
+            Ok((
+                Caller {
+                    principal: Some(principal),
+                    client,
+                    request_id,
+                    bearer: Some(bearer.to_owned()),
+                },
+                None,
+            ))
+        }
         Err(e) if e.code() == crate::error::ErrorCode::Unauthenticated => {
             Ok((anonymous(client, request_id), Some(e)))
         }

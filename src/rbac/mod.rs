@@ -207,6 +207,7 @@ pub const PUBLIC_FIELDS: &[&str] = &[
     "login",
     "refreshSession",
     "setPassword",
+    "verifyMfa",
 ];
 
 /// Root fields any signed-in principal may call (they act on the caller's own identity, or
@@ -219,6 +220,10 @@ pub const SELF_FIELDS: &[&str] = &[
     "changePassword",
     "sessions",
     "revokeSession",
+    "enrollTotp",
+    "confirmTotp",
+    "disableTotp",
+    "regenerateRecoveryCodes",
 ];
 
 /// The permission matrix as a Markdown table (printed in README).

@@ -4,13 +4,8 @@
 //! ciphertext copied to another row or tenant does not decrypt. Values are never returned
 //! by the API; only the execution engine reads them, through [`reveal`].
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::NaiveDateTime;
-use rand::RngCore as _;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 
 use crate::config::MasterKey;
 use crate::db::ids::TenantId;
@@ -104,59 +99,13 @@ fn disabled() -> AppError {
         .with_detail("reason", "SECRETS_DISABLED")
 }
 
-/// Encrypts `plaintext` under `key` with `aad` bound in; returns (nonce, ciphertext) in
-/// base64. Also seals the token-signing keys (`auth::jwt`).
-pub(crate) fn seal_bytes(
-    key: &MasterKey,
-    aad: &[u8],
-    plaintext: &[u8],
-) -> anyhow::Result<(String, String)> {
-    let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
-    let mut nonce = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| anyhow::anyhow!("encrypting failed"))?;
-    Ok((STANDARD.encode(nonce), STANDARD.encode(ct)))
-}
-
-/// Decrypts what [`seal_bytes`] sealed under the master key `key_id` (one of `keys`);
-/// `what` names it in errors.
-pub(crate) fn open_bytes(
-    keys: &[MasterKey],
-    key_id: &str,
-    aad: &[u8],
-    nonce: &str,
-    ciphertext: &str,
-    what: &str,
-) -> anyhow::Result<Vec<u8>> {
-    let key = keys.iter().find(|k| k.id == key_id).ok_or_else(|| {
-        anyhow::anyhow!("{what} is sealed under master key {key_id}, which is not configured")
-    })?;
-    let nonce = STANDARD.decode(nonce)?;
-    let ct = STANDARD.decode(ciphertext)?;
-    if nonce.len() != 24 {
-        anyhow::bail!("{what} has a bad nonce");
-    }
-    let cipher = XChaCha20Poly1305::new(key.key.expose_secret().into());
-    cipher
-        .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ct, aad })
-        .map_err(|_| anyhow::anyhow!("{what} failed authentication"))
-}
-
 /// Encrypts under `key`; returns (nonce, ciphertext) in base64.
 fn seal(key: &MasterKey, tenant: TenantId, name: &str, value: &str) -> AppResult<(String, String)> {
-    seal_bytes(key, &aad(tenant, name), value.as_bytes()).map_err(AppError::internal)
+    crate::seal::seal_bytes(key, &aad(tenant, name), value.as_bytes()).map_err(AppError::internal)
 }
 
 fn open(keys: &[MasterKey], row: &SecretRow) -> AppResult<SecretString> {
-    let pt = open_bytes(
+    let pt = crate::seal::open_bytes(
         keys,
         &row.key_id,
         &aad(row.tenant_id, &row.name),

@@ -329,6 +329,95 @@ async fn every_mutation_writes_exactly_one_record() {
         "mutation($i: RevokeSessionInput!) { revokeSession(input: $i) { ok } }",
         json!({ "i": { "sessionId": other } })
     );
+    // The second factor: enrol, confirm, a two-step sign-in, new recovery codes, turn it
+    // off; enrol again and an owner's reset. Codes come from the secret on the app clock.
+    let totp = |secret: &str| {
+        let raw = data_encoding::BASE32_NOPAD
+            .decode(secret.as_bytes())
+            .expect("base32");
+        let now = agentplane::clock::Clock::now(app.clock.as_ref());
+        agentplane::auth::service::mfa::totp_code(
+            &raw,
+            agentplane::auth::service::mfa::step_at(now),
+        )
+    };
+    let secret = step!(
+        "enrollTotp",
+        acme,
+        "auth.mfa_enrolment_started",
+        Some(dev.as_str()),
+        "mutation { enrollTotp { secret } }",
+        json!({})
+    )["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    step!(
+        "confirmTotp",
+        acme,
+        "auth.mfa_enabled",
+        Some(dev.as_str()),
+        "mutation($i: TotpCodeInput!) { confirmTotp(input: $i) { recoveryCodes } }",
+        json!({ "i": { "code": totp(&secret) } })
+    );
+    app.clock.advance(chrono::Duration::seconds(30));
+    let challenge = app
+        .gql(
+            "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+            json!({ "i": { "email": "dev@acme.example", "password": "dev-password-one" } }),
+        )
+        .await["errors"][0]["extensions"]["mfaChallenge"]
+        .clone();
+    assert!(challenge.is_string(), "a challenge");
+    step!(
+        "verifyMfa",
+        acme,
+        "auth.login",
+        None::<&str>,
+        "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken } }",
+        json!({ "i": { "challenge": challenge, "code": totp(&secret) } })
+    );
+    app.clock.advance(chrono::Duration::seconds(30));
+    step!(
+        "regenerateRecoveryCodes",
+        acme,
+        "auth.mfa_recovery_codes_regenerated",
+        Some(dev.as_str()),
+        "mutation($i: TotpCodeInput!) { regenerateRecoveryCodes(input: $i) { recoveryCodes } }",
+        json!({ "i": { "code": totp(&secret) } })
+    );
+    app.clock.advance(chrono::Duration::seconds(30));
+    step!(
+        "disableTotp",
+        acme,
+        "auth.mfa_disabled",
+        Some(dev.as_str()),
+        "mutation($i: TotpCodeInput!) { disableTotp(input: $i) { ok } }",
+        json!({ "i": { "code": totp(&secret) } })
+    );
+    let again = app
+        .gql_as(&dev, "mutation { enrollTotp { secret } }", json!({}))
+        .await;
+    let secret = again["data"]["enrollTotp"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let on = app
+        .gql_as(
+            &dev,
+            "mutation($i: TotpCodeInput!) { confirmTotp(input: $i) { recoveryCodes } }",
+            json!({ "i": { "code": totp(&secret) } }),
+        )
+        .await;
+    assert!(on["errors"].is_null(), "{on}");
+    step!(
+        "resetUserMfa",
+        acme,
+        "auth.mfa_reset",
+        o,
+        "mutation($i: ResetUserMfaInput!) { resetUserMfa(input: $i) { user { id } } }",
+        json!({ "i": { "userId": user } })
+    );
     step!(
         "changePassword",
         acme,

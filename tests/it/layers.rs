@@ -40,6 +40,7 @@ const MODULES: &[(&str, Layer)] = &[
     ("request", Layer::Base),
     ("net", Layer::Base),
     ("policy", Layer::Base),
+    ("seal", Layer::Base),
     ("db", Layer::Storage),
     ("events", Layer::Storage),
     ("ratelimit", Layer::Storage),
@@ -96,8 +97,8 @@ const ASYNC_GRAPHQL_DEBT: &[&str] = &[];
 
 /// Known arrows against [`DOMAIN_ORDER`] (file → domain module): debt. `App`'s fields name
 /// domain types; erasure reads tenancy and auth rows; retention deletes executions;
-/// tenancy writes auth's set-password tokens; JWT keys are sealed secrets; the cluster
-/// agent releases execution leases.
+/// tenancy writes auth's set-password tokens; the cluster agent releases execution
+/// leases.
 const DOMAIN_DEBT: &[(&str, &str)] = &[
     ("app.rs", "audit"),
     ("app.rs", "auth"),
@@ -106,7 +107,6 @@ const DOMAIN_DEBT: &[(&str, &str)] = &[
     ("audit/privacy.rs", "auth"),
     ("audit/privacy.rs", "tenancy"),
     ("audit/retention.rs", "executions"),
-    ("auth/jwt.rs", "secrets"),
     ("cluster/agent.rs", "executions"),
     ("cluster/store/mod.rs", "executions"),
     ("tenancy/service/mod.rs", "auth"),

@@ -61,12 +61,12 @@ async fn plans_quotas_flags_and_settings() {
         .gql_as(
             &owner,
             settings,
-            json!({ "i": { "dataRetentionDays": 90, "requireMfa": true, "allowedIpRanges": ["10.0.0.0/8", "::1"] } }),
+            json!({ "i": { "dataRetentionDays": 90, "requireMfa": false, "allowedIpRanges": ["10.0.0.0/8", "::1", "127.0.0.0/8"] } }),
         )
         .await;
     assert_eq!(
         ok["data"]["updateTenantSettings"]["tenant"]["settings"],
-        json!({ "dataRetentionDays": 90, "requireMfa": true, "allowedIpRanges": ["10.0.0.0/8", "::1"] })
+        json!({ "dataRetentionDays": 90, "requireMfa": false, "allowedIpRanges": ["10.0.0.0/8", "::1", "127.0.0.0/8"] })
     );
 }
 

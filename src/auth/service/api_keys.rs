@@ -123,6 +123,8 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
         permissions,
         platform_admin,
         token: None,
+        allowed_ips: crate::auth::allowed_ranges(&tenant),
+        second_factor_missing: false,
     };
     app.auth_cache.insert(
         cache_key,

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 mod api_keys;
 mod credentials;
+pub mod mfa;
 pub use api_keys::*;
 pub use credentials::*;
 
@@ -50,11 +51,32 @@ fn bad_login() -> AppError {
     AppError::unauthenticated("invalid email or password")
 }
 
-fn lock_secs(failures: i64, threshold: i64) -> Option<i64> {
+pub(crate) fn lock_secs(failures: i64, threshold: i64) -> Option<i64> {
     (failures >= threshold).then(|| {
         let exp = u32::try_from((failures - threshold).min(20)).unwrap_or(20);
         (1i64 << exp).min(MAX_LOCK_SECS)
     })
+}
+
+/// Counts one more failure-to-be on each `(key, threshold)` (sign-in attempts, wrong
+/// second-factor codes), atomically; returns the counters.
+pub(crate) async fn count_attempts(
+    app: &App,
+    keys: &[(String, i64)],
+    now: DateTime<Utc>,
+) -> AppResult<Vec<LoginAttemptRow>> {
+    app.db
+        .tx("", async |conn| {
+            store::count_login_attempt(
+                conn,
+                keys,
+                db_time(now),
+                Duration::seconds(THROTTLE_WINDOW_SECS),
+                lock_secs,
+            )
+            .await
+        })
+        .await
 }
 
 /// Signs in with e-mail and password.
@@ -99,19 +121,7 @@ pub async fn login(
     }
     // Count this attempt before checking the password, atomically: of N concurrent
     // guesses only those within the threshold are checked at all.
-    let counted = app
-        .db
-        .tx("", async |conn| {
-            store::count_login_attempt(
-                conn,
-                &keys,
-                db_time(now),
-                Duration::seconds(THROTTLE_WINDOW_SECS),
-                lock_secs,
-            )
-            .await
-        })
-        .await?;
+    let counted = count_attempts(app, &keys, now).await?;
     if counted
         .iter()
         .zip(&keys)
@@ -175,6 +185,9 @@ pub async fn login(
         .await?
         .ok_or_else(bad_login)?;
     check_tenant_active(&tenant)?;
+    // The right password from outside the tenant's networks is still no sign-in (and
+    // stays counted as a failed attempt).
+    sign_in_address(app, &tenant, &user, client, request_id).await?;
     // A success is no failure: take the attempt back (and the account's counter for this
     // address is cleared).
     app.db
@@ -182,8 +195,25 @@ pub async fn login(
             store::uncount_login_attempt(conn, std::slice::from_ref(&acct_key), &keys[1..]).await
         })
         .await?;
-    crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
+    // A second factor, when the user has one, before any session exists.
+    if mfa::enrolled(app, user.id).await? {
+        return Err(mfa::challenge(app, &user, now).await?);
+    }
+    open_session(app, user, client, request_id, now, None).await
+}
 
+/// Opens a session for a user who proved who they are (with `second_factor`, the
+/// details of the second factor used, when one was), records `auth.login` (a WARNING when
+/// a recovery code stood in for the app) and issues the first tokens.
+async fn open_session(
+    app: &App,
+    user: UserRow,
+    client: Option<&ClientInfo>,
+    request_id: Option<&str>,
+    now: DateTime<Utc>,
+    second_factor: Option<serde_json::Value>,
+) -> AppResult<IssuedTokens> {
+    crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
     let session = SessionRow {
         id: SessionId::new(),
         tenant_id: user.tenant_id,
@@ -197,16 +227,26 @@ pub async fn login(
         revoked_reason: None,
         ip: client.map(|c| c.ip.to_string()),
         user_agent: client.and_then(|c| c.user_agent.clone()),
+        mfa: second_factor.is_some(),
     };
     let refresh = passwords::random_secret(32);
+    let severity = if second_factor
+        .as_ref()
+        .is_some_and(|f| f["secondFactor"] == "recovery_code")
+    {
+        crate::audit::Severity::Warning
+    } else {
+        crate::audit::Severity::Info
+    };
     let audit = crate::audit::Entry::change(
         &crate::audit::Origin::user(user.tenant_id, user.id, client, request_id),
         "auth.login",
         "session",
         session.id,
-        None,
+        second_factor,
         db_time(now),
-    );
+    )
+    .severity(severity);
     let first = refresh_row(&refresh, session.id, now);
     app.db
         .tx(user.tenant_id, async |conn| {
@@ -215,7 +255,34 @@ pub async fn login(
             Ok(())
         })
         .await?;
-    issue(app, user, session.id, refresh, now)
+    issue(app, user, session.id, refresh, now, session.mfa)
+}
+
+/// The tenant's `allowedIpRanges` at sign-in and refresh: a refusal is `FORBIDDEN`
+/// (reason `IP_NOT_ALLOWED`) and recorded in the tenant's trail.
+async fn sign_in_address(
+    app: &App,
+    tenant: &crate::tenancy::TenantRow,
+    user: &UserRow,
+    client: Option<&ClientInfo>,
+    request_id: Option<&str>,
+) -> AppResult<()> {
+    let Some(client) = client else {
+        return Ok(());
+    };
+    let ranges = super::allowed_ranges(tenant);
+    let (_, platform_admin) = super::permissions_of(tenant, &user.role, None);
+    if super::address_allowed(app, &ranges, platform_admin, client.ip) {
+        return Ok(());
+    }
+    if app
+        .ip_denials
+        .first(&format!("user:{}|{}", user.id, client.ip), app.clock.now())
+    {
+        let origin = crate::audit::Origin::user(tenant.id, user.id, Some(client), request_id);
+        super::record_ip_denial(app, &origin, client.ip).await;
+    }
+    Err(super::ip_not_allowed(client.ip))
 }
 
 /// The stored form of a new refresh token: its hash, unused.
@@ -234,6 +301,7 @@ fn issue(
     session: SessionId,
     refresh: String,
     now: DateTime<Utc>,
+    mfa: bool,
 ) -> AppResult<IssuedTokens> {
     let cfg = &app.config.auth;
     let exp = now + Duration::from_std(cfg.access_ttl).unwrap_or_else(|_| Duration::minutes(15));
@@ -248,6 +316,7 @@ fn issue(
         aud: cfg.audience.clone(),
         jti: uuid::Uuid::now_v7().to_string(),
         sid: session.to_string(),
+        mfa,
     };
     let access_token = app.keys.sign(&claims).map_err(AppError::internal)?;
     Ok(IssuedTokens {
@@ -259,7 +328,12 @@ fn issue(
 }
 
 /// Exchanges a refresh token for new tokens. A token presented twice revokes its family.
-pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
+pub async fn refresh(
+    app: &App,
+    token: &str,
+    client: Option<&ClientInfo>,
+    request_id: Option<&str>,
+) -> AppResult<IssuedTokens> {
     let now = app.clock.now();
     let invalid = || AppError::unauthenticated("invalid or expired refresh token");
     let hash = passwords::sha256_hex(token);
@@ -268,6 +342,16 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
         .ok_or_else(invalid)?;
     if session.revoked_at.is_some() {
         return Err(invalid());
+    }
+    // Outside the tenant's networks the token is refused before it is spent, so the
+    // client can use it again from an allowed address.
+    if let Some(client) = client {
+        if let (Some(tenant), Some(user)) = (
+            crate::tenancy::store::find(&app.db, session.tenant_id).await?,
+            crate::tenancy::store::find_user(&app.db, session.tenant_id, session.user_id).await?,
+        ) {
+            sign_in_address(app, &tenant, &user, Some(client), request_id).await?;
+        }
     }
     if row.used_at.is_some() || !store::mark_refresh_used(&app.db, &hash, db_time(now)).await? {
         let entry = crate::audit::Entry::change(
@@ -337,7 +421,7 @@ pub async fn refresh(app: &App, token: &str) -> AppResult<IssuedTokens> {
             Ok(())
         })
         .await?;
-    issue(app, user, session.id, next, now)
+    issue(app, user, session.id, next, now, session.mfa)
 }
 
 /// Signs out: revokes the session and the current access token.

@@ -22,6 +22,7 @@ pub(super) fn refused_reason(e: &AppError) -> String {
     let todo = match reason {
         "TOKEN_EXPIRED" => "refresh the session, then reconnect",
         "TENANT_SUSPENDED" => "the organization is suspended",
+        "IP_NOT_ALLOWED" => "connect from a network in allowedIpRanges",
         _ => "sign in again, then reconnect",
     };
     format!("{reason}: {todo}")
@@ -108,7 +109,12 @@ pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
                 socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
                 return;
             }
-            Ok(_) => {}
+            Ok(p) => {
+                if let Err(e) = check_address(&app, &socket, &p).await {
+                    socket.close(CLOSE_FORBIDDEN, refused_reason(&e));
+                    return;
+                }
+            }
             // Only a verdict on the credential ends the socket. A database that does
             // not answer says nothing about it: keep the socket and check again on
             // the next round (clients treat 4401 as final and never reconnect).
@@ -158,6 +164,9 @@ pub(super) async fn accept(
                 crate::error::RETRY_AFTER_SECONDS
             )),
         })?;
+    check_address(&app, &socket, &p).await.map_err(|e| {
+        async_graphql::Error::new(format!("{FORBIDDEN_REASON}: {}", refused_reason(&e)))
+    })?;
     let expires_at = expiry(&app, &p);
     let actor = actor_key(&p);
     *socket
@@ -175,6 +184,14 @@ pub(super) async fn accept(
     ));
     d.insert(p);
     Ok(d)
+}
+
+/// The tenant's allowedIpRanges for this socket's client (refusals are recorded).
+async fn check_address(app: &App, socket: &SocketState, p: &Principal) -> Result<(), AppError> {
+    match &socket.client {
+        Some(client) => crate::auth::check_client_address(app, p, client, None).await,
+        None => Ok(()),
+    }
 }
 
 /// When a principal's credential stops working on its own (API keys without expiry: never,
@@ -234,6 +251,12 @@ pub(super) async fn refresh_on_ping(
             })));
         }
     };
+    if let Err(e) = check_address(&app, &socket, &p).await {
+        return Err(async_graphql::Error::new(format!(
+            "{FORBIDDEN_REASON}: {}",
+            refused_reason(&e)
+        )));
+    }
     if actor_key(&p) != accepted.actor || Rights::of(&p) != accepted.rights {
         return Err(async_graphql::Error::new(format!(
             "{FORBIDDEN_REASON}: another principal or other rights; reconnect with this token"

@@ -73,6 +73,9 @@ struct SocketState {
     /// The close frame to send when the socket ends on this server's initiative.
     close: Mutex<Option<(u16, String)>>,
     ended: CancellationToken,
+    /// The client's address and agent (the tenant's allowedIpRanges are checked
+    /// against it at `connection_init`, on refresh and on every re-check).
+    client: Option<ClientInfo>,
 }
 
 impl SocketState {
@@ -405,7 +408,10 @@ async fn serve_socket(
     let (mut sink, stream) = socket.split();
     let app = state.app.clone();
     let shutdown = app.shutdown.clone();
-    let me = Arc::new(SocketState::default());
+    let me = Arc::new(SocketState {
+        client: Some(client.clone()),
+        ..SocketState::default()
+    });
     let watcher = tokio::spawn(watch_credentials(app.clone(), me.clone()));
     let init_watcher = tokio::spawn(watch_init(me.clone(), app.config.websocket.init_timeout));
     let stop = {

@@ -163,10 +163,20 @@ pub struct UpdateTenantPlanInput {
 pub struct UpdateTenantSettingsInput {
     /// Days audit records and finished executions are kept (1–3650).
     pub data_retention_days: Option<i64>,
-    /// Whether members must use multi-factor authentication.
+    /// Whether members must sign in with a second factor (TOTP). Enforced: a member
+    /// signed in without one holds no permission (`FORBIDDEN`, reason
+    /// `MFA_REQUIRED_BY_TENANT`) until they enrol and sign in again with a code. Turning
+    /// it on needs the caller's own factor on (`BAD_USER_INPUT`, reason `ENROL_FIRST`).
+    /// API keys are not affected.
     pub require_mfa: Option<bool>,
-    /// CIDR ranges allowed to sign in; empty means any.
+    /// CIDR ranges (e.g. `10.0.0.0/8`, `203.0.113.7`) members and API keys may connect
+    /// from: enforced on sign-in, session refresh, every HTTP request, websocket
+    /// `connection_init` and API-key use (`FORBIDDEN`, reason `IP_NOT_ALLOWED`); an
+    /// empty list allows any address. At most 100 ranges.
     pub allowed_ip_ranges: Option<Vec<String>>,
+    /// Must be `true` to save `allowedIpRanges` that exclude the caller's own address
+    /// (which would refuse the caller's next request).
+    pub confirm_excluding_own_address: Option<bool>,
 }
 
 /// Input of `updateRole`.

@@ -254,6 +254,11 @@ impl TenancyMutation {
                 data_retention_days: input.data_retention_days,
                 require_mfa: input.require_mfa,
                 allowed_ip_ranges: input.allowed_ip_ranges,
+                confirm_excluding_own_address: input.confirm_excluding_own_address.unwrap_or(false),
+                caller_has_second_factor: match principal(ctx)?.user_id() {
+                    Some(u) => crate::auth::service::mfa::enrolled(app(ctx)?, u).await?,
+                    None => false,
+                },
             },
         )
         .await?;

@@ -11,9 +11,16 @@ pub struct Tenant(pub TenantRow);
 pub struct TenantSettings {
     /// Days audit records and finished executions are kept.
     pub data_retention_days: i64,
-    /// Whether members must use multi-factor authentication.
+    /// Whether members must sign in with a second factor (TOTP): a member signed in
+    /// without one may only enrol (`enrollTotp`, `confirmTotp`), read themselves and sign
+    /// out; everything else is `FORBIDDEN` with reason `MFA_REQUIRED_BY_TENANT`. API keys
+    /// are not affected.
     pub require_mfa: bool,
-    /// CIDR ranges allowed to sign in; empty means any.
+    /// CIDR ranges members and API keys may connect from; empty means any. Enforced on
+    /// sign-in, session refresh, every HTTP request, websocket `connection_init` (and
+    /// open sockets when the list changes) and API-key use: others get `FORBIDDEN` with
+    /// reason `IP_NOT_ALLOWED`. The client address is the TCP peer's, or the one
+    /// `AGENTPLANE_TRUSTED_PROXIES` report.
     pub allowed_ip_ranges: Vec<String>,
 }
 

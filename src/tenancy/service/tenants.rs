@@ -130,9 +130,16 @@ pub struct Settings {
     pub data_retention_days: Option<i64>,
     /// Whether members must use a second factor.
     pub require_mfa: Option<bool>,
-    /// The IP ranges members may sign in from.
+    /// The IP ranges members and API keys may connect from (empty: any).
     pub allowed_ip_ranges: Option<Vec<String>>,
+    /// Save ranges that exclude the caller's own address anyway.
+    pub confirm_excluding_own_address: bool,
+    /// Whether the caller's own second factor is on: turning `requireMfa` on needs it.
+    pub caller_has_second_factor: bool,
 }
+
+/// Most ranges one tenant's `allowedIpRanges` holds.
+pub const MAX_ALLOWED_IP_RANGES: usize = 100;
 
 /// Changes a tenant's settings (its owners act on their own tenant).
 pub async fn change_settings(
@@ -153,14 +160,57 @@ pub async fn change_settings(
         t.data_retention_days = d;
     }
     if let Some(m) = settings.require_mfa {
+        // Requiring what the caller has not done would leave the caller able to do
+        // nothing but enrol: turn your own factor on first.
+        if m && !t.require_mfa && !settings.caller_has_second_factor {
+            return Err(AppError::bad_input(
+                "requireMfa",
+                "turn on your own second factor first (enrollTotp, then confirmTotp), \
+                 then require it of everyone",
+            )
+            .with_detail("reason", "ENROL_FIRST"));
+        }
         t.require_mfa = m;
     }
     if let Some(ranges) = settings.allowed_ip_ranges {
-        if let Some(bad) = ranges.iter().find(|r| !valid_cidr(r.trim())) {
+        if ranges.len() > MAX_ALLOWED_IP_RANGES {
             return Err(AppError::bad_input(
                 "allowedIpRanges",
-                format!("{bad:?} is not an IP range such as 10.0.0.0/8"),
+                format!("at most {MAX_ALLOWED_IP_RANGES} ranges"),
             ));
+        }
+        let mut parsed = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            match crate::net::Cidr::parse(r) {
+                Some(c) => parsed.push(c),
+                None => {
+                    return Err(AppError::bad_input(
+                        "allowedIpRanges",
+                        format!("{r:?} is not an IP range such as 10.0.0.0/8 or 203.0.113.7"),
+                    ));
+                }
+            }
+        }
+        // Saving a list that excludes the caller's own address would refuse the
+        // caller's very next request: only on purpose.
+        let own = origin
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        if let Some(own) = own {
+            if !parsed.is_empty()
+                && !parsed.iter().any(|c| c.contains(own))
+                && !settings.confirm_excluding_own_address
+            {
+                return Err(AppError::bad_input(
+                    "allowedIpRanges",
+                    format!(
+                        "your own address {own} is outside these ranges, so saving them \
+                         would lock you out: add it, or set confirmExcludingOwnAddress: true"
+                    ),
+                )
+                .with_detail("reason", "WOULD_LOCK_OUT_CALLER"));
+            }
         }
         let ranges: Vec<String> = ranges.iter().map(|r| r.trim().to_owned()).collect();
         t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
@@ -175,6 +225,9 @@ pub async fn change_settings(
         Severity::Info,
     )
     .await?;
+    // Cached principals carry the tenant's ranges: drop them here at once (other
+    // processes hear it from the database trigger).
+    app.rights_changed(t.id);
     Ok(t)
 }
 
@@ -246,17 +299,6 @@ async fn write(
             Ok(())
         })
         .await
-}
-
-fn valid_cidr(s: &str) -> bool {
-    let (ip, bits) = s.split_once('/').unwrap_or((s, ""));
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 32),
-        Ok(std::net::IpAddr::V6(_)) => {
-            bits.is_empty() || bits.parse::<u8>().is_ok_and(|b| b <= 128)
-        }
-        Err(_) => false,
-    }
 }
 
 fn valid_flag(s: &str) -> bool {

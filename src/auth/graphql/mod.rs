@@ -1,6 +1,8 @@
 //! GraphQL fields for sign-in, sessions and API keys. Resolvers parse, call the service,
 //! and convert; rules live in `service.rs`.
 
+pub mod mfa;
+
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
@@ -279,9 +281,15 @@ impl AuthMutation {
         ctx: &Context<'_>,
         input: RefreshSessionInput,
     ) -> async_graphql::Result<SessionTokens> {
-        Ok(service::refresh(app(ctx)?, &input.refresh_token)
-            .await?
-            .into())
+        Ok(service::refresh(
+            app(ctx)?,
+            &input.refresh_token,
+            ctx.data_opt::<ClientInfo>(),
+            ctx.data_opt::<crate::request::RequestId>()
+                .map(|r| r.0.as_str()),
+        )
+        .await?
+        .into())
     }
 
     /// Sets a password with a one-time token from `createUser`. Public.

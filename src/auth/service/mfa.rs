@@ -1,0 +1,799 @@
+//! Multi-factor sign-in with time-based one-time passwords (TOTP, RFC 6238: HMAC-SHA1,
+//! 6 digits, 30-second steps, one step of clock drift either way) and ten one-time
+//! recovery codes.
+//!
+//! - Enrolment: `start_enrolment` hands out a new secret once (and its `otpauth://` URI);
+//!   `confirm_enrolment` with a first code turns it on and hands out the recovery codes.
+//! - Sign-in: a password sign-in of an enrolled user gets a short-lived challenge instead
+//!   of tokens (`challenge`); `verify` completes it with a code or a recovery code.
+//! - A code is good once: the last accepted time step is stored and only later steps are
+//!   taken (a replay within the window is refused). Wrong codes count per user and lock
+//!   like password failures; a challenge burns after [`CHALLENGE_ATTEMPTS`] wrong codes.
+//! - Secrets are sealed under the master key when one is configured (like signing keys);
+//!   recovery codes and challenges are stored as SHA-256 digests. Every step is audited.
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use hmac::{Hmac, Mac};
+use rand::RngCore as _;
+
+use super::{IssuedTokens, count_attempts, open_session};
+use crate::app::App;
+use crate::audit::{Entry, Origin, Severity};
+use crate::auth::passwords::sha256_hex;
+use crate::auth::{Principal, store};
+use crate::db::ids::{TenantId, UserId, db_time, utc};
+use crate::db::schema::{mfa_challenges, mfa_factors, mfa_recovery_codes};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::request::ClientInfo;
+use crate::tenancy::UserRow;
+use crate::tenancy::model::UserStatus;
+
+/// Seconds per TOTP step.
+pub const PERIOD_SECS: i64 = 30;
+/// Digits of a code.
+pub const DIGITS: u32 = 6;
+/// Recovery codes handed out at a time.
+pub const RECOVERY_CODES: usize = 10;
+/// How long a sign-in challenge lasts.
+pub const CHALLENGE_SECS: i64 = 300;
+/// Wrong codes one challenge takes before it is burnt.
+pub const CHALLENGE_ATTEMPTS: i32 = 5;
+/// Wrong codes for one user (across challenges) before codes are locked out for a while
+/// (forgotten 15 minutes after the last, like sign-in failures).
+const USER_THRESHOLD: i64 = 10;
+
+/// The code for `secret` at time step `step` (RFC 4226 dynamic truncation).
+pub fn totp_code(secret: &[u8], step: i64) -> String {
+    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(&step.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let offset = usize::from(h[h.len() - 1] & 0x0f);
+    let bin = (u32::from(h[offset]) & 0x7f) << 24
+        | u32::from(h[offset + 1]) << 16
+        | u32::from(h[offset + 2]) << 8
+        | u32::from(h[offset + 3]);
+    format!(
+        "{:0width$}",
+        bin % 10u32.pow(DIGITS),
+        width = DIGITS as usize
+    )
+}
+
+/// The time step `now` falls in.
+pub fn step_at(now: DateTime<Utc>) -> i64 {
+    now.timestamp().div_euclid(PERIOD_SECS)
+}
+
+/// The latest step within one step of `now`, later than `after`, whose code is `code`.
+fn matching_step(secret: &[u8], code: &str, now: DateTime<Utc>, after: i64) -> Option<i64> {
+    let code = code.trim();
+    if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let t = step_at(now);
+    [t + 1, t, t - 1]
+        .into_iter()
+        .filter(|s| *s > after)
+        .find(|s| constant_time_eq(totp_code(secret, *s).as_bytes(), code.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Base32 (RFC 4648, no padding) as authenticator apps expect.
+pub fn base32(secret: &[u8]) -> String {
+    data_encoding::BASE32_NOPAD.encode(secret)
+}
+
+/// The provisioning URI authenticator apps read from a QR code.
+pub fn otpauth_uri(issuer: &str, account: &str, secret_b32: &str) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "otpauth://totp/{}:{}?secret={secret_b32}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={PERIOD_SECS}",
+        enc(issuer).replace('+', "%20"),
+        enc(account).replace('+', "%20"),
+        enc(issuer).replace('+', "%20"),
+    )
+}
+
+/// A recovery code as typed: lower case, without separators.
+fn normalize_recovery(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Ten new recovery codes, `xxxxx-xxxxx` (50 random bits each), and their digests.
+fn new_recovery_codes() -> Vec<(String, String)> {
+    (0..RECOVERY_CODES)
+        .map(|_| {
+            let mut b = [0u8; 7];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            let s = data_encoding::BASE32_NOPAD.encode(&b).to_ascii_lowercase();
+            let code = format!("{}-{}", &s[..5], &s[5..10]);
+            let hash = sha256_hex(&normalize_recovery(&code));
+            (code, hash)
+        })
+        .collect()
+}
+
+fn sealing_aad(user: UserId) -> Vec<u8> {
+    format!("agentplane-totp:{user}").into_bytes()
+}
+
+/// One row of `mfa_factors`.
+#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
+#[diesel(table_name = mfa_factors)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+struct FactorRow {
+    user_id: UserId,
+    tenant_id: TenantId,
+    /// Sealed (`sealed:v1:…`) or, without a master key, the base32 secret.
+    secret: String,
+    confirmed_at: Option<NaiveDateTime>,
+    last_step: i64,
+    created_at: NaiveDateTime,
+}
+
+/// One row of `mfa_challenges`.
+#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
+#[diesel(table_name = mfa_challenges)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+struct ChallengeRow {
+    token_hash: String,
+    tenant_id: TenantId,
+    user_id: UserId,
+    created_at: NaiveDateTime,
+    expires_at: NaiveDateTime,
+    attempts: i32,
+    used_at: Option<NaiveDateTime>,
+}
+
+/// One row of `mfa_recovery_codes`.
+#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
+#[diesel(table_name = mfa_recovery_codes)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+struct RecoveryRow {
+    code_hash: String,
+    tenant_id: TenantId,
+    user_id: UserId,
+    created_at: NaiveDateTime,
+    used_at: Option<NaiveDateTime>,
+}
+
+async fn factor(app: &App, user: UserId) -> AppResult<Option<FactorRow>> {
+    Ok(crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::first(
+            mfa_factors::table
+                .filter(mfa_factors::user_id.eq(user))
+                .select(FactorRow::as_select()),
+            conn,
+        )
+        .await
+        .optional()?
+    }))
+}
+
+fn secret_of(app: &App, f: &FactorRow) -> AppResult<Vec<u8>> {
+    let b32 = crate::seal::open_text(
+        &app.config.master_keys,
+        &sealing_aad(f.user_id),
+        &f.secret,
+        "a TOTP secret",
+    )
+    .map_err(AppError::internal)?;
+    data_encoding::BASE32_NOPAD
+        .decode(b32.as_bytes())
+        .map_err(AppError::internal)
+}
+
+/// Whether `user` has a confirmed second factor.
+pub async fn enrolled(app: &App, user: UserId) -> AppResult<bool> {
+    Ok(factor(app, user)
+        .await?
+        .is_some_and(|f| f.confirmed_at.is_some()))
+}
+
+/// The refusal a password sign-in of an enrolled user gets: `UNAUTHENTICATED`, reason
+/// `MFA_REQUIRED`, with a new challenge in `extensions.mfaChallenge`.
+pub async fn challenge(app: &App, user: &UserRow, now: DateTime<Utc>) -> AppResult<AppError> {
+    let token = crate::auth::passwords::random_secret(32);
+    let row = ChallengeRow {
+        token_hash: sha256_hex(&token),
+        tenant_id: user.tenant_id,
+        user_id: user.id,
+        created_at: db_time(now),
+        expires_at: db_time(now + Duration::seconds(CHALLENGE_SECS)),
+        attempts: 0,
+        used_at: None,
+    };
+    crate::db_run!(&app.db, |conn| {
+        // Expired challenges of this user go as a new one comes.
+        diesel_async::RunQueryDsl::execute(
+            diesel::delete(
+                mfa_challenges::table
+                    .filter(mfa_challenges::user_id.eq(user.id))
+                    .filter(mfa_challenges::expires_at.lt(db_time(now))),
+            ),
+            &mut *conn,
+        )
+        .await?;
+        diesel_async::RunQueryDsl::execute(
+            diesel::insert_into(mfa_challenges::table).values(&row),
+            &mut *conn,
+        )
+        .await?
+    });
+    Ok(AppError::unauthenticated(
+        "this account signs in with a second factor: send the 6-digit code from your \
+         authenticator app (or a recovery code) with verifyMfa(input: { challenge, code }) \
+         within 5 minutes",
+    )
+    .with_detail("reason", "MFA_REQUIRED")
+    .with_detail("mfaChallenge", token)
+    .with_detail("expiresInSeconds", CHALLENGE_SECS))
+}
+
+/// Which code proved the second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    Totp,
+    RecoveryCode,
+}
+
+impl Proof {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Totp => "totp",
+            Self::RecoveryCode => "recovery_code",
+        }
+    }
+}
+
+/// Checks `code` (a TOTP code or, when `recovery` allows, a recovery code) against the
+/// user's factor and consumes it: the TOTP step becomes the last one used, the recovery
+/// code is marked used. `None` when it does not match (or was already used).
+async fn consume(
+    app: &App,
+    f: &FactorRow,
+    code: &str,
+    now: DateTime<Utc>,
+    recovery: bool,
+) -> AppResult<Option<Proof>> {
+    let secret = secret_of(app, f)?;
+    if let Some(step) = matching_step(&secret, code, now, f.last_step) {
+        // Only one request can move the step past `step - 1`: a replay racing the first
+        // use of the same code loses here.
+        let moved = crate::db_run!(&app.db, |conn| {
+            diesel_async::RunQueryDsl::execute(
+                diesel::update(
+                    mfa_factors::table
+                        .filter(mfa_factors::user_id.eq(f.user_id))
+                        .filter(mfa_factors::last_step.lt(step)),
+                )
+                .set(mfa_factors::last_step.eq(step)),
+                conn,
+            )
+            .await?
+        });
+        return Ok((moved == 1).then_some(Proof::Totp));
+    }
+    let normalized = normalize_recovery(code);
+    if !recovery || normalized.len() != 10 {
+        return Ok(None);
+    }
+    let hash = sha256_hex(&normalized);
+    let used = crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::execute(
+            diesel::update(
+                mfa_recovery_codes::table
+                    .filter(mfa_recovery_codes::code_hash.eq(&hash))
+                    .filter(mfa_recovery_codes::user_id.eq(f.user_id))
+                    .filter(mfa_recovery_codes::used_at.is_null()),
+            )
+            .set(mfa_recovery_codes::used_at.eq(Some(db_time(now)))),
+            conn,
+        )
+        .await?
+    });
+    Ok((used == 1).then_some(Proof::RecoveryCode))
+}
+
+fn throttle_key(user: UserId) -> String {
+    format!("mfa:{user}")
+}
+
+/// `RATE_LIMITED` while the user's wrong codes keep codes locked.
+async fn check_lock(app: &App, user: UserId, now: DateTime<Utc>) -> AppResult<()> {
+    let rows = store::login_attempts_for(&app.db, &[throttle_key(user)]).await?;
+    if let Some(until) = rows
+        .iter()
+        .filter_map(|r| r.locked_until)
+        .map(utc)
+        .filter(|u| *u > now)
+        .max()
+    {
+        let retry = (until - now).num_seconds().max(1);
+        return Err(AppError::new(
+            ErrorCode::RateLimited,
+            format!("too many wrong codes; try again in {retry} s"),
+        )
+        .with_detail("retryAfterSeconds", retry));
+    }
+    Ok(())
+}
+
+/// Counts a wrong code for `user` and records `auth.mfa_failed`.
+async fn wrong_code(app: &App, origin: &Origin, user: UserId, now: DateTime<Utc>) -> AppError {
+    let keys = [(throttle_key(user), USER_THRESHOLD)];
+    if let Err(e) = count_attempts(app, &keys, now).await {
+        return e;
+    }
+    crate::metrics::auth_failure("MFA_CODE_INVALID");
+    let entry = Entry::change(origin, "auth.mfa_failed", "user", user, None, db_time(now))
+        .severity(Severity::Warning)
+        .failed("wrong or already used code");
+    if let Err(e) = crate::audit::record(&app.db, &entry).await {
+        return e;
+    }
+    AppError::unauthenticated("the code is wrong or was already used: wait for the next code")
+        .with_detail("reason", "MFA_CODE_INVALID")
+}
+
+async fn clear_failures(app: &App, user: UserId) -> AppResult<()> {
+    let clear = [throttle_key(user)];
+    app.db
+        .tx("", async |conn| {
+            store::uncount_login_attempt(conn, &clear, &[]).await
+        })
+        .await
+}
+
+/// Completes a sign-in: the challenge from `login` and a code (or recovery code).
+pub async fn verify(
+    app: &App,
+    challenge: &str,
+    code: &str,
+    client: Option<&ClientInfo>,
+    request_id: Option<&str>,
+) -> AppResult<IssuedTokens> {
+    let now = app.clock.now();
+    let expired = || {
+        AppError::unauthenticated("the sign-in challenge is unknown or expired: sign in again")
+            .with_detail("reason", "MFA_CHALLENGE_INVALID")
+    };
+    let hash = sha256_hex(challenge.trim());
+    let row: Option<ChallengeRow> = crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::first(
+            mfa_challenges::table
+                .filter(mfa_challenges::token_hash.eq(&hash))
+                .select(ChallengeRow::as_select()),
+            conn,
+        )
+        .await
+        .optional()?
+    });
+    let row = row.ok_or_else(expired)?;
+    if row.used_at.is_some() || utc(row.expires_at) <= now || row.attempts >= CHALLENGE_ATTEMPTS {
+        return Err(expired());
+    }
+    check_lock(app, row.user_id, now).await?;
+    let user = crate::tenancy::store::find_user(&app.db, row.tenant_id, row.user_id)
+        .await?
+        .filter(|u| u.status == UserStatus::Active)
+        .ok_or_else(expired)?;
+    let tenant = crate::tenancy::store::find(&app.db, row.tenant_id)
+        .await?
+        .ok_or_else(expired)?;
+    crate::auth::check_tenant_active(&tenant)?;
+    super::sign_in_address(app, &tenant, &user, client, request_id).await?;
+    let f = factor(app, user.id)
+        .await?
+        .filter(|f| f.confirmed_at.is_some())
+        .ok_or_else(expired)?;
+    let mut origin = Origin::system(user.tenant_id);
+    origin.actor_type = crate::audit::ActorType::Anonymous;
+    origin.ip = client.map(|c| c.ip.to_string());
+    origin.user_agent = client.and_then(|c| c.user_agent.clone());
+    origin.request_id = request_id.map(str::to_owned);
+    let Some(proof) = consume(app, &f, code, now, true).await? else {
+        crate::db_run!(&app.db, |conn| {
+            diesel_async::RunQueryDsl::execute(
+                diesel::update(mfa_challenges::table.filter(mfa_challenges::token_hash.eq(&hash)))
+                    .set(mfa_challenges::attempts.eq(mfa_challenges::attempts + 1)),
+                conn,
+            )
+            .await?
+        });
+        return Err(wrong_code(app, &origin, user.id, now).await);
+    };
+    // The challenge is good once.
+    let taken = crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::execute(
+            diesel::update(
+                mfa_challenges::table
+                    .filter(mfa_challenges::token_hash.eq(&hash))
+                    .filter(mfa_challenges::used_at.is_null()),
+            )
+            .set(mfa_challenges::used_at.eq(Some(db_time(now)))),
+            conn,
+        )
+        .await?
+    });
+    if taken != 1 {
+        return Err(expired());
+    }
+    clear_failures(app, user.id).await?;
+    // One record for the sign-in, saying how the second step was made (and, for a
+    // recovery code, how many are left).
+    let details = match proof {
+        Proof::Totp => serde_json::json!({ "secondFactor": proof.as_str() }),
+        Proof::RecoveryCode => serde_json::json!({
+            "secondFactor": proof.as_str(),
+            "recoveryCodesLeft": recovery_left(app, user.id).await?,
+        }),
+    };
+    open_session(app, user, client, request_id, now, Some(details)).await
+}
+
+async fn recovery_left(app: &App, user: UserId) -> AppResult<i64> {
+    Ok(crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::get_result(
+            mfa_recovery_codes::table
+                .filter(mfa_recovery_codes::user_id.eq(user))
+                .filter(mfa_recovery_codes::used_at.is_null())
+                .count(),
+            conn,
+        )
+        .await?
+    }))
+}
+
+/// The signed-in user a factor change is for: user principals only.
+async fn own_user(app: &App, p: &Principal) -> AppResult<UserRow> {
+    let Some(id) = p.user_id() else {
+        return Err(AppError::bad_input(
+            "principal",
+            "API keys have no second factor; sign in as a user",
+        ));
+    };
+    crate::tenancy::store::find_user(&app.db, p.tenant_id, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))
+}
+
+/// A new, unconfirmed TOTP secret: shown once.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// The secret in base32, for typing into an app.
+    pub secret: String,
+    /// `otpauth://totp/…`, for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// Starts (or restarts) enrolment: a new secret replaces an unconfirmed one. A user with
+/// a confirmed factor must disable it first (`CONFLICT`).
+pub async fn start_enrolment(app: &App, p: &Principal, origin: &Origin) -> AppResult<Enrolment> {
+    let user = own_user(app, p).await?;
+    let now = app.clock.now();
+    if factor(app, user.id)
+        .await?
+        .is_some_and(|f| f.confirmed_at.is_some())
+    {
+        return Err(AppError::conflict(
+            "a second factor is already on: disableTotp first to enrol a new device",
+        ));
+    }
+    let mut raw = [0u8; 20];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let secret = base32(&raw);
+    let row = FactorRow {
+        user_id: user.id,
+        tenant_id: user.tenant_id,
+        secret: crate::seal::seal_text(&app.config.master_keys, &sealing_aad(user.id), &secret)
+            .map_err(AppError::internal)?,
+        confirmed_at: None,
+        last_step: 0,
+        created_at: db_time(now),
+    };
+    let entry = Entry::change(
+        origin,
+        "auth.mfa_enrolment_started",
+        "user",
+        user.id,
+        None,
+        db_time(now),
+    );
+    app.db
+        .tx(user.tenant_id, async |conn| {
+            crate::on_conn!(conn, |conn| {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::delete(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id))),
+                    &mut *conn,
+                )
+                .await?;
+                diesel_async::RunQueryDsl::execute(
+                    diesel::insert_into(mfa_factors::table).values(&row),
+                    &mut *conn,
+                )
+                .await?;
+            });
+            crate::audit::append(conn, &entry).await?;
+            Ok(())
+        })
+        .await?;
+    let issuer = &app.config.auth.issuer;
+    Ok(Enrolment {
+        otpauth_uri: otpauth_uri(issuer, &user.email, &secret),
+        secret,
+    })
+}
+
+/// Replaces the user's recovery codes (inside `conn`'s transaction); returns the codes.
+async fn replace_recovery_codes(
+    conn: &mut crate::db::Conn<'_>,
+    user: &UserRow,
+    now: NaiveDateTime,
+) -> AppResult<Vec<String>> {
+    let codes = new_recovery_codes();
+    let rows: Vec<RecoveryRow> = codes
+        .iter()
+        .map(|(_, hash)| RecoveryRow {
+            code_hash: hash.clone(),
+            tenant_id: user.tenant_id,
+            user_id: user.id,
+            created_at: now,
+            used_at: None,
+        })
+        .collect();
+    crate::on_conn!(conn, |conn| {
+        diesel_async::RunQueryDsl::execute(
+            diesel::delete(
+                mfa_recovery_codes::table.filter(mfa_recovery_codes::user_id.eq(user.id)),
+            ),
+            &mut *conn,
+        )
+        .await?;
+        for r in &rows {
+            diesel_async::RunQueryDsl::execute(
+                diesel::insert_into(mfa_recovery_codes::table).values(r),
+                &mut *conn,
+            )
+            .await?;
+        }
+    });
+    Ok(codes.into_iter().map(|(code, _)| code).collect())
+}
+
+/// Confirms enrolment with a first code; returns the recovery codes (shown once).
+pub async fn confirm_enrolment(
+    app: &App,
+    p: &Principal,
+    origin: &Origin,
+    code: &str,
+) -> AppResult<Vec<String>> {
+    let user = own_user(app, p).await?;
+    let now = app.clock.now();
+    check_lock(app, user.id, now).await?;
+    let f = factor(app, user.id).await?.ok_or_else(|| {
+        AppError::bad_input(
+            "code",
+            "there is no enrolment to confirm: call enrollTotp first",
+        )
+    })?;
+    if f.confirmed_at.is_some() {
+        return Err(AppError::conflict("the second factor is already on"));
+    }
+    if consume(app, &f, code, now, false).await?.is_none() {
+        return Err(wrong_code(app, origin, user.id, now).await);
+    }
+    clear_failures(app, user.id).await?;
+    let entry = Entry::change(
+        origin,
+        "auth.mfa_enabled",
+        "user",
+        user.id,
+        None,
+        db_time(now),
+    );
+    let codes = app
+        .db
+        .tx(user.tenant_id, async |conn| {
+            crate::on_conn!(conn, |conn| {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::update(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id)))
+                        .set(mfa_factors::confirmed_at.eq(Some(db_time(now)))),
+                    &mut *conn,
+                )
+                .await?;
+            });
+            let codes = replace_recovery_codes(conn, &user, db_time(now)).await?;
+            crate::audit::append(conn, &entry).await?;
+            Ok(codes)
+        })
+        .await?;
+    Ok(codes)
+}
+
+/// Proves the caller's factor with a code or recovery code (for changes to the factor).
+async fn prove(
+    app: &App,
+    origin: &Origin,
+    user: &UserRow,
+    code: &str,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    check_lock(app, user.id, now).await?;
+    let f = factor(app, user.id)
+        .await?
+        .filter(|f| f.confirmed_at.is_some())
+        .ok_or_else(|| AppError::bad_input("code", "no second factor is on"))?;
+    if consume(app, &f, code, now, true).await?.is_none() {
+        return Err(wrong_code(app, origin, user.id, now).await);
+    }
+    clear_failures(app, user.id).await
+}
+
+/// Deletes a user's factor and recovery codes with `entry` (inside one transaction).
+async fn remove(app: &App, user: &UserRow, entry: &Entry) -> AppResult<()> {
+    app.db
+        .tx(user.tenant_id, async |conn| {
+            crate::on_conn!(conn, |conn| {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::delete(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id))),
+                    &mut *conn,
+                )
+                .await?;
+                diesel_async::RunQueryDsl::execute(
+                    diesel::delete(
+                        mfa_recovery_codes::table.filter(mfa_recovery_codes::user_id.eq(user.id)),
+                    ),
+                    &mut *conn,
+                )
+                .await?;
+            });
+            crate::audit::append(conn, entry).await?;
+            Ok(())
+        })
+        .await
+}
+
+/// Turns the caller's second factor off (a code or recovery code proves it).
+pub async fn disable(app: &App, p: &Principal, origin: &Origin, code: &str) -> AppResult<()> {
+    let user = own_user(app, p).await?;
+    let now = app.clock.now();
+    prove(app, origin, &user, code, now).await?;
+    let entry = Entry::change(
+        origin,
+        "auth.mfa_disabled",
+        "user",
+        user.id,
+        None,
+        db_time(now),
+    )
+    .severity(Severity::Warning);
+    remove(app, &user, &entry).await
+}
+
+/// New recovery codes for the caller (the old ones stop working); a code proves it.
+pub async fn regenerate_recovery_codes(
+    app: &App,
+    p: &Principal,
+    origin: &Origin,
+    code: &str,
+) -> AppResult<Vec<String>> {
+    let user = own_user(app, p).await?;
+    let now = app.clock.now();
+    prove(app, origin, &user, code, now).await?;
+    let entry = Entry::change(
+        origin,
+        "auth.mfa_recovery_codes_regenerated",
+        "user",
+        user.id,
+        None,
+        db_time(now),
+    );
+    app.db
+        .tx(user.tenant_id, async |conn| {
+            let codes = replace_recovery_codes(conn, &user, db_time(now)).await?;
+            crate::audit::append(conn, &entry).await?;
+            Ok(codes)
+        })
+        .await
+}
+
+/// An administrator turns off another user's second factor (a lost device): the user
+/// signs in with the password alone and enrols again. Who may change whom follows the
+/// role rules of `auth::admin`.
+pub async fn reset(
+    app: &App,
+    p: &Principal,
+    origin: &Origin,
+    target: UserId,
+) -> AppResult<UserRow> {
+    let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, target)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    crate::auth::admin::may_change_user(app, p, &user).await?;
+    if factor(app, user.id).await?.is_none() {
+        return Err(AppError::bad_input(
+            "userId",
+            "this user has no second factor",
+        ));
+    }
+    let entry = Entry::change(
+        origin,
+        "auth.mfa_reset",
+        "user",
+        user.id,
+        None,
+        db_time(app.clock.now()),
+    )
+    .severity(Severity::Critical);
+    remove(app, &user, &entry).await?;
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6238_sha1_vectors() {
+        // RFC 6238 appendix B (SHA-1 seed), last 6 of the 8 digits.
+        let seed = b"12345678901234567890";
+        for (t, code) in [
+            (59, "287082"),
+            (1_111_111_109, "081804"),
+            (1_111_111_111, "050471"),
+            (1_234_567_890, "005924"),
+            (2_000_000_000, "279037"),
+            (20_000_000_000, "353130"),
+        ] {
+            assert_eq!(totp_code(seed, t / PERIOD_SECS), code, "T={t}");
+        }
+    }
+
+    #[test]
+    fn codes_match_one_step_either_way_and_only_after_the_last_used() {
+        let seed = b"12345678901234567890";
+        let now = DateTime::from_timestamp(1_111_111_111, 0).unwrap_or_default();
+        let t = step_at(now);
+        let prev = totp_code(seed, t - 1);
+        assert_eq!(matching_step(seed, &prev, now, 0), Some(t - 1));
+        assert_eq!(matching_step(seed, &prev, now, t - 1), None, "replay");
+        assert_eq!(matching_step(seed, &totp_code(seed, t - 2), now, 0), None);
+        assert_eq!(matching_step(seed, "12345", now, 0), None);
+        assert_eq!(matching_step(seed, "abcdef", now, 0), None);
+    }
+
+    #[test]
+    fn recovery_codes_are_distinct_and_normalize() {
+        let codes = new_recovery_codes();
+        assert_eq!(codes.len(), RECOVERY_CODES);
+        let mut hashes: Vec<_> = codes.iter().map(|(_, h)| h.clone()).collect();
+        hashes.sort();
+        hashes.dedup();
+        assert_eq!(hashes.len(), RECOVERY_CODES);
+        let (code, hash) = &codes[0];
+        assert_eq!(code.len(), 11);
+        assert_eq!(
+            sha256_hex(&normalize_recovery(&format!(" {} ", code.to_uppercase()))),
+            *hash
+        );
+    }
+
+    #[test]
+    fn otpauth_uri_names_issuer_and_account() {
+        let uri = otpauth_uri("agentplane", "ann@acme.example", "JBSWY3DPEHPK3PXP");
+        assert_eq!(
+            uri,
+            "otpauth://totp/agentplane:ann%40acme.example?secret=JBSWY3DPEHPK3PXP&issuer=agentplane&algorithm=SHA1&digits=6&period=30"
+        );
+    }
+}
