@@ -113,6 +113,10 @@ async fn run(
                 .with_detail("permission", Permission::AuditExport.as_str()),
         );
     }
+    let tenant = crate::tenancy::store::find(&app.db, p.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
+    crate::tenancy::features::require(&tenant, crate::tenancy::features::Feature::AuditExport)?;
     let q = params(uri)?;
     let entry = Entry::change(
         &origin,

@@ -168,7 +168,8 @@ pub fn new_tenant_row(
         max_executions_per_month: e,
         max_concurrent_executions: c,
         max_gpu_memory_mb: g,
-        feature_flags: "[]".into(),
+        feature_flags: serde_json::to_string(&super::features::plan_defaults(plan))
+            .unwrap_or_else(|_| "[]".into()),
         created_at: now,
         updated_at: now,
     }

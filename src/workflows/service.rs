@@ -15,6 +15,7 @@ use crate::db::ids::TenantId;
 use crate::db::ids::db_time;
 use crate::error::{AppError, AppResult};
 use crate::rbac::Permission;
+use crate::tenancy::features::Feature;
 use crate::tenancy::teams::TeamId;
 
 /// What a principal may see: user managers see every workflow of the tenant; others see
@@ -382,6 +383,13 @@ pub async fn publish(
     id: WorkflowId,
 ) -> AppResult<(WorkflowRow, WorkflowVersionRow)> {
     let mut row = visible(app, p, id).await?;
+    // What the version will run must be enabled for the tenant.
+    let tenant = crate::tenancy::store::find(&app.db, row.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
+    let def: crate::workflows::dag::Definition =
+        serde_json::from_str(&row.definition).map_err(AppError::internal)?;
+    check_features(&tenant, &def)?;
     let version = WorkflowVersionRow {
         id: WorkflowVersionId::new(),
         tenant_id: row.tenant_id,
@@ -412,6 +420,33 @@ pub async fn publish(
         .await?;
     row.latest_version = version.version;
     Ok((row, version))
+}
+
+/// The gated features a definition uses (`tenancy::features`): `llm` steps, steps that
+/// reserve GPUs.
+pub fn features_used(def: &crate::workflows::dag::Definition) -> Vec<Feature> {
+    let mut out = Vec::new();
+    if def.steps.iter().any(|s| s.kind == "llm") {
+        out.push(Feature::LlmSteps);
+    }
+    if def.steps.iter().any(|s| {
+        s.resources
+            .as_ref()
+            .is_some_and(|r| r.gpu_count > 0 || r.gpu_memory_mb > 0)
+    }) {
+        out.push(Feature::GpuSteps);
+    }
+    out
+}
+
+/// Refuses a definition that uses a feature `tenant` does not have on.
+pub fn check_features(
+    tenant: &crate::tenancy::TenantRow,
+    def: &crate::workflows::dag::Definition,
+) -> AppResult<()> {
+    features_used(def)
+        .into_iter()
+        .try_for_each(|f| crate::tenancy::features::require(tenant, f))
 }
 
 /// The team of a TEAM workflow, which the caller must be able to see; other visibilities

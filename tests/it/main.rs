@@ -14,6 +14,7 @@ mod engine_writes;
 mod event_streams;
 mod execution_reads;
 mod executions;
+mod feature_flags;
 mod foundation;
 mod guards;
 mod helpers;

@@ -16,14 +16,14 @@ async fn plans_quotas_flags_and_settings() {
         .gql_as(
             &admin,
             "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { plan quotas { maxUsers maxWorkflows } featureFlags } } }",
-            json!({ "i": { "tenantId": tenant_id, "plan": "ENTERPRISE", "quotas": { "maxUsers": 2 }, "featureFlags": ["gpu", "beta.ui", "gpu"] } }),
+            json!({ "i": { "tenantId": tenant_id, "plan": "ENTERPRISE", "quotas": { "maxUsers": 2 }, "featureFlags": ["schedules", "llm_steps", "schedules"] } }),
         )
         .await;
     let t = &out["data"]["updateTenantPlan"]["tenant"];
     assert_eq!(t["plan"], "ENTERPRISE", "{out}");
     assert_eq!(t["quotas"]["maxUsers"], 2);
     assert_eq!(t["quotas"]["maxWorkflows"], 5000);
-    assert_eq!(t["featureFlags"], json!(["beta.ui", "gpu"]));
+    assert_eq!(t["featureFlags"], json!(["llm_steps", "schedules"]));
 
     // The owner counts as one user: one more fits, the next is over quota.
     user_with_role(&app, &owner, "dev@acme.example", json!("DEVELOPER")).await;

@@ -435,6 +435,10 @@ impl AuditQuery {
         to: DateTime<Utc>,
     ) -> async_graphql::Result<report::ComplianceReport> {
         let tenant = principal(ctx)?.tenant_id;
+        let row = crate::tenancy::store::find(&app(ctx)?.db, tenant)
+            .await?
+            .ok_or_else(|| crate::error::AppError::not_found("tenant"))?;
+        crate::tenancy::features::require(&row, crate::tenancy::features::Feature::AuditExport)?;
         let r = crate::audit::report::generate(app(ctx)?, &origin(ctx)?, tenant, from, to).await?;
         Ok(report::ComplianceReport(r))
     }

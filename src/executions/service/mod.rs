@@ -88,6 +88,11 @@ pub async fn start(
         .await?
         .ok_or_else(|| AppError::not_found("tenant"))?;
     crate::auth::check_tenant_active(&tenant)?;
+    // Flags may have been turned off since the version was published.
+    crate::workflows::service::check_features(&tenant, &def)?;
+    if req.schedule_id.is_some() {
+        crate::tenancy::features::require(&tenant, crate::tenancy::features::Feature::Schedules)?;
+    }
     let now = db_time(app.clock.now());
     let id = ExecutionId::new();
     let span = tracing::info_span!(

@@ -38,6 +38,14 @@ pub async fn visible(app: &App, p: &Principal, id: ScheduleId) -> AppResult<Sche
     Ok(row)
 }
 
+/// `FORBIDDEN` (`FEATURE_DISABLED`) unless the caller's tenant has schedules on.
+async fn require_schedules(app: &App, p: &Principal) -> AppResult<()> {
+    let tenant = crate::tenancy::store::find(&app.db, p.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("tenant"))?;
+    crate::tenancy::features::require(&tenant, crate::tenancy::features::Feature::Schedules)
+}
+
 /// Creates an ACTIVE schedule for a workflow the caller may see.
 pub async fn create(
     app: &App,
@@ -46,6 +54,7 @@ pub async fn create(
     new: NewSchedule,
 ) -> AppResult<ScheduleRow> {
     let wf = crate::workflows::service::visible(app, p, new.workflow_id).await?;
+    require_schedules(app, p).await?;
     let spec = CronSpec::parse(&new.cron, &new.timezone)?;
     let now = app.clock.now();
     let next = spec
@@ -109,6 +118,7 @@ pub async fn resume(
     if row.status == ScheduleStatus::Active {
         return Ok(row);
     }
+    require_schedules(app, p).await?;
     let spec = CronSpec::parse(&row.cron, &row.timezone)?;
     let next = spec.next_after(app.clock.now()).map(db_time);
     set_status(

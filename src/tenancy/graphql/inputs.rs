@@ -154,7 +154,9 @@ pub struct UpdateTenantPlanInput {
     pub plan: Plan,
     /// Quota overrides (plan defaults otherwise).
     pub quotas: Option<QuotasInput>,
-    /// Feature flags to enable (replaces the set); unchanged when omitted.
+    /// The feature flags to enable, replacing the set (`llm_steps`, `gpu_steps`,
+    /// `schedules`, `audit_export`; any other name is `BAD_USER_INPUT`). Omitted: the
+    /// plan's defaults.
     pub feature_flags: Option<Vec<String>>,
 }
 

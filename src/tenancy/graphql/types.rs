@@ -105,7 +105,12 @@ impl Tenant {
             max_gpu_memory_mb: self.0.max_gpu_memory_mb,
         })
     }
-    /// Enabled feature flags.
+    /// Enabled feature flags, each gating what it names: `llm_steps` (publishing and
+    /// starting workflows with `llm` steps), `gpu_steps` (steps that reserve GPUs),
+    /// `schedules` (creating, resuming and firing schedules), `audit_export`
+    /// (`GET /audit/export`, `complianceReport`). Without a flag those answer `FORBIDDEN`
+    /// with reason `FEATURE_DISABLED` and the flag in `extensions.flag`. Plans turn on:
+    /// FREE `llm_steps`, `schedules`; PRO, ENTERPRISE and CUSTOM all four.
     async fn feature_flags(&self) -> Vec<String> {
         json_list(&self.0.feature_flags)
     }

@@ -68,8 +68,8 @@ pub struct Quotas {
     pub max_gpu_memory_mb: Option<i64>,
 }
 
-/// Changes a tenant's plan, its quotas (the plan's defaults where not given) and, when
-/// given, its feature flags.
+/// Changes a tenant's plan, its quotas (the plan's defaults where not given) and its
+/// feature flags (the set given, else the plan's defaults).
 pub async fn change_plan(
     app: &App,
     origin: &Origin,
@@ -99,17 +99,12 @@ pub async fn change_plan(
     t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);
     t.max_concurrent_executions = q.max_concurrent_executions.unwrap_or(c);
     t.max_gpu_memory_mb = q.max_gpu_memory_mb.unwrap_or(g);
-    if let Some(mut flags) = feature_flags {
-        if let Some(bad) = flags.iter().find(|f| !valid_flag(f)) {
-            return Err(AppError::bad_input(
-                "featureFlags",
-                format!("{bad:?} is not a flag name (a-z, 0-9, - _ .)"),
-            ));
-        }
-        flags.sort();
-        flags.dedup();
-        t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
-    }
+    // The set given, or the new plan's defaults.
+    let flags = match feature_flags {
+        Some(flags) => crate::tenancy::features::validate(&flags)?,
+        None => crate::tenancy::features::plan_defaults(plan),
+    };
+    t.feature_flags = serde_json::to_string(&flags).map_err(AppError::internal)?;
     t.updated_at = db_time(app.clock.now());
     write(
         app,
@@ -299,11 +294,4 @@ async fn write(
             Ok(())
         })
         .await
-}
-
-fn valid_flag(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        })
 }
