@@ -35,6 +35,30 @@ pub struct HttpConfig {
     /// Peers whose `Forwarded` / `X-Forwarded-For` is believed (load balancers, ingress
     /// controllers); from anyone else those headers are ignored.
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// The one header the trusted proxies append the client's address to:
+    /// `X-Forwarded-For` (the default: nginx, HAProxy, cloud load balancers) or RFC 7239
+    /// `Forwarded`. The other is ignored, so a client cannot pass one through a proxy
+    /// that only appends to the other.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which header names the client behind trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …`
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1, …` (RFC 7239)
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
 }
 
 /// The token `/metrics` asks for (never printed: its `Debug` hides it).
@@ -61,6 +85,7 @@ pub(super) struct FileHttp {
     pub(super) metrics_token: Option<String>,
     pub(super) metrics_listen: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
+    pub(super) forwarded_header: Option<String>,
 }
 
 /// Reads the section from its layers.
@@ -200,6 +225,24 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             ),
             "comma-separated CIDR ranges of your proxies, e.g. 10.0.0.0/8",
         )?,
+        forwarded_header: match layers.pick(
+            "AGENTPLANE_FORWARDED_HEADER",
+            "http.forwarded_header",
+            file.forwarded_header,
+        ) {
+            None => ForwardedHeader::XForwardedFor,
+            Some(raw) => match raw.value.trim().to_ascii_lowercase().as_str() {
+                "" | "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+                "forwarded" => ForwardedHeader::Forwarded,
+                other => {
+                    return Err(err(
+                        &raw.key,
+                        format!("unknown header {other:?}"),
+                        "x-forwarded-for or forwarded: the header your proxies append to",
+                    ));
+                }
+            },
+        },
         metrics_listen: match layers.pick(
             "AGENTPLANE_METRICS_LISTEN",
             "http.metrics_listen",

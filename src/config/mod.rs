@@ -29,7 +29,7 @@ use engine::FileEngine;
 use graphql::FileGraphql;
 pub use graphql::{GraphqlConfig, Introspection};
 use http::FileHttp;
-pub use http::HttpConfig;
+pub use http::{ForwardedHeader, HttpConfig};
 use layers::{Layers, Raw, err};
 use websocket::FileWebsocket;
 pub use websocket::WebsocketConfig;

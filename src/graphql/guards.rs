@@ -17,12 +17,7 @@ impl Guard for Require {
         if p.permissions.contains(&self.0) {
             Ok(())
         } else if p.second_factor_missing {
-            Err(AppError::forbidden(
-                "your organization requires multi-factor sign-in: turn it on (enrollTotp, \
-                 then confirmTotp with a code) if you have not, then sign in again with a code",
-            )
-            .with_detail("reason", "MFA_REQUIRED_BY_TENANT")
-            .into())
+            Err(mfa_required_by_tenant().into())
         } else {
             record_denial(ctx, self.0).await;
             Err(
@@ -84,7 +79,23 @@ pub struct SignedIn;
 
 impl Guard for SignedIn {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        principal(ctx)?;
+        let p = principal(ctx)?;
+        // A member of a tenant that requires a second factor, signed in without one, may
+        // only turn it on, read themselves and sign out.
+        if p.second_factor_missing
+            && !crate::rbac::ENROLMENT_FIELDS.contains(&ctx.item.node.name.node.as_str())
+        {
+            return Err(mfa_required_by_tenant().into());
+        }
         Ok(())
     }
+}
+
+/// The refusal of a principal whose tenant requires a second factor it did not use.
+pub fn mfa_required_by_tenant() -> AppError {
+    AppError::forbidden(
+        "your organization requires multi-factor sign-in: turn it on (enrollTotp, then \
+         confirmTotp with a code) if you have not, then sign in again with a code",
+    )
+    .with_detail("reason", "MFA_REQUIRED_BY_TENANT")
 }

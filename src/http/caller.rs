@@ -15,6 +15,7 @@ use axum::response::Response;
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::config::ForwardedHeader;
 use crate::error::AppError;
 use crate::graphql::{ClientInfo, RequestId};
 use crate::net::Cidr;
@@ -32,13 +33,20 @@ pub struct Caller {
 }
 
 /// Client address and user agent of a request. The address is the TCP peer's, unless the
-/// peer is a trusted proxy: then it is the right-most address of `Forwarded` (or, without
-/// it, `X-Forwarded-For`) that is not itself a trusted proxy. A header a client wrote
-/// itself can only add addresses on the left, so it never decides. A malformed header
-/// from a trusted proxy is not believed (the peer's address is used).
-pub fn client_info(addr: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> ClientInfo {
+/// peer is a trusted proxy: then the hops of the one header the proxies append to
+/// (`http.forwarded_header`: `X-Forwarded-For` by default, or `Forwarded`) are walked
+/// from the right, and the client is the first hop that is not itself a trusted proxy.
+/// A client can only add hops on the left, so what it writes never decides: the walk
+/// stops at the first untrusted hop, which a trusted proxy wrote. A hop that does not
+/// parse (or an obfuscated `Forwarded` node) ends the walk at the last trusted hop read.
+pub fn client_info(
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    header: ForwardedHeader,
+) -> ClientInfo {
     ClientInfo {
-        ip: client_ip(addr.ip(), headers, trusted),
+        ip: client_ip(addr.ip(), headers, trusted, header),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -46,23 +54,27 @@ pub fn client_info(addr: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> C
     }
 }
 
-fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    which: ForwardedHeader,
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer) {
         return peer;
     }
-    let hops = match forwarded_for(headers, "forwarded") {
-        Some(h) => h,
-        None => match forwarded_for(headers, "x-forwarded-for") {
-            Some(h) => h,
-            None => return peer,
-        },
-    };
-    let Some(hops) = hops else {
-        return peer;
-    };
+    // Every value of the header, in order, then each comma-separated element.
+    let values: Vec<&str> = headers
+        .get_all(which.name())
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
     let mut client = peer;
-    for hop in hops.into_iter().rev() {
+    for element in values.iter().flat_map(|v| v.split(',')).rev() {
+        let Some(hop) = parse_hop(element, which) else {
+            break;
+        };
         client = hop;
         if !is_trusted(hop) {
             break;
@@ -71,38 +83,18 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     client
 }
 
-/// The addresses a proxy header lists, left to right: `None` when the header is absent,
-/// `Some(None)` when it is malformed (or names an obfuscated or unknown node).
-fn forwarded_for(headers: &HeaderMap, name: &str) -> Option<Option<Vec<IpAddr>>> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap_or("\u{0}"))
-        .collect();
-    if values.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    for element in values.iter().flat_map(|v| v.split(',')) {
-        let element = element.trim();
-        let raw = if name == "forwarded" {
-            // `for=192.0.2.60;proto=https` or `for="[2001:db8::1]:4711"`
-            let Some(v) = element.split(';').find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-            }) else {
-                return Some(None);
-            };
-            v
-        } else {
-            element
-        };
-        match parse_node(raw.trim_matches('"')) {
-            Some(ip) => out.push(ip),
-            None => return Some(None),
-        }
-    }
-    Some(Some(out))
+/// One element of the header: `192.0.2.60` (X-Forwarded-For) or `for=192.0.2.60;proto=https`
+/// / `for="[2001:db8::1]:4711"` (Forwarded).
+fn parse_hop(element: &str, which: ForwardedHeader) -> Option<IpAddr> {
+    let element = element.trim();
+    let raw = match which {
+        ForwardedHeader::XForwardedFor => element,
+        ForwardedHeader::Forwarded => element.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+        })?,
+    };
+    parse_node(raw.trim_matches('"')).map(crate::net::canonical)
 }
 
 /// `192.0.2.1`, `192.0.2.1:8080`, `2001:db8::1` or `[2001:db8::1]:4711`.
@@ -187,6 +179,7 @@ async fn resolve(
         *addr,
         &parts.headers,
         &state.app.config.http.trusted_proxies,
+        state.app.config.http.forwarded_header,
     );
     let anonymous = |client, request_id| Caller {
         principal: None,

@@ -226,6 +226,10 @@ pub const SELF_FIELDS: &[&str] = &[
     "regenerateRecoveryCodes",
 ];
 
+/// The only fields a principal signed in without the second factor its tenant requires
+/// may call (`requireMfa`): turn the factor on, read itself, sign out.
+pub const ENROLMENT_FIELDS: &[&str] = &["me", "logout", "enrollTotp", "confirmTotp"];
+
 /// The permission matrix as a Markdown table (printed in README).
 pub fn matrix_markdown() -> String {
     let roles = [

@@ -94,25 +94,67 @@ pub async fn find_user(db: &DbPool, tenant: TenantId, id: UserId) -> AppResult<O
 }
 
 /// Replaces a tenant's mutable columns.
-pub async fn update(conn: &mut Conn<'_>, row: &TenantRow) -> AppResult<()> {
+/// The columns of a tenant change that differ from the row it started from (`None`:
+/// left as stored).
+#[derive(diesel::AsChangeset, Default)]
+#[diesel(table_name = tenants)]
+struct TenantChanges<'a> {
+    name: Option<&'a str>,
+    plan: Option<&'a super::model::Plan>,
+    status: Option<&'a super::model::TenantStatus>,
+    status_reason: Option<Option<&'a str>>,
+    data_retention_days: Option<i64>,
+    require_mfa: Option<bool>,
+    allowed_ip_ranges: Option<&'a str>,
+    max_users: Option<i64>,
+    max_workflows: Option<i64>,
+    max_executions_per_month: Option<i64>,
+    max_concurrent_executions: Option<i64>,
+    max_gpu_memory_mb: Option<i64>,
+    feature_flags: Option<&'a str>,
+    updated_at: Option<chrono::NaiveDateTime>,
+}
+
+/// Writes the columns of `after` that differ from `before` (and `updated_at`).
+pub async fn update_changed(
+    conn: &mut Conn<'_>,
+    before: &TenantRow,
+    after: &TenantRow,
+) -> AppResult<()> {
+    fn diff<T: PartialEq>(a: T, b: T) -> Option<T> {
+        (a != b).then_some(b)
+    }
+    let c = TenantChanges {
+        name: diff(before.name.as_str(), after.name.as_str()),
+        plan: diff(&before.plan, &after.plan),
+        status: diff(&before.status, &after.status),
+        status_reason: diff(
+            before.status_reason.as_deref(),
+            after.status_reason.as_deref(),
+        ),
+        data_retention_days: diff(before.data_retention_days, after.data_retention_days),
+        require_mfa: diff(before.require_mfa, after.require_mfa),
+        allowed_ip_ranges: diff(
+            before.allowed_ip_ranges.as_str(),
+            after.allowed_ip_ranges.as_str(),
+        ),
+        max_users: diff(before.max_users, after.max_users),
+        max_workflows: diff(before.max_workflows, after.max_workflows),
+        max_executions_per_month: diff(
+            before.max_executions_per_month,
+            after.max_executions_per_month,
+        ),
+        max_concurrent_executions: diff(
+            before.max_concurrent_executions,
+            after.max_concurrent_executions,
+        ),
+        max_gpu_memory_mb: diff(before.max_gpu_memory_mb, after.max_gpu_memory_mb),
+        feature_flags: diff(before.feature_flags.as_str(), after.feature_flags.as_str()),
+        updated_at: Some(after.updated_at),
+    };
     crate::on_conn!(conn, |conn| {
-        diesel::update(tenants::table.filter(tenants::id.eq(row.id)))
-            .set((
-                tenants::name.eq(&row.name),
-                tenants::plan.eq(&row.plan),
-                tenants::status.eq(&row.status),
-                tenants::status_reason.eq(&row.status_reason),
-                tenants::data_retention_days.eq(row.data_retention_days),
-                tenants::require_mfa.eq(row.require_mfa),
-                tenants::allowed_ip_ranges.eq(&row.allowed_ip_ranges),
-                tenants::max_users.eq(row.max_users),
-                tenants::max_workflows.eq(row.max_workflows),
-                tenants::max_executions_per_month.eq(row.max_executions_per_month),
-                tenants::max_concurrent_executions.eq(row.max_concurrent_executions),
-                tenants::max_gpu_memory_mb.eq(row.max_gpu_memory_mb),
-                tenants::feature_flags.eq(&row.feature_flags),
-                tenants::updated_at.eq(row.updated_at),
-            ))
+        diesel::update(tenants::table.filter(tenants::id.eq(after.id)))
+            .set(&c)
             .execute(conn)
             .await?;
     });

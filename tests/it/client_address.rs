@@ -49,9 +49,53 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         &[("x-forwarded-for", "198.51.100.66, 203.0.113.9, 10.1.2.3")],
     )
     .await;
-    // RFC 7239 `Forwarded` wins over X-Forwarded-For; IPv6 with a port.
+    // By default only X-Forwarded-For counts: a `Forwarded` the client wrote (and the
+    // proxy passed through) is ignored.
     failed_sign_in(
         &app,
+        &[
+            ("forwarded", "for=10.9.9.9"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ],
+    )
+    .await;
+    // Garbage the client put on the left is never reached: the walk stops at the first
+    // untrusted hop from the right.
+    failed_sign_in(&app, &[("x-forwarded-for", "not-an-address, 192.0.2.44")]).await;
+    failed_sign_in(&app, &[("x-forwarded-for", "unknown, ,192.0.2.45")]).await;
+    // A header that does not parse at its right end names nobody: the peer is the client.
+    failed_sign_in(&app, &[("x-forwarded-for", "not-an-address")]).await;
+    // Two header lines are one list.
+    failed_sign_in(
+        &app,
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "192.0.2.46"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        recorded_ips(&app, &owner).await,
+        [
+            "127.0.0.1",
+            "192.0.2.44",
+            "192.0.2.45",
+            "192.0.2.46",
+            "198.51.100.1",
+            "203.0.113.9"
+        ],
+    );
+
+    // Proxies that append RFC 7239 `Forwarded`: that header counts (IPv6 with a port),
+    // X-Forwarded-For is ignored.
+    let rfc = TestApp::spawn_with(&[
+        ("AGENTPLANE_TRUSTED_PROXIES", "127.0.0.1/32,10.0.0.0/8"),
+        ("AGENTPLANE_FORWARDED_HEADER", "forwarded"),
+    ])
+    .await;
+    let (_, rfc_owner) = rfc.tenant_with_owner("acme").await;
+    failed_sign_in(
+        &rfc,
         &[
             (
                 "forwarded",
@@ -61,11 +105,10 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         ],
     )
     .await;
-    // A malformed header from the proxy is not believed.
-    failed_sign_in(&app, &[("x-forwarded-for", "not-an-address")]).await;
+    failed_sign_in(&rfc, &[("x-forwarded-for", "198.51.100.2")]).await;
     assert_eq!(
-        recorded_ips(&app, &owner).await,
-        ["127.0.0.1", "2001:db8::17", "203.0.113.9"],
+        recorded_ips(&rfc, &rfc_owner).await,
+        ["127.0.0.1", "2001:db8::17"]
     );
 
     // The same headers from a peer that is not a trusted proxy are ignored.

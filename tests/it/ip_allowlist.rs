@@ -209,6 +209,16 @@ async fn allowed_ip_ranges_hold_for_every_use_of_a_credential() {
     let (status, body) = login_from(&app, OUTSIDE, "owner@acme.example").await;
     assert_ip_refused(status, &body);
     assert!(body["data"]["login"].is_null(), "{body}");
+    // A wrong password from outside gets the same answer: no password is tried there.
+    let (status, body) = gql_from(
+        &app,
+        OUTSIDE,
+        None,
+        "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+        json!({ "i": { "email": "owner@acme.example", "password": "not-the-password" } }),
+    )
+    .await;
+    assert_ip_refused(status, &body);
     let refresh_query =
         "mutation($i: RefreshSessionInput!) { refreshSession(input: $i) { accessToken } }";
     let (status, body) = gql_from(

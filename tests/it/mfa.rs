@@ -200,6 +200,27 @@ async fn totp_enrolment_sign_in_replay_and_recovery_codes() {
     let reused = verify(&app, &ch4, &recovery[0]).await;
     assert_eq!(reason(&reused), Some("MFA_CODE_INVALID"), "{reused}");
 
+    // Concurrent wrong codes: each is counted before it is checked, so one challenge
+    // checks at most five of twenty.
+    let ch5 = challenge(&app, email, OWNER_PASSWORD).await;
+    let answers = futures_util::future::join_all(
+        (0..20).map(|i| verify(&app, &ch5, if i % 2 == 0 { "111111" } else { "222222" })),
+    )
+    .await;
+    let checked = answers
+        .iter()
+        .filter(|a| reason(a) == Some("MFA_CODE_INVALID"))
+        .count();
+    assert!(checked <= 5, "{checked} codes checked on one challenge");
+    assert!(
+        answers.iter().all(|a| matches!(
+            reason(a),
+            Some("MFA_CODE_INVALID" | "MFA_CHALLENGE_INVALID")
+        )),
+        "{answers:?}"
+    );
+    // The failures above stay counted for the user; the right code clears them below.
+
     // Wrong codes burn a challenge after five: even the right code is refused then.
     for _ in 0..4 {
         let w = verify(&app, &ch4, "123456").await;
@@ -210,6 +231,26 @@ async fn totp_enrolment_sign_in_replay_and_recovery_codes() {
     assert_eq!(reason(&burnt), Some("MFA_CHALLENGE_INVALID"), "{burnt}");
     let bogus = verify(&app, "not-a-challenge", &code(&app, &secret, 0)).await;
     assert_eq!(reason(&bogus), Some("MFA_CHALLENGE_INVALID"), "{bogus}");
+
+    // Ten wrong codes in 15 minutes lock this user's codes for a while.
+    let ch6 = challenge(&app, email, OWNER_PASSWORD).await;
+    let locked = verify(&app, &ch6, "333333").await;
+    assert_eq!(
+        first_error_code(&locked).as_deref(),
+        Some("RATE_LIMITED"),
+        "{locked}"
+    );
+    assert!(
+        locked["errors"][0]["extensions"]["retryAfterSeconds"].is_number(),
+        "{locked}"
+    );
+    app.clock.advance(chrono::Duration::minutes(16));
+    let ch7 = challenge(&app, email, OWNER_PASSWORD).await;
+    let again = verify(&app, &ch7, &code(&app, &secret, 0)).await;
+    let token = again["data"]["verifyMfa"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{again}"))
+        .to_owned();
 
     // Turning it off needs a code; then sign-in is one step again.
     let off = app
@@ -298,6 +339,15 @@ async fn a_tenant_that_requires_mfa_lets_members_without_it_only_enrol() {
     );
     let me = app.gql_as(&dev, "{ me { email } }", json!({})).await;
     assert_eq!(me["data"]["me"]["email"], "dev@acme.example", "{me}");
+    // Not even the signed-in fields beyond enrolment: sessions, password, node.
+    for q in [
+        "{ sessions { id } }".to_owned(),
+        "mutation { changePassword(input: { currentPassword: \"user-password-123\", newPassword: \"another-password-1\" }) { ok } }".to_owned(),
+        format!("{{ node(id: \"{dev_id}\") {{ id }} }}"),
+    ] {
+        let blocked = app.gql_as(&dev, &q, json!({})).await;
+        assert_eq!(reason(&blocked), Some("MFA_REQUIRED_BY_TENANT"), "{q}: {blocked}");
+    }
     // So is the owner's own password-only session, until it signs in with a code.
     let blocked = app.gql_as(&owner, list, json!({})).await;
     assert_eq!(
@@ -316,8 +366,18 @@ async fn a_tenant_that_requires_mfa_lets_members_without_it_only_enrol() {
     assert!(ok["data"]["workflows"]["edges"].is_array(), "{ok}");
 
     // The developer enrols, signs in again with a code, and works; the refreshed
-    // session keeps its second factor.
+    // session keeps its second factor. Turning the factor on ends the developer's other
+    // password-only sessions.
+    let (other_session, _) = app.login("dev@acme.example", DEV_PASSWORD).await;
     let (dev_secret, _) = enrol(&app, &dev).await;
+    let ended = app
+        .gql_as(&other_session, "{ me { email } }", json!({}))
+        .await;
+    assert_eq!(
+        first_error_code(&ended).as_deref(),
+        Some("UNAUTHENTICATED"),
+        "{ended}"
+    );
     next_step(&app);
     let ch = challenge(&app, "dev@acme.example", DEV_PASSWORD).await;
     let tokens = verify(&app, &ch, &code(&app, &dev_secret, 0)).await;
@@ -359,6 +419,20 @@ async fn a_tenant_that_requires_mfa_lets_members_without_it_only_enrol() {
         reason(&blocked),
         Some("MFA_REQUIRED_BY_TENANT"),
         "{blocked}"
+    );
+    // Nobody resets their own factor this way (that needs a code: disableTotp).
+    let owner_id = app.gql_as(&owner, "{ me { id } }", json!({})).await["data"]["me"]["id"].clone();
+    let own = app
+        .gql_as(
+            &owner,
+            "mutation($i: ResetUserMfaInput!) { resetUserMfa(input: $i) { user { email } } }",
+            json!({ "i": { "userId": owner_id } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&own).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{own}"
     );
     // A developer cannot reset anyone's factor.
     let denied = app

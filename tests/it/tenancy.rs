@@ -408,3 +408,68 @@ async fn disabling_users_revoking_sessions_and_reactivating_tenants() {
     assert_eq!(list["data"]["tenants"]["totalCount"], 2, "{list}");
     assert_eq!(list["data"]["tenants"]["pageInfo"]["hasNextPage"], true);
 }
+
+/// Changes of a tenant's different columns at the same moment do not overwrite each
+/// other: a suspension during a stream of settings changes stays, and a tightened IP
+/// list sent beside retention changes is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_tenant_changes_keep_each_others_columns() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let (tenant_id, owner) = app.tenant_with_owner("acme").await;
+    let admin = app.admin_token().await;
+    let settings = "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { id } } }";
+    for round in 0..3 {
+        let ranges = json!([format!("10.{round}.0.0/16"), "127.0.0.0/8"]);
+        let mut changes: Vec<_> = (0..8)
+            .map(|k| {
+                app.gql_as(
+                    &owner,
+                    settings,
+                    json!({ "i": { "dataRetentionDays": 100 + k } }),
+                )
+            })
+            .collect();
+        changes.push(app.gql_as(
+            &owner,
+            settings,
+            json!({ "i": { "allowedIpRanges": ranges } }),
+        ));
+        let suspend = app.gql_as(
+            &admin,
+            "mutation($i: SuspendTenantInput!) { suspendTenant(input: $i) { tenant { status } } }",
+            json!({ "i": { "tenantId": tenant_id, "reason": "abuse" } }),
+        );
+        let (suspended, _) = tokio::join!(suspend, futures_util::future::join_all(changes));
+        assert_eq!(
+            suspended["data"]["suspendTenant"]["tenant"]["status"], "SUSPENDED",
+            "{suspended}"
+        );
+        let t = app
+            .gql_as(
+                &admin,
+                "query($id: ID!) { node(id: $id) { ... on Tenant { status statusReason settings { allowedIpRanges } } } }",
+                json!({ "id": tenant_id }),
+            )
+            .await;
+        assert_eq!(
+            t["data"]["node"]["status"], "SUSPENDED",
+            "round {round}: {t}"
+        );
+        assert_eq!(t["data"]["node"]["statusReason"], "abuse", "{t}");
+        assert_eq!(
+            t["data"]["node"]["settings"]["allowedIpRanges"], ranges,
+            "{t}"
+        );
+        let back = app
+            .gql_as(
+                &admin,
+                "mutation($i: ReactivateTenantInput!) { reactivateTenant(input: $i) { tenant { status } } }",
+                json!({ "i": { "tenantId": tenant_id } }),
+            )
+            .await;
+        assert_eq!(
+            back["data"]["reactivateTenant"]["tenant"]["status"], "ACTIVE",
+            "{back}"
+        );
+    }
+}

@@ -308,16 +308,32 @@ fn throttle_key(user: UserId) -> String {
     format!("mfa:{user}")
 }
 
-/// `RATE_LIMITED` while the user's wrong codes keep codes locked.
-async fn check_lock(app: &App, user: UserId, now: DateTime<Utc>) -> AppResult<()> {
+/// Counts this code attempt for `user` before the code is checked (so of N concurrent
+/// guesses only those within the threshold are checked at all, as for passwords), or
+/// `RATE_LIMITED` while the user's wrong codes keep codes locked. A right code takes the
+/// attempt back ([`clear_failures`]).
+async fn take_attempt(app: &App, user: UserId, now: DateTime<Utc>) -> AppResult<()> {
+    let keys = [(throttle_key(user), USER_THRESHOLD)];
     let rows = store::login_attempts_for(&app.db, &[throttle_key(user)]).await?;
-    if let Some(until) = rows
-        .iter()
-        .filter_map(|r| r.locked_until)
-        .map(utc)
-        .filter(|u| *u > now)
-        .max()
-    {
+    let locked = |rows: &[crate::auth::model::LoginAttemptRow]| {
+        rows.iter()
+            .filter_map(|r| r.locked_until)
+            .map(utc)
+            .filter(|u| *u > now)
+            .max()
+    };
+    let until = match locked(&rows) {
+        Some(u) => Some(u),
+        None => {
+            let counted = count_attempts(app, &keys, now).await?;
+            if counted.iter().any(|c| c.failures > USER_THRESHOLD) {
+                locked(&counted).or(Some(now + Duration::seconds(1)))
+            } else {
+                None
+            }
+        }
+    };
+    if let Some(until) = until {
         let retry = (until - now).num_seconds().max(1);
         return Err(AppError::new(
             ErrorCode::RateLimited,
@@ -328,12 +344,8 @@ async fn check_lock(app: &App, user: UserId, now: DateTime<Utc>) -> AppResult<()
     Ok(())
 }
 
-/// Counts a wrong code for `user` and records `auth.mfa_failed`.
+/// Records a wrong code for `user` (`auth.mfa_failed`; it was counted before the check).
 async fn wrong_code(app: &App, origin: &Origin, user: UserId, now: DateTime<Utc>) -> AppError {
-    let keys = [(throttle_key(user), USER_THRESHOLD)];
-    if let Err(e) = count_attempts(app, &keys, now).await {
-        return e;
-    }
     crate::metrics::auth_failure("MFA_CODE_INVALID");
     let entry = Entry::change(origin, "auth.mfa_failed", "user", user, None, db_time(now))
         .severity(Severity::Warning)
@@ -382,7 +394,6 @@ pub async fn verify(
     if row.used_at.is_some() || utc(row.expires_at) <= now || row.attempts >= CHALLENGE_ATTEMPTS {
         return Err(expired());
     }
-    check_lock(app, row.user_id, now).await?;
     let user = crate::tenancy::store::find_user(&app.db, row.tenant_id, row.user_id)
         .await?
         .filter(|u| u.status == UserStatus::Active)
@@ -392,6 +403,25 @@ pub async fn verify(
         .ok_or_else(expired)?;
     crate::auth::check_tenant_active(&tenant)?;
     super::sign_in_address(app, &tenant, &user, client, request_id).await?;
+    // The attempt counts before the code is checked: a challenge takes five, however
+    // many arrive at once, and the user's counter locks codes like passwords.
+    let took = crate::db_run!(&app.db, |conn| {
+        diesel_async::RunQueryDsl::execute(
+            diesel::update(
+                mfa_challenges::table
+                    .filter(mfa_challenges::token_hash.eq(&hash))
+                    .filter(mfa_challenges::used_at.is_null())
+                    .filter(mfa_challenges::attempts.lt(CHALLENGE_ATTEMPTS)),
+            )
+            .set(mfa_challenges::attempts.eq(mfa_challenges::attempts + 1)),
+            conn,
+        )
+        .await?
+    });
+    if took != 1 {
+        return Err(expired());
+    }
+    take_attempt(app, user.id, now).await?;
     let f = factor(app, user.id)
         .await?
         .filter(|f| f.confirmed_at.is_some())
@@ -402,14 +432,6 @@ pub async fn verify(
     origin.user_agent = client.and_then(|c| c.user_agent.clone());
     origin.request_id = request_id.map(str::to_owned);
     let Some(proof) = consume(app, &f, code, now, true).await? else {
-        crate::db_run!(&app.db, |conn| {
-            diesel_async::RunQueryDsl::execute(
-                diesel::update(mfa_challenges::table.filter(mfa_challenges::token_hash.eq(&hash)))
-                    .set(mfa_challenges::attempts.eq(mfa_challenges::attempts + 1)),
-                conn,
-            )
-            .await?
-        });
         return Err(wrong_code(app, &origin, user.id, now).await);
     };
     // The challenge is good once.
@@ -579,7 +601,7 @@ pub async fn confirm_enrolment(
 ) -> AppResult<Vec<String>> {
     let user = own_user(app, p).await?;
     let now = app.clock.now();
-    check_lock(app, user.id, now).await?;
+    take_attempt(app, user.id, now).await?;
     let f = factor(app, user.id).await?.ok_or_else(|| {
         AppError::bad_input(
             "code",
@@ -614,9 +636,21 @@ pub async fn confirm_enrolment(
             });
             let codes = replace_recovery_codes(conn, &user, db_time(now)).await?;
             crate::audit::append(conn, &entry).await?;
+            // Sessions opened with the password alone (one may be a stolen one) end
+            // here; this one lives on.
+            store::revoke_user_sessions(
+                conn,
+                user.tenant_id,
+                user.id,
+                p.token.as_ref().map(|t| t.session_id),
+                "mfa_enabled",
+                db_time(now),
+            )
+            .await?;
             Ok(codes)
         })
         .await?;
+    app.rights_changed(user.tenant_id);
     Ok(codes)
 }
 
@@ -628,7 +662,7 @@ async fn prove(
     code: &str,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
-    check_lock(app, user.id, now).await?;
+    take_attempt(app, user.id, now).await?;
     let f = factor(app, user.id)
         .await?
         .filter(|f| f.confirmed_at.is_some())
@@ -719,6 +753,12 @@ pub async fn reset(
     let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, target)
         .await?
         .ok_or_else(|| AppError::not_found("user"))?;
+    if p.user_id() == Some(user.id) {
+        return Err(AppError::bad_input(
+            "userId",
+            "to turn off your own second factor use disableTotp with a code or recovery code",
+        ));
+    }
     crate::auth::admin::may_change_user(app, p, &user).await?;
     if factor(app, user.id).await?.is_none() {
         return Err(AppError::bad_input(

@@ -133,6 +133,18 @@ pub async fn login(
     }
 
     let user = crate::tenancy::store::find_user_by_email(&app.db, &email_norm).await?;
+    // The tenant's allowedIpRanges come before the password: from outside them a sign-in
+    // is refused whatever the password, so no password can be tried from there (the
+    // attempt stays counted).
+    let tenant = match &user {
+        Some(u) => crate::tenancy::store::find(&app.db, u.tenant_id).await?,
+        None => None,
+    };
+    if let (Some(u), Some(t)) = (&user, &tenant) {
+        if u.status == UserStatus::Active {
+            sign_in_address(app, t, u, client, request_id).await?;
+        }
+    }
     let hash = user
         .as_ref()
         .and_then(|u| u.password_hash.clone())
@@ -181,13 +193,8 @@ pub async fn login(
             return Err(bad_login());
         }
     };
-    let tenant = crate::tenancy::store::find(&app.db, user.tenant_id)
-        .await?
-        .ok_or_else(bad_login)?;
+    let tenant = tenant.ok_or_else(bad_login)?;
     check_tenant_active(&tenant)?;
-    // The right password from outside the tenant's networks is still no sign-in (and
-    // stays counted as a failed attempt).
-    sign_in_address(app, &tenant, &user, client, request_id).await?;
     // A success is no failure: take the attempt back (and the account's counter for this
     // address is cleared).
     app.db

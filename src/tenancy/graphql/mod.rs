@@ -98,6 +98,17 @@ pub async fn visible_tenant(
     if !principal.may_see_tenant(id) {
         return Err(AppError::not_found("tenant"));
     }
+    // The same permission the `tenant` field asks for.
+    if !principal.platform_admin
+        && !principal
+            .permissions
+            .contains(&crate::rbac::Permission::TenantRead)
+    {
+        return Err(
+            AppError::forbidden("this requires the tenant.read permission")
+                .with_detail("permission", "tenant.read"),
+        );
+    }
     crate::tenancy::store::find(&app.db, id)
         .await?
         .map(Tenant)

@@ -43,12 +43,12 @@ pub async fn set_status(
         }
         TenantStatus::Active => ("tenant.reactivated", Severity::Warning),
     };
-    let before = tenant_view(&t);
+    let original = t.clone();
     t.status = status;
     t.status_reason =
         (status == TenantStatus::Suspended).then(|| reason.trim().chars().take(500).collect());
     t.updated_at = db_time(app.clock.now());
-    write(app, origin, action, &before, &t, severity).await?;
+    write(app, origin, action, &original, &t, severity).await?;
     app.rights_changed(t.id);
     Ok(t)
 }
@@ -79,7 +79,7 @@ pub async fn change_plan(
     feature_flags: Option<Vec<String>>,
 ) -> AppResult<TenantRow> {
     let mut t = get(app, id).await?;
-    let before = tenant_view(&t);
+    let original = t.clone();
     let (u, w, e, c, g) = plan_quotas(plan);
     let q = quotas;
     for (field, v) in [
@@ -110,7 +110,7 @@ pub async fn change_plan(
         app,
         origin,
         "tenant.plan_changed",
-        &before,
+        &original,
         &t,
         Severity::Info,
     )
@@ -144,7 +144,7 @@ pub async fn change_settings(
     settings: Settings,
 ) -> AppResult<TenantRow> {
     let mut t = get(app, id).await?;
-    let before = tenant_view(&t);
+    let original = t.clone();
     if let Some(d) = settings.data_retention_days {
         if !(1..=3650).contains(&d) {
             return Err(AppError::bad_input(
@@ -215,7 +215,7 @@ pub async fn change_settings(
         app,
         origin,
         "tenant.settings_changed",
-        &before,
+        &original,
         &t,
         Severity::Info,
     )
@@ -267,15 +267,18 @@ pub async fn restore_owner(
 }
 
 /// Writes a tenant change and its record, in the tenant's own chain (a platform admin
-/// acting on a tenant shows up in the tenant's trail).
+/// acting on a tenant shows up in the tenant's trail). Only the columns this change
+/// made different from `original` are written, so concurrent changes of other columns
+/// (a suspension while the owner edits settings) are never overwritten with stale values.
 async fn write(
     app: &App,
     origin: &Origin,
     action: &str,
-    before: &serde_json::Value,
+    original: &TenantRow,
     t: &TenantRow,
     severity: Severity,
 ) -> AppResult<()> {
+    let before = &tenant_view(original);
     let mut origin = origin.clone();
     origin.tenant_id = t.id;
     let audit = Entry::change(
@@ -289,7 +292,7 @@ async fn write(
     .severity(severity);
     app.db
         .tx("", async |conn| {
-            store::update(conn, t).await?;
+            store::update_changed(conn, original, t).await?;
             crate::audit::append(conn, &audit).await?;
             Ok(())
         })
