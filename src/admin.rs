@@ -38,3 +38,36 @@ pub async fn reset_password(app: &App, email: &str, password: &str) -> anyhow::R
     .map_err(crate::error::AppError::into_anyhow)?;
     Ok(())
 }
+
+/// Turns off a user's second factor (a lost device and no recovery codes, no admin left
+/// to reset it); the user signs in with the password and enrols again.
+pub async fn reset_mfa(app: &App, email: &str) -> anyhow::Result<bool> {
+    let email = crate::auth::passwords::normalize_email(email).map_err(|m| anyhow::anyhow!(m))?;
+    let user = crate::tenancy::store::find_user_by_email(&app.db, &email)
+        .await
+        .map_err(crate::error::AppError::into_anyhow)?
+        .with_context(|| format!("no user with e-mail {email}"))?;
+    crate::auth::service::mfa::reset_by_operator(app, &user)
+        .await
+        .map_err(crate::error::AppError::into_anyhow)
+}
+
+/// Empties a tenant's `allowedIpRanges` (a list that locks everyone out).
+pub async fn clear_ip_ranges(app: &App, slug: &str) -> anyhow::Result<()> {
+    let tenant = crate::tenancy::store::find_by_slug(&app.db, slug)
+        .await
+        .map_err(crate::error::AppError::into_anyhow)?
+        .with_context(|| format!("no tenant with slug {slug}"))?;
+    crate::tenancy::service::tenants::change_settings(
+        app,
+        &crate::audit::Origin::system(tenant.id),
+        tenant.id,
+        crate::tenancy::service::tenants::Settings {
+            allowed_ip_ranges: Some(Vec::new()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(crate::error::AppError::into_anyhow)?;
+    Ok(())
+}

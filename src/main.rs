@@ -152,6 +152,19 @@ enum AdminCommand {
         #[arg(long)]
         role: String,
     },
+    /// Turn off a user's second factor (lost device, no recovery code, nobody left to
+    /// reset it); they sign in with the password and enrol again.
+    ResetMfa {
+        /// The user's e-mail address.
+        #[arg(long)]
+        email: String,
+    },
+    /// Empty a tenant's allowedIpRanges (a list that locks everyone out).
+    ClearIpRanges {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+    },
     /// Set a new password for a user (prompted on stdin, or generated and printed).
     ResetPassword {
         /// The user's e-mail address.
@@ -457,6 +470,29 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let pool = DbPool::connect(&config.database_url).await?;
             let kid = agentplane::auth::jwt::rotate(&pool, &config.master_keys).await?;
             println!("new signing key {kid}; earlier keys still verify until their tokens expire");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::ResetMfa { email },
+        } => {
+            migrate::run_pending(&config.database_url).await?;
+            let state = AppState::new(config).await?;
+            if agentplane::admin::reset_mfa(&state.app, &email).await? {
+                println!(
+                    "second factor of {email} turned off; they sign in with the password and enrol again"
+                );
+            } else {
+                println!("{email} has no second factor; nothing changed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            command: AdminCommand::ClearIpRanges { tenant },
+        } => {
+            migrate::run_pending(&config.database_url).await?;
+            let state = AppState::new(config).await?;
+            agentplane::admin::clear_ip_ranges(&state.app, &tenant).await?;
+            println!("allowedIpRanges of {tenant} emptied: any address may connect");
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin {

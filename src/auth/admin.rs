@@ -179,6 +179,52 @@ pub async fn disable(
     Ok(user)
 }
 
+/// Enables a disabled user again (by someone who may change them): they sign in anew;
+/// the sessions and API keys that ended with the disabling stay ended. An active user is
+/// returned as is; an erased one cannot come back (`CONFLICT`).
+pub async fn enable(app: &App, origin: &Origin, p: &Principal, id: UserId) -> AppResult<UserRow> {
+    let mut user = user(app, p, id).await?;
+    match user.status {
+        UserStatus::Active => return Ok(user),
+        UserStatus::Erased => {
+            return Err(AppError::conflict(
+                "an erased user cannot be enabled: create a new user instead",
+            ));
+        }
+        UserStatus::Disabled => {}
+    }
+    may_change_user(app, p, &user).await?;
+    let now = db_time(app.clock.now());
+    let audit = Entry::change(
+        origin,
+        "user.enabled",
+        "user",
+        user.id,
+        Some(serde_json::json!({
+            "status": { "before": user.status, "after": UserStatus::Active.as_str() },
+        })),
+        now,
+    )
+    .severity(Severity::Warning);
+    app.db
+        .tx(p.tenant_id, async |conn| {
+            crate::audit::append(conn, &audit).await?;
+            tenancy_store::change_user(
+                conn,
+                p.tenant_id,
+                user.id,
+                UserChange::Status(UserStatus::Active),
+                now,
+            )
+            .await
+        })
+        .await?;
+    app.rights_changed(p.tenant_id);
+    user.status = UserStatus::Active;
+    user.updated_at = now;
+    Ok(user)
+}
+
 /// A custom role of the caller's tenant, or `NOT_FOUND`.
 pub async fn role(app: &App, p: &Principal, id: RoleId) -> AppResult<RoleRow> {
     tenancy_store::find_role(&app.db, p.tenant_id, id)

@@ -443,6 +443,14 @@ async fn every_mutation_writes_exactly_one_record() {
         json!({ "i": { "userId": user } })
     );
     step!(
+        "enableUser",
+        acme,
+        "user.enabled",
+        o,
+        "mutation($i: EnableUserInput!) { enableUser(input: $i) { user { id } } }",
+        json!({ "i": { "userId": user } })
+    );
+    step!(
         "exportUserData",
         acme,
         "user.data_exported",

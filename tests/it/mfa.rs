@@ -453,3 +453,73 @@ async fn a_tenant_that_requires_mfa_lets_members_without_it_only_enrol() {
     let ok = app.gql_as(&other, list, json!({})).await;
     assert!(ok["data"]["workflows"]["edges"].is_array(), "{ok}");
 }
+
+/// The way back in when nobody in the tenant can help: `agentplane admin reset-mfa` and
+/// `agentplane admin clear-ip-ranges`, run by an operator against the database, recorded
+/// in the tenant's trail.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_commands_reset_a_factor_and_clear_an_ip_list() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    enrol(&app, &owner).await;
+    next_step(&app);
+    challenge(&app, "owner@acme.example", OWNER_PASSWORD).await;
+    let url = app.db.url.clone();
+    let url2 = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::cli::run(
+            &["admin", "reset-mfa", "--email", "owner@acme.example"],
+            &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "warn")],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("turned off"));
+    let (owner, _) = app.login("owner@acme.example", OWNER_PASSWORD).await;
+
+    // A list that shuts everyone out, saved on purpose, and cleared by the operator.
+    let saved = app
+        .gql_as(
+            &owner,
+            "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { id } } }",
+            json!({ "i": { "allowedIpRanges": ["10.0.0.0/8"], "confirmExcludingOwnAddress": true } }),
+        )
+        .await;
+    assert!(saved["errors"].is_null(), "{saved}");
+    let refused = app.gql_as(&owner, "{ me { email } }", json!({})).await;
+    assert_eq!(reason(&refused), Some("IP_NOT_ALLOWED"), "{refused}");
+    let out = tokio::task::spawn_blocking(move || {
+        crate::cli::run(
+            &["admin", "clear-ip-ranges", "--tenant", "acme"],
+            &[("DATABASE_URL", url2.as_str()), ("RUST_LOG", "warn")],
+        )
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    // The server hears of the change from the database (another process wrote it).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let me = app.gql_as(&owner, "{ me { email } }", json!({})).await;
+        if me["data"]["me"]["email"] == "owner@acme.example" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused: {me}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = app
+        .gql_as(
+            &owner,
+            "{ auditLog(filter: { actionPrefix: \"auth.mfa_reset\" }, first: 5) { edges { node { actorType severity } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        log["data"]["auditLog"]["edges"][0]["node"]["severity"], "CRITICAL",
+        "{log}"
+    );
+}

@@ -380,6 +380,29 @@ async fn disabling_users_revoking_sessions_and_reactivating_tenants() {
         .await;
     assert_eq!(first_error_code(&login).as_deref(), Some("UNAUTHENTICATED"));
 
+    // Enabling brings sign-in back; the session that ended with the disabling stays
+    // ended. A viewer may not enable anyone.
+    let (_, viewer) = user_with_role(&app, &owner, "viewer@acme.example", json!("VIEWER")).await;
+    let enable = "mutation($id: ID!) { enableUser(input: {userId: $id}) { user { status } } }";
+    let denied = app.gql_as(&viewer, enable, json!({ "id": dev_id })).await;
+    assert_eq!(
+        first_error_code(&denied).as_deref(),
+        Some("FORBIDDEN"),
+        "{denied}"
+    );
+    let out = app.gql_as(&owner, enable, json!({ "id": dev_id })).await;
+    assert_eq!(
+        out["data"]["enableUser"]["user"]["status"], "ACTIVE",
+        "{out}"
+    );
+    let (status, _, _) = app
+        .post_raw(&json!({ "query": "{ me { id } }" }), Some(&dev))
+        .await;
+    assert_eq!(status, 401);
+    let (back, _) = app.login("dev@acme.example", "user-password-123").await;
+    let me = app.gql_as(&back, "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "dev@acme.example", "{me}");
+
     // Suspension and reactivation.
     let admin = app.admin_token().await;
     let suspend = "mutation($id: ID!) { suspendTenant(input: {tenantId: $id, reason: \"audit\"}) { tenant { status } } }";

@@ -779,6 +779,26 @@ pub async fn reset(
     Ok(user)
 }
 
+/// An operator turns off a user's second factor from the command line (`agentplane
+/// admin reset-mfa`): the way back in when nobody in the tenant can. Recorded as
+/// CRITICAL in the user's tenant. `false` when the user had no factor.
+pub async fn reset_by_operator(app: &App, user: &UserRow) -> AppResult<bool> {
+    if factor(app, user.id).await?.is_none() {
+        return Ok(false);
+    }
+    let entry = Entry::change(
+        &Origin::system(user.tenant_id),
+        "auth.mfa_reset",
+        "user",
+        user.id,
+        Some(serde_json::json!({ "by": "operator" })),
+        db_time(app.clock.now()),
+    )
+    .severity(Severity::Critical);
+    remove(app, user, &entry).await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

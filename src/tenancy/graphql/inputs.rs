@@ -104,6 +104,13 @@ pub struct DisableUserInput {
     pub user_id: ID,
 }
 
+/// Input of `enableUser`.
+#[derive(InputObject)]
+pub struct EnableUserInput {
+    /// The user's ID.
+    pub user_id: ID,
+}
+
 /// Result of user changes.
 #[derive(SimpleObject)]
 pub struct UserPayload {

@@ -156,6 +156,24 @@ impl TenancyMutation {
         Ok(UserPayload { user: User(user) })
     }
 
+    /// Enables a disabled user again: they can sign in; sessions and API keys that ended
+    /// when they were disabled stay ended. An erased user cannot come back (`CONFLICT`).
+    #[graphql(guard = "Require(Permission::UsersManage)")]
+    async fn enable_user(
+        &self,
+        ctx: &Context<'_>,
+        input: EnableUserInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let user = admin::enable(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            user_id(&input.user_id)?,
+        )
+        .await?;
+        Ok(UserPayload { user: User(user) })
+    }
+
     /// Creates a custom role in the caller's tenant.
     #[graphql(guard = "Require(Permission::RolesManage)")]
     async fn create_role(
