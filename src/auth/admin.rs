@@ -225,6 +225,64 @@ pub async fn enable(app: &App, origin: &Origin, p: &Principal, id: UserId) -> Ap
     Ok(user)
 }
 
+/// Changes a user's display name: one's own, or anyone's one may change
+/// (`users.manage`, within the role rules). 1 to 100 characters.
+pub async fn update_user(
+    app: &App,
+    origin: &Origin,
+    p: &Principal,
+    id: UserId,
+    display_name: &str,
+) -> AppResult<UserRow> {
+    let mut user = user(app, p, id).await?;
+    if p.user_id() != Some(user.id) {
+        if !p
+            .permissions
+            .contains(&crate::rbac::Permission::UsersManage)
+        {
+            return Err(AppError::forbidden(
+                "changing another user requires the users.manage permission",
+            )
+            .with_detail("permission", "users.manage"));
+        }
+        may_change_user(app, p, &user).await?;
+    }
+    let name = display_name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(AppError::bad_input("displayName", "1 to 100 characters"));
+    }
+    if name == user.display_name {
+        return Ok(user);
+    }
+    let now = db_time(app.clock.now());
+    let audit = Entry::change(
+        origin,
+        "user.updated",
+        "user",
+        user.id,
+        Some(serde_json::json!({
+            "displayName": { "before": user.display_name, "after": name },
+        })),
+        now,
+    );
+    app.db
+        .tx(p.tenant_id, async |conn| {
+            crate::audit::append(conn, &audit).await?;
+            tenancy_store::change_user(
+                conn,
+                p.tenant_id,
+                user.id,
+                UserChange::DisplayName(name),
+                now,
+            )
+            .await
+        })
+        .await?;
+    name.clone_into(&mut user.display_name);
+    user.updated_at = now;
+    Ok(user)
+}
+
 /// A custom role of the caller's tenant, or `NOT_FOUND`.
 pub async fn role(app: &App, p: &Principal, id: RoleId) -> AppResult<RoleRow> {
     tenancy_store::find_role(&app.db, p.tenant_id, id)

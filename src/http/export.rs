@@ -94,6 +94,9 @@ async fn run(
     let app = &state.app;
     let origin = p.origin(Some(client), Some(request_id));
     let now = db_time(app.clock.now());
+    if p.second_factor_missing {
+        return Err(crate::graphql::guards::mfa_required_by_tenant());
+    }
     if !p.permissions.contains(&Permission::AuditExport) {
         let denied = Entry::change(
             &origin,

@@ -224,6 +224,7 @@ pub const SELF_FIELDS: &[&str] = &[
     "confirmTotp",
     "disableTotp",
     "regenerateRecoveryCodes",
+    "updateUser",
 ];
 
 /// The only fields a principal signed in without the second factor its tenant requires

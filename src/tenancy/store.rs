@@ -290,6 +290,8 @@ pub enum UserChange<'a> {
     Role(&'a str),
     /// A new status.
     Status(UserStatus),
+    /// A new display name.
+    DisplayName(&'a str),
 }
 
 /// Changes a user's role or status, on the caller's transaction and after its audit
@@ -322,6 +324,12 @@ pub async fn change_user(
             UserChange::Status(status) => {
                 diesel::update(user)
                     .set((users::status.eq(status.as_str()), users::updated_at.eq(now)))
+                    .execute(&mut *conn)
+                    .await?
+            }
+            UserChange::DisplayName(name) => {
+                diesel::update(user)
+                    .set((users::display_name.eq(name), users::updated_at.eq(now)))
                     .execute(&mut *conn)
                     .await?
             }

@@ -443,6 +443,14 @@ async fn every_mutation_writes_exactly_one_record() {
         json!({ "i": { "userId": user } })
     );
     step!(
+        "updateUser",
+        acme,
+        "user.updated",
+        o,
+        "mutation($i: UpdateUserInput!) { updateUser(input: $i) { user { id } } }",
+        json!({ "i": { "userId": user, "displayName": "Dev Renamed" } })
+    );
+    step!(
         "enableUser",
         acme,
         "user.enabled",

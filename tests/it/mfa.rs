@@ -348,6 +348,16 @@ async fn a_tenant_that_requires_mfa_lets_members_without_it_only_enrol() {
         let blocked = app.gql_as(&dev, &q, json!({})).await;
         assert_eq!(reason(&blocked), Some("MFA_REQUIRED_BY_TENANT"), "{q}: {blocked}");
     }
+    let resp = app
+        .http
+        .get(format!("{}/audit/export?format=ndjson", app.base))
+        .bearer_auth(&dev)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(reason(&body), Some("MFA_REQUIRED_BY_TENANT"), "{body}");
     // So is the owner's own password-only session, until it signs in with a code.
     let blocked = app.gql_as(&owner, list, json!({})).await;
     assert_eq!(

@@ -380,9 +380,62 @@ async fn disabling_users_revoking_sessions_and_reactivating_tenants() {
         .await;
     assert_eq!(first_error_code(&login).as_deref(), Some("UNAUTHENTICATED"));
 
+    // Display names: one's own, or anyone's with users.manage; a viewer cannot rename
+    // others; bad names are refused.
+    let rename =
+        "mutation($i: UpdateUserInput!) { updateUser(input: $i) { user { displayName } } }";
+    let out = app
+        .gql_as(
+            &owner,
+            rename,
+            json!({ "i": { "userId": dev_id, "displayName": "  Dev Two " } }),
+        )
+        .await;
+    assert_eq!(
+        out["data"]["updateUser"]["user"]["displayName"], "Dev Two",
+        "{out}"
+    );
+    let bad = app
+        .gql_as(
+            &owner,
+            rename,
+            json!({ "i": { "userId": dev_id, "displayName": "  " } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&bad).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{bad}"
+    );
+
     // Enabling brings sign-in back; the session that ended with the disabling stays
     // ended. A viewer may not enable anyone.
     let (_, viewer) = user_with_role(&app, &owner, "viewer@acme.example", json!("VIEWER")).await;
+    let denied = app
+        .gql_as(
+            &viewer,
+            rename,
+            json!({ "i": { "userId": dev_id, "displayName": "Mallory" } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&denied).as_deref(),
+        Some("FORBIDDEN"),
+        "{denied}"
+    );
+    let viewer_id =
+        app.gql_as(&viewer, "{ me { id } }", json!({})).await["data"]["me"]["id"].clone();
+    let own = app
+        .gql_as(
+            &viewer,
+            rename,
+            json!({ "i": { "userId": viewer_id, "displayName": "Vee" } }),
+        )
+        .await;
+    assert_eq!(
+        own["data"]["updateUser"]["user"]["displayName"], "Vee",
+        "{own}"
+    );
     let enable = "mutation($id: ID!) { enableUser(input: {userId: $id}) { user { status } } }";
     let denied = app.gql_as(&viewer, enable, json!({ "id": dev_id })).await;
     assert_eq!(

@@ -104,6 +104,15 @@ pub struct DisableUserInput {
     pub user_id: ID,
 }
 
+/// Input of `updateUser`.
+#[derive(InputObject)]
+pub struct UpdateUserInput {
+    /// The user's ID (your own, or anyone's you may manage).
+    pub user_id: ID,
+    /// The new display name (1 to 100 characters).
+    pub display_name: String,
+}
+
 /// Input of `enableUser`.
 #[derive(InputObject)]
 pub struct EnableUserInput {

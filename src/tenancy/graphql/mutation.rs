@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::auth::admin;
+use crate::graphql::guards::SignedIn;
 use crate::graphql::origin;
 use crate::tenancy::service::tenants;
 
@@ -151,6 +152,25 @@ impl TenancyMutation {
             principal(ctx)?,
             user_id(&input.user_id)?,
             key_ids,
+        )
+        .await?;
+        Ok(UserPayload { user: User(user) })
+    }
+
+    /// Changes a user's display name: your own, or (with `users.manage`) anyone's you
+    /// may manage.
+    #[graphql(guard = "SignedIn")]
+    async fn update_user(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateUserInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let user = admin::update_user(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?,
+            user_id(&input.user_id)?,
+            &input.display_name,
         )
         .await?;
         Ok(UserPayload { user: User(user) })
