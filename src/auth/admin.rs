@@ -160,23 +160,36 @@ pub async fn disable(
         now,
     )
     .severity(Severity::Warning);
+    set_status(app, p, user.id, UserStatus::Disabled, &audit).await?;
+    user.status = UserStatus::Disabled;
+    user.updated_at = now;
+    Ok(user)
+}
+
+/// Sets a user's status with its record in one transaction, and announces the rights
+/// change (disabling also ends the user's sessions and keys: `change_user`).
+async fn set_status(
+    app: &App,
+    p: &Principal,
+    user: UserId,
+    status: UserStatus,
+    audit: &Entry,
+) -> AppResult<()> {
     app.db
         .tx(p.tenant_id, async |conn| {
-            crate::audit::append(conn, &audit).await?;
+            crate::audit::append(conn, audit).await?;
             tenancy_store::change_user(
                 conn,
                 p.tenant_id,
-                user.id,
-                UserChange::Status(UserStatus::Disabled),
-                now,
+                user,
+                UserChange::Status(status),
+                audit.at,
             )
             .await
         })
         .await?;
     app.rights_changed(p.tenant_id);
-    user.status = UserStatus::Disabled;
-    user.updated_at = now;
-    Ok(user)
+    Ok(())
 }
 
 /// Enables a disabled user again (by someone who may change them): they sign in anew;
@@ -206,20 +219,7 @@ pub async fn enable(app: &App, origin: &Origin, p: &Principal, id: UserId) -> Ap
         now,
     )
     .severity(Severity::Warning);
-    app.db
-        .tx(p.tenant_id, async |conn| {
-            crate::audit::append(conn, &audit).await?;
-            tenancy_store::change_user(
-                conn,
-                p.tenant_id,
-                user.id,
-                UserChange::Status(UserStatus::Active),
-                now,
-            )
-            .await
-        })
-        .await?;
-    app.rights_changed(p.tenant_id);
+    set_status(app, p, user.id, UserStatus::Active, &audit).await?;
     user.status = UserStatus::Active;
     user.updated_at = now;
     Ok(user)

@@ -5,10 +5,12 @@ pub mod admin;
 pub mod cache;
 pub mod graphql;
 pub mod jwt;
+pub mod mfa_store;
 pub mod model;
 pub mod passwords;
 pub mod service;
 pub mod store;
+pub mod totp;
 
 use chrono::{DateTime, Utc};
 

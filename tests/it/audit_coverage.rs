@@ -336,10 +336,7 @@ async fn every_mutation_writes_exactly_one_record() {
             .decode(secret.as_bytes())
             .expect("base32");
         let now = agentplane::clock::Clock::now(app.clock.as_ref());
-        agentplane::auth::service::mfa::totp_code(
-            &raw,
-            agentplane::auth::service::mfa::step_at(now),
-        )
+        agentplane::auth::totp::totp_code(&raw, agentplane::auth::totp::step_at(now))
     };
     let secret = step!(
         "enrollTotp",

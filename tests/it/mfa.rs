@@ -4,7 +4,7 @@
 //! enforced, disable and an administrator's reset, secrets sealed at rest, every step in
 //! the trail. Codes are computed from the secret on the server's manual clock.
 
-use agentplane::auth::service::mfa::{step_at, totp_code};
+use agentplane::auth::totp::{step_at, totp_code};
 use serde_json::{Value, json};
 
 use crate::helpers::*;

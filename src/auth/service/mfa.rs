@@ -13,28 +13,22 @@
 //!   recovery codes and challenges are stored as SHA-256 digests. Every step is audited.
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
-use diesel::prelude::*;
-use hmac::{Hmac, Mac};
-use rand::RngCore as _;
 
 use super::{IssuedTokens, count_attempts, open_session};
 use crate::app::App;
 use crate::audit::{Entry, Origin, Severity};
+use crate::auth::mfa_store::{self, ChallengeRow, FactorRow, RecoveryRow};
 use crate::auth::passwords::sha256_hex;
+use crate::auth::totp::{
+    matching_step, new_recovery_codes, new_secret, normalize_recovery, otpauth_uri,
+};
 use crate::auth::{Principal, store};
-use crate::db::ids::{TenantId, UserId, db_time, utc};
-use crate::db::schema::{mfa_challenges, mfa_factors, mfa_recovery_codes};
+use crate::db::ids::{UserId, db_time, utc};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::request::ClientInfo;
 use crate::tenancy::UserRow;
 use crate::tenancy::model::UserStatus;
 
-/// Seconds per TOTP step.
-pub const PERIOD_SECS: i64 = 30;
-/// Digits of a code.
-pub const DIGITS: u32 = 6;
-/// Recovery codes handed out at a time.
-pub const RECOVERY_CODES: usize = 10;
 /// How long a sign-in challenge lasts.
 pub const CHALLENGE_SECS: i64 = 300;
 /// Wrong codes one challenge takes before it is burnt.
@@ -43,140 +37,12 @@ pub const CHALLENGE_ATTEMPTS: i32 = 5;
 /// (forgotten 15 minutes after the last, like sign-in failures).
 const USER_THRESHOLD: i64 = 10;
 
-/// The code for `secret` at time step `step` (RFC 4226 dynamic truncation).
-pub fn totp_code(secret: &[u8], step: i64) -> String {
-    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret) else {
-        return String::new();
-    };
-    mac.update(&step.to_be_bytes());
-    let h = mac.finalize().into_bytes();
-    let offset = usize::from(h[h.len() - 1] & 0x0f);
-    let bin = (u32::from(h[offset]) & 0x7f) << 24
-        | u32::from(h[offset + 1]) << 16
-        | u32::from(h[offset + 2]) << 8
-        | u32::from(h[offset + 3]);
-    format!(
-        "{:0width$}",
-        bin % 10u32.pow(DIGITS),
-        width = DIGITS as usize
-    )
-}
-
-/// The time step `now` falls in.
-pub fn step_at(now: DateTime<Utc>) -> i64 {
-    now.timestamp().div_euclid(PERIOD_SECS)
-}
-
-/// The latest step within one step of `now`, later than `after`, whose code is `code`.
-fn matching_step(secret: &[u8], code: &str, now: DateTime<Utc>, after: i64) -> Option<i64> {
-    let code = code.trim();
-    if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let t = step_at(now);
-    [t + 1, t, t - 1]
-        .into_iter()
-        .filter(|s| *s > after)
-        .find(|s| constant_time_eq(totp_code(secret, *s).as_bytes(), code.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Base32 (RFC 4648, no padding) as authenticator apps expect.
-pub fn base32(secret: &[u8]) -> String {
-    data_encoding::BASE32_NOPAD.encode(secret)
-}
-
-/// The provisioning URI authenticator apps read from a QR code.
-pub fn otpauth_uri(issuer: &str, account: &str, secret_b32: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "otpauth://totp/{}:{}?secret={secret_b32}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={PERIOD_SECS}",
-        enc(issuer).replace('+', "%20"),
-        enc(account).replace('+', "%20"),
-        enc(issuer).replace('+', "%20"),
-    )
-}
-
-/// A recovery code as typed: lower case, without separators.
-fn normalize_recovery(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
-/// Ten new recovery codes, `xxxxx-xxxxx` (50 random bits each), and their digests.
-fn new_recovery_codes() -> Vec<(String, String)> {
-    (0..RECOVERY_CODES)
-        .map(|_| {
-            let mut b = [0u8; 7];
-            rand::rngs::OsRng.fill_bytes(&mut b);
-            let s = data_encoding::BASE32_NOPAD.encode(&b).to_ascii_lowercase();
-            let code = format!("{}-{}", &s[..5], &s[5..10]);
-            let hash = sha256_hex(&normalize_recovery(&code));
-            (code, hash)
-        })
-        .collect()
-}
-
 fn sealing_aad(user: UserId) -> Vec<u8> {
     format!("agentplane-totp:{user}").into_bytes()
 }
 
-/// One row of `mfa_factors`.
-#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
-#[diesel(table_name = mfa_factors)]
-#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-struct FactorRow {
-    user_id: UserId,
-    tenant_id: TenantId,
-    /// Sealed (`sealed:v1:…`) or, without a master key, the base32 secret.
-    secret: String,
-    confirmed_at: Option<NaiveDateTime>,
-    last_step: i64,
-    created_at: NaiveDateTime,
-}
-
-/// One row of `mfa_challenges`.
-#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
-#[diesel(table_name = mfa_challenges)]
-#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-struct ChallengeRow {
-    token_hash: String,
-    tenant_id: TenantId,
-    user_id: UserId,
-    created_at: NaiveDateTime,
-    expires_at: NaiveDateTime,
-    attempts: i32,
-    used_at: Option<NaiveDateTime>,
-}
-
-/// One row of `mfa_recovery_codes`.
-#[derive(Queryable, Selectable, Insertable, Debug, Clone)]
-#[diesel(table_name = mfa_recovery_codes)]
-#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-struct RecoveryRow {
-    code_hash: String,
-    tenant_id: TenantId,
-    user_id: UserId,
-    created_at: NaiveDateTime,
-    used_at: Option<NaiveDateTime>,
-}
-
 async fn factor(app: &App, user: UserId) -> AppResult<Option<FactorRow>> {
-    Ok(crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::first(
-            mfa_factors::table
-                .filter(mfa_factors::user_id.eq(user))
-                .select(FactorRow::as_select()),
-            conn,
-        )
-        .await
-        .optional()?
-    }))
+    mfa_store::factor(&app.db, user).await
 }
 
 fn secret_of(app: &App, f: &FactorRow) -> AppResult<Vec<u8>> {
@@ -212,23 +78,7 @@ pub async fn challenge(app: &App, user: &UserRow, now: DateTime<Utc>) -> AppResu
         attempts: 0,
         used_at: None,
     };
-    crate::db_run!(&app.db, |conn| {
-        // Expired challenges of this user go as a new one comes.
-        diesel_async::RunQueryDsl::execute(
-            diesel::delete(
-                mfa_challenges::table
-                    .filter(mfa_challenges::user_id.eq(user.id))
-                    .filter(mfa_challenges::expires_at.lt(db_time(now))),
-            ),
-            &mut *conn,
-        )
-        .await?;
-        diesel_async::RunQueryDsl::execute(
-            diesel::insert_into(mfa_challenges::table).values(&row),
-            &mut *conn,
-        )
-        .await?
-    });
+    mfa_store::insert_challenge(&app.db, &row).await?;
     Ok(AppError::unauthenticated(
         "this account signs in with a second factor: send the 6-digit code from your \
          authenticator app (or a recovery code) with verifyMfa(input: { challenge, code }) \
@@ -269,39 +119,16 @@ async fn consume(
     if let Some(step) = matching_step(&secret, code, now, f.last_step) {
         // Only one request can move the step past `step - 1`: a replay racing the first
         // use of the same code loses here.
-        let moved = crate::db_run!(&app.db, |conn| {
-            diesel_async::RunQueryDsl::execute(
-                diesel::update(
-                    mfa_factors::table
-                        .filter(mfa_factors::user_id.eq(f.user_id))
-                        .filter(mfa_factors::last_step.lt(step)),
-                )
-                .set(mfa_factors::last_step.eq(step)),
-                conn,
-            )
-            .await?
-        });
-        return Ok((moved == 1).then_some(Proof::Totp));
+        let moved = mfa_store::advance_step(&app.db, f.user_id, step).await?;
+        return Ok(moved.then_some(Proof::Totp));
     }
     let normalized = normalize_recovery(code);
     if !recovery || normalized.len() != 10 {
         return Ok(None);
     }
     let hash = sha256_hex(&normalized);
-    let used = crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::execute(
-            diesel::update(
-                mfa_recovery_codes::table
-                    .filter(mfa_recovery_codes::code_hash.eq(&hash))
-                    .filter(mfa_recovery_codes::user_id.eq(f.user_id))
-                    .filter(mfa_recovery_codes::used_at.is_null()),
-            )
-            .set(mfa_recovery_codes::used_at.eq(Some(db_time(now)))),
-            conn,
-        )
-        .await?
-    });
-    Ok((used == 1).then_some(Proof::RecoveryCode))
+    let used = mfa_store::use_recovery_code(&app.db, f.user_id, &hash, db_time(now)).await?;
+    Ok(used.then_some(Proof::RecoveryCode))
 }
 
 fn throttle_key(user: UserId) -> String {
@@ -380,17 +207,9 @@ pub async fn verify(
             .with_detail("reason", "MFA_CHALLENGE_INVALID")
     };
     let hash = sha256_hex(challenge.trim());
-    let row: Option<ChallengeRow> = crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::first(
-            mfa_challenges::table
-                .filter(mfa_challenges::token_hash.eq(&hash))
-                .select(ChallengeRow::as_select()),
-            conn,
-        )
-        .await
-        .optional()?
-    });
-    let row = row.ok_or_else(expired)?;
+    let row = mfa_store::challenge(&app.db, &hash)
+        .await?
+        .ok_or_else(expired)?;
     if row.used_at.is_some() || utc(row.expires_at) <= now || row.attempts >= CHALLENGE_ATTEMPTS {
         return Err(expired());
     }
@@ -405,20 +224,7 @@ pub async fn verify(
     super::sign_in_address(app, &tenant, &user, client, request_id).await?;
     // The attempt counts before the code is checked: a challenge takes five, however
     // many arrive at once, and the user's counter locks codes like passwords.
-    let took = crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::execute(
-            diesel::update(
-                mfa_challenges::table
-                    .filter(mfa_challenges::token_hash.eq(&hash))
-                    .filter(mfa_challenges::used_at.is_null())
-                    .filter(mfa_challenges::attempts.lt(CHALLENGE_ATTEMPTS)),
-            )
-            .set(mfa_challenges::attempts.eq(mfa_challenges::attempts + 1)),
-            conn,
-        )
-        .await?
-    });
-    if took != 1 {
+    if !mfa_store::take_challenge_attempt(&app.db, &hash, CHALLENGE_ATTEMPTS).await? {
         return Err(expired());
     }
     take_attempt(app, user.id, now).await?;
@@ -435,19 +241,7 @@ pub async fn verify(
         return Err(wrong_code(app, &origin, user.id, now).await);
     };
     // The challenge is good once.
-    let taken = crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::execute(
-            diesel::update(
-                mfa_challenges::table
-                    .filter(mfa_challenges::token_hash.eq(&hash))
-                    .filter(mfa_challenges::used_at.is_null()),
-            )
-            .set(mfa_challenges::used_at.eq(Some(db_time(now)))),
-            conn,
-        )
-        .await?
-    });
-    if taken != 1 {
+    if !mfa_store::use_challenge(&app.db, &hash, db_time(now)).await? {
         return Err(expired());
     }
     clear_failures(app, user.id).await?;
@@ -457,23 +251,10 @@ pub async fn verify(
         Proof::Totp => serde_json::json!({ "secondFactor": proof.as_str() }),
         Proof::RecoveryCode => serde_json::json!({
             "secondFactor": proof.as_str(),
-            "recoveryCodesLeft": recovery_left(app, user.id).await?,
+            "recoveryCodesLeft": mfa_store::recovery_left(&app.db, user.id).await?,
         }),
     };
     open_session(app, user, client, request_id, now, Some(details)).await
-}
-
-async fn recovery_left(app: &App, user: UserId) -> AppResult<i64> {
-    Ok(crate::db_run!(&app.db, |conn| {
-        diesel_async::RunQueryDsl::get_result(
-            mfa_recovery_codes::table
-                .filter(mfa_recovery_codes::user_id.eq(user))
-                .filter(mfa_recovery_codes::used_at.is_null())
-                .count(),
-            conn,
-        )
-        .await?
-    }))
 }
 
 /// The signed-in user a factor change is for: user principals only.
@@ -511,9 +292,7 @@ pub async fn start_enrolment(app: &App, p: &Principal, origin: &Origin) -> AppRe
             "a second factor is already on: disableTotp first to enrol a new device",
         ));
     }
-    let mut raw = [0u8; 20];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let secret = base32(&raw);
+    let secret = new_secret();
     let row = FactorRow {
         user_id: user.id,
         tenant_id: user.tenant_id,
@@ -533,18 +312,7 @@ pub async fn start_enrolment(app: &App, p: &Principal, origin: &Origin) -> AppRe
     );
     app.db
         .tx(user.tenant_id, async |conn| {
-            crate::on_conn!(conn, |conn| {
-                diesel_async::RunQueryDsl::execute(
-                    diesel::delete(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id))),
-                    &mut *conn,
-                )
-                .await?;
-                diesel_async::RunQueryDsl::execute(
-                    diesel::insert_into(mfa_factors::table).values(&row),
-                    &mut *conn,
-                )
-                .await?;
-            });
+            mfa_store::put_factor(conn, &row).await?;
             crate::audit::append(conn, &entry).await?;
             Ok(())
         })
@@ -573,22 +341,7 @@ async fn replace_recovery_codes(
             used_at: None,
         })
         .collect();
-    crate::on_conn!(conn, |conn| {
-        diesel_async::RunQueryDsl::execute(
-            diesel::delete(
-                mfa_recovery_codes::table.filter(mfa_recovery_codes::user_id.eq(user.id)),
-            ),
-            &mut *conn,
-        )
-        .await?;
-        for r in &rows {
-            diesel_async::RunQueryDsl::execute(
-                diesel::insert_into(mfa_recovery_codes::table).values(r),
-                &mut *conn,
-            )
-            .await?;
-        }
-    });
+    mfa_store::replace_recovery_codes(conn, user.id, &rows).await?;
     Ok(codes.into_iter().map(|(code, _)| code).collect())
 }
 
@@ -626,14 +379,7 @@ pub async fn confirm_enrolment(
     let codes = app
         .db
         .tx(user.tenant_id, async |conn| {
-            crate::on_conn!(conn, |conn| {
-                diesel_async::RunQueryDsl::execute(
-                    diesel::update(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id)))
-                        .set(mfa_factors::confirmed_at.eq(Some(db_time(now)))),
-                    &mut *conn,
-                )
-                .await?;
-            });
+            mfa_store::confirm_factor(conn, user.id, db_time(now)).await?;
             let codes = replace_recovery_codes(conn, &user, db_time(now)).await?;
             crate::audit::append(conn, &entry).await?;
             // Sessions opened with the password alone (one may be a stolen one) end
@@ -677,20 +423,7 @@ async fn prove(
 async fn remove(app: &App, user: &UserRow, entry: &Entry) -> AppResult<()> {
     app.db
         .tx(user.tenant_id, async |conn| {
-            crate::on_conn!(conn, |conn| {
-                diesel_async::RunQueryDsl::execute(
-                    diesel::delete(mfa_factors::table.filter(mfa_factors::user_id.eq(user.id))),
-                    &mut *conn,
-                )
-                .await?;
-                diesel_async::RunQueryDsl::execute(
-                    diesel::delete(
-                        mfa_recovery_codes::table.filter(mfa_recovery_codes::user_id.eq(user.id)),
-                    ),
-                    &mut *conn,
-                )
-                .await?;
-            });
+            mfa_store::delete_factor(conn, user.id).await?;
             crate::audit::append(conn, entry).await?;
             Ok(())
         })
@@ -797,63 +530,4 @@ pub async fn reset_by_operator(app: &App, user: &UserRow) -> AppResult<bool> {
     .severity(Severity::Critical);
     remove(app, user, &entry).await?;
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc6238_sha1_vectors() {
-        // RFC 6238 appendix B (SHA-1 seed), last 6 of the 8 digits.
-        let seed = b"12345678901234567890";
-        for (t, code) in [
-            (59, "287082"),
-            (1_111_111_109, "081804"),
-            (1_111_111_111, "050471"),
-            (1_234_567_890, "005924"),
-            (2_000_000_000, "279037"),
-            (20_000_000_000, "353130"),
-        ] {
-            assert_eq!(totp_code(seed, t / PERIOD_SECS), code, "T={t}");
-        }
-    }
-
-    #[test]
-    fn codes_match_one_step_either_way_and_only_after_the_last_used() {
-        let seed = b"12345678901234567890";
-        let now = DateTime::from_timestamp(1_111_111_111, 0).unwrap_or_default();
-        let t = step_at(now);
-        let prev = totp_code(seed, t - 1);
-        assert_eq!(matching_step(seed, &prev, now, 0), Some(t - 1));
-        assert_eq!(matching_step(seed, &prev, now, t - 1), None, "replay");
-        assert_eq!(matching_step(seed, &totp_code(seed, t - 2), now, 0), None);
-        assert_eq!(matching_step(seed, "12345", now, 0), None);
-        assert_eq!(matching_step(seed, "abcdef", now, 0), None);
-    }
-
-    #[test]
-    fn recovery_codes_are_distinct_and_normalize() {
-        let codes = new_recovery_codes();
-        assert_eq!(codes.len(), RECOVERY_CODES);
-        let mut hashes: Vec<_> = codes.iter().map(|(_, h)| h.clone()).collect();
-        hashes.sort();
-        hashes.dedup();
-        assert_eq!(hashes.len(), RECOVERY_CODES);
-        let (code, hash) = &codes[0];
-        assert_eq!(code.len(), 11);
-        assert_eq!(
-            sha256_hex(&normalize_recovery(&format!(" {} ", code.to_uppercase()))),
-            *hash
-        );
-    }
-
-    #[test]
-    fn otpauth_uri_names_issuer_and_account() {
-        let uri = otpauth_uri("agentplane", "ann@acme.example", "JBSWY3DPEHPK3PXP");
-        assert_eq!(
-            uri,
-            "otpauth://totp/agentplane:ann%40acme.example?secret=JBSWY3DPEHPK3PXP&issuer=agentplane&algorithm=SHA1&digits=6&period=30"
-        );
-    }
 }

@@ -293,9 +293,12 @@ impl TenancyMutation {
                 require_mfa: input.require_mfa,
                 allowed_ip_ranges: input.allowed_ip_ranges,
                 confirm_excluding_own_address: input.confirm_excluding_own_address.unwrap_or(false),
+                // Read only when it decides something: turning requireMfa on.
                 caller_has_second_factor: match principal(ctx)?.user_id() {
-                    Some(u) => crate::auth::service::mfa::enrolled(app(ctx)?, u).await?,
-                    None => false,
+                    Some(u) if input.require_mfa == Some(true) => {
+                        crate::auth::service::mfa::enrolled(app(ctx)?, u).await?
+                    }
+                    _ => false,
                 },
             },
         )
