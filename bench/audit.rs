@@ -189,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         token: None,
         allowed_ips: std::sync::Arc::new([]),
         second_factor_missing: false,
+        limits: Default::default(),
     };
     let user_gid = agentplane::graphql::relay::to_global_id(
         agentplane::graphql::relay::NodeKind::User,

@@ -105,8 +105,8 @@ impl App {
             )),
             rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(
                 crate::ratelimit::Quota {
-                    per_minute: config.http.rate_limit_per_minute,
-                    burst: config.http.rate_limit_burst,
+                    per_minute: u64::from(config.http.rate_limit_per_minute),
+                    burst: u64::from(config.http.rate_limit_burst),
                 },
                 {
                     use secrecy::ExposeSecret as _;

@@ -169,6 +169,7 @@ pub async fn seed_demo(app: &App) -> anyhow::Result<Demo> {
         token: None,
         allowed_ips: crate::auth::allowed_ranges(&tenant),
         second_factor_missing: false,
+        limits: crate::tenancy::model::TenantLimits::of(&tenant),
     };
     let origin = principal.origin(None, None);
     let definition = crate::workflows::dag::Definition::parse(&demo_definition())

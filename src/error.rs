@@ -177,6 +177,13 @@ impl AppError {
         self.detail_str("reason")
     }
 
+    /// An extension value, if set.
+    pub fn detail(&self, key: &str) -> Option<&serde_json::Value> {
+        self.details
+            .iter()
+            .find_map(|(k, v)| (*k == key).then_some(v))
+    }
+
     fn detail_str(&self, key: &str) -> Option<&str> {
         self.details.iter().find_map(|(k, v)| match (*k, v) {
             (k, serde_json::Value::String(f)) if k == key => Some(f.as_str()),

@@ -236,7 +236,14 @@ fn zero() {
     for status in ["SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"] {
         counter!("agentplane_executions_finished_total", "status" => status).absolute(0);
     }
-    counter!("agentplane_rate_limited_total", "limit" => "requests_per_principal").absolute(0);
+    for limit in [
+        "requests_per_principal",
+        "requests_per_tenant",
+        "expensive_operations_per_tenant",
+        "query_cost_per_tenant",
+    ] {
+        counter!("agentplane_rate_limited_total", "limit" => limit).absolute(0);
+    }
     counter!("agentplane_overload_rejections_total").absolute(0);
     counter!("agentplane_db_pool_timeouts_total").absolute(0);
     counter!("agentplane_audit_verification_failures_total").absolute(0);

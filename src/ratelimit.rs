@@ -1,41 +1,92 @@
-//! Request rate limits per principal (GCRA: a steady rate with a burst), shared by every
-//! replica through Redis when `REDIS_URL` is set, kept in process otherwise. Chosen once
-//! at start-up; while Redis does not answer, each process falls back to its own buckets
-//! (requests keep working; the limit is then per replica until Redis is back).
+//! Rate limits (GCRA: a steady rate with a burst), shared by every replica through Redis
+//! when `REDIS_URL` is set, kept in process otherwise. Chosen once at start-up; while
+//! Redis does not answer, each process falls back to its own buckets (requests keep
+//! working; the limit is then per replica until Redis is back).
 //!
-//! GCRA keeps one number per key, the theoretical arrival time (TAT): a request at `now`
-//! is allowed when `max(TAT, now) - now <= tau` (the burst allowance) and moves the TAT on
-//! by one emission interval `T = period / rate`. In Redis this is one Lua script on the
-//! server's clock, so replicas with skewed clocks share one budget.
+//! GCRA keeps one number per key, the theoretical arrival time (TAT): taking `n` units at
+//! `now` is allowed when `max(TAT, now) + n·T - now <= burst·T`, where `T = 60 s / rate`
+//! is the emission interval, and moves the TAT on by `n·T`. Requests take one unit; a
+//! GraphQL operation takes its query cost (and gives back what it did not use). In Redis
+//! this is one Lua script on the server's clock, so replicas with skewed clocks share one
+//! budget. Times are microseconds, so budgets of millions of units a minute keep their
+//! precision.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The limits in force.
+/// The limits in force for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
-    /// Requests per minute in the long run (0: no limit).
-    pub per_minute: u32,
-    /// Requests allowed at once above the steady rate.
-    pub burst: u32,
+    /// Units per minute in the long run (0: no limit).
+    pub per_minute: u64,
+    /// Units allowed at once above the steady rate (the bucket's size).
+    pub burst: u64,
 }
+
+/// Highest rate a quota can express (an interval of one microsecond).
+const MAX_PER_MINUTE: u64 = 60_000_000;
 
 impl Quota {
-    fn interval_ms(self) -> u64 {
-        60_000 / u64::from(self.per_minute.max(1))
+    /// `per_minute` with a burst of a sixth of it (ten seconds' worth, at least 1).
+    pub fn per_minute(per_minute: u64) -> Self {
+        Self {
+            per_minute,
+            burst: (per_minute / 6).max(1),
+        }
     }
 
-    fn tau_ms(self) -> u64 {
-        self.interval_ms() * u64::from(self.burst.saturating_sub(1))
+    /// A budget of `per_minute` units that may all be spent at once and refills
+    /// continuously over the minute.
+    pub fn budget(per_minute: u64) -> Self {
+        Self {
+            per_minute,
+            burst: per_minute,
+        }
+    }
+
+    /// Whether the quota limits anything.
+    pub fn is_limited(self) -> bool {
+        self.per_minute > 0
+    }
+
+    fn interval_us(self) -> u64 {
+        60_000_000 / self.per_minute.clamp(1, MAX_PER_MINUTE)
+    }
+
+    /// The bucket: `burst` intervals.
+    fn capacity_us(self) -> u64 {
+        self.interval_us().saturating_mul(self.burst.max(1))
+    }
+
+    /// `RateLimit-Policy` item: `<per minute>;w=60;burst=<burst>`.
+    pub fn policy(self) -> String {
+        format!("{};w=60;burst={}", self.per_minute, self.burst)
     }
 }
 
-/// A refused request: when to try again.
+/// Units taken: what is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// Units that could still be taken at once.
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// Units refused: when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
-    /// Wait at least this long.
+    /// Wait at least this long (`Duration::MAX` when the units never fit: more than
+    /// the whole bucket).
     pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds to wait, at least 1.
+    pub fn retry_after_secs(self) -> u64 {
+        u64::try_from(self.retry_after.as_millis().div_ceil(1000).max(1)).unwrap_or(u64::MAX)
+    }
 }
 
 /// The rate limiter of this process.
@@ -58,23 +109,27 @@ struct Local {
     checks: u64,
 }
 
-/// GCRA on the Redis server's clock. Returns -1 when allowed, else the milliseconds to
-/// wait.
+/// GCRA on the Redis server's clock, in microseconds. ARGV: interval, capacity, units
+/// (negative: give back). Returns `{1, remaining, reset}` when taken, `{0, wait}` when
+/// refused.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
+local cap = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if tat - now > tau then return tat - now - tau end
-local new = tat + interval
-redis.call('SET', KEYS[1], new, 'PX', new - now + 1000)
-return -1
+local new = tat + n * interval
+if new < now then new = now end
+if n > 0 and new - now > cap then return {0, new - now - cap} end
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+return {1, math.floor((cap - (new - now)) / interval), new - now}
 ";
 
 impl RateLimiter {
-    /// A limiter with `quota`, shared through Redis at `redis_url` when given.
+    /// A limiter whose default quota (per principal) is `quota`, shared through Redis at
+    /// `redis_url` when given.
     pub fn new(quota: Quota, redis_url: Option<&str>, key_prefix: &str) -> anyhow::Result<Self> {
         let redis = match redis_url {
             None => None,
@@ -93,31 +148,71 @@ impl RateLimiter {
         })
     }
 
-    /// The limits in force.
+    /// The per-principal request quota (`AGENTPLANE_RATE_LIMIT_PER_MINUTE`).
     pub fn quota(&self) -> Quota {
         self.quota
     }
 
-    /// Counts one request of `key` (e.g. a principal); `Err` when it is over the limit.
-    pub async fn check(&self, key: &str) -> Result<(), Limited> {
-        if self.quota.per_minute == 0 {
-            return Ok(());
+    /// Counts one request of `key` (e.g. a principal) against the per-principal quota.
+    pub async fn check(&self, key: &str) -> Result<Allowed, Limited> {
+        self.take(key, self.quota, 1).await
+    }
+
+    /// Takes `units` of `key`'s bucket under `quota`; `Err` when they do not fit now.
+    /// A quota of 0 a minute takes nothing and always allows.
+    pub async fn take(&self, key: &str, quota: Quota, units: u64) -> Result<Allowed, Limited> {
+        if !quota.is_limited() {
+            return Ok(Allowed {
+                remaining: u64::MAX,
+                reset: Duration::ZERO,
+            });
         }
+        if units > quota.burst {
+            return Err(Limited {
+                retry_after: Duration::MAX,
+            });
+        }
+        self.run(key, quota, i64::try_from(units).unwrap_or(i64::MAX))
+            .await
+    }
+
+    /// Gives `units` back to `key`'s bucket (a charge that turned out too high); returns
+    /// what is left.
+    pub async fn give_back(&self, key: &str, quota: Quota, units: u64) -> Allowed {
+        if !quota.is_limited() || units == 0 {
+            return Allowed {
+                remaining: u64::MAX,
+                reset: Duration::ZERO,
+            };
+        }
+        let n = -i64::try_from(units).unwrap_or(i64::MAX);
+        match self.run(key, quota, n).await {
+            Ok(a) => a,
+            // Giving back is never refused.
+            Err(_) => Allowed {
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
+        }
+    }
+
+    async fn run(&self, key: &str, quota: Quota, n: i64) -> Result<Allowed, Limited> {
         if let Some(shared) = &self.redis {
-            match self.check_redis(shared, key).await {
+            match Self::run_redis(shared, key, quota, n).await {
                 Ok(r) => return r,
                 // Redis does not answer: this process's buckets stand in.
                 Err(e) => tracing::debug!(error = %e, "rate limit falls back to this process"),
             }
         }
-        self.check_local(key, Instant::now())
+        self.run_local(key, quota, n, Instant::now())
     }
 
-    async fn check_redis(
-        &self,
+    async fn run_redis(
         shared: &Shared,
         key: &str,
-    ) -> redis::RedisResult<Result<(), Limited>> {
+        quota: Quota,
+        n: i64,
+    ) -> redis::RedisResult<Result<Allowed, Limited>> {
         let mut guard = shared.conn.lock().await;
         if guard.is_none() {
             let config = redis::AsyncConnectionConfig::new()
@@ -135,17 +230,23 @@ impl RateLimiter {
         };
         let mut conn = conn.clone();
         drop(guard);
-        let wait: redis::RedisResult<i64> = shared
+        let answer: redis::RedisResult<Vec<i64>> = shared
             .script
             .key(format!("{}{key}", shared.prefix))
-            .arg(self.quota.interval_ms())
-            .arg(self.quota.tau_ms())
+            .arg(quota.interval_us())
+            .arg(quota.capacity_us())
+            .arg(n)
             .invoke_async(&mut conn)
             .await;
-        match wait {
-            Ok(ms) if ms < 0 => Ok(Ok(())),
-            Ok(ms) => Ok(Err(Limited {
-                retry_after: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+        let us =
+            |v: Option<&i64>| Duration::from_micros(u64::try_from(*v.unwrap_or(&0)).unwrap_or(0));
+        match answer {
+            Ok(v) if v.first() == Some(&1) => Ok(Ok(Allowed {
+                remaining: u64::try_from(*v.get(1).unwrap_or(&0)).unwrap_or(0),
+                reset: us(v.get(2)),
+            })),
+            Ok(v) => Ok(Err(Limited {
+                retry_after: us(v.get(1)),
             })),
             Err(e) => {
                 *shared.conn.lock().await = None;
@@ -154,9 +255,9 @@ impl RateLimiter {
         }
     }
 
-    fn check_local(&self, key: &str, now: Instant) -> Result<(), Limited> {
-        let interval = Duration::from_millis(self.quota.interval_ms());
-        let tau = Duration::from_millis(self.quota.tau_ms());
+    fn run_local(&self, key: &str, quota: Quota, n: i64, now: Instant) -> Result<Allowed, Limited> {
+        let interval = quota.interval_us();
+        let cap = quota.capacity_us();
         let mut local = self
             .local
             .lock()
@@ -167,14 +268,25 @@ impl RateLimiter {
             local.tat.retain(|_, tat| *tat > now);
         }
         let tat = local.tat.get(key).copied().unwrap_or(now).max(now);
-        let ahead = tat - now;
-        if ahead > tau {
+        let ahead = u64::try_from((tat - now).as_micros()).unwrap_or(u64::MAX);
+        let step = interval.saturating_mul(n.unsigned_abs());
+        let new = if n >= 0 {
+            ahead.saturating_add(step)
+        } else {
+            ahead.saturating_sub(step)
+        };
+        if n > 0 && new > cap {
             return Err(Limited {
-                retry_after: ahead - tau,
+                retry_after: Duration::from_micros(new - cap),
             });
         }
-        local.tat.insert(key.to_owned(), tat + interval);
-        Ok(())
+        local
+            .tat
+            .insert(key.to_owned(), now + Duration::from_micros(new));
+        Ok(Allowed {
+            remaining: (cap - new.min(cap)) / interval.max(1),
+            reset: Duration::from_micros(new),
+        })
     }
 }
 
@@ -182,28 +294,49 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    fn limiter() -> RateLimiter {
+        RateLimiter::new(Quota::per_minute(60), None, "t").expect("limiter")
+    }
+
     #[test]
     fn a_burst_then_the_steady_rate() {
-        let l = RateLimiter::new(
-            Quota {
-                per_minute: 60,
-                burst: 3,
-            },
-            None,
-            "t",
-        )
-        .expect("limiter");
+        let l = limiter();
+        let q = Quota {
+            per_minute: 60,
+            burst: 3,
+        };
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(l.check_local("k", t0).is_ok());
-        }
-        let refused = l.check_local("k", t0).expect_err("over the burst");
+        let remaining: Vec<u64> = (0..3)
+            .map(|_| {
+                l.run_local("k", q, 1, t0)
+                    .expect("within the burst")
+                    .remaining
+            })
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = l.run_local("k", q, 1, t0).expect_err("over the burst");
         assert!(refused.retry_after <= Duration::from_secs(1), "{refused:?}");
         // Another key has its own budget.
-        assert!(l.check_local("other", t0).is_ok());
+        assert!(l.run_local("other", q, 1, t0).is_ok());
         // One interval later, one more request fits.
         let t1 = t0 + Duration::from_millis(1000);
-        assert!(l.check_local("k", t1).is_ok());
-        assert!(l.check_local("k", t1).is_err());
+        assert!(l.run_local("k", q, 1, t1).is_ok());
+        assert!(l.run_local("k", q, 1, t1).is_err());
+    }
+
+    #[test]
+    fn a_budget_is_spent_in_units_and_given_back() {
+        let l = limiter();
+        let q = Quota::budget(1_000);
+        let t0 = Instant::now();
+        let a = l.run_local("c", q, 600, t0).expect("fits");
+        assert_eq!(a.remaining, 400);
+        assert!(l.run_local("c", q, 500, t0).is_err(), "400 left");
+        let a = l.run_local("c", q, -300, t0).expect("giving back");
+        assert_eq!(a.remaining, 700);
+        assert!(l.run_local("c", q, 700, t0).is_ok());
+        // Giving back never goes below an empty bucket.
+        let a = l.run_local("c", q, -5_000, t0).expect("giving back");
+        assert_eq!(a.remaining, 1_000);
     }
 }

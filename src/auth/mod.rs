@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cache;
 pub mod graphql;
 pub mod jwt;
+pub mod limits;
 pub mod mfa_store;
 pub mod model;
 pub mod passwords;
@@ -68,6 +69,8 @@ pub struct Principal {
     /// no permission (it may only enrol, sign out, read itself) until it signs in again
     /// with a code.
     pub second_factor_missing: bool,
+    /// The tenant's rate limits and document policy when the principal was resolved.
+    pub limits: crate::tenancy::model::TenantLimits,
 }
 
 impl Principal {
@@ -370,6 +373,7 @@ pub async fn authenticate(app: &App, bearer: &str) -> AppResult<Principal> {
         platform_admin,
         allowed_ips: allowed_ranges(&tenant),
         second_factor_missing,
+        limits: crate::tenancy::model::TenantLimits::of(&tenant),
         token: Some(TokenInfo {
             session_id,
             jti: claims.jti,

@@ -241,3 +241,7 @@ macro_rules! db_enum {
         }
     };
 }
+crate::id_type!(
+    /// Identifies a trusted (persisted) GraphQL document.
+    TrustedDocumentId
+);

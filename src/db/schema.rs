@@ -19,6 +19,10 @@ diesel::table! {
         max_concurrent_executions -> BigInt,
         max_gpu_memory_mb -> BigInt,
         feature_flags -> Text,
+        requests_per_minute -> BigInt,
+        expensive_operations_per_minute -> BigInt,
+        query_cost_per_minute -> BigInt,
+        trusted_documents_only -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }
@@ -437,6 +441,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    trusted_documents (id) {
+        id -> Text,
+        tenant_id -> Text,
+        sha256 -> Text,
+        name -> Text,
+        document -> Text,
+        created_by -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -457,6 +473,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     mfa_factors,
     mfa_recovery_codes,
     mfa_challenges,
+    trusted_documents,
     workflows,
     workflow_versions,
     secrets,

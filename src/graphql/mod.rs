@@ -1,6 +1,8 @@
 //! The GraphQL schema root: each domain contributes its own Query/Mutation/Subscription
 //! objects, merged here. Also the request-scoped context every resolver reads.
 
+pub mod cost;
+pub mod documents;
 pub mod enums;
 pub mod errors;
 pub mod extensions;
@@ -103,6 +105,7 @@ fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
     .limit_complexity(complexity)
     .extension(document_limits)
     .extension(limits::BatchBudget)
+    .extension(cost::QueryCost)
     .extension(extensions::OperationLog);
     if !suggestions {
         builder = builder.disable_suggestions();

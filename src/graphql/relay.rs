@@ -37,6 +37,8 @@ pub enum NodeKind {
     ClusterNode,
     /// A GPU memory reservation.
     GpuAllocation,
+    /// A trusted (persisted) GraphQL document.
+    TrustedDocument,
 }
 
 impl NodeKind {
@@ -52,6 +54,7 @@ impl NodeKind {
         NodeKind::Schedule,
         NodeKind::ClusterNode,
         NodeKind::GpuAllocation,
+        NodeKind::TrustedDocument,
     ];
 
     /// The type name used inside the global ID (matches the GraphQL type).
@@ -68,6 +71,7 @@ impl NodeKind {
             Self::Schedule => "Schedule",
             Self::ClusterNode => "ClusterNode",
             Self::GpuAllocation => "GpuAllocation",
+            Self::TrustedDocument => "TrustedDocument",
         }
     }
 }
@@ -87,6 +91,7 @@ impl NodeKind {
             "schedule" => Self::Schedule,
             "node" => Self::ClusterNode,
             "gpu_allocation" => Self::GpuAllocation,
+            "trusted_document" => Self::TrustedDocument,
             _ => return None,
         })
     }

@@ -71,7 +71,8 @@ async fn load(ctx: &Context<'_>, id: &ID) -> AppResult<Node> {
         | NodeKind::ApiKey
         | NodeKind::Session
         | NodeKind::Schedule
-        | NodeKind::GpuAllocation => Err(AppError::not_found("object")),
+        | NodeKind::GpuAllocation
+        | NodeKind::TrustedDocument => Err(AppError::not_found("object")),
     }
 }
 

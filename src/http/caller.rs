@@ -113,6 +113,12 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 /// The HTTP answer to an error before GraphQL runs: a refused credential (401 with
 /// `WWW-Authenticate`), a forbidden caller, or an outage (503 with `Retry-After`).
 pub fn refusal(e: AppError, request_id: &RequestId) -> Response {
+    let retry_after_secs = (e.code() == crate::error::ErrorCode::RateLimited)
+        .then(|| {
+            e.detail("retryAfterSeconds")
+                .and_then(serde_json::Value::as_u64)
+        })
+        .flatten();
     let status = StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut resp = super::graphql::app_error_response(status, e, &request_id.0);
     if status == StatusCode::UNAUTHORIZED {
@@ -122,6 +128,10 @@ pub fn refusal(e: AppError, request_id: &RequestId) -> Response {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, super::graphql::retry_after());
+    }
+    if let Some(secs) = retry_after_secs {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

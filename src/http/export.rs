@@ -121,6 +121,10 @@ async fn run(
         .ok_or_else(|| AppError::not_found("tenant"))?;
     crate::tenancy::features::require(&tenant, crate::tenancy::features::Feature::AuditExport)?;
     let q = params(uri)?;
+    crate::auth::limits::check_request(app, Some(p), client.ip)
+        .await
+        .map_err(|refusal| refusal.error())?;
+    crate::auth::limits::check_expensive(app, p).await?;
     let entry = Entry::change(
         &origin,
         "audit.exported",

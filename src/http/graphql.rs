@@ -52,8 +52,14 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
             }
         }
     }
+    let refused_secs = match &batch {
+        BatchResponse::Single(r) => refused_for_rate(r),
+        BatchResponse::Batch(_) => None,
+    };
     let status = if unavailable {
         StatusCode::SERVICE_UNAVAILABLE
+    } else if refused_secs.is_some() {
+        StatusCode::TOO_MANY_REQUESTS
     } else if media_graphql && request_error {
         StatusCode::BAD_REQUEST
     } else {
@@ -98,6 +104,10 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
         resp.headers_mut()
             .insert(header::RETRY_AFTER, retry_after());
     }
+    if let Some(secs) = refused_secs {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 
@@ -132,37 +142,60 @@ fn failed_for_outage(r: &async_graphql::Response) -> bool {
 
 /// 429 `RATE_LIMITED` with `Retry-After`, the IETF `RateLimit-*` headers and
 /// `extensions.retryAfterSeconds`.
-fn rate_limited(
-    quota: &crate::ratelimit::Quota,
-    limited: crate::ratelimit::Limited,
-    request_id: &str,
-) -> Response {
-    crate::metrics::rate_limited("requests_per_principal");
-    let secs = limited.retry_after.as_millis().div_ceil(1000).max(1);
-    let secs = u64::try_from(secs).unwrap_or(u64::MAX);
-    let mut resp = app_error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        AppError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "too many requests: at most {} a minute (bursts of {}); try again in {secs} s",
-                quota.per_minute, quota.burst
-            ),
-        )
-        .with_detail("retryAfterSeconds", secs),
-        request_id,
-    );
+pub(super) fn rate_limited(refusal: &crate::auth::limits::Refusal, request_id: &str) -> Response {
+    let secs = refusal.limited.retry_after_secs();
+    let mut resp = app_error_response(StatusCode::TOO_MANY_REQUESTS, refusal.error(), request_id);
     let h = resp.headers_mut();
     h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    h.insert("ratelimit-limit", HeaderValue::from(quota.burst));
+    h.insert("ratelimit-limit", HeaderValue::from(refusal.quota.burst));
     h.insert("ratelimit-remaining", HeaderValue::from(0));
     h.insert("ratelimit-reset", HeaderValue::from(secs));
-    h.insert(
-        "ratelimit-policy",
-        HeaderValue::from_str(&format!("{};w=60;burst={}", quota.per_minute, quota.burst))
-            .unwrap_or_else(|_| HeaderValue::from_static("")),
-    );
+    if let Ok(v) = HeaderValue::from_str(&refusal.quota.policy()) {
+        h.insert("ratelimit-policy", v);
+    }
     resp
+}
+
+/// The `RateLimit-*` headers of an admitted request: the tightest budget that applied.
+pub(super) fn add_headroom(resp: &mut Response, headroom: &crate::auth::limits::Headroom) {
+    if headroom.policies.is_empty() {
+        return;
+    }
+    let h = resp.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(headroom.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(headroom.remaining));
+    h.insert(
+        "ratelimit-reset",
+        HeaderValue::from(headroom.reset.as_millis().div_ceil(1000) as u64),
+    );
+    let policies: Vec<String> = headroom.policies.iter().map(|q| q.policy()).collect();
+    if let Ok(v) = HeaderValue::from_str(&policies.join(", ")) {
+        h.insert("ratelimit-policy", v);
+    }
+}
+
+/// When every error of a response without data is `RATE_LIMITED` (an expensive
+/// operation or the query-cost budget refused it): the longest `retryAfterSeconds`.
+fn refused_for_rate(r: &async_graphql::Response) -> Option<u64> {
+    let no_data = match &r.data {
+        Value::Null => true,
+        Value::Object(fields) => fields.values().all(|v| *v == Value::Null),
+        _ => false,
+    };
+    if !no_data || r.errors.is_empty() {
+        return None;
+    }
+    let mut longest = 1;
+    for e in &r.errors {
+        let ext = e.extensions.as_ref()?;
+        if ext.get("code") != Some(&Value::from(ErrorCode::RateLimited.as_str())) {
+            return None;
+        }
+        if let Some(Value::Number(n)) = ext.get("retryAfterSeconds") {
+            longest = longest.max(n.as_u64().unwrap_or(1));
+        }
+    }
+    Some(longest)
 }
 
 /// A GraphQL-shaped error response for requests rejected before execution.
@@ -201,14 +234,13 @@ async fn execute(
     } = caller;
     let request_id = &request_id;
     let media_graphql = wants_graphql_response_json(headers);
-    // Per principal (anonymous callers: per address), shared across replicas.
-    let key = match &principal {
-        Some(p) => format!("{}:{}", p.tenant_id, p.actor_ref()),
-        None => format!("ip:{}", client.ip),
-    };
-    if let Err(limited) = state.app.rate_limiter.check(&key).await {
-        return rate_limited(&state.app.rate_limiter.quota(), limited, &request_id.0);
-    }
+    // Per principal (anonymous callers: per address) and per tenant, shared across
+    // replicas.
+    let headroom =
+        match crate::auth::limits::check_request(&state.app, principal.as_ref(), client.ip).await {
+            Ok(h) => h,
+            Err(refusal) => return rate_limited(&refusal, &request_id.0),
+        };
     let limits = &state.app.config.graphql;
     if let BatchRequest::Batch(rs) = &batch {
         if rs.len() > limits.max_batch {
@@ -260,14 +292,26 @@ async fn execute(
         } else {
             r
         };
-        let admitted = document_limits.admit(r).map(&attach);
         let schema = if principal.is_some() {
             state.schema.clone()
         } else {
             state.anonymous_schema.clone()
         };
+        let principal = principal.as_ref();
+        let attach = &attach;
         async move {
-            match admitted {
+            // A persisted document is looked up (and a tenant that runs trusted documents
+            // only is held to them) before the limits measure it.
+            let r = match crate::graphql::documents::resolve(&state.app, principal, r).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let e: async_graphql::Error = e.into();
+                    return async_graphql::Response::from_errors(vec![
+                        e.into_server_error(async_graphql::Pos::default()),
+                    ]);
+                }
+            };
+            match document_limits.admit(r).map(attach) {
                 Ok(r) => schema.execute(r).await,
                 Err(e) => async_graphql::Response::from_errors(vec![e]),
             }
@@ -279,7 +323,9 @@ async fn execute(
             BatchResponse::Batch(futures_util::future::join_all(rs.into_iter().map(run)).await)
         }
     };
-    respond(resp, media_graphql, &request_id.0)
+    let mut resp = respond(resp, media_graphql, &request_id.0);
+    add_headroom(&mut resp, &headroom);
+    resp
 }
 
 /// Root fields a client may call with a stale `Authorization` header: they exist to get

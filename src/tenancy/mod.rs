@@ -1,5 +1,6 @@
 //! Tenants (organizations), users, roles and teams: model, storage, services and GraphQL types.
 
+pub mod documents;
 pub mod features;
 pub mod model;
 pub mod service;

@@ -52,9 +52,9 @@ pub struct TenantRow {
     pub is_system: bool,
     /// Days audit records and finished executions are kept.
     pub data_retention_days: i64,
-    /// Whether members must use MFA (stored now; enforced by later work).
+    /// Whether members must sign in with a second factor (enforced per request).
     pub require_mfa: bool,
-    /// JSON array of CIDR ranges allowed to sign in (stored now; enforced later).
+    /// JSON array of CIDR ranges members and API keys may connect from (enforced).
     pub allowed_ip_ranges: String,
     /// Quota: users.
     pub max_users: i64,
@@ -68,6 +68,14 @@ pub struct TenantRow {
     pub max_gpu_memory_mb: i64,
     /// JSON array of enabled feature-flag names.
     pub feature_flags: String,
+    /// Limit: requests a minute across the tenant's principals (0: none).
+    pub requests_per_minute: i64,
+    /// Limit: expensive operations a minute (0: none).
+    pub expensive_operations_per_minute: i64,
+    /// Limit: GraphQL query cost a minute (0: none).
+    pub query_cost_per_minute: i64,
+    /// Whether the tenant's principals may run registered documents only.
+    pub trusted_documents_only: bool,
     /// Creation time (UTC).
     pub created_at: NaiveDateTime,
     /// Last change (UTC).
@@ -143,6 +151,41 @@ pub fn plan_quotas(plan: Plan) -> (i64, i64, i64, i64, i64) {
     }
 }
 
+/// Default rate limits per plan, a minute: (requests, expensive operations, query cost).
+pub fn plan_limits(plan: Plan) -> (i64, i64, i64) {
+    match plan {
+        Plan::Free => (3_000, 60, 200_000),
+        Plan::Pro => (30_000, 3_000, 2_000_000),
+        Plan::Enterprise | Plan::Custom => (300_000, 60_000, 20_000_000),
+    }
+}
+
+/// What a tenant's rate limits are, as carried by each of its principals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Requests a minute across all the tenant's principals (0: none).
+    pub requests_per_minute: u64,
+    /// Expensive operations a minute (0: none).
+    pub expensive_operations_per_minute: u64,
+    /// GraphQL query cost a minute (0: none).
+    pub query_cost_per_minute: u64,
+    /// Only registered documents may run.
+    pub trusted_documents_only: bool,
+}
+
+impl TenantLimits {
+    /// The limits `t` sets.
+    pub fn of(t: &TenantRow) -> Self {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Self {
+            requests_per_minute: n(t.requests_per_minute),
+            expensive_operations_per_minute: n(t.expensive_operations_per_minute),
+            query_cost_per_minute: n(t.query_cost_per_minute),
+            trusted_documents_only: t.trusted_documents_only,
+        }
+    }
+}
+
 /// Builds a new tenant row with plan defaults.
 pub fn new_tenant_row(
     slug: &str,
@@ -152,6 +195,7 @@ pub fn new_tenant_row(
     now: chrono::NaiveDateTime,
 ) -> TenantRow {
     let (u, w, e, c, g) = plan_quotas(plan);
+    let (requests, expensive, cost) = plan_limits(plan);
     TenantRow {
         id: TenantId::new(),
         slug: slug.to_owned(),
@@ -170,6 +214,10 @@ pub fn new_tenant_row(
         max_gpu_memory_mb: g,
         feature_flags: serde_json::to_string(&super::features::plan_defaults(plan))
             .unwrap_or_else(|_| "[]".into()),
+        requests_per_minute: requests,
+        expensive_operations_per_minute: expensive,
+        query_cost_per_minute: cost,
+        trusted_documents_only: false,
         created_at: now,
         updated_at: now,
     }
@@ -222,5 +270,9 @@ pub fn tenant_view(t: &TenantRow) -> serde_json::Value {
         "maxConcurrentExecutions": t.max_concurrent_executions,
         "maxGpuMemoryMb": t.max_gpu_memory_mb,
         "featureFlags": t.feature_flags,
+        "requestsPerMinute": t.requests_per_minute,
+        "expensiveOperationsPerMinute": t.expensive_operations_per_minute,
+        "queryCostPerMinute": t.query_cost_per_minute,
+        "trustedDocumentsOnly": t.trusted_documents_only,
     })
 }

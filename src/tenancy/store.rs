@@ -112,6 +112,10 @@ struct TenantChanges<'a> {
     max_concurrent_executions: Option<i64>,
     max_gpu_memory_mb: Option<i64>,
     feature_flags: Option<&'a str>,
+    requests_per_minute: Option<i64>,
+    expensive_operations_per_minute: Option<i64>,
+    query_cost_per_minute: Option<i64>,
+    trusted_documents_only: Option<bool>,
     updated_at: Option<chrono::NaiveDateTime>,
 }
 
@@ -150,6 +154,13 @@ pub async fn update_changed(
         ),
         max_gpu_memory_mb: diff(before.max_gpu_memory_mb, after.max_gpu_memory_mb),
         feature_flags: diff(before.feature_flags.as_str(), after.feature_flags.as_str()),
+        requests_per_minute: diff(before.requests_per_minute, after.requests_per_minute),
+        expensive_operations_per_minute: diff(
+            before.expensive_operations_per_minute,
+            after.expensive_operations_per_minute,
+        ),
+        query_cost_per_minute: diff(before.query_cost_per_minute, after.query_cost_per_minute),
+        trusted_documents_only: diff(before.trusted_documents_only, after.trusted_documents_only),
         updated_at: Some(after.updated_at),
     };
     crate::on_conn!(conn, |conn| {

@@ -479,6 +479,23 @@ async fn every_mutation_writes_exactly_one_record() {
         "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { id } } }",
         json!({ "i": { "dataRetentionDays": 30 } })
     );
+    let doc = step!(
+        "registerTrustedDocument",
+        acme,
+        "trusted_document.registered",
+        o,
+        "mutation($i: RegisterTrustedDocumentInput!) { registerTrustedDocument(input: $i) { trustedDocument { id } } }",
+        json!({ "i": { "document": "query Me { me { id } }", "name": "me" } })
+    )["trustedDocument"]["id"]
+        .clone();
+    step!(
+        "deleteTrustedDocument",
+        acme,
+        "trusted_document.deleted",
+        o,
+        "mutation($i: DeleteTrustedDocumentInput!) { deleteTrustedDocument(input: $i) { deletedTrustedDocumentId } }",
+        json!({ "i": { "trustedDocumentId": doc } })
+    );
     step!(
         "deleteWorkflow",
         acme,

@@ -1,5 +1,6 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
+mod access_limits;
 mod audit;
 mod audit_coverage;
 mod audit_forgery;

@@ -338,3 +338,72 @@ async fn a_rate_limit_is_one_budget_across_replicas() {
     // A burst of 4 in all, not 4 per replica.
     assert_eq!(allowed, [0, 1, 2, 3], "allowed requests: {allowed:?}");
 }
+
+/// A tenant's request budget and its query-cost budget are shared by its principals
+/// across replicas (#19 item 4/5): counted in Redis, not per process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_budget_is_one_budget_across_replicas() {
+    if !TestDb::is_postgres() {
+        return;
+    }
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let env = [
+        ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "0"),
+    ];
+    let a = TestApp::spawn_with(&env).await;
+    let (_b, b_base) = replica(&a.db.url, &env).await;
+    let admin = a.admin_token().await;
+    let (tenant, owner) = a.tenant_with_owner("shared").await;
+    let plan =
+        "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }";
+    let run = async |limits: Value| {
+        let out = a
+            .gql_as(
+                &admin,
+                plan,
+                json!({ "i": { "tenantId": tenant, "plan": "PRO", "quotas": limits } }),
+            )
+            .await;
+        assert!(out["errors"].is_null(), "{out}");
+        // B hears the change through the database's notification.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut allowed = Vec::new();
+        let mut limits_seen = Vec::new();
+        for i in 0..8 {
+            let base = if i % 2 == 0 {
+                a.base.as_str()
+            } else {
+                b_base.as_str()
+            };
+            let resp = reqwest::Client::new()
+                .post(format!("{base}/graphql"))
+                .bearer_auth(&owner)
+                .json(&json!({ "query": "{ me { id } }" }))
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("json");
+            if status == 200 {
+                allowed.push(i);
+            } else {
+                assert_eq!(status, 429, "{body}");
+                limits_seen.push(body["errors"][0]["extensions"]["limit"].clone());
+            }
+        }
+        (allowed, limits_seen)
+    };
+    // 12 requests a minute: a burst of 2 for the whole tenant, not 2 per replica.
+    let (allowed, seen) = run(json!({ "requestsPerMinute": 12 })).await;
+    assert_eq!(allowed, [0, 1], "allowed requests: {allowed:?}");
+    assert!(seen.iter().all(|l| *l == "requests_per_tenant"), "{seen:?}");
+    // A query-cost budget of 10 a minute: `{ me { id } }` costs 2, so 5 in all.
+    let (allowed, seen) = run(json!({ "requestsPerMinute": 0, "queryCostPerMinute": 10 })).await;
+    assert_eq!(allowed, [0, 1, 2, 3, 4], "allowed requests: {allowed:?}");
+    assert!(
+        seen.iter().all(|l| *l == "query_cost_per_tenant"),
+        "{seen:?}"
+    );
+}

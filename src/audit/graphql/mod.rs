@@ -439,6 +439,7 @@ impl AuditQuery {
             .await?
             .ok_or_else(|| crate::error::AppError::not_found("tenant"))?;
         crate::tenancy::features::require(&row, crate::tenancy::features::Feature::AuditExport)?;
+        crate::auth::limits::check_expensive(app(ctx)?, principal(ctx)?).await?;
         let r = crate::audit::report::generate(app(ctx)?, &origin(ctx)?, tenant, from, to).await?;
         Ok(report::ComplianceReport(r))
     }

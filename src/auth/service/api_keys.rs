@@ -125,6 +125,7 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
         token: None,
         allowed_ips: crate::auth::allowed_ranges(&tenant),
         second_factor_missing: false,
+        limits: crate::tenancy::model::TenantLimits::of(&tenant),
     };
     app.auth_cache.insert(
         cache_key,

@@ -29,6 +29,7 @@ impl ExecutionMutation {
             idempotency_key: input.idempotency_key,
             timeout_seconds: input.timeout_seconds,
         };
+        crate::auth::limits::check_expensive(app(ctx)?, principal(ctx)?).await?;
         let (row, deduplicated) = service::start_for(
             app(ctx)?,
             &crate::graphql::origin(ctx)?,

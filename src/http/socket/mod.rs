@@ -182,7 +182,6 @@ impl SocketExecutor {
         } else {
             request.disable_introspection()
         };
-        let request = self.limits.admit(request)?;
         let Some(accepted) = self.socket.accepted() else {
             return Err(server_error(AppError::unauthenticated(
                 "send connection_init with credentials first",
@@ -204,6 +203,20 @@ impl SocketExecutor {
                 "your permissions changed since this socket was opened; reconnect",
             )));
         }
+        // Each operation counts as a request against the caller's and its tenant's
+        // budgets, and runs a trusted document when its tenant asks for that.
+        let ip = self
+            .socket
+            .client
+            .as_ref()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.ip);
+        crate::auth::limits::check_request(app, Some(&p), ip)
+            .await
+            .map_err(|refusal| server_error(refusal.error()))?;
+        let request = crate::graphql::documents::resolve(app, Some(&p), request)
+            .await
+            .map_err(server_error)?;
+        let request = self.limits.admit(request)?;
         let limits = &app.config.websocket;
         let Some(socket_slot) = self
             .socket

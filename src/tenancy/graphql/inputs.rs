@@ -159,6 +159,13 @@ pub struct QuotasInput {
     pub max_concurrent_executions: Option<i64>,
     /// Most GPU memory reserved at once, MiB.
     pub max_gpu_memory_mb: Option<i64>,
+    /// Most requests a minute across all the tenant's users and API keys (0: no limit).
+    pub requests_per_minute: Option<i64>,
+    /// Most expensive operations a minute: starting executions, audit exports,
+    /// compliance reports (0: no limit).
+    pub expensive_operations_per_minute: Option<i64>,
+    /// Most GraphQL query cost a minute (0: no limit).
+    pub query_cost_per_minute: Option<i64>,
 }
 
 /// Input of `updateTenantPlan`.
@@ -195,6 +202,12 @@ pub struct UpdateTenantSettingsInput {
     /// Must be `true` to save `allowedIpRanges` that exclude the caller's own address
     /// (which would refuse the caller's next request).
     pub confirm_excluding_own_address: Option<bool>,
+    /// Run trusted documents only: the tenant's users and API keys may run only
+    /// documents registered with `registerTrustedDocument` (sent by
+    /// `extensions.persistedQuery.sha256Hash`, or as text that hashes to one);
+    /// anything else is `FORBIDDEN` with reason `TRUSTED_DOCUMENTS_ONLY`. A mutation that
+    /// selects only `updateTenantSettings` stays allowed, so the mode can be switched off.
+    pub trusted_documents_only: Option<bool>,
 }
 
 /// Input of `updateRole`.
@@ -222,4 +235,38 @@ pub struct DeleteRoleInput {
 pub struct DeleteRolePayload {
     /// The deleted role's ID.
     pub deleted_role_id: ID,
+}
+
+/// Input of `registerTrustedDocument`.
+#[derive(InputObject)]
+pub struct RegisterTrustedDocumentInput {
+    /// The GraphQL document, exactly as clients will hash it (SHA-256 of its UTF-8
+    /// text); it must parse and fit the document limits. At most 64 KiB.
+    pub document: String,
+    /// A name for people (e.g. the client and operation); at most 200 characters.
+    pub name: Option<String>,
+}
+
+/// Input of `deleteTrustedDocument`.
+#[derive(InputObject)]
+pub struct DeleteTrustedDocumentInput {
+    /// The document's ID.
+    pub trusted_document_id: ID,
+}
+
+/// Result of `registerTrustedDocument`.
+#[derive(SimpleObject)]
+pub struct RegisterTrustedDocumentPayload {
+    /// The registered document (the first registration when the same text was
+    /// registered before).
+    pub trusted_document: TrustedDocument,
+    /// Whether this call registered it (`false`: it was registered already).
+    pub created: bool,
+}
+
+/// Result of `deleteTrustedDocument`.
+#[derive(SimpleObject)]
+pub struct DeleteTrustedDocumentPayload {
+    /// The deleted document's ID.
+    pub deleted_trusted_document_id: ID,
 }

@@ -270,6 +270,9 @@ impl TenancyMutation {
                 max_executions_per_month: q.max_executions_per_month,
                 max_concurrent_executions: q.max_concurrent_executions,
                 max_gpu_memory_mb: q.max_gpu_memory_mb,
+                requests_per_minute: q.requests_per_minute,
+                expensive_operations_per_minute: q.expensive_operations_per_minute,
+                query_cost_per_minute: q.query_cost_per_minute,
             },
             input.feature_flags,
         )
@@ -293,6 +296,7 @@ impl TenancyMutation {
                 require_mfa: input.require_mfa,
                 allowed_ip_ranges: input.allowed_ip_ranges,
                 confirm_excluding_own_address: input.confirm_excluding_own_address.unwrap_or(false),
+                trusted_documents_only: input.trusted_documents_only,
                 // Read only when it decides something: turning requireMfa on.
                 caller_has_second_factor: match principal(ctx)?.user_id() {
                     Some(u) if input.require_mfa == Some(true) => {
@@ -304,5 +308,65 @@ impl TenancyMutation {
         )
         .await?;
         Ok(TenantPayload { tenant: Tenant(t) })
+    }
+
+    /// Registers a GraphQL document for the caller's tenant (a trusted document /
+    /// persisted query): clients may then send its SHA-256 in
+    /// `extensions.persistedQuery.sha256Hash` instead of the text, and a tenant with
+    /// `trustedDocumentsOnly` runs nothing else. The document must parse and fit the
+    /// document limits. Registering the same text again returns the first registration.
+    /// At most 1000 a tenant (`QUOTA_EXCEEDED`).
+    #[graphql(guard = "Require(Permission::TenantUpdate)")]
+    async fn register_trusted_document(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterTrustedDocumentInput,
+    ) -> async_graphql::Result<RegisterTrustedDocumentPayload> {
+        let a = app(ctx)?;
+        let doc = async_graphql::parser::parse_query(&input.document).map_err(|e| {
+            AppError::bad_input("document", format!("the document does not parse: {e}"))
+        })?;
+        crate::graphql::limits::DocumentLimits::from_config(&a.config.graphql)
+            .check(&doc)
+            .map_err(|(message, limit)| {
+                AppError::bad_input("document", message).with_detail("limit", limit)
+            })?;
+        let (row, created) = crate::tenancy::documents::register(
+            a,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            input.name.as_deref().unwrap_or(""),
+            &input.document,
+        )
+        .await?;
+        Ok(RegisterTrustedDocumentPayload {
+            trusted_document: TrustedDocument(row),
+            created,
+        })
+    }
+
+    /// Deletes one of the tenant's trusted documents: clients sending its hash get
+    /// `NOT_FOUND` (reason `PERSISTED_QUERY_NOT_FOUND`) from then on.
+    #[graphql(guard = "Require(Permission::TenantUpdate)")]
+    async fn delete_trusted_document(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteTrustedDocumentInput,
+    ) -> async_graphql::Result<DeleteTrustedDocumentPayload> {
+        let id = decode_expecting(
+            &input.trusted_document_id,
+            NodeKind::TrustedDocument,
+            "trustedDocumentId",
+        )?;
+        crate::tenancy::documents::delete(
+            app(ctx)?,
+            &origin(ctx)?,
+            principal(ctx)?.tenant_id,
+            crate::tenancy::documents::TrustedDocumentId(id),
+        )
+        .await?;
+        Ok(DeleteTrustedDocumentPayload {
+            deleted_trusted_document_id: input.trusted_document_id,
+        })
     }
 }

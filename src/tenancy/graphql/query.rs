@@ -72,4 +72,28 @@ impl TenancyQuery {
         );
         Ok(out)
     }
+
+    /// The tenant's trusted documents (persisted queries), oldest first.
+    #[graphql(
+        complexity = "crate::graphql::relay::page_cost(first, last, child_complexity)",
+        guard = "Require(Permission::TenantRead)"
+    )]
+    async fn trusted_documents(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Conn<TrustedDocument>> {
+        let p = principal(ctx)?;
+        let page = Page::from_args(after, before, first, last)?;
+        let (rows, total) =
+            crate::tenancy::documents::list(&app(ctx)?.db, p.tenant_id, &page).await?;
+        Ok(page.finish(
+            rows.into_iter().map(TrustedDocument).collect(),
+            total,
+            |d| d.0.id.0,
+        ))
+    }
 }

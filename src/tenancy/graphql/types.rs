@@ -22,6 +22,10 @@ pub struct TenantSettings {
     /// reason `IP_NOT_ALLOWED`. The client address is the TCP peer's, or the one
     /// `AGENTPLANE_TRUSTED_PROXIES` report.
     pub allowed_ip_ranges: Vec<String>,
+    /// Whether the tenant's users and API keys may run registered documents only
+    /// (`registerTrustedDocument`); others are `FORBIDDEN` with reason
+    /// `TRUSTED_DOCUMENTS_ONLY`.
+    pub trusted_documents_only: bool,
 }
 
 /// Plan limits.
@@ -37,6 +41,17 @@ pub struct TenantQuotas {
     pub max_concurrent_executions: i64,
     /// Most GPU memory reserved at once, MiB.
     pub max_gpu_memory_mb: i64,
+    /// Most requests a minute across all the tenant's users and API keys, in bursts of a
+    /// sixth of it (0: no limit). Each user or key also has its own limit
+    /// (`AGENTPLANE_RATE_LIMIT_PER_MINUTE`). Over it: `RATE_LIMITED`, HTTP 429.
+    pub requests_per_minute: i64,
+    /// Most expensive operations a minute — starting executions, audit exports,
+    /// compliance reports — in bursts of a sixth of it (0: no limit).
+    pub expensive_operations_per_minute: i64,
+    /// GraphQL query cost the tenant may spend a minute (0: no limit): each operation
+    /// is charged its requested cost before it runs and given back what it did not
+    /// use; every response reports both in `extensions.cost`.
+    pub query_cost_per_minute: i64,
 }
 
 #[Object]
@@ -71,6 +86,7 @@ impl Tenant {
             data_retention_days: self.0.data_retention_days,
             require_mfa: self.0.require_mfa,
             allowed_ip_ranges: json_list(&self.0.allowed_ip_ranges),
+            trusted_documents_only: self.0.trusted_documents_only,
         }
     }
     /// Plan limits.
@@ -81,6 +97,9 @@ impl Tenant {
             max_executions_per_month: self.0.max_executions_per_month,
             max_concurrent_executions: self.0.max_concurrent_executions,
             max_gpu_memory_mb: self.0.max_gpu_memory_mb,
+            requests_per_minute: self.0.requests_per_minute,
+            expensive_operations_per_minute: self.0.expensive_operations_per_minute,
+            query_cost_per_minute: self.0.query_cost_per_minute,
         }
     }
     /// Current usage against the quotas that are metered so far.
@@ -257,4 +276,33 @@ pub struct TenantUsage {
     pub gpu_memory_reserved_mb: i64,
     /// The `maxGpuMemoryMb` quota.
     pub max_gpu_memory_mb: i64,
+}
+
+/// A GraphQL document registered by a tenant (a persisted query): clients send its
+/// SHA-256 in `extensions.persistedQuery.sha256Hash` instead of the text.
+#[derive(Debug, Clone)]
+pub struct TrustedDocument(pub crate::tenancy::documents::TrustedDocumentRow);
+
+#[Object]
+impl TrustedDocument {
+    /// Opaque global ID.
+    async fn id(&self) -> ID {
+        to_global_id(NodeKind::TrustedDocument, self.0.id.0)
+    }
+    /// Lower-case hex SHA-256 of the document: what clients send.
+    async fn sha256_hash(&self) -> &str {
+        &self.0.sha256
+    }
+    /// A name for people.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The document's text.
+    async fn document(&self) -> &str {
+        &self.0.document
+    }
+    /// When it was registered.
+    async fn created_at(&self) -> DateTime<Utc> {
+        utc(self.0.created_at)
+    }
 }

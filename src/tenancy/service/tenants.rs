@@ -66,6 +66,12 @@ pub struct Quotas {
     pub max_concurrent_executions: Option<i64>,
     /// GPU memory held at once, MiB.
     pub max_gpu_memory_mb: Option<i64>,
+    /// Requests a minute across the tenant (0: no limit).
+    pub requests_per_minute: Option<i64>,
+    /// Expensive operations a minute (0: no limit).
+    pub expensive_operations_per_minute: Option<i64>,
+    /// GraphQL query cost a minute (0: no limit).
+    pub query_cost_per_minute: Option<i64>,
 }
 
 /// Changes a tenant's plan, its quotas (the plan's defaults where not given) and its
@@ -81,6 +87,7 @@ pub async fn change_plan(
     let mut t = get(app, id).await?;
     let original = t.clone();
     let (u, w, e, c, g) = plan_quotas(plan);
+    let (requests, expensive, cost) = crate::tenancy::model::plan_limits(plan);
     let q = quotas;
     for (field, v) in [
         ("maxUsers", q.max_users),
@@ -88,6 +95,12 @@ pub async fn change_plan(
         ("maxExecutionsPerMonth", q.max_executions_per_month),
         ("maxConcurrentExecutions", q.max_concurrent_executions),
         ("maxGpuMemoryMb", q.max_gpu_memory_mb),
+        ("requestsPerMinute", q.requests_per_minute),
+        (
+            "expensiveOperationsPerMinute",
+            q.expensive_operations_per_minute,
+        ),
+        ("queryCostPerMinute", q.query_cost_per_minute),
     ] {
         if v.is_some_and(|v| v < 0) {
             return Err(AppError::bad_input(field, "quotas cannot be negative"));
@@ -99,6 +112,24 @@ pub async fn change_plan(
     t.max_executions_per_month = q.max_executions_per_month.unwrap_or(e);
     t.max_concurrent_executions = q.max_concurrent_executions.unwrap_or(c);
     t.max_gpu_memory_mb = q.max_gpu_memory_mb.unwrap_or(g);
+    t.requests_per_minute = q.requests_per_minute.unwrap_or(requests);
+    t.expensive_operations_per_minute = q.expensive_operations_per_minute.unwrap_or(expensive);
+    t.query_cost_per_minute = q.query_cost_per_minute.unwrap_or(cost);
+    for (field, v) in [
+        ("requestsPerMinute", t.requests_per_minute),
+        (
+            "expensiveOperationsPerMinute",
+            t.expensive_operations_per_minute,
+        ),
+        ("queryCostPerMinute", t.query_cost_per_minute),
+    ] {
+        if v > 60_000_000 {
+            return Err(AppError::bad_input(
+                field,
+                "at most 60000000 a minute (0 turns the limit off)",
+            ));
+        }
+    }
     // The set given, or the new plan's defaults.
     let flags = match feature_flags {
         Some(flags) => crate::tenancy::features::validate(&flags)?,
@@ -115,6 +146,8 @@ pub async fn change_plan(
         Severity::Info,
     )
     .await?;
+    // Cached principals carry the tenant's flags and limits.
+    app.rights_changed(t.id);
     Ok(t)
 }
 
@@ -131,6 +164,8 @@ pub struct Settings {
     pub confirm_excluding_own_address: bool,
     /// Whether the caller's own second factor is on: turning `requireMfa` on needs it.
     pub caller_has_second_factor: bool,
+    /// Whether the tenant's principals may run registered documents only.
+    pub trusted_documents_only: Option<bool>,
 }
 
 /// Most ranges one tenant's `allowedIpRanges` holds.
@@ -209,6 +244,9 @@ pub async fn change_settings(
         }
         let ranges: Vec<String> = ranges.iter().map(|r| r.trim().to_owned()).collect();
         t.allowed_ip_ranges = serde_json::to_string(&ranges).map_err(AppError::internal)?;
+    }
+    if let Some(only) = settings.trusted_documents_only {
+        t.trusted_documents_only = only;
     }
     t.updated_at = db_time(app.clock.now());
     write(

@@ -1,0 +1,127 @@
+//! Query cost: what an operation may cost (its requested cost, the complexity
+//! async-graphql computes when it validates it: one per field, connections times the
+//! page they ask for) and what it did cost (its actual cost: the fields its result
+//! holds). Each tenant has a budget a minute (`queryCostPerMinute`, by plan): an
+//! operation is charged its requested cost before it runs (over budget: `RATE_LIMITED`,
+//! `extensions.limit: query_cost_per_tenant`), and what it did not use is given back
+//! after. Every query and mutation response carries
+//! `extensions.cost { requestedQueryCost actualQueryCost budget { perMinute remaining } }`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextValidation,
+};
+use async_graphql::{Name, Response, ServerError, ValidationResult, Value};
+
+use crate::app::App;
+use crate::auth::Principal;
+
+/// The query-cost extension.
+pub struct QueryCost;
+
+impl ExtensionFactory for QueryCost {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Cost::default())
+    }
+}
+
+/// One operation's cost.
+#[derive(Default)]
+struct Cost {
+    requested: AtomicU64,
+    /// Whether `requested` was charged to a budget.
+    charged: AtomicBool,
+    /// What the budget had left after the charge.
+    remaining: AtomicU64,
+}
+
+/// Fields in a result: every entry of every object, lists summed.
+fn fields(v: &Value) -> u64 {
+    match v {
+        Value::Object(o) => o.values().map(|v| 1 + fields(v)).sum(),
+        Value::List(l) => l.iter().map(fields).sum(),
+        _ => 0,
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for Cost {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        let requested = u64::try_from(result.complexity).unwrap_or(u64::MAX);
+        self.requested.store(requested, Ordering::Relaxed);
+        if let (Some(app), Some(p)) = (ctx.data_opt::<Arc<App>>(), ctx.data_opt::<Principal>())
+            && crate::auth::limits::cost_quota(p).is_limited()
+        {
+            match crate::auth::limits::charge_cost(app, p, requested).await {
+                Ok(left) => {
+                    self.remaining.store(left.remaining, Ordering::Relaxed);
+                    self.charged.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let e: async_graphql::Error = e.into();
+                    return Err(vec![e.into_server_error(async_graphql::Pos::default())]);
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let mut resp = next.run(ctx, operation_name).await;
+        let requested = self.requested.load(Ordering::Relaxed);
+        let actual = fields(&resp.data);
+        let mut budget = Value::Null;
+        if self.charged.load(Ordering::Relaxed)
+            && let (Some(app), Some(p)) = (ctx.data_opt::<Arc<App>>(), ctx.data_opt::<Principal>())
+        {
+            let mut remaining = self.remaining.load(Ordering::Relaxed);
+            if actual < requested {
+                remaining = crate::auth::limits::refund_cost(app, p, requested - actual)
+                    .await
+                    .remaining;
+            }
+            budget = Value::from_json(serde_json::json!({
+                "perMinute": crate::auth::limits::cost_quota(p).per_minute,
+                "remaining": remaining,
+            }))
+            .unwrap_or(Value::Null);
+        }
+        let cost = Value::from_json(serde_json::json!({
+            "requestedQueryCost": requested,
+            "actualQueryCost": actual,
+        }));
+        if let Ok(Value::Object(mut cost)) = cost {
+            cost.insert(Name::new("budget"), budget);
+            resp.extensions.insert("cost".into(), Value::Object(cost));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actual_cost_counts_the_fields_of_the_result() {
+        let v = Value::from_json(serde_json::json!({
+            "users": { "totalCount": 2, "edges": [ { "node": { "id": "a" } }, { "node": { "id": "b" } } ] }
+        }))
+        .expect("value");
+        // users, totalCount, edges, 2 × (node, id)
+        assert_eq!(fields(&v), 7);
+        assert_eq!(fields(&Value::Null), 0);
+    }
+}

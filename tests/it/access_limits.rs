@@ -1,0 +1,460 @@
+//! Per-tenant rate limits, expensive-operation limits, GraphQL cost budgets and trusted
+//! documents (#19 items 4 and 5): limits by plan, overridable by platform admins;
+//! refusals are `RATE_LIMITED` with `retryAfterSeconds` and `limit`, HTTP 429 with
+//! `Retry-After`; admitted requests carry `RateLimit-*` headers; every response carries
+//! `extensions.cost`; a tenant in trusted-documents-only mode runs registered documents
+//! only, and no tenant can use another's.
+
+use serde_json::{Value, json};
+
+use crate::executions::published;
+use crate::helpers::*;
+
+const PLAN: &str = "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { quotas { requestsPerMinute expensiveOperationsPerMinute queryCostPerMinute } } } }";
+const START: &str =
+    "mutation($i: StartExecutionInput!) { startExecution(input: $i) { execution { id } } }";
+const SETTINGS: &str = "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { settings { trustedDocumentsOnly } } } }";
+const REGISTER: &str = "mutation($i: RegisterTrustedDocumentInput!) { registerTrustedDocument(input: $i) { created trustedDocument { id sha256Hash name } } }";
+
+async fn set_limits(app: &TestApp, admin: &str, tenant: &str, limits: Value) -> Value {
+    let out = app
+        .gql_as(
+            admin,
+            PLAN,
+            json!({ "i": { "tenantId": tenant, "plan": "PRO", "quotas": limits } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    out["data"]["updateTenantPlan"]["tenant"]["quotas"].clone()
+}
+
+fn assert_rate_limited(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    limit: &str,
+) {
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        headers.get("retry-after").is_some(),
+        "429 without Retry-After"
+    );
+    let ext = &body["errors"][0]["extensions"];
+    assert_eq!(ext["code"], "RATE_LIMITED", "{body}");
+    assert_eq!(ext["limit"], limit, "{body}");
+    assert!(
+        ext["retryAfterSeconds"].as_u64().is_some_and(|s| s >= 1),
+        "{body}"
+    );
+}
+
+async fn post(
+    app: &TestApp,
+    token: &str,
+    body: Value,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+    app.post_raw(&body, Some(token)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_shares_one_request_budget_and_plans_set_it() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+    let (_, other) = app.tenant_with_owner("globex").await;
+
+    // Plans set the defaults, shown on the tenant.
+    let q = app
+        .gql_as(&owner, "{ tenant { quotas { requestsPerMinute expensiveOperationsPerMinute queryCostPerMinute } } }", json!({}))
+        .await;
+    assert_eq!(
+        q["data"]["tenant"]["quotas"],
+        json!({ "requestsPerMinute": 30_000, "expensiveOperationsPerMinute": 3_000, "queryCostPerMinute": 2_000_000 }),
+        "{q}"
+    );
+    // Admitted requests say what is left, for the tightest budget and every policy.
+    let (status, headers, body) = post(&app, &owner, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200, "{body}");
+    let policy = headers
+        .get("ratelimit-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(policy.contains("30000;w=60;burst=5000"), "{policy}");
+    assert!(headers.get("ratelimit-remaining").is_some(), "{headers:?}");
+    assert!(headers.get("ratelimit-limit").is_some(), "{headers:?}");
+
+    // Negative and absurd limits are refused.
+    let bad = app
+        .gql_as(&admin, PLAN, json!({ "i": { "tenantId": acme, "plan": "PRO", "quotas": { "requestsPerMinute": -1 } } }))
+        .await;
+    assert_eq!(
+        first_error_code(&bad).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{bad}"
+    );
+
+    // 12 a minute: bursts of 2, shared by the tenant's owner and its API key.
+    set_limits(&app, &admin, &acme, json!({ "requestsPerMinute": 12 })).await;
+    let key = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }",
+            json!({ "i": { "name": "svc", "roleId": "VIEWER" } }),
+        )
+        .await;
+    // The limit reaches the cached principals at once (the tenant trigger); the key
+    // creation above may have been the first of the burst.
+    let key = key["data"]["createApiKey"]["secret"]
+        .as_str()
+        .map(str::to_owned);
+    let mut refused = None;
+    for i in 0..4 {
+        let token = if i % 2 == 0 {
+            owner.as_str()
+        } else {
+            key.as_deref().unwrap_or(&owner)
+        };
+        let (status, headers, body) = post(&app, token, json!({ "query": "{ me { id } }" })).await;
+        if status != 200 {
+            refused = Some((i, status, headers, body));
+            break;
+        }
+    }
+    let (i, status, headers, body) = refused.expect("the tenant's budget ran out");
+    assert!(i <= 2, "refused only after {i} requests");
+    assert_rate_limited(status, &headers, &body, "requests_per_tenant");
+    assert_eq!(
+        headers
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok()),
+        Some("0")
+    );
+    // Another tenant is not affected.
+    let (status, _, body) = post(&app, &other, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200, "{body}");
+
+    // 0 turns the limit off.
+    let quotas = set_limits(&app, &admin, &acme, json!({ "requestsPerMinute": 0 })).await;
+    assert_eq!(quotas["requestsPerMinute"], 0);
+    for _ in 0..5 {
+        let (status, _, body) = post(&app, &owner, json!({ "query": "{ me { id } }" })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expensive_operations_have_their_own_budget_and_nothing_is_half_written() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "one",
+        json!({ "steps": [ { "id": "a", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    // 6 a minute: a burst of 1.
+    set_limits(
+        &app,
+        &admin,
+        &acme,
+        json!({ "expensiveOperationsPerMinute": 6 }),
+    )
+    .await;
+    let start = json!({ "query": START, "variables": { "i": { "workflowId": wf } } });
+    let (status, _, body) = post(&app, &owner, start.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+    let (status, headers, body) = post(&app, &owner, start.clone()).await;
+    assert_rate_limited(status, &headers, &body, "expensive_operations_per_tenant");
+    assert!(body["data"]["startExecution"].is_null(), "{body}");
+    // Reports count against the same budget; cheap reads do not.
+    let report = app
+        .gql_as(
+            &owner,
+            "query($f: DateTime!, $t: DateTime!) { complianceReport(from: $f, to: $t) { totalEvents } }",
+            json!({ "f": "2020-01-01T00:00:00Z", "t": "2030-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(
+        report["errors"][0]["extensions"]["limit"], "expensive_operations_per_tenant",
+        "{report}"
+    );
+    let export = app
+        .http
+        .get(format!("{}/audit/export", app.base))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(export.status(), 429);
+    assert!(export.headers().get("retry-after").is_some());
+    let n = app
+        .gql_as(&owner, "{ executions { totalCount } }", json!({}))
+        .await;
+    assert_eq!(
+        n["data"]["executions"]["totalCount"], 1,
+        "only the admitted start ran: {n}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_cost_is_reported_charged_and_given_back() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+
+    // Every response reports the requested and the actual cost, and the budget.
+    let (_, _, body) = post(&app, &owner, json!({ "query": "{ me { id email } }" })).await;
+    let cost = &body["extensions"]["cost"];
+    assert_eq!(cost["requestedQueryCost"], 3, "{body}");
+    assert_eq!(cost["actualQueryCost"], 3, "{body}");
+    assert_eq!(cost["budget"]["perMinute"], 2_000_000, "{body}");
+
+    // A page of 100 users is asked for, one exists: what was not used is given back.
+    set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 1000 })).await;
+    let (status, _, body) = post(
+        &app,
+        &owner,
+        json!({ "query": "{ users(first: 100) { edges { node { id } } } }" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cost = &body["extensions"]["cost"];
+    let requested = cost["requestedQueryCost"].as_u64().expect("requested");
+    let actual = cost["actualQueryCost"].as_u64().expect("actual");
+    assert!(requested >= 200 && actual <= 5, "{cost}");
+    let remaining = cost["budget"]["remaining"].as_u64().expect("remaining");
+    assert!(
+        remaining >= 1000 - actual - 10,
+        "the unused cost came back: {cost}"
+    );
+
+    // More than the whole budget at once: refused, saying what to do.
+    set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 500 })).await;
+    let (status, _, body) = post(
+        &app,
+        &owner,
+        json!({ "query": "{ users(first: 100) { edges { node { id email displayName status createdAt } } } }" }),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "COST_OVER_BUDGET",
+        "{body}"
+    );
+
+    // Spending it: each page of 100 charges its requested cost until nothing is left.
+    set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 60 })).await;
+    let mut refused = None;
+    for _ in 0..40 {
+        let (status, headers, body) = post(
+            &app,
+            &owner,
+            json!({ "query": "{ me { id email displayName } }" }),
+        )
+        .await;
+        if status != 200 {
+            refused = Some((status, headers, body));
+            break;
+        }
+    }
+    let (status, headers, body) = refused.expect("the budget ran out");
+    assert_rate_limited(status, &headers, &body, "query_cost_per_tenant");
+    // Anonymous callers have no tenant budget, but see their cost.
+    let anon = app.gql("{ serverInfo { version } }", json!({})).await;
+    assert_eq!(
+        anon["extensions"]["cost"]["requestedQueryCost"], 2,
+        "{anon}"
+    );
+    assert!(anon["extensions"]["cost"]["budget"].is_null(), "{anon}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_documents_are_per_tenant_and_can_be_required() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let (_, other) = app.tenant_with_owner("globex").await;
+    let doc = "query Me { me { email } }";
+    let out = app
+        .gql_as(
+            &owner,
+            REGISTER,
+            json!({ "i": { "document": doc, "name": "me" } }),
+        )
+        .await;
+    let registered = &out["data"]["registerTrustedDocument"];
+    assert_eq!(registered["created"], true, "{out}");
+    let hash = registered["trustedDocument"]["sha256Hash"]
+        .as_str()
+        .expect("hash")
+        .to_owned();
+    assert_eq!(hash.len(), 64);
+    // The same text again: the first registration, nothing new.
+    let again = app
+        .gql_as(&owner, REGISTER, json!({ "i": { "document": doc } }))
+        .await;
+    assert_eq!(
+        again["data"]["registerTrustedDocument"]["created"], false,
+        "{again}"
+    );
+    assert_eq!(
+        again["data"]["registerTrustedDocument"]["trustedDocument"]["id"],
+        registered["trustedDocument"]["id"]
+    );
+    // Documents that do not parse are refused.
+    let bad = app
+        .gql_as(&owner, REGISTER, json!({ "i": { "document": "query {" } }))
+        .await;
+    assert_eq!(
+        first_error_code(&bad).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{bad}"
+    );
+
+    // By hash alone.
+    let by_hash =
+        json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } });
+    let (status, _, body) = post(&app, &owner, by_hash.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["me"]["email"], "owner@acme.example", "{body}");
+    // Another tenant cannot use it, nor tell it from a hash nobody registered.
+    let (_, _, theirs) = post(&app, &other, by_hash.clone()).await;
+    let unknown = json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "0".repeat(64) } } });
+    let (_, _, nobody) = post(&app, &other, unknown).await;
+    assert_eq!(
+        theirs["errors"][0]["extensions"]["reason"], "PERSISTED_QUERY_NOT_FOUND",
+        "{theirs}"
+    );
+    assert_eq!(
+        theirs["errors"][0]["message"],
+        nobody["errors"][0]["message"]
+    );
+    assert_eq!(
+        theirs["errors"][0]["extensions"]["code"],
+        nobody["errors"][0]["extensions"]["code"]
+    );
+    let listed = app
+        .gql_as(&other, "{ trustedDocuments { totalCount } }", json!({}))
+        .await;
+    assert_eq!(
+        listed["data"]["trustedDocuments"]["totalCount"], 0,
+        "{listed}"
+    );
+    // A hash that is not the query's.
+    let (_, _, body) = post(
+        &app,
+        &owner,
+        json!({ "query": "{ me { id } }", "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } }),
+    )
+    .await;
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{body}"
+    );
+
+    // Trusted documents only: other documents are refused, over HTTP and websockets.
+    let on = app
+        .gql_as(
+            &owner,
+            SETTINGS,
+            json!({ "i": { "trustedDocumentsOnly": true } }),
+        )
+        .await;
+    assert_eq!(
+        on["data"]["updateTenantSettings"]["tenant"]["settings"]["trustedDocumentsOnly"], true,
+        "{on}"
+    );
+    let (status, _, body) = post(&app, &owner, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("FORBIDDEN"),
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "TRUSTED_DOCUMENTS_ONLY",
+        "{body}"
+    );
+    let (_, _, body) = post(&app, &owner, by_hash.clone()).await;
+    assert_eq!(body["data"]["me"]["email"], "owner@acme.example", "{body}");
+    // The registered text itself is a trusted document too.
+    let (_, _, body) = post(&app, &owner, json!({ "query": doc })).await;
+    assert_eq!(body["data"]["me"]["email"], "owner@acme.example", "{body}");
+    // Registering new documents is not a way around it (it is not a trusted document).
+    let sneak = app
+        .gql_as(
+            &owner,
+            REGISTER,
+            json!({ "i": { "document": "{ users { totalCount } }" } }),
+        )
+        .await;
+    assert_eq!(
+        sneak["errors"][0]["extensions"]["reason"], "TRUSTED_DOCUMENTS_ONLY",
+        "{sneak}"
+    );
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat(intervalSeconds: 1) { __typename } }" } }),
+    )
+    .await;
+    let msg = ws_next_json(&mut ws).await;
+    assert_eq!(msg["type"], "next", "{msg}");
+    assert_eq!(
+        msg["payload"]["errors"][0]["extensions"]["reason"], "TRUSTED_DOCUMENTS_ONLY",
+        "{msg}"
+    );
+    // Another tenant is not held to it.
+    let theirs = app.gql_as(&other, "{ me { id } }", json!({})).await;
+    assert!(theirs["errors"].is_null(), "{theirs}");
+    // The one way back stays open.
+    let off = app
+        .gql_as(
+            &owner,
+            SETTINGS,
+            json!({ "i": { "trustedDocumentsOnly": false } }),
+        )
+        .await;
+    assert_eq!(
+        off["data"]["updateTenantSettings"]["tenant"]["settings"]["trustedDocumentsOnly"], false,
+        "{off}"
+    );
+    let back = app.gql_as(&owner, "{ me { id } }", json!({})).await;
+    assert!(back["errors"].is_null(), "{back}");
+
+    // Deleted: its hash is unknown again.
+    let del = app
+        .gql_as(
+            &owner,
+            "mutation($i: DeleteTrustedDocumentInput!) { deleteTrustedDocument(input: $i) { deletedTrustedDocumentId } }",
+            json!({ "i": { "trustedDocumentId": registered["trustedDocument"]["id"] } }),
+        )
+        .await;
+    assert!(del["errors"].is_null(), "{del}");
+    let (_, _, body) = post(&app, &owner, by_hash).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "PERSISTED_QUERY_NOT_FOUND",
+        "{body}"
+    );
+    // Another tenant cannot delete what it cannot see.
+    let out = app
+        .gql_as(&owner, REGISTER, json!({ "i": { "document": doc } }))
+        .await;
+    let id = out["data"]["registerTrustedDocument"]["trustedDocument"]["id"].clone();
+    let del = app
+        .gql_as(
+            &other,
+            "mutation($i: DeleteTrustedDocumentInput!) { deleteTrustedDocument(input: $i) { deletedTrustedDocumentId } }",
+            json!({ "i": { "trustedDocumentId": id } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&del).as_deref(),
+        Some("NOT_FOUND"),
+        "{del}"
+    );
+}
