@@ -61,6 +61,8 @@ pub struct App {
     /// Refusals by `allowedIpRanges` recorded in the last minute (one record per
     /// principal and address).
     pub ip_denials: crate::auth::DenialLog,
+    /// Users whose `lastActiveAt` this process wrote lately.
+    pub activity: crate::auth::DenialLog,
 }
 
 impl App {
@@ -119,6 +121,7 @@ impl App {
                 &config.redis_key_prefix,
             )?),
             ip_denials: crate::auth::DenialLog::default(),
+            activity: crate::auth::DenialLog::default(),
             config,
         })
     }

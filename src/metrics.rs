@@ -213,6 +213,10 @@ fn describe() {
         "Requests refused by a rate limit, by limit."
     );
     describe_counter!(
+        "agentplane_notifications_total",
+        "Account messages sent to the notifier webhook, by kind and outcome (delivered, failed)."
+    );
+    describe_counter!(
         "agentplane_overload_rejections_total",
         "Requests answered 503 because every admission slot stayed busy."
     );
@@ -415,6 +419,11 @@ pub fn audit_verification_failed() {
 /// A credential or sign-in refused for `reason` (a fixed code such as `TOKEN_EXPIRED`).
 pub fn auth_failure(reason: &'static str) {
     counter!("agentplane_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// An account message of `kind` handed to the webhook: `delivered` or `failed`.
+pub fn notification(kind: &'static str, outcome: &'static str) {
+    counter!("agentplane_notifications_total", "kind" => kind, "outcome" => outcome).increment(1);
 }
 
 /// A request refused by rate limit `limit`.

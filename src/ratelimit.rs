@@ -110,8 +110,8 @@ struct Local {
 }
 
 /// GCRA on the Redis server's clock, in microseconds. ARGV: interval, capacity, units
-/// (negative: give back). Returns `{1, remaining, reset}` when taken, `{0, wait}` when
-/// refused.
+/// (negative: give back), force (1: take even past the capacity, a debt later requests
+/// wait out). Returns `{1, remaining, reset}` when taken, `{0, wait}` when refused.
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -122,7 +122,11 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new = tat + n * interval
 if new < now then new = now end
-if n > 0 and new - now > cap then return {0, new - now - cap} end
+if n > 0 and ARGV[4] ~= '1' and new - now > cap then return {0, new - now - cap} end
+if new - now > cap then
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+  return {1, 0, new - now}
+end
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
 return {1, math.floor((cap - (new - now)) / interval), new - now}
 ";
@@ -172,21 +176,41 @@ impl RateLimiter {
                 retry_after: Duration::MAX,
             });
         }
-        self.run(key, quota, i64::try_from(units).unwrap_or(i64::MAX))
+        self.run(key, quota, i64::try_from(units).unwrap_or(i64::MAX), false)
             .await
     }
 
-    /// Gives `units` back to `key`'s bucket (a charge that turned out too high); returns
-    /// what is left.
-    pub async fn give_back(&self, key: &str, quota: Quota, units: u64) -> Allowed {
-        if !quota.is_limited() || units == 0 {
+    /// Takes `units` of `key`'s bucket whether or not they fit (work already done that
+    /// cost more than was charged): past the bucket's size it is a debt that later takes
+    /// wait out. Returns what is left.
+    pub async fn take_anyway(&self, key: &str, quota: Quota, units: u64) -> Allowed {
+        if !quota.is_limited() {
             return Allowed {
                 remaining: u64::MAX,
                 reset: Duration::ZERO,
             };
         }
+        // Bounded so one answer cannot put a key in debt for more than ten buckets.
+        let units = units.min(quota.burst.saturating_mul(10));
+        let n = i64::try_from(units).unwrap_or(i64::MAX);
+        self.run(key, quota, n, true).await.unwrap_or(Allowed {
+            remaining: 0,
+            reset: Duration::ZERO,
+        })
+    }
+
+    /// Gives `units` back to `key`'s bucket (a charge that turned out too high); returns
+    /// what is left.
+    pub async fn give_back(&self, key: &str, quota: Quota, units: u64) -> Allowed {
+        if !quota.is_limited() {
+            return Allowed {
+                remaining: u64::MAX,
+                reset: Duration::ZERO,
+            };
+        }
+        // Zero units reads what is left.
         let n = -i64::try_from(units).unwrap_or(i64::MAX);
-        match self.run(key, quota, n).await {
+        match self.run(key, quota, n, false).await {
             Ok(a) => a,
             // Giving back is never refused.
             Err(_) => Allowed {
@@ -196,15 +220,15 @@ impl RateLimiter {
         }
     }
 
-    async fn run(&self, key: &str, quota: Quota, n: i64) -> Result<Allowed, Limited> {
+    async fn run(&self, key: &str, quota: Quota, n: i64, force: bool) -> Result<Allowed, Limited> {
         if let Some(shared) = &self.redis {
-            match Self::run_redis(shared, key, quota, n).await {
+            match Self::run_redis(shared, key, quota, n, force).await {
                 Ok(r) => return r,
                 // Redis does not answer: this process's buckets stand in.
                 Err(e) => tracing::debug!(error = %e, "rate limit falls back to this process"),
             }
         }
-        self.run_local(key, quota, n, Instant::now())
+        self.run_local(key, quota, n, force, Instant::now())
     }
 
     async fn run_redis(
@@ -212,6 +236,7 @@ impl RateLimiter {
         key: &str,
         quota: Quota,
         n: i64,
+        force: bool,
     ) -> redis::RedisResult<Result<Allowed, Limited>> {
         let mut guard = shared.conn.lock().await;
         if guard.is_none() {
@@ -236,6 +261,7 @@ impl RateLimiter {
             .arg(quota.interval_us())
             .arg(quota.capacity_us())
             .arg(n)
+            .arg(if force { 1 } else { 0 })
             .invoke_async(&mut conn)
             .await;
         let us =
@@ -255,7 +281,14 @@ impl RateLimiter {
         }
     }
 
-    fn run_local(&self, key: &str, quota: Quota, n: i64, now: Instant) -> Result<Allowed, Limited> {
+    fn run_local(
+        &self,
+        key: &str,
+        quota: Quota,
+        n: i64,
+        force: bool,
+        now: Instant,
+    ) -> Result<Allowed, Limited> {
         let interval = quota.interval_us();
         let cap = quota.capacity_us();
         let mut local = self
@@ -275,7 +308,7 @@ impl RateLimiter {
         } else {
             ahead.saturating_sub(step)
         };
-        if n > 0 && new > cap {
+        if n > 0 && !force && new > cap {
             return Err(Limited {
                 retry_after: Duration::from_micros(new - cap),
             });
@@ -308,20 +341,22 @@ mod tests {
         let t0 = Instant::now();
         let remaining: Vec<u64> = (0..3)
             .map(|_| {
-                l.run_local("k", q, 1, t0)
+                l.run_local("k", q, 1, false, t0)
                     .expect("within the burst")
                     .remaining
             })
             .collect();
         assert_eq!(remaining, [2, 1, 0]);
-        let refused = l.run_local("k", q, 1, t0).expect_err("over the burst");
+        let refused = l
+            .run_local("k", q, 1, false, t0)
+            .expect_err("over the burst");
         assert!(refused.retry_after <= Duration::from_secs(1), "{refused:?}");
         // Another key has its own budget.
-        assert!(l.run_local("other", q, 1, t0).is_ok());
+        assert!(l.run_local("other", q, 1, false, t0).is_ok());
         // One interval later, one more request fits.
         let t1 = t0 + Duration::from_millis(1000);
-        assert!(l.run_local("k", q, 1, t1).is_ok());
-        assert!(l.run_local("k", q, 1, t1).is_err());
+        assert!(l.run_local("k", q, 1, false, t1).is_ok());
+        assert!(l.run_local("k", q, 1, false, t1).is_err());
     }
 
     #[test]
@@ -329,14 +364,22 @@ mod tests {
         let l = limiter();
         let q = Quota::budget(1_000);
         let t0 = Instant::now();
-        let a = l.run_local("c", q, 600, t0).expect("fits");
+        let a = l.run_local("c", q, 600, false, t0).expect("fits");
         assert_eq!(a.remaining, 400);
-        assert!(l.run_local("c", q, 500, t0).is_err(), "400 left");
-        let a = l.run_local("c", q, -300, t0).expect("giving back");
+        assert!(l.run_local("c", q, 500, false, t0).is_err(), "400 left");
+        let a = l.run_local("c", q, -300, false, t0).expect("giving back");
         assert_eq!(a.remaining, 700);
-        assert!(l.run_local("c", q, 700, t0).is_ok());
+        assert!(l.run_local("c", q, 700, false, t0).is_ok());
         // Giving back never goes below an empty bucket.
-        let a = l.run_local("c", q, -5_000, t0).expect("giving back");
+        let a = l.run_local("c", q, -5_000, false, t0).expect("giving back");
         assert_eq!(a.remaining, 1_000);
+        // Work that cost more than its charge: a debt later takes wait out.
+        let a = l.run_local("c", q, 1_500, true, t0).expect("taken anyway");
+        assert_eq!(a.remaining, 0);
+        let refused = l.run_local("c", q, 1, false, t0).expect_err("in debt");
+        assert!(
+            refused.retry_after >= Duration::from_secs(29),
+            "{refused:?}"
+        );
     }
 }

@@ -25,8 +25,9 @@ use crate::db::DbPool;
 use crate::db::ids::TenantId;
 use crate::db::ids::{db_time, utc};
 use crate::db::schema::{
-    api_keys, audit_actors, audit_heads, audit_log, login_attempts, mfa_challenges, mfa_factors,
-    mfa_recovery_codes, password_tokens, refresh_tokens, sessions, team_members, teams, users,
+    api_keys, audit_actors, audit_heads, audit_log, email_changes, login_attempts, mfa_challenges,
+    mfa_factors, mfa_recovery_codes, password_tokens, refresh_tokens, sessions, team_members,
+    teams, users,
 };
 use crate::error::{AppError, AppResult};
 use crate::graphql::relay::{NodeKind, to_global_id};
@@ -149,6 +150,7 @@ pub async fn user_document(
             "role": user.role,
             "status": user.status,
             "lastLoginAt": t(user.last_login_at),
+            "lastActiveAt": t(user.last_active_at),
             "createdAt": t(Some(user.created_at)),
             "updatedAt": t(Some(user.updated_at)),
         },
@@ -245,6 +247,7 @@ pub async fn erase(
                 users::password_hash.eq(None::<String>),
                 users::status.eq(UserStatus::Erased),
                 users::last_login_at.eq(None::<NaiveDateTime>),
+                users::last_active_at.eq(None::<NaiveDateTime>),
                 users::updated_at.eq(now),
             ))
             .execute(&mut *conn)
@@ -278,6 +281,10 @@ pub async fn erase(
             .execute(&mut *conn)
             .await?;
             diesel::delete(password_tokens::table.filter(password_tokens::user_id.eq(&uid)))
+                .execute(&mut *conn)
+                .await?;
+            // A pending e-mail change holds the address asked for.
+            diesel::delete(email_changes::table.filter(email_changes::user_id.eq(&uid)))
                 .execute(&mut *conn)
                 .await?;
             // The second factor goes with the person: secret, recovery codes, challenges.
@@ -429,6 +436,7 @@ pub async fn erase_user(
     user.password_hash = None;
     user.status = UserStatus::Erased;
     user.last_login_at = None;
+    user.last_active_at = None;
     user.updated_at = now;
     Ok((user, done))
 }

@@ -76,27 +76,36 @@ impl Refusal {
                 "expensive operations (starting executions, exports, reports) in your \
                  organization"
             }
-            Budget::QueryCost => "GraphQL query cost in your organization",
+            Budget::QueryCost => {
+                "GraphQL query cost spent (by your organization, or by your address when \
+                 signed out)"
+            }
         };
         crate::metrics::rate_limited(self.budget.name());
-        AppError::new(
-            ErrorCode::RateLimited,
-            format!(
+        let message = match self.budget {
+            Budget::QueryCost => format!(
+                "too much {whose}: at most {} a minute; try again in {secs} s, or ask for \
+                 fewer items and fields",
+                self.quota.per_minute
+            ),
+            _ => format!(
                 "too many {whose}: at most {} a minute (bursts of {}); try again in {secs} s",
                 self.quota.per_minute, self.quota.burst
             ),
-        )
-        .with_detail("retryAfterSeconds", secs)
-        .with_detail("limit", self.budget.name())
+        };
+        AppError::new(ErrorCode::RateLimited, message)
+            .with_detail("retryAfterSeconds", secs)
+            .with_detail("limit", self.budget.name())
     }
 }
 
-/// Counts one request: the caller's own budget, then its tenant's. Anonymous callers
-/// are counted per client address.
+/// Counts `operations` requests (a batch counts each of its operations): the caller's
+/// own budget, then its tenant's. Anonymous callers are counted per client address.
 pub async fn check_request(
     app: &App,
     principal: Option<&Principal>,
     client_ip: std::net::IpAddr,
+    operations: u64,
 ) -> Result<Headroom, Refusal> {
     let limiter = &app.rate_limiter;
     let own = limiter.quota();
@@ -104,8 +113,9 @@ pub async fn check_request(
         Some(p) => format!("p:{}:{}", p.tenant_id, p.actor_ref()),
         None => format!("ip:{client_ip}"),
     };
+    let units = operations.max(1);
     let mine = limiter
-        .take(&own_key, own, 1)
+        .take(&own_key, own, units)
         .await
         .map_err(|limited| Refusal {
             budget: Budget::Principal,
@@ -117,7 +127,7 @@ pub async fn check_request(
         let quota = Quota::per_minute(p.limits.requests_per_minute);
         if quota.is_limited() {
             let theirs = limiter
-                .take(&format!("t:{}", p.tenant_id), quota, 1)
+                .take(&format!("t:{}", p.tenant_id), quota, units)
                 .await
                 .map_err(|limited| Refusal {
                     budget: Budget::Tenant,
@@ -148,30 +158,54 @@ pub async fn check_expensive(app: &App, principal: &Principal) -> Result<(), App
         })
 }
 
-/// The tenant's GraphQL query-cost budget.
-pub fn cost_quota(principal: &Principal) -> Quota {
-    Quota::budget(principal.limits.query_cost_per_minute)
+/// Whose query-cost budget an operation spends: the caller's tenant's, or for callers
+/// without credentials their address's (`AGENTPLANE_ANONYMOUS_QUERY_COST_PER_MINUTE`).
+#[derive(Debug, Clone)]
+pub struct CostPayer {
+    key: String,
+    /// The budget.
+    pub quota: Quota,
 }
 
-/// Charges `cost` to the caller's tenant's query-cost budget.
-pub async fn charge_cost(app: &App, principal: &Principal, cost: u64) -> Result<Allowed, AppError> {
-    let quota = cost_quota(principal);
-    if quota.is_limited() && cost > quota.burst {
-        crate::metrics::rate_limited(Budget::QueryCost.name());
-        return Err(AppError::new(
-            ErrorCode::RateLimited,
+/// The payer of an operation by `principal` (or, without one, from `client_ip`); `None`
+/// when no budget applies.
+pub fn cost_payer(
+    app: &App,
+    principal: Option<&Principal>,
+    client_ip: Option<std::net::IpAddr>,
+) -> Option<CostPayer> {
+    let payer = match (principal, client_ip) {
+        (Some(p), _) => CostPayer {
+            key: format!("c:{}", p.tenant_id),
+            quota: Quota::budget(p.limits.query_cost_per_minute),
+        },
+        (None, Some(ip)) => CostPayer {
+            key: format!("ca:{ip}"),
+            quota: Quota::budget(app.config.graphql.anonymous_query_cost_per_minute),
+        },
+        (None, None) => return None,
+    };
+    payer.quota.is_limited().then_some(payer)
+}
+
+/// Charges an operation's requested `cost` before it runs.
+pub async fn charge_cost(app: &App, payer: &CostPayer, cost: u64) -> Result<Allowed, AppError> {
+    let quota = payer.quota;
+    if cost > quota.burst {
+        // Never fits, however long the caller waits: an input problem, not a rate.
+        return Err(AppError::bad_input(
+            "query",
             format!(
-                "this operation's cost ({cost}) is more than your organization's whole \
-                 query-cost budget ({} a minute): ask for fewer items (smaller `first`) \
-                 or fewer fields",
+                "this operation's cost ({cost}) is more than the whole query-cost budget \
+                 ({} a minute): ask for fewer items (smaller `first`) or fewer fields",
                 quota.per_minute
             ),
         )
-        .with_detail("limit", Budget::QueryCost.name())
-        .with_detail("reason", "COST_OVER_BUDGET"));
+        .with_detail("reason", "COST_OVER_BUDGET")
+        .with_detail("limit", Budget::QueryCost.name()));
     }
     app.rate_limiter
-        .take(&format!("c:{}", principal.tenant_id), quota, cost)
+        .take(&payer.key, quota, cost)
         .await
         .map_err(|limited| {
             Refusal {
@@ -183,15 +217,19 @@ pub async fn charge_cost(app: &App, principal: &Principal, cost: u64) -> Result<
         })
 }
 
-/// Gives `unused` cost back to the caller's tenant's budget; returns what is left.
-pub async fn refund_cost(app: &App, principal: &Principal, unused: u64) -> Allowed {
-    app.rate_limiter
-        .give_back(
-            &format!("c:{}", principal.tenant_id),
-            cost_quota(principal),
-            unused,
-        )
-        .await
+/// Settles an operation that was charged `charged` and whose result cost `actual`:
+/// gives back what it did not use, or takes the overrun (a list longer than its static
+/// cost assumed) whether or not it fits. Returns what is left.
+pub async fn settle_cost(app: &App, payer: &CostPayer, charged: u64, actual: u64) -> Allowed {
+    if actual < charged {
+        app.rate_limiter
+            .give_back(&payer.key, payer.quota, charged - actual)
+            .await
+    } else {
+        app.rate_limiter
+            .take_anyway(&payer.key, payer.quota, actual - charged)
+            .await
+    }
 }
 
 impl Headroom {

@@ -8,6 +8,7 @@ pub mod jwt;
 pub mod limits;
 pub mod mfa_store;
 pub mod model;
+pub mod notify;
 pub mod passwords;
 pub mod service;
 pub mod store;
@@ -232,17 +233,48 @@ pub async fn record_ip_denial(app: &App, origin: &crate::audit::Origin, ip: std:
     }
 }
 
-/// Remembers which (principal, address) refusals were recorded in the last minute.
+/// Remembers which keys were seen lately: (principal, address) refusals recorded in the
+/// last minute, users whose activity was written in the last few minutes.
 #[derive(Default)]
 pub struct DenialLog(std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>);
+
+/// How often a user's `lastActiveAt` is written at most (per process).
+pub const ACTIVITY_EVERY: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Notes that `p` made a request: a user's `lastActiveAt` is written at most every
+/// [`ACTIVITY_EVERY`], in the background, off the request's path.
+pub fn note_activity(app: &std::sync::Arc<App>, p: &Principal) {
+    let Some(user) = p.user_id() else {
+        return;
+    };
+    let now = app.clock.now();
+    if !app
+        .activity
+        .first_within(&user.to_string(), now, ACTIVITY_EVERY)
+    {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        let since = crate::db::ids::db_time(now - ACTIVITY_EVERY);
+        let at = crate::db::ids::db_time(now);
+        if let Err(e) = crate::tenancy::store::touch_last_active(&app.db, user, at, since).await {
+            tracing::debug!(error = ?e, "could not record a user's activity");
+        }
+    });
+}
 
 impl DenialLog {
     /// `true` when `key` was not recorded in the last minute (and remembers it now).
     pub fn first(&self, key: &str, now: DateTime<Utc>) -> bool {
+        self.first_within(key, now, chrono::Duration::seconds(60))
+    }
+
+    /// `true` when `key` was not recorded in the last `window` (and remembers it now).
+    pub fn first_within(&self, key: &str, now: DateTime<Utc>, window: chrono::Duration) -> bool {
         let Ok(mut seen) = self.0.lock() else {
             return true;
         };
-        let window = chrono::Duration::seconds(60);
         if seen.len() > 10_000 {
             seen.retain(|_, at| now - *at < window);
         }

@@ -122,4 +122,8 @@ pub struct PasswordTokenRow {
     pub expires_at: NaiveDateTime,
     /// When used.
     pub used_at: Option<NaiveDateTime>,
+    /// `SET` (an invitation, 7 days) or `RESET` (a self-service reset, 1 hour).
+    pub purpose: String,
+    /// When issued (unknown for tokens issued before this was recorded).
+    pub created_at: Option<NaiveDateTime>,
 }

@@ -15,6 +15,23 @@ pub enum JwtAlgorithm {
     Hs256,
 }
 
+/// Where account messages (password-reset and e-mail-change tokens) go.
+#[derive(Debug, Clone)]
+pub enum Notifier {
+    /// Written to the server log (development: read the token from the log).
+    Log,
+    /// POSTed as JSON to a webhook that delivers them (production: an e-mail or chat
+    /// service), signed with HMAC-SHA256 (`X-Agentplane-Signature`).
+    Webhook {
+        /// Where to POST.
+        url: String,
+        /// The signing key (at least 32 bytes).
+        secret: SecretString,
+    },
+    /// Not sent: self-service resets and e-mail changes are then unavailable.
+    Off,
+}
+
 /// Authentication settings.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -53,6 +70,8 @@ pub struct AuthConfig {
     /// Whether platform admins may act from addresses outside their own (the system
     /// tenant's) `allowedIpRanges`: a break-glass setting, off unless set.
     pub platform_admins_bypass_ip_allowlist: bool,
+    /// Where password-reset and e-mail-change tokens are sent.
+    pub notifier: Notifier,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +92,8 @@ pub(super) struct FileAuth {
     pub(super) principal_cache_secs: Option<toml::Value>,
     pub(super) principal_cache_entries: Option<toml::Value>,
     pub(super) platform_admins_bypass_ip_allowlist: Option<toml::Value>,
+    pub(super) notifier: Option<String>,
+    pub(super) notifier_webhook_url: Option<String>,
 }
 
 /// Reads the section from its layers.
@@ -163,6 +184,63 @@ pub(super) fn load(
             &format!("seconds between 1 and {max}"),
         )
         .map(Duration::from_secs)
+    };
+    let notifier = match layers.pick("AGENTPLANE_NOTIFIER", "auth.notifier", file.notifier) {
+        None => Notifier::Log,
+        Some(raw) => match raw.value.trim() {
+            "log" => Notifier::Log,
+            "off" | "none" => Notifier::Off,
+            "webhook" => {
+                let url = layers
+                    .pick(
+                        "AGENTPLANE_NOTIFIER_WEBHOOK_URL",
+                        "auth.notifier_webhook_url",
+                        file.notifier_webhook_url,
+                    )
+                    .ok_or_else(|| {
+                        err(
+                            "AGENTPLANE_NOTIFIER_WEBHOOK_URL",
+                            "AGENTPLANE_NOTIFIER=webhook needs a URL to POST to",
+                            "an http:// or https:// URL",
+                        )
+                    })?;
+                let parsed = url::Url::parse(url.value.trim()).map_err(|e| {
+                    err(
+                        &url.key,
+                        format!("not a URL ({e})"),
+                        "an http:// or https:// URL",
+                    )
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(err(
+                        &url.key,
+                        "only http and https are supported",
+                        "an http:// or https:// URL",
+                    ));
+                }
+                let secret = match (env)("AGENTPLANE_NOTIFIER_WEBHOOK_SECRET") {
+                    Some(s) if s.len() >= 32 => SecretString::from(s),
+                    _ => {
+                        return Err(err(
+                            "AGENTPLANE_NOTIFIER_WEBHOOK_SECRET",
+                            "the webhook's signing key is missing or shorter than 32 bytes",
+                            "a random secret of at least 32 bytes (openssl rand -hex 32)",
+                        ));
+                    }
+                };
+                Notifier::Webhook {
+                    url: parsed.to_string(),
+                    secret,
+                }
+            }
+            other => {
+                return Err(err(
+                    &raw.key,
+                    format!("unknown notifier {other:?}"),
+                    "log, webhook or off",
+                ));
+            }
+        },
     };
     let auth = AuthConfig {
         issuer: layers
@@ -285,6 +363,7 @@ pub(super) fn load(
             ),
             false,
         )?,
+        notifier,
     };
 
     Ok(auth)

@@ -47,6 +47,9 @@ pub struct GraphqlConfig {
     /// Whether validation errors to callers without credentials suggest names ("Did you
     /// mean …?"); signed-in callers always get suggestions.
     pub anonymous_suggestions: bool,
+    /// Query cost a client address without credentials may spend a minute (0: no
+    /// limit); signed-in callers spend their tenant's budget.
+    pub anonymous_query_cost_per_minute: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +61,7 @@ pub(super) struct FileGraphql {
     pub(super) max_fragments: Option<toml::Value>,
     pub(super) max_spreads: Option<toml::Value>,
     pub(super) max_batch: Option<toml::Value>,
+    pub(super) anonymous_query_cost_per_minute: Option<toml::Value>,
     pub(super) introspection: Option<toml::Value>,
     /// Before `introspection`: `false` meant `authenticated`.
     pub(super) anonymous_introspection: Option<toml::Value>,
@@ -77,6 +81,17 @@ pub(super) fn load(layers: &Layers<'_>, file: FileGraphql) -> Result<GraphqlConf
             2,
             64,
             "a depth between 2 and 64",
+        )?,
+        anonymous_query_cost_per_minute: parse_num(
+            layers.pick(
+                "AGENTPLANE_ANONYMOUS_QUERY_COST_PER_MINUTE",
+                "graphql.anonymous_query_cost_per_minute",
+                toml_scalar(file.anonymous_query_cost_per_minute),
+            ),
+            100_000u64,
+            0,
+            60_000_000,
+            "a cost a minute between 0 (no limit) and 60000000",
         )?,
         max_complexity: parse_num(
             layers.pick(

@@ -21,7 +21,7 @@ mod layers;
 mod websocket;
 
 use auth::FileAuth;
-pub use auth::{AuthConfig, JwtAlgorithm};
+pub use auth::{AuthConfig, JwtAlgorithm, Notifier};
 use cluster::FileCluster;
 pub use cluster::{ClusterConfig, parse_fake_gpus};
 pub use engine::EngineConfig;

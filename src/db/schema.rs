@@ -50,6 +50,7 @@ diesel::table! {
         status -> Text,
         password_hash -> Nullable<Text>,
         last_login_at -> Nullable<Timestamp>,
+        last_active_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }
@@ -182,6 +183,20 @@ diesel::table! {
     password_tokens (token_hash) {
         token_hash -> Text,
         user_id -> Text,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        purpose -> Text,
+        created_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    email_changes (token_hash) {
+        token_hash -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        new_email -> Text,
+        created_at -> Timestamp,
         expires_at -> Timestamp,
         used_at -> Nullable<Timestamp>,
     }
@@ -470,6 +485,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     login_attempts,
     password_tokens,
+    email_changes,
     mfa_factors,
     mfa_recovery_codes,
     mfa_challenges,

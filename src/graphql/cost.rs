@@ -1,10 +1,13 @@
 //! Query cost: what an operation may cost (its requested cost, the complexity
 //! async-graphql computes when it validates it: one per field, connections times the
 //! page they ask for) and what it did cost (its actual cost: the fields its result
-//! holds). Each tenant has a budget a minute (`queryCostPerMinute`, by plan): an
-//! operation is charged its requested cost before it runs (over budget: `RATE_LIMITED`,
-//! `extensions.limit: query_cost_per_tenant`), and what it did not use is given back
-//! after. Every query and mutation response carries
+//! holds). Each tenant has a budget a minute (`queryCostPerMinute`, by plan), and each
+//! client address without credentials one too
+//! (`AGENTPLANE_ANONYMOUS_QUERY_COST_PER_MINUTE`): an operation is charged its requested
+//! cost before it runs (over budget: `RATE_LIMITED`, `extensions.limit:
+//! query_cost_per_tenant`), and settled after: what it did not use is given back, what
+//! it used beyond (lists longer than the static cost assumed, introspection) is taken,
+//! as a debt if need be. Every query and mutation response carries
 //! `extensions.cost { requestedQueryCost actualQueryCost budget { perMinute remaining } }`.
 
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use async_graphql::{Name, Response, ServerError, ValidationResult, Value};
 
 use crate::app::App;
 use crate::auth::Principal;
+use crate::auth::limits::{CostPayer, cost_payer};
+use crate::request::ClientInfo;
 
 /// The query-cost extension.
 pub struct QueryCost;
@@ -33,8 +38,16 @@ struct Cost {
     requested: AtomicU64,
     /// Whether `requested` was charged to a budget.
     charged: AtomicBool,
-    /// What the budget had left after the charge.
-    remaining: AtomicU64,
+}
+
+fn payer(ctx: &ExtensionContext<'_>) -> Option<(Arc<App>, CostPayer)> {
+    let app = ctx.data_opt::<Arc<App>>()?;
+    let payer = cost_payer(
+        app,
+        ctx.data_opt::<Principal>(),
+        ctx.data_opt::<ClientInfo>().map(|c| c.ip),
+    )?;
+    Some((app.clone(), payer))
 }
 
 /// Fields in a result: every entry of every object, lists summed.
@@ -56,18 +69,10 @@ impl Extension for Cost {
         let result = next.run(ctx).await?;
         let requested = u64::try_from(result.complexity).unwrap_or(u64::MAX);
         self.requested.store(requested, Ordering::Relaxed);
-        if let (Some(app), Some(p)) = (ctx.data_opt::<Arc<App>>(), ctx.data_opt::<Principal>())
-            && crate::auth::limits::cost_quota(p).is_limited()
-        {
-            match crate::auth::limits::charge_cost(app, p, requested).await {
-                Ok(left) => {
-                    self.remaining.store(left.remaining, Ordering::Relaxed);
-                    self.charged.store(true, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    let e: async_graphql::Error = e.into();
-                    return Err(vec![e.into_server_error(async_graphql::Pos::default())]);
-                }
+        if let Some((app, payer)) = payer(ctx) {
+            match crate::auth::limits::charge_cost(&app, &payer, requested).await {
+                Ok(_) => self.charged.store(true, Ordering::Relaxed),
+                Err(e) => return Err(vec![crate::graphql::errors::unplaced(e)]),
             }
         }
         Ok(result)
@@ -84,17 +89,12 @@ impl Extension for Cost {
         let actual = fields(&resp.data);
         let mut budget = Value::Null;
         if self.charged.load(Ordering::Relaxed)
-            && let (Some(app), Some(p)) = (ctx.data_opt::<Arc<App>>(), ctx.data_opt::<Principal>())
+            && let Some((app, payer)) = payer(ctx)
         {
-            let mut remaining = self.remaining.load(Ordering::Relaxed);
-            if actual < requested {
-                remaining = crate::auth::limits::refund_cost(app, p, requested - actual)
-                    .await
-                    .remaining;
-            }
+            let left = crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
             budget = Value::from_json(serde_json::json!({
-                "perMinute": crate::auth::limits::cost_quota(p).per_minute,
-                "remaining": remaining,
+                "perMinute": payer.quota.per_minute,
+                "remaining": left.remaining,
             }))
             .unwrap_or(Value::Null);
         }

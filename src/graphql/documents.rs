@@ -2,9 +2,11 @@
 //! document by hash (`extensions.persistedQuery.sha256Hash`, the Apollo convention) gets
 //! the registered text of the caller's tenant; a tenant with `trustedDocumentsOnly`
 //! runs registered documents and nothing else (`FORBIDDEN`, reason
-//! `TRUSTED_DOCUMENTS_ONLY`). One document stays open to such a tenant whatever it
-//! registered, so it can always switch the mode off: a mutation that selects only
-//! `updateTenantSettings` (which needs `tenant.update`).
+//! `TRUSTED_DOCUMENTS_ONLY`). Some mutations stay open to such a tenant whatever it
+//! registered: signing in, refreshing and out (they read no data), switching the mode
+//! off (`updateTenantSettings`) and managing the registered documents
+//! (`registerTrustedDocument`, `deleteTrustedDocument`) — the last three need
+//! `tenant.update`, which can switch the mode off anyway.
 
 use async_graphql::Request;
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
@@ -15,7 +17,15 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::tenancy::documents::{digest, find_by_hash, is_digest};
 
 /// Root mutation fields a tenant in trusted-documents-only mode may always call.
-const ALWAYS_ALLOWED: [&str; 2] = ["updateTenantSettings", "__typename"];
+const ALWAYS_ALLOWED: [&str; 7] = [
+    "login",
+    "refreshSession",
+    "logout",
+    "updateTenantSettings",
+    "registerTrustedDocument",
+    "deleteTrustedDocument",
+    "__typename",
+];
 
 /// The hash a request names, if it names one; `BAD_USER_INPUT` when the extension is
 /// malformed.
@@ -51,8 +61,10 @@ fn not_registered() -> AppError {
 fn trusted_only() -> AppError {
     AppError::new(
         ErrorCode::Forbidden,
-        "your organization runs trusted documents only: register this document with \
-         registerTrustedDocument and send its extensions.persistedQuery.sha256Hash",
+        "your organization runs trusted documents only: an owner registers this document \
+         (registerTrustedDocument) and clients send its extensions.persistedQuery.sha256Hash; \
+         or an owner switches the mode off (updateTenantSettings(input: \
+         {trustedDocumentsOnly: false}))",
     )
     .with_detail("reason", "TRUSTED_DOCUMENTS_ONLY")
 }
@@ -136,7 +148,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_settings_mutation_is_always_allowed() {
+    fn only_credential_and_document_management_mutations_are_always_allowed() {
+        assert!(always_allowed(
+            "mutation { registerTrustedDocument(input: {document: \"{ me { id } }\"}) { created } }"
+        ));
+        assert!(always_allowed("mutation { logout { ok } }"));
+        assert!(!always_allowed(
+            "mutation { updateTenantSettings: createTeam(input: {name: \"x\"}) { team { id } } }"
+        ));
         assert!(always_allowed(
             "mutation { updateTenantSettings(input: {trustedDocumentsOnly: false}) { tenant { id } } }"
         ));

@@ -18,6 +18,15 @@ impl From<AppError> for async_graphql::Error {
     }
 }
 
+/// A request-level error that belongs to no place in the document (a refusal before
+/// execution): no `locations`, rather than a made-up line 0, column 0.
+pub fn unplaced(e: AppError) -> async_graphql::ServerError {
+    let e: async_graphql::Error = e.into();
+    let mut s = e.into_server_error(async_graphql::Pos::default());
+    s.locations.clear();
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,17 @@ impl DocumentLimits {
                 "maxDepth",
             ));
         }
+        let (schemas, types) = introspection_fields(doc);
+        if schemas > 1 || types > MAX_TYPE_LOOKUPS {
+            return Err((
+                format!(
+                    "the document introspects {schemas} times with __schema and {types} times \
+                     with __type; at most once with __schema and {MAX_TYPE_LOOKUPS} times with \
+                     __type are accepted (one __schema answers everything)"
+                ),
+                "introspection",
+            ));
+        }
         if m.selections > self.max_selections {
             return Err((
                 format!(
@@ -203,6 +214,38 @@ impl DocumentLimits {
         }
         Ok(())
     }
+}
+
+/// Most `__type` lookups in one document.
+pub const MAX_TYPE_LOOKUPS: usize = 10;
+
+/// `__schema` and `__type` fields written in `doc` (each alias is one more answer of the
+/// whole type system, so the count as written is what bounds the answer's size).
+fn introspection_fields(doc: &ExecutableDocument) -> (usize, usize) {
+    fn walk(set: &SelectionSet, out: &mut (usize, usize)) {
+        for s in &set.items {
+            match &s.node {
+                Selection::Field(f) => {
+                    match f.node.name.node.as_str() {
+                        "__schema" => out.0 += 1,
+                        "__type" => out.1 += 1,
+                        _ => {}
+                    }
+                    walk(&f.node.selection_set.node, out);
+                }
+                Selection::InlineFragment(i) => walk(&i.node.selection_set.node, out),
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    let mut out = (0, 0);
+    for f in doc.fragments.values() {
+        walk(&f.node.selection_set.node, &mut out);
+    }
+    for (_, op) in doc.operations.iter() {
+        walk(&op.node.selection_set.node, &mut out);
+    }
+    out
 }
 
 impl DocumentLimits {

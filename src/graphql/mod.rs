@@ -104,8 +104,10 @@ fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
     )
     .limit_complexity(complexity)
     .extension(document_limits)
-    .extension(limits::BatchBudget)
+    // The cost extension wraps the batch budget: an operation the batch budget refuses
+    // is never charged.
     .extension(cost::QueryCost)
+    .extension(limits::BatchBudget)
     .extension(extensions::OperationLog);
     if !suggestions {
         builder = builder.disable_suggestions();

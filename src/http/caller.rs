@@ -221,6 +221,7 @@ async fn resolve(
             {
                 return Err(refusal(e, &request_id));
             }
+            crate::auth::note_activity(&state.app, &principal);
             Ok((
                 Caller {
                     principal: Some(principal),
@@ -232,6 +233,13 @@ async fn resolve(
             ))
         }
         Err(e) if e.code() == crate::error::ErrorCode::Unauthenticated => {
+            // Refused credentials count against the address's budget, so guessing keys
+            // or replaying dead tokens is as limited as any anonymous request.
+            if let Err(refusal) =
+                crate::auth::limits::check_request(&state.app, None, client.ip, 1).await
+            {
+                return Err(super::graphql::rate_limited(&refusal, &request_id.0));
+            }
             Ok((anonymous(client, request_id), Some(e)))
         }
         Err(e) => Err(refusal(e, &request_id)),

@@ -121,7 +121,7 @@ async fn run(
         .ok_or_else(|| AppError::not_found("tenant"))?;
     crate::tenancy::features::require(&tenant, crate::tenancy::features::Feature::AuditExport)?;
     let q = params(uri)?;
-    crate::auth::limits::check_request(app, Some(p), client.ip)
+    crate::auth::limits::check_request(app, Some(p), client.ip, 1)
         .await
         .map_err(|refusal| refusal.error())?;
     crate::auth::limits::check_expensive(app, p).await?;

@@ -236,11 +236,22 @@ async fn execute(
     let media_graphql = wants_graphql_response_json(headers);
     // Per principal (anonymous callers: per address) and per tenant, shared across
     // replicas.
-    let headroom =
-        match crate::auth::limits::check_request(&state.app, principal.as_ref(), client.ip).await {
-            Ok(h) => h,
-            Err(refusal) => return rate_limited(&refusal, &request_id.0),
-        };
+    // A batch counts each of its operations.
+    let operations = match &batch {
+        BatchRequest::Single(_) => 1,
+        BatchRequest::Batch(rs) => u64::try_from(rs.len()).unwrap_or(u64::MAX),
+    };
+    let headroom = match crate::auth::limits::check_request(
+        &state.app,
+        principal.as_ref(),
+        client.ip,
+        operations,
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(refusal) => return rate_limited(&refusal, &request_id.0),
+    };
     let limits = &state.app.config.graphql;
     if let BatchRequest::Batch(rs) = &batch {
         if rs.len() > limits.max_batch {
@@ -305,9 +316,8 @@ async fn execute(
             let r = match crate::graphql::documents::resolve(&state.app, principal, r).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let e: async_graphql::Error = e.into();
                     return async_graphql::Response::from_errors(vec![
-                        e.into_server_error(async_graphql::Pos::default()),
+                        crate::graphql::errors::unplaced(e),
                     ]);
                 }
             };
@@ -330,7 +340,14 @@ async fn execute(
 
 /// Root fields a client may call with a stale `Authorization` header: they exist to get
 /// a new credential, so a refused one is ignored for them (the request runs anonymous).
-const CREDENTIAL_FREE: [&str; 4] = ["login", "refreshSession", "setPassword", "__typename"];
+const CREDENTIAL_FREE: [&str; 6] = [
+    "login",
+    "refreshSession",
+    "setPassword",
+    "requestPasswordReset",
+    "confirmEmailChange",
+    "__typename",
+];
 
 /// Whether every operation of `batch` is a mutation that only selects
 /// [`CREDENTIAL_FREE`] root fields.
@@ -452,6 +469,24 @@ pub async fn get_handler(
                 &request_id.0,
             );
         }
+    };
+    // A persisted document sent by hash is looked up first: what it would run decides
+    // whether GET may run it.
+    let req = if req.query.is_empty() && req.extensions.contains_key("persistedQuery") {
+        match crate::graphql::documents::resolve(&state.app, caller.principal.as_ref(), req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return respond(
+                    BatchResponse::Single(async_graphql::Response::from_errors(vec![
+                        crate::graphql::errors::unplaced(e),
+                    ])),
+                    wants_graphql_response_json(&headers),
+                    &request_id.0,
+                );
+            }
+        }
+    } else {
+        req
     };
     if matches!(
         operation_type(&req),

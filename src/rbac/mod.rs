@@ -208,6 +208,8 @@ pub const PUBLIC_FIELDS: &[&str] = &[
     "refreshSession",
     "setPassword",
     "verifyMfa",
+    "requestPasswordReset",
+    "confirmEmailChange",
 ];
 
 /// Root fields any signed-in principal may call (they act on the caller's own identity, or
@@ -225,6 +227,7 @@ pub const SELF_FIELDS: &[&str] = &[
     "disableTotp",
     "regenerateRecoveryCodes",
     "updateUser",
+    "requestEmailChange",
 ];
 
 /// The only fields a principal signed in without the second factor its tenant requires

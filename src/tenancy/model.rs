@@ -115,6 +115,8 @@ pub struct UserRow {
     pub password_hash: Option<String>,
     /// Last successful sign-in.
     pub last_login_at: Option<NaiveDateTime>,
+    /// Last request with the user's credentials (written at most every 5 minutes).
+    pub last_active_at: Option<NaiveDateTime>,
     /// Creation time.
     pub created_at: NaiveDateTime,
     /// Last change.
@@ -249,6 +251,7 @@ pub fn new_user_row(
         status: UserStatus::Active,
         password_hash: None,
         last_login_at: None,
+        last_active_at: None,
         created_at: now,
         updated_at: now,
     })

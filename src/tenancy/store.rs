@@ -423,6 +423,50 @@ pub async fn set_password(
     }))
 }
 
+/// Changes a user's e-mail address (a taken address is `CONFLICT`).
+pub async fn set_email(
+    conn: &mut Conn<'_>,
+    tenant: TenantId,
+    id: UserId,
+    email: &str,
+    now: NaiveDateTime,
+) -> AppResult<()> {
+    crate::on_conn!(conn, |conn| {
+        diesel::update(
+            users::table
+                .filter(users::tenant_id.eq(tenant))
+                .filter(users::id.eq(id)),
+        )
+        .set((users::email.eq(email), users::updated_at.eq(now)))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Records that a user was active at `now`, when the stored time is older than `since`
+/// (one statement; a no-op when another request already wrote it).
+pub async fn touch_last_active(
+    db: &DbPool,
+    id: UserId,
+    now: NaiveDateTime,
+    since: NaiveDateTime,
+) -> AppResult<()> {
+    crate::db_run!(db, |conn| {
+        diesel::update(
+            users::table.filter(users::id.eq(id)).filter(
+                users::last_active_at
+                    .is_null()
+                    .or(users::last_active_at.lt(since)),
+            ),
+        )
+        .set(users::last_active_at.eq(Some(now)))
+        .execute(conn)
+        .await?;
+    });
+    Ok(())
+}
+
 /// Records a successful sign-in.
 pub async fn touch_last_login(db: &DbPool, id: UserId, now: NaiveDateTime) -> AppResult<()> {
     crate::db_run!(db, |conn| {

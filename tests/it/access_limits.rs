@@ -232,18 +232,71 @@ async fn query_cost_is_reported_charged_and_given_back() {
         "the unused cost came back: {cost}"
     );
 
-    // More than the whole budget at once: refused, saying what to do.
+    // More than the whole budget at once: refused as an input problem (no waiting
+    // makes it fit), saying what to do.
     set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 500 })).await;
-    let (status, _, body) = post(
+    let (status, headers, body) = post(
         &app,
         &owner,
         json!({ "query": "{ users(first: 100) { edges { node { id email displayName status createdAt } } } }" }),
     )
     .await;
-    assert_eq!(status, 429, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.get("retry-after").is_none(), "{headers:?}");
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "{body}"
+    );
     assert_eq!(
         body["errors"][0]["extensions"]["reason"], "COST_OVER_BUDGET",
         "{body}"
+    );
+    assert!(body["errors"][0].get("locations").is_none(), "{body}");
+
+    // An operation refused by the batch's complexity budget is not charged.
+    set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 20_000 })).await;
+    let big = "{ users(first: 100) { edges { node { a0: id a1: id a2: id a3: id a4: id a5: id a6: id a7: id a8: id a9: id a10: id a11: id a12: id a13: id a14: id a15: id a16: id a17: id a18: id a19: id a20: id a21: id a22: id a23: id a24: id a25: id a26: id a27: id a28: id a29: id a30: id a31: id a32: id a33: id a34: id a35: id a36: id a37: id a38: id a39: id a40: id a41: id a42: id a43: id a44: id a45: id a46: id a47: id a48: id a49: id a50: id a51: id a52: id a53: id a54: id a55: id a56: id a57: id } } } }";
+    let (_, _, body) = post(&app, &owner, json!([{ "query": big }, { "query": big }])).await;
+    let remaining = body[0]["extensions"]["cost"]["budget"]["remaining"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        body[1]["errors"][0]["extensions"]["limit"] == "maxComplexity",
+        "{body}"
+    );
+    assert!(
+        remaining > 19_000,
+        "the refused operation's 6001 was not spent: {body}"
+    );
+
+    // Work beyond the static cost (a `nodes` list is one field however long) is charged
+    // after the fact.
+    let users = app
+        .gql_as(
+            &owner,
+            "{ users(first: 1) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    let id = users["data"]["users"]["edges"][0]["node"]["id"].clone();
+    let ids: Vec<Value> = (0..50).map(|_| id.clone()).collect();
+    let (_, _, body) = post(
+        &app,
+        &owner,
+        json!({ "query": "query($ids: [ID!]!) { nodes(ids: $ids) { id ... on User { email displayName } } }", "variables": { "ids": ids } }),
+    )
+    .await;
+    let cost = &body["extensions"]["cost"];
+    assert!(
+        cost["actualQueryCost"].as_u64() > cost["requestedQueryCost"].as_u64(),
+        "{cost}"
+    );
+    let before = remaining;
+    let after = cost["budget"]["remaining"].as_u64().expect("remaining");
+    assert!(
+        before - after >= cost["actualQueryCost"].as_u64().expect("actual") - 10,
+        "the overrun was charged: {before} -> {after}, {cost}"
     );
 
     // Spending it: each page of 100 charges its requested cost until nothing is left.
@@ -263,13 +316,16 @@ async fn query_cost_is_reported_charged_and_given_back() {
     }
     let (status, headers, body) = refused.expect("the budget ran out");
     assert_rate_limited(status, &headers, &body, "query_cost_per_tenant");
-    // Anonymous callers have no tenant budget, but see their cost.
+    // Callers without credentials spend their address's budget.
     let anon = app.gql("{ serverInfo { version } }", json!({})).await;
     assert_eq!(
         anon["extensions"]["cost"]["requestedQueryCost"], 2,
         "{anon}"
     );
-    assert!(anon["extensions"]["cost"]["budget"].is_null(), "{anon}");
+    assert_eq!(
+        anon["extensions"]["cost"]["budget"]["perMinute"], 100_000,
+        "{anon}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,6 +333,7 @@ async fn trusted_documents_are_per_tenant_and_can_be_required() {
     let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
     let (_, owner) = app.tenant_with_owner("acme").await;
     let (_, other) = app.tenant_with_owner("globex").await;
+    let (_, viewer) = user_with_role(&app, &owner, "viewer@acme.example", json!("VIEWER")).await;
     let doc = "query Me { me { email } }";
     let out = app
         .gql_as(
@@ -339,6 +396,27 @@ async fn trusted_documents_are_per_tenant_and_can_be_required() {
     let listed = app
         .gql_as(&other, "{ trustedDocuments { totalCount } }", json!({}))
         .await;
+    // A registered mutation is not run by GET.
+    let mutation = "mutation M { createTeam(input: {name: \"by-get\"}) { team { id } } }";
+    let reg = app
+        .gql_as(&owner, REGISTER, json!({ "i": { "document": mutation } }))
+        .await;
+    let mhash = reg["data"]["registerTrustedDocument"]["trustedDocument"]["sha256Hash"]
+        .as_str()
+        .expect("hash")
+        .to_owned();
+    let ext = format!("{{\"persistedQuery\":{{\"version\":1,\"sha256Hash\":\"{mhash}\"}}}}");
+    let get = app
+        .http
+        .get(format!("{}/graphql", app.base))
+        .query(&[("extensions", ext.as_str())])
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(get.status(), 405);
+    let teams = app.gql_as(&owner, "{ teams { id } }", json!({})).await;
+    assert_eq!(teams["data"]["teams"], json!([]), "{teams}");
     assert_eq!(
         listed["data"]["trustedDocuments"]["totalCount"], 0,
         "{listed}"
@@ -384,18 +462,51 @@ async fn trusted_documents_are_per_tenant_and_can_be_required() {
     // The registered text itself is a trusted document too.
     let (_, _, body) = post(&app, &owner, json!({ "query": doc })).await;
     assert_eq!(body["data"]["me"]["email"], "owner@acme.example", "{body}");
-    // Registering new documents is not a way around it (it is not a trusted document).
-    let sneak = app
+    // Owners keep registering documents in this mode (they could switch it off anyway);
+    // members without tenant.update cannot.
+    let denied = app
         .gql_as(
-            &owner,
+            &viewer,
             REGISTER,
-            json!({ "i": { "document": "{ users { totalCount } }" } }),
+            json!({ "i": { "document": "{ workflows { totalCount } }" } }),
         )
         .await;
     assert_eq!(
-        sneak["errors"][0]["extensions"]["reason"], "TRUSTED_DOCUMENTS_ONLY",
-        "{sneak}"
+        first_error_code(&denied).as_deref(),
+        Some("FORBIDDEN"),
+        "{denied}"
     );
+    let (_, _, body) = post(&app, &viewer, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "TRUSTED_DOCUMENTS_ONLY",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("trustedDocumentsOnly: false")),
+        "{body}"
+    );
+    let added = app
+        .gql_as(
+            &owner,
+            REGISTER,
+            json!({ "i": { "document": "{ workflows { totalCount } }" } }),
+        )
+        .await;
+    assert_eq!(
+        added["data"]["registerTrustedDocument"]["created"], true,
+        "{added}"
+    );
+    let ran = app
+        .gql_as(&viewer, "{ workflows { totalCount } }", json!({}))
+        .await;
+    assert_eq!(ran["data"]["workflows"]["totalCount"], 0, "{ran}");
+    // Signing out stays possible.
+    let out = app
+        .gql_as(&viewer, "mutation { logout { ok } }", json!({}))
+        .await;
+    assert_eq!(out["data"]["logout"]["ok"], true, "{out}");
     let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
     ws_send(
         &mut ws,
@@ -457,4 +568,44 @@ async fn trusted_documents_are_per_tenant_and_can_be_required() {
         Some("NOT_FOUND"),
         "{del}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_count_each_operation_and_refused_credentials_count_too() {
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "60"),
+        ("AGENTPLANE_RATE_LIMIT_BURST", "6"),
+    ])
+    .await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    // The schema is introspected once per document, not once per alias.
+    let twice = app
+        .gql(
+            "{ a: __schema { queryType { name } } b: __schema { queryType { name } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        twice["errors"][0]["extensions"]["limit"], "introspection",
+        "{twice}"
+    );
+    let batch = json!([{ "query": "{ me { id } }" }, { "query": "{ me { id } }" }, { "query": "{ me { id } }" }, { "query": "{ me { id } }" }]);
+    let (status, _, body) = post(&app, &owner, batch.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, body) = post(&app, &owner, batch).await;
+    assert_rate_limited(status, &headers, &body, "requests_per_principal");
+
+    // Made-up API keys from one address: counted like anonymous requests, then 429.
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let (status, _, _) = post(
+            &app,
+            &format!("agp_{i:0>40}"),
+            json!({ "query": "{ me { id } }" }),
+        )
+        .await;
+        statuses.push(status.as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
 }

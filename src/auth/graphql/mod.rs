@@ -66,10 +66,40 @@ pub struct ChangePasswordInput {
     pub new_password: String,
 }
 
+/// Input of `requestPasswordReset`.
+#[derive(InputObject)]
+pub struct RequestPasswordResetInput {
+    /// The account's e-mail address.
+    pub email: String,
+}
+
+/// Input of `requestEmailChange`.
+#[derive(InputObject)]
+pub struct RequestEmailChangeInput {
+    /// The address to change to; a one-time token goes there.
+    pub new_email: String,
+    /// The caller's current password.
+    pub current_password: String,
+}
+
+/// Input of `confirmEmailChange`.
+#[derive(InputObject)]
+pub struct ConfirmEmailChangeInput {
+    /// The one-time token sent to the new address.
+    pub token: String,
+}
+
+/// Result of `confirmEmailChange`.
+#[derive(SimpleObject)]
+pub struct ConfirmEmailChangePayload {
+    /// The account's address from now on (sign in with it).
+    pub email: String,
+}
+
 /// Input of `setPassword`.
 #[derive(InputObject)]
 pub struct SetPasswordInput {
-    /// The one-time token from `createUser`.
+    /// The one-time token from `createUser`, `createTenant` or `requestPasswordReset`.
     pub token: String,
     /// The new password (12–256 characters).
     pub password: String,
@@ -292,7 +322,8 @@ impl AuthMutation {
         .into())
     }
 
-    /// Sets a password with a one-time token from `createUser`. Public.
+    /// Sets a password with a one-time token (from `createUser`, `createTenant` or
+    /// `requestPasswordReset`) and signs out every session of the user. Public.
     async fn set_password(
         &self,
         ctx: &Context<'_>,
@@ -300,6 +331,65 @@ impl AuthMutation {
     ) -> async_graphql::Result<OkPayload> {
         service::set_password_with_token(app(ctx)?, &input.token, &input.password).await?;
         Ok(OkPayload { ok: true })
+    }
+
+    /// Asks for a password reset: when `email` belongs to an active account, a one-time
+    /// token valid for an hour is sent through the notifier (`AGENTPLANE_NOTIFIER`: the
+    /// server log in development, a webhook in production); `setPassword` spends it. The
+    /// answer is `ok: true` either way, so it does not tell whether the account exists;
+    /// at most one token a minute is sent for an account. Public.
+    async fn request_password_reset(
+        &self,
+        ctx: &Context<'_>,
+        input: RequestPasswordResetInput,
+    ) -> async_graphql::Result<OkPayload> {
+        service::account::request_password_reset(
+            app(ctx)?,
+            &input.email,
+            ctx.data_opt::<ClientInfo>(),
+            ctx.data_opt::<crate::request::RequestId>()
+                .map(|r| r.0.as_str()),
+        )
+        .await?;
+        Ok(OkPayload { ok: true })
+    }
+
+    /// Asks to change the caller's e-mail address: with the current password, a one-time
+    /// token valid for a day goes to the new address; `confirmEmailChange` makes the
+    /// change. At most one a minute (`RATE_LIMITED`).
+    #[graphql(guard = "SignedIn")]
+    async fn request_email_change(
+        &self,
+        ctx: &Context<'_>,
+        input: RequestEmailChangeInput,
+    ) -> async_graphql::Result<OkPayload> {
+        service::account::request_email_change(
+            app(ctx)?,
+            principal(ctx)?,
+            &crate::graphql::origin(ctx)?,
+            &input.new_email,
+            &input.current_password,
+        )
+        .await?;
+        Ok(OkPayload { ok: true })
+    }
+
+    /// Confirms an e-mail change with the token sent to the new address (works signed
+    /// out). An address another account took meanwhile is `CONFLICT`. Public.
+    async fn confirm_email_change(
+        &self,
+        ctx: &Context<'_>,
+        input: ConfirmEmailChangeInput,
+    ) -> async_graphql::Result<ConfirmEmailChangePayload> {
+        let email = service::account::confirm_email_change(
+            app(ctx)?,
+            &input.token,
+            ctx.data_opt::<ClientInfo>(),
+            ctx.data_opt::<crate::request::RequestId>()
+                .map(|r| r.0.as_str()),
+        )
+        .await?;
+        Ok(ConfirmEmailChangePayload { email })
     }
 
     /// Signs out: revokes this session and its access token.

@@ -126,7 +126,16 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
         None,
         now,
     );
-    store_password(app, user.tenant_id, user.id, &hash, &audit, None).await?;
+    // Whoever held the account's sessions before a reset holds none after it.
+    store_password(
+        app,
+        user.tenant_id,
+        user.id,
+        &hash,
+        &audit,
+        Some((None, "password_set")),
+    )
+    .await?;
     Ok(())
 }
 
@@ -151,6 +160,8 @@ pub fn new_password_token(
         user_id: user,
         expires_at: db_time(app.clock.now() + Duration::days(7)),
         used_at: None,
+        purpose: "SET".into(),
+        created_at: Some(db_time(app.clock.now())),
     };
     (secret, row)
 }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+pub mod account;
 mod api_keys;
 mod credentials;
 pub mod mfa;

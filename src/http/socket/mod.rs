@@ -169,8 +169,7 @@ struct Held {
 }
 
 fn server_error(e: AppError) -> ServerError {
-    let e: async_graphql::Error = e.into();
-    e.into_server_error(async_graphql::Pos::default())
+    crate::graphql::errors::unplaced(e)
 }
 
 impl SocketExecutor {
@@ -210,7 +209,7 @@ impl SocketExecutor {
             .client
             .as_ref()
             .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.ip);
-        crate::auth::limits::check_request(app, Some(&p), ip)
+        crate::auth::limits::check_request(app, Some(&p), ip, 1)
             .await
             .map_err(|refusal| server_error(refusal.error()))?;
         let request = crate::graphql::documents::resolve(app, Some(&p), request)

@@ -195,6 +195,10 @@ impl User {
     async fn last_login_at(&self) -> Option<DateTime<Utc>> {
         self.0.last_login_at.map(utc)
     }
+    /// Last request made with the user's credentials (recorded at most every 5 minutes).
+    async fn last_active_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_active_at.map(utc)
+    }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
         utc(self.0.created_at)
