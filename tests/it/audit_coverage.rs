@@ -48,13 +48,16 @@ pub fn uuid_of(global: &str) -> String {
 /// new mutation without a record (or without a line here) fails this test.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_mutation_writes_exactly_one_record() {
-    let app = TestApp::spawn_with(&[
+    let (mail_url, mailbox) = crate::account::mailbox().await;
+    let webhook = crate::account::webhook_env(&mail_url);
+    let mut env: Vec<(&str, &str)> = vec![
         ("AGENTPLANE_WORKERS", "0"),
         ("AGENTPLANE_MASTER_KEY", crate::secrets::KEY1),
         ("AGENTPLANE_FAKE_GPUS", "A10:24576"),
         ("AGENTPLANE_HEARTBEAT_MS", "200"),
-    ])
-    .await;
+    ];
+    env.extend(webhook.iter().map(|(k, v)| (*k, v.as_str())));
+    let app = TestApp::spawn_with(&env).await;
     let admin = app.admin_token().await;
     let (tenant, owner) = app.tenant_with_owner("acme").await;
     let acme = uuid_of(&tenant);
@@ -479,6 +482,41 @@ async fn every_mutation_writes_exactly_one_record() {
         "mutation($i: UpdateTenantSettingsInput!) { updateTenantSettings(input: $i) { tenant { id } } }",
         json!({ "i": { "dataRetentionDays": 30 } })
     );
+    step!(
+        "requestPasswordReset",
+        acme,
+        "user.password_reset_requested",
+        None::<&str>,
+        "mutation($i: RequestPasswordResetInput!) { requestPasswordReset(input: $i) { ok } }",
+        json!({ "i": { "email": "owner@acme.example" } })
+    );
+    step!(
+        "requestEmailChange",
+        acme,
+        "user.email_change_requested",
+        o,
+        "mutation($i: RequestEmailChangeInput!) { requestEmailChange(input: $i) { ok } }",
+        json!({ "i": { "newEmail": "chief@acme.example", "currentPassword": crate::helpers::OWNER_PASSWORD } })
+    );
+    // The reset above sent the first message; the change, the second.
+    let (first, second) = (
+        crate::account::message(&mailbox, 0).await,
+        crate::account::message(&mailbox, 1).await,
+    );
+    let change = if first["type"] == "email_change" {
+        first
+    } else {
+        second
+    };
+    assert_eq!(change["type"], "email_change", "{change}");
+    step!(
+        "confirmEmailChange",
+        acme,
+        "user.email_changed",
+        None::<&str>,
+        "mutation($i: ConfirmEmailChangeInput!) { confirmEmailChange(input: $i) { email } }",
+        json!({ "i": { "token": change["token"] } })
+    );
     let doc = step!(
         "registerTrustedDocument",
         acme,
@@ -623,7 +661,7 @@ async fn every_mutation_writes_exactly_one_record() {
     let out = app
         .gql(
             "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
-            json!({ "i": { "email": "owner@acme.example", "password": "wrong-password!" } }),
+            json!({ "i": { "email": "chief@acme.example", "password": "wrong-password!" } }),
         )
         .await;
     assert_eq!(first_error_code(&out).as_deref(), Some("UNAUTHENTICATED"));

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real servers on loopback, real databases.
 
 mod access_limits;
+mod account;
 mod audit;
 mod audit_coverage;
 mod audit_forgery;
