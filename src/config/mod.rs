@@ -147,6 +147,8 @@ pub struct Config {
     /// Prefix of every Redis key this deployment uses (several deployments, or test
     /// runs, can share one Redis).
     pub redis_key_prefix: String,
+    /// Where `deleteTenant` writes a deleted tenant's final export.
+    pub export_dir: std::path::PathBuf,
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
     /// Log output format.
@@ -241,6 +243,7 @@ struct FileConfig {
     database_listen_url: Option<String>,
     redis_url: Option<String>,
     redis_key_prefix: Option<String>,
+    export_dir: Option<String>,
     listen: Option<String>,
     log_format: Option<String>,
     log_filter: Option<String>,
@@ -372,6 +375,14 @@ impl Config {
                 }
                 Some(SecretString::from(raw.value.trim().to_owned()))
             }
+        };
+
+        let export_dir = match layers.pick("AGENTPLANE_EXPORT_DIR", "export_dir", file.export_dir) {
+            None => std::path::PathBuf::from("exports"),
+            Some(raw) if raw.value.trim().is_empty() => {
+                return Err(err(&raw.key, "the directory is empty", "a directory path"));
+            }
+            Some(raw) => std::path::PathBuf::from(raw.value.trim()),
         };
 
         let redis_key_prefix = match layers.pick(
@@ -547,6 +558,7 @@ impl Config {
             database_listen_url,
             redis_url,
             redis_key_prefix,
+            export_dir,
             listen,
             log_format,
             log_filter,

@@ -249,3 +249,236 @@ async fn an_email_change_is_confirmed_by_the_new_address() {
     let me = app.gql_as(&boss, "{ me { email } }", json!({})).await;
     assert_eq!(me["data"]["me"]["email"], "boss@acme.example", "{me}");
 }
+
+/// Rows of `tenant` (raw id) in `table`, read behind the API.
+async fn rows(app: &TestApp, table: &str, tenant: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let q = if TestDb::is_postgres() {
+        format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = $1")
+    } else {
+        format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = ?")
+    };
+    let db = &app.state.app.db;
+    let t = tenant.to_owned();
+    let r: Result<N, agentplane::error::AppError> = async {
+        Ok(agentplane::db_run!(db, |conn| {
+            diesel_async::RunQueryDsl::get_result(
+                diesel::sql_query(&q).bind::<diesel::sql_types::Text, _>(&t),
+                conn,
+            )
+            .await?
+        }))
+    }
+    .await;
+    r.expect("count").n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_tenant_is_exported_first_then_removed_and_recorded_in_the_system_chain() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+    let (_, other) = app.tenant_with_owner("globex").await;
+    let raw = crate::audit_coverage::uuid_of(&acme);
+    // Data in many tables: workflows and versions, an execution, a team, a key, a
+    // trusted document, sessions; and the other tenant's workflow.
+    let wf = crate::executions::published(
+        &app,
+        &owner,
+        "one",
+        json!({ "steps": [ { "id": "a", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    let _ = crate::executions::published(
+        &app,
+        &other,
+        "theirs",
+        json!({ "steps": [ { "id": "a", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    let started = app
+        .gql_as(
+            &owner,
+            "mutation($i: StartExecutionInput!) { startExecution(input: $i) { execution { id } } }",
+            json!({ "i": { "workflowId": wf } }),
+        )
+        .await;
+    let exec = started["data"]["startExecution"]["execution"]["id"].clone();
+    for (q, v) in [
+        (
+            "mutation($i: CreateTeamInput!) { createTeam(input: $i) { team { id } } }",
+            json!({ "i": { "name": "ml" } }),
+        ),
+        (
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }",
+            json!({ "i": { "name": "svc", "roleId": "VIEWER" } }),
+        ),
+        (
+            "mutation($i: RegisterTrustedDocumentInput!) { registerTrustedDocument(input: $i) { created } }",
+            json!({ "i": { "document": "{ me { id } }" } }),
+        ),
+    ] {
+        let out = app.gql_as(&owner, q, v).await;
+        assert!(out["errors"].is_null(), "{out}");
+    }
+    const DELETE: &str = "mutation($i: DeleteTenantInput!) { deleteTenant(input: $i) { deletedTenantId exportPath exportSha256 exportAuditRecords rowsDeleted } }";
+    let delete = |slug: &str| json!({ "i": { "tenantId": acme, "confirmSlug": slug } });
+
+    // Refused while active, with the wrong slug, while an execution is queued, and for
+    // the system tenant; only platform admins may ask.
+    let active = app.gql_as(&admin, DELETE, delete("acme")).await;
+    assert_eq!(
+        first_error_code(&active).as_deref(),
+        Some("CONFLICT"),
+        "{active}"
+    );
+    assert_eq!(
+        active["errors"][0]["extensions"]["reason"],
+        "TENANT_NOT_SUSPENDED"
+    );
+    let mine = app.gql_as(&owner, DELETE, delete("acme")).await;
+    assert_eq!(
+        first_error_code(&mine).as_deref(),
+        Some("FORBIDDEN"),
+        "{mine}"
+    );
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: SuspendTenantInput!) { suspendTenant(input: $i) { tenant { status } } }",
+            json!({ "i": { "tenantId": acme, "reason": "closing the account" } }),
+        )
+        .await;
+    assert_eq!(
+        out["data"]["suspendTenant"]["tenant"]["status"], "SUSPENDED",
+        "{out}"
+    );
+    let wrong = app.gql_as(&admin, DELETE, delete("acm")).await;
+    assert_eq!(
+        wrong["errors"][0]["extensions"]["field"], "confirmSlug",
+        "{wrong}"
+    );
+    let busy = app.gql_as(&admin, DELETE, delete("acme")).await;
+    assert_eq!(
+        busy["errors"][0]["extensions"]["reason"], "EXECUTIONS_ACTIVE",
+        "{busy}"
+    );
+    // Cancel it behind the API (the tenant's own users are refused while suspended).
+    {
+        let id = crate::audit_coverage::uuid_of(exec.as_str().expect("id"));
+        let db = &app.state.app.db;
+        let q = if TestDb::is_postgres() {
+            "UPDATE executions SET status = 'CANCELLED' WHERE id = $1"
+        } else {
+            "UPDATE executions SET status = 'CANCELLED' WHERE id = ?"
+        };
+        let r: Result<usize, agentplane::error::AppError> = async {
+            Ok(agentplane::db_run!(db, |conn| {
+                diesel_async::RunQueryDsl::execute(
+                    diesel::sql_query(q).bind::<diesel::sql_types::Text, _>(&id),
+                    conn,
+                )
+                .await?
+            }))
+        }
+        .await;
+        assert_eq!(r.expect("cancel"), 1);
+    }
+    let records_before = rows(&app, "audit_log", &raw).await;
+    assert!(records_before > 5);
+
+    let done = app.gql_as(&admin, DELETE, delete("acme")).await;
+    let d = &done["data"]["deleteTenant"];
+    assert!(d.is_object(), "{done}");
+    assert_eq!(d["exportAuditRecords"], records_before, "{done}");
+    assert!(d["rowsDeleted"].as_u64().is_some_and(|n| n > 20), "{done}");
+
+    // The export: the tenant, then its whole chain, hashes included; its digest as said.
+    let path = d["exportPath"].as_str().expect("path");
+    assert!(
+        path.starts_with(&app.exports.path().display().to_string()),
+        "{path}"
+    );
+    let bytes = std::fs::read(path).expect("export file");
+    use sha2::Digest as _;
+    assert_eq!(
+        format!("{:x}", sha2::Sha256::digest(&bytes)),
+        d["exportSha256"]
+    );
+    let text = String::from_utf8(bytes).expect("utf8");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines[0]["type"], "tenant");
+    assert_eq!(lines[0]["slug"], "acme");
+    assert_eq!(i64::try_from(lines.len()).expect("len") - 1, records_before);
+    assert!(
+        lines[1..].iter().all(|r| r["hash"].is_string()),
+        "chain hashes kept"
+    );
+
+    // Gone from every table; the other tenant untouched; recorded in the system chain.
+    for table in [
+        "audit_log",
+        "users",
+        "workflows",
+        "executions",
+        "api_keys",
+        "teams",
+        "trusted_documents",
+        "sessions",
+    ] {
+        assert_eq!(rows(&app, table, &raw).await, 0, "{table}");
+    }
+    let theirs = app
+        .gql_as(&other, "{ workflows { totalCount } }", json!({}))
+        .await;
+    assert_eq!(theirs["data"]["workflows"]["totalCount"], 1, "{theirs}");
+    let gone = app
+        .gql_as(
+            &admin,
+            "query($id: ID!) { node(id: $id) { id } }",
+            json!({ "id": acme }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&gone).as_deref(),
+        Some("NOT_FOUND"),
+        "{gone}"
+    );
+    let login = app
+        .gql(
+            "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+            json!({ "i": { "email": "owner@acme.example", "password": OWNER_PASSWORD } }),
+        )
+        .await;
+    assert_eq!(
+        first_error_code(&login).as_deref(),
+        Some("UNAUTHENTICATED"),
+        "{login}"
+    );
+    let trail = app
+        .gql_as(
+            &admin,
+            "{ auditLog(first: 5) { edges { node { action severity } } } }",
+            json!({}),
+        )
+        .await;
+    let deleted = trail["data"]["auditLog"]["edges"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["node"]["action"] == "tenant.deleted"))
+        .unwrap_or_else(|| panic!("{trail}"));
+    assert_eq!(deleted["node"]["severity"], "CRITICAL", "{trail}");
+    // Again: nothing left to delete.
+    let again = app.gql_as(&admin, DELETE, delete("acme")).await;
+    assert_eq!(
+        first_error_code(&again).as_deref(),
+        Some("NOT_FOUND"),
+        "{again}"
+    );
+}

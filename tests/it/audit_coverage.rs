@@ -595,6 +595,29 @@ async fn every_mutation_writes_exactly_one_record() {
     assert_eq!(chain(&app, &beta).await, (1, "tenant.created".to_owned()));
     assert_eq!(chain(&app, &system).await, before);
     seen.insert("createTenant".into());
+    // deleteTenant ends the tenant's chain and records itself in the system chain.
+    let beta_id = out["data"]["createTenant"]["tenant"]["id"].clone();
+    let suspended = app
+        .gql_as(
+            &admin,
+            "mutation($i: SuspendTenantInput!) { suspendTenant(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": beta_id, "reason": "closing" } }),
+        )
+        .await;
+    assert!(suspended["errors"].is_null(), "{suspended}");
+    step!(
+        "deleteTenant",
+        system,
+        "tenant.deleted",
+        ad,
+        "mutation($i: DeleteTenantInput!) { deleteTenant(input: $i) { deletedTenantId } }",
+        json!({ "i": { "tenantId": beta_id, "confirmSlug": "beta" } })
+    );
+    assert_eq!(
+        chain(&app, &beta).await.0,
+        0,
+        "the deleted tenant's chain is gone"
+    );
     let node = {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

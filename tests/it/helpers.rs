@@ -184,6 +184,8 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The database; dropped (and removed) after the server.
     pub db: TestDb,
+    /// Where `deleteTenant` writes its exports (removed with the app).
+    pub exports: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -219,8 +221,13 @@ impl TestApp {
         proxy: Option<&DbProxy>,
     ) -> Self {
         let mut db = TestDb::create().await;
+        let exports = tempfile::tempdir().expect("export dir");
+        let export_dir = exports.path().display().to_string();
         let mut extra: Vec<(&str, &str)> = extra.to_vec();
         extra.push(("AGENTPLANE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD));
+        if !extra.iter().any(|(k, _)| *k == "AGENTPLANE_EXPORT_DIR") {
+            extra.push(("AGENTPLANE_EXPORT_DIR", &export_dir));
+        }
         let config = config_for(&db, &extra);
         migrate::run_pending(&config.database_url)
             .await
@@ -256,6 +263,7 @@ impl TestApp {
             clock,
             server: Some(server),
             db,
+            exports,
         }
     }
 

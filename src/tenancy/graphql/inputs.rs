@@ -45,6 +45,30 @@ pub struct SuspendTenantInput {
     pub reason: String,
 }
 
+/// Input of `deleteTenant`.
+#[derive(InputObject)]
+pub struct DeleteTenantInput {
+    /// The tenant's ID.
+    pub tenant_id: ID,
+    /// The tenant's slug, repeated to confirm.
+    pub confirm_slug: String,
+}
+
+/// Result of `deleteTenant`.
+#[derive(SimpleObject)]
+pub struct DeleteTenantPayload {
+    /// The deleted tenant's ID.
+    pub deleted_tenant_id: ID,
+    /// Where its final export was written (on the server).
+    pub export_path: String,
+    /// SHA-256 of the export file (hex).
+    pub export_sha256: String,
+    /// Audit records in the export.
+    pub export_audit_records: u64,
+    /// Rows removed from the database, all tables together.
+    pub rows_deleted: u64,
+}
+
 /// Input of `reactivateTenant`.
 #[derive(InputObject)]
 pub struct ReactivateTenantInput {

@@ -67,6 +67,33 @@ impl TenancyMutation {
         Ok(TenantPayload { tenant: Tenant(t) })
     }
 
+    /// Deletes a suspended tenant for good (platform admins): refused unless it is
+    /// suspended (`CONFLICT`, reason `TENANT_NOT_SUSPENDED`) and runs no execution; its
+    /// audit chain is exported first (NDJSON, on the server, in `AGENTPLANE_EXPORT_DIR`),
+    /// then its data is removed in batches and the deletion recorded in the system chain
+    /// (`tenant.deleted`). An interrupted deletion resumes when called again.
+    #[graphql(guard = "Require(Permission::PlatformTenants)")]
+    async fn delete_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteTenantInput,
+    ) -> async_graphql::Result<DeleteTenantPayload> {
+        let d = crate::tenancy::service::deletion::delete_tenant(
+            app(ctx)?,
+            &origin(ctx)?,
+            tenant_id(&input.tenant_id)?,
+            &input.confirm_slug,
+        )
+        .await?;
+        Ok(DeleteTenantPayload {
+            deleted_tenant_id: input.tenant_id,
+            export_path: d.export_path,
+            export_sha256: d.export_sha256,
+            export_audit_records: d.export_records,
+            rows_deleted: d.rows_deleted,
+        })
+    }
+
     /// Reactivates a suspended tenant.
     #[graphql(guard = "Require(Permission::PlatformTenants)")]
     async fn reactivate_tenant(

@@ -2,6 +2,7 @@
 //! `admin create-user`) and first-start bootstrap: the same validation, the same audit
 //! records, one transaction per creation.
 
+pub mod deletion;
 pub mod teams;
 pub mod tenants;
 
