@@ -29,6 +29,7 @@ pub mod seal;
 pub mod secrets;
 pub mod server;
 pub mod slots;
+pub mod sso;
 pub mod telemetry;
 pub mod tenancy;
 pub mod workflows;

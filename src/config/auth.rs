@@ -72,6 +72,13 @@ pub struct AuthConfig {
     pub platform_admins_bypass_ip_allowlist: bool,
     /// Where password-reset and e-mail-change tokens are sent.
     pub notifier: Notifier,
+    /// The server's address as browsers reach it (e.g. `https://agentplane.example.com`):
+    /// the single sign-on callback is `<public_url>/auth/oidc/callback`. Default:
+    /// `http://<listen address>`.
+    pub public_url: Option<url::Url>,
+    /// Whether OpenID Connect issuers may be plain `http://` URLs (development and tests
+    /// only; production issuers are HTTPS).
+    pub oidc_allow_http_issuers: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +101,8 @@ pub(super) struct FileAuth {
     pub(super) platform_admins_bypass_ip_allowlist: Option<toml::Value>,
     pub(super) notifier: Option<String>,
     pub(super) notifier_webhook_url: Option<String>,
+    pub(super) public_url: Option<String>,
+    pub(super) oidc_allow_http_issuers: Option<toml::Value>,
 }
 
 /// Reads the section from its layers.
@@ -364,6 +373,26 @@ pub(super) fn load(
             false,
         )?,
         notifier,
+        public_url: match layers.pick("AGENTPLANE_PUBLIC_URL", "auth.public_url", file.public_url) {
+            None => None,
+            Some(raw) => {
+                let expected = "the server's address as browsers reach it, e.g. https://agentplane.example.com";
+                let u = url::Url::parse(raw.value.trim())
+                    .map_err(|e| err(&raw.key, format!("not a URL ({e})"), expected))?;
+                if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                    return Err(err(&raw.key, "an http or https URL with a host", expected));
+                }
+                Some(u)
+            }
+        },
+        oidc_allow_http_issuers: parse_bool(
+            layers.pick(
+                "AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS",
+                "auth.oidc_allow_http_issuers",
+                toml_scalar(file.oidc_allow_http_issuers),
+            ),
+            false,
+        )?,
     };
 
     Ok(auth)

@@ -468,6 +468,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    oidc_providers (tenant_id) {
+        tenant_id -> Text,
+        issuer -> Text,
+        client_id -> Text,
+        client_secret_name -> Nullable<Text>,
+        allowed_domains -> Text,
+        role_claim -> Nullable<Text>,
+        role_mapping -> Text,
+        default_role -> Text,
+        jit_provisioning -> Bool,
+        enabled -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    oidc_logins (state_hash) {
+        state_hash -> Text,
+        tenant_id -> Text,
+        nonce -> Text,
+        code_verifier -> Text,
+        return_to -> Nullable<Text>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
@@ -490,6 +520,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     mfa_recovery_codes,
     mfa_challenges,
     trusted_documents,
+    oidc_providers,
+    oidc_logins,
     workflows,
     workflow_versions,
     secrets,

@@ -38,6 +38,8 @@ struct Cost {
     requested: AtomicU64,
     /// Whether `requested` was charged to a budget.
     charged: AtomicBool,
+    /// What the budget had left right after the charge.
+    remaining: AtomicU64,
 }
 
 fn payer(ctx: &ExtensionContext<'_>) -> Option<(Arc<App>, CostPayer)> {
@@ -71,7 +73,10 @@ impl Extension for Cost {
         self.requested.store(requested, Ordering::Relaxed);
         if let Some((app, payer)) = payer(ctx) {
             match crate::auth::limits::charge_cost(&app, &payer, requested).await {
-                Ok(_) => self.charged.store(true, Ordering::Relaxed),
+                Ok(left) => {
+                    self.remaining.store(left.remaining, Ordering::Relaxed);
+                    self.charged.store(true, Ordering::Relaxed);
+                }
                 Err(e) => return Err(vec![crate::graphql::errors::unplaced(e)]),
             }
         }
@@ -91,10 +96,20 @@ impl Extension for Cost {
         if self.charged.load(Ordering::Relaxed)
             && let Some((app, payer)) = payer(ctx)
         {
-            let left = crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
+            crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
+            // What was left at the charge, settled: not what the bucket holds now, which
+            // has refilled for as long as the operation ran (a clock anyone could read).
+            let at_charge = self.remaining.load(Ordering::Relaxed);
+            let remaining = if actual < requested {
+                at_charge
+                    .saturating_add(requested - actual)
+                    .min(payer.quota.burst)
+            } else {
+                at_charge.saturating_sub(actual - requested)
+            };
             budget = Value::from_json(serde_json::json!({
                 "perMinute": payer.quota.per_minute,
-                "remaining": left.remaining,
+                "remaining": remaining,
             }))
             .unwrap_or(Value::Null);
         }

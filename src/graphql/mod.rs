@@ -35,6 +35,7 @@ pub struct Query(
     crate::secrets::graphql::SecretQuery,
     crate::cluster::graphql::ClusterQuery,
     crate::audit::graphql::AuditQuery,
+    crate::sso::graphql::SsoQuery,
 );
 
 /// All mutation fields.
@@ -50,6 +51,7 @@ pub struct Mutation(
     crate::secrets::graphql::SecretMutation,
     crate::cluster::graphql::ClusterMutation,
     crate::audit::graphql::PrivacyMutation,
+    crate::sso::graphql::SsoMutation,
 );
 
 /// All subscription fields.

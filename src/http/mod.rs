@@ -5,6 +5,7 @@ mod export;
 mod graphiql;
 mod graphql;
 mod health;
+mod oidc;
 pub mod socket;
 mod state;
 
@@ -48,6 +49,8 @@ pub fn router(state: AppState) -> Router {
             get(graphql::get_handler).post(graphql::post_handler),
         )
         .route("/audit/export", get(export::export))
+        .route("/auth/oidc/{tenant}/login", get(oidc::login))
+        .route("/auth/oidc/callback", get(oidc::callback))
         .route_layer(middleware::from_fn_with_state(state.clone(), admission));
     let mut router = Router::new()
         .merge(admitted)

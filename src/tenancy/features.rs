@@ -18,15 +18,18 @@ pub enum Feature {
     Schedules,
     /// Exporting the audit trail (`GET /audit/export`) and compliance reports.
     AuditExport,
+    /// Single sign-on through the tenant's OpenID Connect identity provider.
+    Sso,
 }
 
 impl Feature {
     /// Every flag, in catalogue order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::LlmSteps,
         Self::GpuSteps,
         Self::Schedules,
         Self::AuditExport,
+        Self::Sso,
     ];
 
     /// The flag's name, as stored and as clients write it.
@@ -36,6 +39,7 @@ impl Feature {
             Self::GpuSteps => "gpu_steps",
             Self::Schedules => "schedules",
             Self::AuditExport => "audit_export",
+            Self::Sso => "sso",
         }
     }
 
@@ -46,6 +50,7 @@ impl Feature {
             Self::GpuSteps => "steps that reserve GPUs (resources.gpuCount / gpuMemoryMb)",
             Self::Schedules => "cron schedules (creating, resuming and firing them)",
             Self::AuditExport => "audit export (GET /audit/export) and compliance reports",
+            Self::Sso => "single sign-on through the tenant's OpenID Connect provider",
         }
     }
 

@@ -61,7 +61,7 @@ async fn flags_gate_their_features_and_plans_set_defaults() {
         .await;
     assert_eq!(
         flags["data"]["tenant"],
-        json!({ "plan": "PRO", "featureFlags": ["audit_export", "gpu_steps", "llm_steps", "schedules"] }),
+        json!({ "plan": "PRO", "featureFlags": ["audit_export", "gpu_steps", "llm_steps", "schedules", "sso"] }),
         "PRO turns every flag on"
     );
     let llm = workflow(&app, &owner, "ask", llm_step()).await;

@@ -349,8 +349,7 @@ impl AuthMutation {
             ctx.data_opt::<ClientInfo>(),
             ctx.data_opt::<crate::request::RequestId>()
                 .map(|r| r.0.as_str()),
-        )
-        .await?;
+        )?;
         Ok(OkPayload { ok: true })
     }
 

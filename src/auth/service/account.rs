@@ -48,16 +48,35 @@ pub struct EmailChangeRow {
 
 /// Asks for a password reset of the account with `email`: when it is an active user of
 /// an active tenant (and none was sent in the last minute), a one-time token valid for an
-/// hour goes to the notifier. The answer is the same either way.
-pub async fn request_password_reset(
-    app: &App,
+/// hour goes to the notifier. Only the address's form is checked before answering; the
+/// rest runs after, in the background, so neither the answer nor its timing says whether
+/// the account exists.
+pub fn request_password_reset(
+    app: &std::sync::Arc<App>,
     email: &str,
     client: Option<&crate::request::ClientInfo>,
     request_id: Option<&str>,
 ) -> AppResult<()> {
     let email =
         crate::policy::normalize_email(email).map_err(|p| AppError::bad_input("email", p))?;
-    let Some(user) = crate::tenancy::store::find_user_by_email(&app.db, &email).await? else {
+    let app = app.clone();
+    let client = client.cloned();
+    let request_id = request_id.map(str::to_owned);
+    tokio::spawn(async move {
+        if let Err(e) = issue_reset(&app, &email, client.as_ref(), request_id.as_deref()).await {
+            tracing::warn!(error = ?e, "a password reset could not be issued");
+        }
+    });
+    Ok(())
+}
+
+async fn issue_reset(
+    app: &App,
+    email: &str,
+    client: Option<&crate::request::ClientInfo>,
+    request_id: Option<&str>,
+) -> AppResult<()> {
+    let Some(user) = crate::tenancy::store::find_user_by_email(&app.db, email).await? else {
         return Ok(());
     };
     if user.status != UserStatus::Active {
@@ -79,8 +98,14 @@ pub async fn request_password_reset(
         purpose: "RESET".into(),
         created_at: Some(db_time(now)),
     };
+    // Whoever asked proved nothing: the record is anonymous, with their address.
+    let mut origin = Origin::system(user.tenant_id);
+    origin.actor_type = crate::audit::ActorType::Anonymous;
+    origin.ip = client.map(|c| c.ip.to_string());
+    origin.user_agent = client.and_then(|c| c.user_agent.clone());
+    origin.request_id = request_id.map(str::to_owned);
     let audit = Entry::change(
-        &Origin::user(user.tenant_id, user.id, client, request_id),
+        &origin,
         "user.password_reset_requested",
         "user",
         user.id,
@@ -98,10 +123,12 @@ pub async fn request_password_reset(
                 return Err(AppError::new(ErrorCode::RateLimited, "reset sent recently"));
             }
             crate::on_conn!(conn, |conn| {
-                // A new reset replaces the last one (an invitation too: both set it).
+                // A new reset replaces the last reset (an invitation stays good: asking
+                // for a reset is open to anyone who knows the address).
                 diesel::delete(
                     password_tokens::table
                         .filter(password_tokens::user_id.eq(user.id))
+                        .filter(password_tokens::purpose.eq("RESET"))
                         .filter(password_tokens::used_at.is_null()),
                 )
                 .execute(conn)
@@ -116,7 +143,7 @@ pub async fn request_password_reset(
         .await;
     match issued {
         Ok(()) => {}
-        // Said nothing about it: the one sent a moment ago stands.
+        // The one sent a moment ago stands.
         Err(e) if e.code() == ErrorCode::RateLimited => return Ok(()),
         Err(e) => return Err(e),
     }
@@ -177,13 +204,7 @@ pub async fn request_email_change(
             "that is already your address",
         ));
     }
-    let hash = user.password_hash.clone().unwrap_or_default();
-    let given = current_password.to_owned();
-    let ok = app
-        .password_slots
-        .run(None, move || passwords::verify(&hash, &given))
-        .await?;
-    if !ok {
+    if !super::credentials::check_current_password(app, &user, current_password).await? {
         return Err(AppError::bad_input(
             "currentPassword",
             "the current password is wrong",
@@ -293,6 +314,10 @@ pub async fn confirm_email_change(
         .await?
         .filter(|u| u.status == UserStatus::Active)
         .ok_or_else(invalid)?;
+    let tenant = crate::tenancy::store::find(&app.db, row.tenant_id)
+        .await?
+        .ok_or_else(invalid)?;
+    crate::auth::check_tenant_active(&tenant)?;
     let audit = Entry::change(
         &Origin::user(row.tenant_id, row.user_id, client, request_id),
         "user.email_changed",
@@ -321,6 +346,16 @@ pub async fn confirm_email_change(
             }
             crate::tenancy::store::set_email(conn, row.tenant_id, row.user_id, &row.new_email, at)
                 .await?;
+            // Tokens sent to the old address stop working with it.
+            crate::on_conn!(conn, |conn| {
+                diesel::delete(
+                    password_tokens::table
+                        .filter(password_tokens::user_id.eq(row.user_id))
+                        .filter(password_tokens::used_at.is_null()),
+                )
+                .execute(conn)
+                .await?;
+            });
             crate::audit::append(conn, &audit).await?;
             Ok(())
         })

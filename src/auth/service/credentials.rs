@@ -27,13 +27,7 @@ pub async fn change_password(
     let user = crate::tenancy::store::find_user(&app.db, p.tenant_id, user_id)
         .await?
         .ok_or_else(|| AppError::not_found("user"))?;
-    let hash = user.password_hash.clone().unwrap_or_default();
-    let cur = current.to_owned();
-    let ok = app
-        .password_slots
-        .run(None, move || passwords::verify(&hash, &cur))
-        .await?;
-    if !ok {
+    if !check_current_password(app, &user, current).await? {
         return Err(AppError::bad_input(
             "currentPassword",
             "the current password is wrong",
@@ -79,6 +73,19 @@ pub async fn store_password(
             if let Some((keep, reason)) = revoke {
                 store::revoke_user_sessions(conn, tenant, user, keep, reason, now).await?;
             }
+            // A new password cancels e-mail changes asked for before it (perhaps by
+            // whoever knew the old one).
+            crate::on_conn!(conn, |conn| {
+                use diesel::{ExpressionMethods as _, QueryDsl as _};
+                use diesel_async::RunQueryDsl as _;
+                diesel::delete(
+                    crate::db::schema::email_changes::table
+                        .filter(crate::db::schema::email_changes::user_id.eq(user))
+                        .filter(crate::db::schema::email_changes::used_at.is_null()),
+                )
+                .execute(conn)
+                .await?;
+            });
             Ok(true)
         })
         .await?;
@@ -86,6 +93,37 @@ pub async fn store_password(
         app.rights_changed(tenant);
     }
     Ok(stored)
+}
+
+/// Checks a signed-in user's current password (to change it, or their e-mail address).
+/// At most 5 checks in a burst and 10 a minute per user (`RATE_LIMITED`), so a stolen
+/// session is no way to guess the password the sign-in lockout protects.
+pub async fn check_current_password(
+    app: &App,
+    user: &crate::tenancy::UserRow,
+    given: &str,
+) -> AppResult<bool> {
+    let quota = crate::ratelimit::Quota {
+        per_minute: 10,
+        burst: 5,
+    };
+    if let Err(limited) = app
+        .rate_limiter
+        .take(&format!("pw:{}", user.id), quota, 1)
+        .await
+    {
+        let secs = limited.retry_after_secs();
+        return Err(AppError::new(
+            crate::error::ErrorCode::RateLimited,
+            format!("too many password checks; try again in {secs} s"),
+        )
+        .with_detail("retryAfterSeconds", secs));
+    }
+    let hash = user.password_hash.clone().unwrap_or_default();
+    let given = given.to_owned();
+    app.password_slots
+        .run(None, move || passwords::verify(&hash, &given))
+        .await
 }
 
 /// Hashes within the process's hashing bounds (API paths).
@@ -117,7 +155,13 @@ pub async fn set_password_with_token(app: &App, token: &str, password: &str) -> 
     // The token row names the user; its tenant comes from the user row.
     let user = crate::tenancy::store::find_user_any(&app.db, user_id)
         .await?
+        .filter(|u| u.status == crate::tenancy::model::UserStatus::Active)
         .ok_or_else(|| AppError::unauthenticated("invalid or expired set-password token"))?;
+    // A suspended organization's users set no passwords either.
+    let tenant = crate::tenancy::store::find(&app.db, user.tenant_id)
+        .await?
+        .ok_or_else(|| AppError::unauthenticated("invalid or expired set-password token"))?;
+    super::super::check_tenant_active(&tenant)?;
     let audit = crate::audit::Entry::change(
         &crate::audit::Origin::user(user.tenant_id, user.id, None, None),
         "user.password_set",

@@ -254,7 +254,7 @@ pub async fn verify(
             "recoveryCodesLeft": mfa_store::recovery_left(&app.db, user.id).await?,
         }),
     };
-    open_session(app, user, client, request_id, now, Some(details)).await
+    open_session(app, user, client, request_id, now, Some(details), true).await
 }
 
 /// The signed-in user a factor change is for: user principals only.

@@ -207,7 +207,35 @@ pub async fn login(
     if mfa::enrolled(app, user.id).await? {
         return Err(mfa::challenge(app, &user, now).await?);
     }
-    open_session(app, user, client, request_id, now, None).await
+    open_session(app, user, client, request_id, now, None, false).await
+}
+
+/// Signs in a user whom the tenant's identity provider vouched for (single sign-on):
+/// the tenant's `allowedIpRanges` hold as for a password, then a session opens,
+/// recorded as `auth.login` with `details` (method, issuer, subject). `second_factor`:
+/// the provider says the user signed in with more than a password (its `amr` claim).
+pub async fn sign_in_federated(
+    app: &App,
+    tenant: &crate::tenancy::TenantRow,
+    user: UserRow,
+    client: Option<&ClientInfo>,
+    request_id: Option<&str>,
+    details: serde_json::Value,
+    second_factor: bool,
+) -> AppResult<IssuedTokens> {
+    check_tenant_active(tenant)?;
+    sign_in_address(app, tenant, &user, client, request_id).await?;
+    let now = app.clock.now();
+    open_session(
+        app,
+        user,
+        client,
+        request_id,
+        now,
+        Some(details),
+        second_factor,
+    )
+    .await
 }
 
 /// Opens a session for a user who proved who they are (with `second_factor`, the
@@ -220,6 +248,7 @@ async fn open_session(
     request_id: Option<&str>,
     now: DateTime<Utc>,
     second_factor: Option<serde_json::Value>,
+    mfa: bool,
 ) -> AppResult<IssuedTokens> {
     crate::tenancy::store::touch_last_login(&app.db, user.id, db_time(now)).await?;
     let session = SessionRow {
@@ -235,7 +264,7 @@ async fn open_session(
         revoked_reason: None,
         ip: client.map(|c| c.ip.to_string()),
         user_agent: client.and_then(|c| c.user_agent.clone()),
-        mfa: second_factor.is_some(),
+        mfa,
     };
     let refresh = passwords::random_secret(32);
     let severity = if second_factor

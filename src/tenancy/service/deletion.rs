@@ -4,9 +4,11 @@
 //!
 //! 1. **Export first.** The tenant and its whole audit chain (hashes included, so it can
 //!    be verified offline) are written as NDJSON to
-//!    `AGENTPLANE_EXPORT_DIR/tenant-<slug>-<id>.ndjson`, to a `.partial` file renamed
-//!    into place when complete; a complete export from an earlier, interrupted attempt is
-//!    kept (the chain may already be partly gone).
+//!    `AGENTPLANE_EXPORT_DIR/tenant-<slug>-<id>.ndjson` (mode 0600): each attempt writes
+//!    its own file and links it into place when complete, unless one is there already —
+//!    the first complete export stands (the chain may be partly gone by a later
+//!    attempt). Of two deletions at once, the one that removes the tenant row records it;
+//!    the other answers `NOT_FOUND`.
 //! 2. **Remove in batches.** Every table's rows of the tenant, children before parents,
 //!    at most [`BATCH`] rows per statement, each statement its own transaction, so the
 //!    database never holds one huge delete. The audit chain goes last but one (on
@@ -74,6 +76,8 @@ const TABLES: &[(&str, &str)] = &[
     ("mfa_factors", "tenant_id = {p}"),
     ("api_keys", "tenant_id = {p}"),
     ("trusted_documents", "tenant_id = {p}"),
+    ("oidc_logins", "tenant_id = {p}"),
+    ("oidc_providers", "tenant_id = {p}"),
     ("tenant_usage", "tenant_id = {p}"),
     ("users", "tenant_id = {p}"),
     ("roles", "tenant_id = {p}"),
@@ -122,8 +126,12 @@ pub async fn delete_tenant(
         .with_detail("reason", "EXECUTIONS_ACTIVE"));
     }
     let (export_path, export_sha256, export_records) = export_once(app, &t).await?;
-    let rows_deleted = purge(&app.db, &t.id.to_string()).await?;
+    let (rows_deleted, removed) = purge(&app.db, &t.id.to_string()).await?;
     app.rights_changed(t.id);
+    if !removed {
+        // Another request removed it meanwhile, and recorded that.
+        return Err(AppError::not_found("tenant"));
+    }
     let entry = Entry::change(
         origin,
         "tenant.deleted",
@@ -200,7 +208,9 @@ async fn delete_batch(db: &DbPool, table: &str, condition: &str, tenant: &str) -
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-async fn purge(db: &DbPool, tenant: &str) -> AppResult<u64> {
+/// Removes every row of `tenant`; returns the rows removed and whether this call removed
+/// the tenant row itself (of two deletions at once, one does).
+async fn purge(db: &DbPool, tenant: &str) -> AppResult<(u64, bool)> {
     let mut total = 0;
     for (table, condition) in TABLES {
         loop {
@@ -231,8 +241,8 @@ async fn purge(db: &DbPool, tenant: &str) -> AppResult<u64> {
         }
     }
     total += delete_batch(db, "audit_heads", "tenant_id = {p}", tenant).await?;
-    total += delete_batch(db, "tenants", "id = {p}", tenant).await?;
-    Ok(total)
+    let removed = delete_batch(db, "tenants", "id = {p}", tenant).await?;
+    Ok((total + removed, removed == 1))
 }
 
 /// Writes the final export unless a complete one exists; returns (path, SHA-256,
@@ -268,10 +278,20 @@ async fn export_once(app: &App, t: &TenantRow) -> AppResult<(String, String, u64
             u64::try_from(records).unwrap_or(0),
         ));
     }
-    let partial = path.with_extension("ndjson.partial");
-    let mut file = tokio::fs::File::create(&partial)
-        .await
-        .map_err(|e| io("write", e))?;
+    // Each attempt writes its own file; the first complete one is linked into place
+    // (a link never replaces a file), so two deletions at once agree on one export, and
+    // one that began after the removal started never replaces it.
+    let partial = dir.join(format!(
+        ".tenant-{}-{}.{}.partial",
+        t.slug,
+        t.id,
+        uuid::Uuid::now_v7().simple()
+    ));
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&partial).await.map_err(|e| io("write", e))?;
     let mut digest = sha2::Sha256::new();
     let header = format!(
         "{}\n",
@@ -309,12 +329,27 @@ async fn export_once(app: &App, t: &TenantRow) -> AppResult<(String, String, u64
     }
     file.sync_all().await.map_err(|e| io("write", e))?;
     drop(file);
-    tokio::fs::rename(&partial, &path)
-        .await
-        .map_err(|e| io("write", e))?;
-    Ok((
-        path.display().to_string(),
-        format!("{:x}", digest.finalize()),
-        records,
-    ))
+    let linked = tokio::fs::hard_link(&partial, &path).await;
+    let _ = tokio::fs::remove_file(&partial).await;
+    match linked {
+        Ok(()) => Ok((
+            path.display().to_string(),
+            format!("{:x}", digest.finalize()),
+            records,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = tokio::fs::read(&path).await.map_err(|e| io("read", e))?;
+            let records = bytes
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                .saturating_sub(1);
+            Ok((
+                path.display().to_string(),
+                format!("{:x}", sha2::Sha256::digest(&bytes)),
+                u64::try_from(records).unwrap_or(0),
+            ))
+        }
+        Err(e) => Err(io("write", e)),
+    }
 }

@@ -49,6 +49,8 @@ pub enum Credential {
     SetPasswordToken,
     /// This argon2id hash (the CLI generated and printed the password).
     Hash(String),
+    /// None: the user signs in through the tenant's single sign-on only.
+    None,
 }
 
 /// A tenant to create.
@@ -93,7 +95,7 @@ fn token_for(
             let (t, row) = crate::auth::service::new_password_token(app, user.id);
             (Some(t), Some(row))
         }
-        Credential::Hash(_) => (None, None),
+        Credential::Hash(_) | Credential::None => (None, None),
     }
 }
 
