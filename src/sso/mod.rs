@@ -265,7 +265,7 @@ pub async fn discovery(app: &App, issuer: &str) -> AppResult<Discovery> {
 async fn key(app: &App, d: &Discovery, kid: Option<&str>) -> AppResult<jsonwebtoken::DecodingKey> {
     let find = |set: &jsonwebtoken::jwk::JwkSet| match kid {
         Some(k) => set.find(k).cloned(),
-        None if set.keys.len() == 1 => set.keys.iter().next().cloned(),
+        None if set.keys.len() == 1 => <[_]>::first(&set.keys).cloned(),
         None => None,
     };
     let cached = cache().jwks.get(&d.jwks_uri).cloned();

@@ -55,6 +55,7 @@ async fn every_mutation_writes_exactly_one_record() {
         ("AGENTPLANE_MASTER_KEY", crate::secrets::KEY1),
         ("AGENTPLANE_FAKE_GPUS", "A10:24576"),
         ("AGENTPLANE_HEARTBEAT_MS", "200"),
+        ("AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS", "true"),
     ];
     env.extend(webhook.iter().map(|(k, v)| (*k, v.as_str())));
     let app = TestApp::spawn_with(&env).await;
@@ -533,6 +534,23 @@ async fn every_mutation_writes_exactly_one_record() {
         None::<&str>,
         "mutation($i: ConfirmEmailChangeInput!) { confirmEmailChange(input: $i) { email } }",
         json!({ "i": { "token": change["token"] } })
+    );
+    let idp = crate::sso::FakeIdp::start().await;
+    step!(
+        "configureOidcProvider",
+        acme,
+        "sso.provider_configured",
+        o,
+        "mutation($i: ConfigureOidcProviderInput!) { configureOidcProvider(input: $i) { oidcProvider { issuer } } }",
+        json!({ "i": { "issuer": idp.issuer, "clientId": crate::sso::CLIENT_ID } })
+    );
+    step!(
+        "deleteOidcProvider",
+        acme,
+        "sso.provider_deleted",
+        o,
+        "mutation { deleteOidcProvider { ok } }",
+        json!({})
     );
     let doc = step!(
         "registerTrustedDocument",

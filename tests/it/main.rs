@@ -35,6 +35,7 @@ mod secrets;
 mod security;
 mod services;
 mod socket_limits;
+mod sso;
 mod step_limits;
 mod takeover;
 mod tenancy;
