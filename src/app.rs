@@ -118,6 +118,7 @@ impl App {
                         .map(|u| u.expose_secret().to_owned())
                 }
                 .as_deref(),
+                config.redis_ca_pem.as_deref(),
                 &config.redis_key_prefix,
             )?),
             ip_denials: crate::auth::DenialLog::default(),

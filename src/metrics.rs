@@ -244,6 +244,7 @@ fn zero() {
         "requests_per_principal",
         "requests_per_tenant",
         "expensive_operations_per_tenant",
+        "expensive_operations_per_principal",
         "query_cost_per_tenant",
     ] {
         counter!("agentplane_rate_limited_total", "limit" => limit).absolute(0);

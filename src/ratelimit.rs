@@ -134,12 +134,16 @@ return {1, math.floor((cap - (new - now)) / interval), new - now}
 impl RateLimiter {
     /// A limiter whose default quota (per principal) is `quota`, shared through Redis at
     /// `redis_url` when given.
-    pub fn new(quota: Quota, redis_url: Option<&str>, key_prefix: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        quota: Quota,
+        redis_url: Option<&str>,
+        redis_ca: Option<&[u8]>,
+        key_prefix: &str,
+    ) -> anyhow::Result<Self> {
         let redis = match redis_url {
             None => None,
             Some(url) => Some(Shared {
-                client: redis::Client::open(url)
-                    .map_err(|e| anyhow::anyhow!("REDIS_URL is not usable: {e}"))?,
+                client: crate::events::redis::client(url, redis_ca)?,
                 conn: tokio::sync::Mutex::new(None),
                 prefix: format!("{key_prefix}:rl:"),
                 script: redis::Script::new(GCRA_LUA),
@@ -328,7 +332,7 @@ mod tests {
     use super::*;
 
     fn limiter() -> RateLimiter {
-        RateLimiter::new(Quota::per_minute(60), None, "t").expect("limiter")
+        RateLimiter::new(Quota::per_minute(60), None, None, "t").expect("limiter")
     }
 
     #[test]

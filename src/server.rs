@@ -95,6 +95,7 @@ impl Background {
                     });
                     let fanout = crate::events::redis::start(
                         redis_url.expose_secret(),
+                        app.config.redis_ca_pem.as_deref(),
                         &app.config.redis_key_prefix,
                         app.bus.clone(),
                         fallback,

@@ -55,6 +55,7 @@ pub(crate) async fn start_server(db_url: &str, log: &std::path::Path) -> anyhow:
         .env("AGENTPLANE_WORKERS", "0")
         // The bench measures throughput; per-principal rate limits would cap it.
         .env("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "0")
+        .env("AGENTPLANE_EXPENSIVE_OPERATIONS_PER_MINUTE", "0")
         .env("AGENTPLANE_WS_MAX_CONNECTIONS_PER_ADDRESS", "100000")
         .env("AGENTPLANE_WS_MAX_SUBSCRIPTIONS_PER_PRINCIPAL", "100000")
         .env("RUST_LOG", "warn")

@@ -24,6 +24,8 @@ pub enum Budget {
     Tenant,
     /// The tenant's expensive operations.
     ExpensiveOperations,
+    /// The caller's own expensive operations.
+    ExpensiveOperationsPerPrincipal,
     /// The tenant's GraphQL query cost.
     QueryCost,
 }
@@ -35,6 +37,7 @@ impl Budget {
             Self::Principal => "requests_per_principal",
             Self::Tenant => "requests_per_tenant",
             Self::ExpensiveOperations => "expensive_operations_per_tenant",
+            Self::ExpensiveOperationsPerPrincipal => "expensive_operations_per_principal",
             Self::QueryCost => "query_cost_per_tenant",
         }
     }
@@ -75,6 +78,9 @@ impl Refusal {
             Budget::ExpensiveOperations => {
                 "expensive operations (starting executions, exports, reports) in your \
                  organization"
+            }
+            Budget::ExpensiveOperationsPerPrincipal => {
+                "expensive operations (starting executions, exports, reports) by this caller"
             }
             Budget::QueryCost => {
                 "GraphQL query cost spent (by your organization, or by your address when \
@@ -140,9 +146,27 @@ pub async fn check_request(
     Ok(headroom)
 }
 
-/// Counts one expensive operation of the caller's tenant: `RATE_LIMITED` when its
+/// Counts one expensive operation of the caller and of its tenant: `RATE_LIMITED` when
+/// the caller's own (`AGENTPLANE_EXPENSIVE_OPERATIONS_PER_MINUTE`, so one runaway key
+/// cannot spend its whole tenant's budget) or the tenant's
 /// `expensiveOperationsPerMinute` is spent.
 pub async fn check_expensive(app: &App, principal: &Principal) -> Result<(), AppError> {
+    let own = Quota::per_minute(u64::from(app.config.http.expensive_operations_per_minute));
+    app.rate_limiter
+        .take(
+            &format!("xp:{}:{}", principal.tenant_id, principal.actor_ref()),
+            own,
+            1,
+        )
+        .await
+        .map_err(|limited| {
+            Refusal {
+                budget: Budget::ExpensiveOperationsPerPrincipal,
+                quota: own,
+                limited,
+            }
+            .error()
+        })?;
     let quota = Quota::per_minute(principal.limits.expensive_operations_per_minute);
     app.rate_limiter
         .take(&format!("x:{}", principal.tenant_id), quota, 1)

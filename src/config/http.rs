@@ -26,6 +26,9 @@ pub struct HttpConfig {
     pub rate_limit_per_minute: u32,
     /// Requests allowed at once above that rate.
     pub rate_limit_burst: u32,
+    /// Expensive operations (starting executions, exports, reports) per minute per
+    /// principal, in bursts of a sixth (0: no per-principal limit; the tenant's holds).
+    pub expensive_operations_per_minute: u32,
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <token>`.
     pub metrics_token: Option<ScrapeToken>,
     /// A listener of its own for `/metrics` (and `/healthz`): the only HTTP a worker
@@ -82,6 +85,7 @@ pub(super) struct FileHttp {
     pub(super) queue_timeout_ms: Option<toml::Value>,
     pub(super) rate_limit_per_minute: Option<toml::Value>,
     pub(super) rate_limit_burst: Option<toml::Value>,
+    pub(super) expensive_operations_per_minute: Option<toml::Value>,
     pub(super) metrics_token: Option<String>,
     pub(super) metrics_listen: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
@@ -200,6 +204,17 @@ pub(super) fn load(layers: &Layers<'_>, file: FileHttp) -> Result<HttpConfig, Co
             1,
             100_000,
             "a number of requests between 1 and 100000",
+        )?,
+        expensive_operations_per_minute: parse_num(
+            layers.pick(
+                "AGENTPLANE_EXPENSIVE_OPERATIONS_PER_MINUTE",
+                "http.expensive_operations_per_minute",
+                toml_scalar(file.expensive_operations_per_minute),
+            ),
+            1800u32,
+            0,
+            1_000_000,
+            "operations per minute between 0 (off) and 1000000",
         )?,
         metrics_token: match layers.pick(
             "AGENTPLANE_METRICS_TOKEN",

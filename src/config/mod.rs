@@ -144,6 +144,10 @@ pub struct Config {
     /// Optional Redis: the cross-replica event fan-out on PostgreSQL (`redis://` or
     /// `rediss://` for TLS, password in the URL).
     pub redis_url: Option<SecretString>,
+    /// The CA certificate(s), PEM, that signed the Redis server's certificate, for a
+    /// `rediss://` URL whose server certificate no public CA signed
+    /// (`AGENTPLANE_REDIS_CA_FILE`); none: the public web roots.
+    pub redis_ca_pem: Option<Vec<u8>>,
     /// Prefix of every Redis key this deployment uses (several deployments, or test
     /// runs, can share one Redis).
     pub redis_key_prefix: String,
@@ -243,6 +247,7 @@ struct FileConfig {
     database_listen_url: Option<String>,
     redis_url: Option<String>,
     redis_key_prefix: Option<String>,
+    redis_ca_file: Option<String>,
     export_dir: Option<String>,
     listen: Option<String>,
     log_format: Option<String>,
@@ -374,6 +379,42 @@ impl Config {
                     ));
                 }
                 Some(SecretString::from(raw.value.trim().to_owned()))
+            }
+        };
+
+        let redis_ca_pem = match layers.pick(
+            "AGENTPLANE_REDIS_CA_FILE",
+            "redis_ca_file",
+            file.redis_ca_file,
+        ) {
+            None => None,
+            Some(raw) => {
+                let expected = "a readable PEM file of the CA that signed the Redis server's \
+                                certificate, with a rediss:// REDIS_URL";
+                let pem = std::fs::read(raw.value.trim()).map_err(|e| {
+                    err(
+                        &raw.key,
+                        format!("cannot read {} ({e})", raw.value),
+                        expected,
+                    )
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(err(&raw.key, "no PEM certificate in the file", expected));
+                }
+                let tls = {
+                    use secrecy::ExposeSecret as _;
+                    redis_url
+                        .as_ref()
+                        .is_some_and(|u| u.expose_secret().starts_with("rediss://"))
+                };
+                if !tls {
+                    return Err(err(
+                        &raw.key,
+                        "a CA file is for TLS: REDIS_URL must be a rediss:// URL",
+                        expected,
+                    ));
+                }
+                Some(pem)
             }
         };
 
@@ -558,6 +599,7 @@ impl Config {
             database_listen_url,
             redis_url,
             redis_key_prefix,
+            redis_ca_pem,
             export_dir,
             listen,
             log_format,

@@ -105,17 +105,35 @@ impl RedisFanout {
     }
 }
 
+/// A client for `url` (`redis://`, or `rediss://` for TLS, with a password when the
+/// server needs one). With `ca` (PEM), the server's certificate must chain to it instead
+/// of the public web roots.
+pub fn client(url: &str, ca: Option<&[u8]>) -> anyhow::Result<redis::Client> {
+    let c = match ca {
+        None => redis::Client::open(url),
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    };
+    c.map_err(|e| anyhow::anyhow!("REDIS_URL is not usable: {e}"))
+}
+
 /// Connects the bus to Redis: starts the writer and the follower (until `stop`) and
-/// returns the link. `url` may be `redis://` or `rediss://` (TLS), with a password.
+/// returns the link. `url` may be `redis://` or `rediss://` (TLS, verified against `ca`
+/// when given), with a password.
 pub fn start<E: BusEvent, C: Send + Sync + 'static>(
     url: &str,
+    ca: Option<&[u8]>,
     key_prefix: &str,
     bus: Arc<EventBus<E, C>>,
     fallback: Fallback,
     stop: CancellationToken,
 ) -> anyhow::Result<Arc<RedisFanout>> {
-    let client =
-        redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL is not usable: {e}"))?;
+    let client = client(url, ca)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let fanout = Arc::new(RedisFanout {
         client,

@@ -149,6 +149,20 @@ async fn view(ctx: &Context<'_>, row: ProviderRow) -> async_graphql::Result<Oidc
     })
 }
 
+/// Whoever configures the provider can sign in as anyone of the tenant (it vouches for
+/// their e-mail addresses): only those holding every permission of OWNER may.
+fn owner_only(p: &crate::auth::Principal) -> crate::error::AppResult<()> {
+    if BuiltinRole::Owner.permissions().is_subset(&p.permissions) {
+        Ok(())
+    } else {
+        Err(crate::error::AppError::forbidden(
+            "only an OWNER configures single sign-on: the provider can sign in as anyone \
+             of the organization",
+        )
+        .with_detail("reason", "OWNER_ONLY"))
+    }
+}
+
 /// Single sign-on queries.
 #[derive(Default)]
 pub struct SsoQuery;
@@ -174,8 +188,9 @@ pub struct SsoMutation;
 
 #[Object]
 impl SsoMutation {
-    /// Sets the tenant's OpenID Connect provider (replacing any). Sign-ins start at its
-    /// `loginUrl`; the tenant's `sso` feature flag must be on.
+    /// Sets the tenant's OpenID Connect provider (replacing any; OWNERs only: it can
+    /// sign in as anyone of the tenant). Sign-ins start at its `loginUrl`; the tenant's
+    /// `sso` feature flag must be on. The provider must send `email_verified: true`.
     #[graphql(guard = "Require(Permission::TenantUpdate)")]
     async fn configure_oidc_provider(
         &self,
@@ -184,6 +199,7 @@ impl SsoMutation {
     ) -> async_graphql::Result<OidcProviderPayload> {
         let a = app(ctx)?;
         let p = principal(ctx)?;
+        owner_only(p)?;
         let default_role = match &input.default_role_id {
             Some(id) => {
                 crate::tenancy::graphql::resolve_role_input(a, p, id, "defaultRoleId").await?
@@ -225,6 +241,7 @@ impl SsoMutation {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<crate::auth::graphql::OkPayload> {
+        owner_only(principal(ctx)?)?;
         super::remove(app(ctx)?, &origin(ctx)?, principal(ctx)?.tenant_id).await?;
         Ok(crate::auth::graphql::OkPayload { ok: true })
     }

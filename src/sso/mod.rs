@@ -16,9 +16,13 @@
 //!    a new one whose role comes from the mapped claim, else the default role); a session
 //!    of our own opens, exactly as after a password sign-in (`allowedIpRanges` hold).
 //!
-//! Provider hosts are fetched over HTTPS (plain HTTP only with
-//! `AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS`, for development), with a timeout and a size
-//! bound on every answer. Gated by the tenant's `sso` feature flag.
+//! Provider hosts are fetched over HTTPS at public addresses (plain HTTP and internal
+//! addresses only with `AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS`, for development), with a
+//! timeout and a size bound on every answer; what a provider answers to a refusal is
+//! logged, never shown. The client secret goes only to hosts it is pinned to. Only the
+//! tenant's OWNERs configure the provider: the provider vouches for any of the tenant's
+//! e-mail addresses, so whoever configures it can sign in as anyone there. Gated by the
+//! tenant's `sso` feature flag.
 
 pub mod graphql;
 
@@ -175,6 +179,57 @@ fn check_scheme(app: &App, url: &url::Url, field: &str) -> AppResult<()> {
     }
 }
 
+/// Providers live on the internet, not inside this server's network: a host that
+/// resolves to a loopback, private, link-local or otherwise internal address is refused
+/// (unless `AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS`, for development against a local
+/// provider), so a tenant cannot point the server at its own neighbours.
+async fn check_host(app: &App, url: &url::Url) -> AppResult<()> {
+    if app.config.auth.oidc_allow_http_issuers {
+        return Ok(());
+    }
+    let refused = || {
+        AppError::bad_input(
+            "issuer",
+            "the identity provider's address is internal (loopback, private or link-local): \
+             providers are reached on public addresses",
+        )
+    };
+    let host = url.host_str().ok_or_else(refused)?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| provider_error("could not be found", e))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !is_public(a.ip())) {
+        return Err(refused());
+    }
+    Ok(())
+}
+
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match crate::net::canonical(ip) {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+                || o[0] >= 224)
+        }
+        std::net::IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 fn http() -> &'static reqwest::Client {
     static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
         reqwest::Client::builder()
@@ -207,13 +262,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         }
     }
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
+        // What the provider said stays in the log: its answer may echo what was sent.
+        tracing::warn!(
+            status = status.as_u16(),
+            body = %String::from_utf8_lossy(&body).chars().take(500).collect::<String>(),
+            "the identity provider refused {what}"
+        );
         return Err(provider_error(
             &format!("refused {what}"),
-            format!(
-                "HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
-            ),
+            format!("HTTP {status}"),
         ));
     }
     serde_json::from_slice(&body)
@@ -228,6 +285,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     let parsed = url::Url::parse(url)
         .map_err(|e| provider_error(&format!("gave a bad URL for {what}"), e))?;
     check_scheme(app, &parsed, "issuer")?;
+    check_host(app, &parsed).await?;
     let resp = http()
         .get(parsed)
         .send()
@@ -336,22 +394,37 @@ pub fn login_url(app: &App, slug: &str) -> String {
 }
 
 /// Whether `return_to` may receive tokens: a path on this server, or a URL under
-/// `AGENTPLANE_PUBLIC_URL` (never another site: that would hand it the tokens).
+/// `AGENTPLANE_PUBLIC_URL` (never another site: that would hand it the tokens). Only
+/// visible ASCII is accepted (browsers drop tabs and newlines from URLs, so `/\t/evil`
+/// would leave the site), and the value, resolved against the public address, must keep
+/// its origin.
 fn check_return_to(app: &App, return_to: &str) -> AppResult<()> {
     let base = public_base(app);
-    let local_path =
-        return_to.starts_with('/') && !return_to.starts_with("//") && !return_to.contains('\\');
-    let under_base = return_to == base || return_to.starts_with(&format!("{base}/"));
-    if local_path || under_base {
-        Ok(())
-    } else {
-        Err(AppError::bad_input(
+    let refuse = || {
+        AppError::bad_input(
             "returnTo",
             format!(
                 "tokens only go back to this server: a path such as /app, or a URL under {base}"
             ),
-        ))
+        )
+    };
+    if return_to.len() > 2048
+        || !return_to.bytes().all(|b| b.is_ascii_graphic())
+        || return_to.contains('\\')
+    {
+        return Err(refuse());
     }
+    let local_path = return_to.starts_with('/') && !return_to.starts_with("//");
+    let under_base = return_to == base || return_to.starts_with(&format!("{base}/"));
+    if !(local_path || under_base) {
+        return Err(refuse());
+    }
+    let origin = url::Url::parse(&base).map_err(|_| refuse())?;
+    let resolved = origin.join(return_to).map_err(|_| refuse())?;
+    if resolved.origin() != origin.origin() {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 async fn sso_tenant(app: &App, tenant: &TenantRow) -> AppResult<ProviderRow> {
@@ -483,8 +556,21 @@ pub async fn complete(
         .ok_or_else(stale)?;
     let p = sso_tenant(app, &tenant).await?;
     let d = discovery(app, &p.issuer).await?;
+    let token_url = url::Url::parse(&d.token_endpoint)
+        .map_err(|e| provider_error("gave a bad token endpoint", e))?;
+    check_scheme(app, &token_url, "issuer")?;
+    check_host(app, &token_url).await?;
+    // The client secret goes only where it is pinned to (its allowedHosts).
     let secret = match &p.client_secret_name {
-        Some(name) => Some(crate::secrets::service::reveal(app, tenant.id, name).await?),
+        Some(name) => Some(
+            crate::secrets::service::reveal_for_host(
+                app,
+                tenant.id,
+                name,
+                token_url.host_str().unwrap_or_default(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let mut form: Vec<(&str, String)> = vec![
@@ -497,9 +583,6 @@ pub async fn complete(
     if let Some(s) = &secret {
         form.push(("client_secret", s.expose_secret().to_owned()));
     }
-    let token_url = url::Url::parse(&d.token_endpoint)
-        .map_err(|e| provider_error("gave a bad token endpoint", e))?;
-    check_scheme(app, &token_url, "issuer")?;
     let resp = http()
         .post(token_url)
         .form(&form)
@@ -517,6 +600,13 @@ pub async fn complete(
             return Err(e);
         }
     };
+    // The tenant's allowedIpRanges before any account is looked up or created.
+    if let Some(c) = client {
+        let ranges = crate::auth::allowed_ranges(&tenant);
+        if !crate::auth::address_allowed(app, &ranges, false, c.ip) {
+            return Err(crate::auth::ip_not_allowed(c.ip));
+        }
+    }
     let user = match user_for(app, &tenant, &p, &claims).await {
         Ok(u) => u,
         Err(e) => {
@@ -582,9 +672,18 @@ async fn validate(
     v.set_audience(&[p.client_id.as_str()]);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.leeway = 60;
+    v.validate_nbf = true;
     let data = jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &v)
         .map_err(|e| invalid(e.to_string()))?;
     let claims = data.claims;
+    // Several audiences: the token must have been issued to us (OIDC Core 3.1.3.7).
+    if claims["aud"].as_array().is_some_and(|a| a.len() > 1)
+        && claims["azp"].as_str() != Some(p.client_id.as_str())
+    {
+        return Err(invalid(
+            "it names several audiences and was not issued to this client (azp)".into(),
+        ));
+    }
     if claims["nonce"].as_str() != Some(nonce) {
         return Err(invalid("its nonce is not this sign-in's".into()));
     }
@@ -610,10 +709,16 @@ async fn user_for(
             "SSO_NO_EMAIL",
         )
     })?;
-    if claims["email_verified"] == serde_json::Value::Bool(false) {
+    if claims["email_verified"] != serde_json::Value::Bool(true) {
         return Err(refused(
             "the provider has not verified this e-mail address",
             "SSO_EMAIL_UNVERIFIED",
+        ));
+    }
+    if !email.is_ascii() {
+        return Err(refused(
+            "single sign-on accepts ASCII e-mail addresses only",
+            "SSO_NO_EMAIL",
         ));
     }
     let email = crate::policy::normalize_email(email).map_err(|_| {
@@ -663,8 +768,20 @@ async fn user_for(
                 &role,
                 true,
             )
-            .await?;
-            Ok(created.user)
+            .await;
+            match created {
+                Ok(c) => Ok(c.user),
+                // The same new user signing in twice at once: the other sign-in made it.
+                Err(e) if e.code() == ErrorCode::Conflict => {
+                    match crate::tenancy::store::find_user_by_email(&app.db, &email).await? {
+                        Some(u) if u.tenant_id == tenant.id && u.status == UserStatus::Active => {
+                            Ok(u)
+                        }
+                        _ => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }
@@ -778,6 +895,7 @@ pub async fn configure(
             ));
         }
     }
+    cache().discovery.remove(&issuer);
     discovery(app, &issuer).await.map_err(|e| {
         AppError::bad_input(
             "issuer",

@@ -609,3 +609,44 @@ async fn batches_count_each_operation_and_refused_credentials_count_too() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_caller_has_an_expensive_operation_budget_of_its_own() {
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_EXPENSIVE_OPERATIONS_PER_MINUTE", "6"),
+    ])
+    .await;
+    let (_, owner) = app.tenant_with_owner("acme").await;
+    let wf = published(
+        &app,
+        &owner,
+        "one",
+        json!({ "steps": [ { "id": "a", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    let key = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }",
+            json!({ "i": { "name": "svc", "roleId": "OPERATOR" } }),
+        )
+        .await["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let start = json!({ "query": START, "variables": { "i": { "workflowId": wf } } });
+    let (status, _, body) = post(&app, &owner, start.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, body) = post(&app, &owner, start.clone()).await;
+    assert_rate_limited(
+        status,
+        &headers,
+        &body,
+        "expensive_operations_per_principal",
+    );
+    // The key's budget is its own: a runaway caller does not spend the tenant's.
+    let (status, _, body) = post(&app, &key, start).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+}

@@ -96,9 +96,21 @@ async fn nested_reads_cost_the_same_statements_for_5_or_50_workflows() {
     let app = TestApp::spawn_with(&[
         ("AGENTPLANE_WORKERS", "0"),
         ("AGENTPLANE_RATE_LIMIT_PER_MINUTE", "0"),
+        ("AGENTPLANE_EXPENSIVE_OPERATIONS_PER_MINUTE", "0"),
     ])
     .await;
-    let (_, owner) = app.tenant_with_owner("acme").await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+    // 500 executions started in seconds: past the tenant's expensive-operation budget.
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": acme, "plan": "PRO",
+                           "quotas": { "expensiveOperationsPerMinute": 0 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
     for i in 0..50 {
         let wf = published(
             &app,

@@ -407,3 +407,160 @@ async fn a_tenant_budget_is_one_budget_across_replicas() {
         "{seen:?}"
     );
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rediss://` with a private CA (`AGENTPLANE_REDIS_CA_FILE`): the replica talks TLS to a
+/// `redis-server` whose certificate that CA signed, and refuses one it did not.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_over_tls_with_a_private_ca() {
+    if !TestDb::is_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=agentplane-test-ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // Another CA, which signed nothing the server shows.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=someone-else",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let path = |f: &str| d.join(f).display().to_string();
+    let _redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &path("srv.pem"),
+            "--tls-key-file",
+            &path("srv.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts");
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let ca = path("ca.pem");
+    let trusted = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("REDIS_URL", url.as_str()),
+        ("AGENTPLANE_REDIS_CA_FILE", ca.as_str()),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+    ])
+    .await;
+    wait_redis(&trusted.base, "ok", 15).await;
+    // The wrong CA: the certificate is refused, so Redis stays degraded (requests work).
+    let other = path("other.pem");
+    let refused = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("REDIS_URL", url.as_str()),
+        ("AGENTPLANE_REDIS_CA_FILE", other.as_str()),
+        ("AGENTPLANE_REDIS_KEY_PREFIX", prefix.as_str()),
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = readyz(&refused.base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["redis"], "degraded", "{body}");
+    let me = refused
+        .gql_as(&refused.admin_token().await, "{ me { email } }", json!({}))
+        .await;
+    assert!(me["errors"].is_null(), "{me}");
+}

@@ -415,6 +415,14 @@ async fn single_sign_on_through_an_oidc_provider() {
             json!({ "sub": "x", "email": "late@acme.example", "email_verified": false }),
             "SSO_EMAIL_UNVERIFIED",
         ),
+        (
+            json!({ "sub": "x", "email": "late@acme.example" }),
+            "SSO_EMAIL_UNVERIFIED",
+        ),
+        (
+            json!({ "sub": "x", "email": "late@acme.example", "email_verified": "true" }),
+            "SSO_EMAIL_UNVERIFIED",
+        ),
     ] {
         idp.next(claims, Spoil::Nothing);
         let (resp, _) = sign_in(&app, "acme", None).await;
@@ -457,15 +465,22 @@ async fn single_sign_on_through_an_oidc_provider() {
         .await
         .expect("login");
     assert_eq!(evil.status(), 400);
-    let evil = no_redirects()
-        .get(format!(
-            "{}/auth/oidc/acme/login?returnTo=//evil.example/steal",
-            app.base
-        ))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(evil.status(), 400);
+    for sneaky in [
+        "//evil.example/steal",
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "/\\evil.example",
+    ] {
+        let evil = no_redirects()
+            .get(format!(
+                "{}/auth/oidc/acme/login?returnTo={sneaky}",
+                app.base
+            ))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(evil.status(), 400, "{sneaky}");
+    }
 
     // 5. A tenant without a provider, or with the `sso` flag off, has no sign-in.
     let none = no_redirects()
@@ -490,6 +505,23 @@ async fn single_sign_on_through_an_oidc_provider() {
     assert_eq!(off.status(), 403);
     let body: Value = off.json().await.expect("json");
     assert_eq!(body["errors"][0]["extensions"]["flag"], "sso", "{body}");
+    // Only OWNERs configure it (it can sign in as anyone of the tenant).
+    let role = app
+        .gql_as(
+            &owner,
+            "mutation($i: CreateRoleInput!) { createRole(input: $i) { role { id } } }",
+            json!({ "i": { "name": "sso-admin", "permissions": ["tenant.read", "tenant.update"] } }),
+        )
+        .await["data"]["createRole"]["role"]["id"]
+        .clone();
+    let (_, dev) = user_with_role(&app, &owner, "dev@acme.example", role).await;
+    let denied = app
+        .gql_as(&dev, "mutation { deleteOidcProvider { ok } }", json!({}))
+        .await;
+    assert_eq!(
+        denied["errors"][0]["extensions"]["reason"], "OWNER_ONLY",
+        "{denied}"
+    );
     // Another tenant cannot read this one's provider.
     let theirs = app
         .gql_as(&other, "{ oidcProvider { issuer } }", json!({}))
