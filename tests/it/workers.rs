@@ -106,14 +106,22 @@ async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
     let a_id = a["execution"]["id"].as_str().expect("id").to_owned();
     let b_id = b["execution"]["id"].as_str().expect("id").to_owned();
     wait_for(&app, &owner, &a_id, 10, |e| e["status"] == "RUNNING").await;
-    // One slot: b waits, and says why.
-    let out = app
-        .gql_as(
-            &owner,
-            "query($id: ID!) { execution(id: $id) { status waitingReason } }",
-            json!({ "id": b_id }),
-        )
-        .await;
+    // One slot: b waits, and says why (once an engine has looked at it: on a busy
+    // machine that can take a moment).
+    let mut out = serde_json::Value::Null;
+    for _ in 0..50 {
+        out = app
+            .gql_as(
+                &owner,
+                "query($id: ID!) { execution(id: $id) { status waitingReason } }",
+                json!({ "id": b_id }),
+            )
+            .await;
+        if out["data"]["execution"]["waitingReason"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(out["data"]["execution"]["status"], "QUEUED", "{out}");
     assert!(
         out["data"]["execution"]["waitingReason"]
