@@ -58,15 +58,42 @@ pub async fn login(
         return r;
     }
     match crate::sso::begin(&state.app, &tenant, params.return_to.as_deref()).await {
-        Ok(location) => redirect(&location),
+        Ok(started) => {
+            let mut r = redirect(&started.location);
+            let secure = crate::sso::public_base(&state.app).starts_with("https://");
+            let cookie = format!(
+                "{}={}; Path=/auth/oidc; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                crate::sso::BROWSER_COOKIE,
+                started.browser,
+                crate::sso::LOGIN_TTL.num_seconds(),
+                if secure { "; Secure" } else { "" }
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
         Err(e) => super::caller::refusal(e, &caller.request_id),
     }
+}
+
+/// The value of the sign-in's browser cookie, if the request carries it.
+fn browser_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == crate::sso::BROWSER_COOKIE)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// `GET /auth/oidc/callback`.
 pub async fn callback(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Query(params): Query<CallbackParams>,
 ) -> Response {
     if let Some(r) = limited(&state, &caller).await {
@@ -97,6 +124,7 @@ pub async fn callback(
         &state.app,
         &st,
         &code,
+        browser_cookie(&headers).as_deref(),
         Some(&caller.client),
         Some(caller.request_id.0.as_str()),
     )

@@ -4,7 +4,8 @@
 //! authorization-code flow with PKCE (S256), `state` and `nonce`:
 //!
 //! 1. `GET /auth/oidc/{tenant}/login` stores a single-use sign-in (the hash of its
-//!    `state`, its `nonce` and PKCE verifier, 10 minutes) and redirects to the provider's
+//!    `state`, its `nonce` and PKCE verifier, the hash of a secret the browser keeps in
+//!    a cookie, 10 minutes) and redirects to the provider's
 //!    authorization endpoint (from its discovery document, cached for an hour);
 //! 2. the provider redirects back to `GET /auth/oidc/callback?code&state`; the code is
 //!    exchanged at the token endpoint (with the verifier and, when configured, the
@@ -114,6 +115,7 @@ struct LoginRow {
     tenant_id: TenantId,
     nonce: String,
     code_verifier: String,
+    browser_hash: String,
     return_to: Option<String>,
     created_at: NaiveDateTime,
     expires_at: NaiveDateTime,
@@ -439,8 +441,21 @@ async fn sso_tenant(app: &App, tenant: &TenantRow) -> AppResult<ProviderRow> {
     }
 }
 
-/// Starts a sign-in for tenant `slug`: returns where to send the browser.
-pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<String> {
+/// A sign-in started: where to send the browser, and the secret the browser keeps (in a
+/// cookie) to finish it — a callback from another browser is refused, so nobody can
+/// sign a victim into the attacker's account with a link (login CSRF).
+pub struct Started {
+    /// The provider's authorization URL.
+    pub location: String,
+    /// The browser's half of the sign-in.
+    pub browser: String,
+}
+
+/// The cookie that binds a sign-in to the browser that started it.
+pub const BROWSER_COOKIE: &str = "agentplane_oidc";
+
+/// Starts a sign-in for tenant `slug`.
+pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<Started> {
     let tenant = crate::tenancy::store::find_by_slug(&app.db, slug)
         .await?
         .ok_or_else(|| AppError::not_found("single sign-on for this organization"))?;
@@ -452,6 +467,7 @@ pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<
     let state = passwords::random_secret(32);
     let nonce = passwords::random_secret(32);
     let verifier = passwords::random_secret(48);
+    let browser = passwords::random_secret(32);
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(sha2::Sha256::digest(verifier.as_bytes()));
     let now = app.clock.now();
@@ -460,6 +476,7 @@ pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<
         tenant_id: tenant.id,
         nonce: nonce.clone(),
         code_verifier: verifier,
+        browser_hash: passwords::sha256_hex(&browser),
         return_to: return_to.map(str::to_owned),
         created_at: db_time(now),
         expires_at: db_time(now + LOGIN_TTL),
@@ -493,7 +510,10 @@ pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    Ok(url.into())
+    Ok(Started {
+        location: url.into(),
+        browser,
+    })
 }
 
 /// A completed sign-in.
@@ -514,6 +534,7 @@ pub async fn complete(
     app: &App,
     state: &str,
     code: &str,
+    browser: Option<&str>,
     client: Option<&ClientInfo>,
     request_id: Option<&str>,
 ) -> AppResult<Completed> {
@@ -536,6 +557,13 @@ pub async fn complete(
     let login = login
         .filter(|l| l.used_at.is_none() && utc(l.expires_at) > now)
         .ok_or_else(stale)?;
+    if browser.map(passwords::sha256_hex).as_deref() != Some(login.browser_hash.as_str()) {
+        return Err(refused(
+            "this sign-in was started in another browser (or its cookie was blocked): \
+             start again from the login link, in this browser",
+            "SSO_STATE_INVALID",
+        ));
+    }
     // Spent before anything else: a code and state are good once.
     let at = db_time(now);
     let spent = crate::db_run!(&app.db, |conn| {

@@ -255,12 +255,8 @@ pub async fn configure(app: &TestApp, owner: &str, idp: &FakeIdp, extra: Value) 
     .await
 }
 
-/// One sign-in through the provider: returns the callback's response.
-async fn sign_in(
-    app: &TestApp,
-    slug: &str,
-    return_to: Option<&str>,
-) -> (reqwest::Response, String) {
+/// A sign-in up to the provider's redirect back: (callback URL, the browser's cookie).
+async fn start_sign_in(app: &TestApp, slug: &str, return_to: Option<&str>) -> (String, String) {
     let http = no_redirects();
     let mut url = format!("{}/auth/oidc/{slug}/login", app.base);
     if let Some(r) = return_to {
@@ -270,12 +266,20 @@ async fn sign_in(
         ));
     }
     let start = http.get(&url).send().await.expect("login");
+    let cookie = start
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(
         start.status(),
         302,
         "{}",
         start.text().await.unwrap_or_default()
     );
+    assert!(cookie.starts_with("agentplane_oidc="), "{cookie}");
     let to_idp = location(&start);
     let at_idp = http.get(&to_idp).send().await.expect("authorize");
     assert_eq!(at_idp.status(), 302, "the provider accepted the request");
@@ -289,7 +293,22 @@ async fn sign_in(
         parsed.path(),
         parsed.query().unwrap_or("")
     );
-    let resp = http.get(&callback).send().await.expect("callback");
+    (callback, cookie)
+}
+
+/// One sign-in through the provider: returns the callback's response.
+async fn sign_in(
+    app: &TestApp,
+    slug: &str,
+    return_to: Option<&str>,
+) -> (reqwest::Response, String) {
+    let (callback, cookie) = start_sign_in(app, slug, return_to).await;
+    let resp = no_redirects()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("callback");
     (resp, callback)
 }
 
@@ -368,6 +387,32 @@ async fn single_sign_on_through_an_oidc_provider() {
         body["errors"][0]["extensions"]["reason"], "SSO_STATE_INVALID",
         "{body}"
     );
+
+    // A callback from another browser (a link someone sent) is refused, and does not
+    // spend the sign-in (login CSRF).
+    idp.next(
+        json!({ "sub": "u-1", "email": "new@acme.example", "email_verified": true }),
+        Spoil::Nothing,
+    );
+    let (callback, cookie) = start_sign_in(&app, "acme", None).await;
+    let foreign = no_redirects()
+        .get(&callback)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(foreign.status(), 401);
+    let body: Value = foreign.json().await.expect("json");
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "SSO_STATE_INVALID",
+        "{body}"
+    );
+    let own = no_redirects()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(own.status(), 200);
 
     // 2. An existing user signs in as themselves; without returnTo the tokens are JSON.
     idp.next(
