@@ -330,7 +330,7 @@ async fn query_cost_is_reported_charged_and_given_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trusted_documents_are_per_tenant_and_can_be_required() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let app = TestApp::spawn_as_app_role_with(&[("AGENTPLANE_WORKERS", "0")]).await;
     let (_, owner) = app.tenant_with_owner("acme").await;
     let (_, other) = app.tenant_with_owner("globex").await;
     let (_, viewer) = user_with_role(&app, &owner, "viewer@acme.example", json!("VIEWER")).await;

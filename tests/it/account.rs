@@ -279,7 +279,9 @@ async fn rows(app: &TestApp, table: &str, tenant: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_tenant_is_exported_first_then_removed_and_recorded_in_the_system_chain() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    // As a role that does not own the tables (PostgreSQL): row-level security in force,
+    // audit records deletable only through the guarded function.
+    let app = TestApp::spawn_as_app_role_with(&[("AGENTPLANE_WORKERS", "0")]).await;
     let admin = app.admin_token().await;
     let (acme, owner) = app.tenant_with_owner("acme").await;
     let (_, other) = app.tenant_with_owner("globex").await;

@@ -205,6 +205,11 @@ impl TestApp {
         Self::spawn_inner(&[], true).await
     }
 
+    /// [`Self::spawn_as_app_role`] with extra configuration values.
+    pub async fn spawn_as_app_role_with(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(extra, true).await
+    }
+
     /// PostgreSQL only: serves through `proxy`, so the test can take the database away
     /// (migrations run directly).
     pub async fn spawn_through(proxy: &DbProxy, extra: &[(&str, &str)]) -> Self {

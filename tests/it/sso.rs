@@ -324,7 +324,8 @@ async fn single_sign_on_through_an_oidc_provider() {
     let idp = FakeIdp::start().await;
     let mut env = SSO_ENV.to_vec();
     env.push(("AGENTPLANE_WORKERS", "0"));
-    let app = TestApp::spawn_with(&env).await;
+    // As a role that does not own the tables (PostgreSQL): row-level security in force.
+    let app = TestApp::spawn_as_app_role_with(&env).await;
     let admin = app.admin_token().await;
     let (acme, owner) = app.tenant_with_owner("acme").await;
     let (_, other) = app.tenant_with_owner("globex").await;
