@@ -242,8 +242,9 @@ pub struct DenialLog(std::sync::Mutex<std::collections::HashMap<String, DateTime
 pub const ACTIVITY_EVERY: chrono::Duration = chrono::Duration::minutes(5);
 
 /// Notes that `p` made a request: a user's `lastActiveAt` is written at most every
-/// [`ACTIVITY_EVERY`], in the background, off the request's path.
-pub fn note_activity(app: &std::sync::Arc<App>, p: &Principal) {
+/// [`ACTIVITY_EVERY`] per process — one statement, within the request that triggers it
+/// (so a request's statements are its own, and idle connections run none).
+pub async fn note_activity(app: &App, p: &Principal) {
     let Some(user) = p.user_id() else {
         return;
     };
@@ -254,14 +255,11 @@ pub fn note_activity(app: &std::sync::Arc<App>, p: &Principal) {
     {
         return;
     }
-    let app = app.clone();
-    tokio::spawn(async move {
-        let since = crate::db::ids::db_time(now - ACTIVITY_EVERY);
-        let at = crate::db::ids::db_time(now);
-        if let Err(e) = crate::tenancy::store::touch_last_active(&app.db, user, at, since).await {
-            tracing::debug!(error = ?e, "could not record a user's activity");
-        }
-    });
+    let since = crate::db::ids::db_time(now - ACTIVITY_EVERY);
+    let at = crate::db::ids::db_time(now);
+    if let Err(e) = crate::tenancy::store::touch_last_active(&app.db, user, at, since).await {
+        tracing::debug!(error = ?e, "could not record a user's activity");
+    }
 }
 
 impl DenialLog {

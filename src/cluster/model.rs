@@ -261,10 +261,15 @@ pub fn fit_gpus(gpus: &[GpuCapacity], mb: u64, count: usize) -> Option<(Vec<u32>
     ))
 }
 
+/// Health from which a node counts as fully healthy for placement: scores move with
+/// momentary host load (one busy CPU sample takes a quarter off), and that noise must not
+/// decide where work goes.
+pub const HEALTHY_ENOUGH: f64 = 0.8;
+
 /// Best fit weighted by health: among nodes that can fit the request, the one whose
 /// chosen GPUs would have the least memory left over relative to their size, plus twice
-/// the node's missing health (a DEGRADED node loses to a HEALTHY one unless it fits much
-/// more tightly). Ties go to the lower node id.
+/// the node's health missing below [`HEALTHY_ENOUGH`] (a sick node loses to a healthy
+/// one unless it fits much more tightly). Ties go to the lower node id.
 pub fn place(candidates: &[Candidate], mb: u64, count: usize) -> Option<(String, Vec<u32>)> {
     let mut best: Option<(f64, &str, Vec<u32>)> = None;
     for c in candidates {
@@ -277,7 +282,8 @@ pub fn place(candidates: &[Candidate], mb: u64, count: usize) -> Option<(String,
             .filter(|g| idx.contains(&g.index))
             .map(|g| g.total_mb)
             .sum();
-        let cost = left as f64 / size.max(1) as f64 + 2.0 * (1.0 - c.health.clamp(0.0, 1.0));
+        let cost = left as f64 / size.max(1) as f64
+            + 2.0 * (HEALTHY_ENOUGH - c.health.clamp(0.0, 1.0)).max(0.0);
         let better = match &best {
             None => true,
             Some((b, id, _)) => {
@@ -377,6 +383,15 @@ mod tests {
         // Nothing fits.
         assert_eq!(place(&both, 90_000, 1), None);
         assert_eq!(place(&both, 1_000, 3), None);
+        // A busy moment (one CPU sample at 100 %: a quarter off) decides nothing.
+        let busy = Candidate {
+            health: 0.75,
+            ..small.clone()
+        };
+        assert_eq!(
+            place(&[busy, big.clone()], 16_000, 1),
+            Some(("a".into(), vec![0]))
+        );
         // A sick node loses a close race.
         let sick = Candidate {
             health: 0.55,

@@ -221,7 +221,7 @@ async fn resolve(
             {
                 return Err(refusal(e, &request_id));
             }
-            crate::auth::note_activity(&state.app, &principal);
+            crate::auth::note_activity(&state.app, &principal).await;
             Ok((
                 Caller {
                     principal: Some(principal),
