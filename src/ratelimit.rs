@@ -74,6 +74,14 @@ pub struct Allowed {
     pub reset: Duration,
 }
 
+impl Allowed {
+    /// What a quota of 0 (no limit) leaves.
+    pub const UNLIMITED: Self = Self {
+        remaining: u64::MAX,
+        reset: Duration::ZERO,
+    };
+}
+
 /// Units refused: when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
@@ -170,10 +178,7 @@ impl RateLimiter {
     /// A quota of 0 a minute takes nothing and always allows.
     pub async fn take(&self, key: &str, quota: Quota, units: u64) -> Result<Allowed, Limited> {
         if !quota.is_limited() {
-            return Ok(Allowed {
-                remaining: u64::MAX,
-                reset: Duration::ZERO,
-            });
+            return Ok(Allowed::UNLIMITED);
         }
         if units > quota.burst {
             return Err(Limited {
@@ -189,10 +194,7 @@ impl RateLimiter {
     /// wait out. Returns what is left.
     pub async fn take_anyway(&self, key: &str, quota: Quota, units: u64) -> Allowed {
         if !quota.is_limited() {
-            return Allowed {
-                remaining: u64::MAX,
-                reset: Duration::ZERO,
-            };
+            return Allowed::UNLIMITED;
         }
         // Bounded so one answer cannot put a key in debt for more than ten buckets.
         let units = units.min(quota.burst.saturating_mul(10));
@@ -207,10 +209,7 @@ impl RateLimiter {
     /// what is left.
     pub async fn give_back(&self, key: &str, quota: Quota, units: u64) -> Allowed {
         if !quota.is_limited() {
-            return Allowed {
-                remaining: u64::MAX,
-                reset: Duration::ZERO,
-            };
+            return Allowed::UNLIMITED;
         }
         // Zero units reads what is left.
         let n = -i64::try_from(units).unwrap_or(i64::MAX);

@@ -193,6 +193,23 @@ impl Origin {
         Self::system(TenantId(uuid::Uuid::nil()))
     }
 
+    /// Someone who proved nothing (a failed sign-in, a reset asked for), calling from
+    /// `client` in request `request_id`, recorded in `tenant`'s chain.
+    pub fn anonymous(
+        tenant: TenantId,
+        client: Option<&crate::request::ClientInfo>,
+        request_id: Option<&str>,
+    ) -> Self {
+        Self {
+            tenant_id: tenant,
+            actor_type: ActorType::Anonymous,
+            actor_ref: None,
+            ip: client.map(|c| c.ip.to_string()),
+            user_agent: client.and_then(|c| c.user_agent.clone()),
+            request_id: request_id.map(str::to_owned),
+        }
+    }
+
     /// The platform itself acting in `tenant` (engine, scheduler, retention).
     pub fn system(tenant: TenantId) -> Self {
         Self {

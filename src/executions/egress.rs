@@ -8,57 +8,11 @@
 //! private address is refused too, and on IP-literal URLs and on every redirect target.
 //! Operators may allow ranges with `AGENTPLANE_EGRESS_ALLOW_CIDRS`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::net::{Cidr, canonical};
-
-/// Why an address is not on the public internet, or `None` when it is.
-pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            if v4.is_loopback() {
-                Some("loopback")
-            } else if v4.is_private() {
-                Some("private")
-            } else if v4.is_link_local() {
-                Some("link-local or metadata")
-            } else if v4.is_unspecified() || a == 0 {
-                Some("unspecified")
-            } else if v4.is_broadcast() || v4.is_multicast() || a >= 240 {
-                Some("multicast, broadcast or reserved")
-            } else if a == 100 && (64..128).contains(&b) {
-                Some("carrier-grade NAT")
-            } else if v4 == Ipv4Addr::new(192, 0, 0, 192)
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-            {
-                Some("IETF protocol assignment")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if first & 0xfe00 == 0xfc00 {
-                Some("unique-local (private or metadata)")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe) {
-                Some("metadata")
-            } else {
-                None
-            }
-        }
-    }
-}
+pub use crate::net::{Cidr, canonical, non_public_reason};
 
 /// The egress policy.
 #[derive(Debug, Clone, Default)]

@@ -132,12 +132,16 @@ fn failed_for_outage(r: &async_graphql::Response) -> bool {
                 .and_then(|x| x.get("code"))
                 .is_some_and(|c| *c == Value::from(ErrorCode::Unavailable.as_str()))
         });
-    let no_data = match &r.data {
+    all_unavailable && no_data(r)
+}
+
+/// Whether no field produced data (`data` null, or every root field null).
+fn no_data(r: &async_graphql::Response) -> bool {
+    match &r.data {
         Value::Null => true,
         Value::Object(fields) => fields.values().all(|v| *v == Value::Null),
         _ => false,
-    };
-    all_unavailable && no_data
+    }
 }
 
 /// 429 `RATE_LIMITED` with `Retry-After`, the IETF `RateLimit-*` headers and
@@ -177,12 +181,7 @@ pub(super) fn add_headroom(resp: &mut Response, headroom: &crate::auth::limits::
 /// When every error of a response without data is `RATE_LIMITED` (an expensive
 /// operation or the query-cost budget refused it): the longest `retryAfterSeconds`.
 fn refused_for_rate(r: &async_graphql::Response) -> Option<u64> {
-    let no_data = match &r.data {
-        Value::Null => true,
-        Value::Object(fields) => fields.values().all(|v| *v == Value::Null),
-        _ => false,
-    };
-    if !no_data || r.errors.is_empty() {
+    if !no_data(r) || r.errors.is_empty() {
         return None;
     }
     let mut longest = 1;

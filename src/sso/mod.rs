@@ -202,34 +202,14 @@ async fn check_host(app: &App, url: &url::Url) -> AppResult<()> {
         .await
         .map_err(|e| provider_error("could not be found", e))?
         .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| !is_public(a.ip())) {
+    if addrs.is_empty()
+        || addrs
+            .iter()
+            .any(|a| crate::net::non_public_reason(a.ip()).is_some())
+    {
         return Err(refused());
     }
     Ok(())
-}
-
-fn is_public(ip: std::net::IpAddr) -> bool {
-    match crate::net::canonical(ip) {
-        std::net::IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] == 0
-                || o[0] >= 224)
-        }
-        std::net::IpAddr::V6(v6) => {
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80)
-        }
-    }
 }
 
 fn http() -> &'static reqwest::Client {
@@ -836,11 +816,7 @@ async fn record_refusal(
     e: &AppError,
 ) {
     crate::metrics::auth_failure("SSO_REFUSED");
-    let mut origin = Origin::system(tenant.id);
-    origin.actor_type = crate::audit::ActorType::Anonymous;
-    origin.ip = client.map(|c| c.ip.to_string());
-    origin.user_agent = client.and_then(|c| c.user_agent.clone());
-    origin.request_id = request_id.map(str::to_owned);
+    let origin = crate::audit::Origin::anonymous(tenant.id, client, request_id);
     let entry = Entry::change(
         &origin,
         "auth.login_failed",

@@ -99,11 +99,7 @@ async fn issue_reset(
         created_at: Some(db_time(now)),
     };
     // Whoever asked proved nothing: the record is anonymous, with their address.
-    let mut origin = Origin::system(user.tenant_id);
-    origin.actor_type = crate::audit::ActorType::Anonymous;
-    origin.ip = client.map(|c| c.ip.to_string());
-    origin.user_agent = client.and_then(|c| c.user_agent.clone());
-    origin.request_id = request_id.map(str::to_owned);
+    let origin = crate::audit::Origin::anonymous(user.tenant_id, client, request_id);
     let audit = Entry::change(
         &origin,
         "user.password_reset_requested",

@@ -232,11 +232,7 @@ pub async fn verify(
         .await?
         .filter(|f| f.confirmed_at.is_some())
         .ok_or_else(expired)?;
-    let mut origin = Origin::system(user.tenant_id);
-    origin.actor_type = crate::audit::ActorType::Anonymous;
-    origin.ip = client.map(|c| c.ip.to_string());
-    origin.user_agent = client.and_then(|c| c.user_agent.clone());
-    origin.request_id = request_id.map(str::to_owned);
+    let origin = crate::audit::Origin::anonymous(user.tenant_id, client, request_id);
     let Some(proof) = consume(app, &f, code, now, true).await? else {
         return Err(wrong_code(app, &origin, user.id, now).await);
     };

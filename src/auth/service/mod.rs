@@ -170,11 +170,7 @@ pub async fn login(
                     .map(|t| t.id),
             };
             if let Some(tenant) = tenant {
-                let mut origin = crate::audit::Origin::system(tenant);
-                origin.actor_type = crate::audit::ActorType::Anonymous;
-                origin.ip = client.map(|c| c.ip.to_string());
-                origin.user_agent = client.and_then(|c| c.user_agent.clone());
-                origin.request_id = request_id.map(str::to_owned);
+                let origin = crate::audit::Origin::anonymous(tenant, client, request_id);
                 let entry = crate::audit::Entry::change(
                     &origin,
                     "auth.login_failed",

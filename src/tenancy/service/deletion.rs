@@ -245,6 +245,20 @@ async fn purge(db: &DbPool, tenant: &str) -> AppResult<(u64, bool)> {
     Ok((total + removed, removed == 1))
 }
 
+/// An export file's (path, SHA-256, audit records): every line but the header is one.
+fn summary(path: &std::path::Path, bytes: &[u8]) -> (String, String, u64) {
+    let records = bytes
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(1);
+    (
+        path.display().to_string(),
+        format!("{:x}", sha2::Sha256::digest(bytes)),
+        u64::try_from(records).unwrap_or(0),
+    )
+}
+
 /// Writes the final export unless a complete one exists; returns (path, SHA-256,
 /// audit records).
 async fn export_once(app: &App, t: &TenantRow) -> AppResult<(String, String, u64)> {
@@ -267,16 +281,7 @@ async fn export_once(app: &App, t: &TenantRow) -> AppResult<(String, String, u64
         .map_err(|e| io("create the directory for", e))?;
     let path = dir.join(format!("tenant-{}-{}.ndjson", t.slug, t.id));
     if let Ok(bytes) = tokio::fs::read(&path).await {
-        let records = bytes
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            .saturating_sub(1);
-        return Ok((
-            path.display().to_string(),
-            format!("{:x}", sha2::Sha256::digest(&bytes)),
-            u64::try_from(records).unwrap_or(0),
-        ));
+        return Ok(summary(&path, &bytes));
     }
     // Each attempt writes its own file; the first complete one is linked into place
     // (a link never replaces a file), so two deletions at once agree on one export, and
@@ -339,16 +344,7 @@ async fn export_once(app: &App, t: &TenantRow) -> AppResult<(String, String, u64
         )),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let bytes = tokio::fs::read(&path).await.map_err(|e| io("read", e))?;
-            let records = bytes
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                .saturating_sub(1);
-            Ok((
-                path.display().to_string(),
-                format!("{:x}", sha2::Sha256::digest(&bytes)),
-                u64::try_from(records).unwrap_or(0),
-            ))
+            Ok(summary(&path, &bytes))
         }
         Err(e) => Err(io("write", e)),
     }
