@@ -175,7 +175,7 @@ impl SsoQuery {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<OidcProvider>> {
-        match super::provider(app(ctx)?, principal(ctx)?.tenant_id).await? {
+        match super::store::provider(&app(ctx)?.db, principal(ctx)?.tenant_id).await? {
             Some(row) => Ok(Some(view(ctx, row).await?)),
             None => Ok(None),
         }

@@ -24,19 +24,21 @@
 //! tenant's OWNERs configure the provider: the provider vouches for any of the tenant's
 //! e-mail addresses, so whoever configures it can sign in as anyone there. Gated by the
 //! tenant's `sso` feature flag.
+//!
+//! Here: the rules of the flow and of configuration. `provider.rs`: the provider as this
+//! server reaches it (discovery, keys, code exchange, ID-token checks). `store.rs`: the
+//! rows. `graphql.rs`: `configureOidcProvider` and friends.
 
 pub mod graphql;
+pub mod provider;
+pub mod store;
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+pub use store::ProviderRow;
+
+use provider::{check_scheme, discovery, normalize_issuer, provider_error};
+use store::LoginRow;
 
 use base64::Engine as _;
-use chrono::NaiveDateTime;
-use diesel::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper};
-use diesel_async::RunQueryDsl as _;
-use secrecy::ExposeSecret as _;
-use serde::Deserialize;
 use sha2::Digest as _;
 
 use crate::app::App;
@@ -44,7 +46,6 @@ use crate::audit::{Entry, Origin, Severity};
 use crate::auth::passwords;
 use crate::auth::service::IssuedTokens;
 use crate::db::ids::{TenantId, db_time, utc};
-use crate::db::schema::{oidc_logins, oidc_providers};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::request::ClientInfo;
 use crate::tenancy::TenantRow;
@@ -52,309 +53,11 @@ use crate::tenancy::model::{TenantStatus, UserStatus};
 
 /// How long a sign-in may take at the provider.
 pub const LOGIN_TTL: chrono::Duration = chrono::Duration::minutes(10);
-/// How long a discovery document is reused.
-const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// How long a key set is reused; an unknown key id fetches it again after at least
-/// [`JWKS_MIN_REFRESH`].
-const JWKS_TTL: Duration = Duration::from_secs(3600);
-const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
-/// Largest answer read from a provider.
-const MAX_BODY: usize = 256 * 1024;
 /// The `amr` values that mean more than a password.
 const STRONG_AMR: [&str; 6] = ["mfa", "otp", "hwk", "swk", "sc", "fpt"];
 
-/// One row of `oidc_providers`.
-#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
-#[diesel(table_name = oidc_providers)]
-#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-pub struct ProviderRow {
-    /// The tenant (one provider each).
-    pub tenant_id: TenantId,
-    /// The issuer URL (`iss`), without a trailing slash.
-    pub issuer: String,
-    /// Our client id at the provider (`aud`).
-    pub client_id: String,
-    /// The tenant secret holding the client secret (none: a public client, PKCE only).
-    pub client_secret_name: Option<String>,
-    /// JSON array of allowed e-mail domains (empty: any).
-    pub allowed_domains: String,
-    /// The ID-token claim mapped to roles (e.g. `groups`).
-    pub role_claim: Option<String>,
-    /// JSON array of `[claim value, stored role]`, first match wins.
-    pub role_mapping: String,
-    /// The stored role of users no mapping matches.
-    pub default_role: String,
-    /// Whether unknown users are created at their first sign-in.
-    pub jit_provisioning: bool,
-    /// Whether sign-ins are accepted.
-    pub enabled: bool,
-    /// Creation time.
-    pub created_at: NaiveDateTime,
-    /// Last change.
-    pub updated_at: NaiveDateTime,
-}
-
-impl ProviderRow {
-    /// Allowed e-mail domains.
-    pub fn domains(&self) -> Vec<String> {
-        serde_json::from_str(&self.allowed_domains).unwrap_or_default()
-    }
-
-    /// `(claim value, stored role)` pairs.
-    pub fn mapping(&self) -> Vec<(String, String)> {
-        serde_json::from_str(&self.role_mapping).unwrap_or_default()
-    }
-}
-
-/// One row of `oidc_logins`.
-#[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
-#[diesel(table_name = oidc_logins)]
-#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-struct LoginRow {
-    state_hash: String,
-    tenant_id: TenantId,
-    nonce: String,
-    code_verifier: String,
-    browser_hash: String,
-    return_to: Option<String>,
-    created_at: NaiveDateTime,
-    expires_at: NaiveDateTime,
-    used_at: Option<NaiveDateTime>,
-}
-
-/// What a provider's discovery document says (the fields used).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Discovery {
-    /// Must equal the configured issuer.
-    pub issuer: String,
-    /// Where browsers are sent.
-    pub authorization_endpoint: String,
-    /// Where codes are exchanged.
-    pub token_endpoint: String,
-    /// The signing keys.
-    pub jwks_uri: String,
-}
-
-#[derive(Default)]
-struct Cache {
-    discovery: HashMap<String, (Discovery, Instant)>,
-    jwks: HashMap<String, (jsonwebtoken::jwk::JwkSet, Instant)>,
-}
-
-static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
-
-fn cache() -> std::sync::MutexGuard<'static, Cache> {
-    CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn refused(message: impl Into<String>, reason: &'static str) -> AppError {
     AppError::unauthenticated(message).with_detail("reason", reason)
-}
-
-fn provider_error(what: &str, detail: impl std::fmt::Display) -> AppError {
-    AppError::new(
-        ErrorCode::Unavailable,
-        format!("the identity provider {what} ({detail}); try again, or check its configuration"),
-    )
-}
-
-/// The issuer as stored: trimmed, without a trailing slash.
-pub fn normalize_issuer(app: &App, issuer: &str) -> AppResult<String> {
-    let issuer = issuer.trim().trim_end_matches('/').to_owned();
-    let url = url::Url::parse(&issuer)
-        .map_err(|e| AppError::bad_input("issuer", format!("not a URL ({e})")))?;
-    check_scheme(app, &url, "issuer")?;
-    Ok(issuer)
-}
-
-fn check_scheme(app: &App, url: &url::Url, field: &str) -> AppResult<()> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if app.config.auth.oidc_allow_http_issuers => Ok(()),
-        _ => Err(AppError::bad_input(
-            field,
-            "identity providers are reached over https:// (plain http only with \
-             AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS=true, for development)",
-        )),
-    }
-}
-
-/// Providers live on the internet, not inside this server's network: a host that
-/// resolves to a loopback, private, link-local or otherwise internal address is refused
-/// (unless `AGENTPLANE_OIDC_ALLOW_HTTP_ISSUERS`, for development against a local
-/// provider), so a tenant cannot point the server at its own neighbours.
-async fn check_host(app: &App, url: &url::Url) -> AppResult<()> {
-    if app.config.auth.oidc_allow_http_issuers {
-        return Ok(());
-    }
-    let refused = || {
-        AppError::bad_input(
-            "issuer",
-            "the identity provider's address is internal (loopback, private or link-local): \
-             providers are reached on public addresses",
-        )
-    };
-    let host = url.host_str().ok_or_else(refused)?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| provider_error("could not be found", e))?
-        .collect();
-    if addrs.is_empty()
-        || addrs
-            .iter()
-            .any(|a| crate::net::non_public_reason(a.ip()).is_some())
-    {
-        return Err(refused());
-    }
-    Ok(())
-}
-
-fn http() -> &'static reqwest::Client {
-    static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default()
-    });
-    &CLIENT
-}
-
-async fn read_json<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    what: &str,
-) -> AppResult<T> {
-    let status = resp.status();
-    let mut resp = resp;
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| provider_error(&format!("did not answer {what}"), e))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_BODY {
-            return Err(provider_error(
-                &format!("answered {what} with too much"),
-                format!("more than {MAX_BODY} bytes"),
-            ));
-        }
-    }
-    if !status.is_success() {
-        // What the provider said stays in the log: its answer may echo what was sent.
-        tracing::warn!(
-            status = status.as_u16(),
-            body = %String::from_utf8_lossy(&body).chars().take(500).collect::<String>(),
-            "the identity provider refused {what}"
-        );
-        return Err(provider_error(
-            &format!("refused {what}"),
-            format!("HTTP {status}"),
-        ));
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| provider_error(&format!("answered {what} with something unexpected"), e))
-}
-
-async fn get_json<T: serde::de::DeserializeOwned>(
-    app: &App,
-    url: &str,
-    what: &str,
-) -> AppResult<T> {
-    let parsed = url::Url::parse(url)
-        .map_err(|e| provider_error(&format!("gave a bad URL for {what}"), e))?;
-    check_scheme(app, &parsed, "issuer")?;
-    check_host(app, &parsed).await?;
-    let resp = http()
-        .get(parsed)
-        .send()
-        .await
-        .map_err(|e| provider_error(&format!("could not be reached for {what}"), e))?;
-    read_json(resp, what).await
-}
-
-/// The provider's discovery document (cached for an hour).
-pub async fn discovery(app: &App, issuer: &str) -> AppResult<Discovery> {
-    if let Some((d, at)) = cache().discovery.get(issuer) {
-        if at.elapsed() < DISCOVERY_TTL {
-            return Ok(d.clone());
-        }
-    }
-    let d: Discovery = get_json(
-        app,
-        &format!("{issuer}/.well-known/openid-configuration"),
-        "its discovery document",
-    )
-    .await?;
-    if d.issuer.trim_end_matches('/') != issuer {
-        return Err(provider_error(
-            "names another issuer in its discovery document",
-            format!("{} is not {issuer}", d.issuer),
-        ));
-    }
-    cache()
-        .discovery
-        .insert(issuer.to_owned(), (d.clone(), Instant::now()));
-    Ok(d)
-}
-
-/// The decoding key of `kid` from the provider's key set.
-async fn key(app: &App, d: &Discovery, kid: Option<&str>) -> AppResult<jsonwebtoken::DecodingKey> {
-    let find = |set: &jsonwebtoken::jwk::JwkSet| match kid {
-        Some(k) => set.find(k).cloned(),
-        None if set.keys.len() == 1 => <[_]>::first(&set.keys).cloned(),
-        None => None,
-    };
-    let cached = cache().jwks.get(&d.jwks_uri).cloned();
-    if let Some((set, at)) = &cached {
-        if at.elapsed() < JWKS_TTL {
-            if let Some(jwk) = find(set) {
-                return jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| {
-                    refused(
-                        format!("the provider's key is unusable ({e})"),
-                        "SSO_TOKEN_INVALID",
-                    )
-                });
-            }
-            if at.elapsed() < JWKS_MIN_REFRESH {
-                return Err(refused(
-                    "the ID token is signed with a key the provider does not publish",
-                    "SSO_TOKEN_INVALID",
-                ));
-            }
-        }
-    }
-    let set: jsonwebtoken::jwk::JwkSet = get_json(app, &d.jwks_uri, "its key set").await?;
-    cache()
-        .jwks
-        .insert(d.jwks_uri.clone(), (set.clone(), Instant::now()));
-    let jwk = find(&set).ok_or_else(|| {
-        refused(
-            "the ID token is signed with a key the provider does not publish",
-            "SSO_TOKEN_INVALID",
-        )
-    })?;
-    jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| {
-        refused(
-            format!("the provider's key is unusable ({e})"),
-            "SSO_TOKEN_INVALID",
-        )
-    })
-}
-
-/// The provider of `tenant`, if one is configured.
-pub async fn provider(app: &App, tenant: TenantId) -> AppResult<Option<ProviderRow>> {
-    Ok(crate::db_run_tenant!(&app.db, tenant, |conn| {
-        oidc_providers::table
-            .filter(oidc_providers::tenant_id.eq(tenant))
-            .select(ProviderRow::as_select())
-            .first(conn)
-            .await
-            .optional()?
-    }))
 }
 
 /// Where the provider sends browsers back.
@@ -415,7 +118,7 @@ async fn sso_tenant(app: &App, tenant: &TenantRow) -> AppResult<ProviderRow> {
             .with_detail("reason", "TENANT_SUSPENDED"));
     }
     crate::tenancy::features::require(tenant, crate::tenancy::features::Feature::Sso)?;
-    match provider(app, tenant.id).await? {
+    match store::provider(&app.db, tenant.id).await? {
         Some(p) if p.enabled => Ok(p),
         _ => Err(AppError::not_found("single sign-on for this organization")),
     }
@@ -463,19 +166,10 @@ pub async fn begin(app: &App, slug: &str, return_to: Option<&str>) -> AppResult<
         used_at: None,
     };
     let expired = db_time(now - LOGIN_TTL);
+    // Sign-ins nobody finished are forgotten as new ones start.
     app.db
         .tx(tenant.id, async |conn| {
-            crate::on_conn!(conn, |conn| {
-                // Sign-ins nobody finished are forgotten as new ones start.
-                diesel::delete(oidc_logins::table.filter(oidc_logins::expires_at.lt(expired)))
-                    .execute(conn)
-                    .await?;
-                diesel::insert_into(oidc_logins::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-            });
-            Ok(())
+            store::insert_login(conn, &row, expired).await
         })
         .await?;
     let mut url = url::Url::parse(&d.authorization_endpoint)
@@ -504,11 +198,6 @@ pub struct Completed {
     pub return_to: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    id_token: Option<String>,
-}
-
 /// Finishes a sign-in from the provider's redirect.
 pub async fn complete(
     app: &App,
@@ -520,14 +209,7 @@ pub async fn complete(
 ) -> AppResult<Completed> {
     let now = app.clock.now();
     let hash = passwords::sha256_hex(state);
-    let login: Option<LoginRow> = crate::db_run!(&app.db, |conn| {
-        oidc_logins::table
-            .filter(oidc_logins::state_hash.eq(&hash))
-            .select(LoginRow::as_select())
-            .first(conn)
-            .await
-            .optional()?
-    });
+    let login = store::find_login(&app.db, &hash).await?;
     let stale = || {
         refused(
             "this sign-in is unknown, used or expired: start again from the login link",
@@ -545,18 +227,7 @@ pub async fn complete(
         ));
     }
     // Spent before anything else: a code and state are good once.
-    let at = db_time(now);
-    let spent = crate::db_run!(&app.db, |conn| {
-        diesel::update(
-            oidc_logins::table
-                .filter(oidc_logins::state_hash.eq(&hash))
-                .filter(oidc_logins::used_at.is_null()),
-        )
-        .set(oidc_logins::used_at.eq(Some(at)))
-        .execute(conn)
-        .await?
-    });
-    if spent != 1 {
+    if !store::spend_login(&app.db, &hash, db_time(now)).await? {
         return Err(stale());
     }
     let tenant = crate::tenancy::store::find(&app.db, login.tenant_id)
@@ -564,44 +235,8 @@ pub async fn complete(
         .ok_or_else(stale)?;
     let p = sso_tenant(app, &tenant).await?;
     let d = discovery(app, &p.issuer).await?;
-    let token_url = url::Url::parse(&d.token_endpoint)
-        .map_err(|e| provider_error("gave a bad token endpoint", e))?;
-    check_scheme(app, &token_url, "issuer")?;
-    check_host(app, &token_url).await?;
-    // The client secret goes only where it is pinned to (its allowedHosts).
-    let secret = match &p.client_secret_name {
-        Some(name) => Some(
-            crate::secrets::service::reveal_for_host(
-                app,
-                tenant.id,
-                name,
-                token_url.host_str().unwrap_or_default(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let mut form: Vec<(&str, String)> = vec![
-        ("grant_type", "authorization_code".into()),
-        ("code", code.to_owned()),
-        ("redirect_uri", callback_url(app)),
-        ("client_id", p.client_id.clone()),
-        ("code_verifier", login.code_verifier.clone()),
-    ];
-    if let Some(s) = &secret {
-        form.push(("client_secret", s.expose_secret().to_owned()));
-    }
-    let resp = http()
-        .post(token_url)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| provider_error("could not be reached to exchange the code", e))?;
-    let answer: TokenAnswer = read_json(resp, "the code exchange").await?;
-    let id_token = answer
-        .id_token
-        .ok_or_else(|| provider_error("answered without an ID token", "no id_token"))?;
-    let claims = match validate(app, &p, &d, &id_token, &login.nonce).await {
+    let id_token = provider::exchange_code(app, &p, &d, code, &login.code_verifier).await?;
+    let claims = match provider::validate(app, &p, &d, &id_token, &login.nonce).await {
         Ok(c) => c,
         Err(e) => {
             record_refusal(app, &tenant, client, request_id, &e).await;
@@ -639,69 +274,6 @@ pub async fn complete(
         tokens,
         return_to: login.return_to,
     })
-}
-
-/// Checks the ID token; returns its claims.
-async fn validate(
-    app: &App,
-    p: &ProviderRow,
-    d: &Discovery,
-    id_token: &str,
-    nonce: &str,
-) -> AppResult<serde_json::Value> {
-    use jsonwebtoken::Algorithm as A;
-    let invalid = |why: String| {
-        refused(
-            format!("the ID token is not valid: {why}"),
-            "SSO_TOKEN_INVALID",
-        )
-    };
-    let header = jsonwebtoken::decode_header(id_token).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(
-        header.alg,
-        A::RS256
-            | A::RS384
-            | A::RS512
-            | A::PS256
-            | A::PS384
-            | A::PS512
-            | A::ES256
-            | A::ES384
-            | A::EdDSA
-    ) {
-        return Err(invalid(format!(
-            "{:?} is not an accepted signature algorithm",
-            header.alg
-        )));
-    }
-    let key = key(app, d, header.kid.as_deref()).await?;
-    let mut v = jsonwebtoken::Validation::new(header.alg);
-    v.set_issuer(&[p.issuer.as_str(), format!("{}/", p.issuer).as_str()]);
-    v.set_audience(&[p.client_id.as_str()]);
-    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    v.leeway = 60;
-    v.validate_nbf = true;
-    let data = jsonwebtoken::decode::<serde_json::Value>(id_token, &key, &v)
-        .map_err(|e| invalid(e.to_string()))?;
-    let claims = data.claims;
-    // Several audiences: the token must have been issued to us (OIDC Core 3.1.3.7).
-    if claims["aud"].as_array().is_some_and(|a| a.len() > 1)
-        && claims["azp"].as_str() != Some(p.client_id.as_str())
-    {
-        return Err(invalid(
-            "it names several audiences and was not issued to this client (azp)".into(),
-        ));
-    }
-    if claims["nonce"].as_str() != Some(nonce) {
-        return Err(invalid("its nonce is not this sign-in's".into()));
-    }
-    if claims["exp"]
-        .as_i64()
-        .is_some_and(|exp| exp + 60 < app.clock.now().timestamp())
-    {
-        return Err(invalid("it has expired".into()));
-    }
-    Ok(claims)
 }
 
 /// The tenant's user the claims name, created when just-in-time provisioning is on.
@@ -899,7 +471,7 @@ pub async fn configure(
             ));
         }
     }
-    cache().discovery.remove(&issuer);
+    provider::forget_discovery(&issuer);
     discovery(app, &issuer).await.map_err(|e| {
         AppError::bad_input(
             "issuer",
@@ -907,7 +479,7 @@ pub async fn configure(
         )
     })?;
     let now = db_time(app.clock.now());
-    let before = provider(app, tenant).await?;
+    let before = store::provider(&app.db, tenant).await?;
     let row = ProviderRow {
         tenant_id: tenant,
         issuer,
@@ -946,16 +518,7 @@ pub async fn configure(
     app.db
         .tx(tenant, async |conn| {
             crate::audit::append(conn, &audit).await?;
-            crate::on_conn!(conn, |conn| {
-                diesel::delete(oidc_providers::table.filter(oidc_providers::tenant_id.eq(tenant)))
-                    .execute(conn)
-                    .await?;
-                diesel::insert_into(oidc_providers::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-            });
-            Ok(())
+            store::replace_provider(conn, &row).await
         })
         .await?;
     Ok(row)
@@ -974,12 +537,7 @@ pub async fn remove(app: &App, origin: &Origin, tenant: TenantId) -> AppResult<(
     .severity(Severity::Warning);
     app.db
         .tx(tenant, async |conn| {
-            let n = crate::on_conn!(conn, |conn| {
-                diesel::delete(oidc_providers::table.filter(oidc_providers::tenant_id.eq(tenant)))
-                    .execute(conn)
-                    .await?
-            });
-            if n == 0 {
+            if store::delete_provider(conn, tenant).await? == 0 {
                 return Err(AppError::not_found("single sign-on provider"));
             }
             crate::audit::append(conn, &audit).await?;
