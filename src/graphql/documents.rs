@@ -100,7 +100,18 @@ fn always_allowed(query: &str) -> bool {
 
 /// The request to run: its registered text filled in when it names a document by hash,
 /// refused when its tenant runs trusted documents only and this is not one.
-pub async fn resolve(
+pub async fn resolve(app: &App, principal: Option<&Principal>, r: Request) -> AppResult<Request> {
+    // Resolved once per request (GET resolves early, to see what the document does).
+    if r.data.contains_key(&std::any::TypeId::of::<Resolved>()) {
+        return Ok(r);
+    }
+    Ok(resolve_once(app, principal, r).await?.data(Resolved))
+}
+
+/// Marks a request whose document [`resolve`] has settled.
+struct Resolved;
+
+async fn resolve_once(
     app: &App,
     principal: Option<&Principal>,
     mut r: Request,

@@ -111,7 +111,7 @@ pub async fn delete_tenant(
         )
         .with_detail("reason", "TENANT_NOT_SUSPENDED"));
     }
-    let active = count(
+    let active = scalar(
         &app.db,
         "SELECT COUNT(*) AS n FROM executions WHERE tenant_id = {p} \
          AND status IN ('QUEUED', 'RUNNING')",
@@ -167,15 +167,17 @@ fn sql(db: &DbPool, template: &str) -> String {
     }
 }
 
+/// A one-number answer (`… AS n`).
 #[derive(diesel::QueryableByName)]
-struct Count {
+struct Scalar {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }
 
-async fn count(db: &DbPool, template: &str, tenant: &str) -> AppResult<i64> {
+/// The number `template` (a query answering `n`, `{p}` the tenant) answers.
+async fn scalar(db: &DbPool, template: &str, tenant: &str) -> AppResult<i64> {
     let q = sql(db, template);
-    let c: Count = crate::db_run!(db, |conn| {
+    let c: Scalar = crate::db_run!(db, |conn| {
         diesel_async::RunQueryDsl::get_result(
             diesel::sql_query(&q).bind::<diesel::sql_types::Text, _>(tenant),
             conn,
@@ -225,7 +227,7 @@ async fn purge(db: &DbPool, tenant: &str) -> AppResult<(u64, bool)> {
     loop {
         let n = match db {
             DbPool::Postgres(_) => u64::try_from(
-                count(
+                scalar(
                     db,
                     &format!("SELECT agentplane_audit_purge_tenant({{p}}, {BATCH}) AS n"),
                     tenant,
