@@ -17,8 +17,10 @@ use crate::db::schema::{execution_events, execution_steps, executions};
 use crate::db::{Conn, DbPool, ids::utc};
 use crate::error::{AppError, AppResult, ErrorCode};
 
+mod apply;
 mod queue;
 mod reads;
+pub use apply::*;
 pub use queue::*;
 pub use reads::*;
 
@@ -609,76 +611,6 @@ pub async fn record_step(
         notify_pg(conn, &envelope(&ev)).await?;
         Ok(Some(ev))
     })
-}
-
-/// One of a driver's writes, held back to be applied with others in one transaction
-/// (see [`apply`]).
-#[derive(Debug, Clone)]
-pub enum Write {
-    /// A status change (see [`transition`]), at `at`.
-    Transition {
-        /// The new status.
-        to: ExecutionStatus,
-        /// Its extra columns.
-        patch: Patch,
-        /// When it happened.
-        at: NaiveDateTime,
-    },
-    /// A step change (see [`record_step`]), at `at`.
-    Step {
-        /// The change.
-        change: StepChange,
-        /// When it happened.
-        at: NaiveDateTime,
-    },
-}
-
-/// What [`apply`] wrote: each event with the execution row of the transition that wrote
-/// it (`None` for step events).
-pub type Applied = Vec<(ExecutionEvent, Option<ExecutionRow>)>;
-
-/// Applies `writes` in order, all under `owner`'s lease, in the caller's transaction: the
-/// same rows and events as applying each on its own, in one commit. `None` when the first
-/// is refused (lease lost, execution moved on: nothing is written); a later refusal cannot
-/// happen, since the first write holds the execution's row lock, and is an error that
-/// rolls everything back.
-pub async fn apply(
-    conn: &mut Conn<'_>,
-    id: ExecutionId,
-    owner: &str,
-    writes: &[Write],
-    envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
-) -> AppResult<Option<Applied>> {
-    let mut out = Vec::new();
-    for (i, w) in writes.iter().enumerate() {
-        let done = match w {
-            Write::Transition { to, patch, at } => transition(
-                conn,
-                id,
-                *to,
-                Guard::Lease(owner),
-                patch.clone(),
-                *at,
-                envelope,
-            )
-            .await?
-            .map(|(row, events)| {
-                out.extend(events.into_iter().map(|e| (e, Some(row.clone()))));
-            }),
-            Write::Step { change, at } => record_step(conn, id, owner, change, *at, envelope)
-                .await?
-                .map(|e| out.push((e, None))),
-        };
-        if done.is_none() {
-            if i == 0 {
-                return Ok(None);
-            }
-            return Err(AppError::internal(anyhow::anyhow!(
-                "a held-back write of execution {id} was refused after the first applied"
-            )));
-        }
-    }
-    Ok(Some(out))
 }
 
 /// Most events one [`tenant_events_since`] read returns.
