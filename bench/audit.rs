@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Audit-log query latency at scale, run by hand:
 //!
 //! ```text

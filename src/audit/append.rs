@@ -17,20 +17,22 @@ macro_rules! audit_append {
             let e: &$crate::audit::Entry = $entry;
             // One statement creates the head on a tenant's first record, or takes the
             // existing head's row lock (a no-op update), and reads it.
-            let (seq, prev): (i64, String) = diesel::insert_into(audit_heads::table)
-                .values((
-                    audit_heads::tenant_id.eq(&e.tenant_id),
-                    audit_heads::seq.eq(0i64),
-                    audit_heads::hash.eq($crate::audit::GENESIS),
-                    audit_heads::checkpoint_seq.eq(0i64),
-                    audit_heads::checkpoint_hash.eq($crate::audit::GENESIS),
-                ))
-                .on_conflict(audit_heads::tenant_id)
-                .do_update()
-                .set(audit_heads::seq.eq(audit_heads::seq))
-                .returning((audit_heads::seq, audit_heads::hash))
-                .get_result(&mut *$conn)
-                .await?;
+            let (seq, prev): (i64, String) = $crate::db::cached(
+                diesel::insert_into(audit_heads::table)
+                    .values((
+                        audit_heads::tenant_id.eq(&e.tenant_id),
+                        audit_heads::seq.eq(0i64),
+                        audit_heads::hash.eq($crate::audit::GENESIS),
+                        audit_heads::checkpoint_seq.eq(0i64),
+                        audit_heads::checkpoint_hash.eq($crate::audit::GENESIS),
+                    ))
+                    .on_conflict(audit_heads::tenant_id)
+                    .do_update()
+                    .set(audit_heads::seq.eq(audit_heads::seq))
+                    .returning((audit_heads::seq, audit_heads::hash)),
+            )
+            .get_result(&mut *$conn)
+            .await?;
             let pseudonym: Option<String> = match &e.actor_ref {
                 None => None,
                 Some(r) => {
@@ -59,13 +61,12 @@ macro_rules! audit_append {
                 .values(&rec)
                 .execute(&mut *$conn)
                 .await?;
-            diesel::update(audit_heads::table.find(&e.tenant_id))
-                .set((
-                    audit_heads::seq.eq(rec.seq),
-                    audit_heads::hash.eq(&rec.hash),
-                ))
-                .execute(&mut *$conn)
-                .await?;
+            $crate::db::cached(diesel::update(audit_heads::table.find(&e.tenant_id)).set((
+                audit_heads::seq.eq(rec.seq),
+                audit_heads::hash.eq(&rec.hash),
+            )))
+            .execute(&mut *$conn)
+            .await?;
             Ok::<_, $crate::error::AppError>(rec)
         }
         .await

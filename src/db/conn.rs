@@ -216,6 +216,10 @@ impl DbPool {
     {
         let keys = self.signer();
         let rls = matches!(self, DbPool::Postgres(p) if p.row_security());
+        let _turn = match mode {
+            Mode::Write => self.writer_turn().await?,
+            Mode::Read | Mode::Plain => None,
+        };
         let mut guard = OpenTx {
             pooled: Some(self.checkout().await?),
             open: false,

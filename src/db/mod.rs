@@ -6,6 +6,7 @@
 //! diesel expression type-checks against both. Where the dialects truly differ the two
 //! bodies stand side by side with a `match` on [`DbPool`].
 
+mod cached;
 pub mod conn;
 pub mod ids;
 mod instrument;
@@ -29,6 +30,7 @@ use futures_util::FutureExt as _;
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseUrl;
+pub use cached::{Cached, cached};
 pub use conn::Conn;
 pub use instrument::DbCounters;
 use instrument::statement_counter;
@@ -74,6 +76,11 @@ pub struct FastPool<M: bb8::ManageConnection> {
     /// their `BEGIN; set_config(…); …; COMMIT` wrapper: for an owner it changes nothing
     /// and costs three statements.
     rls: bool,
+    /// This process's writers take turns here (SQLite): one database file has one writer
+    /// at a time, and a writer that finds it locked sleeps in SQLite's busy handler
+    /// (1, 2, 5, 10 … ms), so writers queued here instead start the moment the last one
+    /// commits. Other processes still meet the busy timeout.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -85,6 +92,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
             chain: self.chain.clone(),
             commits: self.commits.clone(),
             rls: self.rls,
+            writer: self.writer.clone(),
         }
     }
 }
@@ -93,6 +101,28 @@ impl<M: bb8::ManageConnection> FastPool<M> {
     /// Whether row-level security applies to this pool's connections.
     pub fn row_security(&self) -> bool {
         self.rls
+    }
+}
+
+/// How long a writer waits for its turn before it is told the database is busy (as long
+/// as SQLite's own busy timeout).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl DbPool {
+    /// On SQLite, this process's turn to write (held until dropped): take it before
+    /// beginning a write, and before checking out the connection, so a queued writer
+    /// holds no connection a reader could use. `None` on PostgreSQL, whose writers lock
+    /// rows, not the database.
+    pub async fn writer_turn(
+        &self,
+    ) -> crate::error::AppResult<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        match self {
+            DbPool::Postgres(_) => Ok(None),
+            DbPool::Sqlite(p) => tokio::time::timeout(WRITER_WAIT, p.writer.clone().lock_owned())
+                .await
+                .map(Some)
+                .map_err(|e| AppError::unavailable("the database is busy", e)),
+        }
     }
 }
 
@@ -507,6 +537,7 @@ impl DbPool {
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
                     rls: false,
+                    writer: Arc::default(),
                 });
                 pool.ping().await?;
                 Ok(pool)
@@ -544,6 +575,7 @@ impl DbPool {
                     chain: Arc::default(),
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
                     rls: true,
+                    writer: Arc::default(),
                 };
                 Self::Postgres(fast.clone())
                     .ping()

@@ -59,14 +59,16 @@ pub async fn apply(
     let mut audits = Vec::new();
     let applied = crate::on_conn!(conn, |conn| {
         // Lock the row and check the guard first (the write lock comes with it).
-        let locked = diesel::update(
-            executions::table
-                .filter(executions::id.eq(id))
-                .filter(executions::status.eq_any(&sources))
-                .filter(executions::lease_owner.eq(owner)),
+        let locked = crate::db::cached(
+            diesel::update(
+                executions::table
+                    .filter(executions::id.eq(id))
+                    .filter(executions::status.eq_any(&sources))
+                    .filter(executions::lease_owner.eq(owner)),
+            )
+            .set(executions::updated_at.eq(at))
+            .returning(ExecutionRow::as_returning()),
         )
-        .set(executions::updated_at.eq(at))
-        .returning(ExecutionRow::as_returning())
         .get_result(conn)
         .await
         .optional()?;
@@ -88,8 +90,8 @@ pub async fn apply(
         } = fold;
         for s in steps.iter().filter(|s| s.changed) {
             let s = &s.row;
-            diesel::update(execution_steps::table.filter(execution_steps::id.eq(s.id)))
-                .set((
+            crate::db::cached(
+                diesel::update(execution_steps::table.filter(execution_steps::id.eq(s.id))).set((
                     execution_steps::status.eq(s.status.as_str()),
                     execution_steps::attempt.eq(s.attempt),
                     execution_steps::started_at.eq(s.started_at),
@@ -100,12 +102,13 @@ pub async fn apply(
                     execution_steps::completion_tokens.eq(s.completion_tokens),
                     execution_steps::cost_usd.eq(s.cost_usd),
                     execution_steps::unpriced_calls.eq(s.unpriced_calls),
-                ))
-                .execute(conn)
-                .await?;
+                )),
+            )
+            .execute(conn)
+            .await?;
         }
-        diesel::update(executions::table.filter(executions::id.eq(id)))
-            .set((
+        crate::db::cached(
+            diesel::update(executions::table.filter(executions::id.eq(id))).set((
                 executions::status.eq(row.status.as_str()),
                 executions::seq.eq(row.seq),
                 executions::updated_at.eq(row.updated_at),
@@ -120,9 +123,10 @@ pub async fn apply(
                 executions::completion_tokens.eq(row.completion_tokens),
                 executions::cost_usd.eq(row.cost_usd),
                 executions::unpriced_calls.eq(row.unpriced_calls),
-            ))
-            .execute(conn)
-            .await?;
+            )),
+        )
+        .execute(conn)
+        .await?;
         Some(events)
     });
     let Some(events) = applied else {

@@ -64,13 +64,15 @@ fn event_row(ev: &ExecutionEvent) -> AppResult<EventRow> {
 /// counter row yet. (`$N` placeholders: SQLite reads them as numbered names too.)
 macro_rules! count_start {
     ($conn:expr, $tenant:expr, $month:expr, $max:expr) => {
-        diesel::sql_query(
-            "UPDATE tenant_usage SET executions = executions + 1 \
-             WHERE tenant_id = $1 AND month = $2 AND executions < $3",
+        $crate::db::cached(
+            diesel::sql_query(
+                "UPDATE tenant_usage SET executions = executions + 1 \
+                 WHERE tenant_id = $1 AND month = $2 AND executions < $3",
+            )
+            .bind::<Text, _>($tenant)
+            .bind::<Text, _>($month)
+            .bind::<diesel::sql_types::BigInt, _>($max),
         )
-        .bind::<Text, _>($tenant)
-        .bind::<Text, _>($month)
-        .bind::<diesel::sql_types::BigInt, _>($max)
         .execute($conn)
         .await?
     };

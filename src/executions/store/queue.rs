@@ -50,37 +50,42 @@ pub async fn claim(
                 // when the statistics are stale (a queue that just grew looks nearly
                 // empty to the planner, which then sorts every queued row and runs the
                 // quota check on each: 11 ms per claim at 3,000 queued, measured).
-                diesel::sql_query(
+                crate::db::cached(diesel::sql_query(
                     "SELECT set_config('enable_sort', 'off', true), \
                      set_config('enable_bitmapscan', 'off', true)",
-                )
+                ))
                 .execute(c)
                 .await?;
-                diesel::sql_query(sql)
+                crate::db::cached(
+                    diesel::sql_query(sql)
+                        .bind::<Text, _>(owner)
+                        .bind::<Timestamp, _>(until)
+                        .bind::<Timestamp, _>(now)
+                        .bind::<Text, _>(node)
+                        .bind::<Text, _>(ExecutionStatus::Queued)
+                        .bind::<Text, _>(ExecutionStatus::Running),
+                )
+                .get_result::<ExecutionRow>(c)
+                .await
+                .optional()
+            })
+            .await?
+        }
+        DbPool::Sqlite(pool) => {
+            let _turn = db.writer_turn().await?;
+            let mut conn = pool.get().await?;
+            crate::db::cached(
+                diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"))
                     .bind::<Text, _>(owner)
                     .bind::<Timestamp, _>(until)
                     .bind::<Timestamp, _>(now)
                     .bind::<Text, _>(node)
                     .bind::<Text, _>(ExecutionStatus::Queued)
-                    .bind::<Text, _>(ExecutionStatus::Running)
-                    .get_result::<ExecutionRow>(c)
-                    .await
-                    .optional()
-            })
-            .await?
-        }
-        DbPool::Sqlite(pool) => {
-            let mut conn = pool.get().await?;
-            diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"))
-                .bind::<Text, _>(owner)
-                .bind::<Timestamp, _>(until)
-                .bind::<Timestamp, _>(now)
-                .bind::<Text, _>(node)
-                .bind::<Text, _>(ExecutionStatus::Queued)
-                .bind::<Text, _>(ExecutionStatus::Running)
-                .get_result::<ExecutionRow>(&mut *conn)
-                .await
-                .optional()?
+                    .bind::<Text, _>(ExecutionStatus::Running),
+            )
+            .get_result::<ExecutionRow>(&mut *conn)
+            .await
+            .optional()?
         }
     })
 }
