@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const SUBSCRIPTION: &str = "subscription($id: ID!) { executionUpdated(id: $id) { \
-    at sequence kind status stepId stepStatus attempt error } }";
+    at sequence kind status stepId stepStatus attempt error \
+    execution { steps { stepId status attempt } } } }";
 
 /// How a watched execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +183,13 @@ pub async fn watch(
                     writeln!(out, "{event}")?;
                 } else {
                     writeln!(out, "{}", describe(event))?;
+                    // A watcher that subscribed late learns from the snapshot where
+                    // each step already is.
+                    if event["kind"] == "SNAPSHOT" {
+                        for line in snapshot_steps(event) {
+                            writeln!(out, "{line}")?;
+                        }
+                    }
                 }
                 out.flush()?;
                 if let Some(status) = event["status"].as_str()
@@ -203,6 +211,29 @@ pub async fn watch(
         }
     }
     bail!("the connection ended before the execution did")
+}
+
+/// A line per step that has started or ended, from a snapshot's execution.
+fn snapshot_steps(e: &Value) -> Vec<String> {
+    let Some(steps) = e["execution"]["steps"].as_array() else {
+        return Vec::new();
+    };
+    steps
+        .iter()
+        .filter(|s| s["status"].as_str().is_some_and(|st| st != "PENDING"))
+        .map(|s| {
+            let mut line = format!(
+                "{:>32}  step {}: {}",
+                "",
+                s["stepId"].as_str().unwrap_or(""),
+                s["status"].as_str().unwrap_or("")
+            );
+            if let Some(a) = s["attempt"].as_i64().filter(|a| *a > 0) {
+                line.push_str(&format!(" (attempt {a})"));
+            }
+            line
+        })
+        .collect()
 }
 
 /// One readable line for an `ExecutionUpdate`.

@@ -171,7 +171,6 @@ pub async fn enqueue(
                 .await?;
         }
     });
-    crate::audit::append(conn, &new.audit).await?;
     crate::on_conn!(conn, |conn| {
         diesel::insert_into(execution_events::table)
             .values(&event_row(&ev)?)
@@ -179,6 +178,8 @@ pub async fn enqueue(
             .await?;
         notify_pg(conn, &payload).await?;
     });
+    // Last, so the tenant's chain lock (its head row) is held only until the commit.
+    crate::audit::append(conn, &new.audit).await?;
     Ok(Enqueued::Created(Box::new(row), Box::new(ev)))
 }
 
@@ -344,14 +345,16 @@ pub async fn transition(
         )
         .set(executions::updated_at.eq(now));
         let locked = match &owner {
-            Some(o) => diesel::update(
-                executions::table
-                    .filter(executions::id.eq(id))
-                    .filter(executions::status.eq_any(&sources))
-                    .filter(executions::lease_owner.eq(o)),
+            Some(o) => crate::db::cached(
+                diesel::update(
+                    executions::table
+                        .filter(executions::id.eq(id))
+                        .filter(executions::status.eq_any(&sources))
+                        .filter(executions::lease_owner.eq(o)),
+                )
+                .set(executions::updated_at.eq(now))
+                .returning(ExecutionRow::as_returning()),
             )
-            .set(executions::updated_at.eq(now))
-            .returning(ExecutionRow::as_returning())
             .get_result(conn)
             .await
             .optional()?,
@@ -419,28 +422,34 @@ pub async fn transition(
         }
         events.push(ev);
         let terminal = to.is_terminal();
-        let row = diesel::update(executions::table.filter(executions::id.eq(id)))
-            .set((
-                executions::status.eq(to.as_str()),
-                executions::seq.eq(seq),
-                executions::updated_at.eq(now),
-                executions::error.eq(patch.error.clone().or(row.error.clone())),
-                executions::output.eq(patch.output.clone().or(row.output.clone())),
-                executions::started_at.eq(row
-                    .started_at
-                    .or((to == ExecutionStatus::Running).then_some(now))),
-                executions::deadline_at.eq(patch.deadline_at.or(row.deadline_at)),
-                executions::finished_at.eq(terminal.then_some(now).or(row.finished_at)),
-                executions::lease_owner.eq(if terminal {
-                    None
-                } else {
-                    row.lease_owner.clone()
-                }),
-                executions::lease_expires_at.eq(if terminal { None } else { row.lease_expires_at }),
-            ))
-            .returning(ExecutionRow::as_returning())
-            .get_result(conn)
-            .await?;
+        let row = crate::db::cached(
+            diesel::update(executions::table.filter(executions::id.eq(id)))
+                .set((
+                    executions::status.eq(to.as_str()),
+                    executions::seq.eq(seq),
+                    executions::updated_at.eq(now),
+                    executions::error.eq(patch.error.clone().or(row.error.clone())),
+                    executions::output.eq(patch.output.clone().or(row.output.clone())),
+                    executions::started_at.eq(row
+                        .started_at
+                        .or((to == ExecutionStatus::Running).then_some(now))),
+                    executions::deadline_at.eq(patch.deadline_at.or(row.deadline_at)),
+                    executions::finished_at.eq(terminal.then_some(now).or(row.finished_at)),
+                    executions::lease_owner.eq(if terminal {
+                        None
+                    } else {
+                        row.lease_owner.clone()
+                    }),
+                    executions::lease_expires_at.eq(if terminal {
+                        None
+                    } else {
+                        row.lease_expires_at
+                    }),
+                ))
+                .returning(ExecutionRow::as_returning()),
+        )
+        .get_result(conn)
+        .await?;
         let rows = events
             .iter()
             .map(event_row)
@@ -523,22 +532,24 @@ pub async fn record_step(
     envelope: &(dyn Fn(&ExecutionEvent) -> String + Sync),
 ) -> AppResult<Option<ExecutionEvent>> {
     crate::on_conn!(conn, |conn| {
-        let row = diesel::update(
-            executions::table
-                .filter(executions::id.eq(id))
-                .filter(executions::status.eq(ExecutionStatus::Running))
-                .filter(executions::lease_owner.eq(owner)),
+        let row = crate::db::cached(
+            diesel::update(
+                executions::table
+                    .filter(executions::id.eq(id))
+                    .filter(executions::status.eq(ExecutionStatus::Running))
+                    .filter(executions::lease_owner.eq(owner)),
+            )
+            .set((
+                executions::seq.eq(executions::seq + 1),
+                executions::prompt_tokens.eq(executions::prompt_tokens + change.prompt_tokens),
+                executions::completion_tokens
+                    .eq(executions::completion_tokens + change.completion_tokens),
+                executions::cost_usd.eq(executions::cost_usd + change.cost_usd),
+                executions::unpriced_calls.eq(executions::unpriced_calls + change.unpriced_calls),
+                executions::updated_at.eq(now),
+            ))
+            .returning(ExecutionRow::as_returning()),
         )
-        .set((
-            executions::seq.eq(executions::seq + 1),
-            executions::prompt_tokens.eq(executions::prompt_tokens + change.prompt_tokens),
-            executions::completion_tokens
-                .eq(executions::completion_tokens + change.completion_tokens),
-            executions::cost_usd.eq(executions::cost_usd + change.cost_usd),
-            executions::unpriced_calls.eq(executions::unpriced_calls + change.unpriced_calls),
-            executions::updated_at.eq(now),
-        ))
-        .returning(ExecutionRow::as_returning())
         .get_result(conn)
         .await
         .optional()?;
