@@ -176,7 +176,33 @@ enum AdminCommand {
     },
 }
 
+/// glibc gives each thread that allocates an arena of its own, up to 8 per core, and
+/// keeps what is freed in each: memory a websocket's setup allocated on one thread stays
+/// with that thread's arena. Measured with 2,000 idle subscribers: 43 KiB of RSS each
+/// with the default, 14 KiB with two arenas. So the arenas are bounded to one per core
+/// (at least 2), unless `MALLOC_ARENA_MAX` already chose.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "mallopt only sets an allocator parameter, before any other thread exists"
+)]
+fn bound_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: sets one malloc tunable; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    bound_malloc_arenas();
     let cli = Cli::parse();
     if let Command::Schema = cli.command {
         print!("{}", agentplane::graphql::sdl());

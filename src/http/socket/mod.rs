@@ -275,7 +275,9 @@ impl async_graphql::Executor for SocketExecutor {
         let this = self.clone();
         let schema = self.state.schema.clone();
         let request_id = self.request_id.clone();
-        futures_util::stream::once(async move { this.admit(request).await })
+        // Boxed, so the admission's state is freed once it is done rather than sized
+        // into the stream an idle subscription keeps.
+        futures_util::stream::once(Box::pin(async move { this.admit(request).await }))
             .flat_map(move |admitted| match admitted {
                 Ok((request, held)) => schema
                     .execute_stream_with_session_data(
@@ -314,8 +316,9 @@ fn requested_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
         })
 }
 
-/// Read and write buffer of one websocket.
-const SOCKET_BUFFER_BYTES: usize = 4096;
+/// Read and write buffer of one websocket. Clients send small messages
+/// (`connection_init`, `subscribe`, `ping`); the buffers grow for a larger one.
+const SOCKET_BUFFER_BYTES: usize = 1024;
 
 /// `GET /graphql/ws`: upgrades to a GraphQL websocket.
 pub async fn ws_handler(
