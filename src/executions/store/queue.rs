@@ -29,6 +29,14 @@ pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, leas
         ORDER BY e.status, e.created_at, e.id LIMIT 1 {LOCK})) \
     RETURNING *";
 
+/// [`CLAIM_SQL`] for PostgreSQL: rows locked, skipping those other claims hold.
+static CLAIM_PG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED"));
+
+/// [`CLAIM_SQL`] for SQLite: no row locks (one writer), `?N` parameters.
+static CLAIM_SQLITE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"));
+
 /// Leases the next runnable execution to `owner` until `until`, or returns `None`.
 /// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other
 /// and never take the same row. SQLite: the single-statement UPDATE runs under the
@@ -40,11 +48,24 @@ pub async fn claim(
     now: NaiveDateTime,
     until: NaiveDateTime,
 ) -> AppResult<Option<ExecutionRow>> {
+    // The claim statement with its parameters, the same for both backends.
+    macro_rules! claim_query {
+        ($sql:expr) => {
+            crate::db::cached(
+                diesel::sql_query($sql)
+                    .bind::<Text, _>(owner)
+                    .bind::<Timestamp, _>(until)
+                    .bind::<Timestamp, _>(now)
+                    .bind::<Text, _>(node)
+                    .bind::<Text, _>(ExecutionStatus::Queued)
+                    .bind::<Text, _>(ExecutionStatus::Running),
+            )
+        };
+    }
     Ok(match db {
         DbPool::Postgres(pool) => {
             use diesel_async::AsyncConnection as _;
             let mut conn = pool.get().await?;
-            let sql = CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED");
             conn.transaction::<_, diesel::result::Error, _>(async |c| {
                 // Walk the claim index in order and stop at the first runnable row, even
                 // when the statistics are stale (a queue that just grew looks nearly
@@ -56,36 +77,20 @@ pub async fn claim(
                 ))
                 .execute(c)
                 .await?;
-                crate::db::cached(
-                    diesel::sql_query(sql)
-                        .bind::<Text, _>(owner)
-                        .bind::<Timestamp, _>(until)
-                        .bind::<Timestamp, _>(now)
-                        .bind::<Text, _>(node)
-                        .bind::<Text, _>(ExecutionStatus::Queued)
-                        .bind::<Text, _>(ExecutionStatus::Running),
-                )
-                .get_result::<ExecutionRow>(c)
-                .await
-                .optional()
+                claim_query!(CLAIM_PG.as_str())
+                    .get_result::<ExecutionRow>(c)
+                    .await
+                    .optional()
             })
             .await?
         }
         DbPool::Sqlite(pool) => {
             let _turn = db.writer_turn().await?;
             let mut conn = pool.get().await?;
-            crate::db::cached(
-                diesel::sql_query(CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"))
-                    .bind::<Text, _>(owner)
-                    .bind::<Timestamp, _>(until)
-                    .bind::<Timestamp, _>(now)
-                    .bind::<Text, _>(node)
-                    .bind::<Text, _>(ExecutionStatus::Queued)
-                    .bind::<Text, _>(ExecutionStatus::Running),
-            )
-            .get_result::<ExecutionRow>(&mut *conn)
-            .await
-            .optional()?
+            claim_query!(CLAIM_SQLITE.as_str())
+                .get_result::<ExecutionRow>(&mut *conn)
+                .await
+                .optional()?
         }
     })
 }

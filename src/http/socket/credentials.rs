@@ -181,7 +181,6 @@ pub(super) async fn accept(
     // Nothing for the connection's data: every operation's own data carries the
     // principal and its loaders, read afresh when it is admitted (`SocketExecutor`), so
     // copies here would only cost an idle socket memory.
-    drop(p);
     Ok(Data::default())
 }
 
