@@ -171,12 +171,39 @@ grouped_loader!(
     |db, tenant, keys| crate::executions::store::steps_by_executions(db, tenant, keys),
     |r| r.execution_id
 );
-grouped_loader!(
-    /// The newest executions of each workflow (at most [`RECENT_WINDOW`]), newest first.
-    RecentExecutionsLoader, WorkflowId => ExecutionRow,
-    |db, tenant, keys| crate::executions::store::recent_by_workflows(db, tenant, keys, RECENT_WINDOW),
-    |r| r.workflow_id
-);
+/// The newest `n` executions of each workflow, newest first, keyed by (workflow, `n`):
+/// a page asks for exactly the rows it shows, whatever the history, in one statement
+/// per distinct `n` (one, unless aliases ask for different counts).
+pub struct RecentExecutionsLoader {
+    db: DbPool,
+    tenant: TenantId,
+}
+
+impl Loader<(WorkflowId, i64)> for RecentExecutionsLoader {
+    type Value = Vec<ExecutionRow>;
+    type Error = LoadError;
+
+    async fn load(
+        &self,
+        keys: &[(WorkflowId, i64)],
+    ) -> Result<HashMap<(WorkflowId, i64), Self::Value>, LoadError> {
+        let mut by_n: std::collections::BTreeMap<i64, Vec<WorkflowId>> = Default::default();
+        for (id, n) in keys {
+            by_n.entry(*n).or_default().push(*id);
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for (n, ids) in by_n {
+            let rows =
+                crate::executions::store::recent_by_workflows(&self.db, self.tenant, &ids, n)
+                    .await
+                    .map_err(failed)?;
+            for (id, rows) in group(&ids, rows, |r| r.workflow_id) {
+                out.insert((id, n), rows);
+            }
+        }
+        Ok(out)
+    }
+}
 grouped_loader!(
     /// Schedules by workflow.
     SchedulesByWorkflowLoader, WorkflowId => ScheduleRow,
@@ -212,6 +239,9 @@ pub const STATS_DAYS: i64 = 30;
 
 /// Most executions `recentExecutions` returns per workflow.
 pub const RECENT_WINDOW: i64 = 20;
+
+/// What `recentExecutions` returns when `first` is not given.
+pub const RECENT_DEFAULT: i64 = 10;
 
 /// The loaders of one request (or websocket connection). They cache, so a list resolver
 /// can prefetch what its rows will ask for (see `prefetch` in each domain) and the nested

@@ -152,6 +152,39 @@ async fn nested_reads_cost_the_same_statements_for_5_or_50_workflows() {
         small, large,
         "statements grew with the page: {small} vs {large}"
     );
+    // Aliases asking for different counts (one through a variable) each get theirs,
+    // newest first, still in a fixed number of statements.
+    let aliased = "query($n: Int!, $m: Int!) { workflows(first: $n) { edges { node { \
+                   three: recentExecutions(first: 3) { id createdAt } \
+                   some: recentExecutions(first: $m) { id createdAt } \
+                   all: recentExecutions { id } } } } }";
+    let counts = |n: i64, m: i64| {
+        let app = &app;
+        let owner = owner.clone();
+        async move {
+            let before = app.state.app.statements.load(Ordering::SeqCst);
+            let out = app.gql_as(&owner, aliased, json!({ "n": n, "m": m })).await;
+            let after = app.state.app.statements.load(Ordering::SeqCst);
+            assert!(out["errors"].is_null(), "{out}");
+            let node = &out["data"]["workflows"]["edges"][0]["node"];
+            let three = node["three"].as_array().expect("three");
+            let some = node["some"].as_array().expect("some");
+            assert_eq!(three.len(), 3, "{out}");
+            assert_eq!(some.len(), usize::try_from(m).expect("m"), "{out}");
+            assert_eq!(node["all"].as_array().expect("all").len(), 10, "{out}");
+            assert_eq!(three[..], some[..3], "the same newest executions: {out}");
+            let times: Vec<&str> = some
+                .iter()
+                .map(|e| e["createdAt"].as_str().expect("createdAt"))
+                .collect();
+            assert!(
+                times.windows(2).all(|w| w[0] >= w[1]),
+                "newest first: {times:?}"
+            );
+            after - before
+        }
+    };
+    assert_eq!(counts(5, 7).await, counts(50, 7).await);
     // And the executions connection with nested fields.
     let q2 = "query($n: Int!) { executions(first: $n) { totalCount edges { node { id workflow { name } startedBy { email } steps { stepId } } } } }";
     let run = |n: i64| {

@@ -94,14 +94,23 @@ async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
         )
         .await;
     assert!(out["errors"].is_null(), "{out}");
-    let wf = published(
+    // `a` runs until it is cancelled, so `b` is held back for as long as the test
+    // looks, however busy the machine is; `b` itself is quick.
+    let slow = published(
         &app,
         &owner,
         "slow",
-        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 600 } } ]}),
+        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 120000 } } ]}),
     )
     .await;
-    let a = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let wf = published(
+        &app,
+        &owner,
+        "quick",
+        json!({ "steps": [ { "id": "w", "kind": "delay", "config": { "ms": 10 } } ]}),
+    )
+    .await;
+    let a = start(&app, &owner, json!({ "workflowId": slow })).await;
     let b = start(&app, &owner, json!({ "workflowId": wf })).await;
     let a_id = a["execution"]["id"].as_str().expect("id").to_owned();
     let b_id = b["execution"]["id"].as_str().expect("id").to_owned();
@@ -130,10 +139,22 @@ async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
             .contains("maxConcurrentExecutions"),
         "{out}"
     );
-    let e = wait_for(&app, &owner, &b_id, 10, finished).await;
-    assert_eq!(e["status"], "SUCCEEDED");
-    let a_done = execution(&app, &owner, &a_id).await;
-    assert_eq!(a_done["status"], "SUCCEEDED");
+    // Still held back a moment later: the slot is not free.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(execution(&app, &owner, &b_id).await["status"], "QUEUED");
+    // Cancelling `a` frees the slot, and `b` runs.
+    let out = app
+        .gql_as(
+            &owner,
+            "mutation($i: ExecutionIdInput!) { cancelExecution(input: $i) { execution { status } } }",
+            json!({ "i": { "executionId": a_id } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let e = wait_for(&app, &owner, &b_id, 20, finished).await;
+    assert_eq!(e["status"], "SUCCEEDED", "{e}");
+    let a_done = wait_for(&app, &owner, &a_id, 20, finished).await;
+    assert_eq!(a_done["status"], "CANCELLED", "{a_done}");
     // The third start is allowed, the fourth is over the monthly quota.
     start(&app, &owner, json!({ "workflowId": wf })).await;
     let out = app

@@ -18,11 +18,34 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
         loaders.teams.load_many(teams).await.map_err(load_error)?;
     }
     if node.field("recentExecutions").exists() {
-        let recent = loaders
-            .recent
-            .load_many(rows.iter().map(|r| r.id))
-            .await
-            .map_err(load_error)?;
+        // The counts the selections ask for (aliases may ask for several); one that is
+        // out of range is left to the resolver, which says so.
+        let mut counts: Vec<i64> = node
+            .field("recentExecutions")
+            .selection_fields()
+            .iter()
+            .map(|f| {
+                f.arguments()
+                    .ok()
+                    .and_then(|args| {
+                        args.into_iter()
+                            .find(|(name, _)| name.as_str() == "first")
+                            .and_then(|(_, v)| match v {
+                                async_graphql::Value::Number(n) => n.as_i64(),
+                                _ => None,
+                            })
+                    })
+                    .unwrap_or(crate::graphql::loaders::RECENT_DEFAULT)
+            })
+            .filter(|n| (1..=crate::graphql::loaders::RECENT_WINDOW).contains(n))
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        let mut keys = Vec::with_capacity(counts.len() * rows.len());
+        for n in &counts {
+            keys.extend(rows.iter().map(|r| (r.id, *n)));
+        }
+        let recent = loaders.recent.load_many(keys).await.map_err(load_error)?;
         let execs: Vec<_> = recent.values().flatten().collect();
         let inner = node.field("recentExecutions");
         if inner.field("steps").exists() {

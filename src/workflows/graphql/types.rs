@@ -132,7 +132,7 @@ impl Workflow {
     async fn recent_executions(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 10)] first: i32,
+        #[graphql(default_with = "crate::graphql::loaders::RECENT_DEFAULT as i32")] first: i32,
     ) -> async_graphql::Result<Vec<crate::executions::graphql::Execution>> {
         let max = crate::graphql::loaders::RECENT_WINDOW;
         if !(1..=max).contains(&i64::from(first)) {
@@ -146,12 +146,11 @@ impl Workflow {
         }
         Ok(Loaders::of(ctx)?
             .recent
-            .load_one(self.0.id)
+            .load_one((self.0.id, i64::from(first)))
             .await
             .map_err(load_error)?
             .unwrap_or_default()
             .into_iter()
-            .take(usize::try_from(first).unwrap_or(10))
             .map(crate::executions::graphql::Execution)
             .collect())
     }
