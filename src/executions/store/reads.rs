@@ -171,61 +171,54 @@ pub async fn list(
 
 /// The `n` newest executions of each of several workflows, in one statement whose cost
 /// depends on the page, not on history: each workflow's rows are read newest-first from
-/// the `(tenant_id, workflow_id, id)` index and the read stops after `n` (PostgreSQL:
-/// `CROSS JOIN LATERAL … LIMIT n`; SQLite, which has no LATERAL: one `LIMIT n` arm per
-/// workflow under `UNION ALL`).
+/// the `(tenant_id, workflow_id, id)` index and the read stops after `n`. The ids travel
+/// as one bound JSON array, so the statement's text never changes and it is prepared once
+/// per connection (the page's ids written into the text made SQLite parse a 50-arm
+/// statement on every read: 22 % of a nested read's CPU, measured with perf).
 pub async fn recent_by_workflows(
     db: &DbPool,
     tenant: TenantId,
     ids: &[WorkflowId],
     n: i64,
 ) -> AppResult<Vec<ExecutionRow>> {
-    // SQLite allows 500 arms in one compound SELECT.
-    const ARMS: usize = 400;
-    let mut out = Vec::new();
-    for chunk in ids.chunks(ARMS) {
-        // Ids are UUIDs we formatted ourselves: safe to inline. The tenant is bound.
-        let quoted = chunk
-            .iter()
-            .map(|i| format!("'{}'", i.0.hyphenated()))
-            .collect::<Vec<_>>();
-        let rows: Vec<RecentRow> = match db {
-            DbPool::Postgres(_) => {
-                let sql = format!(
-                    "SELECT e.* FROM (VALUES ({})) AS w(id) CROSS JOIN LATERAL \
-                     (SELECT * FROM executions x WHERE x.tenant_id = $1 AND x.workflow_id = w.id \
-                     ORDER BY x.id DESC LIMIT {n}) e ORDER BY e.workflow_id, e.id DESC",
-                    quoted.join("), (")
-                );
-                crate::db_run_tenant!(db, tenant, |conn| {
-                    diesel::sql_query(sql)
-                        .bind::<Text, _>(tenant.to_string())
-                        .load(conn)
-                        .await?
-                })
-            }
-            DbPool::Sqlite(_) => {
-                let sql = quoted
-                    .iter()
-                    .map(|w| {
-                        format!(
-                            "SELECT * FROM (SELECT * FROM executions \
-                             INDEXED BY executions_tenant_workflow_id_idx WHERE tenant_id = ?1 \
-                             AND workflow_id = {w} ORDER BY id DESC LIMIT {n})"
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" UNION ALL ");
-                crate::db_run!(db, |conn| {
-                    diesel::sql_query(sql)
-                        .bind::<Text, _>(tenant.to_string())
-                        .load(conn)
-                        .await?
-                })
-            }
-        };
-        out.extend(rows.into_iter().map(|r| r.row));
+    use diesel::sql_types::BigInt;
+    /// PostgreSQL: a LATERAL top-n per workflow.
+    const PG: &str = "SELECT e.* FROM jsonb_array_elements_text($2::jsonb) AS w(id) \
+        CROSS JOIN LATERAL (SELECT * FROM executions x WHERE x.tenant_id = $1 \
+        AND x.workflow_id = w.id ORDER BY x.id DESC LIMIT $3) e";
+    /// SQLite has no LATERAL: a correlated `IN (… LIMIT n)` over the same index, then
+    /// each row by primary key.
+    const SQLITE: &str = "SELECT e.* FROM json_each(?2) AS w JOIN executions e ON e.id IN \
+        (SELECT x.id FROM executions x WHERE x.tenant_id = ?1 AND x.workflow_id = w.value \
+        ORDER BY x.id DESC LIMIT ?3)";
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
+    let json = serde_json::to_string(
+        &ids.iter()
+            .map(|i| i.0.hyphenated().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(AppError::internal)?;
+    macro_rules! recent_query {
+        ($sql:expr) => {
+            crate::db::cached(
+                diesel::sql_query($sql)
+                    .bind::<Text, _>(tenant.to_string())
+                    .bind::<Text, _>(&json)
+                    .bind::<BigInt, _>(n),
+            )
+        };
+    }
+    let rows: Vec<RecentRow> = match db {
+        DbPool::Postgres(_) => crate::db_run_tenant!(db, tenant, |conn| {
+            recent_query!(PG).load(conn).await?
+        }),
+        DbPool::Sqlite(_) => crate::db_run!(db, |conn| {
+            recent_query!(SQLITE).load(conn).await?
+        }),
+    };
+    let mut out: Vec<ExecutionRow> = rows.into_iter().map(|r| r.row).collect();
     out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
     Ok(out)
 }
