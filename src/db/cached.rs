@@ -13,8 +13,9 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 
 /// A query whose prepared statement is cached under its SQL text. Only for statements
-/// whose text is the same on every call (no variable-length lists, no optional columns):
-/// each distinct text takes a cache entry for the life of the connection.
+/// whose text is the same on every call, or takes one of a few shapes (a boxed list query
+/// with optional filters): each distinct text takes a cache entry for the life of the
+/// connection, so never for text that grows with the data (a list of ids written inline).
 #[derive(Debug, Clone, Copy)]
 pub struct Cached<Q>(pub Q);
 

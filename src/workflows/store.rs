@@ -242,7 +242,10 @@ pub async fn list(
             }
             q
         };
-        let total: i64 = build().count().get_result(conn).await?;
+        // Boxed, so diesel would prepare both statements anew on every page; their text
+        // varies only with which filters and order are present (a handful of shapes),
+        // so they are cached under their text.
+        let total: i64 = crate::db::cached(build().count()).get_result(conn).await?;
         let (offset, limit) = window(total)?;
         let q = build().select(WorkflowRow::as_select());
         let q = match order {
@@ -257,7 +260,9 @@ pub async fn list(
                 q.order((workflows::updated_at.desc(), workflows::id.desc()))
             }
         };
-        let rows = q.offset(offset).limit(limit).load(conn).await?;
+        let rows = crate::db::cached(q.offset(offset).limit(limit))
+            .load(conn)
+            .await?;
         (rows, total)
     }))
 }

@@ -212,9 +212,9 @@ pub async fn recent_by_workflows(
     }
     let rows: Vec<RecentRow> = match db {
         DbPool::Postgres(_) => {
-            crate::db_run_tenant!(db, tenant, |conn| { recent_query!(PG).load(conn).await? })
+            crate::db_run_tenant!(db, tenant, |conn| recent_query!(PG).load(conn).await?)
         }
-        DbPool::Sqlite(_) => crate::db_run!(db, |conn| { recent_query!(SQLITE).load(conn).await? }),
+        DbPool::Sqlite(_) => crate::db_run!(db, |conn| recent_query!(SQLITE).load(conn).await?),
     };
     let mut out: Vec<ExecutionRow> = rows.into_iter().map(|r| r.row).collect();
     out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
