@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// The `first` a `recentExecutions` selection asks for (variables resolved), or the
+/// default when it gives none or one that is not a number.
+fn requested_count(field: &async_graphql::SelectionField<'_>) -> i64 {
+    let first = field.arguments().ok().and_then(|args| {
+        args.into_iter()
+            .find(|(name, _)| name.as_str() == "first")
+            .map(|(_, v)| v)
+    });
+    match first {
+        Some(async_graphql::Value::Number(n)) => n.as_i64(),
+        _ => None,
+    }
+    .unwrap_or(crate::graphql::loaders::RECENT_DEFAULT)
+}
+
 /// Loads, in one statement each, what the selected nested fields of a page will ask for.
 pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
     let node = ctx.look_ahead().field("edges").field("node");
@@ -17,26 +32,14 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
         let teams = rows.iter().filter_map(|r| r.team_id);
         loaders.teams.load_many(teams).await.map_err(load_error)?;
     }
-    if node.field("recentExecutions").exists() {
+    let inner = node.field("recentExecutions");
+    if inner.exists() {
         // The counts the selections ask for (aliases may ask for several); one that is
         // out of range is left to the resolver, which says so.
-        let mut counts: Vec<i64> = node
-            .field("recentExecutions")
+        let mut counts: Vec<i64> = inner
             .selection_fields()
             .iter()
-            .map(|f| {
-                f.arguments()
-                    .ok()
-                    .and_then(|args| {
-                        args.into_iter()
-                            .find(|(name, _)| name.as_str() == "first")
-                            .and_then(|(_, v)| match v {
-                                async_graphql::Value::Number(n) => n.as_i64(),
-                                _ => None,
-                            })
-                    })
-                    .unwrap_or(crate::graphql::loaders::RECENT_DEFAULT)
-            })
+            .map(requested_count)
             .filter(|n| (1..=crate::graphql::loaders::RECENT_WINDOW).contains(n))
             .collect();
         counts.sort_unstable();
@@ -47,7 +50,6 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
         }
         let recent = loaders.recent.load_many(keys).await.map_err(load_error)?;
         let execs: Vec<_> = recent.values().flatten().collect();
-        let inner = node.field("recentExecutions");
         if inner.field("steps").exists() {
             loaders
                 .steps
