@@ -189,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let enqueue_secs = t.elapsed().as_secs_f64();
     let enqueue_rate = n as f64 / enqueue_secs;
+    // For profilers attaching to this process: the throughput phase starts now.
+    eprintln!("enqueued {n} in {enqueue_secs:.2} s; draining");
 
     // 2. Throughput: the embedded workers drain the queue.
     let t = Instant::now();
