@@ -14,7 +14,8 @@ RUN cargo build --release --locked --bin agentplane \
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home agentplane \
  && mkdir -p /data && chown agentplane:agentplane /data
 COPY --from=build /src/target/release/agentplane /usr/local/bin/agentplane
