@@ -226,7 +226,7 @@ pub async fn append_many(
             DbPool::Sqlite(pool) => {
                 let mut pooled = pool.get().await?;
                 let conn: &mut crate::db::SqliteConn = &mut pooled;
-                conn.immediate_transaction(async |conn| -> AppResult<i64> {
+                crate::db::sqlite_immediate(conn, async |conn| -> AppResult<i64> {
                     let rows = prepare!(&mut *conn);
                     for r in &rows {
                         diesel::insert_into(audit_log::table)

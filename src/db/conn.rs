@@ -76,6 +76,29 @@ macro_rules! on_conn {
     }};
 }
 
+/// `f` in a `BEGIN IMMEDIATE` transaction on a SQLite connection the caller holds:
+/// committed when it returns `Ok`, rolled back when it returns `Err`. Its statements run
+/// inline once the write lock is held (see [`spawn`](super::spawn)).
+pub async fn sqlite_immediate<T, F>(conn: &mut SqliteConn, f: F) -> AppResult<T>
+where
+    F: AsyncFnOnce(&mut SqliteConn) -> AppResult<T>,
+{
+    conn.spawn_blocking(|c| {
+        diesel::connection::AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+    })
+    .await?;
+    match super::spawn::in_write_tx(f(&mut *conn)).await {
+        Ok(v) => {
+            SqliteTm::commit_transaction(conn).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = SqliteTm::rollback_transaction(conn).await;
+            Err(e)
+        }
+    }
+}
+
 type SqliteTm = diesel_async::sync_connection_wrapper::SyncTransactionManagerWrapper<
     diesel::connection::AnsiTransactionManager,
 >;
@@ -255,10 +278,15 @@ impl DbPool {
         };
         // If this future is dropped mid-way, `guard` rolls the transaction back before
         // the connection returns to the pool: nothing half-done is ever committed.
-        let out = f(&mut conn).await;
         if !open {
-            return out;
+            return f(&mut conn).await;
         }
+        let out = if mode == Mode::Write {
+            // SQLite: the write lock is held, so the body's statements run inline.
+            super::spawn::in_write_tx(f(&mut conn)).await
+        } else {
+            f(&mut conn).await
+        };
         let end = match (&mut conn.inner, out) {
             (Inner::Postgres(c), Ok(v)) => {
                 diesel_async::AnsiTransactionManager::commit_transaction(&mut **c).await?;

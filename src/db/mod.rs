@@ -13,6 +13,7 @@ mod instrument;
 pub mod migrate;
 pub mod page;
 pub mod schema;
+mod spawn;
 
 use std::sync::Arc;
 
@@ -31,12 +32,13 @@ use secrecy::ExposeSecret;
 
 use crate::config::DatabaseUrl;
 pub use cached::{Cached, cached};
-pub use conn::Conn;
+pub use conn::{Conn, sqlite_immediate};
 pub use instrument::DbCounters;
 use instrument::statement_counter;
 
-/// The async SQLite connection: diesel's sync connection run on a blocking thread.
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+/// The async SQLite connection: diesel's sync connection, its statements run on a
+/// blocking thread except inside a write transaction's body (see [`spawn`]).
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, spawn::Spawner>;
 
 /// An error taking a connection from the pool.
 pub type PoolError = bb8::RunError<diesel_async::pooled_connection::PoolError>;
