@@ -89,7 +89,10 @@ struct Finished<R> {
 impl<R> Future for Finished<R> {
     type Output = Result<R, tokio::task::JoinError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         Pin::new(&mut self.get_mut().future).poll(cx)
     }
 }
@@ -103,5 +106,39 @@ impl<R> Drop for Finished<R> {
                 let _ = handle.block_on(future);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel_async::AsyncConnection as _;
+
+    use super::super::SqliteConn;
+
+    async fn statement_thread(conn: &mut SqliteConn) -> std::thread::ThreadId {
+        conn.spawn_blocking(|_| Ok(std::thread::current().id()))
+            .await
+            .expect("statement")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_run_inline_only_inside_a_write_transaction_body() {
+        let mut conn = SqliteConn::establish(":memory:").await.expect("open");
+        let outside = statement_thread(&mut conn).await;
+        assert_ne!(outside, std::thread::current().id(), "a blocking thread");
+        let (inside, caller) = super::in_write_tx(async {
+            (
+                statement_thread(&mut conn).await,
+                std::thread::current().id(),
+            )
+        })
+        .await;
+        assert_eq!(inside, caller, "the task's own thread");
+        let after = statement_thread(&mut conn).await;
+        assert_ne!(
+            after,
+            std::thread::current().id(),
+            "a blocking thread again"
+        );
     }
 }

@@ -5,6 +5,9 @@ use std::collections::HashMap;
 
 use super::*;
 
+/// Event inserts of at most this many rows keep their prepared statement (one per count).
+const CACHED_EVENT_ROWS: usize = 16;
+
 /// One of a driver's writes, held back to be applied with others in one transaction
 /// (see [`apply`]).
 #[derive(Debug, Clone)]
@@ -170,7 +173,13 @@ pub async fn apply(
                         .bind::<Text, _>(r.payload.clone())
                         .bind::<Timestamp, _>(r.created_at);
                 }
-                q.execute(lite).await?;
+                // A few shapes cover nearly every apply (a one-step execution writes 4
+                // events): those are prepared once per connection.
+                if chunk.len() <= CACHED_EVENT_ROWS {
+                    crate::db::cached(q).execute(lite).await?;
+                } else {
+                    q.execute(lite).await?;
+                }
             }
         }
     }
