@@ -83,10 +83,7 @@ pub async fn sqlite_immediate<T, F>(conn: &mut SqliteConn, f: F) -> AppResult<T>
 where
     F: AsyncFnOnce(&mut SqliteConn) -> AppResult<T>,
 {
-    conn.spawn_blocking(|c| {
-        diesel::connection::AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
-    })
-    .await?;
+    begin_immediate(conn).await?;
     match super::spawn::in_write_tx(f(&mut *conn)).await {
         Ok(v) => {
             SqliteTm::commit_transaction(conn).await?;
@@ -97,6 +94,15 @@ where
             Err(e)
         }
     }
+}
+
+/// `BEGIN IMMEDIATE`, as diesel-async's own `immediate_transaction` does it: on a
+/// blocking thread, since it may wait for another process's writer.
+async fn begin_immediate(conn: &mut SqliteConn) -> diesel::QueryResult<()> {
+    conn.spawn_blocking(|c| {
+        diesel::connection::AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+    })
+    .await
 }
 
 type SqliteTm = diesel_async::sync_connection_wrapper::SyncTransactionManagerWrapper<
@@ -264,14 +270,7 @@ impl DbPool {
                 true
             }
             (Inner::Sqlite(c), Mode::Write) => {
-                // As diesel-async's own `immediate_transaction` does it.
-                c.spawn_blocking(|c| {
-                    diesel::connection::AnsiTransactionManager::begin_transaction_sql(
-                        c,
-                        "BEGIN IMMEDIATE",
-                    )
-                })
-                .await?;
+                begin_immediate(c).await?;
                 guard.open = true;
                 true
             }
@@ -281,8 +280,9 @@ impl DbPool {
         if !open {
             return f(&mut conn).await;
         }
-        let out = if mode == Mode::Write {
-            // SQLite: the write lock is held, so the body's statements run inline.
+        let out = if matches!(conn.inner, Inner::Sqlite(_)) {
+            // An open SQLite transaction is a write one, its lock held: the body's
+            // statements run inline.
             super::spawn::in_write_tx(f(&mut conn)).await
         } else {
             f(&mut conn).await
