@@ -13,9 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextValidation,
-};
+use async_graphql::extensions::ExtensionContext;
 use async_graphql::{Name, Response, ServerError, ValidationResult, Value};
 
 use crate::app::App;
@@ -23,18 +21,10 @@ use crate::auth::Principal;
 use crate::auth::limits::{CostPayer, cost_payer};
 use crate::request::ClientInfo;
 
-/// The query-cost extension.
-pub struct QueryCost;
-
-impl ExtensionFactory for QueryCost {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Cost::default())
-    }
-}
-
-/// One operation's cost.
+/// One operation's cost: charged when it is validated, settled when it has run (the
+/// schema's one extension, `extensions::Hooks`, calls both).
 #[derive(Default)]
-struct Cost {
+pub(super) struct Cost {
     requested: AtomicU64,
     /// Whether `requested` was charged to a budget.
     charged: AtomicBool,
@@ -61,14 +51,13 @@ fn fields(v: &Value) -> u64 {
     }
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for Cost {
-    async fn validation(
+impl Cost {
+    /// Charges the validated operation's complexity to its payer's budget.
+    pub(super) async fn charge(
         &self,
         ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
+        result: &ValidationResult,
+    ) -> Result<(), Vec<ServerError>> {
         let requested = u64::try_from(result.complexity).unwrap_or(u64::MAX);
         self.requested.store(requested, Ordering::Relaxed);
         if let Some((app, payer)) = payer(ctx) {
@@ -80,16 +69,12 @@ impl Extension for Cost {
                 Err(e) => return Err(vec![crate::graphql::errors::unplaced(e)]),
             }
         }
-        Ok(result)
+        Ok(())
     }
 
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
-        let mut resp = next.run(ctx, operation_name).await;
+    /// Settles the charge against what the operation's result holds, and reports both
+    /// in `extensions.cost`.
+    pub(super) async fn settle(&self, ctx: &ExtensionContext<'_>, resp: &mut Response) {
         let requested = self.requested.load(Ordering::Relaxed);
         let actual = fields(&resp.data);
         let mut budget = Value::Null;
@@ -121,7 +106,6 @@ impl Extension for Cost {
             cost.insert(Name::new("budget"), budget);
             resp.extensions.insert("cost".into(), Value::Object(cost));
         }
-        resp
     }
 }
 

@@ -1,27 +1,57 @@
-//! Schema extensions: a tracing span, a log line and metrics per GraphQL operation.
+//! The schema's one extension, [`Hooks`]: document limits after parsing, the batch
+//! budget and the query-cost charge after validation, and per operation a tracing span,
+//! a log line, metrics and the cost settlement.
+//!
+//! One extension, not one per concern: while a schema has any extension, async-graphql
+//! runs every field through each extension's `resolve` hook, a boxed future apiece, so
+//! each further extension costs an allocation per field of every response.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextResolve,
-    NextSubscribe, ResolveInfo,
+    NextSubscribe, NextValidation, ResolveInfo,
 };
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection};
-use async_graphql::{Response, ServerResult, Value, Variables, async_trait};
+use async_graphql::{
+    Response, ServerError, ServerResult, ValidationResult, Value, Variables, async_trait,
+};
 use tracing::Instrument as _;
 
 use super::RequestId;
+use super::cost::Cost;
+use super::limits::DocumentLimits;
 
-/// Wraps each operation in a `graphql.operation` span (request id, operation name), logs
-/// its duration and error count, and counts it in `/metrics` (queries and mutations by
-/// type, name and outcome; subscriptions as running, by root field).
-pub struct OperationLog;
+/// The schema's extension. Per operation, in this order:
+/// - after parsing: the document limits ([`DocumentLimits`], unless the HTTP handler
+///   checked the document already);
+/// - after validation: the batch's shared complexity budget, then the query-cost charge
+///   (`graphql::cost`; an operation the batch budget refuses is never charged);
+/// - around execution: a `graphql.operation` span (request id, operation name), a log
+///   line with its duration and error count, `/metrics` (queries and mutations by type,
+///   name and outcome; subscriptions as running, by root field), then the cost
+///   settlement in `extensions.cost`;
+/// - per field: resolvers slower than [`SLOW_RESOLVER`] are logged.
+pub struct Hooks {
+    limits: DocumentLimits,
+}
 
-impl ExtensionFactory for OperationLog {
+impl Hooks {
+    /// The extension, with the document limits it enforces.
+    pub fn new(limits: DocumentLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl ExtensionFactory for Hooks {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(OperationLogExtension::default())
+        Arc::new(HooksExtension {
+            limits: self.limits,
+            cost: Cost::default(),
+            parsed: Arc::default(),
+        })
     }
 }
 
@@ -39,8 +69,10 @@ struct Parsed {
     gauge: Option<crate::metrics::SubscriptionGauge>,
 }
 
-#[derive(Default)]
-struct OperationLogExtension {
+/// One operation's hooks.
+struct HooksExtension {
+    limits: DocumentLimits,
+    cost: Cost,
     parsed: Arc<Mutex<Parsed>>,
 }
 
@@ -69,7 +101,7 @@ impl async_graphql::futures_util::Stream for Counted<'_> {
 }
 
 #[async_trait::async_trait]
-impl Extension for OperationLogExtension {
+impl Extension for HooksExtension {
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -78,6 +110,7 @@ impl Extension for OperationLogExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let doc = next.run(ctx, query, variables).await?;
+        self.limits.check_parsed(ctx, &doc)?;
         if let Ok(mut p) = self.parsed.lock() {
             p.ops = doc
                 .operations
@@ -106,6 +139,17 @@ impl Extension for OperationLogExtension {
             }
         }
         Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        super::limits::charge_batch(ctx, &result)?;
+        self.cost.charge(ctx, &result).await?;
+        Ok(result)
     }
 
     fn subscribe<'s>(
@@ -167,7 +211,7 @@ impl Extension for OperationLogExtension {
         }
         crate::telemetry::record_ids(&span);
         let started = Instant::now();
-        let resp = next.run(ctx, operation_name).instrument(span.clone()).await;
+        let mut resp = next.run(ctx, operation_name).instrument(span.clone()).await;
         let took = started.elapsed();
         let kind = self
             .parsed
@@ -190,12 +234,14 @@ impl Extension for OperationLogExtension {
                 took,
             );
         }
-        let _g = span.enter();
-        tracing::info!(
-            duration_ms = took.as_secs_f64() * 1000.0,
-            errors = resp.errors.len(),
-            "graphql operation finished"
-        );
+        span.in_scope(|| {
+            tracing::info!(
+                duration_ms = took.as_secs_f64() * 1000.0,
+                errors = resp.errors.len(),
+                "graphql operation finished"
+            )
+        });
+        self.cost.settle(ctx, &mut resp).await;
         resp
     }
 }

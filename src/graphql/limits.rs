@@ -3,23 +3,22 @@
 //! Validation walks every fragment spread as written out, so a small document whose
 //! fragments each spread the next one twice costs time exponential in its size before the
 //! depth and complexity limits ever see it (22 fragments: seconds of CPU on a runtime
-//! thread, which the request timeout cannot interrupt). This extension measures the
+//! thread, which the request timeout cannot interrupt). This module measures the
 //! document once, with each fragment's size computed once (memoised), and refuses it when
 //! it has too many fragment definitions, too many spreads, too many selections after
 //! expanding fragments, or a fragment cycle. HTTP requests are checked before they reach
 //! async-graphql (whose own recursion-depth check also walks spreads as written); the
-//! same check runs as a schema extension after parsing for every other path
+//! same check runs in the schema's extension (`extensions::Hooks`) after parsing for
+//! every other path
 //! (websockets).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::ValidationResult;
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
-};
+use async_graphql::extensions::ExtensionContext;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{ErrorExtensionValues, Name, ServerError, ServerResult, Variables};
+use async_graphql::{ErrorExtensionValues, Name, ServerError};
 
 /// The bounds, from `graphql.max_selections`, `graphql.max_fragments` and
 /// `graphql.max_spreads`.
@@ -289,29 +288,18 @@ fn refusal(message: String, limit: &str) -> ServerError {
     err
 }
 
-impl ExtensionFactory for DocumentLimits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for DocumentLimits {
-    async fn parse_query(
+impl DocumentLimits {
+    /// Checks a parsed document, unless the HTTP handler already did (`admit`).
+    pub(super) fn check_parsed(
         &self,
         ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
+        doc: &ExecutableDocument,
+    ) -> Result<(), ServerError> {
         if ctx.data_opt::<Checked>().is_some() {
-            return Ok(doc);
+            return Ok(());
         }
-        if let Err((message, limit)) = self.check(&doc) {
-            return Err(refusal(message, limit));
-        }
-        Ok(doc)
+        self.check(doc)
+            .map_err(|(message, limit)| refusal(message, limit))
     }
 }
 
@@ -333,42 +321,29 @@ impl SharedBudget {
     }
 }
 
-/// Charges each validated operation's complexity to the request's [`SharedBudget`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BatchBudget;
-
-impl ExtensionFactory for BatchBudget {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for BatchBudget {
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
-        if let Some(budget) = ctx.data_opt::<Arc<SharedBudget>>() {
-            let used = budget
-                .used
-                .fetch_add(result.complexity, std::sync::atomic::Ordering::SeqCst)
-                .saturating_add(result.complexity);
-            if used > budget.max {
-                return Err(vec![refusal(
-                    format!(
-                        "the operations of this batch together have complexity {used}; at \
-                         most {} is accepted per request: send fewer or smaller operations",
-                        budget.max
-                    ),
-                    "maxComplexity",
-                )]);
-            }
+/// Charges a validated operation's complexity to the request's [`SharedBudget`] (a
+/// batched HTTP request's operations share one).
+pub(super) fn charge_batch(
+    ctx: &ExtensionContext<'_>,
+    result: &ValidationResult,
+) -> Result<(), Vec<ServerError>> {
+    if let Some(budget) = ctx.data_opt::<Arc<SharedBudget>>() {
+        let used = budget
+            .used
+            .fetch_add(result.complexity, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(result.complexity);
+        if used > budget.max {
+            return Err(vec![refusal(
+                format!(
+                    "the operations of this batch together have complexity {used}; at \
+                     most {} is accepted per request: send fewer or smaller operations",
+                    budget.max
+                ),
+                "maxComplexity",
+            )]);
         }
-        Ok(result)
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ pub struct RecentExecutionsLoader {
 }
 
 impl Loader<(WorkflowId, i64)> for RecentExecutionsLoader {
-    type Value = Vec<ExecutionRow>;
+    type Value = Vec<Arc<ExecutionRow>>;
     type Error = LoadError;
 
     async fn load(
@@ -196,7 +196,10 @@ impl Loader<(WorkflowId, i64)> for RecentExecutionsLoader {
             let rows =
                 crate::executions::store::recent_by_workflows(&self.db, self.tenant, &ids, n)
                     .await
-                    .map_err(failed)?;
+                    .map_err(failed)?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
             for (id, rows) in group(&ids, rows, |r| r.workflow_id) {
                 out.insert((id, n), rows);
             }

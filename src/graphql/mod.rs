@@ -105,12 +105,7 @@ fn build(app: Option<Arc<App>>, suggestions: bool) -> AppSchema {
         Subscription::default(),
     )
     .limit_complexity(complexity)
-    .extension(document_limits)
-    // The cost extension wraps the batch budget: an operation the batch budget refuses
-    // is never charged.
-    .extension(cost::QueryCost)
-    .extension(limits::BatchBudget)
-    .extension(extensions::OperationLog);
+    .extension(extensions::Hooks::new(document_limits));
     if !suggestions {
         builder = builder.disable_suggestions();
     }

@@ -44,7 +44,7 @@ pub use types::*;
 
 /// Loads an execution the caller may read (`node` and `execution`); else `NOT_FOUND`.
 pub async fn visible_execution(ctx: &Context<'_>, id: uuid::Uuid) -> AppResult<Execution> {
-    Ok(Execution(
+    Ok(Execution::from(
         service::get(app(ctx)?, principal(ctx)?, ExecutionId(id)).await?,
     ))
 }

@@ -38,7 +38,7 @@ impl ExecutionMutation {
         )
         .await?;
         Ok(StartExecutionPayload {
-            execution: Execution(row),
+            execution: Execution::from(row),
             deduplicated,
         })
     }
@@ -59,7 +59,7 @@ impl ExecutionMutation {
         )
         .await?;
         Ok(ExecutionPayload {
-            execution: Execution(row),
+            execution: Execution::from(row),
         })
     }
 
@@ -80,7 +80,7 @@ impl ExecutionMutation {
         )
         .await?;
         Ok(ExecutionPayload {
-            execution: Execution(row),
+            execution: Execution::from(row),
         })
     }
 }

@@ -54,11 +54,11 @@ impl ExecutionQuery {
         )
         .await?;
         prefetch(ctx, &rows).await?;
-        Ok(
-            page.finish(rows.into_iter().map(Execution).collect(), total, |e| {
-                e.0.id.0
-            }),
-        )
+        Ok(page.finish(
+            rows.into_iter().map(Execution::from).collect(),
+            total,
+            |e| e.0.id.0,
+        ))
     }
 
     /// One execution by ID.

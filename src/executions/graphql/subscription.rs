@@ -56,7 +56,7 @@ impl ExecutionUpdate {
         }
         Ok(store::find(&app(ctx)?.db, p.tenant_id, self.0.execution_id)
             .await?
-            .map(Execution))
+            .map(Execution::from))
     }
 }
 

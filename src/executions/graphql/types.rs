@@ -2,8 +2,15 @@
 
 use super::*;
 
-/// One run of a workflow version.
-pub struct Execution(pub ExecutionRow);
+/// One run of a workflow version. Shared: a request's loaders hand the same row to
+/// every field that shows it without copying it.
+pub struct Execution(pub std::sync::Arc<ExecutionRow>);
+
+impl From<ExecutionRow> for Execution {
+    fn from(row: ExecutionRow) -> Self {
+        Self(std::sync::Arc::new(row))
+    }
+}
 
 /// One step of an execution.
 pub struct ExecutionStep(pub StepRunRow);
@@ -142,7 +149,7 @@ impl Execution {
             .load_one(id)
             .await
             .map_err(load_error)?
-            .map(Execution))
+            .map(Execution::from))
     }
     /// Per-step records, in definition order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {

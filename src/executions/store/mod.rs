@@ -628,9 +628,3 @@ pub async fn record_step(
 
 /// Most events one [`tenant_events_since`] read returns.
 pub const TENANT_EVENTS_LIMIT: i64 = 10_000;
-
-#[derive(QueryableByName)]
-struct RecentRow {
-    #[diesel(embed)]
-    row: ExecutionRow,
-}

@@ -181,16 +181,26 @@ pub async fn recent_by_workflows(
     ids: &[WorkflowId],
     n: i64,
 ) -> AppResult<Vec<ExecutionRow>> {
-    use diesel::sql_types::BigInt;
-    /// PostgreSQL: a LATERAL top-n per workflow.
-    const PG: &str = "SELECT e.* FROM jsonb_array_elements_text($2::jsonb) AS w(id) \
-        CROSS JOIN LATERAL (SELECT * FROM executions x WHERE x.tenant_id = $1 \
-        AND x.workflow_id = w.id ORDER BY x.id DESC LIMIT $3) e";
-    /// SQLite has no LATERAL: a correlated `IN (… LIMIT n)` over the same index, then
-    /// each row by primary key.
-    const SQLITE: &str = "SELECT e.* FROM json_each(?2) AS w JOIN executions e ON e.id IN \
-        (SELECT x.id FROM executions x WHERE x.tenant_id = ?1 AND x.workflow_id = w.value \
-        ORDER BY x.id DESC LIMIT ?3)";
+    use diesel::sql_types::{BigInt, Bool};
+    // The rows are selected through the query builder so they decode by position (a
+    // `sql_query` row is decoded by column name: a scan of the column names per field,
+    // and on PostgreSQL a copy of each name too); which rows is a fixed-text filter.
+    // PostgreSQL: a LATERAL top-n per workflow.
+    const PG: [&str; 4] = [
+        "executions.id IN (SELECT e.id FROM jsonb_array_elements_text(",
+        "::jsonb) AS w(id) CROSS JOIN LATERAL (SELECT x.id FROM executions x \
+         WHERE x.tenant_id = ",
+        " AND x.workflow_id = w.id ORDER BY x.id DESC LIMIT ",
+        ") e)",
+    ];
+    // SQLite has no LATERAL: a correlated `IN (… LIMIT n)` over the same index.
+    const SQLITE: [&str; 4] = [
+        "executions.id IN (SELECT x.id FROM json_each(",
+        ") AS w JOIN executions x ON x.id IN (SELECT y.id FROM executions y \
+         WHERE y.tenant_id = ",
+        " AND y.workflow_id = w.value ORDER BY y.id DESC LIMIT ",
+        "))",
+    ];
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -203,20 +213,27 @@ pub async fn recent_by_workflows(
     macro_rules! recent_query {
         ($sql:expr) => {
             crate::db::cached(
-                diesel::sql_query($sql)
-                    .bind::<Text, _>(tenant.to_string())
-                    .bind::<Text, _>(&json)
-                    .bind::<BigInt, _>(n),
+                executions::table
+                    .filter(executions::tenant_id.eq(tenant))
+                    .filter(
+                        diesel::dsl::sql::<Bool>($sql[0])
+                            .bind::<Text, _>(&json)
+                            .sql($sql[1])
+                            .bind::<Text, _>(tenant.to_string())
+                            .sql($sql[2])
+                            .bind::<BigInt, _>(n)
+                            .sql($sql[3]),
+                    )
+                    .select(ExecutionRow::as_select()),
             )
         };
     }
-    let rows: Vec<RecentRow> = match db {
+    let mut out: Vec<ExecutionRow> = match db {
         DbPool::Postgres(_) => {
             crate::db_run_tenant!(db, tenant, |conn| recent_query!(PG).load(conn).await?)
         }
         DbPool::Sqlite(_) => crate::db_run!(db, |conn| recent_query!(SQLITE).load(conn).await?),
     };
-    let mut out: Vec<ExecutionRow> = rows.into_iter().map(|r| r.row).collect();
     out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
     Ok(out)
 }
