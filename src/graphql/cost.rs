@@ -81,7 +81,11 @@ impl Cost {
         if self.charged.load(Ordering::Relaxed)
             && let Some((app, payer)) = payer(ctx)
         {
-            crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
+            // Nothing to settle when the result cost what was charged (each event of a
+            // subscription, typically): no call to the limiter, which may be Redis.
+            if actual != requested {
+                crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
+            }
             // What was left at the charge, settled: not what the bucket holds now, which
             // has refilled for as long as the operation ran (a clock anyone could read).
             let at_charge = self.remaining.load(Ordering::Relaxed);

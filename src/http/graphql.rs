@@ -68,23 +68,39 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     // A request error (the document did not parse or validate, or a limit refused it)
     // carries no `data` entry at all: execution never began (GraphQL spec, "Response";
     // GraphQL over HTTP, application/graphql-response+json).
-    let without_data = |r: &async_graphql::Response| {
-        let mut v = serde_json::to_value(r)?;
-        if is_request_error(r)
-            && let Some(map) = v.as_object_mut()
-        {
-            map.remove("data");
+    // Any other response is written straight from async-graphql's value tree, not
+    // through an intermediate `serde_json::Value` copy of it.
+    let write = |out: &mut Vec<u8>, r: &async_graphql::Response| {
+        if is_request_error(r) {
+            let mut v = serde_json::to_value(r)?;
+            if let Some(map) = v.as_object_mut() {
+                map.remove("data");
+            }
+            serde_json::to_writer(out, &v)
+        } else {
+            serde_json::to_writer(out, r)
         }
-        Ok::<_, serde_json::Error>(v)
     };
-    let body = match &batch {
-        BatchResponse::Single(r) => without_data(r).and_then(|v| serde_json::to_vec(&v)),
-        BatchResponse::Batch(rs) => rs
-            .iter()
-            .map(without_data)
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|vs| serde_json::to_vec(&vs)),
+    let mut body = Vec::with_capacity(1024);
+    let written = match &batch {
+        BatchResponse::Single(r) => write(&mut body, r),
+        BatchResponse::Batch(rs) => {
+            body.push(b'[');
+            let mut written = Ok(());
+            for (i, r) in rs.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                written = write(&mut body, r);
+                if written.is_err() {
+                    break;
+                }
+            }
+            body.push(b']');
+            written
+        }
     };
+    let body = written.map(|()| body);
     let body = match body {
         Ok(b) => b,
         Err(e) => {

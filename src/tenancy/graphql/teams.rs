@@ -47,15 +47,18 @@ impl Team {
     }
     /// Members, by e-mail.
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
-        Ok(members(&app(ctx)?.db, self.0.tenant_id, self.0.id)
-            .await?
-            .into_iter()
-            .map(|(m, u)| TeamMember {
-                user: User(u),
-                role: m.role.into(),
-                added_at: utc(m.created_at),
-            })
-            .collect())
+        crate::graphql::boxed(async move {
+            Ok(members(&app(ctx)?.db, self.0.tenant_id, self.0.id)
+                .await?
+                .into_iter()
+                .map(|(m, u)| TeamMember {
+                    user: User(u),
+                    role: m.role.into(),
+                    added_at: utc(m.created_at),
+                })
+                .collect())
+        })
+        .await
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
