@@ -143,17 +143,3 @@ pub fn principal<'a>(ctx: &Context<'a>) -> AppResult<&'a crate::auth::Principal>
 pub fn origin(ctx: &Context<'_>) -> AppResult<crate::audit::Origin> {
     Ok(principal(ctx)?.origin(ctx.data_opt::<ClientInfo>(), ctx.data_opt::<RequestId>()))
 }
-
-/// Runs a resolver's work as a future of its own on the heap.
-///
-/// async-graphql (without its `boxed-trait` feature) inlines every field's resolver
-/// future into its object's `resolve_field` future, whose size is that of its largest
-/// field, and boxes that once per field of every response: one field that awaits the
-/// database makes resolving each plain field of its type allocate and copy kilobytes.
-/// Fields that await anything on the types listed in bulk (executions, workflows,
-/// users, nodes, events) run through this, so their type's futures stay small.
-pub fn boxed<'a, T>(
-    fut: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(fut)
-}

@@ -194,37 +194,31 @@ impl ClusterNode {
     }
     /// Its GPUs (empty without NVML or a driver).
     async fn gpus(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Gpu>> {
-        crate::graphql::boxed(async move {
-            let a = app(ctx)?;
-            let res = store::all_reservations(&a.db).await?;
-            let mut by_gpu: HashMap<u32, u64> = HashMap::new();
-            for r in res.iter().filter(|r| r.node_id == self.row.id) {
-                *by_gpu.entry(r.gpu_index as u32).or_insert(0) += r.memory_mb as u64;
-            }
-            Ok(self
-                .row
-                .gpus()
-                .into_iter()
-                .map(|g| Gpu {
-                    reserved_mb: by_gpu.get(&g.index).copied().unwrap_or(0),
-                    reading: g,
-                })
-                .collect())
-        })
-        .await
+        let a = app(ctx)?;
+        let res = store::all_reservations(&a.db).await?;
+        let mut by_gpu: HashMap<u32, u64> = HashMap::new();
+        for r in res.iter().filter(|r| r.node_id == self.row.id) {
+            *by_gpu.entry(r.gpu_index as u32).or_insert(0) += r.memory_mb as u64;
+        }
+        Ok(self
+            .row
+            .gpus()
+            .into_iter()
+            .map(|g| Gpu {
+                reserved_mb: by_gpu.get(&g.index).copied().unwrap_or(0),
+                reading: g,
+            })
+            .collect())
     }
     /// Reservations on it.
     async fn allocations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<GpuAllocation>> {
-        crate::graphql::boxed(async move {
-            let a = app(ctx)?;
-            Ok(store::all_reservations(&a.db)
-                .await?
-                .into_iter()
-                .filter(|r| r.node_id == self.row.id)
-                .map(|r| GpuAllocation::new(r, Some(self.row.name.clone())))
-                .collect())
-        })
-        .await
+        let a = app(ctx)?;
+        Ok(store::all_reservations(&a.db)
+            .await?
+            .into_iter()
+            .filter(|r| r.node_id == self.row.id)
+            .map(|r| GpuAllocation::new(r, Some(self.row.name.clone())))
+            .collect())
     }
     /// Recent telemetry, oldest first (at most `last`, ≤ 1000).
     async fn telemetry(
@@ -232,22 +226,19 @@ impl ClusterNode {
         ctx: &Context<'_>,
         #[graphql(default = 60)] last: i32,
     ) -> async_graphql::Result<Vec<TelemetrySample>> {
-        crate::graphql::boxed(async move {
-            if !(1..=MAX_SAMPLES).contains(&last) {
-                return Err(AppError::bad_input(
-                    "last",
-                    format!("`last` must be between 1 and {MAX_SAMPLES}"),
-                )
-                .into());
-            }
-            let a = app(ctx)?;
-            Ok(store::samples(&a.db, &self.row.id, i64::from(last))
-                .await?
-                .into_iter()
-                .map(TelemetrySample::from)
-                .collect())
-        })
-        .await
+        if !(1..=MAX_SAMPLES).contains(&last) {
+            return Err(AppError::bad_input(
+                "last",
+                format!("`last` must be between 1 and {MAX_SAMPLES}"),
+            )
+            .into());
+        }
+        let a = app(ctx)?;
+        Ok(store::samples(&a.db, &self.row.id, i64::from(last))
+            .await?
+            .into_iter()
+            .map(TelemetrySample::from)
+            .collect())
     }
 }
 

@@ -50,16 +50,13 @@ impl ExecutionUpdate {
     }
     /// The execution as it is now (read when the client asks).
     async fn execution(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
-        crate::graphql::boxed(async move {
-            let p = principal(ctx)?;
-            if let Ok(loaders) = crate::graphql::loaders::Loaders::of(ctx) {
-                loaders.forget_executions();
-            }
-            Ok(store::find(&app(ctx)?.db, p.tenant_id, self.0.execution_id)
-                .await?
-                .map(Execution::from))
-        })
-        .await
+        let p = principal(ctx)?;
+        if let Ok(loaders) = crate::graphql::loaders::Loaders::of(ctx) {
+            loaders.forget_executions();
+        }
+        Ok(store::find(&app(ctx)?.db, p.tenant_id, self.0.execution_id)
+            .await?
+            .map(Execution::from))
     }
 }
 

@@ -82,30 +82,17 @@ impl Execution {
         after: Option<String>,
     ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
     {
-        crate::graphql::boxed(async move {
-            crate::audit::graphql::trail(
-                ctx,
-                "execution",
-                self.0.id.to_string(),
-                None,
-                first,
-                after,
-            )
+        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after)
             .await
-        })
-        .await
     }
     /// The workflow.
     async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
-        crate::graphql::boxed(async move {
-            Ok(Loaders::of(ctx)?
-                .workflows
-                .load_one(self.0.workflow_id)
-                .await
-                .map_err(load_error)?
-                .map(Workflow))
-        })
-        .await
+        Ok(Loaders::of(ctx)?
+            .workflows
+            .load_one(self.0.workflow_id)
+            .await
+            .map_err(load_error)?
+            .map(Workflow))
     }
     /// The pinned version number.
     async fn version(&self) -> i64 {
@@ -142,48 +129,39 @@ impl Execution {
     }
     /// The user who started it (null for API keys and schedules).
     async fn started_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        crate::graphql::boxed(async move {
-            let Some(uid) = self.0.started_by_user else {
-                return Ok(None);
-            };
-            Ok(Loaders::of(ctx)?
-                .users
-                .load_one(uid)
-                .await
-                .map_err(load_error)?
-                .map(User))
-        })
-        .await
+        let Some(uid) = self.0.started_by_user else {
+            return Ok(None);
+        };
+        Ok(Loaders::of(ctx)?
+            .users
+            .load_one(uid)
+            .await
+            .map_err(load_error)?
+            .map(User))
     }
     /// The execution this one retries.
     async fn retry_of(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
-        crate::graphql::boxed(async move {
-            let Some(id) = self.0.retry_of else {
-                return Ok(None);
-            };
-            Ok(Loaders::of(ctx)?
-                .executions
-                .load_one(id)
-                .await
-                .map_err(load_error)?
-                .map(Execution::from))
-        })
-        .await
+        let Some(id) = self.0.retry_of else {
+            return Ok(None);
+        };
+        Ok(Loaders::of(ctx)?
+            .executions
+            .load_one(id)
+            .await
+            .map_err(load_error)?
+            .map(Execution::from))
     }
     /// Per-step records, in definition order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
-        crate::graphql::boxed(async move {
-            Ok(Loaders::of(ctx)?
-                .steps
-                .load_one(self.0.id)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(ExecutionStep)
-                .collect())
-        })
-        .await
+        Ok(Loaders::of(ctx)?
+            .steps
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(ExecutionStep)
+            .collect())
     }
     /// Sequence number of the latest event (subscribers use it to detect gaps).
     async fn sequence(&self) -> i64 {
@@ -213,7 +191,6 @@ impl Execution {
     /// Why a QUEUED execution has not started, or a RUNNING one's GPU step waits (null
     /// otherwise).
     async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
-        crate::graphql::boxed(async move {
         let a = app(ctx)?;
         if matches!(
             self.0.status,
@@ -242,8 +219,6 @@ impl Execution {
         } else {
             "waiting for a free worker".to_owned()
         }))
-        })
-        .await
     }
     /// Enqueue time.
     async fn created_at(&self) -> DateTime<Utc> {

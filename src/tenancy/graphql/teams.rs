@@ -47,18 +47,15 @@ impl Team {
     }
     /// Members, by e-mail.
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
-        crate::graphql::boxed(async move {
-            Ok(members(&app(ctx)?.db, self.0.tenant_id, self.0.id)
-                .await?
-                .into_iter()
-                .map(|(m, u)| TeamMember {
-                    user: User(u),
-                    role: m.role.into(),
-                    added_at: utc(m.created_at),
-                })
-                .collect())
-        })
-        .await
+        Ok(members(&app(ctx)?.db, self.0.tenant_id, self.0.id)
+            .await?
+            .into_iter()
+            .map(|(m, u)| TeamMember {
+                user: User(u),
+                role: m.role.into(),
+                added_at: utc(m.created_at),
+            })
+            .collect())
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {

@@ -104,29 +104,25 @@ impl Tenant {
     }
     /// Current usage against the quotas that are metered so far.
     async fn usage(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<TenantUsage> {
-        crate::graphql::boxed(async move {
-            let a = crate::graphql::app(ctx)?;
-            let gpu: i64 = crate::cluster::store::tenant_reservations(&a.db, self.0.id)
-                .await?
-                .iter()
-                .map(|r| r.memory_mb)
-                .sum();
-            Ok(TenantUsage {
-                users: a
-                    .db
-                    .read(self.0.id, async |c| {
-                        crate::tenancy::store::count_users(c, self.0.id).await
-                    })
-                    .await?,
-                max_users: self.0.max_users,
-                running_executions: crate::executions::store::running_count(&a.db, self.0.id)
-                    .await?,
-                max_concurrent_executions: self.0.max_concurrent_executions,
-                gpu_memory_reserved_mb: gpu,
-                max_gpu_memory_mb: self.0.max_gpu_memory_mb,
-            })
+        let a = crate::graphql::app(ctx)?;
+        let gpu: i64 = crate::cluster::store::tenant_reservations(&a.db, self.0.id)
+            .await?
+            .iter()
+            .map(|r| r.memory_mb)
+            .sum();
+        Ok(TenantUsage {
+            users: a
+                .db
+                .read(self.0.id, async |c| {
+                    crate::tenancy::store::count_users(c, self.0.id).await
+                })
+                .await?,
+            max_users: self.0.max_users,
+            running_executions: crate::executions::store::running_count(&a.db, self.0.id).await?,
+            max_concurrent_executions: self.0.max_concurrent_executions,
+            gpu_memory_reserved_mb: gpu,
+            max_gpu_memory_mb: self.0.max_gpu_memory_mb,
         })
-        .await
     }
     /// Enabled feature flags, each gating what it names: `llm_steps` (publishing and
     /// starting workflows with `llm` steps), `gpu_steps` (steps that reserve GPUs),
@@ -169,17 +165,14 @@ impl User {
         after: Option<String>,
     ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
     {
-        crate::graphql::boxed(async move {
-            crate::audit::graphql::trail(
-                ctx,
-                "user",
-                self.0.id.to_string(),
-                Some(format!("user:{}", self.0.id)),
-                first,
-                after,
-            )
-            .await
-        })
+        crate::audit::graphql::trail(
+            ctx,
+            "user",
+            self.0.id.to_string(),
+            Some(format!("user:{}", self.0.id)),
+            first,
+            after,
+        )
         .await
     }
     /// E-mail address (unique across the platform).
@@ -192,7 +185,7 @@ impl User {
     }
     /// The user's role.
     async fn role(&self, ctx: &Context<'_>) -> async_graphql::Result<Role> {
-        crate::graphql::boxed(async move { Ok(Role::resolve(ctx, &self.0.role).await?) }).await
+        Ok(Role::resolve(ctx, &self.0.role).await?)
     }
     /// Whether the user may sign in.
     async fn status(&self) -> crate::graphql::enums::UserStatus {

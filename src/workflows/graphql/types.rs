@@ -46,11 +46,8 @@ impl Workflow {
         after: Option<String>,
     ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
     {
-        crate::graphql::boxed(async move {
-            crate::audit::graphql::trail(ctx, "workflow", self.0.id.to_string(), None, first, after)
-                .await
-        })
-        .await
+        crate::audit::graphql::trail(ctx, "workflow", self.0.id.to_string(), None, first, after)
+            .await
     }
     /// Display name.
     async fn name(&self) -> &str {
@@ -74,39 +71,33 @@ impl Workflow {
     }
     /// The owning user (null when an API key created it).
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        crate::graphql::boxed(async move {
-            let Some(uid) = self.0.owner_id else {
-                return Ok(None);
-            };
-            Ok(Loaders::of(ctx)?
-                .users
-                .load_one(uid)
-                .await
-                .map_err(load_error)?
-                .map(User))
-        })
-        .await
+        let Some(uid) = self.0.owner_id else {
+            return Ok(None);
+        };
+        Ok(Loaders::of(ctx)?
+            .users
+            .load_one(uid)
+            .await
+            .map_err(load_error)?
+            .map(User))
     }
     /// The team, for TEAM visibility.
     async fn team(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::tenancy::graphql::Team>> {
-        crate::graphql::boxed(async move {
-            let Some(team) = self.0.team_id else {
-                return Ok(None);
-            };
-            if !principal(ctx)?.permissions.contains(&Permission::TeamsRead) {
-                return Ok(None);
-            }
-            Ok(Loaders::of(ctx)?
-                .teams
-                .load_one(team)
-                .await
-                .map_err(load_error)?
-                .map(crate::tenancy::graphql::Team))
-        })
-        .await
+        let Some(team) = self.0.team_id else {
+            return Ok(None);
+        };
+        if !principal(ctx)?.permissions.contains(&Permission::TeamsRead) {
+            return Ok(None);
+        }
+        Ok(Loaders::of(ctx)?
+            .teams
+            .load_one(team)
+            .await
+            .map_err(load_error)?
+            .map(crate::tenancy::graphql::Team))
     }
     /// The draft definition (validated).
     async fn definition(&self) -> Json<Value> {
@@ -118,18 +109,15 @@ impl Workflow {
     }
     /// Published versions, newest first.
     async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkflowVersion>> {
-        crate::graphql::boxed(async move {
-            Ok(Loaders::of(ctx)?
-                .versions
-                .load_one(self.0.id)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(WorkflowVersion)
-                .collect())
-        })
-        .await
+        Ok(Loaders::of(ctx)?
+            .versions
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(WorkflowVersion)
+            .collect())
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -146,69 +134,58 @@ impl Workflow {
         ctx: &Context<'_>,
         #[graphql(default_with = "crate::graphql::loaders::RECENT_DEFAULT as i32")] first: i32,
     ) -> async_graphql::Result<Vec<crate::executions::graphql::Execution>> {
-        crate::graphql::boxed(async move {
-            let max = crate::graphql::loaders::RECENT_WINDOW;
-            if !(1..=max).contains(&i64::from(first)) {
-                return Err(
-                    AppError::bad_input("first", format!("first must be 1 to {max}")).into(),
-                );
-            }
-            if !principal(ctx)?
-                .permissions
-                .contains(&Permission::ExecutionsRead)
-            {
-                return Ok(Vec::new());
-            }
-            Ok(Loaders::of(ctx)?
-                .recent
-                .load_one((self.0.id, i64::from(first)))
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(crate::executions::graphql::Execution)
-                .collect())
-        })
-        .await
+        let max = crate::graphql::loaders::RECENT_WINDOW;
+        if !(1..=max).contains(&i64::from(first)) {
+            return Err(AppError::bad_input("first", format!("first must be 1 to {max}")).into());
+        }
+        if !principal(ctx)?
+            .permissions
+            .contains(&Permission::ExecutionsRead)
+        {
+            return Ok(Vec::new());
+        }
+        Ok(Loaders::of(ctx)?
+            .recent
+            .load_one((self.0.id, i64::from(first)))
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::executions::graphql::Execution)
+            .collect())
     }
     /// Execution statistics over the last 30 days (null without `executions.read`).
     async fn stats(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<crate::executions::graphql::WorkflowStats>> {
-        crate::graphql::boxed(async move {
-            if !principal(ctx)?
-                .permissions
-                .contains(&Permission::ExecutionsRead)
-            {
-                return Ok(None);
-            }
-            let rows = Loaders::of(ctx)?
-                .stats
-                .load_one(self.0.id)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default();
-            Ok(Some(crate::executions::graphql::WorkflowStats::of(&rows)))
-        })
-        .await
+        if !principal(ctx)?
+            .permissions
+            .contains(&Permission::ExecutionsRead)
+        {
+            return Ok(None);
+        }
+        let rows = Loaders::of(ctx)?
+            .stats
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default();
+        Ok(Some(crate::executions::graphql::WorkflowStats::of(&rows)))
     }
     /// Schedules that start this workflow.
     async fn schedules(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Vec<crate::executions::graphql::Schedule>> {
-        crate::graphql::boxed(async move {
-            Ok(Loaders::of(ctx)?
-                .schedules
-                .load_one(self.0.id)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(crate::executions::graphql::Schedule)
-                .collect())
-        })
-        .await
+        Ok(Loaders::of(ctx)?
+            .schedules
+            .load_one(self.0.id)
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(crate::executions::graphql::Schedule)
+            .collect())
     }
 }
