@@ -9,8 +9,7 @@
 //! expanding fragments, or a fragment cycle. HTTP requests are checked before they reach
 //! async-graphql (whose own recursion-depth check also walks spreads as written); the
 //! same check runs in the schema's extension (`extensions::Hooks`) after parsing for
-//! every other path
-//! (websockets).
+//! every other path (websockets).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -68,39 +68,10 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
     // A request error (the document did not parse or validate, or a limit refused it)
     // carries no `data` entry at all: execution never began (GraphQL spec, "Response";
     // GraphQL over HTTP, application/graphql-response+json).
-    // Any other response is written straight from async-graphql's value tree, not
-    // through an intermediate `serde_json::Value` copy of it.
-    let write = |out: &mut Vec<u8>, r: &async_graphql::Response| {
-        if is_request_error(r) {
-            let mut v = serde_json::to_value(r)?;
-            if let Some(map) = v.as_object_mut() {
-                map.remove("data");
-            }
-            serde_json::to_writer(out, &v)
-        } else {
-            serde_json::to_writer(out, r)
-        }
+    let body = match &batch {
+        BatchResponse::Single(r) => serde_json::to_vec(&Wire(r)),
+        BatchResponse::Batch(rs) => serde_json::to_vec(&rs.iter().map(Wire).collect::<Vec<_>>()),
     };
-    let mut body = Vec::with_capacity(1024);
-    let written = match &batch {
-        BatchResponse::Single(r) => write(&mut body, r),
-        BatchResponse::Batch(rs) => {
-            body.push(b'[');
-            let mut written = Ok(());
-            for (i, r) in rs.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                written = write(&mut body, r);
-                if written.is_err() {
-                    break;
-                }
-            }
-            body.push(b']');
-            written
-        }
-    };
-    let body = written.map(|()| body);
     let body = match body {
         Ok(b) => b,
         Err(e) => {
@@ -130,6 +101,23 @@ fn respond(batch: BatchResponse, media_graphql: bool, request_id: &str) -> Respo
 /// Whether the response answers a request that never executed: no data and only errors
 /// without a path (parse, validation and document-limit errors). A field error that
 /// nulled the whole result has a path: execution began, so `data: null` stays.
+/// A response as sent: a request error without `data`; any other written straight from
+/// async-graphql's value tree, not through a `serde_json::Value` copy of it.
+struct Wire<'a>(&'a async_graphql::Response);
+
+impl serde::Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !is_request_error(self.0) {
+            return self.0.serialize(s);
+        }
+        let mut v = serde_json::to_value(self.0).map_err(serde::ser::Error::custom)?;
+        if let Some(map) = v.as_object_mut() {
+            map.remove("data");
+        }
+        v.serialize(s)
+    }
+}
+
 fn is_request_error(r: &async_graphql::Response) -> bool {
     r.data == Value::Null && r.is_err() && r.errors.iter().all(|e| e.path.is_empty())
 }
