@@ -203,6 +203,67 @@ fn bound_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn bound_malloc_arenas() {}
 
+/// glibc keeps what the program frees in its arenas for reuse; only the top of each
+/// heap shrinks by itself. After a burst (a thousand websockets set up at once, a load
+/// run) most of it stays resident although nothing uses it: after a load run and 1,000
+/// subscribers, the server held 174 MiB of RSS, 110 MiB after one `malloc_trim` (measured
+/// with `gdb`). A thread of its own wakes every `interval` and, when the process grew by
+/// a MiB since it last looked while the arenas hold 4 MiB or more of freed memory
+/// (`mallinfo2`), returns their free pages to the system (`malloc_trim`). An idle
+/// process that has trimmed does nothing more.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "mallinfo2 and malloc_trim read and trim glibc's own allocator state"
+)]
+fn start_memory_trimmer(interval: Option<Duration>) {
+    const FREE_AT_LEAST: usize = 4 << 20;
+    const GROWN_BY: u64 = 1 << 20;
+    /// Resident bytes, from `/proc/self/statm` (pages of 4 KiB on the platforms we run).
+    fn resident() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+    let Some(interval) = interval else { return };
+    let spawned = std::thread::Builder::new()
+        .name("memory-trim".into())
+        .spawn(move || {
+            let mut last = 0;
+            loop {
+                std::thread::sleep(interval);
+                let Some(now) = resident() else { return };
+                if now < last + GROWN_BY {
+                    last = last.min(now);
+                    continue;
+                }
+                // SAFETY: reads the allocator's statistics; takes and returns no pointers.
+                let free = unsafe { libc::mallinfo2() }.fordblks;
+                if free < FREE_AT_LEAST {
+                    last = now;
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                // SAFETY: glibc locks each arena while it trims it; callable from any thread.
+                unsafe { libc::malloc_trim(0) };
+                last = resident().unwrap_or(now);
+                tracing::debug!(
+                    free_bytes = free,
+                    resident_before = now,
+                    resident_after = last,
+                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "returned freed memory to the system"
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "the memory trimming thread did not start");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_memory_trimmer(_interval: Option<Duration>) {}
+
 fn main() -> ExitCode {
     bound_malloc_arenas();
     let cli = Cli::parse();
@@ -251,6 +312,9 @@ fn main() -> ExitCode {
         &config.log_filter,
         config.otlp_endpoint.as_ref(),
     );
+    if matches!(cli.command, Command::Serve { .. } | Command::Worker { .. }) {
+        start_memory_trimmer(config.memory_trim_interval);
+    }
     let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };

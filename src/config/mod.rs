@@ -164,6 +164,9 @@ pub struct Config {
     pub otlp_endpoint: Option<url::Url>,
     /// Database connection pool.
     pub db_pool: PoolConfig,
+    /// How often a `serve` or `worker` process checks whether its allocator holds freed
+    /// memory it could give back to the operating system (`None`: never).
+    pub memory_trim_interval: Option<std::time::Duration>,
     /// HTTP limits.
     pub http: HttpConfig,
     /// GraphQL limits.
@@ -255,6 +258,7 @@ struct FileConfig {
     otlp_endpoint: Option<String>,
     db_pool_size: Option<toml::Value>,
     db_pool_timeout_ms: Option<toml::Value>,
+    memory_trim_ms: Option<toml::Value>,
     #[serde(default)]
     http: FileHttp,
     #[serde(default)]
@@ -551,6 +555,22 @@ impl Config {
                 "milliseconds between 100 and 600000",
             )?),
         };
+        let memory_trim_interval = {
+            const EXPECTED: &str = "milliseconds between 100 and 3600000, or 0 for never";
+            let raw = layers.pick(
+                "AGENTPLANE_MEMORY_TRIM_MS",
+                "memory_trim_ms",
+                layers::toml_scalar(file.memory_trim_ms),
+            );
+            let key = raw.as_ref().map(|r| r.key.clone()).unwrap_or_default();
+            match layers::parse_num(raw, 2_000u64, 0, 3_600_000, EXPECTED)? {
+                0 => None,
+                ms if ms < 100 => {
+                    return Err(layers::err(&key, format!("{ms} is out of range"), EXPECTED));
+                }
+                ms => Some(std::time::Duration::from_millis(ms)),
+            }
+        };
         let http = http::load(&layers, file.http)?;
         let graphql = graphql::load(&layers, file.graphql)?;
         let websocket = websocket::load(&layers, file.websocket)?;
@@ -606,6 +626,7 @@ impl Config {
             log_filter,
             otlp_endpoint,
             db_pool,
+            memory_trim_interval,
             http,
             graphql,
             websocket,
@@ -653,6 +674,21 @@ mod tests {
                 .starts_with("invalid configuration: AGENTPLANE_LISTEN:")
         );
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn memory_trimming_defaults_to_every_two_seconds_and_can_be_turned_off() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(
+            c.memory_trim_interval,
+            Some(std::time::Duration::from_secs(2))
+        );
+        let c = load(&[("AGENTPLANE_MEMORY_TRIM_MS", "0")]).expect("valid");
+        assert_eq!(c.memory_trim_interval, None);
+        for bad in ["50", "soon", "3600001"] {
+            let e = load(&[("AGENTPLANE_MEMORY_TRIM_MS", bad)]).unwrap_err();
+            assert_eq!(e.key, "AGENTPLANE_MEMORY_TRIM_MS", "{bad}");
+        }
     }
 
     #[test]

@@ -134,3 +134,59 @@ async fn inline_steps_are_written_in_one_transaction_with_every_event() {
     assert_eq!(e["status"], "SUCCEEDED", "{e}");
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+/// #15: on SQLite a worker that finishes an execution claims the next one in that
+/// execution's last transaction, so a queue drains in one write transaction per
+/// execution instead of two (a claim of its own, then the writes). PostgreSQL claims
+/// alone: its write transactions are tenant-scoped and its claims lock rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finishing_execution_claims_the_next_in_its_last_transaction() {
+    let app = TestApp::spawn_with(&[
+        ("AGENTPLANE_WORKERS", "0"),
+        ("AGENTPLANE_POLL_MS", "60000"),
+        ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
+        ("AGENTPLANE_HEARTBEAT_MS", "60000"),
+        ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
+    ])
+    .await;
+    let (_, owner) = app.tenant_with_owner("chain").await;
+    let wf = published(
+        &app,
+        &owner,
+        "chain",
+        json!({ "steps": [
+            { "id": "t", "kind": "transform", "config": { "template": "{\"n\": {{ input.n }}}" } },
+        ]}),
+    )
+    .await;
+    let n = 10;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let started = start(
+            &app,
+            &owner,
+            json!({ "workflowId": wf, "input": { "n": i } }),
+        )
+        .await;
+        ids.push(started["execution"]["id"].as_str().expect("id").to_owned());
+    }
+    let commits = || app.state.app.commits.load(Ordering::SeqCst);
+    let before = commits();
+    let engine = agentplane::executions::engine::start(app.state.app.clone(), 1)
+        .expect("engine")
+        .expect("started");
+    for (i, id) in ids.iter().enumerate() {
+        let e = wait_for(&app, &owner, id, 20, finished).await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        assert_eq!(e["output"], json!({ "t": { "n": i } }), "{e}");
+    }
+    let claims = engine.engine.claims();
+    let spent = commits() - before;
+    if TestDb::is_postgres() {
+        assert_eq!((claims.alone, claims.chained), (n, 0), "{claims:?}");
+    } else {
+        assert_eq!((claims.alone, claims.chained), (1, n - 1), "{claims:?}");
+        assert_eq!(spent, n, "{n} executions took {spent} write transactions");
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
+}

@@ -178,6 +178,68 @@ async fn idle_authenticated_websockets_cost_no_statements_and_close_at_once_on_s
     }
 }
 
+/// An event of a new execution reaches every live `executionEvents` subscriber without
+/// a statement per subscriber: its first event (sequence 1) starts its history, so there
+/// is no gap to read, and an owner sees every workflow, so there is none to look up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_reaches_every_subscriber_without_a_statement_per_subscriber() {
+    let app = TestApp::spawn_with(QUIET).await;
+    let (_tenant, owner) = app.tenant_with_owner("fanout").await;
+    cache_live(&app).await;
+    let wf = crate::executions::published(
+        &app,
+        &owner,
+        "fanout",
+        json!({ "steps": [{ "id": "a", "kind": "transform", "config": { "template": "1" } }] }),
+    )
+    .await;
+    let start = json!({ "workflowId": wf, "input": {} });
+    crate::executions::start(&app, &owner, start.clone()).await;
+    // What one start costs with nobody listening.
+    let before = statements(&app);
+    crate::executions::start(&app, &owner, start.clone()).await;
+    let alone = statements(&app) - before;
+
+    let subscribers = 20;
+    let mut sockets = Vec::new();
+    for _ in 0..subscribers {
+        let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+        ws_send(
+            &mut ws,
+            json!({ "id": "e", "type": "subscribe", "payload": {
+                "query": "subscription { executionEvents { executionId sequence kind } }" } }),
+        )
+        .await;
+        // The snapshot of the two queued executions: the stream is live.
+        for _ in 0..2 {
+            let msg = ws_next_of_type(&mut ws, "next").await;
+            assert_eq!(
+                msg["payload"]["data"]["executionEvents"]["kind"], "SNAPSHOT",
+                "{msg}"
+            );
+        }
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = statements(&app);
+    let started = crate::executions::start(&app, &owner, start).await;
+    let id = started["execution"]["id"].clone();
+    for ws in &mut sockets {
+        let msg = ws_next_of_type(ws, "next").await;
+        let ev = &msg["payload"]["data"]["executionEvents"];
+        assert_eq!(ev["executionId"], id, "{msg}");
+        assert_eq!(ev["sequence"], 1, "{msg}");
+    }
+    let with = statements(&app) - before;
+    eprintln!("start alone: {alone} statements; with {subscribers} subscribers: {with}");
+    assert!(
+        with <= alone + 2,
+        "delivering one event to {subscribers} subscribers ran {} statements beyond the start's {alone}",
+        with - alone
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_is_answered_at_once_with_503_and_retry_after_and_a_waiting_request_is_served() {
     let app = TestApp::spawn_with(&[

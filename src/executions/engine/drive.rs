@@ -25,13 +25,14 @@ impl Engine {
         row: ExecutionRow,
         claim: &Arc<str>,
         token: &CancellationToken,
+        next: &mut Option<(ExecutionRow, Arc<str>)>,
     ) -> crate::error::AppResult<()> {
         let id = row.id;
         let now = self.now();
         let mut row = row;
         // Writes are held back while every step so far ran inline (see `Writer`): an
         // execution of only inline steps is written in one transaction at its end.
-        let mut w = Writer::new(self, id, claim, token);
+        let mut w = Writer::new(self, id, claim, token, next);
         let fresh = row.status == ExecutionStatus::Queued && row.claims == 1;
         if row.status == ExecutionStatus::Queued {
             let deadline = now + ChronoDuration::seconds(row.timeout_seconds);
@@ -439,6 +440,9 @@ pub(super) struct Writer<'a> {
     claim: &'a str,
     token: &'a CancellationToken,
     held: Option<Vec<store::Write>>,
+    /// Where an execution claimed by the last transaction goes (see
+    /// [`Engine::chains_claims`]).
+    next: &'a mut Option<(ExecutionRow, Arc<str>)>,
 }
 
 impl<'a> Writer<'a> {
@@ -447,6 +451,7 @@ impl<'a> Writer<'a> {
         id: ExecutionId,
         claim: &'a str,
         token: &'a CancellationToken,
+        next: &'a mut Option<(ExecutionRow, Arc<str>)>,
     ) -> Self {
         Self {
             engine,
@@ -454,6 +459,7 @@ impl<'a> Writer<'a> {
             claim,
             token,
             held: Some(Vec::new()),
+            next,
         }
     }
 
@@ -472,7 +478,7 @@ impl<'a> Writer<'a> {
         if let Some(held) = &mut self.held {
             held.push(store::Write::Transition { to, patch, at });
             return if to.is_terminal() {
-                self.flush().await
+                self.flush_and_claim().await
             } else {
                 Ok(true)
             };
@@ -512,5 +518,40 @@ impl<'a> Writer<'a> {
             })
             .await?;
         Ok(ok == Some(true))
+    }
+
+    /// [`Writer::flush`] at the execution's end: where the engine chains claims, the same
+    /// transaction claims the execution this worker runs next.
+    async fn flush_and_claim(&mut self) -> crate::error::AppResult<bool> {
+        if !self.engine.chains_claims() || self.next.is_some() {
+            return self.flush().await;
+        }
+        let Some(writes) = self.held.take() else {
+            return Ok(true);
+        };
+        if writes.is_empty() {
+            return Ok(true);
+        }
+        let app = &self.engine.app;
+        let (claim, now, until) = self.engine.new_claim();
+        let next = service::NextClaim {
+            owner: &claim,
+            node: &app.node.id,
+            now,
+            until,
+        };
+        let done = self
+            .engine
+            .persist(self.token, || {
+                service::apply_then_claim(app, self.id, self.claim, &writes, Some(&next))
+            })
+            .await?;
+        let Some((applied, claimed)) = done else {
+            return Ok(false);
+        };
+        if let Some(row) = claimed {
+            *self.next = Some((row, claim));
+        }
+        Ok(applied)
     }
 }

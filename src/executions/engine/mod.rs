@@ -16,7 +16,7 @@
 //! waits for the stale local driver to stop first.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,29 @@ pub struct Engine {
     /// Parsed definitions of the versions this engine ran (versions never change).
     definitions: Mutex<HashMap<WorkflowVersionId, Arc<Definition>>>,
     stop: CancellationToken,
+    /// Executions claimed by a claim of their own.
+    claimed_alone: AtomicU64,
+    /// Executions claimed in the last transaction of the driver before them.
+    claimed_chained: AtomicU64,
+}
+
+/// How an engine's claims were made so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// By a claim statement of their own.
+    pub alone: u64,
+    /// In the last transaction of the execution a worker finished before.
+    pub chained: u64,
+}
+
+impl Engine {
+    /// How this engine's claims were made so far.
+    pub fn claims(&self) -> Claims {
+        Claims {
+            alone: self.claimed_alone.load(Ordering::Relaxed),
+            chained: self.claimed_chained.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Stops an engine.
@@ -93,6 +116,8 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
         gpu_held: Mutex::new(HashSet::new()),
         definitions: Mutex::new(HashMap::new()),
         stop: app.shutdown.child_token(),
+        claimed_alone: AtomicU64::new(0),
+        claimed_chained: AtomicU64::new(0),
         app,
     });
     let tasks = TaskTracker::new();
@@ -130,10 +155,40 @@ impl Engine {
         db_time(self.app.clock.now())
     }
 
+    /// A new claim's fencing token (unique per claim), and its lease's start and end.
+    fn new_claim(&self) -> (Arc<str>, chrono::NaiveDateTime, chrono::NaiveDateTime) {
+        let now = self.now();
+        let lease = ChronoDuration::from_std(self.app.config.engine.lease)
+            .unwrap_or(ChronoDuration::seconds(30));
+        let claim: Arc<str> = format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
+        (claim, now, now + lease)
+    }
+
+    /// Whether a driver that is finishing may claim the next execution in its last
+    /// transaction (SQLite, whose one writer makes a separate claim a transaction of its
+    /// own; not while the engine stops or the node drains).
+    fn chains_claims(&self) -> bool {
+        matches!(self.app.db, crate::db::DbPool::Sqlite(_))
+            && !self.stop.is_cancelled()
+            && !self.app.node.draining.load(Ordering::Relaxed)
+    }
+
     async fn claim_loop(self: Arc<Self>) {
         let poll = self.app.config.engine.poll_interval;
         let mut backoff = poll;
+        // An execution claimed by the previous driver's last transaction.
+        let mut next: Option<(ExecutionRow, Arc<str>)> = None;
         loop {
+            if let Some((row, claim)) = next.take() {
+                if self.stop.is_cancelled() {
+                    let _ = store::release(&self.app.db, row.id, &claim).await;
+                    self.app.bus.queue_wake.notify_one();
+                    return;
+                }
+                self.claimed_chained.fetch_add(1, Ordering::Relaxed);
+                self.run_execution(row, claim, &mut next).await;
+                continue;
+            }
             if self.stop.is_cancelled() {
                 return;
             }
@@ -144,16 +199,13 @@ impl Engine {
                     () = tokio::time::sleep(poll) => continue,
                 }
             }
-            let now = self.now();
-            let lease = ChronoDuration::from_std(self.app.config.engine.lease)
-                .unwrap_or(ChronoDuration::seconds(30));
             // Unique per claim: the fencing token every write of its driver carries.
-            let claim: Arc<str> =
-                format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
-            match store::claim(&self.app.db, &claim, &self.app.node.id, now, now + lease).await {
+            let (claim, now, until) = self.new_claim();
+            match store::claim(&self.app.db, &claim, &self.app.node.id, now, until).await {
                 Ok(Some(row)) => {
                     backoff = poll;
-                    self.run_execution(row, claim).await;
+                    self.claimed_alone.fetch_add(1, Ordering::Relaxed);
+                    self.run_execution(row, claim, &mut next).await;
                     continue;
                 }
                 Ok(None) => backoff = poll,
@@ -196,7 +248,14 @@ impl Engine {
         }
     }
 
-    async fn run_execution(self: &Arc<Self>, row: ExecutionRow, claim: Arc<str>) {
+    /// Drives one claimed execution; `next` receives the execution its last transaction
+    /// claimed, if any.
+    async fn run_execution(
+        self: &Arc<Self>,
+        row: ExecutionRow,
+        claim: Arc<str>,
+        next: &mut Option<(ExecutionRow, Arc<str>)>,
+    ) {
         let id = row.id;
         let token = CancellationToken::new();
         let finished = CancellationToken::new();
@@ -239,7 +298,7 @@ impl Engine {
         }
         let driven = {
             use tracing::Instrument as _;
-            self.drive(row, &claim, &token).instrument(span).await
+            self.drive(row, &claim, &token, next).instrument(span).await
         };
         if let Err(e) = driven {
             tracing::error!(execution = %id, error = ?e, "execution driver failed; releasing");

@@ -387,21 +387,54 @@ pub async fn apply(
     owner: &str,
     writes: &[store::Write],
 ) -> AppResult<bool> {
+    Ok(apply_then_claim(app, id, owner, writes, None).await?.0)
+}
+
+/// The next claim a driver asks for in its last transaction: the claim's fencing token,
+/// this node, and the lease's start and end.
+pub struct NextClaim<'a> {
+    /// The new claim's lease owner (unique per claim).
+    pub owner: &'a str,
+    /// The claiming node.
+    pub node: &'a str,
+    /// Now.
+    pub now: chrono::NaiveDateTime,
+    /// When the lease lapses unless renewed.
+    pub until: chrono::NaiveDateTime,
+}
+
+/// [`apply`], then, when `next` is given and the writes were applied, claims the next
+/// runnable execution in the same transaction (SQLite only: see
+/// [`store::claim_in_tx`]). `(applied, claimed)`.
+pub async fn apply_then_claim(
+    app: &App,
+    id: ExecutionId,
+    owner: &str,
+    writes: &[store::Write],
+    next: Option<&NextClaim<'_>>,
+) -> AppResult<(bool, Option<ExecutionRow>)> {
     let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
-    let Some(applied) = app
+    let (applied, claimed) = app
         .db
         .tx("", async |conn| {
-            store::apply(conn, id, owner, writes, &envelope).await
+            let Some(applied) = store::apply(conn, id, owner, writes, &envelope).await? else {
+                return Ok((None, None));
+            };
+            let claimed = match next {
+                Some(n) => store::claim_in_tx(conn, n.owner, n.node, n.now, n.until).await?,
+                None => None,
+            };
+            Ok((Some(applied), claimed))
         })
-        .await?
-    else {
-        return Ok(false);
+        .await?;
+    let Some(applied) = applied else {
+        return Ok((false, None));
     };
     for (ev, row) in applied {
         log_event(&ev, row.as_ref());
         app.bus.publish(ev);
     }
-    Ok(true)
+    Ok((true, claimed))
 }
 
 /// Cancels a QUEUED or RUNNING execution; running steps are interrupted (the worker

@@ -95,6 +95,35 @@ pub async fn claim(
     })
 }
 
+/// [`claim`] inside a SQLite write transaction the caller holds (`None` on PostgreSQL,
+/// whose transactions here are tenant-scoped and whose claims lock rows instead): a
+/// driver that finishes an execution claims the next one in the same transaction, so
+/// draining a queue costs one transaction per execution, not two.
+pub async fn claim_in_tx(
+    conn: &mut Conn<'_>,
+    owner: &str,
+    node: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> AppResult<Option<ExecutionRow>> {
+    let crate::db::conn::Inner::Sqlite(c) = conn.inner() else {
+        return Ok(None);
+    };
+    let c: &mut crate::db::SqliteConn = c;
+    Ok(crate::db::cached(
+        diesel::sql_query(CLAIM_SQLITE.as_str())
+            .bind::<Text, _>(owner)
+            .bind::<Timestamp, _>(until)
+            .bind::<Timestamp, _>(now)
+            .bind::<Text, _>(node)
+            .bind::<Text, _>(ExecutionStatus::Queued)
+            .bind::<Text, _>(ExecutionStatus::Running),
+    )
+    .get_result::<ExecutionRow>(c)
+    .await
+    .optional()?)
+}
+
 /// Extends `owner`'s lease to `until`; `false` when it no longer holds it, the lease
 /// already ran out at `now` (another worker may have claimed it meanwhile: an expired
 /// lease is never revived), or the execution ended.

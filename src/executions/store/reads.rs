@@ -169,6 +169,33 @@ pub async fn list(
     }))
 }
 
+/// The newest `limit` executions that pass `filter`, without a total (a subscription's
+/// snapshot of what is QUEUED or RUNNING): the `(tenant_id, status, id)` index serves
+/// the status filter in id order, so the read stops after the page.
+pub async fn newest(
+    db: &DbPool,
+    tenant: TenantId,
+    filter: &ListFilter,
+    limit: i64,
+) -> AppResult<Vec<ExecutionRow>> {
+    Ok(crate::db_run_tenant!(db, tenant, |conn| {
+        let mut q = executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .select(ExecutionRow::as_select())
+            .into_boxed();
+        if let Some(w) = &filter.workflows {
+            q = q.filter(executions::workflow_id.eq_any(w.clone()));
+        }
+        if let Some(s) = &filter.status {
+            q = q.filter(executions::status.eq(s.clone()));
+        }
+        q.order(executions::id.desc())
+            .limit(limit)
+            .load(conn)
+            .await?
+    }))
+}
+
 /// The `n` newest executions of each of several workflows, in one statement whose cost
 /// depends on the page, not on history: each workflow's rows are read newest-first from
 /// the `(tenant_id, workflow_id, id)` index and the read stops after `n`. The ids travel
