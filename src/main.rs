@@ -207,50 +207,49 @@ fn bound_malloc_arenas() {}
 /// heap shrinks by itself. After a burst (a thousand websockets set up at once, a load
 /// run) most of it stays resident although nothing uses it: after a load run and 1,000
 /// subscribers, the server held 174 MiB of RSS, 110 MiB after one `malloc_trim` (measured
-/// with `gdb`). A thread of its own wakes every `interval` and, when the process grew by
-/// a MiB since it last looked while the arenas hold 4 MiB or more of freed memory
-/// (`mallinfo2`), returns their free pages to the system (`malloc_trim`). An idle
-/// process that has trimmed does nothing more.
+/// with `gdb`). A thread of its own looks every `interval`: when the arenas hold 4 MiB or
+/// more of freed memory (`mallinfo2`) and either that or the resident size grew by a MiB
+/// since the last look, it returns their free pages to the system (`malloc_trim`). A
+/// process whose memory does not move does nothing more.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(
     unsafe_code,
-    reason = "mallinfo2 and malloc_trim read and trim glibc's own allocator state"
+    reason = "sysconf, mallinfo2 and malloc_trim read and trim glibc's own allocator state"
 )]
 fn start_memory_trimmer(interval: Option<Duration>) {
     const FREE_AT_LEAST: usize = 4 << 20;
-    const GROWN_BY: u64 = 1 << 20;
-    /// Resident bytes, from `/proc/self/statm` (pages of 4 KiB on the platforms we run).
-    fn resident() -> Option<u64> {
-        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some(pages * 4096)
-    }
+    const MOVED_BY: usize = 1 << 20;
     let Some(interval) = interval else { return };
+    // SAFETY: reads a constant of the system; no pointers.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let resident = move || -> Option<usize> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages.saturating_mul(page))
+    };
     let spawned = std::thread::Builder::new()
         .name("memory-trim".into())
         .spawn(move || {
-            let mut last = 0;
+            let (mut last_resident, mut last_free): (usize, usize) = (0, 0);
             loop {
                 std::thread::sleep(interval);
                 let Some(now) = resident() else { return };
-                if now < last + GROWN_BY {
-                    last = last.min(now);
-                    continue;
-                }
                 // SAFETY: reads the allocator's statistics; takes and returns no pointers.
                 let free = unsafe { libc::mallinfo2() }.fordblks;
-                if free < FREE_AT_LEAST {
-                    last = now;
+                let moved = now >= last_resident.saturating_add(MOVED_BY)
+                    || free >= last_free.saturating_add(MOVED_BY);
+                (last_resident, last_free) = (now, free);
+                if free < FREE_AT_LEAST || !moved {
                     continue;
                 }
                 let started = std::time::Instant::now();
                 // SAFETY: glibc locks each arena while it trims it; callable from any thread.
                 unsafe { libc::malloc_trim(0) };
-                last = resident().unwrap_or(now);
+                last_resident = resident().unwrap_or(now);
                 tracing::debug!(
                     free_bytes = free,
                     resident_before = now,
-                    resident_after = last,
+                    resident_after = last_resident,
                     micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     "returned freed memory to the system"
                 );

@@ -11,19 +11,22 @@ use crate::executions::{
 };
 use crate::helpers::{TestApp, TestDb};
 
+/// No workers until a test starts an engine itself; background work slowed down, so the
+/// transactions and claims counted are the executions'.
+const QUIET: &[(&str, &str)] = &[
+    ("AGENTPLANE_WORKERS", "0"),
+    ("AGENTPLANE_POLL_MS", "60000"),
+    ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
+    ("AGENTPLANE_HEARTBEAT_MS", "60000"),
+    ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
+];
+
 /// #15: an execution whose steps all run inline (template steps) is written in one
 /// transaction at its end, with every event the step-by-step path writes, in order; a
 /// step that waits (a delay) makes what ran before it visible first.
 #[tokio::test(flavor = "multi_thread")]
 async fn inline_steps_are_written_in_one_transaction_with_every_event() {
-    let app = TestApp::spawn_with(&[
-        ("AGENTPLANE_WORKERS", "0"),
-        ("AGENTPLANE_POLL_MS", "60000"),
-        ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
-        ("AGENTPLANE_HEARTBEAT_MS", "60000"),
-        ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(QUIET).await;
     let (_, owner) = app.tenant_with_owner("acme").await;
     let inline = published(
         &app,
@@ -141,14 +144,7 @@ async fn inline_steps_are_written_in_one_transaction_with_every_event() {
 /// alone: its write transactions are tenant-scoped and its claims lock rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finishing_execution_claims_the_next_in_its_last_transaction() {
-    let app = TestApp::spawn_with(&[
-        ("AGENTPLANE_WORKERS", "0"),
-        ("AGENTPLANE_POLL_MS", "60000"),
-        ("AGENTPLANE_SCHEDULER_TICK_MS", "60000"),
-        ("AGENTPLANE_HEARTBEAT_MS", "60000"),
-        ("AGENTPLANE_NODE_OFFLINE_AFTER_MS", "120000"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(QUIET).await;
     let (_, owner) = app.tenant_with_owner("chain").await;
     let wf = published(
         &app,

@@ -533,17 +533,20 @@ impl<'a> Writer<'a> {
             return Ok(true);
         }
         let app = &self.engine.app;
-        let (claim, now, until) = self.engine.new_claim();
-        let next = service::NextClaim {
-            owner: &claim,
-            node: &app.node.id,
-            now,
-            until,
-        };
+        let (claim, _, _) = self.engine.new_claim();
         let done = self
             .engine
             .persist(self.token, || {
-                service::apply_then_claim(app, self.id, self.claim, &writes, Some(&next))
+                // The lease starts when this attempt runs, not when the first one did
+                // (`persist` retries while the database is unavailable).
+                let (now, until) = self.engine.lease_window();
+                let next = service::NextClaim {
+                    owner: &claim,
+                    node: &app.node.id,
+                    now,
+                    until,
+                };
+                service::apply_then_claim(app, self.id, self.claim, &writes, Some(next))
             })
             .await?;
         let Some((applied, claimed)) = done else {

@@ -157,11 +157,17 @@ impl Engine {
 
     /// A new claim's fencing token (unique per claim), and its lease's start and end.
     fn new_claim(&self) -> (Arc<str>, chrono::NaiveDateTime, chrono::NaiveDateTime) {
+        let claim: Arc<str> = format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
+        let (now, until) = self.lease_window();
+        (claim, now, until)
+    }
+
+    /// A lease starting now: (now, when it lapses unless renewed).
+    fn lease_window(&self) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
         let now = self.now();
         let lease = ChronoDuration::from_std(self.app.config.engine.lease)
             .unwrap_or(ChronoDuration::seconds(30));
-        let claim: Arc<str> = format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
-        (claim, now, now + lease)
+        (now, now + lease)
     }
 
     /// Whether a driver that is finishing may claim the next execution in its last

@@ -411,7 +411,7 @@ pub async fn apply_then_claim(
     id: ExecutionId,
     owner: &str,
     writes: &[store::Write],
-    next: Option<&NextClaim<'_>>,
+    next: Option<NextClaim<'_>>,
 ) -> AppResult<(bool, Option<ExecutionRow>)> {
     let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
     let (applied, claimed) = app
@@ -420,8 +420,15 @@ pub async fn apply_then_claim(
             let Some(applied) = store::apply(conn, id, owner, writes, &envelope).await? else {
                 return Ok((None, None));
             };
-            let claimed = match next {
-                Some(n) => store::claim_in_tx(conn, n.owner, n.node, n.now, n.until).await?,
+            let claimed = match &next {
+                // A claim that fails must not undo the writes: the worker claims on its
+                // own next.
+                Some(n) => store::claim_in_tx(conn, n.owner, n.node, n.now, n.until)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = ?e, "claiming the next execution failed");
+                        None
+                    }),
                 None => None,
             };
             Ok((Some(applied), claimed))

@@ -37,6 +37,21 @@ static CLAIM_PG: std::sync::LazyLock<String> =
 static CLAIM_SQLITE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"));
 
+/// The claim statement with its parameters, the same for both backends.
+macro_rules! claim_query {
+    ($sql:expr, $owner:expr, $until:expr, $now:expr, $node:expr) => {
+        crate::db::cached(
+            diesel::sql_query($sql)
+                .bind::<Text, _>($owner)
+                .bind::<Timestamp, _>($until)
+                .bind::<Timestamp, _>($now)
+                .bind::<Text, _>($node)
+                .bind::<Text, _>(ExecutionStatus::Queued)
+                .bind::<Text, _>(ExecutionStatus::Running),
+        )
+    };
+}
+
 /// Leases the next runnable execution to `owner` until `until`, or returns `None`.
 /// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other
 /// and never take the same row. SQLite: the single-statement UPDATE runs under the
@@ -48,20 +63,6 @@ pub async fn claim(
     now: NaiveDateTime,
     until: NaiveDateTime,
 ) -> AppResult<Option<ExecutionRow>> {
-    // The claim statement with its parameters, the same for both backends.
-    macro_rules! claim_query {
-        ($sql:expr) => {
-            crate::db::cached(
-                diesel::sql_query($sql)
-                    .bind::<Text, _>(owner)
-                    .bind::<Timestamp, _>(until)
-                    .bind::<Timestamp, _>(now)
-                    .bind::<Text, _>(node)
-                    .bind::<Text, _>(ExecutionStatus::Queued)
-                    .bind::<Text, _>(ExecutionStatus::Running),
-            )
-        };
-    }
     Ok(match db {
         DbPool::Postgres(pool) => {
             use diesel_async::AsyncConnection as _;
@@ -77,7 +78,7 @@ pub async fn claim(
                 ))
                 .execute(c)
                 .await?;
-                claim_query!(CLAIM_PG.as_str())
+                claim_query!(CLAIM_PG.as_str(), owner, until, now, node)
                     .get_result::<ExecutionRow>(c)
                     .await
                     .optional()
@@ -87,7 +88,7 @@ pub async fn claim(
         DbPool::Sqlite(pool) => {
             let _turn = db.writer_turn().await?;
             let mut conn = pool.get().await?;
-            claim_query!(CLAIM_SQLITE.as_str())
+            claim_query!(CLAIM_SQLITE.as_str(), owner, until, now, node)
                 .get_result::<ExecutionRow>(&mut *conn)
                 .await
                 .optional()?
@@ -110,18 +111,10 @@ pub async fn claim_in_tx(
         return Ok(None);
     };
     let c: &mut crate::db::SqliteConn = c;
-    Ok(crate::db::cached(
-        diesel::sql_query(CLAIM_SQLITE.as_str())
-            .bind::<Text, _>(owner)
-            .bind::<Timestamp, _>(until)
-            .bind::<Timestamp, _>(now)
-            .bind::<Text, _>(node)
-            .bind::<Text, _>(ExecutionStatus::Queued)
-            .bind::<Text, _>(ExecutionStatus::Running),
-    )
-    .get_result::<ExecutionRow>(c)
-    .await
-    .optional()?)
+    Ok(claim_query!(CLAIM_SQLITE.as_str(), owner, until, now, node)
+        .get_result::<ExecutionRow>(c)
+        .await
+        .optional()?)
 }
 
 /// Extends `owner`'s lease to `until`; `false` when it no longer holds it, the lease
