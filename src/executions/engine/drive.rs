@@ -504,28 +504,17 @@ impl<'a> Writer<'a> {
 
     /// Applies what is held back and stops holding; `false` when refused.
     async fn flush(&mut self) -> crate::error::AppResult<bool> {
-        let Some(writes) = self.held.take() else {
-            return Ok(true);
-        };
-        if writes.is_empty() {
-            return Ok(true);
-        }
-        let app = &self.engine.app;
-        let ok = self
-            .engine
-            .persist(self.token, || {
-                service::apply(app, self.id, self.claim, &writes)
-            })
-            .await?;
-        Ok(ok == Some(true))
+        self.apply_held(false).await
     }
 
     /// [`Writer::flush`] at the execution's end: where the engine chains claims, the same
     /// transaction claims the execution this worker runs next.
     async fn flush_and_claim(&mut self) -> crate::error::AppResult<bool> {
-        if !self.engine.chains_claims() || self.next.is_some() {
-            return self.flush().await;
-        }
+        let chain = self.engine.chains_claims() && self.next.is_none();
+        self.apply_held(chain).await
+    }
+
+    async fn apply_held(&mut self, chain: bool) -> crate::error::AppResult<bool> {
         let Some(writes) = self.held.take() else {
             return Ok(true);
         };
@@ -533,26 +522,28 @@ impl<'a> Writer<'a> {
             return Ok(true);
         }
         let app = &self.engine.app;
-        let (claim, _, _) = self.engine.new_claim();
+        let claim = chain.then(|| self.engine.claim_token());
         let done = self
             .engine
             .persist(self.token, || {
                 // The lease starts when this attempt runs, not when the first one did
                 // (`persist` retries while the database is unavailable).
-                let (now, until) = self.engine.lease_window();
-                let next = service::NextClaim {
-                    owner: &claim,
-                    node: &app.node.id,
-                    now,
-                    until,
-                };
-                service::apply_then_claim(app, self.id, self.claim, &writes, Some(next))
+                let next = claim.as_deref().map(|owner| {
+                    let (now, until) = self.engine.lease_window();
+                    service::NextClaim {
+                        owner,
+                        node: &app.node.id,
+                        now,
+                        until,
+                    }
+                });
+                service::apply_then_claim(app, self.id, self.claim, &writes, next)
             })
             .await?;
         let Some((applied, claimed)) = done else {
             return Ok(false);
         };
-        if let Some(row) = claimed {
+        if let (Some(row), Some(claim)) = (claimed, claim) {
             *self.next = Some((row, claim));
         }
         Ok(applied)

@@ -155,11 +155,9 @@ impl Engine {
         db_time(self.app.clock.now())
     }
 
-    /// A new claim's fencing token (unique per claim), and its lease's start and end.
-    fn new_claim(&self) -> (Arc<str>, chrono::NaiveDateTime, chrono::NaiveDateTime) {
-        let claim: Arc<str> = format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into();
-        let (now, until) = self.lease_window();
-        (claim, now, until)
+    /// A new claim's fencing token: unique per claim.
+    fn claim_token(&self) -> Arc<str> {
+        format!("{}:{}", self.owner, uuid::Uuid::now_v7().simple()).into()
     }
 
     /// A lease starting now: (now, when it lapses unless renewed).
@@ -206,7 +204,8 @@ impl Engine {
                 }
             }
             // Unique per claim: the fencing token every write of its driver carries.
-            let (claim, now, until) = self.new_claim();
+            let claim = self.claim_token();
+            let (now, until) = self.lease_window();
             match store::claim(&self.app.db, &claim, &self.app.node.id, now, until).await {
                 Ok(Some(row)) => {
                     backoff = poll;

@@ -378,18 +378,6 @@ pub async fn record_step(
     }
 }
 
-/// Applies a driver's held-back writes in one transaction under its lease and publishes
-/// their events; `false` when the lease is lost or the execution moved on (nothing
-/// written).
-pub async fn apply(
-    app: &App,
-    id: ExecutionId,
-    owner: &str,
-    writes: &[store::Write],
-) -> AppResult<bool> {
-    Ok(apply_then_claim(app, id, owner, writes, None).await?.0)
-}
-
 /// The next claim a driver asks for in its last transaction: the claim's fencing token,
 /// this node, and the lease's start and end.
 pub struct NextClaim<'a> {
@@ -403,9 +391,11 @@ pub struct NextClaim<'a> {
     pub until: chrono::NaiveDateTime,
 }
 
-/// [`apply`], then, when `next` is given and the writes were applied, claims the next
-/// runnable execution in the same transaction (SQLite only: see
-/// [`store::claim_in_tx`]). `(applied, claimed)`.
+/// Applies a driver's held-back writes in one transaction under its lease and publishes
+/// their events; then, when `next` is given and the writes were applied, claims the next
+/// runnable execution in the same transaction (SQLite only: see [`store::claim_in_tx`]).
+/// `(applied, claimed)`: `applied` is `false` when the lease is lost or the execution
+/// moved on (nothing written).
 pub async fn apply_then_claim(
     app: &App,
     id: ExecutionId,
