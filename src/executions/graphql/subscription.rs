@@ -227,7 +227,7 @@ impl ExecutionSubscription {
         let snapshot: Vec<ExecutionEvent> = active.iter().map(|r| snapshot_of(r, now)).collect();
         drop(active);
         Ok(async_stream::stream! {
-            let mut seqs = SeqTracker::default();
+            let mut seqs = SeqTracker::with_capacity(snapshot.len());
             for ev in snapshot {
                 seqs.advance(ev.execution_id, ev.seq);
                 yield ExecutionUpdate(ev);
@@ -321,38 +321,85 @@ impl ExecutionSubscription {
 }
 
 /// The last sequence number a stream delivered (or skipped) per execution; forgets the
-/// oldest finished executions past a bound so a long-lived stream stays small.
+/// oldest executions past a bound so a long-lived stream stays small.
+///
+/// Kept as one vector sorted by execution id: ids are time-ordered (UUIDv7), so a new
+/// execution lands at the end, and the oldest are the first entries. 24 bytes an
+/// execution, against about 48 for a hash map plus an insertion queue: an idle
+/// subscriber's snapshot of 100 active executions costs 2.4 KB instead of 4.6.
 #[derive(Default)]
 pub(super) struct SeqTracker {
-    last: HashMap<ExecutionId, i64>,
-    order: std::collections::VecDeque<ExecutionId>,
+    last: Vec<(ExecutionId, i64)>,
 }
 
 impl SeqTracker {
     const KEPT: usize = 20_000;
 
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            last: Vec::with_capacity(n),
+        }
+    }
+
     fn last(&self, id: ExecutionId) -> Option<i64> {
-        self.last.get(&id).copied()
+        self.last
+            .binary_search_by_key(&id, |e| e.0)
+            .ok()
+            .map(|i| self.last[i].1)
     }
 
     /// Records `seq` for `id`; `false` when it was already delivered.
     fn advance(&mut self, id: ExecutionId, seq: i64) -> bool {
-        match self.last.get_mut(&id) {
-            Some(l) if *l >= seq => false,
-            Some(l) => {
-                *l = seq;
+        match self.last.binary_search_by_key(&id, |e| e.0) {
+            Ok(i) if self.last[i].1 >= seq => false,
+            Ok(i) => {
+                self.last[i].1 = seq;
                 true
             }
-            None => {
-                self.last.insert(id, seq);
-                self.order.push_back(id);
-                while self.order.len() > Self::KEPT {
-                    if let Some(old) = self.order.pop_front() {
-                        self.last.remove(&old);
-                    }
+            Err(i) => {
+                self.last.insert(i, (id, seq));
+                // Forget in bulk, so the shift is paid once per KEPT / 8 executions.
+                if self.last.len() > Self::KEPT + Self::KEPT / 8 {
+                    let excess = self.last.len() - Self::KEPT;
+                    self.last.drain(..excess);
                 }
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracker_keeps_order_refuses_repeats_and_forgets_the_oldest() {
+        let ids: Vec<ExecutionId> = (0..5).map(|_| ExecutionId::new()).collect();
+        let mut t = SeqTracker::with_capacity(2);
+        // Out of order arrivals stay findable.
+        assert!(t.advance(ids[3], 1));
+        assert!(t.advance(ids[1], 4));
+        assert!(t.advance(ids[4], 2));
+        assert_eq!(t.last(ids[1]), Some(4));
+        assert_eq!(t.last(ids[3]), Some(1));
+        assert_eq!(t.last(ids[0]), None);
+        assert!(!t.advance(ids[1], 4), "a repeat");
+        assert!(!t.advance(ids[1], 3), "an older one");
+        assert!(t.advance(ids[1], 5));
+        assert_eq!(t.last(ids[1]), Some(5));
+        // Past the bound, the oldest ids go first, down to KEPT.
+        let mut t = SeqTracker::default();
+        let mut many: Vec<ExecutionId> = (0..SeqTracker::KEPT + SeqTracker::KEPT / 8 + 1)
+            .map(|_| ExecutionId::new())
+            .collect();
+        many.sort();
+        for id in &many {
+            assert!(t.advance(*id, 1));
+        }
+        assert_eq!(t.last.len(), SeqTracker::KEPT);
+        assert_eq!(t.last(many[0]), None);
+        assert_eq!(t.last(*many.last().expect("ids")), Some(1));
+        assert_eq!(t.last(many[many.len() - SeqTracker::KEPT]), Some(1));
     }
 }

@@ -58,14 +58,23 @@ pub(super) struct Accepted {
     pub(super) actor: String,
 }
 
-/// Ends the socket when the accepted credential expires on the app clock (checked every
-/// second), stops authenticating (revoked, user disabled, tenant suspended), or now
-/// carries other rights. Re-checked when an authentication change of the socket's tenant
-/// is announced (`auth::cache`: this process at once, other processes through the
-/// database), so an idle socket costs no statement; only while this process cannot hear
-/// changes does it fall back to re-checking every `websocket.recheck_interval`.
+/// Closes the socket with 4408 unless `connection_init` arrives within
+/// `websocket.init_timeout`; then ends it when the accepted credential expires on the app
+/// clock (checked every second), stops authenticating (revoked, user disabled, tenant
+/// suspended), or now carries other rights. Re-checked when an authentication change of
+/// the socket's tenant is announced (`auth::cache`: this process at once, other processes
+/// through the database), so an idle socket costs no statement; only while this process
+/// cannot hear changes does it fall back to re-checking every
+/// `websocket.recheck_interval`.
+///
+/// One task per socket watches both (a second task for the init deadline cost every
+/// socket its own allocation), and the checks' database reads are awaited boxed, so an
+/// idle socket's watcher holds only its timers and its receiver.
 pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
     use tokio::sync::broadcast::error::RecvError;
+    let init_deadline = tokio::time::sleep(app.config.websocket.init_timeout);
+    tokio::pin!(init_deadline);
+    let mut awaiting_init = true;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut changes = app.auth_cache.subscribe();
     let recheck = app.config.websocket.recheck_interval;
@@ -75,6 +84,14 @@ pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
     let mut retry = false;
     loop {
         let change = tokio::select! {
+            () = &mut init_deadline, if awaiting_init => {
+                awaiting_init = false;
+                if !socket.init_received.load(std::sync::atomic::Ordering::SeqCst) {
+                    socket.close(super::CLOSE_INIT_TIMEOUT, "Connection initialisation timeout");
+                    return;
+                }
+                None
+            }
             _ = tick.tick() => None,
             c = changes.recv() => match c {
                 Ok(c) => Some(c),
@@ -104,13 +121,13 @@ pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
         }
         last_check = tokio::time::Instant::now();
         retry = false;
-        match crate::auth::authenticate(&app, &accepted.bearer).await {
+        match Box::pin(crate::auth::authenticate(&app, &accepted.bearer)).await {
             Ok(p) if Rights::of(&p) != accepted.rights => {
                 socket.close(CLOSE_FORBIDDEN, "permissions changed; reconnect");
                 return;
             }
             Ok(p) => {
-                if let Err(e) = check_address(&app, &socket, &p).await {
+                if let Err(e) = Box::pin(check_address(&app, &socket, &p)).await {
                     socket.close(CLOSE_FORBIDDEN, refused_reason(&e));
                     return;
                 }

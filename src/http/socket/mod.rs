@@ -381,17 +381,6 @@ pub async fn ws_handler(
         })
 }
 
-/// Closes the socket with 4408 unless `connection_init` arrives within the timeout.
-async fn watch_init(socket: Arc<SocketState>, timeout: std::time::Duration) {
-    tokio::time::sleep(timeout).await;
-    if !socket
-        .init_received
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        socket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout");
-    }
-}
-
 /// The frame for a close async-graphql decided on. graphql-transport-ws closes a refused
 /// init with 1002; this server says 4401 for a bad credential and 1013 (try again later)
 /// when it could not be checked.
@@ -428,7 +417,6 @@ async fn serve_socket(
         ..SocketState::default()
     });
     let watcher = tokio::spawn(watch_credentials(app.clone(), me.clone()));
-    let init_watcher = tokio::spawn(watch_init(me.clone(), app.config.websocket.init_timeout));
     let stop = {
         let (shutdown, ended) = (shutdown.clone(), me.ended.clone());
         async move {
@@ -495,7 +483,6 @@ async fn serve_socket(
         }
     }
     watcher.abort();
-    init_watcher.abort();
     let close = if closed_by_protocol {
         None
     } else if shutdown.is_cancelled() {
