@@ -156,6 +156,46 @@ pub struct ExecutionRow {
     pub trace_context: Option<String>,
 }
 
+/// What a list of executions shows: an execution without its input, output, error and
+/// bookkeeping columns. `recentExecutions` selecting only fields answered from these
+/// (see `Execution::HEAD_FIELDS`) reads 8 columns per row instead of 29.
+#[derive(diesel::Queryable, diesel::Selectable, Debug, Clone, Copy)]
+#[diesel(table_name = executions)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ExecutionHead {
+    /// Primary key.
+    pub id: ExecutionId,
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// The pinned version's number.
+    pub version: i64,
+    /// Stored [`ExecutionStatus`].
+    pub status: ExecutionStatus,
+    /// Sequence number of the latest event.
+    pub seq: i64,
+    /// Enqueue time.
+    pub created_at: NaiveDateTime,
+    /// First start.
+    pub started_at: Option<NaiveDateTime>,
+    /// End.
+    pub finished_at: Option<NaiveDateTime>,
+}
+
+impl From<&ExecutionRow> for ExecutionHead {
+    fn from(r: &ExecutionRow) -> Self {
+        Self {
+            id: r.id,
+            workflow_id: r.workflow_id,
+            version: r.version,
+            status: r.status,
+            seq: r.seq,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
 /// One row of `execution_steps`.
 #[derive(
     diesel::Queryable, diesel::Selectable, diesel::Insertable, diesel::QueryableByName, Debug, Clone,

@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::db::DbPool;
 use crate::error::{AppError, AppResult};
-use crate::executions::model::{ExecutionId, ExecutionRow, StepRunRow};
+use crate::executions::model::{ExecutionHead, ExecutionId, ExecutionRow, StepRunRow};
 use crate::executions::schedules::ScheduleRow;
 use crate::tenancy::teams::{TeamId, TeamRow};
 use crate::tenancy::{TenantId, UserId, UserRow};
@@ -171,42 +171,59 @@ grouped_loader!(
     |db, tenant, keys| crate::executions::store::steps_by_executions(db, tenant, keys),
     |r| r.execution_id
 );
-/// The newest `n` executions of each workflow, newest first, keyed by (workflow, `n`):
-/// a page asks for exactly the rows it shows, whatever the history, in one statement
-/// per distinct `n` (one, unless aliases ask for different counts).
-pub struct RecentExecutionsLoader {
-    db: DbPool,
-    tenant: TenantId,
-}
-
-impl Loader<(WorkflowId, i64)> for RecentExecutionsLoader {
-    type Value = Vec<Arc<ExecutionRow>>;
-    type Error = LoadError;
-
-    async fn load(
-        &self,
-        keys: &[(WorkflowId, i64)],
-    ) -> Result<HashMap<(WorkflowId, i64), Self::Value>, LoadError> {
-        let mut by_n: std::collections::BTreeMap<i64, Vec<WorkflowId>> = Default::default();
-        for (id, n) in keys {
-            by_n.entry(*n).or_default().push(*id);
+/// Defines a loader of the newest `n` executions of each workflow, newest first, keyed
+/// by (workflow, `n`): a page asks for exactly the rows it shows, whatever the history,
+/// in one statement per distinct `n` (one, unless aliases ask for different counts).
+macro_rules! recent_loader {
+    ($(#[$doc:meta])* $name:ident => $value:ty, $read:path, $wrap:expr) => {
+        $(#[$doc])*
+        pub struct $name {
+            db: DbPool,
+            tenant: TenantId,
         }
-        let mut out = HashMap::with_capacity(keys.len());
-        for (n, ids) in by_n {
-            let rows =
-                crate::executions::store::recent_by_workflows(&self.db, self.tenant, &ids, n)
-                    .await
-                    .map_err(failed)?
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect();
-            for (id, rows) in group(&ids, rows, |r| r.workflow_id) {
-                out.insert((id, n), rows);
+
+        impl Loader<(WorkflowId, i64)> for $name {
+            type Value = Vec<$value>;
+            type Error = LoadError;
+
+            async fn load(
+                &self,
+                keys: &[(WorkflowId, i64)],
+            ) -> Result<HashMap<(WorkflowId, i64), Self::Value>, LoadError> {
+                let mut by_n: std::collections::BTreeMap<i64, Vec<WorkflowId>> =
+                    Default::default();
+                for (id, n) in keys {
+                    by_n.entry(*n).or_default().push(*id);
+                }
+                let mut out = HashMap::with_capacity(keys.len());
+                for (n, ids) in by_n {
+                    let rows = $read(&self.db, self.tenant, &ids, n)
+                        .await
+                        .map_err(failed)?
+                        .into_iter()
+                        .map($wrap)
+                        .collect();
+                    for (id, rows) in group(&ids, rows, |r| r.workflow_id) {
+                        out.insert((id, n), rows);
+                    }
+                }
+                Ok(out)
             }
         }
-        Ok(out)
-    }
+    };
 }
+recent_loader!(
+    /// Whole rows of the newest executions by workflow.
+    RecentExecutionsLoader => Arc<ExecutionRow>,
+    crate::executions::store::recent_by_workflows,
+    Arc::new
+);
+recent_loader!(
+    /// Heads (what a list shows) of the newest executions by workflow.
+    RecentHeadsLoader => ExecutionHead,
+    crate::executions::store::recent_heads_by_workflows,
+    std::convert::identity
+);
 grouped_loader!(
     /// Schedules by workflow.
     SchedulesByWorkflowLoader, WorkflowId => ScheduleRow,
@@ -264,6 +281,8 @@ pub struct Loaders {
     pub steps: DataLoader<StepsByExecutionLoader, HashMapCache>,
     /// Recent executions by workflow.
     pub recent: DataLoader<RecentExecutionsLoader, HashMapCache>,
+    /// Recent executions' heads by workflow (a list that shows no more).
+    pub recent_heads: DataLoader<RecentHeadsLoader, HashMapCache>,
     /// Schedules by workflow.
     pub schedules: DataLoader<SchedulesByWorkflowLoader, HashMapCache>,
     /// Stats rows by workflow.
@@ -321,6 +340,10 @@ impl Loaders {
                 tenant,
             }),
             recent: cached(RecentExecutionsLoader {
+                db: db.clone(),
+                tenant,
+            }),
+            recent_heads: cached(RecentHeadsLoader {
                 db: db.clone(),
                 tenant,
             }),

@@ -185,6 +185,51 @@ async fn nested_reads_cost_the_same_statements_for_5_or_50_workflows() {
         }
     };
     assert_eq!(counts(5, 7).await, counts(50, 7).await);
+    // A list asking only for what an execution's head holds is read as heads, one asking
+    // for more (directly or through a fragment) whole: each alias gets all it asked for,
+    // with the same executions, in a fixed number of statements.
+    let mixed = "query($n: Int!) { workflows(first: $n) { edges { node { \
+                 heads: recentExecutions(first: 3) { id status version sequence createdAt startedAt finishedAt durationMs workflow { name } } \
+                 whole: recentExecutions(first: 3) { id status input trigger costUsd claims } \
+                 spread: recentExecutions(first: 3) { ...More } } } } } \
+                 fragment More on Execution { id timeoutSeconds error }";
+    let both = |n: i64| {
+        let app = &app;
+        let owner = owner.clone();
+        async move {
+            let before = app.state.app.statements.load(Ordering::SeqCst);
+            let out = app.gql_as(&owner, mixed, json!({ "n": n })).await;
+            let after = app.state.app.statements.load(Ordering::SeqCst);
+            assert!(out["errors"].is_null(), "{out}");
+            for edge in out["data"]["workflows"]["edges"].as_array().expect("edges") {
+                let node = &edge["node"];
+                let heads = node["heads"].as_array().expect("heads");
+                let whole = node["whole"].as_array().expect("whole");
+                let spread = node["spread"].as_array().expect("spread");
+                assert_eq!(heads.len(), 3, "{out}");
+                for ((h, w), s) in heads.iter().zip(whole).zip(spread) {
+                    assert_eq!(h["id"], w["id"], "{out}");
+                    assert_eq!(h["id"], s["id"], "{out}");
+                    assert_eq!(h["status"], w["status"], "{out}");
+                    assert_eq!(h["version"], 1, "{out}");
+                    assert!(h["sequence"].as_i64().is_some_and(|q| q >= 1), "{out}");
+                    assert!(h["createdAt"].is_string(), "{out}");
+                    assert!(h["workflow"]["name"].is_string(), "{out}");
+                    assert!(
+                        w["trigger"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("user:")),
+                        "{out}"
+                    );
+                    assert!(w["input"].is_object(), "{out}");
+                    assert!(w["claims"].is_i64(), "{out}");
+                    assert!(s["timeoutSeconds"].as_i64().is_some_and(|t| t > 0), "{out}");
+                }
+            }
+            after - before
+        }
+    };
+    assert_eq!(both(5).await, both(50).await);
     // And the executions connection with nested fields.
     let q2 = "query($n: Int!) { executions(first: $n) { totalCount edges { node { id workflow { name } startedBy { email } steps { stepId } } } } }";
     let run = |n: i64| {

@@ -10,7 +10,8 @@ use futures_util::Stream;
 use serde_json::Value;
 
 use super::model::{
-    EventKind, ExecutionEvent, ExecutionId, ExecutionRow, ExecutionStatus, StepRunRow,
+    EventKind, ExecutionEvent, ExecutionHead, ExecutionId, ExecutionRow, ExecutionStatus,
+    StepRunRow,
 };
 use super::service;
 use super::store::{self, ListFilter};
@@ -44,9 +45,12 @@ pub use types::*;
 
 /// Loads an execution the caller may read (`node` and `execution`); else `NOT_FOUND`.
 pub async fn visible_execution(ctx: &Context<'_>, id: uuid::Uuid) -> AppResult<Execution> {
-    Ok(Execution::from(
-        service::get(app(ctx)?, principal(ctx)?, ExecutionId(id)).await?,
-    ))
+    Ok(Execution::from(visible_execution_row(ctx, id).await?))
+}
+
+/// The row of an execution the caller may read; else `NOT_FOUND`.
+async fn visible_execution_row(ctx: &Context<'_>, id: uuid::Uuid) -> AppResult<ExecutionRow> {
+    service::get(app(ctx)?, principal(ctx)?, ExecutionId(id)).await
 }
 
 /// The execution id of an argument.

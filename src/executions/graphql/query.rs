@@ -57,7 +57,7 @@ impl ExecutionQuery {
         Ok(page.finish(
             rows.into_iter().map(Execution::from).collect(),
             total,
-            |e| e.0.id.0,
+            |e| e.key().0,
         ))
     }
 

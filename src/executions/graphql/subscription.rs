@@ -102,7 +102,7 @@ impl ExecutionSubscription {
         // Subscribe before reading the snapshot, so nothing falls between the two.
         let mut rx = a.bus.subscribe();
         let mut resync = a.bus.resync.subscribe();
-        let row = Box::pin(visible_execution(ctx, uuid)).await?.0;
+        let row = Box::pin(visible_execution_row(ctx, uuid)).await?;
         let tenant = p.tenant_id;
         let exec_id = row.id;
         Ok(async_stream::stream! {

@@ -2,13 +2,81 @@
 
 use super::*;
 
-/// One run of a workflow version. Shared: a request's loaders hand the same row to
-/// every field that shows it without copying it.
-pub struct Execution(pub std::sync::Arc<ExecutionRow>);
+/// One run of a workflow version: its head (what a list shows) and, when it was read
+/// whole, its row. Shared: a request's loaders hand the same row to every field that
+/// shows it without copying it. A field the head does not answer reads the row through
+/// the request's by-id loader when it was not read whole (a list read heads only when
+/// its selection asked for nothing more: [`Execution::shows_head_only`]).
+pub struct Execution {
+    head: ExecutionHead,
+    row: Option<Arc<ExecutionRow>>,
+}
+
+impl From<Arc<ExecutionRow>> for Execution {
+    fn from(row: Arc<ExecutionRow>) -> Self {
+        Self {
+            head: ExecutionHead::from(&*row),
+            row: Some(row),
+        }
+    }
+}
 
 impl From<ExecutionRow> for Execution {
     fn from(row: ExecutionRow) -> Self {
-        Self(std::sync::Arc::new(row))
+        Self::from(Arc::new(row))
+    }
+}
+
+impl From<ExecutionHead> for Execution {
+    fn from(head: ExecutionHead) -> Self {
+        Self { head, row: None }
+    }
+}
+
+impl Execution {
+    /// The fields the head answers: a selection of executions asking for no others is
+    /// read as heads. Keep in step with the resolvers below (a field missing here only
+    /// costs the whole row; one listed wrongly would read the row once per execution).
+    pub const HEAD_FIELDS: [&str; 12] = [
+        "__typename",
+        "id",
+        "status",
+        "version",
+        "sequence",
+        "createdAt",
+        "startedAt",
+        "finishedAt",
+        "durationMs",
+        "workflow",
+        "steps",
+        "auditTrail",
+    ];
+
+    /// Whether a field returning executions selects only what their heads answer
+    /// (fragments included; a `@skip`ped field counts as selected).
+    pub fn shows_head_only(field: &async_graphql::SelectionField<'_>) -> bool {
+        field
+            .selection_set()
+            .all(|f| Self::HEAD_FIELDS.contains(&f.name()))
+    }
+
+    /// The execution's id.
+    pub fn key(&self) -> ExecutionId {
+        self.head.id
+    }
+
+    /// The whole row: at hand, or read through the request's loader.
+    async fn row(&self, ctx: &Context<'_>) -> async_graphql::Result<Arc<ExecutionRow>> {
+        if let Some(row) = &self.row {
+            return Ok(row.clone());
+        }
+        Loaders::of(ctx)?
+            .executions
+            .load_one(self.head.id)
+            .await
+            .map_err(load_error)?
+            .map(Arc::new)
+            .ok_or_else(|| AppError::not_found("execution").into())
     }
 }
 
@@ -68,7 +136,7 @@ impl ExecutionStep {
 impl Execution {
     /// Opaque global ID.
     pub async fn id(&self) -> ID {
-        to_global_id(NodeKind::Execution, self.0.id.0)
+        to_global_id(NodeKind::Execution, self.head.id.0)
     }
     /// Audit records about this execution, newest first (audit.read).
     #[graphql(
@@ -82,54 +150,66 @@ impl Execution {
         after: Option<String>,
     ) -> async_graphql::Result<crate::graphql::relay::Conn<crate::audit::graphql::AuditRecord>>
     {
-        crate::audit::graphql::trail(ctx, "execution", self.0.id.to_string(), None, first, after)
-            .await
+        crate::audit::graphql::trail(
+            ctx,
+            "execution",
+            self.head.id.to_string(),
+            None,
+            first,
+            after,
+        )
+        .await
     }
     /// The workflow.
     async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
         Ok(Loaders::of(ctx)?
             .workflows
-            .load_one(self.0.workflow_id)
+            .load_one(self.head.workflow_id)
             .await
             .map_err(load_error)?
             .map(Workflow))
     }
     /// The pinned version number.
     async fn version(&self) -> i64 {
-        self.0.version
+        self.head.version
     }
     /// Status.
     async fn status(&self) -> crate::graphql::enums::ExecutionStatus {
-        self.0.status.into()
+        self.head.status.into()
     }
     /// Input JSON.
-    async fn input(&self) -> Json<Value> {
-        Json(serde_json::from_str(&self.0.input).unwrap_or(Value::Null))
+    async fn input(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Value>> {
+        let row = self.row(ctx).await?;
+        Ok(Json(
+            serde_json::from_str(&row.input).unwrap_or(Value::Null),
+        ))
     }
     /// Output JSON: the outputs of the steps nothing depends on, by step id.
-    async fn output(&self) -> Option<Json<Value>> {
-        json_of(self.0.output.as_deref())
+    async fn output(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Json<Value>>> {
+        Ok(json_of(self.row(ctx).await?.output.as_deref()))
     }
     /// Why it failed, timed out or was cancelled.
-    async fn error(&self) -> Option<&str> {
-        self.0.error.as_deref()
+    async fn error(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.row(ctx).await?.error.clone())
     }
     /// The idempotency key it was started with.
-    async fn idempotency_key(&self) -> Option<&str> {
-        self.0.idempotency_key.as_deref()
+    async fn idempotency_key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        Ok(self.row(ctx).await?.idempotency_key.clone())
     }
     /// What started it: `user:<uuid>`, `apikey:<uuid>` or `schedule:<uuid>` (the
     /// global ID of the same object is `triggerId`).
-    async fn trigger(&self) -> &str {
-        &self.0.started_by
+    async fn trigger(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(self.row(ctx).await?.started_by.clone())
     }
     /// The global ID of the user, API key or schedule that started it.
-    async fn trigger_id(&self) -> Option<ID> {
-        crate::graphql::relay::global_id_of_ref(&self.0.started_by)
+    async fn trigger_id(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ID>> {
+        Ok(crate::graphql::relay::global_id_of_ref(
+            &self.row(ctx).await?.started_by,
+        ))
     }
     /// The user who started it (null for API keys and schedules).
     async fn started_by(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        let Some(uid) = self.0.started_by_user else {
+        let Some(uid) = self.row(ctx).await?.started_by_user else {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
@@ -141,7 +221,7 @@ impl Execution {
     }
     /// The execution this one retries.
     async fn retry_of(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
-        let Some(id) = self.0.retry_of else {
+        let Some(id) = self.row(ctx).await?.retry_of else {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
@@ -155,7 +235,7 @@ impl Execution {
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
         Ok(Loaders::of(ctx)?
             .steps
-            .load_one(self.0.id)
+            .load_one(self.head.id)
             .await
             .map_err(load_error)?
             .unwrap_or_default()
@@ -165,52 +245,55 @@ impl Execution {
     }
     /// Sequence number of the latest event (subscribers use it to detect gaps).
     async fn sequence(&self) -> i64 {
-        self.0.seq
+        self.head.seq
     }
     /// Times a worker claimed it (more than 1 after a worker crash or shutdown).
-    async fn claims(&self) -> i64 {
-        self.0.claims
+    async fn claims(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.row(ctx).await?.claims)
     }
     /// Execution-level timeout.
-    async fn timeout_seconds(&self) -> i64 {
-        self.0.timeout_seconds
+    async fn timeout_seconds(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.row(ctx).await?.timeout_seconds)
     }
     /// Prompt tokens over all steps.
-    async fn prompt_tokens(&self) -> i64 {
-        self.0.prompt_tokens
+    async fn prompt_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.row(ctx).await?.prompt_tokens)
     }
     /// Completion tokens over all steps.
-    async fn completion_tokens(&self) -> i64 {
-        self.0.completion_tokens
+    async fn completion_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        Ok(self.row(ctx).await?.completion_tokens)
     }
     /// Cost over all steps, USD; null when any LLM call's model has no price (the
     /// total is unknown, not $0).
-    async fn cost_usd(&self) -> Option<f64> {
-        (self.0.unpriced_calls == 0).then_some(self.0.cost_usd)
+    async fn cost_usd(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<f64>> {
+        let row = self.row(ctx).await?;
+        Ok((row.unpriced_calls == 0).then_some(row.cost_usd))
     }
     /// Why a QUEUED execution has not started, or a RUNNING one's GPU step waits (null
     /// otherwise).
     async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         let a = app(ctx)?;
+        let tenant_id = principal(ctx)?.tenant_id;
         if matches!(
-            self.0.status,
+            self.head.status,
             ExecutionStatus::Queued | ExecutionStatus::Running
         ) {
             // GPU work: the placer's or the GPU reservation's reason.
             let placement =
-                crate::cluster::store::placement(&a.db, self.0.tenant_id, &self.0.id.to_string())
+                crate::cluster::store::placement(&a.db, tenant_id, &self.head.id.to_string())
                     .await?;
             if let Some(reason) = placement.and_then(|p| p.waiting_reason) {
                 return Ok(Some(reason));
             }
         }
-        if self.0.status != ExecutionStatus::Queued || self.0.lease_owner.is_some() {
+        if self.head.status != ExecutionStatus::Queued || self.row(ctx).await?.lease_owner.is_some()
+        {
             return Ok(None);
         }
-        let tenant = crate::tenancy::store::find(&a.db, self.0.tenant_id)
+        let tenant = crate::tenancy::store::find(&a.db, tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;
-        let running = store::running_count(&a.db, self.0.tenant_id).await?;
+        let running = store::running_count(&a.db, tenant_id).await?;
         Ok(Some(if running >= tenant.max_concurrent_executions {
             format!(
                 "waiting for a concurrency slot: {running} of {} allowed executions are running (maxConcurrentExecutions)",
@@ -222,19 +305,19 @@ impl Execution {
     }
     /// Enqueue time.
     async fn created_at(&self) -> DateTime<Utc> {
-        utc(self.0.created_at)
+        utc(self.head.created_at)
     }
     /// First start.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at.map(utc)
+        self.head.started_at.map(utc)
     }
     /// End.
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at.map(utc)
+        self.head.finished_at.map(utc)
     }
     /// From start to end, ms (null until both exist).
     async fn duration_ms(&self) -> Option<i64> {
-        match (self.0.started_at, self.0.finished_at) {
+        match (self.head.started_at, self.head.finished_at) {
             (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
             _ => None,
         }

@@ -196,74 +196,93 @@ pub async fn newest(
     }))
 }
 
-/// The `n` newest executions of each of several workflows, in one statement whose cost
-/// depends on the page, not on history: each workflow's rows are read newest-first from
-/// the `(tenant_id, workflow_id, id)` index and the read stops after `n`. The ids travel
-/// as one bound JSON array, so the statement's text never changes and it is prepared once
-/// per connection (the page's ids written into the text made SQLite parse a 50-arm
-/// statement on every read: 22 % of a nested read's CPU, measured with perf).
-pub async fn recent_by_workflows(
-    db: &DbPool,
-    tenant: TenantId,
-    ids: &[WorkflowId],
-    n: i64,
-) -> AppResult<Vec<ExecutionRow>> {
-    use diesel::sql_types::{BigInt, Bool};
-    // The rows are selected through the query builder so they decode by position (a
-    // `sql_query` row is decoded by column name: a scan of the column names per field,
-    // and on PostgreSQL a copy of each name too); which rows is a fixed-text filter.
-    // PostgreSQL: a LATERAL top-n per workflow.
-    const PG: [&str; 4] = [
-        "executions.id IN (SELECT e.id FROM jsonb_array_elements_text(",
-        "::jsonb) AS w(id) CROSS JOIN LATERAL (SELECT x.id FROM executions x \
-         WHERE x.tenant_id = ",
-        " AND x.workflow_id = w.id ORDER BY x.id DESC LIMIT ",
-        ") e)",
-    ];
-    // SQLite has no LATERAL: a correlated `IN (… LIMIT n)` over the same index.
-    const SQLITE: [&str; 4] = [
-        "executions.id IN (SELECT x.id FROM json_each(",
-        ") AS w JOIN executions x ON x.id IN (SELECT y.id FROM executions y \
-         WHERE y.tenant_id = ",
-        " AND y.workflow_id = w.value ORDER BY y.id DESC LIMIT ",
-        "))",
-    ];
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let json = serde_json::to_string(
-        &ids.iter()
-            .map(|i| i.0.hyphenated().to_string())
-            .collect::<Vec<_>>(),
-    )
-    .map_err(AppError::internal)?;
-    macro_rules! recent_query {
-        ($sql:expr) => {
-            crate::db::cached(
-                executions::table
-                    .filter(executions::tenant_id.eq(tenant))
-                    .filter(
-                        diesel::dsl::sql::<Bool>($sql[0])
-                            .bind::<Text, _>(&json)
-                            .sql($sql[1])
-                            .bind::<Text, _>(tenant.to_string())
-                            .sql($sql[2])
-                            .bind::<BigInt, _>(n)
-                            .sql($sql[3]),
-                    )
-                    .select(ExecutionRow::as_select()),
+/// Defines a reader of the `n` newest executions of each of several workflows, as rows
+/// of `$row` (the whole row, or only what a list shows).
+macro_rules! recent_reader {
+    ($(#[$doc:meta])* $name:ident -> $row:ty) => {
+        $(#[$doc])*
+        pub async fn $name(
+            db: &DbPool,
+            tenant: TenantId,
+            ids: &[WorkflowId],
+            n: i64,
+        ) -> AppResult<Vec<$row>> {
+            use diesel::sql_types::{BigInt, Bool};
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let json = serde_json::to_string(
+                &ids.iter()
+                    .map(|i| i.0.hyphenated().to_string())
+                    .collect::<Vec<_>>(),
             )
-        };
-    }
-    let mut out: Vec<ExecutionRow> = match db {
-        DbPool::Postgres(_) => {
-            crate::db_run_tenant!(db, tenant, |conn| recent_query!(PG).load(conn).await?)
+            .map_err(AppError::internal)?;
+            macro_rules! recent_query {
+                ($sql:expr) => {
+                    crate::db::cached(
+                        executions::table
+                            .filter(executions::tenant_id.eq(tenant))
+                            .filter(
+                                diesel::dsl::sql::<Bool>($sql[0])
+                                    .bind::<Text, _>(&json)
+                                    .sql($sql[1])
+                                    .bind::<Text, _>(tenant.to_string())
+                                    .sql($sql[2])
+                                    .bind::<BigInt, _>(n)
+                                    .sql($sql[3]),
+                            )
+                            .select(<$row>::as_select()),
+                    )
+                };
+            }
+            let mut out: Vec<$row> = match db {
+                DbPool::Postgres(_) => crate::db_run_tenant!(db, tenant, |conn| {
+                    recent_query!(RECENT_PG).load(conn).await?
+                }),
+                DbPool::Sqlite(_) => {
+                    crate::db_run!(db, |conn| recent_query!(RECENT_SQLITE).load(conn).await?)
+                }
+            };
+            out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
+            Ok(out)
         }
-        DbPool::Sqlite(_) => crate::db_run!(db, |conn| recent_query!(SQLITE).load(conn).await?),
     };
-    out.sort_unstable_by(|a, b| a.workflow_id.cmp(&b.workflow_id).then(b.id.cmp(&a.id)));
-    Ok(out)
 }
+
+// Which rows `recent_reader!` reads: a fixed-text filter (the rows themselves are selected
+// through the query builder so they decode by position; a `sql_query` row is decoded by
+// column name: a scan of the column names per field, and on PostgreSQL a copy of each
+// name too). PostgreSQL: a LATERAL top-n per workflow.
+const RECENT_PG: [&str; 4] = [
+    "executions.id IN (SELECT e.id FROM jsonb_array_elements_text(",
+    "::jsonb) AS w(id) CROSS JOIN LATERAL (SELECT x.id FROM executions x \
+     WHERE x.tenant_id = ",
+    " AND x.workflow_id = w.id ORDER BY x.id DESC LIMIT ",
+    ") e)",
+];
+// SQLite has no LATERAL: a correlated `IN (… LIMIT n)` over the same index.
+const RECENT_SQLITE: [&str; 4] = [
+    "executions.id IN (SELECT x.id FROM json_each(",
+    ") AS w JOIN executions x ON x.id IN (SELECT y.id FROM executions y \
+     WHERE y.tenant_id = ",
+    " AND y.workflow_id = w.value ORDER BY y.id DESC LIMIT ",
+    "))",
+];
+
+recent_reader!(
+    /// The `n` newest executions of each of several workflows, in one statement whose
+    /// cost depends on the page, not on history: each workflow's rows are read
+    /// newest-first from the `(tenant_id, workflow_id, id)` index and the read stops after
+    /// `n`. The ids travel as one bound JSON array, so the statement's text never changes
+    /// and it is prepared once per connection (the page's ids written into the text made
+    /// SQLite parse a 50-arm statement on every read: 22 % of a nested read's CPU,
+    /// measured with perf).
+    recent_by_workflows -> ExecutionRow
+);
+recent_reader!(
+    /// [`recent_by_workflows`], reading only the columns a list shows.
+    recent_heads_by_workflows -> ExecutionHead
+);
 
 /// Finished executions of several workflows since `since` (for stats).
 pub async fn finished_since(

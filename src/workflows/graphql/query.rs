@@ -17,6 +17,8 @@ fn requested_count(field: &async_graphql::SelectionField<'_>) -> i64 {
     .unwrap_or(crate::graphql::loaders::RECENT_DEFAULT)
 }
 
+use crate::executions::graphql::Execution;
+
 /// Loads, in one statement each, what the selected nested fields of a page will ask for.
 pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
     let node = ctx.look_ahead().field("edges").field("node");
@@ -36,31 +38,35 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
     if inner.exists() {
         // The counts the selections ask for (aliases may ask for several); one that is
         // out of range is left to the resolver, which says so.
-        let mut counts: Vec<i64> = inner
+        // Each selection is read whole or as heads, as its resolver will ask.
+        let mut counts: Vec<(bool, i64)> = inner
             .selection_fields()
             .iter()
-            .map(requested_count)
-            .filter(|n| (1..=crate::graphql::loaders::RECENT_WINDOW).contains(n))
+            .map(|f| (Execution::shows_head_only(f), requested_count(f)))
+            .filter(|(_, n)| (1..=crate::graphql::loaders::RECENT_WINDOW).contains(n))
             .collect();
         counts.sort_unstable();
         counts.dedup();
-        let mut keys = Vec::with_capacity(counts.len() * rows.len());
-        for n in &counts {
+        let (mut keys, mut head_keys) = (Vec::new(), Vec::new());
+        for (heads, n) in &counts {
+            let keys = if *heads { &mut head_keys } else { &mut keys };
             keys.extend(rows.iter().map(|r| (r.id, *n)));
         }
         let recent = loaders.recent.load_many(keys).await.map_err(load_error)?;
-        let execs: Vec<_> = recent.values().flatten().collect();
+        let heads = loaders
+            .recent_heads
+            .load_many(head_keys)
+            .await
+            .map_err(load_error)?;
         if inner.field("steps").exists() {
-            loaders
-                .steps
-                .load_many(execs.iter().map(|e| e.id))
-                .await
-                .map_err(load_error)?;
+            let ids = recent.values().flatten().map(|e| e.id);
+            let ids = ids.chain(heads.values().flatten().map(|h| h.id));
+            loaders.steps.load_many(ids).await.map_err(load_error)?;
         }
         if inner.field("startedBy").exists() {
             loaders
                 .users
-                .load_many(execs.iter().filter_map(|e| e.started_by_user))
+                .load_many(recent.values().flatten().filter_map(|e| e.started_by_user))
                 .await
                 .map_err(load_error)?;
         }

@@ -144,15 +144,31 @@ impl Workflow {
         {
             return Ok(Vec::new());
         }
-        Ok(Loaders::of(ctx)?
-            .recent
-            .load_one((self.0.id, i64::from(first)))
-            .await
-            .map_err(load_error)?
-            .unwrap_or_default()
-            .into_iter()
-            .map(crate::executions::graphql::Execution)
-            .collect())
+        use crate::executions::graphql::Execution;
+        let loaders = Loaders::of(ctx)?;
+        let key = (self.0.id, i64::from(first));
+        // A list showing no more than heads reads 8 columns a row, not the whole row.
+        Ok(if Execution::shows_head_only(&ctx.field()) {
+            loaders
+                .recent_heads
+                .load_one(key)
+                .await
+                .map_err(load_error)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(Execution::from)
+                .collect()
+        } else {
+            loaders
+                .recent
+                .load_one(key)
+                .await
+                .map_err(load_error)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(Execution::from)
+                .collect()
+        })
     }
     /// Execution statistics over the last 30 days (null without `executions.read`).
     async fn stats(
