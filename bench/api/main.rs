@@ -21,6 +21,7 @@
 //! | `startExecution` | its SQL (execution + event insert, notify) in one transaction | — |
 //! | idle RSS per subscriber | — | < 20 KiB |
 //! | event delivery to every subscriber, p99 | — | < 100 ms |
+//! | SQL statements per idle socket per second (the server's own counter) | the same window without sockets | 0 |
 //!
 //! On PostgreSQL the bench works in a fresh schema and drops it afterwards.
 
@@ -42,8 +43,8 @@ use tokio_tungstenite::tungstenite::Message;
 use common::{env_num, percentile};
 use load::{load, post_op};
 use seed::{first_execution, seed_history, seed_tenant, start_executions, tenant_id};
-use server::{gql, login, start_server, subscribe};
-use sql::{minimal_nested, minimal_start, pg_transactions};
+use server::{gql, login, start_server, statements_run, subscribe};
+use sql::{minimal_nested, minimal_start};
 
 const ADMIN_EMAIL: &str = "admin@agentplane.local";
 const ADMIN_PASSWORD: &str = "bench-admin-password-0123";
@@ -278,9 +279,10 @@ async fn run(
     // 4. Subscribers: memory held, idle cost and delivery.
     let idle_window = Duration::from_secs(5);
     // Background work (heartbeats, scheduler, checkpoints) without any socket.
-    let quiet0 = pg_transactions(&db).await;
+    let http = reqwest::Client::new();
+    let quiet0 = statements_run(&http, &server.base).await;
     tokio::time::sleep(idle_window).await;
-    let quiet1 = pg_transactions(&db).await;
+    let quiet1 = statements_run(&http, &server.base).await;
     let before = server.rss_kib();
     let mut sockets = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
@@ -291,9 +293,9 @@ async fn run(
     tokio::time::sleep(Duration::from_secs(6)).await;
     let held = server.rss_kib();
     let per_sub = (held.saturating_sub(before)) as f64 / subscribers as f64;
-    let tx0 = pg_transactions(&db).await;
+    let tx0 = statements_run(&http, &server.base).await;
     tokio::time::sleep(idle_window).await;
-    let tx1 = pg_transactions(&db).await;
+    let tx1 = statements_run(&http, &server.base).await;
     let received = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let mut readers = Vec::new();
     for ws in sockets {
@@ -360,12 +362,10 @@ async fn run(
         target: "p99 < 100 ms",
     });
     if let (Some(a), Some(b), Some(q0), Some(q1)) = (tx0, tx1, quiet0, quiet1) {
-        let with = (b - a) as f64;
-        let without = (q1 - q0) as f64;
+        let with = b - a;
+        let without = q1 - q0;
         rows.push(Row {
-            what: format!(
-                "PostgreSQL transactions per idle socket per second ({subscribers} sockets)"
-            ),
+            what: format!("SQL statements per idle socket per second ({subscribers} sockets)"),
             value: format!(
                 "{:.4}",
                 ((with - without) / idle_window.as_secs_f64() / subscribers as f64).max(0.0)

@@ -80,6 +80,23 @@ pub(crate) async fn start_server(db_url: &str, log: &std::path::Path) -> anyhow:
     }
 }
 
+/// The server's own count of SQL statements run (`agentplane_db_statements_total` on
+/// `/metrics`): exact and immediate on both backends, where PostgreSQL's
+/// `pg_stat_database` reports a backend's transactions up to 10 s after it goes idle.
+pub(crate) async fn statements_run(client: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("agentplane_db_statements_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(crate) async fn gql(
     client: &reqwest::Client,
     base: &str,

@@ -1,5 +1,5 @@
 //! The baselines: the fewest statements that answer what the API is asked, run from
-//! the bench on the same database, and PostgreSQL's transaction counter.
+//! the bench on the same database.
 
 use serde_json::json;
 
@@ -158,32 +158,6 @@ pub(crate) async fn minimal_start(
     })
     .await
     .map_err(agentplane::error::AppError::into_anyhow)
-}
-
-/// PostgreSQL's committed + rolled-back transactions in this database (None on SQLite).
-pub(crate) async fn pg_transactions(db: &agentplane::db::DbPool) -> Option<i64> {
-    use diesel_async::RunQueryDsl as _;
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let agentplane::db::DbPool::Postgres(pool) = db else {
-        return None;
-    };
-    let mut conn = pool.get().await.ok()?;
-    // The statistics snapshot is per transaction: read a fresh one.
-    let _ = diesel::sql_query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await;
-    diesel::sql_query(
-        "SELECT (xact_commit + xact_rollback)::BIGINT AS n FROM pg_stat_database \
-         WHERE datname = current_database()",
-    )
-    .get_result::<N>(&mut *conn)
-    .await
-    .ok()
-    .map(|r| r.n)
 }
 
 /// Runs a block that uses `AppError` (the pool macros) and turns its error into anyhow.
