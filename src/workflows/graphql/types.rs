@@ -147,27 +147,23 @@ impl Workflow {
         use crate::executions::graphql::Execution;
         let loaders = Loaders::of(ctx)?;
         let key = (self.0.id, i64::from(first));
+        macro_rules! newest {
+            ($loader:expr) => {
+                $loader
+                    .load_one(key)
+                    .await
+                    .map_err(load_error)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Execution::from)
+                    .collect()
+            };
+        }
         // A list showing no more than heads reads 8 columns a row, not the whole row.
         Ok(if Execution::shows_head_only(&ctx.field()) {
-            loaders
-                .recent_heads
-                .load_one(key)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(Execution::from)
-                .collect()
+            newest!(loaders.recent_heads)
         } else {
-            loaders
-                .recent
-                .load_one(key)
-                .await
-                .map_err(load_error)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(Execution::from)
-                .collect()
+            newest!(loaders.recent)
         })
     }
     /// Execution statistics over the last 30 days (null without `executions.read`).
