@@ -273,21 +273,21 @@ impl Execution {
     /// otherwise).
     async fn waiting_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
         let a = app(ctx)?;
-        let tenant_id = principal(ctx)?.tenant_id;
-        if matches!(
+        if !matches!(
             self.head.status,
             ExecutionStatus::Queued | ExecutionStatus::Running
         ) {
-            // GPU work: the placer's or the GPU reservation's reason.
-            let placement =
-                crate::cluster::store::placement(&a.db, tenant_id, &self.head.id.to_string())
-                    .await?;
-            if let Some(reason) = placement.and_then(|p| p.waiting_reason) {
-                return Ok(Some(reason));
-            }
+            return Ok(None);
         }
-        if self.head.status != ExecutionStatus::Queued || self.row(ctx).await?.lease_owner.is_some()
-        {
+        let row = self.row(ctx).await?;
+        let tenant_id = row.tenant_id;
+        // GPU work: the placer's or the GPU reservation's reason.
+        let placement =
+            crate::cluster::store::placement(&a.db, tenant_id, &self.head.id.to_string()).await?;
+        if let Some(reason) = placement.and_then(|p| p.waiting_reason) {
+            return Ok(Some(reason));
+        }
+        if self.head.status != ExecutionStatus::Queued || row.lease_owner.is_some() {
             return Ok(None);
         }
         let tenant = crate::tenancy::store::find(&a.db, tenant_id)
