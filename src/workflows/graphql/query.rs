@@ -1,6 +1,7 @@
 //! Workflow queries (with the look-ahead prefetch of nested fields).
 
 use super::*;
+use crate::executions::graphql::Execution;
 
 /// The `first` a `recentExecutions` selection asks for (variables resolved), or the
 /// default when it gives none or one that is not a number.
@@ -16,8 +17,6 @@ fn requested_count(field: &async_graphql::SelectionField<'_>) -> i64 {
     }
     .unwrap_or(crate::graphql::loaders::RECENT_DEFAULT)
 }
-
-use crate::executions::graphql::Execution;
 
 /// Loads, in one statement each, what the selected nested fields of a page will ask for.
 pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResult<()> {
