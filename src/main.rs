@@ -176,6 +176,116 @@ enum AdminCommand {
     },
 }
 
+/// The process's allocator: mimalloc, or the C library's (`AGENTPLANE_ALLOCATOR=system`).
+///
+/// Chosen once, by the first allocation (before `main`), from the environment, and never
+/// changed: every block is freed by the allocator that gave it. mimalloc's thread-local
+/// free lists and size-class pages cost less per allocation than glibc's arenas, and
+/// building a GraphQL response is thousands of small allocations (see `bench/README.md`
+/// for the measurement). `system` keeps glibc with the arena bound and the trimmer below.
+struct Allocator;
+
+#[global_allocator]
+static ALLOCATOR: Allocator = Allocator;
+
+/// 0 until the first allocation decides; then [`MIMALLOC`] or [`SYSTEM`].
+static ALLOCATOR_CHOICE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const MIMALLOC: u8 = 1;
+const SYSTEM: u8 = 2;
+
+impl Allocator {
+    #[inline]
+    fn mimalloc(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match ALLOCATOR_CHOICE.load(Ordering::Relaxed) {
+            MIMALLOC => true,
+            SYSTEM => false,
+            _ => {
+                let choice = if system_allocator_requested() {
+                    SYSTEM
+                } else {
+                    MIMALLOC
+                };
+                // Threads racing here read the same environment: they store the same value.
+                ALLOCATOR_CHOICE.store(choice, Ordering::Relaxed);
+                choice == MIMALLOC
+            }
+        }
+    }
+}
+
+/// Whether `AGENTPLANE_ALLOCATOR` is `system`, read without allocating (it runs inside the
+/// first allocation).
+#[expect(
+    unsafe_code,
+    reason = "getenv reads the environment without allocating; the name is NUL-terminated"
+)]
+fn system_allocator_requested() -> bool {
+    // SAFETY: a NUL-terminated name; the result is NULL or a NUL-terminated string that
+    // lives as long as the environment, which nothing changes this early.
+    let value = unsafe { libc::getenv(c"AGENTPLANE_ALLOCATOR".as_ptr()) };
+    // SAFETY: non-null, so a NUL-terminated string (above).
+    !value.is_null() && unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes() == b"system"
+}
+
+/// Whether this process allocates with the C library's allocator.
+fn system_allocator() -> bool {
+    !ALLOCATOR.mimalloc()
+}
+
+// SAFETY: each call goes to one allocator, the same for the life of the process, so every
+// block is freed and resized by the allocator that gave it; both uphold `GlobalAlloc`.
+#[expect(unsafe_code, reason = "the global allocator forwards to mimalloc or the system's")]
+unsafe impl std::alloc::GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            if self.mimalloc() {
+                mimalloc::MiMalloc.alloc(layout)
+            } else {
+                std::alloc::System.alloc(layout)
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            if self.mimalloc() {
+                mimalloc::MiMalloc.alloc_zeroed(layout)
+            } else {
+                std::alloc::System.alloc_zeroed(layout)
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, passed on; `ptr` came from the same allocator.
+        unsafe {
+            if self.mimalloc() {
+                mimalloc::MiMalloc.dealloc(ptr, layout);
+            } else {
+                std::alloc::System.dealloc(ptr, layout);
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on; `ptr` came from the same allocator.
+        unsafe {
+            if self.mimalloc() {
+                mimalloc::MiMalloc.realloc(ptr, layout, new)
+            } else {
+                std::alloc::System.realloc(ptr, layout, new)
+            }
+        }
+    }
+}
+
 /// glibc gives each thread that allocates an arena of its own, up to 8 per core, and
 /// keeps what is freed in each: memory a websocket's setup allocated on one thread stays
 /// with that thread's arena. Measured with 2,000 idle subscribers: 43 KiB of RSS each
@@ -189,7 +299,7 @@ enum AdminCommand {
     reason = "mallopt only sets an allocator parameter, before any other thread exists"
 )]
 fn bound_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    if !system_allocator() || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -220,6 +330,9 @@ fn start_memory_trimmer(interval: Option<Duration>) {
     const FREE_AT_LEAST: usize = 4 << 20;
     const MOVED_BY: usize = 1 << 20;
     let Some(interval) = interval else { return };
+    if !system_allocator() {
+        return;
+    }
     // SAFETY: reads a constant of the system; no pointers.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let resident = move || -> Option<usize> {
@@ -737,7 +850,12 @@ async fn serve(config: Config, demo: bool) -> anyhow::Result<ExitCode> {
             &format!("http://{addr}"),
         );
     }
-    tracing::info!(%addr, database = %backend, "agentplane listening");
+    let allocator = if system_allocator() {
+        "system"
+    } else {
+        "mimalloc"
+    };
+    tracing::info!(%addr, database = %backend, allocator, "agentplane listening");
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

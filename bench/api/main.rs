@@ -161,6 +161,20 @@ async fn run(
     // 2. Nested reads, small and deep history, against the minimal SQL. A first deep
     // round warms what the seeding left cold (caches, WAL checkpoint, statistics), so
     // the order of the rounds does not decide the ratio.
+    // The load clients only check that each answer is well-formed and without errors;
+    // one answer per tenant is checked in full first.
+    for (who, token) in [("small", &small.token), ("deep", &deep.token)] {
+        let body = gql(&client, &base, Some(token), NESTED, json!({})).await?;
+        let edges = body["data"]["workflows"]["edges"].as_array().cloned().unwrap_or_default();
+        let complete = edges.iter().all(|e| {
+            e["node"]["owner"]["email"].is_string()
+                && e["node"]["recentExecutions"].as_array().map(Vec::len) == Some(10)
+        });
+        anyhow::ensure!(
+            edges.len() == workflows.min(50) && complete,
+            "the nested read of {who} is not the seeded answer: {body}"
+        );
+    }
     let nested = json!({ "query": NESTED });
     let _ = load(
         concurrency,
