@@ -165,7 +165,10 @@ async fn run(
     // one answer per tenant is checked in full first.
     for (who, token) in [("small", &small.token), ("deep", &deep.token)] {
         let body = gql(&client, &base, Some(token), NESTED, json!({})).await?;
-        let edges = body["data"]["workflows"]["edges"].as_array().cloned().unwrap_or_default();
+        let edges = body["data"]["workflows"]["edges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let complete = edges.iter().all(|e| {
             e["node"]["owner"]["email"].is_string()
                 && e["node"]["recentExecutions"].as_array().map(Vec::len) == Some(10)

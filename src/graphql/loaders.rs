@@ -2,7 +2,7 @@
 //! batched statement per kind of object whatever the page size.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::Context;
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
@@ -34,6 +34,35 @@ fn failed(e: AppError) -> LoadError {
         message: Arc::from(gql.message.as_str()),
     }
 }
+
+/// What a request's loaders are built from: its database, its caller's tenant and the
+/// clock.
+#[derive(Clone)]
+struct Scope {
+    db: DbPool,
+    tenant: TenantId,
+    clock: Arc<dyn Clock>,
+}
+
+/// A loader built from its request's [`Scope`].
+trait FromScope {
+    fn from_scope(scope: &Scope) -> Self;
+}
+
+/// Loaders that need only the database and the tenant.
+macro_rules! scoped {
+    ($($name:ident),* $(,)?) => {$(
+        impl FromScope for $name {
+            fn from_scope(scope: &Scope) -> Self {
+                Self {
+                    db: scope.db.clone(),
+                    tenant: scope.tenant,
+                }
+            }
+        }
+    )*};
+}
+scoped!(UserByIdLoader, TeamByIdLoader, VersionsByWorkflowLoader);
 
 /// Users by id.
 pub struct UserByIdLoader {
@@ -106,6 +135,8 @@ macro_rules! grouped_loader {
             tenant: TenantId,
         }
 
+        scoped!($name);
+
         impl Loader<$key> for $name {
             type Value = Vec<$val>;
             type Error = LoadError;
@@ -139,6 +170,8 @@ macro_rules! by_id_loader {
             db: DbPool,
             tenant: TenantId,
         }
+
+        scoped!($name);
 
         impl Loader<$key> for $name {
             type Value = $val;
@@ -181,6 +214,8 @@ macro_rules! recent_loader {
             db: DbPool,
             tenant: TenantId,
         }
+
+        scoped!($name);
 
         impl Loader<(WorkflowId, i64)> for $name {
             type Value = Vec<$value>;
@@ -238,6 +273,16 @@ pub struct StatsRowsLoader {
     clock: Arc<dyn Clock>,
 }
 
+impl FromScope for StatsRowsLoader {
+    fn from_scope(scope: &Scope) -> Self {
+        Self {
+            db: scope.db.clone(),
+            tenant: scope.tenant,
+            clock: scope.clock.clone(),
+        }
+    }
+}
+
 impl Loader<WorkflowId> for StatsRowsLoader {
     type Value = Vec<ExecutionRow>;
     type Error = LoadError;
@@ -263,30 +308,60 @@ pub const RECENT_WINDOW: i64 = 20;
 /// What `recentExecutions` returns when `first` is not given.
 pub const RECENT_DEFAULT: i64 = 10;
 
-/// The loaders of one request (or websocket connection). They cache, so a list resolver
-/// can prefetch what its rows will ask for (see `prefetch` in each domain) and the nested
-/// resolvers' `load_one` calls are answered without further statements.
-pub struct Loaders {
+/// Declares [`Loaders`]: one lazily built loader per field, and its accessor.
+macro_rules! loaders {
+    ($($(#[$doc:meta])* $name:ident: $loader:ty,)*) => {
+        /// The loaders of one request (or websocket connection). They cache, so a list
+        /// resolver can prefetch what its rows will ask for (see `prefetch` in each
+        /// domain) and the nested resolvers' `load_one` calls are answered without further
+        /// statements. Each is built the first time it is asked for: a subscription keeps
+        /// its request's loaders as long as it runs, and most subscriptions use one or
+        /// two of them, if any.
+        pub struct Loaders {
+            scope: Scope,
+            $($name: OnceLock<Box<DataLoader<$loader, HashMapCache>>>,)*
+        }
+
+        impl Loaders {
+            fn with_scope(scope: Scope) -> Self {
+                Self {
+                    scope,
+                    $($name: OnceLock::new(),)*
+                }
+            }
+
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> &DataLoader<$loader, HashMapCache> {
+                    self.$name
+                        .get_or_init(|| Box::new(cached(<$loader>::from_scope(&self.scope))))
+                }
+            )*
+        }
+    };
+}
+
+loaders! {
     /// Users by id.
-    pub users: DataLoader<UserByIdLoader, HashMapCache>,
+    users: UserByIdLoader,
     /// Teams by id.
-    pub teams: DataLoader<TeamByIdLoader, HashMapCache>,
+    teams: TeamByIdLoader,
     /// Versions by workflow.
-    pub versions: DataLoader<VersionsByWorkflowLoader, HashMapCache>,
+    versions: VersionsByWorkflowLoader,
     /// Workflows by id.
-    pub workflows: DataLoader<WorkflowByIdLoader, HashMapCache>,
+    workflows: WorkflowByIdLoader,
     /// Executions by id.
-    pub executions: DataLoader<ExecutionByIdLoader, HashMapCache>,
+    executions: ExecutionByIdLoader,
     /// Steps by execution.
-    pub steps: DataLoader<StepsByExecutionLoader, HashMapCache>,
+    steps: StepsByExecutionLoader,
     /// Recent executions by workflow.
-    pub recent: DataLoader<RecentExecutionsLoader, HashMapCache>,
+    recent: RecentExecutionsLoader,
     /// Recent executions' heads by workflow (a list that shows no more).
-    pub recent_heads: DataLoader<RecentHeadsLoader, HashMapCache>,
+    recent_heads: RecentHeadsLoader,
     /// Schedules by workflow.
-    pub schedules: DataLoader<SchedulesByWorkflowLoader, HashMapCache>,
+    schedules: SchedulesByWorkflowLoader,
     /// Stats rows by workflow.
-    pub stats: DataLoader<StatsRowsLoader, HashMapCache>,
+    stats: StatsRowsLoader,
 }
 
 impl Loaders {
@@ -294,69 +369,21 @@ impl Loaders {
     /// every event with the loaders of its one request, so an event that reads the
     /// execution "as it is now" must not be answered from an earlier event's read.
     pub fn forget_executions(&self) {
-        self.executions
-            .clear::<crate::executions::model::ExecutionId>();
-        self.steps.clear::<crate::executions::model::ExecutionId>();
+        if let Some(executions) = self.executions.get() {
+            executions.clear::<ExecutionId>();
+        }
+        if let Some(steps) = self.steps.get() {
+            steps.clear::<ExecutionId>();
+        }
     }
 
-    /// Loaders scoped to the principal's tenant.
+    /// Loaders scoped to the principal's tenant (none is built yet).
     pub fn for_principal(db: &DbPool, clock: &Arc<dyn Clock>, p: &Principal) -> Self {
-        let tenant = p.tenant_id;
-        Self {
-            users: DataLoader::with_cache(
-                UserByIdLoader {
-                    db: db.clone(),
-                    tenant,
-                },
-                tokio::spawn,
-                HashMapCache::default(),
-            ),
-            teams: DataLoader::with_cache(
-                TeamByIdLoader {
-                    db: db.clone(),
-                    tenant,
-                },
-                tokio::spawn,
-                HashMapCache::default(),
-            ),
-            versions: DataLoader::with_cache(
-                VersionsByWorkflowLoader {
-                    db: db.clone(),
-                    tenant,
-                },
-                tokio::spawn,
-                HashMapCache::default(),
-            ),
-            workflows: cached(WorkflowByIdLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            executions: cached(ExecutionByIdLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            steps: cached(StepsByExecutionLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            recent: cached(RecentExecutionsLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            recent_heads: cached(RecentHeadsLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            schedules: cached(SchedulesByWorkflowLoader {
-                db: db.clone(),
-                tenant,
-            }),
-            stats: cached(StatsRowsLoader {
-                db: db.clone(),
-                tenant,
-                clock: clock.clone(),
-            }),
-        }
+        Self::with_scope(Scope {
+            db: db.clone(),
+            tenant: p.tenant_id,
+            clock: clock.clone(),
+        })
     }
 
     /// The current request's loaders.

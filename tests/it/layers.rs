@@ -61,6 +61,9 @@ const MODULES: &[(&str, Layer)] = &[
     ("bootstrap", Layer::Wiring),
     ("admin", Layer::Wiring),
     ("client", Layer::Wiring),
+    // Modules of the binary (`main.rs`), not of the library.
+    ("cli", Layer::Wiring),
+    ("allocator", Layer::Wiring),
 ];
 
 /// Domain modules, lowest first: a domain may use those before it, never those after.

@@ -78,21 +78,21 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[ExecutionRow]) -> AppRes
     let loaders = Loaders::of(ctx)?;
     if node.field("steps").exists() {
         loaders
-            .steps
+            .steps()
             .load_many(rows.iter().map(|r| r.id))
             .await
             .map_err(load_error)?;
     }
     if node.field("workflow").exists() {
         loaders
-            .workflows
+            .workflows()
             .load_many(rows.iter().map(|r| r.workflow_id))
             .await
             .map_err(load_error)?;
     }
     if node.field("startedBy").exists() {
         loaders
-            .users
+            .users()
             .load_many(rows.iter().filter_map(|r| r.started_by_user))
             .await
             .map_err(load_error)?;

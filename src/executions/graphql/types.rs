@@ -71,7 +71,7 @@ impl Execution {
             return Ok(row.clone());
         }
         Loaders::of(ctx)?
-            .executions
+            .executions()
             .load_one(self.head.id)
             .await
             .map_err(load_error)?
@@ -163,7 +163,7 @@ impl Execution {
     /// The workflow.
     async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
         Ok(Loaders::of(ctx)?
-            .workflows
+            .workflows()
             .load_one(self.head.workflow_id)
             .await
             .map_err(load_error)?
@@ -213,7 +213,7 @@ impl Execution {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
-            .users
+            .users()
             .load_one(uid)
             .await
             .map_err(load_error)?
@@ -225,7 +225,7 @@ impl Execution {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
-            .executions
+            .executions()
             .load_one(id)
             .await
             .map_err(load_error)?
@@ -234,7 +234,7 @@ impl Execution {
     /// Per-step records, in definition order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
         Ok(Loaders::of(ctx)?
-            .steps
+            .steps()
             .load_one(self.head.id)
             .await
             .map_err(load_error)?

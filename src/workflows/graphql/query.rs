@@ -24,14 +24,14 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
     let loaders = Loaders::of(ctx)?;
     if node.field("owner").exists() {
         loaders
-            .users
+            .users()
             .load_many(rows.iter().filter_map(|r| r.owner_id))
             .await
             .map_err(load_error)?;
     }
     if node.field("team").exists() {
         let teams = rows.iter().filter_map(|r| r.team_id);
-        loaders.teams.load_many(teams).await.map_err(load_error)?;
+        loaders.teams().load_many(teams).await.map_err(load_error)?;
     }
     let inner = node.field("recentExecutions");
     if inner.exists() {
@@ -51,27 +51,27 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
             let keys = if *heads { &mut head_keys } else { &mut keys };
             keys.extend(rows.iter().map(|r| (r.id, *n)));
         }
-        let recent = loaders.recent.load_many(keys).await.map_err(load_error)?;
+        let recent = loaders.recent().load_many(keys).await.map_err(load_error)?;
         let heads = loaders
-            .recent_heads
+            .recent_heads()
             .load_many(head_keys)
             .await
             .map_err(load_error)?;
         if inner.field("steps").exists() {
             let ids = recent.values().flatten().map(|e| e.id);
             let ids = ids.chain(heads.values().flatten().map(|h| h.id));
-            loaders.steps.load_many(ids).await.map_err(load_error)?;
+            loaders.steps().load_many(ids).await.map_err(load_error)?;
         }
         if inner.field("startedBy").exists() {
             loaders
-                .users
+                .users()
                 .load_many(recent.values().flatten().filter_map(|e| e.started_by_user))
                 .await
                 .map_err(load_error)?;
         }
         if inner.field("workflow").exists() {
             loaders
-                .workflows
+                .workflows()
                 .load_many(rows.iter().map(|r| r.id))
                 .await
                 .map_err(load_error)?;
@@ -79,21 +79,21 @@ pub(super) async fn prefetch(ctx: &Context<'_>, rows: &[WorkflowRow]) -> AppResu
     }
     if node.field("stats").exists() {
         loaders
-            .stats
+            .stats()
             .load_many(rows.iter().map(|r| r.id))
             .await
             .map_err(load_error)?;
     }
     if node.field("schedules").exists() {
         loaders
-            .schedules
+            .schedules()
             .load_many(rows.iter().map(|r| r.id))
             .await
             .map_err(load_error)?;
     }
     if node.field("versions").exists() {
         loaders
-            .versions
+            .versions()
             .load_many(rows.iter().map(|r| r.id))
             .await
             .map_err(load_error)?;

@@ -75,7 +75,7 @@ impl Workflow {
             return Ok(None);
         };
         Ok(Loaders::of(ctx)?
-            .users
+            .users()
             .load_one(uid)
             .await
             .map_err(load_error)?
@@ -93,7 +93,7 @@ impl Workflow {
             return Ok(None);
         }
         Ok(Loaders::of(ctx)?
-            .teams
+            .teams()
             .load_one(team)
             .await
             .map_err(load_error)?
@@ -110,7 +110,7 @@ impl Workflow {
     /// Published versions, newest first.
     async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkflowVersion>> {
         Ok(Loaders::of(ctx)?
-            .versions
+            .versions()
             .load_one(self.0.id)
             .await
             .map_err(load_error)?
@@ -161,9 +161,9 @@ impl Workflow {
         }
         // A list showing no more than heads reads 8 columns a row, not the whole row.
         Ok(if Execution::shows_head_only(&ctx.field()) {
-            newest!(loaders.recent_heads)
+            newest!(loaders.recent_heads())
         } else {
-            newest!(loaders.recent)
+            newest!(loaders.recent())
         })
     }
     /// Execution statistics over the last 30 days (null without `executions.read`).
@@ -178,7 +178,7 @@ impl Workflow {
             return Ok(None);
         }
         let rows = Loaders::of(ctx)?
-            .stats
+            .stats()
             .load_one(self.0.id)
             .await
             .map_err(load_error)?
@@ -191,7 +191,7 @@ impl Workflow {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Vec<crate::executions::graphql::Schedule>> {
         Ok(Loaders::of(ctx)?
-            .schedules
+            .schedules()
             .load_one(self.0.id)
             .await
             .map_err(load_error)?
