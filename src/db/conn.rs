@@ -86,14 +86,26 @@ where
     begin_immediate(conn).await?;
     match super::spawn::in_write_tx(f(&mut *conn)).await {
         Ok(v) => {
-            SqliteTm::commit_transaction(conn).await?;
+            commit_sqlite(conn).await?;
             Ok(v)
         }
         Err(e) => {
-            let _ = SqliteTm::rollback_transaction(conn).await;
+            let _ = rollback_sqlite(conn).await;
             Err(e)
         }
     }
+}
+
+/// `COMMIT` of a write transaction, inline: with checkpoints done by
+/// [`checkpoint`](super::checkpoint) it appends to the WAL and waits for nothing.
+async fn commit_sqlite(conn: &mut SqliteConn) -> diesel::QueryResult<()> {
+    super::spawn::in_write_tx(SqliteTm::commit_transaction(conn)).await
+}
+
+/// `ROLLBACK` of a write transaction, inline: it drops the transaction's pages from
+/// memory.
+async fn rollback_sqlite(conn: &mut SqliteConn) -> diesel::QueryResult<()> {
+    super::spawn::in_write_tx(SqliteTm::rollback_transaction(conn)).await
 }
 
 /// `BEGIN IMMEDIATE`, as diesel-async's own `immediate_transaction` does it: on a
@@ -293,7 +305,7 @@ impl DbPool {
                 Ok(v)
             }
             (Inner::Sqlite(c), Ok(v)) => {
-                SqliteTm::commit_transaction(&mut **c).await?;
+                commit_sqlite(c).await?;
                 Ok(v)
             }
             (Inner::Postgres(c), Err(e)) => {
@@ -302,7 +314,7 @@ impl DbPool {
                 Err(e)
             }
             (Inner::Sqlite(c), Err(e)) => {
-                let _ = SqliteTm::rollback_transaction(&mut **c).await;
+                let _ = rollback_sqlite(c).await;
                 Err(e)
             }
         };

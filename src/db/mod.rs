@@ -7,6 +7,7 @@
 //! bodies stand side by side with a `match` on [`DbPool`].
 
 mod cached;
+mod checkpoint;
 pub mod conn;
 pub mod ids;
 mod instrument;
@@ -512,7 +513,7 @@ impl DbPool {
                         conn.set_instrumentation(statement_counter(counter, false));
                         conn.batch_execute(
                             "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                             PRAGMA synchronous = NORMAL;",
+                             PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;",
                         )
                         .await
                         .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -520,7 +521,8 @@ impl DbPool {
                     }
                     .boxed()
                 });
-                let mgr = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, cfg);
+                let mgr =
+                    AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path.clone(), cfg);
                 let refused = Arc::new(Refusals::default());
                 let pool = Pool::builder()
                     .error_sink(Box::new(RefusalSink(refused.clone())))
@@ -529,15 +531,24 @@ impl DbPool {
                     // A database that refuses connections fails requests at once
                     // (UNAVAILABLE) instead of after the whole connection timeout.
                     .retry_connection(false)
+                    // The connection returned last is handed out first: with one writer
+                    // at a time, writes keep to one connection whose page cache is still
+                    // valid, instead of each finding the pages another connection changed
+                    // and reading them again.
+                    .queue_strategy(bb8::QueueStrategy::Lifo)
                     .build(mgr)
                     .await
                     .context("building the SQLite pool")?;
+                let commits = Arc::new(tokio::sync::watch::channel(0).0);
+                if !path.starts_with(":memory:") && !path.starts_with("file::memory:") {
+                    checkpoint::start(path, commits.subscribe());
+                }
                 let pool = Self::Sqlite(FastPool {
                     pool,
                     max: sizing.max_size.unwrap_or(8),
                     refused,
                     chain: Arc::default(),
-                    commits: Arc::new(tokio::sync::watch::channel(0).0),
+                    commits,
                     rls: false,
                     writer: Arc::default(),
                 });

@@ -11,9 +11,11 @@
 //! IMMEDIATE`, see [`DbPool::tx`](super::DbPool::tx)) a statement cannot wait on a lock:
 //! WAL readers never block a writer and the commit needs no further lock. Such statements
 //! are short and bounded by what the transaction writes, so they run on the task's own
-//! thread. `BEGIN IMMEDIATE` (which may wait for another process's writer) and `COMMIT`
-//! (which may checkpoint, with an fsync) still go to a blocking thread, as does every
-//! read and every statement outside such a transaction.
+//! thread, and so do its `COMMIT` and `ROLLBACK`: the pool's connections never checkpoint
+//! in a commit (see [`checkpoint`](super::checkpoint)), so a commit appends to the WAL
+//! without an fsync. `BEGIN IMMEDIATE` (which may wait for another process's writer)
+//! still goes to a blocking thread, as does every read and every statement outside such
+//! a transaction.
 
 use std::error::Error;
 use std::future::Future;

@@ -146,26 +146,8 @@ async fn inline_steps_are_written_in_one_transaction_with_every_event() {
 async fn a_finishing_execution_claims_the_next_in_its_last_transaction() {
     let app = TestApp::spawn_with(QUIET).await;
     let (_, owner) = app.tenant_with_owner("chain").await;
-    let wf = published(
-        &app,
-        &owner,
-        "chain",
-        json!({ "steps": [
-            { "id": "t", "kind": "transform", "config": { "template": "{\"n\": {{ input.n }}}" } },
-        ]}),
-    )
-    .await;
     let n = 10;
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let started = start(
-            &app,
-            &owner,
-            json!({ "workflowId": wf, "input": { "n": i } }),
-        )
-        .await;
-        ids.push(started["execution"]["id"].as_str().expect("id").to_owned());
-    }
+    let ids = queued(&app, &owner, n).await;
     let commits = || app.state.app.commits.load(Ordering::SeqCst);
     let before = commits();
     let engine = agentplane::executions::engine::start(app.state.app.clone(), 1)
@@ -185,4 +167,76 @@ async fn a_finishing_execution_claims_the_next_in_its_last_transaction() {
         assert_eq!(spent, n, "{n} executions took {spent} write transactions");
     }
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// #15: on SQLite, drivers that finish while another's last transaction runs are
+/// committed together in the next one (group commit): a queue drained by 8 workers takes
+/// fewer write transactions than it has executions, and every execution still ends with
+/// its own output and its own gapless events.
+#[tokio::test(flavor = "multi_thread")]
+async fn drivers_that_finish_together_commit_together() {
+    let app = TestApp::spawn_with(QUIET).await;
+    let (_, owner) = app.tenant_with_owner("group").await;
+    let n: u64 = 64;
+    let ids = queued(&app, &owner, n).await;
+    let mut events = app.state.app.bus.subscribe();
+    let commits = || app.state.app.commits.load(Ordering::SeqCst);
+    let before = commits();
+    let engine = agentplane::executions::engine::start(app.state.app.clone(), 8)
+        .expect("engine")
+        .expect("started");
+    let mut seqs: std::collections::HashMap<agentplane::executions::model::ExecutionId, Vec<i64>> =
+        Default::default();
+    let mut ended = 0;
+    while ended < n {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("the queue never drained")
+            .expect("bus");
+        seqs.entry(ev.execution_id).or_default().push(ev.seq);
+        if ev.status.is_terminal() && ev.step_id.is_none() {
+            ended += 1;
+        }
+    }
+    let spent = commits() - before;
+    for (i, id) in ids.iter().enumerate() {
+        let e = execution(&app, &owner, id).await;
+        assert_eq!(e["status"], "SUCCEEDED", "{e}");
+        assert_eq!(e["output"], json!({ "t": { "n": i } }), "{e}");
+        let seen = &seqs[&exec_uuid(id)];
+        assert_eq!(
+            seen,
+            &(2..=5).collect::<Vec<_>>(),
+            "{id}: gapless, in order"
+        );
+    }
+    if !TestDb::is_postgres() {
+        // One claim alone per worker, then one transaction per group of finished drivers.
+        assert!(
+            spent < n,
+            "{n} executions took {spent} write transactions: none was grouped"
+        );
+    }
+    eprintln!("{n} executions, 8 workers: {spent} write transactions");
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `n` queued executions of a new one-step transform workflow (the i-th one's output is
+/// `{"t": {"n": i}}`), their ids in order.
+async fn queued(app: &TestApp, owner: &str, n: u64) -> Vec<String> {
+    let wf = published(
+        app,
+        owner,
+        "queued",
+        json!({ "steps": [
+            { "id": "t", "kind": "transform", "config": { "template": "{\"n\": {{ input.n }}}" } },
+        ]}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let started = start(app, owner, json!({ "workflowId": wf, "input": { "n": i } })).await;
+        ids.push(started["execution"]["id"].as_str().expect("id").to_owned());
+    }
+    ids
 }

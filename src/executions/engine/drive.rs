@@ -521,15 +521,20 @@ impl<'a> Writer<'a> {
         if writes.is_empty() {
             return Ok(true);
         }
-        let app = &self.engine.app;
-        let claim = chain.then(|| self.engine.claim_token());
-        let done = self
-            .engine
-            .persist(self.token, || {
+        let engine = self.engine;
+        let app = &engine.app;
+        let claim = chain.then(|| engine.claim_token());
+        let (id, owner) = (self.id, self.claim);
+        // Shared with the group commit's task (see `Engine::group`), not copied to it.
+        let writes: Arc<[store::Write]> = writes.into();
+        let shared_owner: Option<Arc<str>> = engine.group.as_ref().map(|_| owner.into());
+        let (writes, shared_owner, next_owner) = (&writes, &shared_owner, claim.as_deref());
+        let done = engine
+            .persist(self.token, || async move {
                 // The lease starts when this attempt runs, not when the first one did
                 // (`persist` retries while the database is unavailable).
-                let next = claim.as_deref().map(|owner| {
-                    let (now, until) = self.engine.lease_window();
+                let next = next_owner.map(|owner| {
+                    let (now, until) = engine.lease_window();
                     service::NextClaim {
                         owner,
                         node: &app.node.id,
@@ -537,7 +542,12 @@ impl<'a> Writer<'a> {
                         until,
                     }
                 });
-                service::apply_then_claim(app, self.id, self.claim, &writes, next)
+                match (&engine.group, shared_owner) {
+                    (Some(group), Some(shared)) => {
+                        group.apply_then_claim(id, shared, writes, next).await
+                    }
+                    _ => service::apply_then_claim(app, id, owner, writes, next).await,
+                }
             })
             .await?;
         let Some((applied, claimed)) = done else {

@@ -55,6 +55,10 @@ pub struct Engine {
     claimed_alone: AtomicU64,
     /// Executions claimed in the last transaction of the driver before them.
     claimed_chained: AtomicU64,
+    /// Where drivers' last transactions are committed together (SQLite, whose one writer
+    /// runs them one after another anyway); `None` on PostgreSQL, whose drivers commit
+    /// side by side.
+    group: Option<service::GroupCommit>,
 }
 
 /// How an engine's claims were made so far.
@@ -118,6 +122,8 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
         stop: app.shutdown.child_token(),
         claimed_alone: AtomicU64::new(0),
         claimed_chained: AtomicU64::new(0),
+        group: matches!(app.db, crate::db::DbPool::Sqlite(_))
+            .then(|| service::GroupCommit::start(app.clone())),
         app,
     });
     let tasks = TaskTracker::new();

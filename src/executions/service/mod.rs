@@ -2,7 +2,10 @@
 //! function, cancellation and retry. Every change publishes its events after commit.
 //! Schedules: [`schedules`].
 
+mod group;
 pub mod schedules;
+
+pub use group::GroupCommit;
 
 use chrono::{Datelike as _, NaiveDate, NaiveDateTime};
 use serde_json::Value;
