@@ -459,7 +459,35 @@ async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
         .args(["if=/dev/zero", &format!("of={mnt}/filler"), "bs=64k"])
         .stderr(std::process::Stdio::null())
         .status();
-    // Writes now fail; readiness must say so.
+    // A write through the API says what happened and when to retry. (A write that fits
+    // in WAL space already on disk still succeeds: the background checkpoint lets the
+    // WAL start over without growing. Grow it until one is refused.)
+    let mut refused = None;
+    for n in 0..50 {
+        let resp = http
+            .post(format!("{}/graphql", server.base))
+            .bearer_auth(&token)
+            .json(&json!({ "query": "mutation($i: CreateTenantInput!) { createTenant(input: $i) { tenant { id } } }",
+                           "variables": { "i": { "slug": format!("full-{n}"), "name": "Full", "plan": "FREE",
+                                                 "owner": { "email": format!("o{n}@full.example"), "displayName": "O" } } } }))
+            .send()
+            .await
+            .expect("createTenant");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        if body["errors"].is_array() {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("every write succeeded on a full disk");
+    assert_eq!(
+        first_error_code(&body).as_deref(),
+        Some("UNAVAILABLE"),
+        "{body}"
+    );
+    assert_eq!(status, 503, "{body}");
+    // Once writes fail, readiness must say so.
     let mut refused = None;
     for _ in 0..50 {
         let (status, body) = ready().await;
@@ -467,7 +495,7 @@ async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
             refused = Some(body);
             break;
         }
-        // Each probe writes a page; grow the WAL until it cannot.
+        // Each probe writes a page.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let body = refused.expect("readiness still 200 on a full disk");
@@ -477,24 +505,7 @@ async fn readiness_fails_while_a_full_disk_refuses_sqlite_writes() {
             .is_some_and(|r| r.contains("takes no writes")),
         "{body}"
     );
-    // A write through the API says what happened and when to retry.
-    let resp = http
-        .post(format!("{}/graphql", server.base))
-        .bearer_auth(&token)
-        .json(&json!({ "query": "mutation($i: CreateTenantInput!) { createTenant(input: $i) { tenant { id } } }",
-                       "variables": { "i": { "slug": "full", "name": "Full", "plan": "FREE",
-                                             "owner": { "email": "o@full.example", "displayName": "O" } } } }))
-        .send()
-        .await
-        .expect("createTenant");
-    let status = resp.status();
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(
-        first_error_code(&body).as_deref(),
-        Some("UNAVAILABLE"),
-        "{body}"
-    );
-    assert_eq!(status, 503, "{body}");
+
     // Space comes back: ready again.
     std::fs::remove_file(format!("{mnt}/filler")).expect("rm filler");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
