@@ -527,8 +527,7 @@ impl<'a> Writer<'a> {
         let (id, owner) = (self.id, self.claim);
         // Shared with the group commit's task (see `Engine::group`), not copied to it.
         let writes: Arc<[store::Write]> = writes.into();
-        let shared_owner: Option<Arc<str>> = engine.group.as_ref().map(|_| owner.into());
-        let (writes, shared_owner, next_owner) = (&writes, &shared_owner, claim.as_deref());
+        let (writes, next_owner) = (&writes, claim.as_deref());
         let done = engine
             .persist(self.token, || async move {
                 // The lease starts when this attempt runs, not when the first one did
@@ -542,11 +541,9 @@ impl<'a> Writer<'a> {
                         until,
                     }
                 });
-                match (&engine.group, shared_owner) {
-                    (Some(group), Some(shared)) => {
-                        group.apply_then_claim(id, shared, writes, next).await
-                    }
-                    _ => service::apply_then_claim(app, id, owner, writes, next).await,
+                match &engine.group {
+                    Some(group) => group.apply_then_claim(id, owner, writes, next).await,
+                    None => service::apply_then_claim(app, id, owner, writes, next).await,
                 }
             })
             .await?;

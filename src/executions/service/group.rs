@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NextClaim, apply_then_claim, log_event};
+use super::{NextClaim, apply_in_tx, apply_then_claim, publish_applied};
 use crate::app::App;
 use crate::error::{AppError, AppResult};
 use crate::executions::model::{ExecutionId, ExecutionRow};
@@ -72,14 +72,14 @@ impl GroupCommit {
     pub async fn apply_then_claim(
         &self,
         id: ExecutionId,
-        owner: &Arc<str>,
+        owner: &str,
         writes: &Arc<[store::Write]>,
         next: Option<NextClaim<'_>>,
     ) -> AppResult<(bool, Option<ExecutionRow>)> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             id,
-            owner: owner.clone(),
+            owner: owner.into(),
             writes: writes.clone(),
             next: next.map(|n| Claim {
                 owner: n.owner.into(),
@@ -119,39 +119,26 @@ async fn commit(app: &App, mut jobs: Vec<Job>) {
         .tx("", async |conn| {
             let mut done = Vec::with_capacity(jobs.len());
             for job in &jobs {
-                let applied =
-                    store::apply(conn, job.id, &job.owner, &job.writes, &envelope).await?;
-                let claimed = match (&applied, &job.next) {
-                    // As in `apply_then_claim`: a claim that fails does not undo writes.
-                    (Some(_), Some(n)) => {
-                        store::claim_in_tx(conn, &n.owner, &n.node, n.now, n.until)
-                            .await
-                            .unwrap_or_else(|e| {
-                                tracing::warn!(error = ?e, "claiming the next execution failed");
-                                None
-                            })
-                    }
-                    _ => None,
-                };
-                done.push((applied, claimed));
+                let next = job.next.as_ref().map(Claim::borrow);
+                done.push(
+                    apply_in_tx(
+                        conn,
+                        &envelope,
+                        job.id,
+                        &job.owner,
+                        &job.writes,
+                        next.as_ref(),
+                    )
+                    .await?,
+                );
             }
             Ok(done)
         })
         .await;
     match done {
         Ok(done) => {
-            for (job, (applied, claimed)) in jobs.into_iter().zip(done) {
-                let answer = match applied {
-                    Some(applied) => {
-                        for (ev, row) in applied {
-                            log_event(&ev, row.as_ref());
-                            app.bus.publish(ev);
-                        }
-                        (true, claimed)
-                    }
-                    None => (false, None),
-                };
-                let _ = job.reply.send(Ok(answer));
+            for (job, done) in jobs.into_iter().zip(done) {
+                let _ = job.reply.send(Ok(publish_applied(app, done)));
             }
         }
         Err(e) => {

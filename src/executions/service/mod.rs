@@ -407,34 +407,55 @@ pub async fn apply_then_claim(
     next: Option<NextClaim<'_>>,
 ) -> AppResult<(bool, Option<ExecutionRow>)> {
     let envelope = |e: &super::model::ExecutionEvent| app.bus.pg_envelope(e);
-    let (applied, claimed) = app
+    let done = app
         .db
         .tx("", async |conn| {
-            let Some(applied) = store::apply(conn, id, owner, writes, &envelope).await? else {
-                return Ok((None, None));
-            };
-            let claimed = match &next {
-                // A claim that fails must not undo the writes: the worker claims on its
-                // own next.
-                Some(n) => store::claim_in_tx(conn, n.owner, n.node, n.now, n.until)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = ?e, "claiming the next execution failed");
-                        None
-                    }),
-                None => None,
-            };
-            Ok((Some(applied), claimed))
+            apply_in_tx(conn, &envelope, id, owner, writes, next.as_ref()).await
         })
         .await?;
-    let Some(applied) = applied else {
-        return Ok((false, None));
+    Ok(publish_applied(app, done))
+}
+
+/// A driver's part of its last transaction: its writes under its lease, then, when they
+/// applied and `next` is given, the next claim. `None` when the writes were refused.
+async fn apply_in_tx(
+    conn: &mut crate::db::Conn<'_>,
+    envelope: &(dyn Fn(&super::model::ExecutionEvent) -> String + Sync),
+    id: ExecutionId,
+    owner: &str,
+    writes: &[store::Write],
+    next: Option<&NextClaim<'_>>,
+) -> AppResult<Option<(store::Applied, Option<ExecutionRow>)>> {
+    let Some(applied) = store::apply(conn, id, owner, writes, envelope).await? else {
+        return Ok(None);
+    };
+    let claimed = match next {
+        // A claim that fails must not undo the writes: the worker claims on its own next.
+        Some(n) => store::claim_in_tx(conn, n.owner, n.node, n.now, n.until)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = ?e, "claiming the next execution failed");
+                None
+            }),
+        None => None,
+    };
+    Ok(Some((applied, claimed)))
+}
+
+/// After the commit of [`apply_in_tx`]: publishes the applied writes' events and gives
+/// the driver's answer, `(applied, claimed)`.
+fn publish_applied(
+    app: &App,
+    done: Option<(store::Applied, Option<ExecutionRow>)>,
+) -> (bool, Option<ExecutionRow>) {
+    let Some((applied, claimed)) = done else {
+        return (false, None);
     };
     for (ev, row) in applied {
         log_event(&ev, row.as_ref());
         app.bus.publish(ev);
     }
-    Ok((true, claimed))
+    (true, claimed)
 }
 
 /// Cancels a QUEUED or RUNNING execution; running steps are interrupted (the worker
