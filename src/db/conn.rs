@@ -208,8 +208,9 @@ impl DbPool {
         F: AsyncFnOnce(&mut Conn<'_>) -> AppResult<T>,
     {
         let out = self.within(Mode::Write, &tenant.to_string(), f).await;
-        if out.is_ok() {
-            self.committed();
+        match &out {
+            Ok(_) => self.committed(),
+            Err(e) => self.write_failed(e),
         }
         out
     }

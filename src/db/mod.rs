@@ -84,6 +84,9 @@ pub struct FastPool<M: bb8::ManageConnection> {
     /// (1, 2, 5, 10 … ms), so writers queued here instead start the moment the last one
     /// commits. Other processes still meet the busy timeout.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// When a write transaction last failed for want of disk space (see
+    /// [`write_probe`]).
+    out_of_space: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -96,6 +99,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
             commits: self.commits.clone(),
             rls: self.rls,
             writer: self.writer.clone(),
+            out_of_space: self.out_of_space.clone(),
         }
     }
 }
@@ -306,6 +310,14 @@ impl From<PoolError> for AppError {
     }
 }
 
+/// What a client is told when the database has no disk space left.
+const OUT_OF_SPACE: &str = "the database is out of disk space";
+
+/// How long after a write failed for want of disk space [`write_probe`] still reports
+/// it: a full disk refuses writes that need new space, while small ones can still fit
+/// in WAL space freed by a checkpoint, the probe's among them.
+const OUT_OF_SPACE_REPORTED: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Whether a query error means the database cannot serve requests right now (rather
 /// than a bug or a bad request), and what to tell the client: a lost or refused
 /// connection, a server shutting down or starting, a full disk, a database locked for
@@ -327,7 +339,7 @@ pub fn outage_kind(e: &diesel::result::Error) -> Option<&'static str> {
         || msg.contains("could not extend file")
         || msg.contains("No space left on device")
     {
-        Some("the database is out of disk space")
+        Some(OUT_OF_SPACE)
     } else if msg.contains("database is locked") {
         Some("the database is busy")
     } else if msg.contains("terminating connection")
@@ -341,7 +353,8 @@ pub fn outage_kind(e: &diesel::result::Error) -> Option<&'static str> {
 }
 
 /// Writes one row (`health_probe`) in a transaction: `Err` with a client-safe reason
-/// when the database takes no writes (full disk, read-only file or server).
+/// when the database takes no writes (full disk, read-only file or server), or when a
+/// write failed for want of disk space in the last 5 s.
 pub async fn write_probe(db: &DbPool, now: chrono::DateTime<chrono::Utc>) -> Result<(), String> {
     async fn write(db: &DbPool, now: chrono::NaiveDateTime) -> crate::error::AppResult<()> {
         use diesel::{ExpressionMethods as _, QueryDsl as _};
@@ -356,6 +369,9 @@ pub async fn write_probe(db: &DbPool, now: chrono::DateTime<chrono::Utc>) -> Res
             })
         })
         .await
+    }
+    if db.out_of_space_within(OUT_OF_SPACE_REPORTED) {
+        return Err(format!("the database takes no writes: {OUT_OF_SPACE}"));
     }
     write(db, ids::db_time(now)).await.map_err(|e| {
         let reason = format!("the database takes no writes: {}", e.message());
@@ -443,6 +459,33 @@ impl DbPool {
             Self::Postgres(p) => &p.commits,
             Self::Sqlite(p) => &p.commits,
         }
+    }
+
+    fn out_of_space(&self) -> &std::sync::Mutex<Option<std::time::Instant>> {
+        match self {
+            Self::Postgres(p) => &p.out_of_space,
+            Self::Sqlite(p) => &p.out_of_space,
+        }
+    }
+
+    /// Called when a write transaction on this pool failed ([`DbPool::tx`]): a failure
+    /// for want of disk space is remembered for [`write_probe`].
+    pub(crate) fn write_failed(&self, e: &AppError) {
+        if e.code() == crate::error::ErrorCode::Unavailable && e.message().starts_with(OUT_OF_SPACE)
+        {
+            if let Ok(mut at) = self.out_of_space().lock() {
+                *at = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Whether a write transaction failed for want of disk space within `window`.
+    fn out_of_space_within(&self, window: std::time::Duration) -> bool {
+        self.out_of_space()
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Called after every committed write transaction on this pool ([`DbPool::tx`]).
@@ -551,6 +594,7 @@ impl DbPool {
                     commits,
                     rls: false,
                     writer: Arc::default(),
+                    out_of_space: Arc::default(),
                 });
                 pool.ping().await?;
                 Ok(pool)
@@ -589,6 +633,7 @@ impl DbPool {
                     commits: Arc::new(tokio::sync::watch::channel(0).0),
                     rls: true,
                     writer: Arc::default(),
+                    out_of_space: Arc::default(),
                 };
                 Self::Postgres(fast.clone())
                     .ping()
