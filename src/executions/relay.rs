@@ -13,8 +13,8 @@ pub const SQLITE_FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// SQLite's cross-process path: follows `execution_events` in row order (rows are
 /// numbered in commit order under SQLite's single writer) and publishes the events other
-/// processes wrote into `bus`; a QUEUED event wakes idle workers. Starts at the end of
-/// the log; stops with `stop`.
+/// processes wrote into `bus`, one interval after reading them; a QUEUED event wakes idle
+/// workers. Starts at the end of the log; stops with `stop`.
 pub async fn follow_sqlite(
     url: crate::config::DatabaseUrl,
     bus: Arc<crate::app::Bus>,
@@ -39,6 +39,12 @@ pub async fn follow_sqlite(
     };
     bus.track_local();
     let mut last: Option<i64> = None;
+    // Rows that looked like another process's when read, with when they were read. This
+    // process publishes its own events just after their commit, so a row can be read
+    // between the two: it is published only if it is still not known as local one
+    // interval later (in row order), instead of being delivered twice.
+    let mut pending: std::collections::VecDeque<(std::time::Instant, ExecutionEvent)> =
+        std::collections::VecDeque::new();
     loop {
         let read = async {
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
@@ -72,6 +78,17 @@ pub async fn follow_sqlite(
                     last = Some(r.pos);
                     let Ok(ev) = serde_json::from_str::<ExecutionEvent>(&r.payload) else {
                         continue;
+                    };
+                    if !bus.was_local(&ev) {
+                        pending.push_back((std::time::Instant::now(), ev));
+                    }
+                }
+                while pending
+                    .front()
+                    .is_some_and(|(read, _)| read.elapsed() >= SQLITE_FOLLOW_INTERVAL)
+                {
+                    let Some((_, ev)) = pending.pop_front() else {
+                        break;
                     };
                     if bus.was_local(&ev) {
                         continue;
