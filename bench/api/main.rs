@@ -300,7 +300,22 @@ async fn run(
     let quiet0 = statements_run(&http, &server.base).await;
     tokio::time::sleep(idle_window).await;
     let quiet1 = statements_run(&http, &server.base).await;
-    let before = server.rss_kib();
+    // Memory per subscriber, on a second server process started now on the same
+    // database: the first one's heap grew under the load phases, and subscribers placed
+    // in memory it had freed would look free.
+    let per_sub = {
+        let fresh = start_server(url, &tmp.join("server-memory.log")).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = fresh.rss_kib();
+        let mut sockets = Vec::with_capacity(subscribers);
+        for _ in 0..subscribers {
+            sockets.push(subscribe(&fresh.ws, &small.token).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let held = fresh.rss_kib();
+        drop(sockets);
+        (held.saturating_sub(before)) as f64 / subscribers as f64
+    };
     let mut sockets = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
         sockets.push(subscribe(&server.ws, &small.token).await?);
@@ -308,8 +323,6 @@ async fn run(
     // Let every subscription finish starting (each reads what it may see once) before
     // the idle window.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let held = server.rss_kib();
-    let per_sub = (held.saturating_sub(before)) as f64 / subscribers as f64;
     let tx0 = statements_run(&http, &server.base).await;
     tokio::time::sleep(idle_window).await;
     let tx1 = statements_run(&http, &server.base).await;

@@ -324,3 +324,83 @@ impl DbPool {
         end
     }
 }
+
+/// A PostgreSQL transaction whose `BEGIN` and `COMMIT` are statements sent in the same
+/// pipeline as its body (see diesel-async's pipelining: futures polled together on one
+/// `&AsyncPgConnection` go out together), so a short transaction costs one round trip
+/// instead of one per statement plus two:
+///
+/// ```text
+/// let tx = PipelinedTx::checkout(pool).await?;
+/// let c = tx.conn();
+/// let (began, out, ended) = futures_util::join!(tx.begin(), body(c), tx.commit());
+/// tx.ended(began.is_ok() && out.is_ok() && ended.is_ok());
+/// ```
+///
+/// Polled in that order, the statements reach the server in that order (the connection's
+/// statement cache hands out its lock first come, first served). `join!`, not
+/// `try_join!`: `COMMIT` must go out even when the body fails (PostgreSQL ends an aborted
+/// transaction with it as with `ROLLBACK`). A checkout dropped before [`PipelinedTx::ended`]
+/// (the caller was cancelled mid-pipeline) sends `ROLLBACK` on a task of its own before
+/// the connection returns to the pool. diesel's transaction manager never hears of the
+/// transaction: only for bodies that are plain statements, no nested `transaction`.
+pub struct PipelinedTx {
+    pooled: Option<bb8::PooledConnection<'static, PgManager>>,
+    /// The pool's commit counter (diesel's transaction manager counts the others).
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PipelinedTx {
+    /// A connection from `pool` for one pipelined transaction.
+    pub async fn checkout(pool: &super::FastPool<PgManager>) -> AppResult<Self> {
+        Ok(Self {
+            pooled: Some(pool.get_owned().await?),
+            commits: pool.counters.commits.clone(),
+        })
+    }
+
+    /// The connection, to send the body's statements on (`&mut &*conn`).
+    pub fn conn(&self) -> &AsyncPgConnection {
+        match &self.pooled {
+            Some(c) => c,
+            None => unreachable!("a PipelinedTx keeps its connection until `ended`"),
+        }
+    }
+
+    /// `BEGIN`.
+    pub fn begin(&self) -> futures_util::future::BoxFuture<'_, diesel::QueryResult<usize>> {
+        use diesel_async::RunQueryDsl as _;
+        super::cached(diesel::sql_query("BEGIN")).execute(&mut self.conn())
+    }
+
+    /// `COMMIT` (a `ROLLBACK` when a statement of the body failed).
+    pub fn commit(&self) -> futures_util::future::BoxFuture<'_, diesel::QueryResult<usize>> {
+        use diesel_async::RunQueryDsl as _;
+        super::cached(diesel::sql_query("COMMIT")).execute(&mut self.conn())
+    }
+
+    /// The pipeline was awaited to its end: the connection goes back to the pool as it
+    /// is; `committed` when every statement and the `COMMIT` succeeded.
+    pub fn ended(mut self, committed: bool) {
+        if committed {
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(self.pooled.take());
+    }
+}
+
+impl Drop for PipelinedTx {
+    fn drop(&mut self) {
+        let Some(mut pooled) = self.pooled.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                use diesel_async::SimpleAsyncConnection as _;
+                // Outside a transaction only a warning: harmless.
+                let _ = pooled.batch_execute("ROLLBACK").await;
+            });
+        }
+    }
+}

@@ -87,6 +87,9 @@ pub struct FastPool<M: bb8::ManageConnection> {
     /// When a write transaction last failed for want of disk space (see
     /// [`write_probe`]).
     out_of_space: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// What the pool's connections count into (statements, commits): for transactions
+    /// diesel's transaction manager does not see ([`conn::PipelinedTx`]).
+    counters: DbCounters,
 }
 
 impl<M: bb8::ManageConnection> Clone for FastPool<M> {
@@ -100,6 +103,7 @@ impl<M: bb8::ManageConnection> Clone for FastPool<M> {
             rls: self.rls,
             writer: self.writer.clone(),
             out_of_space: self.out_of_space.clone(),
+            counters: self.counters.clone(),
         }
     }
 }
@@ -595,6 +599,7 @@ impl DbPool {
                     rls: false,
                     writer: Arc::default(),
                     out_of_space: Arc::default(),
+                    counters: counters.clone(),
                 });
                 pool.ping().await?;
                 Ok(pool)
@@ -602,9 +607,10 @@ impl DbPool {
             DatabaseUrl::Postgres(secret) => {
                 let mut cfg = ManagerConfig::<AsyncPgConnection>::default();
                 cfg.recycling_method = RecyclingMethod::Fast;
+                let setup_counters = counters.clone();
                 cfg.custom_setup = Box::new(move |url| {
                     let url = url.to_owned();
-                    let counter = counters.clone();
+                    let counter = setup_counters.clone();
                     async move {
                         let mut conn = AsyncPgConnection::establish(&url).await?;
                         conn.set_instrumentation(statement_counter(counter, true));
@@ -634,6 +640,7 @@ impl DbPool {
                     rls: true,
                     writer: Arc::default(),
                     out_of_space: Arc::default(),
+                    counters: counters.clone(),
                 };
                 Self::Postgres(fast.clone())
                     .ping()

@@ -347,6 +347,63 @@ async fn a_request_cancelled_mid_transaction_rolls_back_and_returns_its_connecti
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_transaction_dropped_before_its_commit_rolls_back() {
+    if !TestDb::is_postgres() {
+        return;
+    }
+    use diesel::sql_types::Bool;
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = Bool)]
+        got: bool,
+    }
+    let app = TestApp::spawn().await;
+    // A pool of its own: the server's background work would reuse the connection and
+    // end the transaction by accident (running its own statements inside it).
+    let db = agentplane::db::DbPool::connect(
+        &agentplane::config::DatabaseUrl::parse(&app.db.url).expect("url"),
+    )
+    .await
+    .expect("pool");
+    let agentplane::db::DbPool::Postgres(pool) = &db else {
+        unreachable!("PostgreSQL run");
+    };
+    // The engine's claim is such a transaction. Begun, a lock taken, and then the caller
+    // is gone before its COMMIT was sent (cancelled, or a statement still being prepared).
+    let tx = agentplane::db::conn::PipelinedTx::checkout(pool)
+        .await
+        .expect("checkout");
+    tx.begin().await.expect("BEGIN");
+    let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock(424242) AS got")
+        .get_result(&mut tx.conn())
+        .await
+        .expect("lock");
+    assert!(got.got);
+    drop(tx);
+    // The connection is back in the pool; its transaction must have ended, or it would
+    // hold the lock (and whatever it wrote) for the next user of the connection.
+    let mut other = AsyncPgConnection::establish(&app.db.url)
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock(424242) AS got")
+            .get_result(&mut other)
+            .await
+            .expect("try the lock");
+        if got.got {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a pipelined transaction dropped before its COMMIT is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_credential_says_whether_to_refresh_or_sign_in_again() {
     let app = TestApp::spawn().await;
     let (_tenant, owner) = app.tenant_with_owner("reasons").await;

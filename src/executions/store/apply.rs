@@ -54,45 +54,37 @@ pub async fn apply(
     let Some(first) = writes.first() else {
         return Ok(Some(Vec::new()));
     };
-    let (sources, at) = match first {
-        Write::Transition { to, at, .. } => (ExecutionStatus::sources_of(*to), *at),
-        Write::Step { at, .. } => (vec![ExecutionStatus::Running], *at),
+    let sources = match first {
+        Write::Transition { to, .. } => ExecutionStatus::sources_of(*to),
+        Write::Step { .. } => vec![ExecutionStatus::Running],
     };
     let sources: Vec<&str> = sources.into_iter().map(ExecutionStatus::as_str).collect();
-    let mut audits = Vec::new();
-    let applied = crate::on_conn!(conn, |conn| {
-        // Lock the row and check the guard first (the write lock comes with it).
-        let locked = crate::db::cached(
-            diesel::update(
-                executions::table
-                    .filter(executions::id.eq(id))
-                    .filter(executions::status.eq_any(&sources))
-                    .filter(executions::lease_owner.eq(owner)),
-            )
-            .set(executions::updated_at.eq(at))
-            .returning(ExecutionRow::as_returning()),
-        )
-        .get_result(conn)
-        .await
-        .optional()?;
-        let Some(row) = locked else {
-            return Ok(None);
+    // The statements, the same on both backends; PostgreSQL sends each group of them in
+    // one round trip (pipelined), SQLite runs them one after another.
+    //
+    // Read the row under the guard first: on PostgreSQL locking it (`FOR UPDATE`: no
+    // new row version, unlike an update), on SQLite inside the write transaction that
+    // already holds the database's one write lock.
+    macro_rules! guarded {
+        () => {
+            executions::table
+                .filter(executions::id.eq(id))
+                .filter(executions::status.eq_any(&sources))
+                .filter(executions::lease_owner.eq(owner))
+                .select(ExecutionRow::as_select())
         };
-        let steps: Vec<StepRunRow> = execution_steps::table
-            .filter(execution_steps::execution_id.eq(id))
-            .select(StepRunRow::as_select())
-            .order(execution_steps::position.asc())
-            .load(conn)
-            .await?;
-        let mut fold = Fold::new(row, steps);
-        for w in writes {
-            fold.write(w, &mut audits)?;
-        }
-        let Fold {
-            row, steps, events, ..
-        } = fold;
-        for s in steps.iter().filter(|s| s.changed) {
-            let s = &s.row;
+    }
+    macro_rules! steps {
+        () => {
+            execution_steps::table
+                .filter(execution_steps::execution_id.eq(id))
+                .select(StepRunRow::as_select())
+                .order(execution_steps::position.asc())
+        };
+    }
+    macro_rules! step_update {
+        ($s:expr) => {{
+            let s: &StepRunRow = $s;
             crate::db::cached(
                 diesel::update(execution_steps::table.filter(execution_steps::id.eq(s.id))).set((
                     execution_steps::status.eq(s.status.as_str()),
@@ -107,55 +99,86 @@ pub async fn apply(
                     execution_steps::unpriced_calls.eq(s.unpriced_calls),
                 )),
             )
-            .execute(conn)
+        }};
+    }
+    macro_rules! row_update {
+        ($row:expr) => {{
+            let row: &ExecutionRow = $row;
+            crate::db::cached(
+                diesel::update(executions::table.filter(executions::id.eq(id))).set((
+                    executions::status.eq(row.status.as_str()),
+                    executions::seq.eq(row.seq),
+                    executions::updated_at.eq(row.updated_at),
+                    executions::error.eq(&row.error),
+                    executions::output.eq(&row.output),
+                    executions::started_at.eq(row.started_at),
+                    executions::deadline_at.eq(row.deadline_at),
+                    executions::finished_at.eq(row.finished_at),
+                    executions::lease_owner.eq(&row.lease_owner),
+                    executions::lease_expires_at.eq(row.lease_expires_at),
+                    executions::prompt_tokens.eq(row.prompt_tokens),
+                    executions::completion_tokens.eq(row.completion_tokens),
+                    executions::cost_usd.eq(row.cost_usd),
+                    executions::unpriced_calls.eq(row.unpriced_calls),
+                )),
+            )
+        }};
+    }
+    let mut audits = Vec::new();
+    let events = match crate::db::Conn::inner(&mut *conn) {
+        crate::db::conn::Inner::Postgres(pgm) => {
+            use futures_util::future::{try_join, try_join_all};
+            let pgm: &mut diesel_async::AsyncPgConnection = pgm;
+            let pg: &diesel_async::AsyncPgConnection = pgm;
+            // Sent together: the server runs them in order, so the steps are read under
+            // the row lock (and ignored when the guard refused).
+            let (locked, steps) = try_join(
+                crate::db::cached(guarded!().for_update()).load::<ExecutionRow>(&mut &*pg),
+                steps!().load::<StepRunRow>(&mut &*pg),
+            )
             .await?;
-        }
-        crate::db::cached(
-            diesel::update(executions::table.filter(executions::id.eq(id))).set((
-                executions::status.eq(row.status.as_str()),
-                executions::seq.eq(row.seq),
-                executions::updated_at.eq(row.updated_at),
-                executions::error.eq(&row.error),
-                executions::output.eq(&row.output),
-                executions::started_at.eq(row.started_at),
-                executions::deadline_at.eq(row.deadline_at),
-                executions::finished_at.eq(row.finished_at),
-                executions::lease_owner.eq(&row.lease_owner),
-                executions::lease_expires_at.eq(row.lease_expires_at),
-                executions::prompt_tokens.eq(row.prompt_tokens),
-                executions::completion_tokens.eq(row.completion_tokens),
-                executions::cost_usd.eq(row.cost_usd),
-                executions::unpriced_calls.eq(row.unpriced_calls),
-            )),
-        )
-        .execute(conn)
-        .await?;
-        Some(events)
-    });
-    let Some(events) = applied else {
-        return Ok(None);
-    };
-    let rows = events
-        .iter()
-        .map(|(e, _)| event_row(e))
-        .collect::<AppResult<Vec<_>>>()?;
-    match crate::db::Conn::inner(&mut *conn) {
-        // One statement for all of them, a round trip saved per event.
-        crate::db::conn::Inner::Postgres(pg) => {
-            let pg: &mut diesel_async::AsyncPgConnection = pg;
+            let Some(row) = locked.into_iter().next() else {
+                return Ok(None);
+            };
+            let (row, steps, events) = fold(row, steps, writes, &mut audits)?;
+            let rows = event_rows(&events)?;
+            // Every write in one round trip: one update per changed step, the
+            // execution's row, all the events.
+            let mut sent = Vec::with_capacity(steps.len() + 2);
+            for s in steps.iter().filter(|s| s.changed) {
+                sent.push(step_update!(&s.row).execute(&mut &*pg));
+            }
+            sent.push(row_update!(&row).execute(&mut &*pg));
             if !rows.is_empty() {
-                diesel::insert_into(execution_events::table)
-                    .values(&rows)
-                    .execute(pg)
-                    .await?;
+                sent.push(
+                    diesel::insert_into(execution_events::table)
+                        .values(&rows)
+                        .execute(&mut &*pg),
+                );
             }
+            try_join_all(sent).await?;
             for (e, _) in &events {
-                notify_pg(pg, &envelope(e)).await?;
+                notify_pg(pgm, &envelope(e)).await?;
             }
+            events
         }
-        // diesel-async has no multi-row INSERT for SQLite: the same statement, by hand.
         crate::db::conn::Inner::Sqlite(lite) => {
             let lite: &mut crate::db::SqliteConn = lite;
+            let Some(row) = crate::db::cached(guarded!().limit(1))
+                .get_result(lite)
+                .await
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let steps: Vec<StepRunRow> = steps!().load(lite).await?;
+            let (row, steps, events) = fold(row, steps, writes, &mut audits)?;
+            for s in steps.iter().filter(|s| s.changed) {
+                step_update!(&s.row).execute(lite).await?;
+            }
+            row_update!(&row).execute(lite).await?;
+            let rows = event_rows(&events)?;
+            // diesel-async has no multi-row INSERT for SQLite: the same statement, by hand.
             // 6 parameters a row, well under SQLite's 32,766 per statement.
             for chunk in rows.chunks(1000) {
                 let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -181,12 +204,33 @@ pub async fn apply(
                     q.execute(lite).await?;
                 }
             }
+            events
         }
-    }
+    };
     for a in &audits {
         crate::audit::append(conn, a).await?;
     }
     Ok(Some(events))
+}
+
+/// The writes folded into the locked row and its steps: the row and steps as they leave
+/// them, and their events.
+fn fold(
+    row: ExecutionRow,
+    steps: Vec<StepRunRow>,
+    writes: &[Write],
+    audits: &mut Vec<crate::audit::Entry>,
+) -> AppResult<(ExecutionRow, Vec<FoldedStep>, Applied)> {
+    let mut fold = Fold::new(row, steps);
+    for w in writes {
+        fold.write(w, audits)?;
+    }
+    Ok((fold.row, fold.steps, fold.events))
+}
+
+/// The stored rows of `events`.
+fn event_rows(events: &Applied) -> AppResult<Vec<EventRow>> {
+    events.iter().map(|(e, _)| event_row(e)).collect()
 }
 
 /// A step row as the fold leaves it, and whether the fold changed it.

@@ -153,31 +153,58 @@ pub async fn enqueue(
             )
             .with_detail("quota", "maxExecutionsPerMonth"));
         }
-        diesel::insert_into(executions::table)
-            .values(&row)
-            .execute(conn)
-            .await?;
-        // One statement per row: diesel's multi-row INSERT is PostgreSQL-only here.
-        for step in &new.steps {
-            diesel::insert_into(execution_steps::table)
-                .values(step)
-                .execute(conn)
-                .await?;
-        }
-        if let Some(p) = &new.placement {
-            diesel::insert_into(crate::db::schema::execution_placements::table)
-                .values(p)
-                .execute(conn)
-                .await?;
-        }
     });
-    crate::on_conn!(conn, |conn| {
-        diesel::insert_into(execution_events::table)
-            .values(&event_row(&ev)?)
-            .execute(conn)
-            .await?;
-        notify_pg(conn, &payload).await?;
-    });
+    let event = event_row(&ev)?;
+    // The rows: the execution, its steps (one statement each: diesel's multi-row INSERT
+    // is PostgreSQL-only here), its placement, its first event.
+    macro_rules! inserts {
+        ($c:expr, $run:ident) => {{
+            let mut sent = vec![$run!(
+                diesel::insert_into(executions::table).values(&row),
+                $c
+            )];
+            for step in &new.steps {
+                sent.push($run!(
+                    diesel::insert_into(execution_steps::table).values(step),
+                    $c
+                ));
+            }
+            if let Some(p) = &new.placement {
+                sent.push($run!(
+                    diesel::insert_into(crate::db::schema::execution_placements::table).values(p),
+                    $c
+                ));
+            }
+            sent.push($run!(
+                diesel::insert_into(execution_events::table).values(&event),
+                $c
+            ));
+            sent
+        }};
+    }
+    match crate::db::Conn::inner(&mut *conn) {
+        // In one round trip (pipelined): the server runs them in order.
+        crate::db::conn::Inner::Postgres(pgm) => {
+            let pgm: &mut diesel_async::AsyncPgConnection = pgm;
+            let pg: &diesel_async::AsyncPgConnection = pgm;
+            macro_rules! send {
+                ($q:expr, $c:expr) => {
+                    $q.execute(&mut &*$c)
+                };
+            }
+            futures_util::future::try_join_all(inserts!(pg, send)).await?;
+            notify_pg(pgm, &payload).await?;
+        }
+        crate::db::conn::Inner::Sqlite(lite) => {
+            let lite: &mut crate::db::SqliteConn = lite;
+            macro_rules! run {
+                ($q:expr, $c:expr) => {
+                    $q.execute(&mut *$c).await?
+                };
+            }
+            let _: Vec<usize> = inserts!(lite, run);
+        }
+    }
     // Last, so the tenant's chain lock (its head row) is held only until the commit.
     crate::audit::append(conn, &new.audit).await?;
     Ok(Enqueued::Created(Box::new(row), Box::new(ev)))
