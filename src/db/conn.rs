@@ -344,6 +344,12 @@ impl DbPool {
 /// (the caller was cancelled mid-pipeline) sends `ROLLBACK` on a task of its own before
 /// the connection returns to the pool. diesel's transaction manager never hears of the
 /// transaction: only for bodies that are plain statements, no nested `transaction`.
+///
+/// Only a server's error aborts the transaction and turns `COMMIT` into a rollback. A
+/// statement that fails in the client before it is sent (a bind that cannot be encoded)
+/// leaves the others to commit: keep the body to one writing statement (the claim) or
+/// to statements whose binds cannot fail. Order also relies on no statement awaiting a
+/// custom type's lookup before it queues for the statement cache (the schema has none).
 pub struct PipelinedTx {
     pooled: Option<bb8::PooledConnection<'static, PgManager>>,
     /// The pool's commit counter (diesel's transaction manager counts the others).
@@ -395,12 +401,25 @@ impl Drop for PipelinedTx {
         let Some(mut pooled) = self.pooled.take() else {
             return;
         };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                use diesel_async::SimpleAsyncConnection as _;
-                // Outside a transaction only a warning: harmless.
-                let _ = pooled.batch_execute("ROLLBACK").await;
-            });
-        }
+        // Marked broken until the rollback answers: should the task never run (the
+        // runtime is going away), the pool closes the connection, and with it the
+        // transaction, instead of lending it to the next caller.
+        <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+            AsyncPgConnection,
+        >>::transaction_manager_status_mut(&mut pooled)
+        .set_in_error();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            use diesel_async::SimpleAsyncConnection as _;
+            // Outside a transaction only a warning: harmless.
+            if pooled.batch_execute("ROLLBACK").await.is_ok() {
+                *<diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                    AsyncPgConnection,
+                >>::transaction_manager_status_mut(&mut pooled) =
+                    diesel::connection::TransactionManagerStatus::default();
+            }
+        });
     }
 }

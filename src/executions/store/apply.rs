@@ -62,9 +62,9 @@ pub async fn apply(
     // The statements, the same on both backends; PostgreSQL sends each group of them in
     // one round trip (pipelined), SQLite runs them one after another.
     //
-    // Read the row under the guard first: on PostgreSQL locking it (`FOR UPDATE`: no
-    // new row version, unlike an update), on SQLite inside the write transaction that
-    // already holds the database's one write lock.
+    // Read the row under the guard first: on PostgreSQL locking it (`FOR NO KEY UPDATE`,
+    // the lock an update of it takes, without the new row version), on SQLite inside the
+    // write transaction that already holds the database's one write lock.
     macro_rules! guarded {
         () => {
             executions::table
@@ -133,7 +133,7 @@ pub async fn apply(
             // Sent together: the server runs them in order, so the steps are read under
             // the row lock (and ignored when the guard refused).
             let (locked, steps) = try_join(
-                crate::db::cached(guarded!().for_update()).load::<ExecutionRow>(&mut &*pg),
+                crate::db::cached(guarded!().for_no_key_update()).load::<ExecutionRow>(&mut &*pg),
                 steps!().load::<StepRunRow>(&mut &*pg),
             )
             .await?;

@@ -76,14 +76,13 @@ pub async fn claim(
                     // even when the statistics are stale (a queue that just grew looks
                     // nearly empty to the planner, which then sorts every queued row and
                     // runs the quota check on each: 11 ms per claim at 3,000 queued,
-                    // measured). And commit without waiting for the WAL to reach disk:
-                    // a claim lost to a database crash leaves the execution claimable
-                    // again, as a claim whose worker died does, and every write of its
-                    // driver commits durably (which makes the claim durable before it).
+                    // measured). The claim commits durably: its driver may run steps
+                    // with effects outside before its first write, and a claim lost to
+                    // a database crash would let another worker run them too while it
+                    // still lives.
                     crate::db::cached(diesel::sql_query(
                         "SELECT set_config('enable_sort', 'off', true), \
-                         set_config('enable_bitmapscan', 'off', true), \
-                         set_config('synchronous_commit', 'off', true)",
+                         set_config('enable_bitmapscan', 'off', true)",
                     ))
                     .execute(&mut &*c),
                     claim_query!(CLAIM_PG.as_str(), owner, until, now, node)
