@@ -19,7 +19,10 @@ impl Guard for Require {
         } else if p.second_factor_missing {
             Err(mfa_required_by_tenant().into())
         } else {
-            record_denial(ctx, self.0).await;
+            // Boxed: a guard's future lives inside each guarded field's, and a
+            // subscription field's for as long as its subscriber (the audit write is
+            // several KiB of state that only a denial uses).
+            Box::pin(record_denial(ctx, self.0)).await;
             Err(
                 AppError::forbidden(format!("this requires the {} permission", self.0.as_str()))
                     .with_detail("permission", self.0.as_str())

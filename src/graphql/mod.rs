@@ -143,3 +143,36 @@ pub fn principal<'a>(ctx: &Context<'a>) -> AppResult<&'a crate::auth::Principal>
 pub fn origin(ctx: &Context<'_>) -> AppResult<crate::audit::Origin> {
     Ok(principal(ctx)?.origin(ctx.data_opt::<ClientInfo>(), ctx.data_opt::<RequestId>()))
 }
+
+/// A subscription's item type, resolved through a boxed future. async-graphql keeps the
+/// slot for one item's resolution (the object's resolution and the extensions' around it)
+/// inside each subscriber's stream for as long as the subscriber stays, idle or not; this
+/// leaves a pointer there instead (#15: per idle subscriber). The schema sees `T`.
+pub struct Lean<T>(pub T);
+
+impl<T: async_graphql::OutputType> async_graphql::OutputType for Lean<T> {
+    fn type_name() -> std::borrow::Cow<'static, str> {
+        T::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        T::qualified_type_name()
+    }
+
+    fn introspection_type_name(&self) -> std::borrow::Cow<'static, str> {
+        self.0.introspection_type_name()
+    }
+
+    fn create_type_info(registry: &mut async_graphql::registry::Registry) -> String {
+        T::create_type_info(registry)
+    }
+
+    fn resolve(
+        &self,
+        ctx: &async_graphql::ContextSelectionSet<'_>,
+        field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
+    ) -> impl std::future::Future<Output = async_graphql::ServerResult<async_graphql::Value>> + Send
+    {
+        Box::pin(self.0.resolve(ctx, field))
+    }
+}

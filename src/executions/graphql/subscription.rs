@@ -1,6 +1,8 @@
 //! Execution subscriptions: live updates, gap-free by sequence number.
 
 use super::*;
+use crate::graphql::Lean;
+use futures_util::StreamExt as _;
 
 /// One event of an execution's life, as streamed to subscribers.
 pub struct ExecutionUpdate(pub ExecutionEvent);
@@ -95,66 +97,8 @@ impl ExecutionSubscription {
         &self,
         ctx: &Context<'_>,
         id: ID,
-    ) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
-        let a: Arc<App> = app(ctx)?.clone();
-        let p = principal(ctx)?.clone();
-        let uuid = decode_expecting(&id, NodeKind::Execution, "execution")?;
-        // Subscribe before reading the snapshot, so nothing falls between the two.
-        let mut rx = a.bus.subscribe();
-        let mut resync = a.bus.resync.subscribe();
-        let row = Box::pin(visible_execution_row(ctx, uuid)).await?;
-        let tenant = p.tenant_id;
-        let exec_id = row.id;
-        Ok(async_stream::stream! {
-            let mut last = row.seq;
-            let done = row.status.is_terminal();
-            yield ExecutionUpdate(snapshot_of(&row, a.clock.now()));
-            if done {
-                return;
-            }
-            loop {
-                let received = tokio::select! {
-                    r = rx.recv() => r,
-                    changed = resync.changed() => {
-                        if changed.is_err() { return; }
-                        // Notifications from other processes may have been lost.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(0))
-                    }
-                };
-                let ev = match received {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind: read what we missed from the log.
-                        let Ok(missed) = Box::pin(store::events_after(&a.db, tenant, exec_id, last)).await else { return };
-                        let mut finished = false;
-                        for ev in missed {
-                            last = ev.seq;
-                            finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
-                            yield ExecutionUpdate(ev);
-                        }
-                        if finished { return; }
-                        continue;
-                    }
-                    Err(_) => return,
-                };
-                if ev.tenant_id != tenant || ev.execution_id != exec_id || ev.seq <= last {
-                    continue;
-                }
-                if ev.seq > last + 1 {
-                    // A gap (e.g. an event relayed late from another process): fill it.
-                    let Ok(missed) = Box::pin(store::events_after(&a.db, tenant, exec_id, last)).await else { return };
-                    for m in missed.into_iter().filter(|m| m.seq < ev.seq) {
-                        yield ExecutionUpdate(m);
-                    }
-                }
-                last = ev.seq;
-                let finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
-                yield ExecutionUpdate((*ev).clone());
-                if finished {
-                    return;
-                }
-            }
-        })
+    ) -> async_graphql::Result<impl Stream<Item = Lean<ExecutionUpdate>> + use<>> {
+        Ok(Box::pin(updates_of(ctx, id)).await?.map(Lean))
     }
 
     /// Every event of every execution the caller may read in its tenant, optionally
@@ -171,153 +115,231 @@ impl ExecutionSubscription {
         ctx: &Context<'_>,
         filter: Option<ExecutionEventsFilter>,
         since: Option<DateTime<Utc>>,
-    ) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
-        let a: Arc<App> = app(ctx)?.clone();
-        let p = principal(ctx)?.clone();
-        let f = filter.unwrap_or_default();
-        let wf_filter = f
-            .workflow_id
-            .as_ref()
-            .map(|w| decode_expecting(w, NodeKind::Workflow, "workflow").map(WorkflowId))
-            .transpose()?;
-        if let Some(w) = wf_filter {
-            Box::pin(crate::workflows::service::visible(&a, &p, w)).await?;
+    ) -> async_graphql::Result<impl Stream<Item = Lean<ExecutionUpdate>> + use<>> {
+        Ok(Box::pin(events_of(ctx, filter, since)).await?.map(Lean))
+    }
+}
+
+/// [`ExecutionSubscription::execution_updated`]'s stream. A free function, awaited boxed:
+/// async-graphql keeps a subscription resolver's future inside the subscriber's stream for
+/// the stream's whole life, so only a pointer to it stays there.
+async fn updates_of(
+    ctx: &Context<'_>,
+    id: ID,
+) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
+    let a: Arc<App> = app(ctx)?.clone();
+    let p = principal(ctx)?.clone();
+    let uuid = decode_expecting(&id, NodeKind::Execution, "execution")?;
+    // Subscribe before reading the snapshot, so nothing falls between the two.
+    let mut rx = a.bus.subscribe();
+    let mut resync = a.bus.resync.subscribe();
+    let row = Box::pin(visible_execution_row(ctx, uuid)).await?;
+    let tenant = p.tenant_id;
+    let exec_id = row.id;
+    Ok(async_stream::stream! {
+        let mut last = row.seq;
+        let done = row.status.is_terminal();
+        yield ExecutionUpdate(snapshot_of(&row, a.clock.now()));
+        if done {
+            return;
         }
-        let mut rx = a.bus.subscribe();
-        let mut resync = a.bus.resync.subscribe();
-        let started = crate::db::ids::db_time(a.clock.now());
-        let visible: Option<Vec<WorkflowId>> = Box::pin(visible_workflow_ids(ctx, &p)).await?;
-        let mut active = Vec::new();
-        let mut replay = Vec::new();
-        if let Some(t) = since {
-            replay = Box::pin(store::tenant_events_since(
-                &a.db,
-                p.tenant_id,
-                crate::db::ids::db_time(t),
-            ))
-            .await?;
-        } else {
-            for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
-                let rows = Box::pin(store::newest(
-                    &a.db,
-                    p.tenant_id,
-                    &ListFilter {
-                        workflows: match (wf_filter, &visible) {
-                            (Some(w), _) => Some(vec![w]),
-                            (None, v) => v.clone(),
-                        },
-                        status: Some(status.as_str().to_owned()),
-                    },
-                    100,
-                ))
-                .await?;
-                active.extend(rows);
-            }
-            // An execution that moved from QUEUED to RUNNING between the two reads is in
-            // both: keep its newer state only.
-            active.sort_by(|a, b| a.id.cmp(&b.id).then(b.seq.cmp(&a.seq)));
-            active.dedup_by_key(|r| r.id);
-        }
-        let tenant = p.tenant_id;
-        let status_filter = f.status;
-        let sight = sight(&p);
-        // Only the snapshot events live on in the stream, not the rows they came from
-        // (kept rows cost an idle subscriber ~48 KiB with 100 active executions).
-        let now = a.clock.now();
-        let snapshot: Vec<ExecutionEvent> = active.iter().map(|r| snapshot_of(r, now)).collect();
-        drop(active);
-        Ok(async_stream::stream! {
-            let mut seqs = SeqTracker::with_capacity(snapshot.len());
-            for ev in snapshot {
-                seqs.advance(ev.execution_id, ev.seq);
-                yield ExecutionUpdate(ev);
-            }
-            // Visibility per workflow, decided once per stream.
-            let mut seen: HashMap<WorkflowId, bool> = HashMap::new();
-            if let Some(v) = &visible {
-                for w in v { seen.insert(*w, true); }
-            }
-            // Catch-up reads start a little before the last one, for events whose
-            // transaction committed later than its timestamp.
-            let slack = chrono::Duration::seconds(30);
-            let mut synced_at = started;
-            let mut batch = replay;
-            loop {
-                for ev in std::mem::take(&mut batch) {
-                    if !seqs.advance(ev.execution_id, ev.seq) {
-                        continue;
-                    }
-                    if wf_filter.is_some_and(|w| w != ev.workflow_id)
-                        || status_filter.is_some_and(|s| ExecutionStatus::from(s) != ev.status)
-                    {
-                        continue;
-                    }
-                    let ok = match seen.get(&ev.workflow_id) {
-                        Some(v) => *v,
-                        // The whole tenant is visible: no workflow to look up.
-                        None if matches!(sight, crate::workflows::store::Sight::All) => true,
-                        None => {
-                            // A workflow created after the stream began.
-                            let ok = Box::pin(crate::workflows::service::is_visible(&a, tenant, &sight, ev.workflow_id))
-                                .await
-                                .unwrap_or(false);
-                            seen.insert(ev.workflow_id, ok);
-                            ok
-                        }
-                    };
-                    if ok {
+        loop {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                changed = resync.changed() => {
+                    if changed.is_err() { return; }
+                    // Notifications from other processes may have been lost.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(0))
+                }
+            };
+            let ev = match received {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind: read what we missed from the log.
+                    let Ok(missed) = Box::pin(store::events_after(&a.db, tenant, exec_id, last)).await else { return };
+                    let mut finished = false;
+                    for ev in missed {
+                        last = ev.seq;
+                        finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
                         yield ExecutionUpdate(ev);
                     }
+                    if finished { return; }
+                    continue;
                 }
-                let catch_up = tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Ok(ev) if ev.tenant_id != tenant => continue,
-                        Ok(ev) => match seqs.last(ev.execution_id) {
-                            Some(l) if ev.seq <= l => continue,
-                            Some(l) if ev.seq == l + 1 => {
-                                batch.push((*ev).clone());
-                                continue;
-                            }
-                            // An execution's first event (sequence 1, its enqueueing):
-                            // nothing came before it, so there is nothing to read.
-                            None if ev.seq == 1 => {
-                                batch.push((*ev).clone());
-                                continue;
-                            }
-                            // A gap, or an execution new to this stream: read its events
-                            // from the log, in order, up to this one.
-                            known => {
-                                match Box::pin(store::events_after(&a.db, tenant, ev.execution_id, known.unwrap_or(0))).await {
-                                    Ok(missed) => batch = missed,
-                                    Err(e) => {
-                                        tracing::warn!(error = ?e, "reading missed events failed");
-                                        batch.push((*ev).clone());
-                                    }
-                                }
-                                continue;
-                            }
-                        },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    },
-                    changed = resync.changed() => {
-                        if changed.is_err() { return; }
-                        true
-                    }
-                };
-                if catch_up {
-                    // Fell behind, or notifications from other processes may be lost:
-                    // everything since the last catch-up is in the log.
-                    let from = synced_at - slack;
-                    synced_at = crate::db::ids::db_time(a.clock.now());
-                    match Box::pin(store::tenant_events_since(&a.db, tenant, from)).await {
-                        Ok(events) => batch = events,
-                        Err(e) => tracing::warn!(error = ?e, "catching up from the event log failed"),
-                    }
+                Err(_) => return,
+            };
+            if ev.tenant_id != tenant || ev.execution_id != exec_id || ev.seq <= last {
+                continue;
+            }
+            if ev.seq > last + 1 {
+                // A gap (e.g. an event relayed late from another process): fill it.
+                let Ok(missed) = Box::pin(store::events_after(&a.db, tenant, exec_id, last)).await else { return };
+                for m in missed.into_iter().filter(|m| m.seq < ev.seq) {
+                    yield ExecutionUpdate(m);
                 }
             }
-        })
+            last = ev.seq;
+            let finished = ev.kind == EventKind::StatusChanged && ev.status.is_terminal();
+            yield ExecutionUpdate((*ev).clone());
+            if finished {
+                return;
+            }
+        }
+    })
+}
+
+/// [`ExecutionSubscription::execution_events`]'s stream (a free function, awaited boxed:
+/// see [`updates_of`]).
+async fn events_of(
+    ctx: &Context<'_>,
+    filter: Option<ExecutionEventsFilter>,
+    since: Option<DateTime<Utc>>,
+) -> async_graphql::Result<impl Stream<Item = ExecutionUpdate> + use<>> {
+    let a: Arc<App> = app(ctx)?.clone();
+    let p = principal(ctx)?.clone();
+    let f = filter.unwrap_or_default();
+    let wf_filter = f
+        .workflow_id
+        .as_ref()
+        .map(|w| decode_expecting(w, NodeKind::Workflow, "workflow").map(WorkflowId))
+        .transpose()?;
+    if let Some(w) = wf_filter {
+        Box::pin(crate::workflows::service::visible(&a, &p, w)).await?;
     }
+    let mut rx = a.bus.subscribe();
+    let mut resync = a.bus.resync.subscribe();
+    let started = crate::db::ids::db_time(a.clock.now());
+    let visible: Option<Vec<WorkflowId>> = Box::pin(visible_workflow_ids(ctx, &p)).await?;
+    let mut active = Vec::new();
+    let mut replay = Vec::new();
+    if let Some(t) = since {
+        replay = Box::pin(store::tenant_events_since(
+            &a.db,
+            p.tenant_id,
+            crate::db::ids::db_time(t),
+        ))
+        .await?;
+    } else {
+        for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
+            let rows = Box::pin(store::newest(
+                &a.db,
+                p.tenant_id,
+                &ListFilter {
+                    workflows: match (wf_filter, &visible) {
+                        (Some(w), _) => Some(vec![w]),
+                        (None, v) => v.clone(),
+                    },
+                    status: Some(status.as_str().to_owned()),
+                },
+                100,
+            ))
+            .await?;
+            active.extend(rows);
+        }
+        // An execution that moved from QUEUED to RUNNING between the two reads is in
+        // both: keep its newer state only.
+        active.sort_by(|a, b| a.id.cmp(&b.id).then(b.seq.cmp(&a.seq)));
+        active.dedup_by_key(|r| r.id);
+    }
+    let tenant = p.tenant_id;
+    let status_filter = f.status;
+    let sight = sight(&p);
+    // Only the snapshot events live on in the stream, not the rows they came from
+    // (kept rows cost an idle subscriber ~48 KiB with 100 active executions).
+    let now = a.clock.now();
+    let snapshot: Vec<ExecutionEvent> = active.iter().map(|r| snapshot_of(r, now)).collect();
+    drop(active);
+    Ok(async_stream::stream! {
+        let mut seqs = SeqTracker::with_capacity(snapshot.len());
+        for ev in snapshot {
+            seqs.advance(ev.execution_id, ev.seq);
+            yield ExecutionUpdate(ev);
+        }
+        // Visibility per workflow, decided once per stream.
+        let mut seen: HashMap<WorkflowId, bool> = HashMap::new();
+        if let Some(v) = &visible {
+            for w in v { seen.insert(*w, true); }
+        }
+        // Catch-up reads start a little before the last one, for events whose
+        // transaction committed later than its timestamp.
+        let slack = chrono::Duration::seconds(30);
+        let mut synced_at = started;
+        let mut batch = replay;
+        loop {
+            for ev in std::mem::take(&mut batch) {
+                if !seqs.advance(ev.execution_id, ev.seq) {
+                    continue;
+                }
+                if wf_filter.is_some_and(|w| w != ev.workflow_id)
+                    || status_filter.is_some_and(|s| ExecutionStatus::from(s) != ev.status)
+                {
+                    continue;
+                }
+                let ok = match seen.get(&ev.workflow_id) {
+                    Some(v) => *v,
+                    // The whole tenant is visible: no workflow to look up.
+                    None if matches!(sight, crate::workflows::store::Sight::All) => true,
+                    None => {
+                        // A workflow created after the stream began.
+                        let ok = Box::pin(crate::workflows::service::is_visible(&a, tenant, &sight, ev.workflow_id))
+                            .await
+                            .unwrap_or(false);
+                        seen.insert(ev.workflow_id, ok);
+                        ok
+                    }
+                };
+                if ok {
+                    yield ExecutionUpdate(ev);
+                }
+            }
+            let catch_up = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(ev) if ev.tenant_id != tenant => continue,
+                    Ok(ev) => match seqs.last(ev.execution_id) {
+                        Some(l) if ev.seq <= l => continue,
+                        Some(l) if ev.seq == l + 1 => {
+                            batch.push((*ev).clone());
+                            continue;
+                        }
+                        // An execution's first event (sequence 1, its enqueueing):
+                        // nothing came before it, so there is nothing to read.
+                        None if ev.seq == 1 => {
+                            batch.push((*ev).clone());
+                            continue;
+                        }
+                        // A gap, or an execution new to this stream: read its events
+                        // from the log, in order, up to this one.
+                        known => {
+                            match Box::pin(store::events_after(&a.db, tenant, ev.execution_id, known.unwrap_or(0))).await {
+                                Ok(missed) => batch = missed,
+                                Err(e) => {
+                                    tracing::warn!(error = ?e, "reading missed events failed");
+                                    batch.push((*ev).clone());
+                                }
+                            }
+                            continue;
+                        }
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                changed = resync.changed() => {
+                    if changed.is_err() { return; }
+                    true
+                }
+            };
+            if catch_up {
+                // Fell behind, or notifications from other processes may be lost:
+                // everything since the last catch-up is in the log.
+                let from = synced_at - slack;
+                synced_at = crate::db::ids::db_time(a.clock.now());
+                match Box::pin(store::tenant_events_since(&a.db, tenant, from)).await {
+                    Ok(events) => batch = events,
+                    Err(e) => tracing::warn!(error = ?e, "catching up from the event log failed"),
+                }
+            }
+        }
+    })
 }
 
 /// The last sequence number a stream delivered (or skipped) per execution; past a bound

@@ -76,13 +76,23 @@ pub async fn claim(
                     // even when the statistics are stale (a queue that just grew looks
                     // nearly empty to the planner, which then sorts every queued row and
                     // runs the quota check on each: 11 ms per claim at 3,000 queued,
-                    // measured). The claim commits durably: its driver may run steps
-                    // with effects outside before its first write, and a claim lost to
-                    // a database crash would let another worker run them too while it
-                    // still lives.
+                    // measured). And the claim commits without waiting for its WAL
+                    // flush (the flush is most of a claim's time on this disk). That
+                    // loses nothing a driver acted on: a step with effects outside (a
+                    // task of its own, `Engine::run_attempts`) starts only after its
+                    // driver committed the step's start durably under this lease, and
+                    // that commit's flush covers the claim, which came before it in the
+                    // WAL. Before it, a driver has only run inline steps, which have no
+                    // effects and write nothing until its last transaction (also
+                    // durable). A claim lost to a database crash therefore leaves the
+                    // execution claimable again, as a claim whose worker died does;
+                    // its old driver's next write fails the lease check.
+                    // (`engine_writes::inline_steps_are_written_in_one_transaction...`
+                    // checks that a waiting step's start is visible while it waits.)
                     crate::db::cached(diesel::sql_query(
                         "SELECT set_config('enable_sort', 'off', true), \
-                         set_config('enable_bitmapscan', 'off', true)",
+                         set_config('enable_bitmapscan', 'off', true), \
+                         set_config('synchronous_commit', 'off', true)",
                     ))
                     .execute(&mut &*c),
                     claim_query!(CLAIM_PG.as_str(), owner, until, now, node)
