@@ -327,19 +327,37 @@ async fn run(
     tokio::time::sleep(idle_window).await;
     let tx1 = statements_run(&http, &server.base).await;
     let received = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let snapshots = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut readers = Vec::new();
     for ws in sockets {
         let received = received.clone();
+        let snapshots = snapshots.clone();
         readers.push(tokio::spawn(async move {
             let mut ws = ws;
             while let Some(Ok(msg)) = ws.next().await {
                 if let Message::Text(t) = msg {
-                    if t.contains("\"next\"") {
+                    // A subscription starts with a SNAPSHOT of each active execution (the
+                    // start phase left many QUEUED): not a delivery.
+                    if t.contains("SNAPSHOT") {
+                        snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else if t.contains("\"next\"") {
                         received.lock().map(|mut r| r.push(Instant::now())).ok();
                     }
                 }
             }
         }));
+    }
+    // Let the readers drain what the sockets hold (the snapshots) before timing.
+    let mut quiet_since = Instant::now();
+    let mut last = snapshots.load(std::sync::atomic::Ordering::Relaxed);
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while quiet_since.elapsed() < Duration::from_millis(500) && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = snapshots.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
     }
     let mut delivery = Vec::new();
     let events = 5;
@@ -374,7 +392,11 @@ async fn run(
         r.abort();
     }
     rows.push(Row {
-        what: format!("server memory per idle subscriber ({subscribers} held)"),
+        what: format!(
+            "server memory per idle subscriber ({subscribers} held, each following the {} \
+             active executions of its snapshot)",
+            last / subscribers.max(1) as u64
+        ),
         value: format!("{per_sub:.1} KiB"),
         baseline: format!("idle server {:.1} MiB", idle_rss as f64 / 1024.0),
         ratio: None,
