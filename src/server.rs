@@ -114,6 +114,7 @@ impl Background {
                 ));
                 Some(tokio::spawn(crate::events::relay_postgres(
                     listen_url(app, url),
+                    app.db.clone(),
                     app.bus.clone(),
                     app.shutdown.child_token(),
                 )))
@@ -130,6 +131,7 @@ impl Background {
             crate::config::DatabaseUrl::Postgres(url) => {
                 tokio::spawn(crate::auth::cache::follow_postgres(
                     listen_url(app, url),
+                    app.db.clone(),
                     app.auth_cache.clone(),
                     app.shutdown.child_token(),
                 ))

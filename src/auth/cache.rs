@@ -192,10 +192,11 @@ impl PrincipalCache {
 /// reconnecting with backoff until `stop`. The cache is live only while listening.
 pub async fn follow_postgres(
     url: String,
+    db: crate::db::DbPool,
     cache: std::sync::Arc<PrincipalCache>,
     stop: CancellationToken,
 ) {
-    use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+    use diesel_async::{AsyncConnection as _, AsyncPgConnection};
     let mut backoff = Duration::from_millis(200);
     loop {
         let conn = tokio::select! {
@@ -203,16 +204,15 @@ pub async fn follow_postgres(
             c = AsyncPgConnection::establish(&url) => c,
         };
         let listening = match conn {
-            Ok(mut conn) => match diesel::sql_query(format!("LISTEN {AUTH_CHANNEL}"))
-                .execute(&mut conn)
-                .await
-            {
-                Ok(_) => Some(conn),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN {AUTH_CHANNEL} failed; retrying");
-                    None
+            Ok(mut conn) => {
+                match crate::events::listen_all(&db, &mut conn, &[AUTH_CHANNEL]).await {
+                    Ok(_) => Some(conn),
+                    Err(e) => {
+                        tracing::warn!(code = e.code().as_str(), error = ?e, "LISTEN {AUTH_CHANNEL} failed; retrying");
+                        None
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "auth change listener cannot connect; retrying");
                 None

@@ -41,7 +41,8 @@ pub trait BusEvent: Clone + Send + Sync + Serialize + DeserializeOwned + 'static
     }
 }
 
-/// PostgreSQL channel that carries events between processes.
+/// PostgreSQL channel that carries events between processes (its base name: see
+/// [`listen`]).
 pub const EVENTS_CHANNEL: &str = "agentplane_events";
 /// PostgreSQL channel that wakes workers when work is enqueued.
 pub const QUEUE_CHANNEL: &str = "agentplane_queue";
@@ -225,10 +226,57 @@ impl<E: BusEvent, C> EventBus<E, C> {
     }
 }
 
+/// The name of the NOTIFY channel `base` in the schema the server's pool works in.
+/// NOTIFY channels are per database: `agentplane_channel` (SQL) adds the schema to the
+/// name outside `public`, so servers sharing a database in different schemas do not hear
+/// each other. Senders call `pg_notify(agentplane_channel(…), …)`; listeners resolve the
+/// name through the pool, not through their own connection, whose URL
+/// (`AGENTPLANE_DATABASE_LISTEN_URL`) may not set the same `search_path`.
+pub async fn channel(db: &crate::db::DbPool, base: &str) -> crate::error::AppResult<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Channel {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let crate::db::DbPool::Postgres(pool) = db else {
+        return Ok(base.to_owned());
+    };
+    let mut conn = pool.get().await?;
+    Ok(diesel::sql_query("SELECT agentplane_channel($1) AS name")
+        .bind::<diesel::sql_types::Text, _>(base)
+        .get_result::<Channel>(&mut *conn)
+        .await?
+        .name)
+}
+
+/// `LISTEN` on the channel named `name` (see [`channel`]).
+pub async fn listen(conn: &mut AsyncPgConnection, name: &str) -> diesel::QueryResult<()> {
+    diesel::sql_query(format!("LISTEN \"{}\"", name.replace('"', "\"\"")))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The names of `bases` (see [`channel`]), then `LISTEN` on each; the names in order.
+pub async fn listen_all(
+    db: &crate::db::DbPool,
+    conn: &mut AsyncPgConnection,
+    bases: &[&str],
+) -> crate::error::AppResult<Vec<String>> {
+    let mut names = Vec::with_capacity(bases.len());
+    for base in bases {
+        let name = channel(db, base).await?;
+        listen(conn, &name).await?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
 /// Listens on PostgreSQL for other processes' events and enqueue wake-ups and relays
 /// them into `bus`, reconnecting with backoff until `stop`.
 pub async fn relay_postgres<E: BusEvent, C>(
     url: String,
+    db: crate::db::DbPool,
     bus: Arc<EventBus<E, C>>,
     stop: CancellationToken,
 ) {
@@ -251,23 +299,19 @@ pub async fn relay_postgres<E: BusEvent, C>(
                 continue;
             }
         };
-        let listen = diesel::sql_query(format!("LISTEN {EVENTS_CHANNEL}; "))
-            .execute(&mut conn)
-            .await
-            .and(
-                diesel::sql_query(format!("LISTEN {QUEUE_CHANNEL}"))
-                    .execute(&mut conn)
-                    .await,
-            );
-        if let Err(e) = listen {
-            tracing::warn!(error = %e, "LISTEN failed; retrying");
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+        let queue_channel = match listen_all(&db, &mut conn, &[EVENTS_CHANNEL, QUEUE_CHANNEL]).await
+        {
+            Ok(mut names) => names.pop().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(code = e.code().as_str(), error = ?e, "LISTEN failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-            continue;
-        }
+        };
         backoff = Duration::from_millis(200);
         // Whatever was enqueued while we were not listening is found by polling; wake once.
         bus.queue_wake.notify_waiters();
@@ -283,7 +327,7 @@ pub async fn relay_postgres<E: BusEvent, C>(
                 n = stream.next() => n,
             };
             match n {
-                Some(Ok(n)) if n.channel == QUEUE_CHANNEL => bus.queue_wake.notify_waiters(),
+                Some(Ok(n)) if n.channel == queue_channel => bus.queue_wake.notify_waiters(),
                 Some(Ok(n)) => match serde_json::from_str::<Envelope<E>>(&n.payload) {
                     Ok(env) if env.origin != bus.origin => bus.publish_relayed(env.event),
                     Ok(_) => {}

@@ -529,3 +529,43 @@ async fn a_released_lease_wakes_another_worker_at_once() {
     assert_eq!(e["status"], "SUCCEEDED", "{e}");
     other.shutdown(Duration::from_secs(1)).await;
 }
+
+/// NOTIFY channels belong to the database, not to a schema: two servers on one PostgreSQL
+/// database in different schemas (deployments side by side; every test here) heard each
+/// other's execution events and queue wake-ups. Now neither hears the other. (On SQLite
+/// the two servers have files of their own: trivially true.)
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_in_other_schemas_of_one_database_do_not_hear_each_other() {
+    let quiet = [("AGENTPLANE_WORKERS", "0")];
+    let a = TestApp::spawn_with(&quiet).await;
+    let b = TestApp::spawn_with(&quiet).await;
+    let (_, owner) = a.tenant_with_owner("acme").await;
+    let mut heard_by_a = a.state.app.bus.subscribe();
+    let mut heard_by_b = b.state.app.bus.subscribe();
+    let wf = published(
+        &a,
+        &owner,
+        "alone",
+        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    let started = start(&a, &owner, json!({ "workflowId": wf })).await;
+    let id = exec_uuid(started["execution"]["id"].as_str().expect("id"));
+    // Its own server publishes it.
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), heard_by_a.recv())
+            .await
+            .expect("a never published its own event")
+            .expect("bus");
+        if ev.execution_id == id {
+            break;
+        }
+    }
+    // The other, listening all along, hears nothing of it (NOTIFY is sent after commit,
+    // within milliseconds; two seconds is ample).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(ev) = tokio::time::timeout_at(deadline, heard_by_b.recv()).await {
+        let ev = ev.expect("bus");
+        assert_ne!(ev.execution_id, id, "a server heard another schema's event");
+    }
+}

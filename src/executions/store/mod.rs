@@ -226,7 +226,7 @@ trait Notifier {
 
 impl Notifier for diesel_async::AsyncPgConnection {
     async fn notify(&mut self, channel: &str, payload: &str) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_notify($1, $2)")
+        diesel::sql_query("SELECT pg_notify(agentplane_channel($1), $2)")
             .bind::<Text, _>(channel)
             .bind::<Text, _>(payload)
             .execute(self)
@@ -299,7 +299,8 @@ pub async fn pg_notify_loop(
         let sent: AppResult<()> = async {
             let mut conn = pool.get().await?;
             diesel::sql_query(
-                "SELECT set_config('synchronous_commit', 'off', true), pg_notify(c, p) \
+                "SELECT set_config('synchronous_commit', 'off', true), \
+                 pg_notify(agentplane_channel(c), p) \
                  FROM unnest($1::text[], $2::text[]) AS t(c, p)",
             )
             .bind::<Array<Text>, _>(&channels)

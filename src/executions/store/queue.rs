@@ -83,8 +83,9 @@ pub async fn claim(
                     // driver committed the step's start durably under this lease, and
                     // that commit's flush covers the claim, which came before it in the
                     // WAL. Before it, a driver has only run inline steps, which have no
-                    // effects and write nothing until its last transaction (also
-                    // durable). A claim lost to a database crash therefore leaves the
+                    // effects and whose held writes are applied in a durable commit too
+                    // (before the first step that runs as a task, or at the end). A
+                    // claim lost to a database crash therefore leaves the
                     // execution claimable again, as a claim whose worker died does;
                     // its old driver's next write fails the lease check.
                     // (`engine_writes::inline_steps_are_written_in_one_transaction...`

@@ -1,0 +1,2 @@
+-- PostgreSQL names its NOTIFY channels per schema. SQLite has no NOTIFY: nothing to change.
+SELECT 1;
