@@ -316,9 +316,15 @@ fn requested_protocol(headers: &HeaderMap) -> Option<WebSocketProtocols> {
         })
 }
 
-/// Read and write buffer of one websocket. Clients send small messages
-/// (`connection_init`, `subscribe`, `ping`); the buffers grow for a larger one.
+/// Write buffer of one websocket: what is written before a flush (messages are flushed
+/// one by one anyway).
 const SOCKET_BUFFER_BYTES: usize = 1024;
+
+/// Read buffer of one websocket, at first. Clients send small messages
+/// (`connection_init`, `subscribe`, `ping`) and it grows for a larger one; tungstenite
+/// reserves a frame's whole length on top of what is already buffered, so a 1 KiB start
+/// ended at 2 KiB after a `connection_init` with a bearer token, kept for the socket's life.
+const SOCKET_READ_BUFFER_BYTES: usize = 256;
 
 /// `GET /graphql/ws`: upgrades to a GraphQL websocket.
 pub async fn ws_handler(
@@ -365,7 +371,7 @@ pub async fn ws_handler(
         // Small buffers: an idle subscriber should cost kilobytes, not tungstenite's
         // default 128 KiB read + 128 KiB write buffers. Both grow while a large message
         // passes and messages are flushed one by one anyway.
-        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .read_buffer_size(SOCKET_READ_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_message_size(max_message)
         .max_frame_size(max_message)
