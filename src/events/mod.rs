@@ -42,7 +42,7 @@ pub trait BusEvent: Clone + Send + Sync + Serialize + DeserializeOwned + 'static
 }
 
 /// PostgreSQL channel that carries events between processes (its base name: see
-/// [`listen`]).
+/// [`listen_all`]).
 pub const EVENTS_CHANNEL: &str = "agentplane_events";
 /// PostgreSQL channel that wakes workers when work is enqueued.
 pub const QUEUE_CHANNEL: &str = "agentplane_queue";
@@ -226,50 +226,42 @@ impl<E: BusEvent, C> EventBus<E, C> {
     }
 }
 
-/// The name of the NOTIFY channel `base` in the schema the server's pool works in.
-/// NOTIFY channels are per database: `agentplane_channel` (SQL) adds the schema to the
-/// name outside `public`, so servers sharing a database in different schemas do not hear
-/// each other. Senders call `pg_notify(agentplane_channel(…), …)`; listeners resolve the
-/// name through the pool, not through their own connection, whose URL
-/// (`AGENTPLANE_DATABASE_LISTEN_URL`) may not set the same `search_path`.
-pub async fn channel(db: &crate::db::DbPool, base: &str) -> crate::error::AppResult<String> {
+/// Resolves the NOTIFY channels `bases` for the schema the server's pool works in, then
+/// `LISTEN`s on each over `conn`; the names, in the order of `bases`. NOTIFY channels are
+/// per database: `agentplane_channel` (SQL) adds the schema to the name outside `public`,
+/// so servers sharing a database in different schemas do not hear each other. Senders
+/// call `pg_notify(agentplane_channel(…), …)`. The names come from the pool, not from
+/// `conn`, whose URL (`AGENTPLANE_DATABASE_LISTEN_URL`) may not set the same
+/// `search_path`.
+pub async fn listen_all(
+    db: &crate::db::DbPool,
+    conn: &mut AsyncPgConnection,
+    bases: &[&str],
+) -> crate::error::AppResult<Vec<String>> {
     #[derive(diesel::QueryableByName)]
     struct Channel {
         #[diesel(sql_type = diesel::sql_types::Text)]
         name: String,
     }
     let crate::db::DbPool::Postgres(pool) = db else {
-        return Ok(base.to_owned());
+        return Ok(bases.iter().map(|b| (*b).to_owned()).collect());
     };
-    let mut conn = pool.get().await?;
-    Ok(diesel::sql_query("SELECT agentplane_channel($1) AS name")
-        .bind::<diesel::sql_types::Text, _>(base)
-        .get_result::<Channel>(&mut *conn)
+    let names: Vec<Channel> = {
+        let mut pooled = pool.get().await?;
+        diesel::sql_query(
+            "SELECT agentplane_channel(b) AS name \
+             FROM unnest($1::text[]) WITH ORDINALITY AS t(b, i) ORDER BY i",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(bases)
+        .load(&mut *pooled)
         .await?
-        .name)
-}
-
-/// `LISTEN` on the channel named `name` (see [`channel`]).
-pub async fn listen(conn: &mut AsyncPgConnection, name: &str) -> diesel::QueryResult<()> {
-    diesel::sql_query(format!("LISTEN \"{}\"", name.replace('"', "\"\"")))
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-/// The names of `bases` (see [`channel`]), then `LISTEN` on each; the names in order.
-pub async fn listen_all(
-    db: &crate::db::DbPool,
-    conn: &mut AsyncPgConnection,
-    bases: &[&str],
-) -> crate::error::AppResult<Vec<String>> {
-    let mut names = Vec::with_capacity(bases.len());
-    for base in bases {
-        let name = channel(db, base).await?;
-        listen(conn, &name).await?;
-        names.push(name);
+    };
+    for c in &names {
+        diesel::sql_query(format!("LISTEN \"{}\"", c.name.replace('"', "\"\"")))
+            .execute(conn)
+            .await?;
     }
-    Ok(names)
+    Ok(names.into_iter().map(|c| c.name).collect())
 }
 
 /// Listens on PostgreSQL for other processes' events and enqueue wake-ups and relays
@@ -301,6 +293,7 @@ pub async fn relay_postgres<E: BusEvent, C>(
         };
         let queue_channel = match listen_all(&db, &mut conn, &[EVENTS_CHANNEL, QUEUE_CHANNEL]).await
         {
+            // The last name is QUEUE_CHANNEL's.
             Ok(mut names) => names.pop().unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(code = e.code().as_str(), error = ?e, "LISTEN failed; retrying");
