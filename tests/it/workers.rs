@@ -80,6 +80,80 @@ async fn a_killed_workers_execution_is_finished_by_another_after_its_lease_lapse
     b.kill().await.expect("kill");
 }
 
+/// A driver writes RUNNING with its first write, and holds that write back while it runs
+/// inline steps (for a workflow of only inline steps, until the end): the concurrency
+/// quota counts a claimed execution that is still QUEUED, or a second claim takes the
+/// tenant's last slot again in that window (two executions ran under a quota of one).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (tenant, owner) = app.tenant_with_owner("slots").await;
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM",
+                           "quotas": { "maxConcurrentExecutions": 1 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let wf = published(
+        &app,
+        &owner,
+        "inline",
+        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    let a = start(&app, &owner, json!({ "workflowId": wf })).await;
+    let b = start(&app, &owner, json!({ "workflowId": wf })).await;
+    assert!(a["execution"]["id"].is_string(), "{a}");
+    let b_id = b["execution"]["id"].as_str().expect("id").to_owned();
+    let core = &app.state.app;
+    let now = agentplane::db::ids::db_time(core.clock.now());
+    let until = now + chrono::Duration::seconds(60);
+    let node = core.node.id.clone();
+    let claim = |owner: &'static str, at: chrono::NaiveDateTime| {
+        let node = node.clone();
+        async move {
+            agentplane::executions::store::claim(&core.db, owner, &node, at, until)
+                .await
+                .expect("claim")
+                .map(|row| row.id.to_string())
+        }
+    };
+    let first = claim("test:first", now)
+        .await
+        .expect("the first claim takes a slot");
+    // Its driver has not written RUNNING yet: the slot is taken all the same.
+    assert_eq!(
+        claim("test:second", now).await,
+        None,
+        "a second execution was claimed past maxConcurrentExecutions 1"
+    );
+    let out = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { execution(id: $id) { status waitingReason } tenant { usage { runningExecutions } } }",
+            json!({ "id": b_id }),
+        )
+        .await;
+    assert_eq!(out["data"]["execution"]["status"], "QUEUED", "{out}");
+    assert!(
+        out["data"]["execution"]["waitingReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("1 of 1") && r.contains("maxConcurrentExecutions")),
+        "{out}"
+    );
+    assert_eq!(
+        out["data"]["tenant"]["usage"]["runningExecutions"], 1,
+        "{out}"
+    );
+    // A lapsed lease holds no slot: the execution is claimed again.
+    let later = until + chrono::Duration::seconds(1);
+    assert_eq!(claim("test:third", later).await, Some(first));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
     let app = TestApp::spawn().await;

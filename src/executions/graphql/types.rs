@@ -293,7 +293,8 @@ impl Execution {
         let tenant = crate::tenancy::store::find(&a.db, tenant_id)
             .await?
             .ok_or_else(|| AppError::not_found("tenant"))?;
-        let running = store::running_count(&a.db, tenant_id).await?;
+        let running =
+            store::running_count(&a.db, tenant_id, crate::db::ids::db_time(a.clock.now())).await?;
         Ok(Some(if running >= tenant.max_concurrent_executions {
             format!(
                 "waiting for a concurrency slot: {running} of {} allowed executions are running (maxConcurrentExecutions)",

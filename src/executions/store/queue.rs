@@ -8,6 +8,15 @@ use super::*;
 /// down), else the oldest QUEUED one whose tenant is under its concurrency quota, and
 /// leases it. Executions that need GPUs go only to the node the placer chose.
 ///
+/// The concurrency quota counts RUNNING executions and QUEUED ones a driver holds a live
+/// lease on: a driver writes RUNNING only with its first write, which it holds back while
+/// it runs inline steps (for a workflow of inline steps only, until the execution ends),
+/// so counting RUNNING alone let a second claim take a tenant's last slot again in that
+/// window. The leased QUEUED rows are counted through `executions_leased_queued_idx`, a
+/// partial index that holds only them (a few per worker), so the count does not grow with
+/// the queue; its predicate is matched by the literal `'QUEUED'` (a bound status would
+/// not let the planner use it).
+///
 /// Each arm walks `executions_claim_idx` `(status, created_at, id)` in claim order and
 /// stops at its first runnable row, so a claim costs the same with ten or a million
 /// executions queued (one arm over both statuses had to sort the whole queue).
@@ -23,6 +32,9 @@ pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, leas
         WHERE e.status = $5 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
           AND (SELECT COUNT(*) FROM executions r \
                WHERE r.tenant_id = e.tenant_id AND r.status = $6) \
+            + (SELECT COUNT(*) FROM executions q {LEASED} \
+               WHERE q.tenant_id = e.tenant_id AND q.status = 'QUEUED' \
+                 AND q.lease_owner IS NOT NULL AND q.lease_expires_at >= $3) \
               < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id) \
           AND NOT EXISTS (SELECT 1 FROM execution_placements p WHERE p.execution_id = e.id \
                           AND (p.node_id IS NULL OR p.node_id <> $4)) \
@@ -30,12 +42,21 @@ pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, leas
     RETURNING *";
 
 /// [`CLAIM_SQL`] for PostgreSQL: rows locked, skipping those other claims hold.
-static CLAIM_PG: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{LOCK}", "FOR UPDATE SKIP LOCKED"));
+static CLAIM_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM_SQL
+        .replace("{LOCK}", "FOR UPDATE SKIP LOCKED")
+        .replace("{LEASED}", "")
+});
 
-/// [`CLAIM_SQL`] for SQLite: no row locks (one writer), `?N` parameters.
-static CLAIM_SQLITE: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| CLAIM_SQL.replace("{LOCK}", "").replace('$', "?"));
+/// [`CLAIM_SQL`] for SQLite: no row locks (one writer), `?N` parameters, and the leased
+/// count named to its partial index (without statistics SQLite's planner prefers
+/// `(tenant_id, status)`, which walks the tenant's whole queue).
+static CLAIM_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM_SQL
+        .replace("{LOCK}", "")
+        .replace("{LEASED}", "INDEXED BY executions_leased_queued_idx")
+        .replace('$', "?")
+});
 
 /// The claim statement with its parameters, the same for both backends.
 macro_rules! claim_query {
@@ -189,15 +210,26 @@ pub async fn release(db: &DbPool, id: ExecutionId, owner: &str) -> AppResult<()>
     Ok(())
 }
 
-/// Executions of `tenant` currently RUNNING (for `waitingReason`).
-pub async fn running_count(db: &DbPool, tenant: TenantId) -> AppResult<i64> {
+/// Executions of `tenant` that hold a concurrency slot as of `now`, as the claim counts
+/// them (for `waitingReason`): RUNNING ones, and QUEUED ones a driver holds a live lease
+/// on (it has not written RUNNING yet).
+pub async fn running_count(db: &DbPool, tenant: TenantId, now: NaiveDateTime) -> AppResult<i64> {
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
-        executions::table
+        let running: i64 = executions::table
             .filter(executions::tenant_id.eq(tenant))
             .filter(executions::status.eq(ExecutionStatus::Running))
             .count()
-            .get_result(conn)
-            .await?
+            .get_result(&mut *conn)
+            .await?;
+        let leased: i64 = executions::table
+            .filter(executions::tenant_id.eq(tenant))
+            .filter(executions::status.eq(ExecutionStatus::Queued))
+            .filter(executions::lease_owner.is_not_null())
+            .filter(executions::lease_expires_at.ge(now))
+            .count()
+            .get_result(&mut *conn)
+            .await?;
+        running + leased
     }))
 }
 

@@ -118,7 +118,12 @@ impl Tenant {
                 })
                 .await?,
             max_users: self.0.max_users,
-            running_executions: crate::executions::store::running_count(&a.db, self.0.id).await?,
+            running_executions: crate::executions::store::running_count(
+                &a.db,
+                self.0.id,
+                crate::db::ids::db_time(a.clock.now()),
+            )
+            .await?,
             max_concurrent_executions: self.0.max_concurrent_executions,
             gpu_memory_reserved_mb: gpu,
             max_gpu_memory_mb: self.0.max_gpu_memory_mb,
@@ -272,7 +277,8 @@ pub struct TenantUsage {
     pub users: i64,
     /// The `maxUsers` quota.
     pub max_users: i64,
-    /// Executions RUNNING now.
+    /// Executions holding a concurrency slot now: RUNNING, or claimed by a worker that has
+    /// not yet written RUNNING.
     pub running_executions: i64,
     /// The `maxConcurrentExecutions` quota.
     pub max_concurrent_executions: i64,
