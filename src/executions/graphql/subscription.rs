@@ -347,13 +347,21 @@ async fn events_of(
 ///
 /// Kept as one vector sorted by execution id (binary search; ids are time-ordered
 /// UUIDv7, so a new execution lands at the end), each entry stamped with when the stream
-/// first saw it. 32 bytes an execution, against about 48 for a hash map plus an insertion
-/// queue: an idle subscriber's snapshot of 100 active executions costs 3.2 KB, not 4.6.
+/// first saw it. 24 bytes an execution (the id, the sequence number and the stamp as
+/// `u32`: stamps are renumbered from 0 at each forgetting pass, so they stay below
+/// `KEPT + KEPT / 8`), against about 48 for a hash map plus an insertion queue: an idle
+/// subscriber's snapshot of 100 active executions costs 2.4 KB.
 #[derive(Default)]
 pub(super) struct SeqTracker {
-    last: Vec<(ExecutionId, i64, u64)>,
-    /// Executions first seen so far (the next stamp).
-    seen: u64,
+    last: Vec<(ExecutionId, u32, u32)>,
+    /// Executions first seen since the last forgetting pass (the next stamp).
+    seen: u32,
+}
+
+/// A sequence number as the tracker keeps it (an execution has far fewer than 2^32
+/// events; a larger one would compare as the largest).
+fn seq32(seq: i64) -> u32 {
+    u32::try_from(seq.max(0)).unwrap_or(u32::MAX)
 }
 
 impl SeqTracker {
@@ -370,11 +378,12 @@ impl SeqTracker {
         self.last
             .binary_search_by_key(&id, |e| e.0)
             .ok()
-            .map(|i| self.last[i].1)
+            .map(|i| i64::from(self.last[i].1))
     }
 
     /// Records `seq` for `id`; `false` when it was already delivered.
     fn advance(&mut self, id: ExecutionId, seq: i64) -> bool {
+        let seq = seq32(seq);
         match self.last.binary_search_by_key(&id, |e| e.0) {
             Ok(i) if self.last[i].1 >= seq => false,
             Ok(i) => {
@@ -385,10 +394,14 @@ impl SeqTracker {
                 self.last.insert(i, (id, seq, self.seen));
                 self.seen += 1;
                 // Forget in bulk, so the pass is paid once per KEPT / 8 executions: keep
-                // the KEPT seen last (this one among them).
+                // the KEPT seen last (this one among them), stamps renumbered from 0.
                 if self.last.len() > Self::KEPT + Self::KEPT / 8 {
-                    let cutoff = self.seen - Self::KEPT as u64;
+                    let cutoff = self.seen - Self::KEPT as u32;
                     self.last.retain(|e| e.2 >= cutoff);
+                    for e in &mut self.last {
+                        e.2 -= cutoff;
+                    }
+                    self.seen = Self::KEPT as u32;
                 }
                 true
             }
@@ -425,6 +438,11 @@ mod tests {
             assert!(t.advance(*id, 1));
         }
         assert_eq!(t.last.len(), SeqTracker::KEPT);
+        assert!(
+            t.last.iter().all(|e| (e.2 as usize) < SeqTracker::KEPT),
+            "stamps are renumbered from 0"
+        );
+        assert_eq!(std::mem::size_of_val(&t.last[0]), 24);
         assert_eq!(t.last(many[0]), None);
         assert_eq!(t.last(*many.last().expect("ids")), Some(1));
         assert_eq!(t.last(many[many.len() - SeqTracker::KEPT]), Some(1));

@@ -60,45 +60,84 @@ pub(super) struct Accepted {
 
 /// Closes the socket with 4408 unless `connection_init` arrives within
 /// `websocket.init_timeout`; then ends it when the accepted credential expires on the app
-/// clock (checked every second), stops authenticating (revoked, user disabled, tenant
-/// suspended), or now carries other rights. Re-checked when an authentication change of
-/// the socket's tenant is announced (`auth::cache`: this process at once, other processes
-/// through the database), so an idle socket costs no statement; only while this process
-/// cannot hear changes does it fall back to re-checking every
-/// `websocket.recheck_interval`.
+/// clock, stops authenticating (revoked, user disabled, tenant suspended), or now carries
+/// other rights. Re-checked when an authentication change of the socket's tenant is
+/// announced (`auth::cache`: this process at once, other processes through the
+/// database), so an idle socket costs no statement; only while this process cannot hear
+/// changes does it fall back to re-checking every `websocket.recheck_interval`.
+///
+/// An idle socket's watcher sleeps until something is due: the init deadline, its
+/// token's end (at most a minute at a time, so a jump of the wall clock is noticed), a
+/// retry of a check the database could not answer, or the next poll while no change
+/// feed is heard. It wakes early when the socket accepts a credential (`SocketState::
+/// rearm`) or the app clock is moved by hand (tests). (It ticked every second before:
+/// 10,000 idle sockets were 10,000 wake-ups, each cloning its credential, a second.)
 ///
 /// One task per socket watches both (a second task for the init deadline cost every
 /// socket its own allocation), and the checks' database reads are awaited boxed, so an
-/// idle socket's watcher holds only its timers and its receiver.
+/// idle socket's watcher holds only its timer and its receiver.
 pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
     use tokio::sync::broadcast::error::RecvError;
-    let init_deadline = tokio::time::sleep(app.config.websocket.init_timeout);
-    tokio::pin!(init_deadline);
+    use tokio::time::Instant;
+    /// The longest a watcher sleeps on a token's expiry in one go.
+    const EXPIRY_LOOK: std::time::Duration = std::time::Duration::from_secs(60);
+    /// When a check the database could not answer is tried again.
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+    let init_deadline = Instant::now() + app.config.websocket.init_timeout;
     let mut awaiting_init = true;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut changes = app.auth_cache.subscribe();
     let recheck = app.config.websocket.recheck_interval;
     let leeway = chrono::Duration::seconds(crate::auth::jwt::LEEWAY_SECS);
-    let mut last_check = tokio::time::Instant::now();
-    // A check the database could not answer is retried on the next tick.
+    let mut last_check = Instant::now();
+    // A check the database could not answer is retried soon.
     let mut retry = false;
     loop {
-        let change = tokio::select! {
-            () = &mut init_deadline, if awaiting_init => {
-                awaiting_init = false;
-                if !socket.init_received.load(std::sync::atomic::Ordering::SeqCst) {
-                    socket.close(super::CLOSE_INIT_TIMEOUT, "Connection initialisation timeout");
-                    return;
-                }
-                None
+        // Before the clock is read: a move after this point still wakes it.
+        let moved = app.clock.moved();
+        let accepted = socket.accepted();
+        let now = Instant::now();
+        let mut wake = if awaiting_init {
+            init_deadline
+        } else {
+            now + EXPIRY_LOOK
+        };
+        if let Some(a) = &accepted {
+            let left = (a.expires_at + leeway - app.clock.now())
+                .to_std()
+                .unwrap_or_default();
+            // Just past the end, so the check below sees it expired.
+            wake = wake.min(now + left.min(EXPIRY_LOOK) + std::time::Duration::from_millis(1));
+            if retry {
+                wake = wake.min(now + RETRY);
             }
-            _ = tick.tick() => None,
+            if !app.auth_cache.is_live() {
+                wake = wake.min(last_check + recheck);
+            }
+        }
+        drop(accepted);
+        let change = tokio::select! {
+            () = tokio::time::sleep_until(wake) => None,
+            () = socket.rearm.notified() => None,
+            () = moved => None,
             c = changes.recv() => match c {
                 Ok(c) => Some(c),
                 Err(RecvError::Lagged(_)) => Some(crate::auth::cache::AuthChange::All),
                 Err(RecvError::Closed) => return,
             },
         };
+        if awaiting_init && Instant::now() >= init_deadline {
+            awaiting_init = false;
+            if !socket
+                .init_received
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                socket.close(
+                    super::CLOSE_INIT_TIMEOUT,
+                    "Connection initialisation timeout",
+                );
+                return;
+            }
+        }
         let Some(accepted) = socket.accepted() else {
             continue;
         };
@@ -119,7 +158,7 @@ pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
         if !due {
             continue;
         }
-        last_check = tokio::time::Instant::now();
+        last_check = Instant::now();
         retry = false;
         match Box::pin(crate::auth::authenticate(&app, &accepted.bearer)).await {
             Ok(p) if Rights::of(&p) != accepted.rights => {
@@ -195,6 +234,8 @@ pub(super) async fn accept(
         rights: Rights::of(&p),
         actor,
     });
+    // The watcher sleeps on the init deadline until now: it takes up the token's end.
+    socket.rearm.notify_one();
     // Nothing for the connection's data: every operation's own data carries the
     // principal and its loaders, read afresh when it is admitted (`SocketExecutor`), so
     // copies here would only cost an idle socket memory.
@@ -287,6 +328,7 @@ pub(super) async fn refresh_on_ping(
         a.bearer = bearer;
         a.expires_at = expires_at;
     }
+    socket.rearm.notify_one();
     Ok(Some(serde_json::json!({
         "credentials": "ACCEPTED",
         "expiresAt": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -70,6 +70,9 @@ struct SocketState {
     /// Ids of operations started and not yet completed.
     running: Mutex<HashSet<String>>,
     operations: KeyedSlots<()>,
+    /// Wakes the credential watcher when the accepted credential changes (accepted at
+    /// `connection_init`, refreshed by `ping`), so it sleeps on the right expiry.
+    rearm: tokio::sync::Notify,
     /// The close frame to send when the socket ends on this server's initiative.
     close: Mutex<Option<(u16, String)>>,
     ended: CancellationToken,
