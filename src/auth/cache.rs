@@ -95,10 +95,12 @@ impl PrincipalCache {
 
     /// Marks the change feed as heard (or lost: then everything cached is dropped).
     pub fn set_live(&self, live: bool) {
+        // Stored before the change is announced: a websocket watcher woken by it must see
+        // that it has to poll from now on.
+        self.live.store(live, Ordering::SeqCst);
         if !live {
             self.invalidate(AuthChange::All);
         }
-        self.live.store(live, Ordering::SeqCst);
     }
 
     /// The principal cached under `key`, when still fresh and valid at `now`.

@@ -105,8 +105,14 @@ pub(super) async fn watch_credentials(app: Arc<App>, socket: Arc<SocketState>) {
             let left = (a.expires_at + leeway - app.clock.now())
                 .to_std()
                 .unwrap_or_default();
-            // Just past the end, so the check below sees it expired.
-            wake = wake.min(now + left.min(EXPIRY_LOOK) + std::time::Duration::from_millis(1));
+            // Just past the end, so the check below sees it expired (at the very end
+            // on a clock that stands still, a second on rather than a busy loop).
+            let left = if left.is_zero() {
+                RETRY
+            } else {
+                left.min(EXPIRY_LOOK) + std::time::Duration::from_millis(1)
+            };
+            wake = wake.min(now + left);
             if retry {
                 wake = wake.min(now + RETRY);
             }
