@@ -154,6 +154,88 @@ async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
     assert_eq!(claim("test:third", later).await, Some(first));
 }
 
+/// Claims racing for a tenant's last slot: eight at the same moment (on PostgreSQL,
+/// SKIP LOCKED hands each a different row and none sees the others' uncommitted leases).
+/// At most one keeps a lease, and none is stuck: a slot given back by every racer is
+/// taken by the next claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_racing_for_a_tenants_last_slot_leave_at_most_one_lease() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (tenant, owner) = app.tenant_with_owner("race").await;
+    let admin = app.admin_token().await;
+    let out = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
+            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM",
+                           "quotas": { "maxConcurrentExecutions": 1 } } }),
+        )
+        .await;
+    assert!(out["errors"].is_null(), "{out}");
+    let wf = published(
+        &app,
+        &owner,
+        "inline",
+        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ] }),
+    )
+    .await;
+    for _ in 0..8 {
+        start(&app, &owner, json!({ "workflowId": wf })).await;
+    }
+    let core = &app.state.app;
+    let now = agentplane::db::ids::db_time(core.clock.now());
+    let until = now + chrono::Duration::seconds(60);
+    let node = core.node.id.clone();
+    for round in 0..5 {
+        let racers = (0..8).map(|i| {
+            let (owner, node) = (format!("race:{round}:{i}"), node.clone());
+            async move {
+                agentplane::executions::store::claim(&core.db, &owner, &node, now, until)
+                    .await
+                    .expect("claim")
+            }
+        });
+        let won = futures_util::future::join_all(racers)
+            .await
+            .into_iter()
+            .flatten()
+            .count();
+        assert!(won <= 1, "round {round}: {won} claims took a slot of 1");
+        let usage = app
+            .gql_as(
+                &owner,
+                "{ tenant { usage { runningExecutions } } }",
+                json!({}),
+            )
+            .await;
+        let leased = usage["data"]["tenant"]["usage"]["runningExecutions"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{usage}"));
+        assert!(leased <= 1, "round {round}: {leased} leases held");
+        if leased == 0 {
+            let next =
+                agentplane::executions::store::claim(&core.db, "race:next", &node, now, until)
+                    .await
+                    .expect("claim");
+            assert!(next.is_some(), "round {round}: the slot was left empty");
+        }
+        // Free the slot for the next round.
+        for (id, _) in agentplane::executions::store::active_ids(&core.db)
+            .await
+            .expect("ids")
+        {
+            for o in (0..8)
+                .map(|i| format!("race:{round}:{i}"))
+                .chain(["race:next".to_owned()])
+            {
+                agentplane::executions::store::release(&core.db, id, &o)
+                    .await
+                    .expect("release");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_hold_executions_back_and_refuse_over_the_monthly_limit() {
     let app = TestApp::spawn().await;

@@ -58,6 +58,31 @@ static CLAIM_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .replace('$', "?")
 });
 
+/// After a PostgreSQL claim commits, in the same round trip: the execution `$1` just
+/// claimed from the queue, if its tenant is now over its concurrency quota. Claims that
+/// run at the same moment each get a different row (SKIP LOCKED) and none sees the
+/// others' uncommitted leases, so each may count the tenant under its quota; this
+/// statement runs after the claim's `COMMIT`, so it sees every claim committed before it.
+/// A claim that finds its tenant over gives its lease back: of the claims that keep
+/// theirs, the one that checked last saw all of them, so they are never more than the
+/// quota (two racers may both give theirs back; the next claim takes it). SQLite needs
+/// none of this: its claims take turns under the one writer.
+const OVER_QUOTA_PG: &str = "SELECT e.id FROM executions e \
+    WHERE e.status = 'QUEUED' AND e.lease_owner = $1 \
+      AND (SELECT COUNT(*) FROM executions r \
+           WHERE r.tenant_id = e.tenant_id AND r.status = 'RUNNING') \
+        + (SELECT COUNT(*) FROM executions q \
+           WHERE q.tenant_id = e.tenant_id AND q.status = 'QUEUED' \
+             AND q.lease_owner IS NOT NULL AND q.lease_expires_at >= $2) \
+          > (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)";
+
+/// A row of [`OVER_QUOTA_PG`].
+#[derive(diesel::QueryableByName)]
+struct OverQuota {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
 /// The claim statement with its parameters, the same for both backends.
 macro_rules! claim_query {
     ($sql:expr, $owner:expr, $until:expr, $now:expr, $node:expr) => {
@@ -90,7 +115,7 @@ pub async fn claim(
             // together.
             let tx = crate::db::conn::PipelinedTx::checkout(pool).await?;
             let c = tx.conn();
-            let (began, claimed, ended) = futures_util::join!(
+            let (began, claimed, ended, over) = futures_util::join!(
                 tx.begin(),
                 futures_util::future::try_join(
                     // Walk the claim index in order and stop at the first runnable row,
@@ -121,12 +146,35 @@ pub async fn claim(
                         .get_results::<ExecutionRow>(&mut &*c),
                 ),
                 tx.commit(),
+                crate::db::cached(
+                    diesel::sql_query(OVER_QUOTA_PG)
+                        .bind::<Text, _>(owner)
+                        .bind::<Timestamp, _>(now)
+                )
+                .get_results::<OverQuota>(&mut &*c),
             );
             tx.ended(began.is_ok() && claimed.is_ok() && ended.is_ok());
             began?;
             let (_, rows) = claimed?;
             ended?;
-            rows.into_iter().next()
+            let row = rows.into_iter().next();
+            match (row, over) {
+                (Some(row), Ok(over)) if !over.is_empty() => {
+                    tracing::debug!(
+                        execution = %over[0].id,
+                        "claimed past its tenant's concurrency quota in a race; given back"
+                    );
+                    release(db, row.id, owner).await?;
+                    None
+                }
+                (row, Ok(_)) => row,
+                // The check could not run: the claim stands (its lease is committed; an
+                // unused one would hold the slot until it lapses).
+                (row, Err(e)) => {
+                    tracing::warn!(error = %e, "the claim's quota check failed");
+                    row
+                }
+            }
         }
         DbPool::Sqlite(pool) => {
             let _turn = db.writer_turn().await?;
