@@ -80,14 +80,10 @@ async fn a_killed_workers_execution_is_finished_by_another_after_its_lease_lapse
     b.kill().await.expect("kill");
 }
 
-/// A driver writes RUNNING with its first write, and holds that write back while it runs
-/// inline steps (for a workflow of only inline steps, until the end): the concurrency
-/// quota counts a claimed execution that is still QUEUED, or a second claim takes the
-/// tenant's last slot again in that window (two executions ran under a quota of one).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
-    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
-    let (tenant, owner) = app.tenant_with_owner("slots").await;
+/// A tenant `slug` limited to one running execution, and a published workflow of one
+/// inline step: (owner's token, workflow id).
+async fn one_slot(app: &TestApp, slug: &str) -> (String, String) {
+    let (tenant, owner) = app.tenant_with_owner(slug).await;
     let admin = app.admin_token().await;
     let out = app
         .gql_as(
@@ -99,12 +95,23 @@ async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
         .await;
     assert!(out["errors"].is_null(), "{out}");
     let wf = published(
-        &app,
+        app,
         &owner,
         "inline",
         json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ] }),
     )
     .await;
+    (owner, wf)
+}
+
+/// A driver writes RUNNING with its first write, and holds that write back while it runs
+/// inline steps (for a workflow of only inline steps, until the end): the concurrency
+/// quota counts a claimed execution that is still QUEUED, or a second claim takes the
+/// tenant's last slot again in that window (two executions ran under a quota of one).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let (owner, wf) = one_slot(&app, "slots").await;
     let a = start(&app, &owner, json!({ "workflowId": wf })).await;
     let b = start(&app, &owner, json!({ "workflowId": wf })).await;
     assert!(a["execution"]["id"].is_string(), "{a}");
@@ -161,24 +168,7 @@ async fn a_claimed_execution_holds_its_tenants_slot_before_it_writes_running() {
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_racing_for_a_tenants_last_slot_leave_at_most_one_lease() {
     let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
-    let (tenant, owner) = app.tenant_with_owner("race").await;
-    let admin = app.admin_token().await;
-    let out = app
-        .gql_as(
-            &admin,
-            "mutation($i: UpdateTenantPlanInput!) { updateTenantPlan(input: $i) { tenant { id } } }",
-            json!({ "i": { "tenantId": tenant, "plan": "CUSTOM",
-                           "quotas": { "maxConcurrentExecutions": 1 } } }),
-        )
-        .await;
-    assert!(out["errors"].is_null(), "{out}");
-    let wf = published(
-        &app,
-        &owner,
-        "inline",
-        json!({ "steps": [ { "id": "t", "kind": "transform", "config": { "template": "{}" } } ] }),
-    )
-    .await;
+    let (owner, wf) = one_slot(&app, "race").await;
     for _ in 0..8 {
         start(&app, &owner, json!({ "workflowId": wf })).await;
     }
