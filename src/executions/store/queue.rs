@@ -2,6 +2,26 @@
 
 use super::*;
 
+/// The concurrency slots execution `e`'s tenant holds, as SQL: RUNNING executions (the
+/// status given as `$running`) and QUEUED ones under a lease live at `$now`, the latter
+/// through `executions_leased_queued_idx` (`$hint` may name it). One text for the claim
+/// and its PostgreSQL re-check, so the two count alike.
+macro_rules! slots_held {
+    ($running:literal, $now:literal, $hint:literal) => {
+        concat!(
+            "((SELECT COUNT(*) FROM executions r \
+               WHERE r.tenant_id = e.tenant_id AND r.status = ",
+            $running,
+            ") + (SELECT COUNT(*) FROM executions q ",
+            $hint,
+            " WHERE q.tenant_id = e.tenant_id AND q.status = 'QUEUED' \
+               AND q.lease_owner IS NOT NULL AND q.lease_expires_at >= ",
+            $now,
+            "))"
+        )
+    };
+}
+
 /// The claim statement. `$1` owner, `$2` lease end, `$3` now, `$4` the claiming node,
 /// `$5` QUEUED, `$6` RUNNING (statuses are bound, never written as literals).
 /// Takes a RUNNING execution whose lease lapsed or was released (its worker died or shut
@@ -20,7 +40,8 @@ use super::*;
 /// Each arm walks `executions_claim_idx` `(status, created_at, id)` in claim order and
 /// stops at its first runnable row, so a claim costs the same with ten or a million
 /// executions queued (one arm over both statuses had to sort the whole queue).
-pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
+pub(super) const CLAIM_SQL: &str = concat!(
+    "UPDATE executions SET lease_owner = $1, lease_expires_at = $2, \
     claims = claims + 1, updated_at = $3 \
     WHERE id = COALESCE( \
       (SELECT e.id FROM executions e \
@@ -30,16 +51,15 @@ pub(super) const CLAIM_SQL: &str = "UPDATE executions SET lease_owner = $1, leas
         ORDER BY e.status, e.created_at, e.id LIMIT 1 {LOCK}), \
       (SELECT e.id FROM executions e \
         WHERE e.status = $5 AND (e.lease_owner IS NULL OR e.lease_expires_at < $3) \
-          AND (SELECT COUNT(*) FROM executions r \
-               WHERE r.tenant_id = e.tenant_id AND r.status = $6) \
-            + (SELECT COUNT(*) FROM executions q {LEASED} \
-               WHERE q.tenant_id = e.tenant_id AND q.status = 'QUEUED' \
-                 AND q.lease_owner IS NOT NULL AND q.lease_expires_at >= $3) \
+          AND ",
+    slots_held!("$6", "$3", "{LEASED}"),
+    " \
               < (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id) \
           AND NOT EXISTS (SELECT 1 FROM execution_placements p WHERE p.execution_id = e.id \
                           AND (p.node_id IS NULL OR p.node_id <> $4)) \
         ORDER BY e.status, e.created_at, e.id LIMIT 1 {LOCK})) \
-    RETURNING *";
+    RETURNING *"
+);
 
 /// [`CLAIM_SQL`] for PostgreSQL: rows locked, skipping those other claims hold.
 static CLAIM_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -67,14 +87,12 @@ static CLAIM_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// theirs, the one that checked last saw all of them, so they are never more than the
 /// quota (two racers may both give theirs back; the next claim takes it). SQLite needs
 /// none of this: its claims take turns under the one writer.
-const OVER_QUOTA_PG: &str = "SELECT e.id FROM executions e \
-    WHERE e.status = 'QUEUED' AND e.lease_owner = $1 \
-      AND (SELECT COUNT(*) FROM executions r \
-           WHERE r.tenant_id = e.tenant_id AND r.status = 'RUNNING') \
-        + (SELECT COUNT(*) FROM executions q \
-           WHERE q.tenant_id = e.tenant_id AND q.status = 'QUEUED' \
-             AND q.lease_owner IS NOT NULL AND q.lease_expires_at >= $2) \
-          > (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)";
+const OVER_QUOTA_PG: &str = concat!(
+    "SELECT e.id FROM executions e \
+     WHERE e.status = 'QUEUED' AND e.lease_owner = $1 AND ",
+    slots_held!("'RUNNING'", "$2", ""),
+    " > (SELECT t.max_concurrent_executions FROM tenants t WHERE t.id = e.tenant_id)"
+);
 
 /// A row of [`OVER_QUOTA_PG`].
 #[derive(diesel::QueryableByName)]
