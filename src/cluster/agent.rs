@@ -248,7 +248,7 @@ impl Agent {
             self.app.bus.queue_wake.notify_waiters();
         }
         let nodes = store::all_nodes(&self.db).await?;
-        if place_pending(&self.db, &nodes, now, &cfg).await? {
+        if place_pending(&self.db, &nodes, now, db_time(self.app.clock.now()), &cfg).await? {
             self.app.bus.queue_wake.notify_waiters();
         }
         self.publish(&nodes, now);
@@ -371,17 +371,20 @@ fn no_fit_reason(candidates: &[Candidate], mb: u64, count: usize) -> String {
 }
 
 /// Places GPU executions that have no (live) node. Returns whether anything was placed.
+/// `now` is the wall clock (node liveness), `leases_at` the app clock's time (execution
+/// leases: one a driver holds means the execution started on its node).
 pub async fn place_pending(
     db: &DbPool,
     nodes: &[NodeRow],
     now: DateTime<Utc>,
+    leases_at: NaiveDateTime,
     cfg: &crate::config::ClusterConfig,
 ) -> AppResult<bool> {
-    let open = store::open_placements(db).await?;
+    let at = db_time(now);
+    let open = store::open_placements(db, leases_at).await?;
     if open.is_empty() {
         return Ok(false);
     }
-    let at = db_time(now);
     let reservations = store::all_reservations(db).await?;
     let reserved = reserved_by_gpu(&reservations);
     let mut candidates: Vec<Candidate> = nodes

@@ -115,7 +115,7 @@ pub async fn recommend(app: &App) -> AppResult<Recommendation> {
         desired = desired.max(current - 1);
         reason = format!("{running} of {slots} slots busy and nothing queued: one node can go");
     }
-    let unfit = store::open_placements(&app.db)
+    let unfit = store::open_placements(&app.db, db_time(app.clock.now()))
         .await?
         .into_iter()
         .filter(|(p, _)| {

@@ -563,3 +563,103 @@ async fn a_killed_node_goes_offline_and_its_gpu_work_finishes_on_another() {
     assert_ne!(api["status"], "OFFLINE", "{api}");
     let _ = survivor.wait().await;
 }
+
+/// A node row as a worker process would register it, with one GPU of `mb` MiB.
+fn fake_node(
+    name: &str,
+    mb: u64,
+    at: chrono::NaiveDateTime,
+) -> agentplane::cluster::model::NodeRow {
+    let gpus = json!([{ "index": 0, "uuid": format!("GPU-{name}"), "name": "H100",
+        "memoryTotalMb": mb, "memoryUsedMb": 0, "memoryFreeMb": mb, "utilizationPercent": 0,
+        "temperatureC": 40, "powerDrawW": 100.0, "migEnabled": null }]);
+    agentplane::cluster::model::NodeRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: name.to_owned(),
+        kind: "WORKER".to_owned(),
+        version: "test".to_owned(),
+        address: None,
+        labels: "{}".to_owned(),
+        worker_slots: 4,
+        started_at: at,
+        last_heartbeat_at: at,
+        status: agentplane::cluster::model::NodeStatus::Healthy,
+        draining: false,
+        health_score: 1.0,
+        cpu_percent: 0.0,
+        memory_used_mb: 0,
+        memory_total_mb: 65_536,
+        load1: 0.0,
+        in_flight: 0,
+        step_error_rate: 0.0,
+        gpus: gpus.to_string(),
+        offline_at: None,
+        updated_at: at,
+    }
+}
+
+/// A GPU execution whose driver holds its lease but has not written RUNNING yet (it runs
+/// the inline `prep` step first and holds that write back) has started on its node:
+/// draining that node leaves it there, as it leaves RUNNING work (the placer used to read
+/// it as QUEUED and moved its placement to another node while it ran).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_gpu_execution_keeps_its_node_while_that_node_drains() {
+    use agentplane::cluster::{agent::place_pending, store};
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (tenant, owner) = app.tenant_with_owner("held").await;
+    set_gpu_quota(&app, &admin, &tenant, 60_000).await;
+    let wf = published(&app, &owner, "gpu", gpu_workflow(16_000, 1000)).await;
+    let core = &app.state.app;
+    // Node liveness is on the wall clock, leases on the app's.
+    let wall = chrono::Utc::now();
+    let at = agentplane::db::ids::db_time(core.clock.now());
+    for name in ["left", "right"] {
+        store::register(&core.db, &fake_node(name, 81_920, wall.naive_utc()))
+            .await
+            .expect("register");
+    }
+    start(&app, &owner, json!({ "workflowId": wf })).await;
+    // The tenant's one execution.
+    let placed_on = || async {
+        let open = store::open_placements(&core.db, at)
+            .await
+            .expect("placements");
+        assert_eq!(open.len(), 1, "{open:?}");
+        open[0].0.node_id.clone()
+    };
+    let place = || async {
+        let nodes = store::all_nodes(&core.db).await.expect("nodes");
+        place_pending(&core.db, &nodes, wall, at, &core.config.cluster)
+            .await
+            .expect("place");
+    };
+    place().await;
+    let node = placed_on().await.expect("placed on a GPU node");
+    // The node's driver claims it; it is still QUEUED in the database.
+    let until = at + chrono::Duration::seconds(60);
+    let claimed = agentplane::executions::store::claim(&core.db, "test:gpu", &node, at, until)
+        .await
+        .expect("claim")
+        .expect("the placed execution is claimed by its node");
+    assert_eq!(claimed.status.as_str(), "QUEUED");
+    core.db
+        .tx("", async |c| {
+            store::set_draining(c, &node, true, wall.naive_utc()).await
+        })
+        .await
+        .expect("drain");
+    place().await;
+    assert_eq!(
+        placed_on().await.as_deref(),
+        Some(node.as_str()),
+        "a claimed execution's placement moved off its draining node"
+    );
+    // Unclaimed, it is queued work again and moves off the draining node.
+    agentplane::executions::store::release(&core.db, claimed.id, "test:gpu")
+        .await
+        .expect("release");
+    place().await;
+    let moved = placed_on().await.expect("placed");
+    assert_ne!(moved, node, "queued work stays on a draining node");
+}

@@ -55,17 +55,45 @@ pub use registry::*;
 pub use reservations::*;
 
 /// Placements of unfinished executions with their status, oldest first (the placer
-/// decides which need a node).
-pub async fn open_placements(db: &DbPool) -> AppResult<Vec<(PlacementRow, ExecutionStatus)>> {
-    Ok(crate::db_run!(db, |conn| {
-        execution_placements::table
-            .inner_join(executions::table.on(executions::id.eq(execution_placements::execution_id)))
-            .filter(executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]))
-            .order(executions::created_at.asc())
-            .select((PlacementRow::as_select(), executions::status))
-            .load(conn)
-            .await?
-    }))
+/// decides which need a node). A QUEUED execution a driver holds a live lease on at `now`
+/// reads as RUNNING: it has started (its driver writes RUNNING only with its first
+/// write, held back while it runs inline steps), so it stays on the node that runs it.
+pub async fn open_placements(
+    db: &DbPool,
+    now: NaiveDateTime,
+) -> AppResult<Vec<(PlacementRow, ExecutionStatus)>> {
+    let rows: Vec<(PlacementRow, ExecutionStatus, Option<NaiveDateTime>)> =
+        crate::db_run!(db, |conn| {
+            execution_placements::table
+                .inner_join(
+                    executions::table.on(executions::id.eq(execution_placements::execution_id)),
+                )
+                .filter(
+                    executions::status.eq_any([ExecutionStatus::Queued, ExecutionStatus::Running]),
+                )
+                .order(executions::created_at.asc())
+                .select((
+                    PlacementRow::as_select(),
+                    executions::status,
+                    executions::lease_expires_at,
+                ))
+                .load(conn)
+                .await?
+        });
+    Ok(rows
+        .into_iter()
+        .map(|(p, status, lease)| {
+            let started = status == ExecutionStatus::Queued && lease.is_some_and(|l| l >= now);
+            (
+                p,
+                if started {
+                    ExecutionStatus::Running
+                } else {
+                    status
+                },
+            )
+        })
+        .collect())
 }
 
 /// Moves a placement from `from` to `to` (compare-and-set, so concurrent placers agree).
