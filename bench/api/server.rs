@@ -43,7 +43,19 @@ pub(crate) async fn start_server(db_url: &str, log: &std::path::Path) -> anyhow:
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_agentplane"))
+    // `BENCH_SERVER_WRAPPER` runs the server under a profiler (e.g. `heaptrack -o
+    // /tmp/ht`); its numbers then include the profiler's own cost.
+    let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_agentplane"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_agentplane")),
+    };
+    let child = command
         .arg("serve")
         .env("DATABASE_URL", db_url)
         .env("AGENTPLANE_LISTEN", format!("127.0.0.1:{port}"))
