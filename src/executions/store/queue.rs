@@ -34,8 +34,8 @@ macro_rules! slots_held {
 /// so counting RUNNING alone let a second claim take a tenant's last slot again in that
 /// window. The leased QUEUED rows are counted through `executions_leased_queued_idx`, a
 /// partial index that holds only them (a few per worker) keyed by tenant and lease end, so
-/// the count does not grow with the queue and reads no table row; its predicate is matched by the literal `'QUEUED'` (a bound status would
-/// not let the planner use it).
+/// the count does not grow with the queue and reads no table row; its predicate is
+/// matched by the literal `'QUEUED'` (a bound status would not let the planner use it).
 ///
 /// Each arm walks `executions_claim_idx` `(status, created_at, id)` in claim order and
 /// stops at its first runnable row, so a claim costs the same with ten or a million
