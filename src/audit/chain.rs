@@ -50,11 +50,7 @@ impl ChainKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(msg.as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::seal::hex(&mac.finalize().into_bytes())
     }
 
     /// `hmac:<id>:<hex>` of `msg`.

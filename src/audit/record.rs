@@ -54,10 +54,7 @@ pub struct RecordRow {
 }
 
 pub(super) fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::seal::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// The commitment to a record's client context.
@@ -123,7 +120,7 @@ impl RecordRow {
             use rand::RngCore as _;
             let mut b = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            crate::seal::hex(&b)
         };
         let context_hash = context_digest(&salt, e.ip.as_deref(), user_agent.as_deref());
         let mut r = Self {

@@ -61,13 +61,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
+    format!("sha256={}", crate::seal::hex(&digest))
 }
 
 /// Sends `message` in the background; returns at once.

@@ -104,8 +104,7 @@ pub fn random_secret(n: usize) -> String {
 /// SHA-256 of a high-entropy secret, hex. (Secrets here are 256-bit random values, so a
 /// fast hash is enough; passwords use argon2id.)
 pub fn sha256_hex(secret: &str) -> String {
-    let d = Sha256::digest(secret.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    crate::seal::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]

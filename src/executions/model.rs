@@ -181,6 +181,37 @@ pub struct ExecutionHead {
     pub finished_at: Option<NaiveDateTime>,
 }
 
+/// Where an execution stands, as a subscription's SNAPSHOT event tells it: 5 columns of
+/// its row. Subscriptions start by reading up to 200 of these; whole rows made each start
+/// allocate (and free) some 100 KiB.
+#[derive(diesel::Queryable, diesel::Selectable, Debug, Clone)]
+#[diesel(table_name = executions)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ExecutionState {
+    /// Primary key.
+    pub id: ExecutionId,
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// Stored [`ExecutionStatus`].
+    pub status: ExecutionStatus,
+    /// Sequence number of the latest event.
+    pub seq: i64,
+    /// Latest error.
+    pub error: Option<String>,
+}
+
+impl From<&ExecutionRow> for ExecutionState {
+    fn from(r: &ExecutionRow) -> Self {
+        Self {
+            id: r.id,
+            workflow_id: r.workflow_id,
+            status: r.status,
+            seq: r.seq,
+            error: r.error.clone(),
+        }
+    }
+}
+
 impl From<&ExecutionRow> for ExecutionHead {
     fn from(r: &ExecutionRow) -> Self {
         Self {

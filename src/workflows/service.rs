@@ -526,6 +526,6 @@ fn audit_view(row: &WorkflowRow) -> serde_json::Value {
         "environment": row.environment,
         "visibility": row.visibility,
         "teamId": row.team_id,
-        "definitionSha256": digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "definitionSha256": crate::seal::hex(&digest),
     })
 }

@@ -108,7 +108,7 @@ pub async fn authenticate_api_key(app: &App, secret: &str) -> AppResult<Principa
     else {
         return Err(invalid());
     };
-    permissions = permissions.intersection(&held).copied().collect();
+    permissions = permissions.intersection(&held);
     platform_admin &= creator_platform;
     if key
         .last_used_at
@@ -180,10 +180,7 @@ async fn creator_rights(
         else {
             return Ok(None);
         };
-        return Ok(Some((
-            own.intersection(&up).copied().collect(),
-            own_platform && up_platform,
-        )));
+        return Ok(Some((own.intersection(&up), own_platform && up_platform)));
     }
     Ok(None)
 }

@@ -62,18 +62,22 @@ impl ExecutionUpdate {
     }
 }
 
-pub(super) fn snapshot_of(row: &ExecutionRow, at: DateTime<Utc>) -> ExecutionEvent {
+pub(super) fn snapshot_of(
+    tenant: crate::db::ids::TenantId,
+    state: crate::executions::model::ExecutionState,
+    at: DateTime<Utc>,
+) -> ExecutionEvent {
     ExecutionEvent {
-        tenant_id: row.tenant_id,
-        execution_id: row.id,
-        workflow_id: row.workflow_id,
-        seq: row.seq,
+        tenant_id: tenant,
+        execution_id: state.id,
+        workflow_id: state.workflow_id,
+        seq: state.seq,
         kind: EventKind::Snapshot,
-        status: row.status,
+        status: state.status,
         step_id: None,
         step_status: None,
         attempt: None,
-        error: row.error.clone(),
+        error: state.error,
         at,
     }
 }
@@ -136,10 +140,14 @@ async fn updates_of(
     let row = Box::pin(visible_execution_row(ctx, uuid)).await?;
     let tenant = p.tenant_id;
     let exec_id = row.id;
+    let mut last = row.seq;
+    let done = row.status.is_terminal();
+    // Only the snapshot event moves into the stream, not the whole row it came from
+    // (which the stream would otherwise keep for its life).
+    let snapshot = snapshot_of(tenant, (&row).into(), a.clock.now());
+    drop(row);
     Ok(async_stream::stream! {
-        let mut last = row.seq;
-        let done = row.status.is_terminal();
-        yield ExecutionUpdate(snapshot_of(&row, a.clock.now()));
+        yield ExecutionUpdate(snapshot);
         if done {
             return;
         }
@@ -221,7 +229,7 @@ async fn events_of(
         .await?;
     } else {
         for status in [ExecutionStatus::Queued, ExecutionStatus::Running] {
-            let rows = Box::pin(store::newest(
+            let rows = Box::pin(store::newest_states(
                 &a.db,
                 p.tenant_id,
                 &ListFilter {
@@ -247,8 +255,10 @@ async fn events_of(
     // Only the snapshot events live on in the stream, not the rows they came from
     // (kept rows cost an idle subscriber ~48 KiB with 100 active executions).
     let now = a.clock.now();
-    let snapshot: Vec<ExecutionEvent> = active.iter().map(|r| snapshot_of(r, now)).collect();
-    drop(active);
+    let snapshot: Vec<ExecutionEvent> = active
+        .into_iter()
+        .map(|r| snapshot_of(tenant, r, now))
+        .collect();
     Ok(async_stream::stream! {
         let mut seqs = SeqTracker::with_capacity(snapshot.len());
         for ev in snapshot {

@@ -8,8 +8,8 @@ use diesel::sql_types::{Text, Timestamp};
 use diesel_async::RunQueryDsl;
 
 use super::model::{
-    EventKind, EventRow, ExecutionEvent, ExecutionHead, ExecutionId, ExecutionRow, ExecutionStatus,
-    StepRunRow, StepStatus,
+    EventKind, EventRow, ExecutionEvent, ExecutionHead, ExecutionId, ExecutionRow, ExecutionState,
+    ExecutionStatus, StepRunRow, StepStatus,
 };
 use crate::db::ids::TenantId;
 use crate::db::ids::WorkflowId;

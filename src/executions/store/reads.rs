@@ -169,19 +169,19 @@ pub async fn list(
     }))
 }
 
-/// The newest `limit` executions that pass `filter`, without a total (a subscription's
-/// snapshot of what is QUEUED or RUNNING): the `(tenant_id, status, id)` index serves
-/// the status filter in id order, so the read stops after the page.
-pub async fn newest(
+/// Where the newest `limit` executions that pass `filter` stand, without a total (a
+/// subscription's snapshot of what is QUEUED or RUNNING): the `(tenant_id, status, id)`
+/// index serves the status filter in id order, so the read stops after the page.
+pub async fn newest_states(
     db: &DbPool,
     tenant: TenantId,
     filter: &ListFilter,
     limit: i64,
-) -> AppResult<Vec<ExecutionRow>> {
+) -> AppResult<Vec<ExecutionState>> {
     Ok(crate::db_run_tenant!(db, tenant, |conn| {
         let mut q = executions::table
             .filter(executions::tenant_id.eq(tenant))
-            .select(ExecutionRow::as_select())
+            .select(ExecutionState::as_select())
             .into_boxed();
         if let Some(w) = &filter.workflows {
             q = q.filter(executions::workflow_id.eq_any(w.clone()));

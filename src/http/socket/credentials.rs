@@ -42,7 +42,7 @@ impl Rights {
         Self {
             tenant: p.tenant_id,
             role: p.role.clone(),
-            permissions: p.permissions.clone(),
+            permissions: p.permissions,
             platform_admin: p.platform_admin,
         }
     }

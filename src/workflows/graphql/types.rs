@@ -133,7 +133,7 @@ impl Workflow {
         &self,
         ctx: &Context<'_>,
         #[graphql(default_with = "crate::graphql::loaders::RECENT_DEFAULT as i32")] first: i32,
-    ) -> async_graphql::Result<Vec<crate::executions::graphql::Execution>> {
+    ) -> async_graphql::Result<crate::graphql::List<crate::executions::graphql::Execution>> {
         let max = crate::graphql::loaders::RECENT_WINDOW;
         if !(1..=max).contains(&i64::from(first)) {
             return Err(AppError::bad_input("first", format!("first must be 1 to {max}")).into());
@@ -142,7 +142,7 @@ impl Workflow {
             .permissions
             .contains(&Permission::ExecutionsRead)
         {
-            return Ok(Vec::new());
+            return Ok(crate::graphql::List(Vec::new()));
         }
         use crate::executions::graphql::Execution;
         let loaders = Loaders::of(ctx)?;
@@ -160,11 +160,13 @@ impl Workflow {
             };
         }
         // A list showing no more than heads reads 8 columns a row, not the whole row.
-        Ok(if Execution::shows_head_only(&ctx.field()) {
-            newest!(loaders.recent_heads())
-        } else {
-            newest!(loaders.recent())
-        })
+        Ok(crate::graphql::List(
+            if Execution::shows_head_only(&ctx.field()) {
+                newest!(loaders.recent_heads())
+            } else {
+                newest!(loaders.recent())
+            },
+        ))
     }
     /// Execution statistics over the last 30 days (null without `executions.read`).
     async fn stats(
