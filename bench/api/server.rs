@@ -1,6 +1,7 @@
 //! The server under test, as a client sees it: the `agentplane serve` process, GraphQL
 //! over HTTP and the graphql-transport-ws subscription.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::ADMIN_PASSWORD;
 
-/// The server process; killed on drop.
+/// The server process (a process group of its own: with `BENCH_SERVER_WRAPPER`, the
+/// profiler and the server under it); ended on drop.
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) base: String,
@@ -19,7 +21,23 @@ pub(crate) struct Server {
 }
 
 impl Drop for Server {
+    /// Sends the whole group SIGTERM (a profiler writes its data on it; killing only the
+    /// wrapper left its server running after the bench), waits up to 10 s for the
+    /// process it started, then SIGKILLs whatever is left of the group.
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let signal = |s: &str| {
+            let _ = Command::new("kill")
+                .args([s, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal("-KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -56,6 +74,7 @@ pub(crate) async fn start_server(db_url: &str, log: &std::path::Path) -> anyhow:
         None => Command::new(env!("CARGO_BIN_EXE_agentplane")),
     };
     let child = command
+        .process_group(0)
         .arg("serve")
         .env("DATABASE_URL", db_url)
         .env("AGENTPLANE_LISTEN", format!("127.0.0.1:{port}"))
