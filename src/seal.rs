@@ -90,6 +90,13 @@ pub fn open_text(
     String::from_utf8(plain).map_err(|_| anyhow::anyhow!("{what} is not text"))
 }
 
+/// SHA-256 of `text`, as lowercase hex: what the audit chain, secret lookups (tokens,
+/// API keys) and definition digests store.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Lowercase hex of `bytes`, the text form of digests and MACs, in one allocation
 /// (`format!("{b:02x}")` per byte allocated 32 strings for a SHA-256, on every
 /// authenticated request's token hash).

@@ -22,7 +22,6 @@ pub mod tail;
 
 use chrono::NaiveDateTime;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::db::DbPool;
 use crate::db::ids::TenantId;

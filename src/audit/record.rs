@@ -1,6 +1,7 @@
 //! A stored audit record: its canonical form, hash and signature.
 
 use super::*;
+use crate::seal::sha256_hex;
 
 /// One stored record.
 #[derive(diesel::Queryable, diesel::Selectable, diesel::Insertable, Debug, Clone)]
@@ -51,10 +52,6 @@ pub struct RecordRow {
     pub context_hash: Option<String>,
     /// Random per record; set to NULL with `ip` and `user_agent` when the actor is erased.
     pub context_salt: Option<String>,
-}
-
-pub(super) fn sha256_hex(s: &str) -> String {
-    crate::seal::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// The commitment to a record's client context.

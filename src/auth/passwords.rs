@@ -7,7 +7,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use rand::rngs::OsRng;
-use sha2::{Digest, Sha256};
 
 /// Bounds password hashing, which costs 19 MiB and tens of milliseconds of CPU per call:
 /// hashes run on `running` dedicated threads (about the core count; the allocator keeps
@@ -101,11 +100,10 @@ pub fn random_secret(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// SHA-256 of a high-entropy secret, hex. (Secrets here are 256-bit random values, so a
-/// fast hash is enough; passwords use argon2id.)
-pub fn sha256_hex(secret: &str) -> String {
-    crate::seal::hex(&Sha256::digest(secret.as_bytes()))
-}
+/// SHA-256 of a high-entropy secret, hex: how tokens and API keys are looked up.
+/// (Secrets here are 256-bit random values, so a fast hash is enough; passwords use
+/// argon2id.)
+pub use crate::seal::sha256_hex;
 
 #[cfg(test)]
 mod tests {

@@ -517,8 +517,6 @@ fn check_name(name: &str) -> AppResult<String> {
 
 /// What the audit trail keeps of a workflow (the definition by digest, not in full).
 fn audit_view(row: &WorkflowRow) -> serde_json::Value {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(row.definition.as_bytes());
     serde_json::json!({
         "name": row.name,
         "description": row.description,
@@ -526,6 +524,6 @@ fn audit_view(row: &WorkflowRow) -> serde_json::Value {
         "environment": row.environment,
         "visibility": row.visibility,
         "teamId": row.team_id,
-        "definitionSha256": crate::seal::hex(&digest),
+        "definitionSha256": crate::seal::sha256_hex(&row.definition),
     })
 }
