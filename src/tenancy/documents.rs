@@ -10,7 +10,6 @@
 use chrono::NaiveDateTime;
 use diesel::{ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, SelectableHelper};
 use diesel_async::RunQueryDsl as _;
-use sha2::Digest as _;
 
 use super::model::TenantId;
 use crate::app::App;
@@ -53,7 +52,7 @@ pub struct TrustedDocumentRow {
 /// The hash clients send for `document`: lower-case hex SHA-256 of its UTF-8 text (the
 /// Apollo persisted-query convention).
 pub fn digest(document: &str) -> String {
-    format!("{:x}", sha2::Sha256::digest(document.as_bytes()))
+    crate::seal::sha256_hex(document)
 }
 
 /// Whether `s` looks like a hash [`digest`] makes.
