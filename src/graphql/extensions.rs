@@ -29,10 +29,11 @@ use super::limits::DocumentLimits;
 ///   checked the document already);
 /// - after validation: the batch's shared complexity budget, then the query-cost charge
 ///   (`graphql::cost`; an operation the batch budget refuses is never charged);
-/// - around execution: a `graphql.operation` span (request id, operation name), a log
-///   line with its duration and error count, `/metrics` (queries and mutations by type,
-///   name and outcome; subscriptions as running, by root field), then the cost
-///   settlement in `extensions.cost`;
+/// - around the execution of a query or mutation: a `graphql.operation` span (request
+///   id, operation name), a log line with its duration and error count, `/metrics` (by
+///   type, name and outcome), then the cost settlement in `extensions.cost`; a
+///   subscription is counted as running (by root field) while its stream lives, and its
+///   events, executed one by one, get none of these;
 /// - per field: resolvers that wait longer than [`SLOW_RESOLVER`] are logged.
 pub struct Hooks {
     limits: DocumentLimits,
@@ -206,27 +207,6 @@ impl Extension for HooksExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let request_id = ctx
-            .data_opt::<RequestId>()
-            .map(|r| r.0.as_str())
-            .unwrap_or("-");
-        let op = operation_name.unwrap_or("anonymous");
-        let span = tracing::info_span!(
-            "graphql.operation",
-            request_id,
-            operation = op,
-            tenant = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        // The caller's tenant, on every log line of the operation.
-        if let Some(p) = ctx.data_opt::<crate::auth::Principal>() {
-            span.record("tenant", tracing::field::display(p.tenant_id));
-        }
-        crate::telemetry::record_ids(&span);
-        let started = Instant::now();
-        let mut resp = next.run(ctx, operation_name).instrument(span.clone()).await;
-        let took = started.elapsed();
         let kind = self
             .parsed
             .lock()
@@ -239,15 +219,25 @@ impl Extension for HooksExtension {
                     .map(|(_, k)| *k)
             })
             .unwrap_or("query");
-        // A subscription's events are executed one by one: its gauge counts it instead.
-        if kind != "subscription" {
-            crate::metrics::graphql_operation(
-                kind,
-                &crate::metrics::operation_label(operation_name),
-                resp.errors.is_empty(),
-                took,
-            );
+        // A subscription executes once per event, for each of its subscribers. An event
+        // gets no span, log line, metrics or cost settlement of its own: it runs in its
+        // socket's `graphql.ws` span (which carries the request id), the subscription
+        // was charged its requested cost when it started, and its gauge counts it while
+        // it runs. (Settling each event refunded or charged the difference between the
+        // event and the subscription's requested cost again at every event.)
+        if kind == "subscription" {
+            return next.run(ctx, operation_name).await;
         }
+        let span = operation_span(ctx, operation_name);
+        let started = Instant::now();
+        let mut resp = next.run(ctx, operation_name).instrument(span.clone()).await;
+        let took = started.elapsed();
+        crate::metrics::graphql_operation(
+            kind,
+            &crate::metrics::operation_label(operation_name),
+            resp.errors.is_empty(),
+            took,
+        );
         span.in_scope(|| {
             tracing::info!(
                 duration_ms = took.as_secs_f64() * 1000.0,
@@ -258,4 +248,26 @@ impl Extension for HooksExtension {
         self.cost.settle(ctx, &mut resp).await;
         resp
     }
+}
+
+/// An operation's `graphql.operation` span: its request id, operation name and, when
+/// signed in, the caller's tenant (on every log line of the operation).
+fn operation_span(ctx: &ExtensionContext<'_>, operation_name: Option<&str>) -> tracing::Span {
+    let request_id = ctx
+        .data_opt::<RequestId>()
+        .map(|r| r.0.as_str())
+        .unwrap_or("-");
+    let span = tracing::info_span!(
+        "graphql.operation",
+        request_id,
+        operation = operation_name.unwrap_or("anonymous"),
+        tenant = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if let Some(p) = ctx.data_opt::<crate::auth::Principal>() {
+        span.record("tenant", tracing::field::display(p.tenant_id));
+    }
+    crate::telemetry::record_ids(&span);
+    span
 }

@@ -5,6 +5,8 @@
 //! `extensions.cost`; a tenant in trusted-documents-only mode runs registered documents
 //! only, and no tenant can use another's.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::executions::published;
@@ -649,4 +651,64 @@ async fn each_caller_has_an_expensive_operation_budget_of_its_own() {
     let (status, _, body) = post(&app, &key, start).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["errors"].is_null(), "{body}");
+}
+
+/// A subscription is charged its requested cost once, when it starts. Its events are
+/// neither charged nor given back and carry no `extensions.cost`: each event used to be
+/// settled against the subscription's requested cost, so a subscription whose events
+/// held more than it asked for (a list of steps) ran its tenant's budget into debt, and
+/// one whose events held less minted budget at every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_is_charged_when_it_starts_not_per_event() {
+    let app = TestApp::spawn_with(&[("AGENTPLANE_WORKERS", "0")]).await;
+    let admin = app.admin_token().await;
+    let (acme, owner) = app.tenant_with_owner("acme").await;
+    let steps: Vec<Value> = (0..20)
+        .map(|i| json!({ "id": format!("s{i}"), "kind": "transform", "config": { "template": "1" } }))
+        .collect();
+    let wf = published(&app, &owner, "wide", json!({ "steps": steps })).await;
+    let started = crate::executions::start(&app, &owner, json!({ "workflowId": wf })).await;
+    let id = started["execution"]["id"].as_str().expect("id").to_owned();
+    set_limits(&app, &admin, &acme, json!({ "queryCostPerMinute": 1200 })).await;
+
+    // Asks for 9 fields; an event with 20 steps holds 66.
+    let mut ws = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+            "query": "subscription($id: ID!) { executionUpdated(id: $id) { kind status execution { status steps { stepId status output } } } }",
+            "variables": { "id": id } } }),
+    )
+    .await;
+    let snapshot = ws_next_json(&mut ws).await;
+    assert_eq!(snapshot["type"], "next", "{snapshot}");
+    let engine = agentplane::executions::engine::start(app.state.app.clone(), 1)
+        .expect("engine")
+        .expect("started");
+    let mut events = 1;
+    let mut msg = snapshot;
+    loop {
+        assert!(
+            msg["payload"]["extensions"]["cost"].is_null(),
+            "an event settled a cost: {msg}"
+        );
+        let u = &msg["payload"]["data"]["executionUpdated"];
+        if u["kind"] == "STATUS_CHANGED" && u["status"] == "SUCCEEDED" {
+            break;
+        }
+        msg = ws_next_json(&mut ws).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        events += 1;
+    }
+    assert!(events > 20, "{events} events");
+
+    // The budget paid for the subscription once (9), not the events' 57 more each
+    // (over 2,000 in all: a debt that refused every request for minutes).
+    let (status, _, body) = post(&app, &owner, json!({ "query": "{ me { id } }" })).await;
+    assert_eq!(status, 200, "{body}");
+    let remaining = body["extensions"]["cost"]["budget"]["remaining"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(remaining >= 1200 - 9 - 2 - 20, "{body}");
+    engine.shutdown(Duration::from_secs(1)).await;
 }

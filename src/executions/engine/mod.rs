@@ -55,6 +55,8 @@ pub struct Engine {
     claimed_alone: AtomicU64,
     /// Executions claimed in the last transaction of the driver before them.
     claimed_chained: AtomicU64,
+    /// Claim statements that found nothing to run.
+    claims_missed: AtomicU64,
     /// Where drivers' last transactions are committed together (SQLite, whose one writer
     /// runs them one after another anyway); `None` on PostgreSQL, whose drivers commit
     /// side by side.
@@ -68,6 +70,8 @@ pub struct Claims {
     pub alone: u64,
     /// In the last transaction of the execution a worker finished before.
     pub chained: u64,
+    /// Claim statements that found nothing to run.
+    pub missed: u64,
 }
 
 impl Engine {
@@ -76,6 +80,7 @@ impl Engine {
         Claims {
             alone: self.claimed_alone.load(Ordering::Relaxed),
             chained: self.claimed_chained.load(Ordering::Relaxed),
+            missed: self.claims_missed.load(Ordering::Relaxed),
         }
     }
 }
@@ -122,6 +127,7 @@ pub fn start(app: Arc<App>, workers: usize) -> anyhow::Result<Option<EngineHandl
         stop: app.shutdown.child_token(),
         claimed_alone: AtomicU64::new(0),
         claimed_chained: AtomicU64::new(0),
+        claims_missed: AtomicU64::new(0),
         group: matches!(app.db, crate::db::DbPool::Sqlite(_))
             .then(|| service::GroupCommit::start(app.clone())),
         app,
@@ -219,7 +225,10 @@ impl Engine {
                     self.run_execution(row, claim, &mut next).await;
                     continue;
                 }
-                Ok(None) => backoff = poll,
+                Ok(None) => {
+                    backoff = poll;
+                    self.claims_missed.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => {
                     tracing::warn!(error = ?e, "claiming work failed");
                     backoff = (backoff * 2).min(Duration::from_secs(30));
