@@ -252,29 +252,8 @@ async fn an_email_change_is_confirmed_by_the_new_address() {
 
 /// Rows of `tenant` (raw id) in `table`, read behind the API.
 async fn rows(app: &TestApp, table: &str, tenant: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let q = if TestDb::is_postgres() {
-        format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = $1")
-    } else {
-        format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = ?")
-    };
-    let db = &app.state.app.db;
-    let t = tenant.to_owned();
-    let r: Result<N, agentplane::error::AppError> = async {
-        Ok(agentplane::db_run!(db, |conn| {
-            diesel_async::RunQueryDsl::get_result(
-                diesel::sql_query(&q).bind::<diesel::sql_types::Text, _>(&t),
-                conn,
-            )
-            .await?
-        }))
-    }
-    .await;
-    r.expect("count").n
+    let q = format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = $1");
+    count_behind_api(app, &q, tenant).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

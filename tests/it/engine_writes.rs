@@ -282,27 +282,10 @@ async fn queued(app: &TestApp, owner: &str, n: u64) -> Vec<String> {
 /// PostgreSQL: how many transactions last wrote the execution's row, its step rows and
 /// the events its run wrote (all but the first, written when it was queued).
 async fn writers(app: &TestApp, id: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let q = "SELECT COUNT(DISTINCT x)::bigint AS n FROM ( \
              SELECT xmin::text AS x FROM executions WHERE id = $1 \
              UNION ALL SELECT xmin::text FROM execution_steps WHERE execution_id = $1 \
              UNION ALL SELECT xmin::text FROM execution_events WHERE execution_id = $1 AND seq > 1 \
              ) w";
-    let db = &app.state.app.db;
-    let id = exec_uuid(id).0.to_string();
-    let r: Result<N, agentplane::error::AppError> = async {
-        Ok(agentplane::db_run!(db, |conn| {
-            diesel_async::RunQueryDsl::get_result(
-                diesel::sql_query(q).bind::<diesel::sql_types::Text, _>(&id),
-                conn,
-            )
-            .await?
-        }))
-    }
-    .await;
-    r.expect("writers").n
+    crate::helpers::count_behind_api(app, q, &exec_uuid(id).0.to_string()).await
 }

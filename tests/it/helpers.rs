@@ -673,3 +673,30 @@ pub async fn user_with_role(
     let token = app.login(email, "user-password-123").await.0;
     (p["user"]["id"].as_str().expect("id").to_owned(), token)
 }
+
+/// A count read behind the API: `sql` (written with `$1`, which becomes `?` on SQLite)
+/// selects one `BIGINT` column named `n`, with `bind` as its one text parameter.
+pub async fn count_behind_api(app: &TestApp, sql: &str, bind: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let q = if TestDb::is_postgres() {
+        sql.to_owned()
+    } else {
+        sql.replace("$1", "?")
+    };
+    let db = &app.state.app.db;
+    let r: Result<N, agentplane::error::AppError> = async {
+        Ok(agentplane::db_run!(db, |conn| {
+            diesel_async::RunQueryDsl::get_result(
+                diesel::sql_query(&q).bind::<diesel::sql_types::Text, _>(bind),
+                conn,
+            )
+            .await?
+        }))
+    }
+    .await;
+    r.unwrap_or_else(|e| panic!("{sql}: {e:?}")).n
+}
