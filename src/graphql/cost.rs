@@ -81,8 +81,8 @@ impl Cost {
         if self.charged.load(Ordering::Relaxed)
             && let Some((app, payer)) = payer(ctx)
         {
-            // Nothing to settle when the result cost what was charged (each event of a
-            // subscription, typically): no call to the limiter, which may be Redis.
+            // Nothing to settle when the result cost what was charged: no call to the
+            // limiter, which may be Redis.
             if actual != requested {
                 crate::auth::limits::settle_cost(&app, &payer, requested, actual).await;
             }

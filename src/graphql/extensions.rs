@@ -1,6 +1,7 @@
 //! The schema's one extension, [`Hooks`]: document limits after parsing, the batch
-//! budget and the query-cost charge after validation, and per operation a tracing span,
-//! a log line, metrics and the cost settlement.
+//! budget and the query-cost charge after validation, and per query or mutation a
+//! tracing span, a log line, metrics and the cost settlement (a subscription's events,
+//! executed one by one for each subscriber, get none of these).
 //!
 //! One extension, not one per concern: while a schema has any extension, async-graphql
 //! runs every field through each extension's `resolve` hook, a boxed future apiece, so
@@ -68,6 +69,9 @@ struct Parsed {
     ops: Vec<(Option<String>, &'static str)>,
     /// The running subscription's gauge (by its root field), dropped with the stream.
     gauge: Option<crate::metrics::SubscriptionGauge>,
+    /// Whether the operation runs as a stream (a subscription over a websocket): set
+    /// when async-graphql subscribes, which only its streaming execution does.
+    streaming: bool,
 }
 
 /// One operation's hooks.
@@ -159,6 +163,9 @@ impl Extension for HooksExtension {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
+        if let Ok(mut p) = self.parsed.lock() {
+            p.streaming = true;
+        }
         Box::pin(Counted {
             inner: next.run(ctx, stream),
             _parsed: self.parsed.clone(),
@@ -207,25 +214,31 @@ impl Extension for HooksExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let kind = self
+        // The operation async-graphql selected is always one of the document's; should
+        // it not be found, it counts as a query (settled), never as a subscription.
+        let (kind, streaming) = self
             .parsed
             .lock()
             .ok()
-            .and_then(|p| {
-                p.ops
+            .map(|p| {
+                let kind = p
+                    .ops
                     .iter()
                     .find(|(n, _)| n.as_deref() == operation_name)
-                    .or(p.ops.first())
-                    .map(|(_, k)| *k)
+                    .map_or("query", |(_, k)| *k);
+                (kind, p.streaming)
             })
-            .unwrap_or("query");
+            .unwrap_or(("query", false));
         // A subscription executes once per event, for each of its subscribers. An event
         // gets no span, log line, metrics or cost settlement of its own: it runs in its
         // socket's `graphql.ws` span (which carries the request id), the subscription
         // was charged its requested cost when it started, and its gauge counts it while
         // it runs. (Settling each event refunded or charged the difference between the
-        // event and the subscription's requested cost again at every event.)
-        if kind == "subscription" {
+        // event and the subscription's requested cost again at every event.) A
+        // subscription sent where it cannot stream (an HTTP POST) is refused by
+        // async-graphql in one response, which is settled (its charge given back) and
+        // logged like any other.
+        if kind == "subscription" && streaming {
             return next.run(ctx, operation_name).await;
         }
         let span = operation_span(ctx, operation_name);

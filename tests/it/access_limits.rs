@@ -710,5 +710,18 @@ async fn a_subscription_is_charged_when_it_starts_not_per_event() {
         .as_u64()
         .unwrap_or_else(|| panic!("{body}"));
     assert!(remaining >= 1200 - 9 - 2 - 20, "{body}");
+
+    // Sent where it cannot stream (an HTTP POST), a subscription is refused in one
+    // response, which is settled like a query: nothing used, the charge given back.
+    let (_, _, body) = post(
+        &app,
+        &owner,
+        json!({ "query": "subscription { heartbeat { at uptimeSeconds } }" }),
+    )
+    .await;
+    assert!(body["errors"].is_array(), "{body}");
+    let cost = &body["extensions"]["cost"];
+    assert_eq!(cost["requestedQueryCost"], 3, "{body}");
+    assert_eq!(cost["actualQueryCost"], 0, "{body}");
     engine.shutdown(Duration::from_secs(1)).await;
 }

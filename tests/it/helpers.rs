@@ -674,7 +674,7 @@ pub async fn user_with_role(
     (p["user"]["id"].as_str().expect("id").to_owned(), token)
 }
 
-/// A count read behind the API: `sql` (written with `$1`, which becomes `?` on SQLite)
+/// A count read behind the API: `sql` (written with `$1`, which becomes `?1` on SQLite)
 /// selects one `BIGINT` column named `n`, with `bind` as its one text parameter.
 pub async fn count_behind_api(app: &TestApp, sql: &str, bind: &str) -> i64 {
     #[derive(diesel::QueryableByName)]
@@ -685,7 +685,7 @@ pub async fn count_behind_api(app: &TestApp, sql: &str, bind: &str) -> i64 {
     let q = if TestDb::is_postgres() {
         sql.to_owned()
     } else {
-        sql.replace("$1", "?")
+        sql.replace("$1", "?1")
     };
     let db = &app.state.app.db;
     let r: Result<N, agentplane::error::AppError> = async {
