@@ -39,6 +39,7 @@ mod sso;
 mod step_limits;
 mod takeover;
 mod tenancy;
+mod trusted_documents;
 mod typed_columns;
 mod websocket;
 mod workers;
