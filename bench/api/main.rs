@@ -361,6 +361,7 @@ async fn run(
     }
     let mut delivery = Vec::new();
     let events = 5;
+    mark("delivery-start");
     for i in 0..events {
         received.lock().map(|mut r| r.clear()).ok();
         let sent = Instant::now();
@@ -387,6 +388,7 @@ async fn run(
         }
         delivery.extend(got.iter().map(|t| (*t - sent).as_secs_f64() * 1000.0));
     }
+    mark("delivery-end");
     delivery.sort_by(f64::total_cmp);
     for r in readers {
         r.abort();
@@ -453,4 +455,16 @@ async fn run(
     }
     drop(server);
     Ok(())
+}
+
+/// With `BENCH_MARKS=1`, prints a phase's wall-clock time (seconds since the epoch) to
+/// stderr, to line up a profile recorded beside the bench (`perf record -k realtime`)
+/// with the phase.
+fn mark(label: &str) {
+    if std::env::var_os("BENCH_MARKS").is_some() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!("mark {label} {:.6}", t.as_secs_f64());
+    }
 }

@@ -81,6 +81,18 @@ pub struct EventBus<E, C> {
     pg_notifier: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
+/// A subscriber's end of [`EventBus::resync`].
+pub type ResyncReceiver = tokio::sync::watch::Receiver<u64>;
+
+/// Waits for the next resync signal and gives the receiver back for the wait after it
+/// (`None` once the bus is gone). An owned future: a subscription stream keeps one
+/// pinned across its events and replaces it only when it fires, where a `changed()`
+/// created beside every `recv()` registered with, then left, the signal's shared waiter
+/// list at every event, for every subscriber.
+pub async fn next_resync(mut rx: ResyncReceiver) -> Option<ResyncReceiver> {
+    rx.changed().await.ok().map(|()| rx)
+}
+
 /// A bounded memory of `(execution, seq)` published here.
 #[derive(Default)]
 struct LocalEvents {

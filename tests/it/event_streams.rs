@@ -258,6 +258,11 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
     unpublished(tail.clone(), ExecutionStatus::Cancelled).await;
     a.bus.request_resync();
     assert_in_order(&events_of(&mut ws, "e", &tail).await, 1);
+    // And again: the stream waits for the next signal after acting on one.
+    let tail2 = new_execution().await;
+    unpublished(tail2.clone(), ExecutionStatus::Cancelled).await;
+    a.bus.request_resync();
+    assert_in_order(&events_of(&mut ws, "e", &tail2).await, 1);
 
     // A slow subscriber: a burst larger than the bus holds overruns it.
     let lagged = new_execution().await;
@@ -319,7 +324,7 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
     .await;
     let mut per: std::collections::HashMap<String, Vec<Value>> = Default::default();
     let mut remaining = 0;
-    for id in [&first, &hole, &tail, &lagged, &last] {
+    for id in [&first, &hole, &tail, &tail2, &lagged, &last] {
         remaining += execution(&app, &owner, id).await["sequence"]
             .as_i64()
             .expect("seq");
@@ -331,7 +336,7 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
             .push(ev);
         remaining -= 1;
     }
-    for id in [&first, &hole, &tail, &lagged, &last] {
+    for id in [&first, &hole, &tail, &tail2, &lagged, &last] {
         assert_in_order(&per[id.as_str()], 1);
     }
 }

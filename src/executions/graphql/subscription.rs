@@ -3,6 +3,7 @@
 use super::*;
 use crate::graphql::Lean;
 use futures_util::StreamExt as _;
+use std::sync::{Mutex, PoisonError};
 
 /// One event of an execution's life, as streamed to subscribers.
 pub struct ExecutionUpdate(pub ExecutionEvent);
@@ -136,7 +137,7 @@ async fn updates_of(
     let uuid = decode_expecting(&id, NodeKind::Execution, "execution")?;
     // Subscribe before reading the snapshot, so nothing falls between the two.
     let mut rx = a.bus.subscribe();
-    let mut resync = a.bus.resync.subscribe();
+    let resync = crate::events::next_resync(a.bus.resync.subscribe());
     let row = Box::pin(visible_execution_row(ctx, uuid)).await?;
     let tenant = p.tenant_id;
     let exec_id = row.id;
@@ -151,11 +152,13 @@ async fn updates_of(
         if done {
             return;
         }
+        let mut resync = std::pin::pin!(resync);
         loop {
             let received = tokio::select! {
                 r = rx.recv() => r,
-                changed = resync.changed() => {
-                    if changed.is_err() { return; }
+                next = &mut resync => {
+                    let Some(receiver) = next else { return };
+                    resync.set(crate::events::next_resync(receiver));
                     // Notifications from other processes may have been lost.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(0))
                 }
@@ -215,7 +218,7 @@ async fn events_of(
         Box::pin(crate::workflows::service::visible(&a, &p, w)).await?;
     }
     let mut rx = a.bus.subscribe();
-    let mut resync = a.bus.resync.subscribe();
+    let resync = crate::events::next_resync(a.bus.resync.subscribe());
     let started = crate::db::ids::db_time(a.clock.now());
     let visible: Option<Vec<WorkflowId>> = Box::pin(visible_workflow_ids(ctx, &p)).await?;
     let mut active = Vec::new();
@@ -259,10 +262,10 @@ async fn events_of(
         .into_iter()
         .map(|r| snapshot_of(tenant, r, now))
         .collect();
+    let base = Snapshots::intern(snapshot.iter().map(|ev| (ev.execution_id, seq32(ev.seq))));
     Ok(async_stream::stream! {
-        let mut seqs = SeqTracker::with_capacity(snapshot.len());
+        let mut seqs = SeqTracker::over(base);
         for ev in snapshot {
-            seqs.advance(ev.execution_id, ev.seq);
             yield ExecutionUpdate(ev);
         }
         // Visibility per workflow, decided once per stream.
@@ -275,6 +278,7 @@ async fn events_of(
         let slack = chrono::Duration::seconds(30);
         let mut synced_at = started;
         let mut batch = replay;
+        let mut resync = std::pin::pin!(resync);
         loop {
             for ev in std::mem::take(&mut batch) {
                 if !seqs.advance(ev.execution_id, ev.seq) {
@@ -333,8 +337,9 @@ async fn events_of(
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                changed = resync.changed() => {
-                    if changed.is_err() { return; }
+                next = &mut resync => {
+                    let Some(receiver) = next else { return };
+                    resync.set(crate::events::next_resync(receiver));
                     true
                 }
             };
@@ -352,17 +357,21 @@ async fn events_of(
     })
 }
 
-/// The last sequence number a stream delivered (or skipped) per execution; past a bound
-/// it forgets the executions it first saw longest ago, so a long-lived stream stays small.
+/// The last sequence number a stream delivered (or skipped) per execution: what its
+/// snapshot said ([`Snapshots`], shared), and above that what it delivered since; past a
+/// bound it forgets the executions it first saw longest ago, so a long-lived stream stays
+/// small.
 ///
-/// Kept as one vector sorted by execution id (binary search; ids are time-ordered
-/// UUIDv7, so a new execution lands at the end), each entry stamped with when the stream
-/// first saw it. 24 bytes an execution (the id, the sequence number and the stamp as
-/// `u32`: stamps are renumbered from 0 at each forgetting pass, so they stay below
-/// `KEPT + KEPT / 8`), against about 48 for a hash map plus an insertion queue: an idle
-/// subscriber's snapshot of 100 active executions costs 2.4 KB.
+/// What it delivered since is kept as one vector sorted by execution id (binary search;
+/// ids are time-ordered UUIDv7, so a new execution lands at the end), each entry stamped
+/// with when the stream first saw it. 24 bytes an execution (the id, the sequence number
+/// and the stamp as `u32`: stamps are renumbered from 0 at each forgetting pass, so they
+/// stay below `KEPT + KEPT / 8`), against about 48 for a hash map plus an insertion queue.
+/// The snapshot's entries are never forgotten (at most the 200 QUEUED and RUNNING
+/// executions a snapshot reads).
 #[derive(Default)]
 pub(super) struct SeqTracker {
+    base: Option<Arc<[(ExecutionId, u32)]>>,
     last: Vec<(ExecutionId, u32, u32)>,
     /// Executions first seen since the last forgetting pass (the next stamp).
     seen: u32,
@@ -374,21 +383,80 @@ fn seq32(seq: i64) -> u32 {
     u32::try_from(seq.max(0)).unwrap_or(u32::MAX)
 }
 
+/// Snapshot tables (execution id → sequence number, sorted by id), shared by the streams
+/// whose snapshots are equal: subscribers of one tenant that start while its executions
+/// do not move (a dashboard fleet reconnecting after a deploy) hold one table between
+/// them, where each held its own (2.4 KB with 100 active executions: an eighth of an idle
+/// subscriber). Content-addressed and immutable, so sharing is invisible to the streams;
+/// a table lives while a stream holds it.
+struct Snapshots;
+
+type SnapshotTable = Arc<[(ExecutionId, u32)]>;
+
+static SNAPSHOTS: std::sync::LazyLock<Mutex<SnapshotIndex>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// Live tables by a hash of their content.
+#[derive(Default)]
+struct SnapshotIndex {
+    tables: HashMap<u64, std::sync::Weak<[(ExecutionId, u32)]>>,
+    /// The size past which dead entries are swept (twice the live ones at the last sweep).
+    sweep_at: usize,
+}
+
+impl Snapshots {
+    /// The shared table equal to `entries` (`None` for an empty snapshot).
+    fn intern(entries: impl Iterator<Item = (ExecutionId, u32)>) -> Option<SnapshotTable> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut table: Vec<(ExecutionId, u32)> = entries.collect();
+        if table.is_empty() {
+            return None;
+        }
+        table.sort_unstable_by_key(|e| e.0);
+        table.dedup_by_key(|e| e.0);
+        // Fixed keys: equal tables must meet under one hash.
+        let mut hasher = std::hash::DefaultHasher::new();
+        table.hash(&mut hasher);
+        let key = hasher.finish();
+        let mut index = SNAPSHOTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = index.tables.get(&key).and_then(std::sync::Weak::upgrade) {
+            if *shared == *table {
+                return Some(shared);
+            }
+        }
+        let shared: SnapshotTable = Arc::from(table);
+        index.tables.insert(key, Arc::downgrade(&shared));
+        if index.tables.len() > index.sweep_at {
+            index.tables.retain(|_, t| t.strong_count() > 0);
+            index.sweep_at = (index.tables.len() * 2).max(64);
+        }
+        Some(shared)
+    }
+}
+
 impl SeqTracker {
     const KEPT: usize = 20_000;
 
-    fn with_capacity(n: usize) -> Self {
+    /// A tracker that starts from a snapshot's table.
+    fn over(base: Option<SnapshotTable>) -> Self {
         Self {
-            last: Vec::with_capacity(n),
-            seen: 0,
+            base,
+            ..Self::default()
         }
     }
 
-    fn last(&self, id: ExecutionId) -> Option<i64> {
-        self.last
-            .binary_search_by_key(&id, |e| e.0)
+    fn in_snapshot(&self, id: ExecutionId) -> Option<u32> {
+        let base = self.base.as_deref()?;
+        base.binary_search_by_key(&id, |e| e.0)
             .ok()
-            .map(|i| i64::from(self.last[i].1))
+            .map(|i| base[i].1)
+    }
+
+    fn last(&self, id: ExecutionId) -> Option<i64> {
+        match self.last.binary_search_by_key(&id, |e| e.0) {
+            Ok(i) => Some(i64::from(self.last[i].1)),
+            Err(_) => self.in_snapshot(id).map(i64::from),
+        }
     }
 
     /// Records `seq` for `id`; `false` when it was already delivered.
@@ -400,6 +468,7 @@ impl SeqTracker {
                 self.last[i].1 = seq;
                 true
             }
+            Err(_) if self.in_snapshot(id).is_some_and(|s| s >= seq) => false,
             Err(i) => {
                 self.last.insert(i, (id, seq, self.seen));
                 self.seen += 1;
@@ -424,9 +493,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_snapshot_table_is_shared_by_equal_snapshots_and_its_entries_hold() {
+        let ids: Vec<ExecutionId> = (0..4).map(|_| ExecutionId::new()).collect();
+        // Unordered with a repeat: tables are sorted and each id kept once.
+        let a = Snapshots::intern([(ids[2], 5), (ids[0], 3), (ids[2], 5)].into_iter())
+            .expect("a table");
+        let b = Snapshots::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
+        assert!(Arc::ptr_eq(&a, &b), "equal snapshots share one table");
+        assert_eq!(a.len(), 2);
+        let c = Snapshots::intern([(ids[0], 4), (ids[2], 5)].into_iter()).expect("a table");
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "another sequence number: another table"
+        );
+        assert!(Snapshots::intern(std::iter::empty()).is_none());
+
+        // Two streams over one table: each advances on its own.
+        let mut one = SeqTracker::over(Some(a.clone()));
+        let mut two = SeqTracker::over(Some(b));
+        assert_eq!(one.last(ids[2]), Some(5));
+        assert!(!one.advance(ids[2], 5), "the snapshot's own event");
+        assert!(!one.advance(ids[2], 4), "older than the snapshot");
+        assert!(one.advance(ids[2], 6));
+        assert_eq!(one.last(ids[2]), Some(6));
+        assert!(!one.advance(ids[2], 6));
+        assert_eq!(
+            two.last(ids[2]),
+            Some(5),
+            "the other stream is where it was"
+        );
+        assert!(two.advance(ids[2], 6));
+        assert_eq!(one.last(ids[1]), None);
+        assert!(one.advance(ids[1], 1));
+        assert_eq!(
+            *a,
+            [(ids[0], 3), (ids[2], 5)][..],
+            "the table never changes"
+        );
+        // A table no stream holds is dropped, and a later equal snapshot gets a new one.
+        drop((one, two, a, c));
+        let d = Snapshots::intern([(ids[3], 1)].into_iter()).expect("a table");
+        assert_eq!(Arc::strong_count(&d), 1);
+    }
+
+    #[test]
     fn the_tracker_keeps_order_refuses_repeats_and_forgets_the_oldest() {
         let ids: Vec<ExecutionId> = (0..5).map(|_| ExecutionId::new()).collect();
-        let mut t = SeqTracker::with_capacity(2);
+        let mut t = SeqTracker::default();
         // Out of order arrivals stay findable.
         assert!(t.advance(ids[3], 1));
         assert!(t.advance(ids[1], 4));

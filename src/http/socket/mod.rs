@@ -75,6 +75,10 @@ struct SocketState {
     rearm: tokio::sync::Notify,
     /// The close frame to send when the socket ends on this server's initiative.
     close: Mutex<Option<(u16, String)>>,
+    /// Cancelled when the socket is to end: by this server's decision ([`Self::close`])
+    /// or, as a child of the app's shutdown token, at shutdown. One token, so a socket
+    /// woken for an event polls one cancellation future of its own (the shared shutdown
+    /// token's lock and waiter list were polled by every socket at every event).
     ended: CancellationToken,
     /// The client's address and agent (the tenant's allowedIpRanges are checked
     /// against it at `connection_init`, on refresh and on every re-check).
@@ -276,35 +280,89 @@ impl async_graphql::Executor for SocketExecutor {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, async_graphql::Response> {
         let this = self.clone();
-        let schema = self.state.schema.clone();
-        let request_id = self.request_id.clone();
-        // Boxed, so the admission's state is freed once it is done rather than sized
-        // into the stream an idle subscription keeps.
-        futures_util::stream::once(Box::pin(async move { this.admit(request).await }))
-            .flat_map(move |admitted| match admitted {
-                Ok((request, held)) => schema
-                    .execute_stream_with_session_data(
-                        request,
-                        session_data.clone().unwrap_or_default(),
-                    )
-                    .map(move |r| {
-                        // The slots are given back when the operation's stream ends.
-                        let _held = &held;
-                        r
-                    })
-                    .boxed(),
-                Err(e) => futures_util::stream::once(futures_util::future::ready(
-                    async_graphql::Response::from_errors(vec![e]),
-                ))
-                .boxed(),
-            })
+        Box::pin(Operation {
+            // Boxed, so the admission's state is freed once it is done rather than sized
+            // into the stream an idle subscription keeps.
+            phase: Phase::Admitting(Box::pin(async move {
+                let admitted = this.admit(request).await;
+                (this, admitted)
+            })),
+            session_data,
+            request_id: self.request_id.clone(),
+        })
+    }
+}
+
+/// One websocket operation as a stream: admitted first ([`SocketExecutor::admit`]), then
+/// async-graphql's execution, with every response's errors given their code and the
+/// request id. Written out rather than composed from `once`, `flat_map` and two `map`s:
+/// a subscription's every event passed through each of those layers, for each
+/// subscriber.
+struct Operation {
+    phase: Phase,
+    session_data: Option<Arc<Data>>,
+    request_id: Arc<str>,
+}
+
+type Admission = (SocketExecutor, Result<(GqlRequest, Held), ServerError>);
+
+enum Phase {
+    Admitting(futures_util::future::BoxFuture<'static, Admission>),
+    /// The slots are given back when the operation's stream ends.
+    Running {
+        stream: BoxStream<'static, async_graphql::Response>,
+        _held: Held,
+    },
+    Done,
+}
+
+impl futures_util::Stream for Operation {
+    type Item = async_graphql::Response;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let mut response = match &mut this.phase {
+                Phase::Admitting(admission) => {
+                    let (executor, admitted) = std::task::ready!(admission.as_mut().poll(cx));
+                    match admitted {
+                        Ok((request, held)) => {
+                            let stream = executor.state.schema.execute_stream_with_session_data(
+                                request,
+                                this.session_data.take().unwrap_or_default(),
+                            );
+                            this.phase = Phase::Running {
+                                stream,
+                                _held: held,
+                            };
+                            continue;
+                        }
+                        Err(e) => {
+                            this.phase = Phase::Done;
+                            async_graphql::Response::from_errors(vec![e])
+                        }
+                    }
+                }
+                Phase::Running { stream, .. } => {
+                    match std::task::ready!(stream.poll_next_unpin(cx)) {
+                        Some(r) => r,
+                        None => {
+                            this.phase = Phase::Done;
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                Phase::Done => return Poll::Ready(None),
+            };
             // Errors async-graphql raised itself (validation, limits) get a code, as
             // over HTTP, and every error the request id.
-            .map(move |mut r| {
-                super::graphql::finish_errors(&mut r, &request_id);
-                r
-            })
-            .boxed()
+            super::graphql::finish_errors(&mut response, &this.request_id);
+            return Poll::Ready(Some(response));
+        }
     }
 }
 
@@ -423,18 +481,11 @@ async fn serve_socket(
     let shutdown = app.shutdown.clone();
     let me = Arc::new(SocketState {
         client: Some(client.clone()),
+        ended: shutdown.child_token(),
         ..SocketState::default()
     });
     let watcher = tokio::spawn(watch_credentials(app.clone(), me.clone()));
-    let stop = {
-        let (shutdown, ended) = (shutdown.clone(), me.ended.clone());
-        async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = ended.cancelled() => {}
-            }
-        }
-    };
+    let stop = me.ended.clone().cancelled_owned();
     let gate = me.clone();
     let reader = me.clone();
     let input = stream
