@@ -461,7 +461,7 @@ async fn run(
 /// stderr, to line up a profile recorded beside the bench (`perf record -k realtime`)
 /// with the phase.
 fn mark(label: &str) {
-    if std::env::var_os("BENCH_MARKS").is_some() {
+    if std::env::var("BENCH_MARKS").is_ok_and(|v| v == "1") {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();

@@ -87,8 +87,9 @@ pub type ResyncReceiver = tokio::sync::watch::Receiver<u64>;
 /// Waits for the next resync signal and gives the receiver back for the wait after it
 /// (`None` once the bus is gone). An owned future: a subscription stream keeps one
 /// pinned across its events and replaces it only when it fires, where a `changed()`
-/// created beside every `recv()` registered with, then left, the signal's shared waiter
-/// list at every event, for every subscriber.
+/// created beside every `recv()` joined, then left, the signal's shared waiter list at
+/// every event, for every subscriber (two turns of its lock; polling a registered wait
+/// again is one, and streams poll it only when no event is waiting).
 pub async fn next_resync(mut rx: ResyncReceiver) -> Option<ResyncReceiver> {
     rx.changed().await.ok().map(|()| rx)
 }

@@ -264,6 +264,48 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
     a.bus.request_resync();
     assert_in_order(&events_of(&mut ws, "e", &tail2).await, 1);
 
+    // `executionUpdated` re-reads the log on the same signal, and goes on waiting for it:
+    // one stream through three signals (the first finds nothing new).
+    let followed = new_execution().await;
+    let mut ws_u = ws_authed(&app.ws_url(), "graphql-transport-ws", &owner).await;
+    ws_send(
+        &mut ws_u,
+        json!({ "id": "u", "type": "subscribe", "payload": {
+            "query": "subscription($id: ID!) { executionUpdated(id: $id) { sequence kind status } }",
+            "variables": { "id": followed } } }),
+    )
+    .await;
+    let snap = ws_next_json(&mut ws_u).await;
+    assert_eq!(
+        snap["payload"]["data"]["executionUpdated"]["kind"], "SNAPSHOT",
+        "{snap}"
+    );
+    a.bus.request_resync();
+    unpublished(followed.clone(), ExecutionStatus::Running).await;
+    a.bus.request_resync();
+    unpublished(followed.clone(), ExecutionStatus::Cancelled).await;
+    a.bus.request_resync();
+    let mut statuses = Vec::new();
+    loop {
+        let msg = ws_next_json(&mut ws_u).await;
+        if msg["type"] == "complete" {
+            break;
+        }
+        let ev = &msg["payload"]["data"]["executionUpdated"];
+        assert_eq!(ev["sequence"], statuses.len() + 2, "{msg}");
+        statuses.push(ev["status"].as_str().expect("status").to_owned());
+    }
+    // RUNNING, then the cancellation's events (its steps' and its own), all of them.
+    assert_eq!(statuses.first().map(String::as_str), Some("RUNNING"));
+    assert_eq!(statuses.last().map(String::as_str), Some("CANCELLED"));
+    assert_eq!(
+        i64::try_from(statuses.len() + 1).expect("small"),
+        execution(&app, &owner, &followed).await["sequence"]
+            .as_i64()
+            .expect("seq"),
+        "{statuses:?}"
+    );
+
     // A slow subscriber: a burst larger than the bus holds overruns it.
     let lagged = new_execution().await;
     let noise = {
@@ -324,7 +366,7 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
     .await;
     let mut per: std::collections::HashMap<String, Vec<Value>> = Default::default();
     let mut remaining = 0;
-    for id in [&first, &hole, &tail, &tail2, &lagged, &last] {
+    for id in [&first, &hole, &tail, &tail2, &followed, &lagged, &last] {
         remaining += execution(&app, &owner, id).await["sequence"]
             .as_i64()
             .expect("seq");
@@ -336,7 +378,7 @@ async fn execution_events_fill_holes_catch_up_after_lag_skip_repeats_and_resume(
             .push(ev);
         remaining -= 1;
     }
-    for id in [&first, &hole, &tail, &tail2, &lagged, &last] {
+    for id in [&first, &hole, &tail, &tail2, &followed, &lagged, &last] {
         assert_in_order(&per[id.as_str()], 1);
     }
 }

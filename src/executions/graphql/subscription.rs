@@ -155,6 +155,8 @@ async fn updates_of(
         let mut resync = std::pin::pin!(resync);
         loop {
             let received = tokio::select! {
+                // An event that is there is taken without polling the resync wait.
+                biased;
                 r = rx.recv() => r,
                 next = &mut resync => {
                     let Some(receiver) = next else { return };
@@ -307,6 +309,8 @@ async fn events_of(
                 }
             }
             let catch_up = tokio::select! {
+                // An event that is there is taken without polling the resync wait.
+                biased;
                 ev = rx.recv() => match ev {
                     Ok(ev) if ev.tenant_id != tenant => continue,
                     Ok(ev) => match seqs.last(ev.execution_id) {
@@ -371,7 +375,7 @@ async fn events_of(
 /// executions a snapshot reads).
 #[derive(Default)]
 pub(super) struct SeqTracker {
-    base: Option<Arc<[(ExecutionId, u32)]>>,
+    base: Option<SnapshotTable>,
     last: Vec<(ExecutionId, u32, u32)>,
     /// Executions first seen since the last forgetting pass (the next stamp).
     seen: u32,
@@ -387,11 +391,14 @@ fn seq32(seq: i64) -> u32 {
 /// whose snapshots are equal: subscribers of one tenant that start while its executions
 /// do not move (a dashboard fleet reconnecting after a deploy) hold one table between
 /// them, where each held its own (2.4 KB with 100 active executions: an eighth of an idle
-/// subscriber). Content-addressed and immutable, so sharing is invisible to the streams;
-/// a table lives while a stream holds it.
+/// subscriber). Content-addressed and immutable, so sharing is invisible to the streams.
+/// A table's entries are freed with the last stream that holds it (they are boxed apart
+/// from the `Arc`: the index's `Weak` would keep an `Arc<[_]>`'s whole block alive); the
+/// index's dead entries (a few dozen bytes each) are swept as it grows.
 struct Snapshots;
 
-type SnapshotTable = Arc<[(ExecutionId, u32)]>;
+type SnapshotEntries = Box<[(ExecutionId, u32)]>;
+type SnapshotTable = Arc<SnapshotEntries>;
 
 static SNAPSHOTS: std::sync::LazyLock<Mutex<SnapshotIndex>> =
     std::sync::LazyLock::new(Mutex::default);
@@ -399,7 +406,7 @@ static SNAPSHOTS: std::sync::LazyLock<Mutex<SnapshotIndex>> =
 /// Live tables by a hash of their content.
 #[derive(Default)]
 struct SnapshotIndex {
-    tables: HashMap<u64, std::sync::Weak<[(ExecutionId, u32)]>>,
+    tables: HashMap<u64, std::sync::Weak<SnapshotEntries>>,
     /// The size past which dead entries are swept (twice the live ones at the last sweep).
     sweep_at: usize,
 }
@@ -412,19 +419,21 @@ impl Snapshots {
         if table.is_empty() {
             return None;
         }
-        table.sort_unstable_by_key(|e| e.0);
+        // One entry per execution, its highest sequence number.
+        table.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         table.dedup_by_key(|e| e.0);
         // Fixed keys: equal tables must meet under one hash.
         let mut hasher = std::hash::DefaultHasher::new();
         table.hash(&mut hasher);
         let key = hasher.finish();
+        let fresh: SnapshotTable = Arc::new(table.into_boxed_slice());
         let mut index = SNAPSHOTS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(shared) = index.tables.get(&key).and_then(std::sync::Weak::upgrade) {
-            if *shared == *table {
+            if shared == fresh {
                 return Some(shared);
             }
         }
-        let shared: SnapshotTable = Arc::from(table);
+        let shared = fresh;
         index.tables.insert(key, Arc::downgrade(&shared));
         if index.tables.len() > index.sweep_at {
             index.tables.retain(|_, t| t.strong_count() > 0);
@@ -446,7 +455,7 @@ impl SeqTracker {
     }
 
     fn in_snapshot(&self, id: ExecutionId) -> Option<u32> {
-        let base = self.base.as_deref()?;
+        let base: &[(ExecutionId, u32)] = self.base.as_deref()?;
         base.binary_search_by_key(&id, |e| e.0)
             .ok()
             .map(|i| base[i].1)
@@ -526,14 +535,30 @@ mod tests {
         assert_eq!(one.last(ids[1]), None);
         assert!(one.advance(ids[1], 1));
         assert_eq!(
-            *a,
+            **a,
             [(ids[0], 3), (ids[2], 5)][..],
             "the table never changes"
         );
-        // A table no stream holds is dropped, and a later equal snapshot gets a new one.
+        // A table no stream holds is gone: an equal snapshot later gets a new one.
+        let dead = Arc::downgrade(&a);
         drop((one, two, a, c));
-        let d = Snapshots::intern([(ids[3], 1)].into_iter()).expect("a table");
-        assert_eq!(Arc::strong_count(&d), 1);
+        assert!(dead.upgrade().is_none());
+        let again = Snapshots::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
+        assert_eq!(Arc::strong_count(&again), 1);
+        // A repeated id keeps its highest sequence number.
+        let d = Snapshots::intern([(ids[3], 1), (ids[3], 4), (ids[3], 2)].into_iter())
+            .expect("a table");
+        assert_eq!(**d, [(ids[3], 4)][..]);
+        // Dead entries are swept as the index grows: it stays near twice the live tables.
+        for _ in 0..1_000 {
+            drop(Snapshots::intern([(ExecutionId::new(), 1)].into_iter()));
+        }
+        let index = SNAPSHOTS.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            index.tables.len() <= 2 * index.sweep_at,
+            "{}",
+            index.tables.len()
+        );
     }
 
     #[test]
