@@ -264,7 +264,7 @@ async fn events_of(
         .into_iter()
         .map(|r| snapshot_of(tenant, r, now))
         .collect();
-    let base = Snapshots::intern(snapshot.iter().map(|ev| (ev.execution_id, seq32(ev.seq))));
+    let base = SnapshotIndex::intern(snapshot.iter().map(|ev| (ev.execution_id, seq32(ev.seq))));
     Ok(async_stream::stream! {
         let mut seqs = SeqTracker::over(base);
         for ev in snapshot {
@@ -362,7 +362,7 @@ async fn events_of(
 }
 
 /// The last sequence number a stream delivered (or skipped) per execution: what its
-/// snapshot said ([`Snapshots`], shared), and above that what it delivered since; past a
+/// snapshot said ([`SnapshotIndex`], shared), and above that what it delivered since; past a
 /// bound it forgets the executions it first saw longest ago, so a long-lived stream stays
 /// small.
 ///
@@ -387,6 +387,12 @@ fn seq32(seq: i64) -> u32 {
     u32::try_from(seq.max(0)).unwrap_or(u32::MAX)
 }
 
+type SnapshotEntries = Box<[(ExecutionId, u32)]>;
+type SnapshotTable = Arc<SnapshotEntries>;
+
+static SNAPSHOTS: std::sync::LazyLock<Mutex<SnapshotIndex>> =
+    std::sync::LazyLock::new(Mutex::default);
+
 /// Snapshot tables (execution id → sequence number, sorted by id), shared by the streams
 /// whose snapshots are equal: subscribers of one tenant that start while its executions
 /// do not move (a dashboard fleet reconnecting after a deploy) hold one table between
@@ -395,23 +401,15 @@ fn seq32(seq: i64) -> u32 {
 /// A table's entries are freed with the last stream that holds it (they are boxed apart
 /// from the `Arc`: the index's `Weak` would keep an `Arc<[_]>`'s whole block alive); the
 /// index's dead entries (a few dozen bytes each) are swept as it grows.
-struct Snapshots;
-
-type SnapshotEntries = Box<[(ExecutionId, u32)]>;
-type SnapshotTable = Arc<SnapshotEntries>;
-
-static SNAPSHOTS: std::sync::LazyLock<Mutex<SnapshotIndex>> =
-    std::sync::LazyLock::new(Mutex::default);
-
-/// Live tables by a hash of their content.
 #[derive(Default)]
 struct SnapshotIndex {
+    /// Live tables by a hash of their content.
     tables: HashMap<u64, std::sync::Weak<SnapshotEntries>>,
     /// The size past which dead entries are swept (twice the live ones at the last sweep).
     sweep_at: usize,
 }
 
-impl Snapshots {
+impl SnapshotIndex {
     /// The shared table equal to `entries` (`None` for an empty snapshot).
     fn intern(entries: impl Iterator<Item = (ExecutionId, u32)>) -> Option<SnapshotTable> {
         use std::hash::{Hash as _, Hasher as _};
@@ -426,14 +424,13 @@ impl Snapshots {
         let mut hasher = std::hash::DefaultHasher::new();
         table.hash(&mut hasher);
         let key = hasher.finish();
-        let fresh: SnapshotTable = Arc::new(table.into_boxed_slice());
         let mut index = SNAPSHOTS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(shared) = index.tables.get(&key).and_then(std::sync::Weak::upgrade) {
-            if shared == fresh {
+            if **shared == *table {
                 return Some(shared);
             }
         }
-        let shared = fresh;
+        let shared: SnapshotTable = Arc::new(table.into_boxed_slice());
         index.tables.insert(key, Arc::downgrade(&shared));
         if index.tables.len() > index.sweep_at {
             index.tables.retain(|_, t| t.strong_count() > 0);
@@ -505,17 +502,17 @@ mod tests {
     fn a_snapshot_table_is_shared_by_equal_snapshots_and_its_entries_hold() {
         let ids: Vec<ExecutionId> = (0..4).map(|_| ExecutionId::new()).collect();
         // Unordered with a repeat: tables are sorted and each id kept once.
-        let a = Snapshots::intern([(ids[2], 5), (ids[0], 3), (ids[2], 5)].into_iter())
+        let a = SnapshotIndex::intern([(ids[2], 5), (ids[0], 3), (ids[2], 5)].into_iter())
             .expect("a table");
-        let b = Snapshots::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
+        let b = SnapshotIndex::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
         assert!(Arc::ptr_eq(&a, &b), "equal snapshots share one table");
         assert_eq!(a.len(), 2);
-        let c = Snapshots::intern([(ids[0], 4), (ids[2], 5)].into_iter()).expect("a table");
+        let c = SnapshotIndex::intern([(ids[0], 4), (ids[2], 5)].into_iter()).expect("a table");
         assert!(
             !Arc::ptr_eq(&a, &c),
             "another sequence number: another table"
         );
-        assert!(Snapshots::intern(std::iter::empty()).is_none());
+        assert!(SnapshotIndex::intern(std::iter::empty()).is_none());
 
         // Two streams over one table: each advances on its own.
         let mut one = SeqTracker::over(Some(a.clone()));
@@ -543,15 +540,15 @@ mod tests {
         let dead = Arc::downgrade(&a);
         drop((one, two, a, c));
         assert!(dead.upgrade().is_none());
-        let again = Snapshots::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
+        let again = SnapshotIndex::intern([(ids[0], 3), (ids[2], 5)].into_iter()).expect("a table");
         assert_eq!(Arc::strong_count(&again), 1);
         // A repeated id keeps its highest sequence number.
-        let d = Snapshots::intern([(ids[3], 1), (ids[3], 4), (ids[3], 2)].into_iter())
+        let d = SnapshotIndex::intern([(ids[3], 1), (ids[3], 4), (ids[3], 2)].into_iter())
             .expect("a table");
         assert_eq!(**d, [(ids[3], 4)][..]);
         // Dead entries are swept as the index grows: it stays near twice the live tables.
         for _ in 0..1_000 {
-            drop(Snapshots::intern([(ExecutionId::new(), 1)].into_iter()));
+            drop(SnapshotIndex::intern([(ExecutionId::new(), 1)].into_iter()));
         }
         let index = SNAPSHOTS.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(
